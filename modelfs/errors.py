@@ -1,0 +1,113 @@
+"""The modelfs exception tree and its mapping to errno.
+
+Every failure a user can cause or meet is one of these classes, with a message
+the user can act on. The CLI prints ``modelfs: <message>``; the FUSE layer maps
+each class to an errno through ``ERRNO`` (a test checks every class has a row).
+httpx exceptions are translated into this tree once, in ``registry``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class ModelfsError(Exception):
+    """Base of every error modelfs reports to a user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NameInvalid(ModelfsError):
+    """A model name (or one of its parts) breaks the naming rules."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f'invalid model name "{name}": {why}')
+        self.name = name
+        self.why = why
+
+
+class ModelNotFound(ModelfsError):
+    """Neither the registry nor the cache knows the model."""
+
+
+class ManifestInvalid(ModelfsError):
+    """A manifest (or a chunk index, or a config blob) is malformed or hostile."""
+
+
+class GGUFInvalid(ModelfsError):
+    """A file given as GGUF weights is not a readable GGUF file."""
+
+
+class DigestInvalid(ModelfsError):
+    """A digest string is not ``sha256:<64 lowercase hex>``."""
+
+
+class DigestMismatch(ModelfsError):
+    """Bytes did not hash to the digest that vouches for them."""
+
+
+class RegistryError(ModelfsError):
+    """The registry answered with an error status we cannot recover from."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unauthorized(RegistryError):
+    """The registry refused our credentials (401/403)."""
+
+
+class Transient(ModelfsError):
+    """A network failure that may succeed if tried again (reset, stall, 5xx, 429)."""
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class CacheFull(ModelfsError):
+    """The cache's filesystem has no room (ENOSPC) or the cache hit its size bound."""
+
+
+class CacheError(ModelfsError):
+    """The on-disk cache is unusable (permissions, I/O error, corrupted state)."""
+
+
+class UsageError(ModelfsError):
+    """A command was called with arguments that do not fit together."""
+
+
+class MountError(ModelfsError):
+    """Mounting or unmounting failed."""
+
+
+ERRNO: dict[type[ModelfsError], int] = {
+    ModelfsError: errno.EIO,
+    NameInvalid: errno.ENOENT,
+    ModelNotFound: errno.ENOENT,
+    ManifestInvalid: errno.EIO,
+    GGUFInvalid: errno.EIO,
+    DigestInvalid: errno.ENOENT,
+    DigestMismatch: errno.EIO,
+    RegistryError: errno.EIO,
+    Unauthorized: errno.EACCES,
+    Transient: errno.EIO,
+    CacheFull: errno.ENOSPC,
+    CacheError: errno.EIO,
+    UsageError: errno.EINVAL,
+    MountError: errno.EIO,
+}
+
+
+def errno_for(exc: ModelfsError) -> int:
+    """The errno a reader sees for ``exc``: the row of its nearest class in ``ERRNO``."""
+    for cls in type(exc).__mro__:
+        if cls in ERRNO:
+            return ERRNO[cls]
+    return errno.EIO
