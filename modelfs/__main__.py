@@ -1,0 +1,5 @@
+import sys
+
+from modelfs.cli import main
+
+sys.exit(main())

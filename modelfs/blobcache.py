@@ -1,0 +1,395 @@
+"""The on-disk cache: Ollama's ``blobs/`` and ``manifests/``, and modelfs's own state in ``.modelfs/``.
+
+Invariants (docs/on-disk-format.md):
+- ``blobs/sha256-<hex>`` exists only complete and verified: the bytes are written
+  elsewhere under ``.modelfs/``, fsynced, renamed into place, and the directory fsynced.
+- ``manifests/<host>/<namespace>/<model>/<tag>`` holds the registry's exact bytes and is
+  written only after every blob it names is in ``blobs/``.
+- Nothing of modelfs's lives in ``blobs/``: Ollama deletes files it does not know there.
+- Manifests of models seen through the mount but not yet complete wait in
+  ``.modelfs/manifests/`` (same layout), so partial models survive restarts and work offline.
+
+Every method blocks on disk I/O: async callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelfs.digest import Digest
+from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
+from modelfs.manifest import Manifest, parse_manifest
+from modelfs.names import Name, from_parts, safe_join
+
+log = logging.getLogger(__name__)
+
+STATE_DIRNAME = ".modelfs"
+COPY_BYTES = 4 << 20
+
+
+def default_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``--cache``, else ``$OLLAMA_MODELS``, else ``~/.ollama/models`` (Ollama's own default)."""
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    env = os.environ.get("OLLAMA_MODELS")
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".ollama" / "models"
+
+
+def os_error(e: OSError, what: str) -> CacheError | CacheFull:
+    """Translate a disk error: ENOSPC/EDQUOT are CacheFull (never retried), the rest CacheError."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheFull(f"no space left for the cache while {what}")
+    return CacheError(f"cache I/O error while {what}: {e.strerror or e}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    name: Name
+    path: Path
+    complete: bool
+
+
+@dataclass(frozen=True)
+class ImportedBlob:
+    digest: Digest
+    size: int
+    chunk_hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class UnlinkResult:
+    removed: tuple[Digest, ...]
+    freed_bytes: int
+
+
+class BlobCache:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.blobs_dir = self.root / "blobs"
+        self.manifests_dir = self.root / "manifests"
+        self.state_dir = self.root / STATE_DIRNAME
+        self.partial_dir = self.state_dir / "partial"
+        self.pending_dir = self.state_dir / "manifests"
+        self.tmp_dir = self.state_dir / "tmp"
+
+    def prepare(self) -> None:
+        """Create the layout; clear temp files left by processes that are gone."""
+        try:
+            for d in (self.blobs_dir, self.manifests_dir, self.partial_dir, self.pending_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise os_error(e, f"creating the cache at {self.root}") from None
+        if not os.access(self.root, os.W_OK):
+            raise CacheError(f"the cache {self.root} is not writable")
+        for entry in self.tmp_dir.iterdir():
+            pid = entry.name.partition("-")[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+    # -- temp files and atomic writes ---------------------------------------------------------
+
+    def temp_path(self) -> Path:
+        return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
+
+    def atomic_write(self, target: Path, data: bytes) -> None:
+        """Write ``data`` to ``target`` so that a crash leaves either the old file or the new one."""
+        tmp = self.temp_path()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise os_error(e, f"writing {target.name}") from None
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.filename
+
+    def blob_size(self, digest: Digest) -> int | None:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except OSError:
+            return None
+
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        found = self.blob_size(digest)
+        return found is not None and (size is None or found == size)
+
+    def open_blob(self, digest: Digest) -> int | None:
+        try:
+            return os.open(self.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise os_error(e, f"opening blob {digest.short}") from None
+
+    def store_bytes(self, data: bytes, digest: Digest) -> None:
+        """Publish a small blob held in memory after checking it hashes to ``digest``."""
+        if Digest.of_bytes(data) != digest:
+            raise DigestMismatch(f"blob {digest} does not match its digest")
+        self.atomic_write(self.blob_path(digest), data)
+
+    def publish_file(self, path: Path, digest: Digest) -> None:
+        """Rename a complete, verified, fsynced file into ``blobs/``."""
+        try:
+            os.replace(path, self.blob_path(digest))
+            fsync_dir(self.blobs_dir)
+        except OSError as e:
+            raise os_error(e, f"publishing blob {digest.short}") from None
+
+    def import_file(
+        self,
+        src: Path,
+        chunk_bytes: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> ImportedBlob:
+        """Copy a local file into ``blobs/``, hashing it whole and per chunk on the way."""
+        tmp = self.temp_path()
+        whole = hashlib.sha256()
+        chunk_hashes: list[bytes] = []
+        size = 0
+        try:
+            with open(src, "rb") as fin, open(tmp, "xb") as fout:
+                while True:
+                    data = fin.read(chunk_bytes)
+                    if not data:
+                        break
+                    whole.update(data)
+                    chunk_hashes.append(hashlib.sha256(data).digest())
+                    fout.write(data)
+                    size += len(data)
+                    if on_progress:
+                        on_progress(size)
+                fout.flush()
+                os.fsync(fout.fileno())
+            digest = Digest(whole.hexdigest())
+            if self.has_blob(digest, size):
+                tmp.unlink()
+            else:
+                self.publish_file(tmp, digest)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if e.filename == str(src) or isinstance(e, FileNotFoundError | IsADirectoryError):
+                raise CacheError(f"cannot read {src}: {e.strerror}") from None
+            raise os_error(e, f"importing {src}") from None
+        return ImportedBlob(digest, size, tuple(chunk_hashes))
+
+    # -- partial blobs (data and state files are owned by modelfs.partial) ----------------------
+
+    def partial_path(self, digest: Digest) -> Path:
+        return self.partial_dir / digest.filename
+
+    def state_path(self, digest: Digest) -> Path:
+        return self.partial_dir / f"{digest.filename}.state"
+
+    def lock_blob(self, digest: Digest, *, blocking: bool = False) -> int | None:
+        """Take the per-blob lock that says which process may write its partial; fd or None."""
+        path = self.partial_dir / f"{digest.filename}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise os_error(e, f"locking blob {digest.short}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as e:
+            os.close(fd)
+            raise os_error(e, f"locking blob {digest.short}") from None
+        return fd
+
+    def discard_partial(self, digest: Digest) -> None:
+        for p in (self.state_path(digest), self.partial_path(digest)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    # -- manifests --------------------------------------------------------------------------
+
+    def _base(self, pending: bool) -> Path:
+        return self.pending_dir if pending else self.manifests_dir
+
+    def find_manifest(self, name: Name, *, pending: bool = False) -> Path | None:
+        """The manifest file of ``name``, matching each path part case-insensitively."""
+        path = self._base(pending)
+        for part in name.parts:
+            exact = path / part
+            if exact.exists():
+                path = exact
+                continue
+            try:
+                matches = sorted(e for e in os.listdir(path) if e.lower() == part.lower())
+            except OSError:
+                return None
+            if not matches:
+                return None
+            path = path / matches[0]
+        return path if path.is_file() else None
+
+    def _target(self, name: Name, pending: bool) -> Path:
+        # Reuse the casing already on disk so one model never has two manifests.
+        existing = self.find_manifest(name, pending=pending)
+        if existing is not None:
+            return existing
+        return safe_join(self._base(pending), *name.parts)
+
+    def read_manifest(self, name: Name, *, pending: bool = False) -> bytes | None:
+        path = self.find_manifest(name, pending=pending)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise os_error(e, f"reading the manifest of {name}") from None
+
+    def load_manifest(self, name: Name) -> tuple[Manifest, bool] | None:
+        """The cached manifest of ``name`` and whether it is complete; pending ones second."""
+        for pending in (False, True):
+            raw = self.read_manifest(name, pending=pending)
+            if raw is None:
+                continue
+            try:
+                return parse_manifest(raw), not pending
+            except ManifestInvalid as e:
+                log.warning("ignoring cached manifest of %s: %s", name, e)
+        return None
+
+    def write_manifest(self, name: Name, raw: bytes, *, pending: bool = False) -> None:
+        self.atomic_write(self._target(name, pending), raw)
+        if not pending:
+            self.remove_manifest(name, pending=True)
+
+    def remove_manifest(self, name: Name, *, pending: bool = False) -> bool:
+        path = self.find_manifest(name, pending=pending)
+        if path is None:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise os_error(e, f"removing the manifest of {name}") from None
+        # Like Ollama, drop directories the removal left empty (but never the base).
+        base = self._base(pending)
+        parent = path.parent
+        while parent != base and base in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+        return True
+
+    def iter_models(self) -> Iterator[CachedModel]:
+        """Every model with a manifest in the cache: complete ones, then pending ones."""
+        for pending in (False, True):
+            base = self._base(pending)
+            for host in _subdirs(base):
+                for ns in _subdirs(host):
+                    for model in _subdirs(ns):
+                        try:
+                            tags = sorted(model.iterdir())
+                        except OSError:
+                            continue
+                        for tag in tags:
+                            if not tag.is_file():
+                                continue
+                            try:
+                                name = from_parts(host.name, ns.name, model.name, tag.name)
+                            except NameInvalid:
+                                continue
+                            yield CachedModel(name, tag, not pending)
+
+    def referenced_blobs(self) -> set[Digest]:
+        refs: set[Digest] = set()
+        for m in self.iter_models():
+            try:
+                manifest = parse_manifest(m.path.read_bytes())
+            except (OSError, ManifestInvalid):
+                continue
+            refs.update(layer.digest for layer in manifest.blobs)
+        return refs
+
+    def unlink(self, name: Name) -> UnlinkResult:
+        """Remove ``name``'s manifest, then every blob no other manifest references (``ollama rm``)."""
+        loaded = self.load_manifest(name)
+        removed_any = self.remove_manifest(name) | self.remove_manifest(name, pending=True)
+        if not removed_any:
+            from modelfs.errors import ModelNotFound
+
+            raise ModelNotFound(f"model {name} is not in the cache at {self.root}")
+        if loaded is None:
+            return UnlinkResult((), 0)
+        manifest, _complete = loaded
+        still = self.referenced_blobs()
+        removed: list[Digest] = []
+        freed = 0
+        for layer in manifest.blobs:
+            if layer.digest in still:
+                continue
+            size = self.blob_size(layer.digest)
+            try:
+                self.blob_path(layer.digest).unlink()
+                removed.append(layer.digest)
+                freed += size or 0
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise os_error(e, f"removing blob {layer.digest.short}") from None
+            lock = self.lock_blob(layer.digest)
+            if lock is not None:
+                try:
+                    self.discard_partial(layer.digest)
+                finally:
+                    os.close(lock)
+        return UnlinkResult(tuple(removed), freed)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,158 @@
+"""Chunk math and the chunk index: how a blob is cut into fixed-size, separately verifiable pieces.
+
+A large blob is read in chunks of ``chunk_bytes``. When the model carries a
+chunk index (a layer of type ``application/vnd.modelfs.chunks.v1+json`` written
+by ``modelfs create``), each chunk has its own sha256 and can be trusted as soon
+as it arrives; the index itself is vouched for by the manifest's digest chain.
+The format is documented in docs/on-disk-format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from modelfs.digest import Digest
+from modelfs.errors import DigestInvalid, ManifestInvalid
+from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer
+
+CHUNK_BYTES = 4 << 20
+MIN_CHUNK_BYTES = 64 << 10
+MAX_CHUNK_BYTES = 64 << 20
+MAX_INDEX_BYTES = 64 << 20
+CHUNK_INDEX_VERSION = 1
+
+
+def chunk_count(size: int, chunk_bytes: int) -> int:
+    return (size + chunk_bytes - 1) // chunk_bytes
+
+
+def chunk_span(index: int, size: int, chunk_bytes: int) -> tuple[int, int]:
+    """Byte range ``[start, end)`` of chunk ``index`` in a blob of ``size`` bytes."""
+    start = index * chunk_bytes
+    return start, min(start + chunk_bytes, size)
+
+
+def chunks_for_range(offset: int, length: int, size: int, chunk_bytes: int) -> range:
+    """The chunks a read of ``length`` bytes at ``offset`` touches (empty past the end)."""
+    end = min(offset + length, size)
+    if length <= 0 or offset >= end:
+        return range(0)
+    return range(offset // chunk_bytes, (end - 1) // chunk_bytes + 1)
+
+
+def runs(indices: Iterable[int], max_run: int) -> Iterator[tuple[int, int]]:
+    """Group ascending chunk indices into runs ``[lo, hi)`` of consecutive chunks, each ≤ max_run."""
+    lo = hi = None
+    for i in indices:
+        if lo is not None and hi is not None and i == hi and hi - lo < max_run:
+            hi += 1
+            continue
+        if lo is not None and hi is not None:
+            yield lo, hi
+        lo, hi = i, i + 1
+    if lo is not None and hi is not None:
+        yield lo, hi
+
+
+@dataclass(frozen=True)
+class BlobChunks:
+    """The per-chunk sha256 digests (raw 32-byte values) of one blob."""
+
+    digest: Digest
+    size: int
+    chunk_bytes: int
+    hashes: tuple[bytes, ...]
+
+    def verify(self, index: int, data: bytes | bytearray | memoryview) -> bool:
+        return hashlib.sha256(data).digest() == self.hashes[index]
+
+
+@dataclass(frozen=True)
+class ChunkIndex:
+    chunk_bytes: int
+    blobs: dict[Digest, BlobChunks]
+
+
+def compute_chunk_hashes(read_chunk: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(hashlib.sha256(chunk).digest() for chunk in read_chunk)
+
+
+def serialize_chunk_index(chunk_bytes: int, blobs: Iterable[BlobChunks]) -> bytes:
+    doc = {
+        "schemaVersion": CHUNK_INDEX_VERSION,
+        "mediaType": MEDIA_TYPE_CHUNK_INDEX,
+        "algorithm": "sha256",
+        "chunkSize": chunk_bytes,
+        "blobs": [
+            {
+                "digest": str(b.digest),
+                "size": b.size,
+                "chunks": [h.hex() for h in b.hashes],
+            }
+            for b in blobs
+        ],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def parse_chunk_index(raw: bytes, layers: Iterable[Layer]) -> ChunkIndex:
+    """Validate a chunk index against the manifest's layers; raise ManifestInvalid if it lies.
+
+    Entries for blobs the manifest does not list are an error, as is an entry
+    whose size or chunk count disagrees with the manifest.
+    """
+    if len(raw) > MAX_INDEX_BYTES:
+        raise ManifestInvalid(f"invalid chunk index: {len(raw)} bytes is over the limit")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ManifestInvalid("invalid chunk index: not JSON") from None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != CHUNK_INDEX_VERSION:
+        raise ManifestInvalid("invalid chunk index: unknown schemaVersion")
+    if doc.get("algorithm", "sha256") != "sha256":
+        raise ManifestInvalid("invalid chunk index: only sha256 chunk digests are supported")
+    chunk_bytes = doc.get("chunkSize")
+    if (
+        not isinstance(chunk_bytes, int)
+        or isinstance(chunk_bytes, bool)
+        or not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES
+        or chunk_bytes % 4096
+    ):
+        raise ManifestInvalid(f"invalid chunk index: chunkSize {chunk_bytes!r} is not usable")
+    sizes = {layer.digest: layer.size for layer in layers}
+    entries = doc.get("blobs")
+    if not isinstance(entries, list):
+        raise ManifestInvalid("invalid chunk index: blobs is not a list")
+    blobs: dict[Digest, BlobChunks] = {}
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ManifestInvalid(f"invalid chunk index: entry {n} is not an object")
+        try:
+            digest = Digest.parse(entry.get("digest"))
+        except DigestInvalid as e:
+            raise ManifestInvalid(f"invalid chunk index: entry {n}: {e}") from None
+        if digest not in sizes:
+            raise ManifestInvalid(f"invalid chunk index: {digest} is not a layer of the manifest")
+        size = entry.get("size")
+        if size != sizes[digest] or isinstance(size, bool):
+            raise ManifestInvalid(
+                f"invalid chunk index: {digest} has size {size!r}, the manifest says {sizes[digest]}"
+            )
+        hexes = entry.get("chunks")
+        if not isinstance(hexes, list) or len(hexes) != chunk_count(sizes[digest], chunk_bytes):
+            raise ManifestInvalid(f"invalid chunk index: {digest} has the wrong number of chunks")
+        hashes = []
+        for h in hexes:
+            if not isinstance(h, str) or len(h) != 64:
+                raise ManifestInvalid(f"invalid chunk index: {digest} has a malformed chunk digest")
+            try:
+                hashes.append(bytes.fromhex(h))
+            except ValueError:
+                raise ManifestInvalid(
+                    f"invalid chunk index: {digest} has a malformed chunk digest"
+                ) from None
+        blobs[digest] = BlobChunks(digest, sizes[digest], chunk_bytes, tuple(hashes))
+    return ChunkIndex(chunk_bytes=chunk_bytes, blobs=blobs)

@@ -1,0 +1,320 @@
+"""The ``modelfs`` command: mount, umount, create, push, pull, unlink, ls.
+
+Known errors print ``modelfs: <message>`` and exit 1; a traceback only with
+``--debug``. Usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from modelfs import __version__
+from modelfs.blobcache import BlobCache, default_root
+from modelfs.errors import ModelfsError, UsageError
+from modelfs.names import Name, parse_name
+
+log = logging.getLogger("modelfs")
+
+LOG_FILE_BYTES = 10 << 20
+LOG_FILE_BACKUPS = 3
+
+
+def _insecure_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    env = os.environ.get("MODELFS_INSECURE_REGISTRIES", "")
+    hosts = [h.strip() for h in env.split(",") if h.strip()]
+    hosts += list(getattr(args, "insecure_registry", None) or [])
+    return tuple(hosts)
+
+
+def _cache(args: argparse.Namespace) -> BlobCache:
+    return BlobCache(default_root(getattr(args, "cache", None)))
+
+
+def _registry(args: argparse.Namespace):
+    from modelfs.registry import Registry, RegistryConfig
+
+    return Registry(RegistryConfig(insecure_hosts=_insecure_hosts(args)))
+
+
+def _name(text: str) -> Name:
+    return parse_name(text)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from modelfs import daemon, mountctl
+
+    mountpoint = Path(args.mountpoint).absolute()
+    options = daemon.parse_mount_options(args.o or [])
+    insecure = (*_insecure_hosts(args), *options.pop("insecure_hosts", ()))  # type: ignore[misc]
+    cache_root = default_root(args.cache)
+    opts = daemon.MountOptions(
+        mountpoint=mountpoint, cache_root=cache_root, insecure_hosts=insecure, **options
+    )
+    if not args.foreground:
+        note = mountctl.prepare_mountpoint(mountpoint)
+        if note:
+            print(f"modelfs: {note}", file=sys.stderr)
+        argv = ["mount", str(mountpoint), "--cache", str(cache_root)]
+        for h in insecure:
+            argv += ["--insecure-registry", h]
+        for o in args.o or []:
+            argv += ["-o", o]
+        if args.debug:
+            argv.append("--debug")
+        log_path = Path(args.log) if args.log else cache_root / ".modelfs" / "modelfs.log"
+        mountctl.start_daemon(argv, log_path)
+        return 0
+
+    _setup_logging(args, foreground=True)
+    ready_fd = args.ready_fd
+
+    def ready(message: str | None) -> None:
+        nonlocal ready_fd
+        mountctl.signal_ready(ready_fd, message)
+        ready_fd = None
+        if message is None:
+            with contextlib.suppress(OSError):
+                mountctl.write_pidfile(mountpoint)
+
+    try:
+        if ready_fd is None:
+            note = mountctl.prepare_mountpoint(mountpoint)
+            if note:
+                log.warning("%s", note)
+        trio.run(daemon.run, opts, ready)
+    except ModelfsError as e:
+        ready(str(e))
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            pid = mountctl.pidfile(mountpoint)
+            if pid.read_text().strip() == str(os.getpid()):
+                pid.unlink()
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from modelfs import mountctl
+
+    mountctl.umount(Path(args.mountpoint), lazy=args.lazy)
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from modelfs.create import create_model
+    from modelfs.progress import human_bytes
+
+    name = _name(args.name)
+    cache = _cache(args)
+    manifest = create_model(
+        cache,
+        name,
+        Path(args.gguf),
+        template=Path(args.template) if args.template else None,
+        system=args.system,
+        params=args.params,
+        licenses=tuple(Path(p) for p in args.license or ()),
+    )
+    print(f"created {name} ({manifest.digest}, {human_bytes(manifest.total_bytes)})")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from modelfs.progress import Progress
+    from modelfs.push import push
+
+    name = _name(args.name)
+
+    async def main() -> None:
+        registry = _registry(args)
+        try:
+            await push(_cache(args), registry, name, Progress("pushing"))
+        finally:
+            await registry.aclose()
+
+    trio.run(main)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from modelfs.progress import Progress
+    from modelfs.pull import pull
+
+    name = _name(args.name)
+
+    async def main() -> None:
+        registry = _registry(args)
+        try:
+            await pull(_cache(args), registry, name, Progress("pulling"))
+        finally:
+            await registry.aclose()
+
+    trio.run(main)
+    return 0
+
+
+def cmd_unlink(args: argparse.Namespace) -> int:
+    from modelfs.progress import human_bytes
+
+    name = _name(args.name)
+    result = _cache(args).unlink(name)
+    print(f"deleted {name} ({len(result.removed)} blobs, {human_bytes(result.freed_bytes)} freed)")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from modelfs.inventory import inventory
+    from modelfs.progress import human_bytes
+
+    rows = inventory(_cache(args))
+    if not rows:
+        print("no models in the cache", file=sys.stderr)
+        return 0
+    width = max(len("NAME"), *(len(r.display) for r in rows))
+    print(f"{'NAME':<{width}}  {'ID':<12}  {'SIZE':>9}  PRESENT")
+    for r in rows:
+        pct = 100 * r.present_bytes / r.size_bytes if r.size_bytes else 100.0
+        print(
+            f"{r.display:<{width}}  {r.digest.short:<12}  {human_bytes(r.size_bytes):>9}  "
+            f"{pct:5.1f}% ({human_bytes(r.present_bytes)})"
+        )
+    return 0
+
+
+# -- plumbing ----------------------------------------------------------------------------------
+
+
+def _setup_logging(args: argparse.Namespace, *, foreground: bool) -> None:
+    level = logging.DEBUG if args.debug else logging.INFO
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    root = logging.getLogger()
+    root.setLevel(level)
+    handler: logging.Handler
+    if getattr(args, "log", None) and args.ready_fd is not None:
+        handler = logging.handlers.RotatingFileHandler(
+            args.log, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
+        )
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    # One line per request would drown the log; httpx's own INFO lines are noise here.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("pyfuse3").setLevel(logging.INFO if args.debug else logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelfs",
+        description="Mount a model registry as a lazily fetched, verified local filesystem.",
+    )
+    p.add_argument("--version", action="version", version=f"modelfs {__version__}")
+    p.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cache_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--cache",
+            metavar="DIR",
+            help="cache root (default: $OLLAMA_MODELS, else ~/.ollama/models)",
+        )
+
+    def registry_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--insecure-registry",
+            action="append",
+            metavar="HOST[:PORT]",
+            help="use plain http for this registry (also MODELFS_INSECURE_REGISTRIES)",
+        )
+
+    sp = sub.add_parser("mount", help="mount registries at MOUNTPOINT")
+    sp.add_argument("mountpoint")
+    cache_arg(sp)
+    registry_args(sp)
+    sp.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
+    sp.add_argument(
+        "-o",
+        action="append",
+        metavar="OPT[,OPT]",
+        help="verify=strict|deferred, allow_other, lookup_ttl=S, streams=N, read_ahead_kb=N, "
+        "max_background=N",
+    )
+    sp.add_argument("--log", metavar="FILE", help="daemon log file")
+    sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_mount)
+
+    sp = sub.add_parser("umount", help="unmount a modelfs mount")
+    sp.add_argument("mountpoint")
+    sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    sp.set_defaults(func=cmd_umount)
+
+    sp = sub.add_parser("create", help="create a model in the cache from a GGUF file")
+    sp.add_argument("name")
+    sp.add_argument("--gguf", required=True, metavar="FILE")
+    sp.add_argument("--template", metavar="FILE")
+    sp.add_argument("--system", metavar="TEXT")
+    sp.add_argument("--params", metavar="JSON|FILE")
+    sp.add_argument("--license", action="append", metavar="FILE")
+    cache_arg(sp)
+    sp.set_defaults(func=cmd_create)
+
+    for verb, func, text in (
+        ("push", cmd_push, "upload a cached model to its registry"),
+        ("pull", cmd_pull, "download a whole model into the cache"),
+    ):
+        sp = sub.add_parser(verb, help=text)
+        sp.add_argument("name")
+        cache_arg(sp)
+        registry_args(sp)
+        sp.set_defaults(func=func)
+
+    sp = sub.add_parser("unlink", help="remove a model from the cache (like ollama rm)")
+    sp.add_argument("name")
+    cache_arg(sp)
+    sp.set_defaults(func=cmd_unlink)
+
+    sp = sub.add_parser("ls", help="list cached models and how much of each is present")
+    cache_arg(sp)
+    sp.set_defaults(func=cmd_ls)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "mount" or not args.foreground:
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.WARNING,
+            format="modelfs: %(message)s",
+        )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UsageError as e:
+        parser.exit(2, f"modelfs: {e}\n")
+    except ModelfsError as e:
+        if args.debug:
+            raise
+        print(f"modelfs: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("modelfs: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

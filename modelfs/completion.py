@@ -1,0 +1,93 @@
+"""Models becoming complete: once every blob of a model is in ``blobs/``, write its manifest.
+
+A model seen through the mount is tracked from the moment its tag is looked up:
+its manifest waits in ``.modelfs/manifests/`` (so a partial model survives a
+restart and works offline). Each time a blob is published, every tracked model
+containing it is checked; when only small blobs are missing (template, params,
+config, chunk index — a few KiB) they are fetched in the background, and when
+nothing is missing the manifest is written where Ollama looks. From then on
+``ollama`` itself can use the model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from modelfs.blobcache import BlobCache
+from modelfs.digest import Digest
+from modelfs.errors import ModelfsError
+from modelfs.fetcher import Fetcher
+from modelfs.manifest import Manifest
+from modelfs.names import Name
+
+log = logging.getLogger(__name__)
+
+
+class Completion:
+    def __init__(self, cache: BlobCache, fetcher: Fetcher) -> None:
+        self.cache = cache
+        self.fetcher = fetcher
+        # manifest digest -> (name, manifest) for models not yet complete in the cache
+        self.tracked: dict[Digest, tuple[Name, Manifest]] = {}
+
+    async def track(self, name: Name, manifest: Manifest) -> None:
+        """Remember a model the mount has shown; record its manifest as pending if it is new."""
+        if manifest.digest in self.tracked:
+            return
+
+        def record() -> bool:
+            complete = self.cache.read_manifest(name)
+            if complete == manifest.raw:
+                return True
+            if self.cache.read_manifest(name, pending=True) != manifest.raw:
+                self.cache.write_manifest(name, manifest.raw, pending=True)
+            return False
+
+        try:
+            done = await self.fetcher.in_thread(record)
+        except ModelfsError as e:
+            log.warning("cannot record the manifest of %s: %s", name, e)
+            return
+        if not done:
+            self.tracked[manifest.digest] = (name, manifest)
+            # Only look: a lookup must not fetch blob bytes, even small ones.
+            await self._check(manifest.digest, fetch_missing=False)
+
+    async def blob_published(self, digest: Digest) -> None:
+        for mdigest, (_name, manifest) in list(self.tracked.items()):
+            if any(layer.digest == digest for layer in manifest.blobs):
+                await self._check(mdigest, fetch_missing=True)
+
+    async def _check(self, mdigest: Digest, *, fetch_missing: bool) -> None:
+        entry = self.tracked.get(mdigest)
+        if entry is None:
+            return
+        name, manifest = entry
+
+        def missing() -> list:
+            return [b for b in manifest.blobs if not self.cache.has_blob(b.digest, b.size)]
+
+        absent = await self.fetcher.in_thread(missing)
+        if not absent:
+            await self._write(name, manifest)
+            return
+        small = self.fetcher.settings.chunk_bytes
+        if fetch_missing and all(b.size <= small for b in absent):  # type: ignore[attr-defined]
+            for layer in absent:  # type: ignore[attr-defined]
+                self.fetcher.spawn(
+                    f"complete {name}: fetch {layer.digest.short}",
+                    self.fetcher.fetch_small,
+                    name,
+                    layer,
+                )
+
+    async def _write(self, name: Name, manifest: Manifest) -> None:
+        if self.tracked.pop(manifest.digest, None) is None:
+            return
+        try:
+            await self.fetcher.in_thread(self.cache.write_manifest, name, manifest.raw)
+        except ModelfsError as e:
+            log.warning("cannot write the manifest of %s: %s", name, e)
+            self.tracked[manifest.digest] = (name, manifest)
+            return
+        log.info("model %s is complete in the cache", name)

@@ -1,0 +1,274 @@
+"""The mount daemon: builds the stack, mounts, serves until unmounted or signalled, cleans up.
+
+Lifetime: the daemon owns its resources through an ``AsyncExitStack`` and one
+nursery; every long-lived task (fetches, state flushes, the signal watcher, the
+FUSE session) lives in that nursery. ``ready`` is called exactly once: with
+None when the mount is live, or with a one-line reason when it could not be.
+On SIGTERM/SIGINT/SIGHUP, or when the kernel ends the session (``umount``),
+fetch progress is saved and the filesystem unmounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from modelfs import fuse_ops
+from modelfs.blobcache import BlobCache
+from modelfs.chunks import CHUNK_BYTES
+from modelfs.completion import Completion
+from modelfs.errors import MountError, UsageError
+from modelfs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
+from modelfs.reader import Reader, ReaderSettings
+from modelfs.registry import Registry, RegistryConfig
+from modelfs.resolver import LOOKUP_TTL_SECONDS, Resolver
+from modelfs.tree import Tree
+
+log = logging.getLogger(__name__)
+
+FUSE_MAX_TASKS = 64
+READ_AHEAD_KB = 4096
+MAX_BACKGROUND = 64
+# Options mount(8) and mount.fuse3 pass on their own: accepted, and meaningless for a
+# read-only network filesystem.
+IGNORED_MOUNT_OPTIONS = frozenset(
+    {
+        "rw",
+        "ro",
+        "dev",
+        "nodev",
+        "suid",
+        "nosuid",
+        "exec",
+        "noexec",
+        "auto",
+        "noauto",
+        "user",
+        "nouser",
+        "users",
+        "_netdev",
+        "nofail",
+        "defaults",
+        "atime",
+        "noatime",
+        "relatime",
+        "strictatime",
+        "nodiratime",
+        "sync",
+        "async",
+        "owner",
+        "group",
+        "comment",
+    }
+)
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    mountpoint: Path
+    cache_root: Path
+    insecure_hosts: tuple[str, ...] = ()
+    deferred: bool = False
+    allow_other: bool = False
+    lookup_ttl_seconds: float = LOOKUP_TTL_SECONDS
+    max_streams: int = MAX_STREAMS
+    chunk_bytes: int = CHUNK_BYTES
+    read_ahead_kb: int | None = READ_AHEAD_KB
+    max_background: int | None = MAX_BACKGROUND
+    fuse_debug: bool = False
+    extra: tuple[str, ...] = field(default=())
+
+
+def parse_mount_options(values: list[str]) -> dict[str, object]:
+    """``-o a,b=c`` values → keyword arguments for MountOptions; unknown options are an error."""
+    out: dict[str, object] = {}
+    for value in values:
+        for opt in value.split(","):
+            opt = opt.strip()
+            if not opt:
+                continue
+            key, eq, val = opt.partition("=")
+            if key in IGNORED_MOUNT_OPTIONS or key.startswith("x-"):
+                continue
+            try:
+                if key == "verify":
+                    if val not in ("strict", "deferred"):
+                        raise UsageError(f"-o verify takes strict or deferred, not {val!r}")
+                    out["deferred"] = val == "deferred"
+                elif key == "allow_other" and not eq:
+                    out["allow_other"] = True
+                elif key == "lookup_ttl":
+                    out["lookup_ttl_seconds"] = float(val)
+                elif key == "streams":
+                    out["max_streams"] = max(1, int(val))
+                elif key == "read_ahead_kb":
+                    out["read_ahead_kb"] = int(val) if val else None
+                elif key == "max_background":
+                    out["max_background"] = int(val) if val else None
+                elif key == "chunk_kb":
+                    out["chunk_bytes"] = int(val) << 10
+                elif key == "insecure_registry":
+                    out.setdefault("insecure_hosts", ())
+                    out["insecure_hosts"] = (*out["insecure_hosts"], val)  # type: ignore[misc]
+                elif key == "fuse_debug" and not eq:
+                    out["fuse_debug"] = True
+                else:
+                    raise UsageError(f"unknown mount option {opt!r}")
+            except ValueError:
+                raise UsageError(f"mount option {opt!r} needs a number") from None
+    return out
+
+
+def _mount_dev(mountpoint: Path) -> str | None:
+    """The mount's ``major:minor`` from mountinfo (a stat would wait for our own loop)."""
+    target = os.path.realpath(mountpoint)
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    found = fields[2]
+    except OSError:
+        return None
+    return found
+
+
+def _unescape(path: str) -> str:
+    return (
+        path.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+    )
+
+
+def tune_kernel(mountpoint: Path, read_ahead_kb: int | None, max_background: int | None) -> None:
+    """Raise the FUSE connection's readahead and background queue (sysfs; root only).
+
+    pyfuse3 has no API for these; without them the kernel reads a streaming file
+    128 KiB at a time with 12 requests in flight.
+    """
+    dev = _mount_dev(mountpoint)
+    if dev is None:
+        return
+    major, _, minor = dev.partition(":")
+    settings = []
+    if read_ahead_kb:
+        settings.append((Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"), read_ahead_kb))
+    if max_background:
+        settings.append((Path(f"/sys/fs/fuse/connections/{minor}/max_background"), max_background))
+    for path, value in settings:
+        try:
+            path.write_text(f"{value}\n")
+            log.debug("set %s to %s", path, value)
+        except OSError as e:
+            log.info("cannot set %s (%s); kernel defaults apply", path, e.strerror)
+
+
+async def run(options: MountOptions, ready: Callable[[str | None], None]) -> None:
+    """Mount and serve until unmounted or signalled."""
+    reported = False
+
+    def report(message: str | None) -> None:
+        nonlocal reported
+        if not reported:
+            reported = True
+            ready(message)
+
+    try:
+        await _run(options, report)
+    except MountError as e:
+        report(str(e))
+        raise
+    except BaseException as e:
+        report(f"the daemon failed: {type(e).__name__}: {e}")
+        raise
+
+
+async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> None:
+    cache = BlobCache(options.cache_root)
+    await trio.to_thread.run_sync(cache.prepare)
+    mountpoint = options.mountpoint
+    async with AsyncExitStack() as stack:
+        registry = Registry(RegistryConfig(insecure_hosts=options.insecure_hosts))
+        stack.push_async_callback(registry.aclose)
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        fetcher = Fetcher(
+            cache,
+            registry,
+            nursery,
+            FetchSettings(chunk_bytes=options.chunk_bytes, max_streams=options.max_streams),
+        )
+        completion = Completion(cache, fetcher)
+        fetcher.on_published = completion.blob_published
+        reader = Reader(fetcher, ReaderSettings(deferred=options.deferred))
+        resolver = Resolver(
+            registry,
+            cache,
+            lookup_ttl_seconds=options.lookup_ttl_seconds,
+            in_thread=fetcher.in_thread,
+        )
+        tree = Tree(
+            resolver,
+            reader,
+            completion,
+            cache,
+            lookup_ttl_seconds=options.lookup_ttl_seconds,
+            in_thread=fetcher.in_thread,
+        )
+        ops = fuse_ops.Operations(tree, nursery, str(cache.root))
+        fetcher.on_discarded = ops.invalidate
+
+        fuse_options = {"ro", "fsname=modelfs", "subtype=modelfs", *options.extra}
+        if options.allow_other:
+            fuse_options.add("allow_other")
+        if options.fuse_debug:
+            fuse_options.add("debug")
+        fuse_ops.mount(ops, str(mountpoint), fuse_options)
+        unmount_on_exit = True
+        try:
+            tune_kernel(mountpoint, options.read_ahead_kb, options.max_background)
+            log.info("mounted %s (cache %s)", mountpoint, cache.root)
+            ready(None)
+            signalled = trio.Event()
+            nursery.start_soon(_watch_signals, signalled)
+            await fuse_ops.serve(FUSE_MAX_TASKS)
+            # serve returns when the kernel ends the session (umount) or on terminate.
+            unmount_on_exit = signalled.is_set()
+        finally:
+            nursery.cancel_scope.cancel()
+            await _save_progress(fetcher)
+            with contextlib.suppress(Exception):
+                fuse_ops.close(unmount=unmount_on_exit)
+            log.info("unmounted %s", mountpoint)
+
+
+async def _watch_signals(signalled: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %s: unmounting", signal.Signals(signum).name)
+            signalled.set()
+            fuse_ops.terminate()
+            return
+
+
+async def _save_progress(fetcher: Fetcher) -> None:
+    """Persist which chunks are present, so a restart refetches nothing it has."""
+    with trio.CancelScope(shield=True):
+        for bf in list(fetcher.blobs.values()):
+            partial = bf.partial
+            if partial is None or bf.published or partial.fd < 0:
+                continue
+            try:
+                await trio.to_thread.run_sync(partial.save_state, bytes(partial.present))
+            except Exception as e:
+                log.warning("blob %s: could not save fetch progress: %s", bf.digest.short, e)

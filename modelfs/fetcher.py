@@ -1,0 +1,703 @@
+"""Fetching blob bytes from the registry into the cache.
+
+For every blob this process is filling, a ``BlobFetch`` owns: which chunks are
+present, the in-flight fetches (one ``_Flight`` per chunk, shared by every
+reader of that chunk: 16 readers of one chunk make one request), retries with
+backoff, verification of each chunk against the chunk index before anyone may
+read it, persisting progress, and publishing the blob into ``blobs/`` once it is
+whole and its sha256 matches. Network bodies, hashing and disk writes run in
+worker threads; the bitmap and flights are only touched on the trio thread.
+
+Concurrency is bounded by one ``trio.CapacityLimiter`` of streams for the whole
+process. Fetch tasks live in the nursery given at construction, so a reader
+that goes away does not cancel a fetch other readers share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import enum
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from modelfs.blobcache import BlobCache
+from modelfs.chunks import CHUNK_BYTES, BlobChunks, chunk_count, chunk_span, runs
+from modelfs.digest import Digest, sha256_file
+from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
+from modelfs.manifest import Layer
+from modelfs.names import Name
+from modelfs.partial import PartialFile
+from modelfs.registry import Registry
+from modelfs.retry import DEFAULT_ATTEMPTS, backoff_seconds
+
+log = logging.getLogger(__name__)
+
+MAX_STREAMS = 4
+MAX_RUN_CHUNKS = 8
+STATE_FLUSH_SECONDS = 1.0
+MEMORY_CHUNKS = 4
+# A reader waiting for bytes gets EIO after this long, whatever the fetch behind it is doing.
+READ_WAIT_SECONDS = 60.0
+DISK_THREADS = 4
+
+
+class Verify(enum.Enum):
+    """How a blob's bytes are checked before a reader sees them (docs/verification.md)."""
+
+    INDEXED = "indexed"  # each chunk against the chunk index: served as soon as it lands
+    WHOLE = "whole"  # no index: the whole blob is fetched and checked before serving
+    DEFERRED = "deferred"  # -o verify=deferred: served as it lands, checked when complete
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    chunk_bytes: int = CHUNK_BYTES
+    max_streams: int = MAX_STREAMS
+    max_run_chunks: int = MAX_RUN_CHUNKS
+    attempts: int = DEFAULT_ATTEMPTS
+    state_flush_seconds: float = STATE_FLUSH_SECONDS
+    read_wait_seconds: float = READ_WAIT_SECONDS
+    memory_chunks: int = MEMORY_CHUNKS
+
+
+class _Flight:
+    """One fetch of one chunk (or one small blob) that any number of readers can wait on."""
+
+    __slots__ = ("error", "event")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.error: ModelfsError | None = None
+
+    def finish(self, error: ModelfsError | None = None) -> None:
+        self.error = error
+        self.event.set()
+
+    async def wait(self, seconds: float | None, what: str) -> None:
+        """Wait for the flight; a reader's wait is bounded (``seconds``), a pull's is not (None)."""
+        if seconds is None:
+            await self.event.wait()
+        else:
+            with trio.move_on_after(seconds):
+                await self.event.wait()
+        if not self.event.is_set():
+            raise Transient(f"{what}: no data after {seconds:.0f}s")
+        if self.error is not None:
+            # Each waiter raises its own copy: one exception object must not collect
+            # several tasks' tracebacks.
+            raise copy.copy(self.error)
+
+
+@dataclass
+class Stats:
+    """Counters a test or a benchmark can read (``Fetcher.stats``)."""
+
+    requests: int = 0
+    bytes_fetched: int = 0
+    chunk_mismatches: int = 0
+    blob_mismatches: int = 0
+    cache_write_failures: int = 0
+    published: int = 0
+
+
+class Fetcher:
+    """Every fetch of this process: the stream limiter, the blob table, the task nursery."""
+
+    def __init__(
+        self,
+        cache: BlobCache,
+        registry: Registry,
+        nursery: trio.Nursery,
+        settings: FetchSettings | None = None,
+        on_published: Callable[[Digest], Awaitable[None]] | None = None,
+        on_discarded: Callable[[Digest], None] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.on_discarded = on_discarded
+        self.registry = registry
+        self.nursery = nursery
+        self.settings = settings or FetchSettings()
+        self.on_published = on_published
+        self.streams = trio.CapacityLimiter(self.settings.max_streams)
+        self.disk = trio.CapacityLimiter(DISK_THREADS)
+        self.blobs: dict[Digest, BlobFetch] = {}
+        self._small: dict[Digest, _Flight] = {}
+        self.stats = Stats()
+
+    def spawn(self, what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``fn`` in the nursery; it may fail, but never takes the nursery down with it."""
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except ModelfsError as e:
+                log.debug("%s: %s", what, e)
+            except Exception:
+                log.exception("%s failed unexpectedly", what)
+
+        self.nursery.start_soon(guarded, name=what)
+
+    async def in_thread(self, fn: Callable[..., object], *args: object) -> object:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
+
+    async def acquire(
+        self, name: Name, layer: Layer, chunks: BlobChunks | None, verify: Verify
+    ) -> BlobFetch:
+        """The fetch state of ``layer``'s blob, opened, with one more user (``release`` it)."""
+        while True:
+            bf = self.blobs.get(layer.digest)
+            if bf is None:
+                bf = BlobFetch(self, name, layer, chunks, verify)
+                self.blobs[layer.digest] = bf
+            if bf.closing is not None:
+                await bf.closing.wait()
+                continue
+            if bf.failure is not None and bf.users == 0:
+                # A blob discarded after a whole-blob mismatch is fetched afresh on a new open.
+                bf.failure = None
+            bf.users += 1
+            try:
+                await bf.open()
+            except BaseException:
+                bf.users -= 1
+                bf.maybe_close()
+                raise
+            return bf
+
+    async def fetch_small(self, name: Name, layer: Layer) -> bytes:
+        """Fetch a blob of at most one chunk whole, check its digest, publish it; return its bytes.
+
+        The bytes are returned so that a reader is served even if the cache
+        cannot be written.
+        """
+        flight = self._small.get(layer.digest)
+        if flight is not None:
+            await flight.wait(self.settings.read_wait_seconds, f"blob {layer.digest.short}")
+            data = await self.in_thread(_read_blob, self.cache, layer.digest)
+            if data is not None:
+                return data  # type: ignore[return-value]
+        flight = self._small[layer.digest] = _Flight()
+        try:
+            data = await self._fetch_whole_small(name, layer)
+            try:
+                await self.in_thread(self.cache.store_bytes, data, layer.digest)
+            except (CacheFull, CacheError) as e:
+                self.stats.cache_write_failures += 1
+                log.warning("blob %s: not cached (%s); served from memory", layer.digest.short, e)
+            else:
+                self.stats.published += 1
+                await self._published(layer.digest)
+            flight.finish()
+            return data
+        except ModelfsError as e:
+            flight.finish(e)
+            raise
+        except BaseException:
+            flight.finish(ModelfsError(f"fetch of blob {layer.digest.short} was interrupted"))
+            raise
+        finally:
+            self._small.pop(layer.digest, None)
+
+    async def _fetch_whole_small(self, name: Name, layer: Layer) -> bytes:
+        buf = bytearray(layer.size)
+
+        def on_piece(offset: int, view: memoryview) -> None:
+            buf[offset : offset + len(view)] = view
+
+        attempt = 0
+        while layer.size:
+            try:
+                self.stats.requests += 1
+                await self.registry.read_range(
+                    name, layer.digest, 0, layer.size, layer.size, on_piece, limiter=self.streams
+                )
+                self.stats.bytes_fetched += layer.size
+                break
+            except Transient as e:
+                attempt += 1
+                if attempt >= self.settings.attempts:
+                    raise
+                await trio.sleep(backoff_seconds(attempt, e.retry_after_seconds))
+        data = bytes(buf)
+        if hashlib.sha256(data).hexdigest() != layer.digest.hex:
+            self.stats.blob_mismatches += 1
+            log.warning(
+                "blob %s from %s does not match its digest; discarded", layer.digest, name.host
+            )
+            raise DigestMismatch(f"blob {layer.digest} from {name.host} does not match its digest")
+        return data
+
+    async def _published(self, digest: Digest) -> None:
+        if self.on_published is not None:
+            try:
+                await self.on_published(digest)
+            except ModelfsError as e:
+                log.warning("after publishing blob %s: %s", digest.short, e)
+
+
+def _read_blob(cache: BlobCache, digest: Digest) -> bytes | None:
+    try:
+        return cache.blob_path(digest).read_bytes()
+    except OSError:
+        return None
+
+
+class BlobFetch:
+    """Fetch state of one large blob in this process (see the module docstring)."""
+
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        name: Name,
+        layer: Layer,
+        chunks: BlobChunks | None,
+        verify: Verify,
+    ) -> None:
+        self.fetcher = fetcher
+        self.name = name
+        self.layer = layer
+        self.digest = layer.digest
+        self.size = layer.size
+        self.index = chunks if verify is Verify.INDEXED else None
+        self.verify = verify if (verify is not Verify.INDEXED or chunks) else Verify.WHOLE
+        self.chunk_bytes = chunks.chunk_bytes if self.index else fetcher.settings.chunk_bytes
+        self.chunks = chunk_count(self.size, self.chunk_bytes)
+        self.partial: PartialFile | None = None
+        self.lock_fd: int | None = None
+        self.memory: OrderedDict[int, bytes] = OrderedDict()
+        self.flights: dict[int, _Flight] = {}
+        self.users = 0
+        self.published = False
+        self.failure: ModelfsError | None = None
+        self.closing: trio.Event | None = None
+        self._opened = False
+        self._opening: trio.Event | None = None
+        self._finalizing: _Flight | None = None
+        self._dirty = False
+        self._flush_pending = False
+        self._disk_failed = False
+        self._wait_publish_seconds = 0.5
+
+    @property
+    def what(self) -> str:
+        return f"blob {self.digest.short}"
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        if self._opening is not None:
+            await self._opening.wait()
+            if not self._opened:
+                raise ModelfsError(f"{self.what}: could not be opened")
+            return
+        self._opening = trio.Event()
+        try:
+            if await self.fetcher.in_thread(self.fetcher.cache.has_blob, self.digest, self.size):
+                self.published = True
+            else:
+                await self.fetcher.in_thread(self._open_partial)
+            self._opened = True
+        finally:
+            self._opening.set()
+            self._opening = None
+
+    def _open_partial(self) -> None:
+        cache = self.fetcher.cache
+        self.lock_fd = cache.lock_blob(self.digest)
+        if self.lock_fd is None:
+            # Another modelfs process (a pull, another mount) is filling this blob:
+            # serve from memory until it publishes.
+            log.info("%s: another modelfs process is fetching it; not caching here", self.what)
+            return
+        partial = PartialFile(
+            cache, self.digest, self.size, self.chunk_bytes, self.verify is Verify.INDEXED
+        )
+        try:
+            partial.open()
+        except BaseException:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+            raise
+        self.partial = partial
+        if partial.complete:
+            self._start_finalize()
+
+    def release(self) -> None:
+        self.users -= 1
+        self.maybe_close()
+
+    def maybe_close(self) -> None:
+        if (
+            self.users <= 0
+            and not self.flights
+            and self._finalizing is None
+            and self.closing is None
+            and self._opening is None
+        ):
+            self.closing = trio.Event()
+            self.fetcher.nursery.start_soon(self._close, name=f"close {self.what}")
+
+    async def _close(self) -> None:
+        assert self.closing is not None
+        try:
+            if self.partial is not None and self._dirty and not self.published:
+                with contextlib.suppress(ModelfsError):
+                    await self._save_state()
+        except Exception:
+            log.exception("%s: closing failed", self.what)
+        finally:
+            if self.partial is not None:
+                self.partial.close()
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
+                self.lock_fd = None
+            if self.fetcher.blobs.get(self.digest) is self:
+                del self.fetcher.blobs[self.digest]
+            self.closing.set()
+
+    # -- presence -----------------------------------------------------------------------------
+
+    def has(self, i: int) -> bool:
+        return i in self.memory or (self.partial is not None and self.partial.has(i))
+
+    @property
+    def present_bytes(self) -> int:
+        if self.published:
+            return self.size
+        return self.partial.present_bytes if self.partial is not None else 0
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    def _claim(self, lo: int, hi: int) -> tuple[list[_Flight], list[int]]:
+        waits: list[_Flight] = []
+        new: list[int] = []
+        for i in range(lo, hi):
+            if self.has(i):
+                continue
+            flight = self.flights.get(i)
+            if flight is None:
+                flight = self.flights[i] = _Flight()
+                new.append(i)
+            waits.append(flight)
+        return waits, new
+
+    def _start_runs(self, new: list[int]) -> None:
+        for rlo, rhi in runs(new, self.fetcher.settings.max_run_chunks):
+            self.users += 1
+            self.fetcher.nursery.start_soon(
+                self._fetch_run, rlo, rhi, name=f"fetch {self.what} chunks {rlo}-{rhi - 1}"
+            )
+
+    async def ensure(self, lo: int, hi: int) -> None:
+        """Make chunks ``[lo, hi)`` present (verified per the policy); raise if any cannot be."""
+        if self.failure is not None:
+            raise copy.copy(self.failure)
+        if self.published:
+            return
+        await self._recheck(lo, hi)
+        waits, new = self._claim(lo, hi)
+        self._start_runs(new)
+        for flight in waits:
+            await flight.wait(self.fetcher.settings.read_wait_seconds, self.what)
+
+    def prefetch(self, lo: int, hi: int) -> None:
+        """Start fetching chunks ``[lo, hi)`` without waiting for them (readahead)."""
+        if self.published or self.failure is not None:
+            return
+        lo, hi = max(lo, 0), min(hi, self.chunks)
+        if lo >= hi:
+            return
+        _waits, new = self._claim(lo, hi)
+        self._start_runs(new)
+
+    async def _recheck(self, lo: int, hi: int) -> None:
+        """Re-verify chunks a previous run left, before their first use in this one."""
+        partial = self.partial
+        if partial is None or self.index is None:
+            return
+        for i in range(lo, hi):
+            if not partial.recheck_pending(i):
+                continue
+            data = await self.fetcher.in_thread(partial.chunk_bytes_at, i)
+            partial.rechecked(i)
+            if not self.index.verify(i, data):  # type: ignore[arg-type]
+                log.warning(
+                    "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
+                )
+                partial.unmark(i)
+                self._dirty = True
+
+    async def _fetch_run(self, lo: int, hi: int) -> None:
+        mine = {i: self.flights[i] for i in range(lo, hi) if i in self.flights}
+        attempt = 0
+        try:
+            while True:
+                pending = [i for i, f in mine.items() if not f.event.is_set()]
+                if not pending:
+                    return
+                start = chunk_span(pending[0], self.size, self.chunk_bytes)[0]
+                end = chunk_span(pending[-1], self.size, self.chunk_bytes)[1]
+                try:
+                    await self._fetch_range(start, end)
+                except Transient as e:
+                    attempt += 1
+                    if attempt >= self.fetcher.settings.attempts:
+                        raise
+                    delay = backoff_seconds(attempt, e.retry_after_seconds)
+                    log.info("%s: %s; retry %d in %.2fs", self.what, e, attempt, delay)
+                    await trio.sleep(delay)
+                    continue
+                for i in pending:
+                    if not mine[i].event.is_set():
+                        # The range was delivered but this chunk was not: cannot happen
+                        # unless the registry cut the body short without an error.
+                        raise Transient(f"{self.what}: chunk {i} missing from a complete body")
+        except ModelfsError as e:
+            log.warning("%s: chunks %d-%d failed: %s", self.what, lo, hi - 1, e)
+            self._fail(mine, e)
+        except BaseException as e:
+            if not isinstance(e, trio.Cancelled):
+                log.exception(
+                    "%s: fetch of chunks %d-%d failed unexpectedly", self.what, lo, hi - 1
+                )
+            self._fail(mine, ModelfsError(f"{self.what}: internal error while fetching"))
+            if isinstance(e, trio.Cancelled | KeyboardInterrupt):
+                raise
+        finally:
+            self.users -= 1
+            self.maybe_close()
+
+    def _fail(self, mine: dict[int, _Flight], error: ModelfsError) -> None:
+        for i, flight in mine.items():
+            if not flight.event.is_set():
+                if self.flights.get(i) is flight:
+                    del self.flights[i]
+                flight.finish(error)
+
+    async def _fetch_range(self, start: int, end: int) -> None:
+        partial = self.partial
+        if partial is not None and not self._disk_failed:
+            try:
+                await self.fetcher.in_thread(partial.reserve, start, end)
+            except (CacheFull, CacheError) as e:
+                self._disk_failure(e)
+        token = trio.lowlevel.current_trio_token()
+        index = self.index
+        chunk_bytes = self.chunk_bytes
+
+        def on_piece(offset: int, view: memoryview) -> None:
+            # Worker thread: verify, write, then tell the trio side.
+            i = offset // chunk_bytes
+            if index is not None and not index.verify(i, view):
+                trio.from_thread.run_sync(self._chunk_mismatch, i, trio_token=token)
+                return
+            if partial is not None and not self._disk_failed:
+                try:
+                    partial.write(offset, view)
+                except (CacheFull, CacheError) as e:
+                    trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
+                else:
+                    trio.from_thread.run_sync(self._landed, i, None, trio_token=token)
+                    return
+            trio.from_thread.run_sync(self._landed, i, bytes(view), trio_token=token)
+
+        self.fetcher.stats.requests += 1
+        await self.fetcher.registry.read_range(
+            self.name,
+            self.digest,
+            start,
+            end,
+            chunk_bytes,
+            on_piece,
+            limiter=self.fetcher.streams,
+        )
+
+    # -- trio-side callbacks from the worker thread ---------------------------------------------
+
+    def _landed(self, i: int, data: bytes | None) -> None:
+        start, end = chunk_span(i, self.size, self.chunk_bytes)
+        self.fetcher.stats.bytes_fetched += end - start
+        if data is None:
+            assert self.partial is not None
+            self.partial.mark(i)
+            self.partial.rechecked(i)
+            self._dirty = True
+            self._schedule_flush()
+        else:
+            self.memory[i] = data
+            self.memory.move_to_end(i)
+            while len(self.memory) > self.fetcher.settings.memory_chunks:
+                self.memory.popitem(last=False)
+        flight = self.flights.pop(i, None)
+        if flight is not None:
+            flight.finish()
+        if self.partial is not None and self.partial.complete:
+            self._start_finalize()
+
+    def _chunk_mismatch(self, i: int) -> None:
+        start, end = chunk_span(i, self.size, self.chunk_bytes)
+        self.fetcher.stats.chunk_mismatches += 1
+        log.warning(
+            "blob %s: chunk %d (bytes %d-%d) from %s does not match the chunk index; discarded",
+            self.digest,
+            i,
+            start,
+            end - 1,
+            self.name.host,
+        )
+        flight = self.flights.pop(i, None)
+        if flight is not None:
+            flight.finish(
+                DigestMismatch(f"blob {self.digest} chunk {i} does not match the chunk index")
+            )
+
+    def _disk_failure(self, e: ModelfsError) -> None:
+        self.fetcher.stats.cache_write_failures += 1
+        if not self._disk_failed:
+            log.warning("%s: cannot write the cache (%s); serving from the network", self.what, e)
+        self._disk_failed = True
+
+    # -- persistence and publishing -------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.users += 1
+            self.fetcher.nursery.start_soon(self._flush_later, name=f"flush {self.what}")
+
+    async def _flush_later(self) -> None:
+        try:
+            await trio.sleep(self.fetcher.settings.state_flush_seconds)
+            self._flush_pending = False
+            if self._dirty and not self.published and self._finalizing is None:
+                await self._save_state()
+        except ModelfsError as e:
+            log.warning("%s: could not save fetch progress: %s", self.what, e)
+        finally:
+            self._flush_pending = False
+            self.users -= 1
+            self.maybe_close()
+
+    async def _save_state(self) -> None:
+        partial = self.partial
+        if partial is None or self._disk_failed:
+            return
+        snapshot = bytes(partial.present)
+        self._dirty = False
+        try:
+            await self.fetcher.in_thread(partial.save_state, snapshot)
+        except BaseException:
+            self._dirty = True
+            raise
+
+    def _start_finalize(self) -> None:
+        if self._finalizing is None and not self.published:
+            self._finalizing = _Flight()
+            self.fetcher.nursery.start_soon(self._finalize, name=f"finalize {self.what}")
+
+    async def _finalize(self) -> None:
+        flight = self._finalizing
+        assert flight is not None and self.partial is not None
+        partial = self.partial
+        error: ModelfsError | None = None
+        try:
+            got = await self.fetcher.in_thread(sha256_file, partial.fd, self.size)
+            if got != self.digest:
+                self.fetcher.stats.blob_mismatches += 1
+                log.warning(
+                    "blob %s from %s: whole-blob sha256 is %s; discarding the fetched data",
+                    self.digest,
+                    self.name.host,
+                    got,
+                )
+                await self.fetcher.in_thread(partial.discard)
+                self.memory.clear()
+                error = DigestMismatch(f"blob {self.digest} does not match its digest")
+                self.failure = error
+                if self.fetcher.on_discarded is not None:
+                    # Pages already served (verify=deferred) must leave the kernel's cache.
+                    self.fetcher.on_discarded(self.digest)
+            else:
+                await self.fetcher.in_thread(partial.publish)
+                self.published = True
+                self.fetcher.stats.published += 1
+                log.info("blob %s: complete and verified, published", self.digest.short)
+        except ModelfsError as e:
+            log.warning("%s: could not publish: %s", self.what, e)
+            error = e
+        except Exception:
+            log.exception("%s: publishing failed unexpectedly", self.what)
+            error = ModelfsError(f"{self.what}: internal error while publishing")
+        finally:
+            self._finalizing = None
+            flight.finish(error)
+        if self.published:
+            await self.fetcher._published(self.digest)
+        self.maybe_close()
+
+    async def complete(self) -> None:
+        """Fetch every chunk, verify the whole blob and publish it (``pull``, WHOLE policy)."""
+        while not self.published:
+            if self.failure is not None:
+                raise copy.copy(self.failure)
+            if self.partial is None:
+                # Another process owns the partial: wait for it to publish.
+                if await self.fetcher.in_thread(
+                    self.fetcher.cache.has_blob, self.digest, self.size
+                ):
+                    self.published = True
+                    return
+                await trio.sleep(self._wait_publish_seconds)
+                continue
+            await self._recheck(0, self.chunks)
+            waits, new = self._claim(0, self.chunks)
+            self._start_runs(new)
+            for flight in waits:
+                await flight.wait(None, self.what)
+            if self.partial.complete and self._finalizing is None and not self.published:
+                self._start_finalize()
+            finalizing = self._finalizing
+            if finalizing is not None:
+                await finalizing.wait(None, self.what)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset+size)``; the chunks must have been ensured (or published)."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        if self.published and self.partial is not None:
+            return await self.fetcher.in_thread(self.partial.read, offset, end - offset)  # type: ignore[return-value]
+        lo = offset // self.chunk_bytes
+        hi = (end - 1) // self.chunk_bytes + 1
+        if self.partial is not None and all(self.partial.has(i) for i in range(lo, hi)):
+            return await self.fetcher.in_thread(self.partial.read, offset, end - offset)  # type: ignore[return-value]
+        out = bytearray()
+        for i in range(lo, hi):
+            cstart, cend = chunk_span(i, self.size, self.chunk_bytes)
+            a, b = max(offset, cstart), min(end, cend)
+            data = self.memory.get(i)
+            if data is not None:
+                out += data[a - cstart : b - cstart]
+            elif self.partial is not None and self.partial.has(i):
+                out += await self.fetcher.in_thread(self.partial.read, a, b - a)  # type: ignore[operator]
+            else:
+                raise _Evicted(i)
+        return bytes(out)
+
+
+class _Evicted(ModelfsError):
+    """A chunk held in memory was evicted between ensure and read; the reader ensures again."""
+
+    def __init__(self, i: int) -> None:
+        super().__init__(f"chunk {i} was evicted before it was read")

@@ -1,0 +1,248 @@
+"""The FUSE boundary: kernel requests become ``Tree`` calls, errors become errno.
+
+The only module that imports pyfuse3. Every handler goes through ``boundary``:
+a known modelfs error becomes its errno (``errors.ERRNO``), anything unexpected
+is logged with its traceback and becomes EIO — an exception escaping a pyfuse3
+handler would end the filesystem, and the mount must never die from one request.
+The mount is read-only: every request that would change it is EROFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from modelfs.digest import Digest
+from modelfs.errors import ModelfsError, errno_for
+from modelfs.tree import Attr, Tree, TreeError
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+BLKSIZE_BYTES = 128 << 10
+
+
+def boundary(fn: F) -> F:
+    @functools.wraps(fn)
+    async def handler(self: Operations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except TreeError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except ModelfsError as e:
+            err = errno_for(e)
+            log.info("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(err) from None
+        except Exception:
+            log.exception("unexpected error in FUSE handler %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler  # type: ignore[return-value]
+
+
+def _decode(name: bytes) -> str:
+    try:
+        return name.decode("ascii")
+    except UnicodeDecodeError:
+        # Model names are ASCII only: nothing else can exist here.
+        raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, nursery: trio.Nursery, cache_root: str) -> None:
+        super().__init__()
+        self.tree = tree
+        self.nursery = nursery
+        self.cache_root = cache_root
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = attr.inode
+        e.generation = 0
+        e.entry_timeout = attr.entry_seconds
+        e.attr_timeout = attr.attr_seconds
+        e.st_mode = attr.mode
+        e.st_nlink = 2 if attr.is_dir else 1
+        e.st_uid = self.uid
+        e.st_gid = self.gid
+        e.st_rdev = 0
+        e.st_size = attr.size
+        e.st_blksize = BLKSIZE_BYTES
+        e.st_blocks = (attr.size + 511) // 512
+        e.st_atime_ns = attr.mtime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.mtime_ns
+        return e
+
+    # -- namespace ------------------------------------------------------------------------------
+
+    @boundary
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self._entry(await self.tree.lookup(parent_inode, _decode(name)))
+
+    async def forget(self, inode_list):
+        # No reply goes to the kernel: errors can only be logged.
+        for inode, count in inode_list:
+            try:
+                self.tree.forget(inode, count)
+            except Exception:
+                log.exception("forget of inode %d failed", inode)
+
+    @boundary
+    async def getattr(self, inode, ctx=None):
+        return self._entry(await self.tree.getattr(inode))
+
+    @boundary
+    async def readlink(self, inode, ctx):
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    @boundary
+    async def opendir(self, inode, ctx):
+        return await self.tree.opendir(inode)
+
+    @boundary
+    async def readdir(self, fh, start_id, token):
+        dir_inode, entries = self.tree.readdir(fh, start_id)
+        for name, next_id in entries:
+            attr = self.tree.entry(dir_inode, name)
+            if attr is None:
+                continue
+            if pyfuse3.readdir_reply(token, name.encode("ascii"), self._entry(attr), next_id):
+                self.tree.remember(attr.inode)
+            else:
+                self.tree.drop_unreferenced(attr.inode)
+                break
+
+    @boundary
+    async def releasedir(self, fh):
+        self.tree.releasedir(fh)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    @boundary
+    async def open(self, inode, flags, ctx):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = await self.tree.open(inode)
+        # Blob content never changes under a digest: let the page cache outlive the open.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    @boundary
+    async def read(self, fh, off, size):
+        return await self.tree.read(fh, off, size)
+
+    @boundary
+    async def release(self, fh):
+        await self.tree.release(fh)
+
+    @boundary
+    async def flush(self, fh):
+        return None
+
+    @boundary
+    async def access(self, inode, mode, ctx):
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        await self.tree.getattr(inode)
+        return True
+
+    @boundary
+    async def getxattr(self, inode, name, ctx):
+        return self.tree.getxattr(inode, name.decode("utf-8", "replace"))
+
+    @boundary
+    async def listxattr(self, inode, ctx):
+        return [n.encode() for n in self.tree.listxattr(inode)]
+
+    @boundary
+    async def statfs(self, ctx):
+        st = await trio.to_thread.run_sync(os.statvfs, self.cache_root)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = st.f_bsize
+        s.f_frsize = st.f_frsize
+        s.f_blocks = st.f_blocks
+        s.f_bfree = st.f_bfree
+        s.f_bavail = st.f_bavail
+        s.f_files = len(self.tree.nodes)
+        s.f_ffree = 0
+        s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # -- the mount is read-only -------------------------------------------------------------------
+
+    async def _erofs(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = _erofs
+    mknod = _erofs
+    mkdir = _erofs
+    unlink = _erofs
+    rmdir = _erofs
+    symlink = _erofs
+    rename = _erofs
+    link = _erofs
+    write = _erofs
+    create = _erofs
+    setxattr = _erofs
+    removexattr = _erofs
+
+    async def fsync(self, fh, datasync):
+        return None
+
+    # -- notifications --------------------------------------------------------------------------
+
+    def invalidate(self, digest: Digest) -> None:
+        """Drop a discarded blob's pages from the kernel cache (never from inside a handler)."""
+        for inode in self.tree.inodes_of(digest):
+            self.nursery.start_soon(self._invalidate, inode)
+
+    async def _invalidate(self, inode: int) -> None:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.warning("could not invalidate inode %d: %s", inode, e)
+        except Exception:
+            log.exception("could not invalidate inode %d", inode)
+
+
+# -- session lifetime (used by the daemon, so that only this module imports pyfuse3) ----------
+
+
+def mount(ops: Operations, mountpoint: str, options: set[str]) -> None:
+    """Mount: when this returns the kernel has the mount; requests wait for ``serve``."""
+    fuse_options = set(pyfuse3.default_options) | options
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options)
+    except RuntimeError as e:
+        from modelfs.errors import MountError
+
+        raise MountError(f"cannot mount {mountpoint}: {e}") from None
+
+
+async def serve(max_tasks: int) -> None:
+    await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
+
+
+def terminate() -> None:
+    pyfuse3.terminate()
+
+
+def close(unmount: bool) -> None:
+    pyfuse3.close(unmount=unmount)

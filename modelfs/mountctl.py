@@ -1,0 +1,251 @@
+"""The CLI side of mounting: start the daemon detached and wait until the mount is live; unmount.
+
+``modelfs mount`` re-runs itself as ``mount --foreground --ready-fd N`` in a new
+session and waits on a pipe: the daemon writes ``ok`` once the kernel has the
+mount, or ``error: <reason>``. A mountpoint left dead by a crashed daemon
+("Transport endpoint is not connected") is detached first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelfs.errors import MountError
+
+READY_TIMEOUT_SECONDS = 60.0
+UMOUNT_WAIT_SECONDS = 30.0
+FSTYPE = "fuse.modelfs"
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def _unescape(path: str) -> str:
+    for code, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        path = path.replace(code, ch)
+    return path
+
+
+def find_mount(path: str | os.PathLike[str]) -> MountEntry | None:
+    """The mount whose mountpoint is ``path`` (the last one, if stacked), from mountinfo."""
+    target = os.path.abspath(path)
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                pre, _, post = line.partition(" - ")
+                fields, tail = pre.split(), post.split()
+                if len(fields) > 4 and len(tail) >= 2 and _unescape(fields[4]) == target:
+                    found = MountEntry(target, tail[0], tail[1])
+    except OSError:
+        return None
+    return found
+
+
+def is_stale(path: str | os.PathLike[str]) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def _fusermount() -> str:
+    for name in ("fusermount3", "fusermount"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise MountError("fusermount3 is not installed (Debian: apt-get install fuse3)")
+
+
+def _run_fusermount(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_fusermount(), *args], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return Path(base) / "modelfs"
+    if os.geteuid() == 0:
+        return Path("/run/modelfs")
+    return Path(f"/tmp/modelfs-{os.getuid()}")
+
+
+def pidfile(mountpoint: str | os.PathLike[str]) -> Path:
+    key = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    return runtime_dir() / f"{key}.pid"
+
+
+def write_pidfile(mountpoint: str | os.PathLike[str]) -> Path:
+    path = pidfile(mountpoint)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(f"{os.getpid()}\n")
+    return path
+
+
+def _daemon_pid(mountpoint: str | os.PathLike[str]) -> int | None:
+    try:
+        return int(pidfile(mountpoint).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own child not yet reaped) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def prepare_mountpoint(mountpoint: Path) -> str | None:
+    """Check the mountpoint; detach a dead modelfs mount. Returns a note for the user, if any."""
+    note = None
+    if is_stale(mountpoint):
+        result = _run_fusermount(["-u", "-z", str(mountpoint)])
+        if result.returncode != 0 and is_stale(mountpoint):
+            raise MountError(
+                f"{mountpoint} is a dead mount and could not be detached: "
+                f"{result.stderr.strip() or 'fusermount3 failed'}"
+            )
+        note = f"detached a dead mount at {mountpoint} (its daemon had died)"
+    if not mountpoint.is_dir():
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    entry = find_mount(mountpoint)
+    if entry is not None and entry.fstype == FSTYPE:
+        raise MountError(f"{mountpoint} is already a modelfs mount")
+    return note
+
+
+def start_daemon(argv: list[str], log_path: Path) -> None:
+    """Start ``modelfs <argv> --foreground`` detached; return once it reports the mount live."""
+    r, w = os.pipe()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "modelfs",
+                *argv,
+                "--foreground",
+                "--ready-fd",
+                str(w),
+                "--log",
+                str(log_path),
+            ],
+            pass_fds=(w,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+            close_fds=True,
+        )
+    os.close(w)
+    try:
+        message = _read_ready(r, proc)
+    finally:
+        os.close(r)
+    if message == "ok":
+        return
+    if message.startswith("error: "):
+        raise MountError(message[len("error: ") :])
+    code = proc.poll()
+    raise MountError(
+        f"the mount daemon exited (status {code}) before the mount was live; see {log_path}"
+    )
+
+
+def _read_ready(fd: int, proc: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            proc.terminate()
+            raise MountError(
+                f"the mount daemon did not become ready in {READY_TIMEOUT_SECONDS:.0f}s"
+            )
+        readable, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if not readable:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
+
+
+def signal_ready(fd: int | None, message: str | None) -> None:
+    """Tell the waiting parent (and systemd, for Type=notify units) how mounting went."""
+    if fd is not None:
+        text = "ok\n" if message is None else f"error: {message}\n"
+        with contextlib.suppress(OSError):
+            os.write(fd, text.encode())
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if message is None:
+        notify_systemd("READY=1")
+
+
+def notify_systemd(state: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(state.encode())
+
+
+def umount(mountpoint: Path, *, lazy: bool = False) -> None:
+    """Unmount and wait for the daemon to finish saving its state."""
+    path = os.path.abspath(mountpoint)
+    entry = find_mount(path)
+    if entry is None:
+        raise MountError(f"{path} is not mounted")
+    if entry.fstype != FSTYPE:
+        raise MountError(f"{path} is not a modelfs mount (it is {entry.fstype})")
+    pid = _daemon_pid(path)
+    args = ["-u", "-z", path] if lazy else ["-u", path]
+    result = _run_fusermount(args)
+    if result.returncode != 0:
+        if is_stale(path):
+            result = _run_fusermount(["-u", "-z", path])
+        if result.returncode != 0:
+            why = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+            if "busy" in why.lower():
+                raise MountError(
+                    f"{path} is busy: a process still has a file or directory open there "
+                    "(close it, or use --lazy to detach now and unmount when it is closed)"
+                )
+            raise MountError(f"cannot unmount {path}: {why or 'fusermount3 failed'}")
+    if pid is not None and not lazy:
+        deadline = time.monotonic() + UMOUNT_WAIT_SECONDS
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -1,0 +1,274 @@
+"""A partial blob on disk: its data file in ``.modelfs/partial/`` and which chunks of it are present.
+
+The data file is written chunk by chunk in place (each run of chunks is
+fallocated first: on ext4 this is ~10x faster than filling holes). Which chunks
+are present is kept in a bitmap, persisted as ``sha256-<hex>.state`` with the
+cache's atomic discipline: the data file is fdatasync'ed *before* a state that
+claims its chunks is renamed into place, so a crash can lose recent chunks but
+never claim a chunk that is not on disk. The state carries its own checksum and
+the parameters it was made with; a state that does not match is discarded, not
+trusted. Chunks of an indexed blob loaded from a state are re-verified before
+their first use (``needs_recheck``).
+
+All methods block: async callers use a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+
+from modelfs.blobcache import BlobCache, fsync_dir, os_error
+from modelfs.chunks import chunk_count, chunk_span
+from modelfs.digest import Digest
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def _checksum(doc: dict[str, object]) -> str:
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(body).hexdigest()
+
+
+def encode_state(
+    digest: Digest, size: int, chunk_bytes: int, indexed: bool, present: bytes
+) -> bytes:
+    doc: dict[str, object] = {
+        "version": STATE_VERSION,
+        "digest": str(digest),
+        "size": size,
+        "chunkBytes": chunk_bytes,
+        "indexed": indexed,
+        "present": base64.b64encode(present).decode(),
+    }
+    doc["checksum"] = _checksum(doc)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_state(
+    raw: bytes, digest: Digest, size: int, chunk_bytes: int, indexed: bool
+) -> bytearray | None:
+    """The present-chunk bitmap from a state file, or None if it is corrupt or for other parameters."""
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            return None
+        checksum = doc.pop("checksum", None)
+        if checksum != _checksum(doc):
+            return None
+        if (
+            doc.get("version") != STATE_VERSION
+            or doc.get("digest") != str(digest)
+            or doc.get("size") != size
+            or doc.get("chunkBytes") != chunk_bytes
+            or doc.get("indexed") != indexed
+        ):
+            return None
+        present = bytearray(base64.b64decode(doc["present"], validate=True))
+    except (ValueError, KeyError, TypeError):
+        return None
+    if len(present) != (chunk_count(size, chunk_bytes) + 7) // 8:
+        return None
+    return present
+
+
+class PartialFile:
+    """The partial data file of one blob, open for reading and writing, with its bitmap."""
+
+    def __init__(
+        self, cache: BlobCache, digest: Digest, size: int, chunk_bytes: int, indexed: bool
+    ) -> None:
+        self.cache = cache
+        self.digest = digest
+        self.size = size
+        self.chunk_bytes = chunk_bytes
+        self.indexed = indexed
+        self.chunks = chunk_count(size, chunk_bytes)
+        self.present = bytearray((self.chunks + 7) // 8)
+        self.present_count = 0
+        # Chunks trusted from a previous run: re-hash before their first use.
+        self.needs_recheck = bytearray(len(self.present))
+        self.path = cache.partial_path(digest)
+        self.fd = -1
+        self._retired_fds: list[int] = []
+
+    # -- bitmap -------------------------------------------------------------------------------
+
+    def has(self, i: int) -> bool:
+        return bool(self.present[i >> 3] & (1 << (i & 7)))
+
+    def mark(self, i: int) -> None:
+        if not self.has(i):
+            self.present[i >> 3] |= 1 << (i & 7)
+            self.present_count += 1
+
+    def unmark(self, i: int) -> None:
+        if self.has(i):
+            self.present[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+            self.present_count -= 1
+        self.needs_recheck[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+
+    def recheck_pending(self, i: int) -> bool:
+        return bool(self.needs_recheck[i >> 3] & (1 << (i & 7)))
+
+    def rechecked(self, i: int) -> None:
+        self.needs_recheck[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+
+    @property
+    def complete(self) -> bool:
+        return self.present_count == self.chunks
+
+    @property
+    def present_bytes(self) -> int:
+        total = 0
+        for i in range(self.chunks):
+            if self.has(i):
+                start, end = chunk_span(i, self.size, self.chunk_bytes)
+                total += end - start
+        return total
+
+    # -- file ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the data file and load the persisted bitmap if it can be trusted."""
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            st = os.fstat(self.fd)
+            bitmap = None
+            if st.st_size == self.size:
+                try:
+                    raw = self.cache.state_path(self.digest).read_bytes()
+                except FileNotFoundError:
+                    raw = None
+                if raw is not None:
+                    bitmap = decode_state(
+                        raw, self.digest, self.size, self.chunk_bytes, self.indexed
+                    )
+                    if bitmap is None:
+                        log.warning(
+                            "discarding unreadable chunk state of blob %s", self.digest.short
+                        )
+            if bitmap is None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.cache.state_path(self.digest).unlink()
+                os.ftruncate(self.fd, 0)
+                os.ftruncate(self.fd, self.size)
+                return
+            self.present = bitmap
+            self.present_count = sum(bin(b).count("1") for b in bitmap)
+            if self.indexed:
+                self.needs_recheck = bytearray(bitmap)
+            if self.present_count:
+                log.info(
+                    "blob %s: resuming with %d of %d chunks present",
+                    self.digest.short,
+                    self.present_count,
+                    self.chunks,
+                )
+        except OSError as e:
+            self.close()
+            raise os_error(e, f"opening the partial file of blob {self.digest.short}") from None
+
+    def reserve(self, start: int, end: int) -> None:
+        """Allocate disk for ``[start, end)`` before writing it: fast writes, early ENOSPC."""
+        try:
+            os.posix_fallocate(self.fd, start, end - start)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return
+            raise os_error(e, f"reserving space for blob {self.digest.short}") from None
+
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            raise os_error(e, f"writing blob {self.digest.short}") from None
+
+    def read(self, offset: int, size: int) -> bytes:
+        try:
+            return os.pread(self.fd, size, offset)
+        except OSError as e:
+            raise os_error(e, f"reading blob {self.digest.short}") from None
+
+    def chunk_bytes_at(self, i: int) -> bytes:
+        start, end = chunk_span(i, self.size, self.chunk_bytes)
+        return self.read(start, end - start)
+
+    def save_state(self, present: bytes) -> None:
+        """Persist ``present`` (a snapshot taken before this call) once its data is durable."""
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise os_error(e, f"syncing blob {self.digest.short}") from None
+        self.cache.atomic_write(
+            self.cache.state_path(self.digest),
+            encode_state(self.digest, self.size, self.chunk_bytes, self.indexed, present),
+        )
+
+    def publish(self) -> None:
+        """Move the complete, verified data file into ``blobs/`` and drop the state."""
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise os_error(e, f"syncing blob {self.digest.short}") from None
+        self.cache.publish_file(self.path, self.digest)
+        with contextlib.suppress(FileNotFoundError):
+            self.cache.state_path(self.digest).unlink()
+
+    def discard(self) -> None:
+        """Forget every chunk and start a fresh data file.
+
+        The old descriptor is kept open until ``close``: a reader in a worker
+        thread may still be using it, and a closed-and-reused fd number would
+        hand it another file's bytes.
+        """
+        self.cache.discard_partial(self.digest)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.cache.partial_dir)
+        if self.fd >= 0:
+            self._retired_fds.append(self.fd)
+            self.fd = -1
+        self.present = bytearray(len(self.present))
+        self.needs_recheck = bytearray(len(self.present))
+        self.present_count = 0
+        self.open()
+
+    def close(self) -> None:
+        for fd in [*self._retired_fds, self.fd]:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._retired_fds.clear()
+        self.fd = -1
+
+
+def present_bytes_in_state(raw: bytes, digest: Digest, size: int) -> int:
+    """How many bytes a state file says are present (0 if it is unreadable)."""
+    try:
+        doc = json.loads(raw)
+        chunk_bytes = int(doc["chunkBytes"])
+        indexed = bool(doc["indexed"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+    if chunk_bytes <= 0:
+        return 0
+    bitmap = decode_state(raw, digest, size, chunk_bytes, indexed)
+    if bitmap is None:
+        return 0
+    total = 0
+    for i in range(chunk_count(size, chunk_bytes)):
+        if bitmap[i >> 3] & (1 << (i & 7)):
+            start, end = chunk_span(i, size, chunk_bytes)
+            total += end - start
+    return total

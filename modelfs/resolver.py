@@ -1,0 +1,137 @@
+"""Name → manifest: from the registry, falling back to the cache; short positive and negative caches.
+
+A lookup asks the registry (one request however many lookups of the same name
+arrive together), keeps the answer for ``lookup_ttl_seconds``, and remembers a
+"not found" for ``NEGATIVE_TTL_SECONDS`` so a shell probing names does not
+hammer the registry. When the registry cannot be reached (or refuses us, or no
+longer has the model) a manifest in the cache is used instead, so cached
+models — complete or partial — work offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from modelfs.blobcache import BlobCache
+from modelfs.errors import (
+    ManifestInvalid,
+    ModelfsError,
+    ModelNotFound,
+    RegistryError,
+    Transient,
+)
+from modelfs.manifest import Manifest, parse_manifest
+from modelfs.names import Name
+from modelfs.registry import Registry
+
+log = logging.getLogger(__name__)
+
+LOOKUP_TTL_SECONDS = 30.0
+NEGATIVE_TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    name: Name
+    manifest: Manifest
+    from_registry: bool
+    at: float  # trio.current_time() when resolved
+
+
+class Resolver:
+    def __init__(
+        self,
+        registry: Registry,
+        cache: BlobCache,
+        *,
+        lookup_ttl_seconds: float = LOOKUP_TTL_SECONDS,
+        negative_ttl_seconds: float = NEGATIVE_TTL_SECONDS,
+        in_thread: Callable[..., object] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.lookup_ttl_seconds = lookup_ttl_seconds
+        self.negative_ttl_seconds = negative_ttl_seconds
+        self._in_thread = in_thread
+        self._positive: dict[tuple[str, ...], Resolved] = {}
+        self._negative: dict[tuple[str, ...], tuple[float, ModelNotFound]] = {}
+        self._inflight: dict[tuple[str, ...], trio.Event] = {}
+
+    async def _thread(self, fn: Callable[..., object], *args: object) -> object:
+        if self._in_thread is not None:
+            return await self._in_thread(fn, *args)  # type: ignore[misc]
+        return await trio.to_thread.run_sync(fn, *args)
+
+    def forget(self, name: Name) -> None:
+        self._positive.pop(name.key, None)
+        self._negative.pop(name.key, None)
+
+    async def resolve(self, name: Name) -> Resolved:
+        key = name.key
+        while True:
+            now = trio.current_time()
+            hit = self._positive.get(key)
+            if hit is not None and now - hit.at < self.lookup_ttl_seconds:
+                return hit
+            miss = self._negative.get(key)
+            if miss is not None and now - miss[0] < self.negative_ttl_seconds:
+                raise ModelNotFound(miss[1].message)
+            event = self._inflight.get(key)
+            if event is None:
+                break
+            await event.wait()
+            if key not in self._positive and key not in self._negative:
+                # The shared attempt failed for a reason that is not cached: try ourselves.
+                break
+        event = self._inflight[key] = trio.Event()
+        try:
+            resolved = await self._resolve_uncached(name)
+        except ModelNotFound as e:
+            self._negative[key] = (trio.current_time(), e)
+            self._positive.pop(key, None)
+            raise
+        finally:
+            del self._inflight[key]
+            event.set()
+        self._positive[key] = resolved
+        self._negative.pop(key, None)
+        return resolved
+
+    async def _resolve_uncached(self, name: Name) -> Resolved:
+        try:
+            raw = await self.registry.get_manifest(name)
+            manifest = parse_manifest(raw)
+            if name.digest is not None and manifest.digest != name.digest:
+                raise ManifestInvalid(
+                    f"invalid manifest: {name} resolved to {manifest.digest}, not the pinned digest"
+                )
+            return Resolved(name, manifest, True, trio.current_time())
+        except ModelNotFound as e:
+            cached = await self._cached(name, f"the registry says: {e}")
+            if cached is None:
+                raise
+            return cached
+        except (Transient, RegistryError, ManifestInvalid) as e:
+            # Unauthorized is a RegistryError: a cached model stays usable without credentials.
+            cached = await self._cached(name, str(e))
+            if cached is None:
+                raise
+            return cached
+
+    async def _cached(self, name: Name, why: str) -> Resolved | None:
+        try:
+            loaded = await self._thread(self.cache.load_manifest, name)
+        except ModelfsError as e:
+            log.warning("cannot read the cached manifest of %s: %s", name, e)
+            return None
+        if loaded is None:
+            return None
+        manifest, _complete = loaded  # type: ignore[misc]
+        if name.digest is not None and manifest.digest != name.digest:
+            return None
+        log.info("using the cached manifest of %s (%s)", name, why)
+        return Resolved(name, manifest, False, trio.current_time())

@@ -1,0 +1,393 @@
+"""The mount's namespace: ``<host>/<namespace>/<model>/<tag>/<file>``, inodes, attributes, handles.
+
+Directories exist for any valid name part (like autofs, looking one up needs no
+network); looking up a tag resolves its manifest. A tag directory holds one
+file per layer (``manifest.layer_filenames``) plus ``manifest.json``. Every file
+with the same content is the same inode — one inode per blob digest — so the
+kernel's page cache is shared by every name that reaches a blob. Listings show
+what the cache knows and what this mount has resolved; names that are not
+listed can still be looked up.
+
+Knows nothing of pyfuse3: ``fuse_ops`` translates. Names of directories compare
+case-insensitively, as model names do.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from modelfs.blobcache import BlobCache
+from modelfs.completion import Completion
+from modelfs.digest import Digest
+from modelfs.errors import ModelfsError, NameInvalid
+from modelfs.manifest import MANIFEST_FILENAME, Layer, Manifest, layer_filenames
+from modelfs.names import Name, PartKind, check_part, from_parts
+from modelfs.reader import Handle, Reader
+from modelfs.resolver import Resolved, Resolver
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+DIR_ENTRY_SECONDS = 300.0
+FILE_ATTR_SECONDS = 3600.0
+LEVEL_KINDS = (PartKind.HOST, PartKind.NAMESPACE, PartKind.MODEL, PartKind.TAG)
+XATTR_DIGEST = "user.modelfs.digest"
+XATTR_MEDIA_TYPE = "user.modelfs.media_type"
+
+
+class TreeError(ModelfsError):
+    """A filesystem-level refusal with its own errno (ENOTDIR, EROFS, ENODATA …)."""
+
+    def __init__(self, err: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(err, str(err)))
+        self.errno = err
+
+
+@dataclass(frozen=True)
+class Attr:
+    inode: int
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    entry_seconds: float
+    attr_seconds: float
+
+    @property
+    def mode(self) -> int:
+        return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | 0o444)
+
+
+@dataclass
+class Node:
+    inode: int
+    parent: int
+    name: str  # as first seen
+    is_dir: bool
+    parts: tuple[str, ...] = ()  # name parts down to this directory
+    lookups: int = 0
+    # tag directories
+    resolved: Resolved | None = None
+    files: dict[str, tuple[Layer | None, Manifest]] = field(default_factory=dict)
+    # files: the layer (None for manifest.json), and a model that has it (to fetch it from)
+    layer: Layer | None = None
+    source: Name | None = None
+    manifest: Manifest | None = None
+    open_count: int = 0
+
+    @property
+    def level(self) -> int:
+        return len(self.parts)
+
+
+@dataclass
+class _Open:
+    node: Node
+    handle: Handle | None  # None for manifest.json (served from memory)
+
+
+class Tree:
+    def __init__(
+        self,
+        resolver: Resolver,
+        reader: Reader,
+        completion: Completion,
+        cache: BlobCache,
+        *,
+        lookup_ttl_seconds: float,
+        in_thread: Callable[..., object],
+    ) -> None:
+        self.resolver = resolver
+        self.reader = reader
+        self.completion = completion
+        self.cache = cache
+        self.lookup_ttl_seconds = lookup_ttl_seconds
+        self._in_thread = in_thread
+        self.mtime_ns = time.time_ns()
+        self.nodes: dict[int, Node] = {
+            ROOT_INODE: Node(ROOT_INODE, ROOT_INODE, "", True, lookups=1)
+        }
+        self._dirs: dict[tuple[int, str], int] = {}  # (parent inode, lowercased name) -> inode
+        self._blobs: dict[Digest, int] = {}  # blob or manifest digest -> file inode
+        self._inodes = itertools.count(ROOT_INODE + 1)
+        self._handles: dict[int, _Open] = {}
+        self._fhs = itertools.count(1)
+        self._dir_listings: dict[int, tuple[int, list[str]]] = {}
+
+    # -- attributes ---------------------------------------------------------------------------
+
+    def attr(self, node: Node) -> Attr:
+        if node.is_dir:
+            entry = self.lookup_ttl_seconds if node.level == len(LEVEL_KINDS) else DIR_ENTRY_SECONDS
+            return Attr(node.inode, True, 0, self.mtime_ns, entry, DIR_ENTRY_SECONDS)
+        size = node.layer.size if node.layer else len(node.manifest.raw)  # type: ignore[union-attr]
+        return Attr(
+            node.inode, False, size, self.mtime_ns, self.lookup_ttl_seconds, FILE_ATTR_SECONDS
+        )
+
+    def node(self, inode: int) -> Node:
+        node = self.nodes.get(inode)
+        if node is None:
+            raise TreeError(errno.ENOENT, f"stale inode {inode}")
+        return node
+
+    async def getattr(self, inode: int) -> Attr:
+        return self.attr(self.node(inode))
+
+    # -- lookup and forget ----------------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: str) -> Attr:
+        """Resolve ``name`` in a directory; the kernel now holds one more reference to it."""
+        parent = self.node(parent_inode)
+        if not parent.is_dir:
+            raise TreeError(errno.ENOTDIR)
+        if name in (".", ".."):
+            raise TreeError(errno.ENOENT)
+        if parent.level < len(LEVEL_KINDS):
+            node = await self._lookup_dir(parent, name)
+        else:
+            node = await self._lookup_file(parent, name)
+        node.lookups += 1
+        return self.attr(node)
+
+    def remember(self, inode: int) -> None:
+        """A readdir entry the kernel accepted counts as a lookup."""
+        node = self.nodes.get(inode)
+        if node is not None:
+            node.lookups += 1
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self.nodes.get(inode)
+        if node is None or inode == ROOT_INODE:
+            return
+        node.lookups -= count
+        if node.lookups > 0 or node.open_count > 0:
+            return
+        del self.nodes[inode]
+        if node.is_dir:
+            self._dirs.pop((node.parent, node.name.lower()), None)
+        else:
+            key = node.layer.digest if node.layer else node.manifest.digest  # type: ignore[union-attr]
+            if self._blobs.get(key) == inode:
+                del self._blobs[key]
+
+    async def _lookup_dir(self, parent: Node, name: str) -> Node:
+        kind = LEVEL_KINDS[parent.level]
+        try:
+            check_part(kind, name)
+        except NameInvalid:
+            raise TreeError(errno.ENOENT, f"not a valid {kind.name.lower()}: {name!r}") from None
+        parts = (*parent.parts, name)
+        key = (parent.inode, name.lower())
+        inode = self._dirs.get(key)
+        node = self.nodes.get(inode) if inode is not None else None
+        if node is None:
+            node = Node(next(self._inodes), parent.inode, name, True, parts=parts)
+        if len(parts) == len(LEVEL_KINDS):
+            await self._resolve_tag(node, force=True)
+        self.nodes[node.inode] = node
+        self._dirs[key] = node.inode
+        return node
+
+    async def _resolve_tag(self, node: Node, *, force: bool = False) -> Resolved:
+        """Resolve (or re-resolve after the TTL) the manifest behind a tag directory."""
+        now = trio.current_time()
+        if (
+            node.resolved is not None
+            and not force
+            and now - node.resolved.at < self.lookup_ttl_seconds
+        ):
+            return node.resolved
+        name = from_parts(*node.parts)
+        resolved = await self.resolver.resolve(name)
+        if node.resolved is None or node.resolved.manifest.digest != resolved.manifest.digest:
+            node.files = {
+                fname: (layer, resolved.manifest)
+                for fname, layer in layer_filenames(resolved.manifest)
+            }
+            node.files[MANIFEST_FILENAME] = (None, resolved.manifest)
+            await self.completion.track(name, resolved.manifest)
+        node.resolved = resolved
+        return resolved
+
+    async def _lookup_file(self, parent: Node, name: str) -> Node:
+        await self._resolve_tag(parent)
+        entry = parent.files.get(name)
+        if entry is None:
+            raise TreeError(errno.ENOENT)
+        layer, manifest = entry
+        return self._file_node(parent, name, layer, manifest)
+
+    def _file_node(self, parent: Node, name: str, layer: Layer | None, manifest: Manifest) -> Node:
+        key = layer.digest if layer is not None else manifest.digest
+        inode = self._blobs.get(key)
+        node = self.nodes.get(inode) if inode is not None else None
+        if node is None:
+            node = Node(
+                next(self._inodes),
+                parent.inode,
+                name,
+                False,
+                layer=layer,
+                source=from_parts(*parent.parts),
+                manifest=manifest,
+            )
+            self.nodes[node.inode] = node
+            self._blobs[key] = node.inode
+        return node
+
+    # -- directories ----------------------------------------------------------------------------
+
+    async def opendir(self, inode: int) -> int:
+        node = self.node(inode)
+        if not node.is_dir:
+            raise TreeError(errno.ENOTDIR)
+        if node.level == len(LEVEL_KINDS):
+            await self._resolve_tag(node)
+            names = list(node.files)
+        else:
+            names = await self._listing(node)
+        fh = next(self._fhs)
+        self._dir_listings[fh] = (inode, names)
+        return fh
+
+    async def _listing(self, node: Node) -> list[str]:
+        """Child names of a non-tag directory: from the cache, and what this mount resolved."""
+
+        def from_cache() -> list[tuple[str, ...]]:
+            return [m.name.parts for m in self.cache.iter_models()]
+
+        known: list[tuple[str, ...]] = list(await self._in_thread(from_cache))  # type: ignore[call-overload]
+        known += [n.parts for n in self.nodes.values() if n.resolved is not None]
+        seen: dict[str, str] = {}
+        depth = node.level
+        prefix = [p.lower() for p in node.parts]
+        for parts in known:
+            if [p.lower() for p in parts[:depth]] == prefix:
+                child = parts[depth]
+                seen.setdefault(child.lower(), child)
+        return sorted(seen.values())
+
+    def readdir(self, fh: int, start: int) -> tuple[int, list[tuple[str, int]]]:
+        """The directory's inode and its entries from ``start`` on, each with the id after it."""
+        listing = self._dir_listings.get(fh)
+        if listing is None:
+            raise TreeError(errno.EBADF)
+        inode, names = listing
+        return inode, [(n, i + 1) for i, n in enumerate(names)][start:]
+
+    def entry(self, dir_inode: int, name: str) -> Attr | None:
+        """Attributes for a readdir entry (a lookup the kernel may or may not keep).
+
+        None if the entry went away since the listing was taken (a re-resolved tag).
+        """
+        parent = self.node(dir_inode)
+        if parent.level < len(LEVEL_KINDS):
+            kind = LEVEL_KINDS[parent.level]
+            try:
+                check_part(kind, name)
+            except NameInvalid:
+                return None
+            key = (parent.inode, name.lower())
+            inode = self._dirs.get(key)
+            node = self.nodes.get(inode) if inode is not None else None
+            if node is None:
+                node = Node(
+                    next(self._inodes), parent.inode, name, True, parts=(*parent.parts, name)
+                )
+                self.nodes[node.inode] = node
+                self._dirs[key] = node.inode
+            return self.attr(node)
+        entry = parent.files.get(name)
+        if entry is None:
+            return None
+        layer, manifest = entry
+        return self.attr(self._file_node(parent, name, layer, manifest))
+
+    def releasedir(self, fh: int) -> None:
+        self._dir_listings.pop(fh, None)
+
+    def drop_unreferenced(self, inode: int) -> None:
+        """Undo ``entry`` for a readdir entry the kernel did not take."""
+        node = self.nodes.get(inode)
+        if node is not None and node.lookups == 0 and node.open_count == 0:
+            self.forget(inode, 0)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    async def open(self, inode: int) -> int:
+        node = self.node(inode)
+        if node.is_dir:
+            raise TreeError(errno.EISDIR)
+        handle = None
+        if node.layer is not None:
+            assert node.source is not None and node.manifest is not None
+            chunks = None
+            if node.layer.size > self.reader.fetcher.settings.chunk_bytes:
+                index = await self.reader.chunk_index(node.source, node.manifest)
+                chunks = index.blobs.get(node.layer.digest) if index else None
+            handle = await self.reader.open(node.source, node.layer, chunks)
+        node.open_count += 1
+        fh = next(self._fhs)
+        self._handles[fh] = _Open(node, handle)
+        return fh
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        opened = self._handles.get(fh)
+        if opened is None:
+            raise TreeError(errno.EBADF)
+        if opened.handle is None:
+            raw = opened.node.manifest.raw  # type: ignore[union-attr]
+            return raw[offset : offset + size]
+        return await self.reader.read(opened.handle, offset, size)
+
+    async def release(self, fh: int) -> None:
+        opened = self._handles.pop(fh, None)
+        if opened is None:
+            return
+        opened.node.open_count -= 1
+        if opened.handle is not None:
+            await self.reader.close(opened.handle)
+        if opened.node.lookups <= 0 and opened.node.open_count <= 0:
+            self.forget(opened.node.inode, 0)
+
+    def inodes_of(self, digest: Digest) -> list[int]:
+        inode = self._blobs.get(digest)
+        return [inode] if inode is not None else []
+
+    # -- extended attributes --------------------------------------------------------------------
+
+    def xattrs(self, inode: int) -> dict[str, bytes]:
+        node = self.node(inode)
+        if node.is_dir:
+            if node.resolved is not None:
+                m = node.resolved.manifest
+                return {
+                    XATTR_DIGEST: str(m.digest).encode(),
+                    XATTR_MEDIA_TYPE: m.media_type.encode(),
+                }
+            return {}
+        if node.layer is not None:
+            return {
+                XATTR_DIGEST: str(node.layer.digest).encode(),
+                XATTR_MEDIA_TYPE: node.layer.media_type.encode(),
+            }
+        m = node.manifest
+        assert m is not None
+        return {XATTR_DIGEST: str(m.digest).encode(), XATTR_MEDIA_TYPE: m.media_type.encode()}
+
+    def getxattr(self, inode: int, name: str) -> bytes:
+        value = self.xattrs(inode).get(name)
+        if value is None:
+            raise TreeError(errno.ENODATA)
+        return value
+
+    def listxattr(self, inode: int) -> list[str]:
+        return list(self.xattrs(inode))

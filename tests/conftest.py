@@ -1,0 +1,115 @@
+"""Fixtures shared by the three tiers: a real registry, SmolLM2, a proxy, real mounts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from gguf_synth import smollm2_gguf_path
+from support.mount import Mount, run_modelfs
+from support.proxy import Proxy
+from support.registry import RegistryProcess
+
+SMOLLM2_NAME = "library/smollm2:135m"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return smollm2_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    reg = RegistryProcess(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def fresh_registry(tmp_path: Path) -> Iterator[RegistryProcess]:
+    """A registry of the test's own, for tests that stop it or fill it."""
+    reg = RegistryProcess(tmp_path / "registry").start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_pushed(
+    registry: RegistryProcess, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """SmolLM2 created with modelfs (chunk index and all) and pushed to the session registry."""
+    work = tmp_path_factory.mktemp("smollm2-src")
+    template = work / "template.txt"
+    template.write_text(
+        "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+        "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    name = f"{registry.host}/{SMOLLM2_NAME}"
+    cache = work / "cache"
+    run_modelfs(
+        "create",
+        name,
+        "--gguf",
+        str(smollm2_gguf),
+        "--template",
+        str(template),
+        "--system",
+        "You are helpful.",
+        "--params",
+        '{"temperature":0.2}',
+        "--cache",
+        str(cache),
+    )
+    run_modelfs("push", name, "--cache", str(cache))
+    shutil.rmtree(cache)
+    return name
+
+
+@pytest.fixture
+def proxy(registry: RegistryProcess) -> Iterator[Proxy]:
+    p = Proxy(registry.host).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    """Start real mounts; always unmount them; fail on log lines the test did not expect."""
+    mounts: list[Mount] = []
+
+    def make(*options: str, root: Path | None = None, env: dict[str, str] | None = None) -> Mount:
+        m = Mount(root or tmp_path / f"m{len(mounts)}", options=options, env=env)
+        mounts.append(m)
+        return m.start()
+
+    yield make
+    problems = []
+    for m in mounts:
+        m.stop()
+        problems += m.unexpected_log_lines()
+    assert not problems, "the daemon logged problems:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "cache"
+    d.mkdir()
+    return d
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tier markers follow the directory, so `-m "not mount"` selects tiers without bookkeeping.
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "component" in parts:
+            item.add_marker(pytest.mark.component)
+        if "mount" in parts:
+            item.add_marker(pytest.mark.mount)
+    if os.environ.get("MODELFS_SKIP_MOUNT"):
+        skip = pytest.mark.skip(reason="MODELFS_SKIP_MOUNT is set")
+        for item in items:
+            if "mount" in item.keywords:
+                item.add_marker(skip)

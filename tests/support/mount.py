@@ -1,0 +1,138 @@
+"""A real modelfs mount, started the way a user starts it (``modelfs mount``), torn down always."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MOUNT_SECONDS = 60.0
+# Log lines a test did not ask for fail it (see Mount.unexpected_log_lines).
+PROBLEM_RE = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback \(most recent call last\)")
+
+
+def modelfs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modelfs", *args]
+
+
+def run_modelfs(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        modelfs_cmd(*args), capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"modelfs {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+        )
+    return result
+
+
+class Mount:
+    def __init__(
+        self, root: Path, *, options: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ):
+        self.root = root
+        self.mountpoint = root / "mnt"
+        self.cache = root / "cache"
+        self.log_path = root / "modelfs.log"
+        self.options = options
+        self.env = dict(env or os.environ)
+        # Keep pid files of test mounts out of /run.
+        self.env.setdefault("XDG_RUNTIME_DIR", str(root / "run"))
+        self.expected_log: list[re.Pattern[str]] = []
+        self._log_offset = 0
+
+    def start(self) -> Mount:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        (self.root / "run").mkdir(exist_ok=True)
+        args = [
+            "mount",
+            str(self.mountpoint),
+            "--cache",
+            str(self.cache),
+            "--log",
+            str(self.log_path),
+        ]
+        for o in self.options:
+            args += ["-o", o]
+        run_modelfs(*args, env=self.env, timeout=MOUNT_SECONDS)
+        assert os.path.ismount(self.mountpoint), "modelfs mount returned but nothing is mounted"
+        return self
+
+    def pid(self) -> int | None:
+        run = Path(self.env["XDG_RUNTIME_DIR"]) / "modelfs"
+        for p in run.glob("*.pid") if run.exists() else ():
+            with contextlib.suppress(ValueError, OSError):
+                return int(p.read_text())
+        return None
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if os.path.ismount(self.mountpoint) or _stale(self.mountpoint):
+            result = run_modelfs(
+                "umount", str(self.mountpoint), env=self.env, check=False, timeout=60
+            )
+            if result.returncode != 0:
+                subprocess.run(
+                    ["fusermount3", "-u", "-z", str(self.mountpoint)],
+                    check=False,
+                    capture_output=True,
+                )
+        if pid is not None:
+            _wait_gone(pid, 15.0)
+
+    def kill(self) -> None:
+        """kill -9 the daemon: the mount is left dead, as after a crash."""
+        pid = self.pid()
+        assert pid is not None, "no daemon pid"
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 15.0)
+
+    def expect_log(self, pattern: str) -> None:
+        self.expected_log.append(re.compile(pattern))
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def unexpected_log_lines(self) -> list[str]:
+        lines = self.log_text().splitlines()
+        bad = []
+        for i, line in enumerate(lines):
+            if PROBLEM_RE.search(line) and not any(p.search(line) for p in self.expected_log):
+                bad.append(
+                    "\n".join(lines[i : i + 12])
+                    if "Traceback" in line or " ERROR " in line
+                    else line
+                )
+        return bad
+
+
+def _stale(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError:
+        return True
+    return False
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
