@@ -126,6 +126,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         system=args.system,
         params=args.params,
         licenses=tuple(Path(p) for p in args.license or ()),
+        chunk_index=not args.no_chunk_index,
     )
     print(f"created {name} ({manifest.digest}, {human_bytes(manifest.total_bytes)})")
     return 0
@@ -268,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--system", metavar="TEXT")
     sp.add_argument("--params", metavar="JSON|FILE")
     sp.add_argument("--license", action="append", metavar="FILE")
+    sp.add_argument(
+        "--no-chunk-index",
+        action="store_true",
+        help="leave out the chunk index (reads then verify whole blobs, as for Ollama's models)",
+    )
     cache_arg(sp)
     sp.set_defaults(func=cmd_create)
 

@@ -68,6 +68,7 @@ def create_model(
     params: str | None = None,
     licenses: tuple[Path, ...] = (),
     chunk_bytes: int = CHUNK_BYTES,
+    chunk_index: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Manifest:
     """Write the model's blobs and then its manifest into the cache; return the manifest."""
@@ -78,7 +79,7 @@ def create_model(
         gguf, chunk_bytes, (lambda n: on_progress(n, total)) if on_progress else None
     )
     layers = [Layer(imported.digest, MEDIA_TYPE_MODEL, imported.size)]
-    if imported.size > chunk_bytes:
+    if chunk_index and imported.size > chunk_bytes:
         index = serialize_chunk_index(
             chunk_bytes,
             [BlobChunks(imported.digest, imported.size, chunk_bytes, imported.chunk_hashes)],

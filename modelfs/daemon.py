@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -129,7 +130,8 @@ def parse_mount_options(values: list[str]) -> dict[str, object]:
 
 def _mount_dev(mountpoint: Path) -> str | None:
     """The mount's ``major:minor`` from mountinfo (a stat would wait for our own loop)."""
-    target = os.path.realpath(mountpoint)
+    # abspath, not realpath: a stat of our own mountpoint would wait for this very loop.
+    target = os.path.abspath(mountpoint)
     found = None
     try:
         with open("/proc/self/mountinfo") as f:
@@ -161,6 +163,15 @@ def tune_kernel(mountpoint: Path, read_ahead_kb: int | None, max_background: int
     if dev is None:
         return
     major, _, minor = dev.partition(":")
+    connections = Path("/sys/fs/fuse/connections")
+    if max_background and os.geteuid() == 0 and connections.is_dir() and not any(connections.iterdir()):
+        # fusectl is not mounted on every system (containers, minimal hosts).
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", str(connections)],
+            capture_output=True,
+            check=False,
+            timeout=10,
+        )
     settings = []
     if read_ahead_kb:
         settings.append((Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"), read_ahead_kb))
@@ -245,8 +256,9 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             # serve returns when the kernel ends the session (umount) or on terminate.
             unmount_on_exit = signalled.is_set()
         finally:
+            with trio.CancelScope(shield=True):
+                await fetcher.save_all()
             nursery.cancel_scope.cancel()
-            await _save_progress(fetcher)
             with contextlib.suppress(Exception):
                 fuse_ops.close(unmount=unmount_on_exit)
             log.info("unmounted %s", mountpoint)
@@ -260,15 +272,3 @@ async def _watch_signals(signalled: trio.Event) -> None:
             fuse_ops.terminate()
             return
 
-
-async def _save_progress(fetcher: Fetcher) -> None:
-    """Persist which chunks are present, so a restart refetches nothing it has."""
-    with trio.CancelScope(shield=True):
-        for bf in list(fetcher.blobs.values()):
-            partial = bf.partial
-            if partial is None or bf.published or partial.fd < 0:
-                continue
-            try:
-                await trio.to_thread.run_sync(partial.save_state, bytes(partial.present))
-            except Exception as e:
-                log.warning("blob %s: could not save fetch progress: %s", bf.digest.short, e)

@@ -171,6 +171,14 @@ class Fetcher:
                 raise
             return bf
 
+    async def save_all(self) -> None:
+        """Persist the progress of every blob being filled (at shutdown)."""
+        for bf in list(self.blobs.values()):
+            try:
+                await bf.save_state()
+            except ModelfsError as e:
+                log.warning("%s: could not save fetch progress: %s", bf.what, e)
+
     async def fetch_small(self, name: Name, layer: Layer) -> bytes:
         """Fetch a blob of at most one chunk whole, check its digest, publish it; return its bytes.
 
@@ -284,6 +292,8 @@ class BlobFetch:
         self._flush_pending = False
         self._disk_failed = False
         self._wait_publish_seconds = 0.5
+        # Saving state and closing the partial file must not interleave.
+        self._state_lock = trio.Lock()
 
     @property
     def what(self) -> str:
@@ -348,21 +358,24 @@ class BlobFetch:
 
     async def _close(self) -> None:
         assert self.closing is not None
-        try:
-            if self.partial is not None and self._dirty and not self.published:
-                with contextlib.suppress(ModelfsError):
-                    await self._save_state()
-        except Exception:
-            log.exception("%s: closing failed", self.what)
-        finally:
-            if self.partial is not None:
-                self.partial.close()
-            if self.lock_fd is not None:
-                os.close(self.lock_fd)
-                self.lock_fd = None
-            if self.fetcher.blobs.get(self.digest) is self:
-                del self.fetcher.blobs[self.digest]
-            self.closing.set()
+        # Shielded: closing saves progress and releases the lock even during shutdown.
+        with trio.CancelScope(shield=True):
+            try:
+                async with self._state_lock:
+                    if self.partial is not None and self._dirty and not self.published:
+                        with contextlib.suppress(ModelfsError):
+                            await self._save_state_locked()
+                    if self.partial is not None:
+                        self.partial.close()
+            except Exception:
+                log.exception("%s: closing failed", self.what)
+            finally:
+                if self.lock_fd is not None:
+                    os.close(self.lock_fd)
+                    self.lock_fd = None
+                if self.fetcher.blobs.get(self.digest) is self:
+                    del self.fetcher.blobs[self.digest]
+                self.closing.set()
 
     # -- presence -----------------------------------------------------------------------------
 
@@ -578,8 +591,8 @@ class BlobFetch:
         try:
             await trio.sleep(self.fetcher.settings.state_flush_seconds)
             self._flush_pending = False
-            if self._dirty and not self.published and self._finalizing is None:
-                await self._save_state()
+            if self._finalizing is None:
+                await self.save_state()
         except ModelfsError as e:
             log.warning("%s: could not save fetch progress: %s", self.what, e)
         finally:
@@ -587,9 +600,16 @@ class BlobFetch:
             self.users -= 1
             self.maybe_close()
 
-    async def _save_state(self) -> None:
+    async def save_state(self) -> None:
+        """Persist which chunks are present, if anything changed since the last save."""
+        with trio.CancelScope(shield=True):
+            async with self._state_lock:
+                if self._dirty and not self.published:
+                    await self._save_state_locked()
+
+    async def _save_state_locked(self) -> None:
         partial = self.partial
-        if partial is None or self._disk_failed:
+        if partial is None or self._disk_failed or partial.fd < 0:
             return
         snapshot = bytes(partial.present)
         self._dirty = False

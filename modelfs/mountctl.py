@@ -58,8 +58,10 @@ def find_mount(path: str | os.PathLike[str]) -> MountEntry | None:
 
 
 def is_stale(path: str | os.PathLike[str]) -> bool:
+    """A FUSE mount whose daemon is gone. statvfs, not stat: the kernel answers stat from
+    cached attributes even after the daemon died, but always asks the daemon for statfs."""
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False
@@ -164,6 +166,9 @@ def start_daemon(argv: list[str], log_path: Path) -> None:
             stderr=log_file,
             start_new_session=True,
             close_fds=True,
+            # A daemon must not keep the caller's directory busy (and libfuse would
+            # otherwise resolve the fsname against it).
+            cwd="/",
         )
     os.close(w)
     try:

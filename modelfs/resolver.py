@@ -103,7 +103,14 @@ class Resolver:
 
     async def _resolve_uncached(self, name: Name) -> Resolved:
         try:
-            raw = await self.registry.get_manifest(name)
+            try:
+                raw = await self.registry.get_manifest(name)
+            except ModelNotFound:
+                # Names compare case-insensitively, but a Docker registry's tags do not;
+                # tags are pushed lowercase by Ollama and modelfs, so try that spelling.
+                if name.digest is not None or name.tag == name.tag.lower():
+                    raise
+                raw = await self.registry.get_manifest(name.with_tag(name.tag.lower()))
             manifest = parse_manifest(raw)
             if name.digest is not None and manifest.digest != name.digest:
                 raise ManifestInvalid(

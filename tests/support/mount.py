@@ -118,7 +118,7 @@ class Mount:
 
 def _stale(path: Path) -> bool:
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError:
         return True
     return False

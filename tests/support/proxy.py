@@ -1,20 +1,35 @@
 """An HTTP proxy between modelfs and the real registry: counts what is served, injects faults.
 
-Runs in a thread of the test process; modelfs (in its own process) is pointed at
-``proxy.host`` as if it were the registry. ``proxy.fault`` may be set to a
-function of the request that returns a ``Fault`` (flip a byte, cut the body,
-answer a status) for that request.
+The proxy runs in its own process (``python proxy.py --upstream HOST:PORT``):
+a test that page-faults on an mmap of the mount holds its GIL while the kernel
+waits for the daemon, so a proxy sharing the test's process could never answer.
+Tests drive it through ``Proxy``: ``records()`` of what was asked and served, and
+``set_faults([...])`` with declarative rules:
+
+    {"path": "/blobs/",        # substring of the request path (default: any)
+     "method": "GET",          # default: any
+     "times": 1,               # how many matching requests it applies to (default: all)
+     "status": 503, "headers": {"Retry-After": "2"},   # answer this instead of forwarding
+     "flip_at": 123456,        # flip the byte at this absolute blob offset, if the body has it
+     "cut_after": 1000}        # close the connection after this many body bytes
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import http.client
 import http.server
+import json
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 PIECE_BYTES = 1 << 20
+CONTROL = "/_proxy/"
 
 
 @dataclass
@@ -22,125 +37,247 @@ class Record:
     method: str
     path: str
     range: str | None
-    status: int = 0
-    body_bytes: int = 0
+    status: int
+    body_bytes: int
 
-
-@dataclass
-class Fault:
-    flip_at: int | None = None  # flip one byte at this offset of the response body
-    status: int | None = None  # answer this status instead of forwarding
-    cut_after: int | None = None  # close the connection after this many body bytes
-    headers: dict[str, str] = field(default_factory=dict)
+    @property
+    def span(self) -> tuple[int, int] | None:
+        if not self.range:
+            return None
+        a, _, b = self.range.removeprefix("bytes=").partition("-")
+        return int(a), int(b) + 1
 
 
 class Proxy:
+    """The test side: start the proxy process, read its records, set its faults."""
+
     def __init__(self, upstream_host: str) -> None:
-        self.upstream_host, _, port = upstream_host.partition(":")
-        self.upstream_port = int(port or 80)
-        self.records: list[Record] = []
-        self.lock = threading.Lock()
-        self.fault: Callable[[Record], Fault | None] | None = None
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy._forward(self, "GET")
-
-            def do_HEAD(self) -> None:
-                proxy._forward(self, "HEAD")
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.upstream_host = upstream_host
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
+        return f"127.0.0.1:{self.port}"
 
     def start(self) -> Proxy:
-        self.thread.start()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__)), "--upstream", self.upstream_host],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.port = int(line.strip())
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
+
+    def _call(self, what: str, body: object = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"http://{self.host}{CONTROL}{what}",
+            data=data,
+            method="POST" if data is not None else "GET",
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def records(self) -> list[Record]:
+        return [Record(**r) for r in self._call("records")]  # type: ignore[union-attr]
 
     def reset(self) -> None:
-        with self.lock:
-            self.records.clear()
+        self._call("reset", {})
+
+    def set_faults(self, rules: list[dict[str, object]]) -> None:
+        self._call("faults", rules)
+
+    def clear_faults(self) -> None:
+        self.set_faults([])
 
     def blob_records(self) -> list[Record]:
-        with self.lock:
-            return [r for r in self.records if "/blobs/" in r.path and r.method == "GET"]
+        return [r for r in self.records() if "/blobs/" in r.path and r.method == "GET"]
 
     def blob_bytes(self) -> int:
         return sum(r.body_bytes for r in self.blob_records())
 
-    def _forward(self, h: http.server.BaseHTTPRequestHandler, method: str) -> None:
-        record = Record(method, h.path, h.headers.get("Range"))
+
+# -- the proxy process ---------------------------------------------------------------------
+
+
+class _State:
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.partition(":")
+        self.upstream = (host, int(port or 80))
+        self.lock = threading.Lock()
+        self.records: list[dict[str, object]] = []
+        self.rules: list[dict[str, object]] = []
+
+    def match(self, method: str, path: str, span: tuple[int, int] | None) -> dict | None:
         with self.lock:
-            self.records.append(record)
-        fault = self.fault(record) if self.fault else None
-        if fault is not None and fault.status is not None:
-            body = b'{"errors":[{"code":"INJECTED","message":"injected fault"}]}'
-            h.send_response(fault.status)
-            for k, v in fault.headers.items():
-                h.send_header(k, v)
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            if method != "HEAD":
-                h.wfile.write(body)
-            record.status = fault.status
-            return
-        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection")}
-        up = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=30)
-        try:
-            up.request(method, h.path, headers=headers)
-            resp = up.getresponse()
-        except OSError:
-            h.send_error(502)
-            record.status = 502
-            return
-        record.status = resp.status
-        h.send_response(resp.status)
-        for k, v in resp.getheaders():
-            if k.lower() not in ("connection", "transfer-encoding"):
-                h.send_header(k, v)
-        length = resp.getheader("Content-Length")
-        if length is None and method != "HEAD":
-            h.send_header("Connection", "close")
-            h.close_connection = True
-        h.end_headers()
-        if method == "HEAD":
-            up.close()
-            return
-        sent = 0
-        try:
-            while True:
-                piece = resp.read(PIECE_BYTES)
-                if not piece:
-                    break
-                if fault is not None and fault.flip_at is not None:
-                    k = fault.flip_at - sent
-                    if 0 <= k < len(piece):
+            for rule in self.rules:
+                if rule.get("method") not in (None, method):
+                    continue
+                if str(rule.get("path", "")) not in path:
+                    continue
+                flip = rule.get("flip_at")
+                if flip is not None and not (span and span[0] <= int(flip) < span[1]):  # type: ignore[arg-type]
+                    continue
+                times = rule.get("times")
+                if times is not None:
+                    if int(times) <= 0:  # type: ignore[arg-type]
+                        continue
+                    rule["times"] = int(times) - 1  # type: ignore[arg-type]
+                return dict(rule)
+        return None
+
+
+def _serve(upstream: str) -> None:
+    state = _State(upstream)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _json(self, obj: object) -> None:
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _control(self) -> None:
+            what = self.path[len(CONTROL) :]
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            with state.lock:
+                if what == "records":
+                    return self._json(list(state.records))
+                if what == "reset":
+                    state.records.clear()
+                elif what == "faults":
+                    state.rules = list(body or [])
+            self._json({})
+
+        def do_GET(self) -> None:
+            if self.path.startswith(CONTROL):
+                return self._control()
+            self._forward("GET")
+
+        def do_POST(self) -> None:
+            if self.path.startswith(CONTROL):
+                return self._control()
+            self.send_error(405)
+
+        def do_HEAD(self) -> None:
+            self._forward("HEAD")
+
+        def _forward(self, method: str) -> None:
+            rng = self.headers.get("Range")
+            record: dict[str, object] = {
+                "method": method,
+                "path": self.path,
+                "range": rng,
+                "status": 0,
+                "body_bytes": 0,
+            }
+            with state.lock:
+                state.records.append(record)
+            span = Record(method, self.path, rng, 0, 0).span
+            rule = state.match(method, self.path, span)
+            if rule is not None and rule.get("status") is not None:
+                body = b'{"errors":[{"code":"INJECTED","message":"injected fault"}]}'
+                self.send_response(int(rule["status"]))  # type: ignore[arg-type]
+                for k, v in dict(rule.get("headers") or {}).items():  # type: ignore[call-overload]
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if method != "HEAD":
+                    self.wfile.write(body)
+                record["status"] = rule["status"]
+                return
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+            }
+            up = http.client.HTTPConnection(*state.upstream, timeout=30)
+            try:
+                up.request(method, self.path, headers=headers)
+                resp = up.getresponse()
+            except OSError:
+                self.send_error(502)
+                record["status"] = 502
+                return
+            record["status"] = resp.status
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("connection", "transfer-encoding"):
+                    self.send_header(k, v)
+            if resp.getheader("Content-Length") is None and method != "HEAD":
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            if method == "HEAD":
+                up.close()
+                return
+            flip = (
+                int(rule["flip_at"]) - span[0]
+                if rule and rule.get("flip_at") is not None and span
+                else None
+            )  # type: ignore[arg-type]
+            if rule and rule.get("flip_at") is not None and span is None:
+                flip = int(rule["flip_at"])  # type: ignore[arg-type]
+            cut = int(rule["cut_after"]) if rule and rule.get("cut_after") is not None else None  # type: ignore[arg-type]
+            sent = 0
+            try:
+                while True:
+                    piece = resp.read(PIECE_BYTES)
+                    if not piece:
+                        break
+                    if flip is not None and 0 <= flip - sent < len(piece):
+                        k = flip - sent
                         piece = piece[:k] + bytes([piece[k] ^ 0xFF]) + piece[k + 1 :]
-                cut = fault.cut_after if fault is not None else None
-                if cut is not None and sent + len(piece) > cut:
-                    piece = piece[: max(0, cut - sent)]
-                    h.wfile.write(piece)
+                    if cut is not None and sent + len(piece) > cut:
+                        piece = piece[: max(0, cut - sent)]
+                        self.wfile.write(piece)
+                        sent += len(piece)
+                        self.close_connection = True
+                        break
+                    self.wfile.write(piece)
                     sent += len(piece)
-                    h.close_connection = True
-                    break
-                h.wfile.write(piece)
-                sent += len(piece)
-        except OSError:
-            h.close_connection = True
-        finally:
-            record.body_bytes = sent
-            up.close()
+            except OSError:
+                self.close_connection = True
+            finally:
+                record["body_bytes"] = sent
+                up.close()
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            # A client hanging up mid-body is what several tests do on purpose.
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--upstream", required=True)
+    _serve(parser.parse_args().upstream)
