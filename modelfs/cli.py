@@ -214,7 +214,19 @@ def _setup_logging(args: argparse.Namespace, *, foreground: bool) -> None:
     # One line per request would drown the log; httpx's own INFO lines are noise here.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-    logging.getLogger("pyfuse3").setLevel(logging.INFO if args.debug else logging.WARNING)
+    pyfuse3_log = logging.getLogger("pyfuse3")
+    pyfuse3_log.setLevel(logging.INFO if args.debug else logging.WARNING)
+    pyfuse3_log.addFilter(_interrupted_reply_filter)
+
+
+def _interrupted_reply_filter(record: logging.LogRecord) -> bool:
+    """pyfuse3 logs an ERROR when a reply finds its request gone (ENOENT): the kernel
+    dropped it because the reader was interrupted or the mount went away. Not an error."""
+    if "fuse_reply_" in record.getMessage() and "No such file or directory" in record.getMessage():
+        record.levelno = logging.DEBUG
+        record.levelname = "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:

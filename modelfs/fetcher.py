@@ -159,14 +159,16 @@ class Fetcher:
             if bf.closing is not None:
                 await bf.closing.wait()
                 continue
-            if bf.failure is not None and bf.users == 0:
+            if bf.failure is not None and bf.handles == 0:
                 # A blob discarded after a whole-blob mismatch is fetched afresh on a new open.
                 bf.failure = None
             bf.users += 1
+            bf.handles += 1
             try:
                 await bf.open()
             except BaseException:
                 bf.users -= 1
+                bf.handles -= 1
                 bf.maybe_close()
                 raise
             return bf
@@ -281,7 +283,8 @@ class BlobFetch:
         self.lock_fd: int | None = None
         self.memory: OrderedDict[int, bytes] = OrderedDict()
         self.flights: dict[int, _Flight] = {}
-        self.users = 0
+        self.users = 0  # handles, plus fetch and flush tasks: the blob stays open while > 0
+        self.handles = 0  # callers of Fetcher.acquire that have not released
         self.published = False
         self.failure: ModelfsError | None = None
         self.closing: trio.Event | None = None
@@ -343,6 +346,7 @@ class BlobFetch:
 
     def release(self) -> None:
         self.users -= 1
+        self.handles -= 1
         self.maybe_close()
 
     def maybe_close(self) -> None:
@@ -475,7 +479,16 @@ class BlobFetch:
                         # unless the registry cut the body short without an error.
                         raise Transient(f"{self.what}: chunk {i} missing from a complete body")
         except ModelfsError as e:
-            log.warning("%s: chunks %d-%d failed: %s", self.what, lo, hi - 1, e)
+            waited = any(f.event.statistics().tasks_waiting for f in mine.values())
+            # A failed readahead nobody waits for is not a problem yet; a reader's is.
+            log.log(
+                logging.WARNING if waited else logging.INFO,
+                "%s: chunks %d-%d failed: %s",
+                self.what,
+                lo,
+                hi - 1,
+                e,
+            )
             self._fail(mine, e)
         except BaseException as e:
             if not isinstance(e, trio.Cancelled):

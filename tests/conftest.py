@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from gguf_synth import smollm2_gguf_path
+from gguf_synth import smollm2_gguf_path, write_synthetic_gguf
 from support.mount import Mount, run_modelfs
 from support.proxy import Proxy
 from support.registry import RegistryProcess
@@ -65,6 +65,43 @@ def smollm2_pushed(
     )
     run_modelfs("push", name, "--cache", str(cache))
     shutil.rmtree(cache)
+    return name
+
+
+@pytest.fixture(scope="session")
+def smollm2_noindex_pushed(
+    registry: RegistryProcess, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """SmolLM2 without a chunk index, as models pushed by Ollama are."""
+    work = tmp_path_factory.mktemp("smollm2-noindex")
+    name = f"{registry.host}/library/smollm2:noindex"
+    run_modelfs(
+        "create", name, "--gguf", str(smollm2_gguf), "--no-chunk-index", "--cache", str(work)
+    )
+    run_modelfs("push", name, "--cache", str(work))
+    shutil.rmtree(work)
+    return name
+
+
+SYNTHETIC_BYTES = 200 << 20
+
+
+@pytest.fixture(scope="session")
+def synthetic_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("synthetic") / "synthetic.gguf"
+    write_synthetic_gguf(path, SYNTHETIC_BYTES, seed=3)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_pushed(
+    registry: RegistryProcess, synthetic_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    work = tmp_path_factory.mktemp("synthetic-src")
+    name = f"{registry.host}/library/synthetic:200m"
+    run_modelfs("create", name, "--gguf", str(synthetic_gguf), "--cache", str(work))
+    run_modelfs("push", name, "--cache", str(work))
+    shutil.rmtree(work)
     return name
 
 

@@ -48,7 +48,7 @@ def model_hex(source) -> str:
 
 
 @pytest.fixture
-def tag(mount_factory, proxy, smollm2_pushed) -> Path:
+def tag(proxy, mount_factory, smollm2_pushed) -> Path:
     m = mount_factory()
     return m.mountpoint / proxy.host / TAG_DIR
 
@@ -203,7 +203,7 @@ def test_read_only_and_xattrs(tag, model_hex):
     }
 
 
-def test_flipped_byte_is_eio_and_never_wrong_bytes(mount_factory, proxy, smollm2_pushed, source):
+def test_flipped_byte_is_eio_and_never_wrong_bytes(proxy, mount_factory, smollm2_pushed, source):
     m = mount_factory()
     m.expect_log(r"does not match the chunk index")
     tag = m.mountpoint / proxy.host / TAG_DIR
@@ -221,7 +221,7 @@ def test_flipped_byte_is_eio_and_never_wrong_bytes(mount_factory, proxy, smollm2
 
 
 def test_restart_keeps_partial_chunks(
-    mount_factory, proxy, smollm2_pushed, source, model_hex, tmp_path
+    proxy, mount_factory, smollm2_pushed, source, model_hex, tmp_path
 ):
     m = mount_factory(root=tmp_path / "a")
     tag = m.mountpoint / proxy.host / TAG_DIR
@@ -250,7 +250,7 @@ def test_restart_keeps_partial_chunks(
 
 
 def test_kill_9_keeps_saved_chunks(
-    mount_factory, proxy, smollm2_pushed, source, model_hex, tmp_path
+    proxy, mount_factory, smollm2_pushed, source, model_hex, tmp_path
 ):
     m = mount_factory(root=tmp_path / "a")
     tag = m.mountpoint / proxy.host / TAG_DIR
