@@ -262,3 +262,23 @@ def smollm2_gguf_path() -> Path:
         finally:
             tmp.unlink(missing_ok=True)
     return target
+
+
+if __name__ == "__main__":
+    # `python tests/gguf_synth.py smollm2` prints the SmolLM2 path (the demo and benchmark use it);
+    # `python tests/gguf_synth.py synthetic PATH BYTES [SEED]` writes a synthetic model.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("smollm2")
+    syn = sub.add_parser("synthetic")
+    syn.add_argument("path", type=Path)
+    syn.add_argument("bytes", type=int)
+    syn.add_argument("seed", type=int, nargs="?", default=0)
+    args = parser.parse_args()
+    if args.what == "smollm2":
+        print(smollm2_gguf_path())
+    else:
+        write_synthetic_gguf(args.path, args.bytes, seed=args.seed)
+        print(args.path)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what modelfs needs on Debian (FUSE 3, a C toolchain for pyfuse3, docker-registry for
+# the demo and tests) and creates .venv with modelfs and its test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv docker-registry curl)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing ${missing[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: modelfs needs Python 3.11 or newer ($PYTHON is $("$PYTHON" --version))" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+echo "setup: installing modelfs into .venv (pyfuse3 builds from source: ~30 s the first time)" >&2
+.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+.venv/bin/python -c 'import modelfs, pyfuse3, trio, httpx' || {
+    echo "setup: modelfs did not install into .venv" >&2
+    exit 1
+}

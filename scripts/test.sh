@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs the checks and the three test tiers (unit, component, mount).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check modelfs tests bench
+.venv/bin/ruff format --check modelfs tests bench
+exec .venv/bin/python -m pytest "$@"
