@@ -164,7 +164,12 @@ def tune_kernel(mountpoint: Path, read_ahead_kb: int | None, max_background: int
         return
     major, _, minor = dev.partition(":")
     connections = Path("/sys/fs/fuse/connections")
-    if max_background and os.geteuid() == 0 and connections.is_dir() and not any(connections.iterdir()):
+    if (
+        max_background
+        and os.geteuid() == 0
+        and connections.is_dir()
+        and not any(connections.iterdir())
+    ):
         # fusectl is not mounted on every system (containers, minimal hosts).
         subprocess.run(
             ["mount", "-t", "fusectl", "fusectl", str(connections)],
@@ -271,4 +276,3 @@ async def _watch_signals(signalled: trio.Event) -> None:
             signalled.set()
             fuse_ops.terminate()
             return
-
