@@ -46,6 +46,8 @@ MEMORY_CHUNKS = 4
 # A reader waiting for bytes gets EIO after this long, whatever the fetch behind it is doing.
 READ_WAIT_SECONDS = 60.0
 DISK_THREADS = 4
+# At shutdown, a blob whose every chunk has arrived gets this long to be checked and published.
+PUBLISH_WAIT_SECONDS = 30.0
 
 
 class Verify(enum.Enum):
@@ -173,8 +175,13 @@ class Fetcher:
                 raise
             return bf
 
-    async def save_all(self) -> None:
-        """Persist the progress of every blob being filled (at shutdown)."""
+    async def save_all(self, publish_wait_seconds: float = PUBLISH_WAIT_SECONDS) -> None:
+        """At shutdown: let publishes in progress finish, persist every blob's progress."""
+        with trio.move_on_after(publish_wait_seconds):
+            for bf in list(self.blobs.values()):
+                finalizing = bf._finalizing
+                if finalizing is not None:
+                    await finalizing.event.wait()
         for bf in list(self.blobs.values()):
             try:
                 await bf.save_state()
@@ -318,6 +325,9 @@ class BlobFetch:
                 self.published = True
             else:
                 await self.fetcher.in_thread(self._open_partial)
+                if self.partial is not None and self.partial.complete:
+                    # Every chunk arrived in an earlier run, which ended before publishing.
+                    self._start_finalize()
             self._opened = True
         finally:
             self._opening.set()
@@ -341,8 +351,6 @@ class BlobFetch:
             self.lock_fd = None
             raise
         self.partial = partial
-        if partial.complete:
-            self._start_finalize()
 
     def release(self) -> None:
         self.users -= 1
