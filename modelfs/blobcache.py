@@ -81,6 +81,15 @@ class UnlinkResult:
     freed_bytes: int
 
 
+# Published blobs are read-only: the mount links to them, and a write through a
+# link must not change a verified blob (Ollama replaces blobs by rename, never in place).
+BLOB_MODE = 0o444
+# The directory at a mount's root where the daemon binds a read-only view of blobs/.
+BLOBS_VIEW_DIRNAME = ".blobs"
+XATTR_DIGEST = "user.modelfs.digest"
+XATTR_MEDIA_TYPE = "user.modelfs.media_type"
+
+
 class BlobCache:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -112,12 +121,12 @@ class BlobCache:
     def temp_path(self) -> Path:
         return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
 
-    def atomic_write(self, target: Path, data: bytes) -> None:
+    def atomic_write(self, target: Path, data: bytes, mode: int = 0o644) -> None:
         """Write ``data`` to ``target`` so that a crash leaves either the old file or the new one."""
         tmp = self.temp_path()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
                 view = memoryview(data)
                 while view:
@@ -147,6 +156,26 @@ class BlobCache:
         found = self.blob_size(digest)
         return found is not None and (size is None or found == size)
 
+    def label_blob(self, digest: Digest, media_type: str) -> None:
+        """Best effort: put the mount's xattrs on a blob file, for readers that reach it by a link.
+
+        A filesystem without user xattrs (or a blob we may not change) is fine:
+        the digest is in the file's name anyway.
+        """
+        path = self.blob_path(digest)
+        labels = {XATTR_DIGEST: str(digest), XATTR_MEDIA_TYPE: media_type}
+        try:
+            for key, value in labels.items():
+                try:
+                    if os.getxattr(path, key) == value.encode():
+                        continue
+                except OSError as e:
+                    if e.errno != errno.ENODATA:
+                        raise
+                os.setxattr(path, key, value.encode())
+        except OSError as e:
+            log.debug("cannot label blob %s: %s", digest.short, e)
+
     def open_blob(self, digest: Digest) -> int | None:
         try:
             return os.open(self.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
@@ -159,11 +188,12 @@ class BlobCache:
         """Publish a small blob held in memory after checking it hashes to ``digest``."""
         if Digest.of_bytes(data) != digest:
             raise DigestMismatch(f"blob {digest} does not match its digest")
-        self.atomic_write(self.blob_path(digest), data)
+        self.atomic_write(self.blob_path(digest), data, BLOB_MODE)
 
     def publish_file(self, path: Path, digest: Digest) -> None:
         """Rename a complete, verified, fsynced file into ``blobs/``."""
         try:
+            os.chmod(path, BLOB_MODE)
             os.replace(path, self.blob_path(digest))
             fsync_dir(self.blobs_dir)
         except OSError as e:

@@ -109,7 +109,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def readlink(self, inode, ctx):
-        raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(self.tree.readlink(inode))
 
     @boundary
     async def opendir(self, inode, ctx):
@@ -211,6 +211,12 @@ class Operations(pyfuse3.Operations):
         """Drop a discarded blob's pages from the kernel cache (never from inside a handler)."""
         for inode in self.tree.inodes_of(digest):
             self.nursery.start_soon(self._invalidate, inode)
+
+    def blob_published(self, digest: Digest) -> None:
+        """Make the kernel look up again the entries that now become symlinks to the blob."""
+        for parent, name in self.tree.blob_published(digest):
+            # Queued to pyfuse3's own thread: safe even from inside a handler.
+            pyfuse3.invalidate_entry_async(parent, name.encode("ascii"), ignore_enoent=True)
 
     async def _invalidate(self, inode: int) -> None:
         try:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfs.blobcache import BLOBS_VIEW_DIRNAME
 from modelfs.errors import MountError
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -33,6 +34,8 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    dev: str = ""  # major:minor
+    options: tuple[str, ...] = ()  # per-mount options (ro, nosuid …)
 
 
 def _unescape(path: str) -> str:
@@ -50,8 +53,10 @@ def find_mount(path: str | os.PathLike[str]) -> MountEntry | None:
             for line in f:
                 pre, _, post = line.partition(" - ")
                 fields, tail = pre.split(), post.split()
-                if len(fields) > 4 and len(tail) >= 2 and _unescape(fields[4]) == target:
-                    found = MountEntry(target, tail[0], tail[1])
+                if len(fields) > 5 and len(tail) >= 2 and _unescape(fields[4]) == target:
+                    found = MountEntry(
+                        target, tail[0], tail[1], fields[2], tuple(fields[5].split(","))
+                    )
     except OSError:
         return None
     return found
@@ -228,6 +233,53 @@ def notify_systemd(state: str) -> None:
         s.sendall(state.encode())
 
 
+# -- the read-only view of blobs/ inside a mount (see daemon.enable_links) --------------------
+
+
+def bind_blobs_view(blobs_dir: Path, mountpoint: Path) -> str | None:
+    """Bind ``blobs_dir`` read-only at ``<mountpoint>/.blobs``; None if done, else why not.
+
+    Blocks on lookups in the mount: call it from a thread while the mount serves.
+    """
+    target = os.path.join(os.path.abspath(mountpoint), BLOBS_VIEW_DIRNAME)
+    if os.geteuid() != 0:
+        return "binding needs root"
+    for args in (
+        ["mount", "--bind", "-o", "ro", str(blobs_dir), target],
+        # util-linux before 2.27 ignores ro on a bind: remount it.
+        ["mount", "-o", "remount,bind,ro", target],
+    ):
+        entry = find_mount(target)
+        if entry is not None and "ro" in entry.options:
+            return None
+        try:
+            result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+        if result.returncode != 0:
+            unbind_blobs_view(mountpoint)
+            return result.stderr.strip() or f"mount exited with {result.returncode}"
+    entry = find_mount(target)
+    if entry is not None and "ro" in entry.options:
+        return None
+    unbind_blobs_view(mountpoint)
+    return "the bind mount did not become read-only"
+
+
+def unbind_blobs_view(mountpoint: str | os.PathLike[str]) -> None:
+    """Detach ``<mountpoint>/.blobs`` if it is mounted (a no-op otherwise)."""
+    target = os.path.join(os.path.abspath(mountpoint), BLOBS_VIEW_DIRNAME)
+    while find_mount(target) is not None:
+        result = subprocess.run(
+            ["umount", "-l", target], capture_output=True, text=True, timeout=30, check=False
+        )
+        if result.returncode != 0:
+            log_line = result.stderr.strip().splitlines()
+            raise MountError(
+                f"cannot unmount {target}: {log_line[-1] if log_line else 'umount failed'}"
+            )
+
+
 def umount(mountpoint: Path, *, lazy: bool = False) -> None:
     """Unmount and wait for the daemon to finish saving its state."""
     path = os.path.abspath(mountpoint)
@@ -237,6 +289,8 @@ def umount(mountpoint: Path, *, lazy: bool = False) -> None:
     if entry.fstype != FSTYPE:
         raise MountError(f"{path} is not a modelfs mount (it is {entry.fstype})")
     pid = _daemon_pid(path)
+    if not is_stale(path):
+        unbind_blobs_view(path)
     args = ["-u", "-z", path] if lazy else ["-u", path]
     result = _run_fusermount(args)
     if result.returncode != 0:

@@ -236,13 +236,23 @@ class PartialFile:
         self.cache.discard_partial(self.digest)
         with contextlib.suppress(OSError):
             fsync_dir(self.cache.partial_dir)
-        if self.fd >= 0:
-            self._retired_fds.append(self.fd)
-            self.fd = -1
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise os_error(e, f"recreating the partial file of blob {self.digest.short}") from None
+        try:
+            os.ftruncate(fd, self.size)
+        except OSError as e:
+            os.close(fd)
+            raise os_error(e, f"recreating the partial file of blob {self.digest.short}") from None
         self.present = bytearray(len(self.present))
         self.needs_recheck = bytearray(len(self.present))
         self.present_count = 0
-        self.open()
+        # Swap, never pass through -1: a write racing in another thread then lands
+        # in the old (unlinked) file or the new one, and never fails with EBADF.
+        old, self.fd = self.fd, fd
+        if old >= 0:
+            self._retired_fds.append(old)
 
     def close(self) -> None:
         for fd in [*self._retired_fds, self.fd]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelfs.blobcache import BlobCache
+from modelfs.blobcache import BLOBS_VIEW_DIRNAME, XATTR_DIGEST, XATTR_MEDIA_TYPE, BlobCache
 from modelfs.completion import Completion
 from modelfs.digest import Digest
 from modelfs.errors import ModelfsError, NameInvalid
@@ -39,8 +39,6 @@ ROOT_INODE = 1
 DIR_ENTRY_SECONDS = 300.0
 FILE_ATTR_SECONDS = 3600.0
 LEVEL_KINDS = (PartKind.HOST, PartKind.NAMESPACE, PartKind.MODEL, PartKind.TAG)
-XATTR_DIGEST = "user.modelfs.digest"
-XATTR_MEDIA_TYPE = "user.modelfs.media_type"
 
 
 class TreeError(ModelfsError):
@@ -59,9 +57,12 @@ class Attr:
     mtime_ns: int
     entry_seconds: float
     attr_seconds: float
+    is_link: bool = False
 
     @property
     def mode(self) -> int:
+        if self.is_link:
+            return stat.S_IFLNK | 0o777
         return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | 0o444)
 
 
@@ -81,6 +82,10 @@ class Node:
     source: Name | None = None
     manifest: Manifest | None = None
     open_count: int = 0
+    # symlinks to a published blob: the link's target
+    link: str | None = None
+    # the root's .blobs directory: a mount point, nothing of its own
+    mount_point: bool = False
 
     @property
     def level(self) -> int:
@@ -116,6 +121,11 @@ class Tree:
         }
         self._dirs: dict[tuple[int, str], int] = {}  # (parent inode, lowercased name) -> inode
         self._blobs: dict[Digest, int] = {}  # blob or manifest digest -> file inode
+        self._links: dict[Digest, int] = {}  # published blob digest -> symlink inode
+        # Where symlinks to published blobs point, as ``link_base + digest.filename``;
+        # None: every file is served by the daemon (see ``enable_links``).
+        self.link_base: str | None = None
+        self._published: set[Digest] = set()
         self._inodes = itertools.count(ROOT_INODE + 1)
         self._handles: dict[int, _Open] = {}
         self._fhs = itertools.count(1)
@@ -124,6 +134,16 @@ class Tree:
     # -- attributes ---------------------------------------------------------------------------
 
     def attr(self, node: Node) -> Attr:
+        if node.link is not None:
+            return Attr(
+                node.inode,
+                False,
+                len(node.link.encode()),
+                self.mtime_ns,
+                self.lookup_ttl_seconds,
+                FILE_ATTR_SECONDS,
+                is_link=True,
+            )
         if node.is_dir:
             entry = self.lookup_ttl_seconds if node.level == len(LEVEL_KINDS) else DIR_ENTRY_SECONDS
             return Attr(node.inode, True, 0, self.mtime_ns, entry, DIR_ENTRY_SECONDS)
@@ -148,9 +168,11 @@ class Tree:
         parent = self.node(parent_inode)
         if not parent.is_dir:
             raise TreeError(errno.ENOTDIR)
-        if name in (".", ".."):
+        if name in (".", "..") or parent.mount_point:
             raise TreeError(errno.ENOENT)
-        if parent.level < len(LEVEL_KINDS):
+        if parent.inode == ROOT_INODE and name == BLOBS_VIEW_DIRNAME:
+            node = self._blobs_dir()
+        elif parent.level < len(LEVEL_KINDS):
             node = await self._lookup_dir(parent, name)
         else:
             node = await self._lookup_file(parent, name)
@@ -173,6 +195,10 @@ class Tree:
         del self.nodes[inode]
         if node.is_dir:
             self._dirs.pop((node.parent, node.name.lower()), None)
+        elif node.link is not None:
+            assert node.layer is not None
+            if self._links.get(node.layer.digest) == inode:
+                del self._links[node.layer.digest]
         else:
             key = node.layer.digest if node.layer else node.manifest.digest  # type: ignore[union-attr]
             if self._blobs.get(key) == inode:
@@ -217,15 +243,100 @@ class Tree:
         node.resolved = resolved
         return resolved
 
+    def _blobs_dir(self) -> Node:
+        key = (ROOT_INODE, BLOBS_VIEW_DIRNAME)
+        inode = self._dirs.get(key)
+        node = self.nodes.get(inode) if inode is not None else None
+        if node is None:
+            node = Node(next(self._inodes), ROOT_INODE, BLOBS_VIEW_DIRNAME, True, mount_point=True)
+            self.nodes[node.inode] = node
+            self._dirs[key] = node.inode
+        return node
+
     async def _lookup_file(self, parent: Node, name: str) -> Node:
         await self._resolve_tag(parent)
         entry = parent.files.get(name)
         if entry is None:
             raise TreeError(errno.ENOENT)
         layer, manifest = entry
+        if layer is not None:
+            await self._check_published([layer])
         return self._file_node(parent, name, layer, manifest)
 
+    # -- symlinks to published blobs ----------------------------------------------------------
+
+    def enable_links(self, base: str) -> None:
+        """From now on, a file whose blob is complete in ``blobs/`` is a symlink to it.
+
+        Readers of a complete, verified blob then read (and mmap) the cache file
+        directly: at disk speed, and unaffected if the daemon dies. ``base`` is
+        the link target's prefix: ``../../../../.blobs/`` (a read-only bind mount
+        of ``blobs/`` inside the mount) or the cache's absolute ``blobs/`` path.
+        """
+        self.link_base = base
+
+    async def _check_published(self, layers: list[Layer]) -> None:
+        """Learn which of ``layers`` are complete in ``blobs/`` (one thread hop for all)."""
+        if self.link_base is None:
+            return
+
+        def check() -> list[bool]:
+            found = [self.cache.has_blob(layer.digest, layer.size) for layer in layers]
+            for layer, present in zip(layers, found, strict=True):
+                if present:
+                    # A link's xattrs are its target's: label the blob file itself.
+                    self.cache.label_blob(layer.digest, layer.media_type)
+            return found
+
+        found: list[bool] = await self._in_thread(check)  # type: ignore[assignment]
+        for layer, present in zip(layers, found, strict=True):
+            if present:
+                self._published.add(layer.digest)
+            else:
+                self._published.discard(layer.digest)
+
+    def blob_published(self, digest: Digest) -> list[tuple[int, str]]:
+        """A blob became complete: the directory entries the kernel should look up again.
+
+        They become symlinks to the blob on their next lookup; handles already
+        open keep reading through the daemon.
+        """
+        if self.link_base is None:
+            return []
+        self._published.add(digest)
+        return [
+            (node.inode, fname)
+            for node in list(self.nodes.values())
+            for fname, (layer, _m) in node.files.items()
+            if layer is not None and layer.digest == digest
+        ]
+
+    def readlink(self, inode: int) -> str:
+        node = self.node(inode)
+        if node.link is None:
+            raise TreeError(errno.EINVAL)
+        return node.link
+
+    def _link_node(self, parent: Node, name: str, layer: Layer) -> Node:
+        inode = self._links.get(layer.digest)
+        node = self.nodes.get(inode) if inode is not None else None
+        if node is None:
+            assert self.link_base is not None
+            node = Node(
+                next(self._inodes),
+                parent.inode,
+                name,
+                False,
+                layer=layer,
+                link=self.link_base + layer.digest.filename,
+            )
+            self.nodes[node.inode] = node
+            self._links[layer.digest] = node.inode
+        return node
+
     def _file_node(self, parent: Node, name: str, layer: Layer | None, manifest: Manifest) -> Node:
+        if layer is not None and self.link_base is not None and layer.digest in self._published:
+            return self._link_node(parent, name, layer)
         key = layer.digest if layer is not None else manifest.digest
         inode = self._blobs.get(key)
         node = self.nodes.get(inode) if inode is not None else None
@@ -249,9 +360,12 @@ class Tree:
         node = self.node(inode)
         if not node.is_dir:
             raise TreeError(errno.ENOTDIR)
-        if node.level == len(LEVEL_KINDS):
+        if node.mount_point:
+            names = []
+        elif node.level == len(LEVEL_KINDS):
             await self._resolve_tag(node)
             names = list(node.files)
+            await self._check_published([layer for layer, _m in node.files.values() if layer])
         else:
             names = await self._listing(node)
         fh = next(self._fhs)
@@ -326,6 +440,8 @@ class Tree:
         node = self.node(inode)
         if node.is_dir:
             raise TreeError(errno.EISDIR)
+        if node.link is not None:
+            raise TreeError(errno.ELOOP)
         handle = None
         if node.layer is not None:
             assert node.source is not None and node.manifest is not None

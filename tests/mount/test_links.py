@@ -1,0 +1,114 @@
+"""Complete blobs appear as symlinks into a read-only view of the cache's blobs/."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+from mount.test_mount import TAG_DIR, wait_for
+
+from modelfs.mountctl import find_mount
+
+LINK_PREFIX = "../../../../.blobs/"
+
+
+@pytest.fixture
+def source(smollm2_gguf) -> bytes:
+    return smollm2_gguf.read_bytes()
+
+
+@pytest.fixture
+def model_hex(source) -> str:
+    return hashlib.sha256(source).hexdigest()
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = os.path.abspath(path)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def sha256_path(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 20):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def test_complete_blob_becomes_a_read_only_link(
+    proxy, mount_factory, smollm2_pushed, source, model_hex
+):
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    model = tag / "model.gguf"
+    assert not model.is_symlink(), "a blob not yet in the cache must be served by the daemon"
+    assert sha256_path(model) == model_hex
+    wait_for((m.cache / "blobs" / f"sha256-{model_hex}").exists, "the blob to be published")
+    wait_for(model.is_symlink, "model.gguf to become a link once its blob is complete")
+    assert os.readlink(model) == f"{LINK_PREFIX}sha256-{model_hex}"
+    assert os.stat(model).st_size == len(source)
+    fetched = proxy.blob_bytes()
+    assert sha256_path(model) == model_hex
+    with open(model, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        assert mm[len(source) // 2 : len(source) // 2 + 4096] == (
+            source[len(source) // 2 : len(source) // 2 + 4096]
+        )
+    assert proxy.blob_bytes() == fetched, "reading through the link fetched bytes"
+    assert os.getxattr(model, "user.modelfs.digest") == f"sha256:{model_hex}".encode()
+
+    # Writing through a link is refused like every other write to the mount.
+    assert (tag / "params.json").read_text() == '{"temperature":0.2}'
+    wait_for((tag / "params.json").is_symlink, "params.json to become a link")
+    for attempt in (
+        lambda: os.open(model, os.O_RDWR),
+        lambda: os.open(tag / "params.json", os.O_WRONLY | os.O_TRUNC),
+        lambda: os.setxattr(tag / "params.json", "user.x", b"1"),
+    ):
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EROFS
+    assert (tag / "params.json").read_text() == '{"temperature":0.2}'
+    # The manifest is not a blob: it stays a file of the mount.
+    assert not (tag / "manifest.json").is_symlink()
+
+    m.stop()
+    assert mounts_under(m.mountpoint) == [], "the read-only view outlived the mount"
+
+
+def test_links_survive_the_daemon(proxy, mount_factory, smollm2_pushed, source, model_hex, tmp_path):
+    """A model loaded through a link keeps working after kill -9; a new mount cleans up."""
+    m = mount_factory(root=tmp_path / "a")
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    assert sha256_path(tag / "model.gguf") == model_hex
+    wait_for((tag / "model.gguf").is_symlink, "model.gguf to become a link")
+    with open(tag / "model.gguf", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        m.kill()
+        assert hashlib.sha256(mm[:]).hexdigest() == model_hex
+    with pytest.raises(OSError) as info:
+        os.listdir(m.mountpoint)
+    assert info.value.errno == errno.ENOTCONN
+
+    m2 = mount_factory(root=tmp_path / "a")  # detaches the dead mount and its view
+    tag = m2.mountpoint / proxy.host / TAG_DIR
+    wait_for((tag / "model.gguf").is_symlink, "a cached blob to be a link from the start")
+    assert sha256_path(tag / "model.gguf") == model_hex
+    m2.stop()
+    assert mounts_under(m2.mountpoint) == []
+
+
+def test_links_no_serves_every_byte_through_the_daemon(
+    proxy, mount_factory, smollm2_pushed, model_hex, tmp_path
+):
+    m = mount_factory("links=no", root=tmp_path / "a")
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    assert sha256_path(tag / "model.gguf") == model_hex
+    wait_for((m.cache / "blobs" / f"sha256-{model_hex}").exists, "the blob to be published")
+    assert not (tag / "model.gguf").is_symlink()
+    assert find_mount(m.mountpoint / ".blobs") is None
+    assert sha256_path(tag / "model.gguf") == model_hex
