@@ -64,12 +64,16 @@ class Digest:
 def sha256_file(fd: int, size: int, start: int = 0) -> Digest:
     """Hash ``size`` bytes of an open file from ``start``; blocking, call it in a worker thread."""
     h = hashlib.sha256()
+    hash_file_into(h, fd, start, start + size)
+    return Digest(h.hexdigest())
+
+
+def hash_file_into(h: hashlib._Hash, fd: int, start: int, end: int) -> None:
+    """Feed bytes ``[start, end)`` of an open file to ``h``; blocking, call it in a worker thread."""
     pos = start
-    end = start + size
     while pos < end:
         data = os.pread(fd, min(HASH_READ_BYTES, end - pos), pos)
         if not data:
-            raise CacheError(f"file ended at byte {pos - start} of {size} while hashing")
+            raise CacheError(f"file ended at byte {pos} of {end} while hashing")
         h.update(data)
         pos += len(data)
-    return Digest(h.hexdigest())

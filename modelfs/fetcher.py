@@ -29,7 +29,7 @@ import trio
 
 from modelfs.blobcache import BlobCache
 from modelfs.chunks import CHUNK_BYTES, BlobChunks, chunk_count, chunk_span, runs
-from modelfs.digest import Digest, sha256_file
+from modelfs.digest import Digest, hash_file_into
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
 from modelfs.manifest import Layer
 from modelfs.names import Name
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_STREAMS = 4
 MAX_RUN_CHUNKS = 8
-STATE_FLUSH_SECONDS = 1.0
+STATE_FLUSH_SECONDS = 2.0
 MEMORY_CHUNKS = 4
 # A reader waiting for bytes gets EIO after this long, whatever the fetch behind it is doing.
 READ_WAIT_SECONDS = 60.0
@@ -67,6 +67,26 @@ class FetchSettings:
     state_flush_seconds: float = STATE_FLUSH_SECONDS
     read_wait_seconds: float = READ_WAIT_SECONDS
     memory_chunks: int = MEMORY_CHUNKS
+    # pull: write to disk as bytes land, so publishing (fsync) does not wait for it all.
+    # A mount leaves writeback to the kernel: a reader waits for the network, not the disk.
+    early_writeback: bool = False
+
+
+class _PrefixHash:
+    """The whole-blob sha256, computed over the blob's leading chunks as they arrive.
+
+    Hashing while the rest is still downloading means the check before
+    publishing only has to hash what is left (usually nothing), instead of
+    reading the whole blob again at the end.
+    """
+
+    __slots__ = ("h", "lock", "next", "running")
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.next = 0  # chunks [0, next) are hashed
+        self.lock = trio.Lock()
+        self.running = False
 
 
 class _Flight:
@@ -302,6 +322,7 @@ class BlobFetch:
         self._flush_pending = False
         self._disk_failed = False
         self._wait_publish_seconds = 0.5
+        self._prefix = _PrefixHash()
         # Saving state and closing the partial file must not interleave.
         self._state_lock = trio.Lock()
 
@@ -328,6 +349,8 @@ class BlobFetch:
                 if self.partial is not None and self.partial.complete:
                     # Every chunk arrived in an earlier run, which ended before publishing.
                     self._start_finalize()
+                else:
+                    self._advance_prefix_hash()
             self._opened = True
         finally:
             self._opening.set()
@@ -342,7 +365,12 @@ class BlobFetch:
             log.info("%s: another modelfs process is fetching it; not caching here", self.what)
             return
         partial = PartialFile(
-            cache, self.digest, self.size, self.chunk_bytes, self.verify is Verify.INDEXED
+            cache,
+            self.digest,
+            self.size,
+            self.chunk_bytes,
+            self.verify is Verify.INDEXED,
+            early_writeback=self.fetcher.settings.early_writeback,
         )
         try:
             partial.open()
@@ -435,11 +463,21 @@ class BlobFetch:
             await flight.wait(self.fetcher.settings.read_wait_seconds, self.what)
 
     def prefetch(self, lo: int, hi: int) -> None:
-        """Start fetching chunks ``[lo, hi)`` without waiting for them (readahead)."""
+        """Start fetching chunks ``[lo, hi)`` without waiting for them (readahead).
+
+        A window that slides one chunk at a time would make one small request per
+        chunk: wait until a share of the window is unclaimed (a quarter of it with
+        4 streams), then claim it as one run, so that the window is split across
+        the streams in a few large requests.
+        """
         if self.published or self.failure is not None:
             return
         lo, hi = max(lo, 0), min(hi, self.chunks)
         if lo >= hi:
+            return
+        unclaimed = [i for i in range(lo, hi) if i not in self.flights and not self.has(i)]
+        batch = max(1, (hi - lo) // self.fetcher.settings.max_streams)
+        if len(unclaimed) < batch and hi < self.chunks:
             return
         _waits, new = self._claim(lo, hi)
         self._start_runs(new)
@@ -460,6 +498,7 @@ class BlobFetch:
                 )
                 partial.unmark(i)
                 self._dirty = True
+        self._advance_prefix_hash()
 
     async def _fetch_run(self, lo: int, hi: int) -> None:
         mine = {i: self.flights[i] for i in range(lo, hi) if i in self.flights}
@@ -574,8 +613,57 @@ class BlobFetch:
         flight = self.flights.pop(i, None)
         if flight is not None:
             flight.finish()
+        if data is None:
+            self._advance_prefix_hash()
         if self.partial is not None and self.partial.complete:
             self._start_finalize()
+
+    def _hashable(self, i: int) -> bool:
+        partial = self.partial
+        return partial is not None and partial.has(i) and not partial.recheck_pending(i)
+
+    def _advance_prefix_hash(self) -> None:
+        ph = self._prefix
+        if not ph.running and ph.next < self.chunks and self._hashable(ph.next):
+            ph.running = True
+            self.users += 1
+            self.fetcher.nursery.start_soon(self._hash_prefix, ph, name=f"hash {self.what}")
+
+    async def _hash_prefix(self, ph: _PrefixHash) -> None:
+        try:
+            while ph is self._prefix and ph.next < self.chunks and self._hashable(ph.next):
+                async with ph.lock:
+                    if ph is not self._prefix or self.partial is None:
+                        return
+                    lo = hi = ph.next
+                    while hi < self.chunks and hi - lo < MAX_RUN_CHUNKS and self._hashable(hi):
+                        hi += 1
+                    if hi == lo:
+                        return
+                    start = chunk_span(lo, self.size, self.chunk_bytes)[0]
+                    end = chunk_span(hi - 1, self.size, self.chunk_bytes)[1]
+                    await self.fetcher.in_thread(hash_file_into, ph.h, self.partial.fd, start, end)
+                    ph.next = hi
+        except ModelfsError as e:
+            # The check before publishing hashes whatever is left.
+            log.debug("%s: hashing ahead stopped: %s", self.what, e)
+        finally:
+            ph.running = False
+            self.users -= 1
+            self.maybe_close()
+
+    async def _whole_digest(self, partial: PartialFile) -> Digest:
+        """The blob's sha256: what the prefix hash has not covered yet is hashed now."""
+        ph = self._prefix
+        async with ph.lock:
+            start = min(ph.next * self.chunk_bytes, self.size)
+            try:
+                await self.fetcher.in_thread(hash_file_into, ph.h, partial.fd, start, self.size)
+            except BaseException:
+                self._prefix = _PrefixHash()  # hashed part of a range: start over next time
+                raise
+            ph.next = self.chunks
+            return Digest(ph.h.hexdigest())
 
     def _chunk_mismatch(self, i: int) -> None:
         start, end = chunk_span(i, self.size, self.chunk_bytes)
@@ -651,7 +739,7 @@ class BlobFetch:
         partial = self.partial
         error: ModelfsError | None = None
         try:
-            got = await self.fetcher.in_thread(sha256_file, partial.fd, self.size)
+            got = await self._whole_digest(partial)
             if got != self.digest:
                 self.fetcher.stats.blob_mismatches += 1
                 log.warning(
@@ -660,6 +748,7 @@ class BlobFetch:
                     self.name.host,
                     got,
                 )
+                self._prefix = _PrefixHash()
                 await self.fetcher.in_thread(partial.discard)
                 self.memory.clear()
                 error = DigestMismatch(f"blob {self.digest} does not match its digest")

@@ -32,7 +32,7 @@ from modelfs.names import Name
 
 log = logging.getLogger(__name__)
 
-READAHEAD_MAX_CHUNKS = 16
+READAHEAD_MAX_CHUNKS = 32
 EVICTED_RETRIES = 3
 
 

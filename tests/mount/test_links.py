@@ -56,8 +56,9 @@ def test_complete_blob_becomes_a_read_only_link(
     fetched = proxy.blob_bytes()
     assert sha256_path(model) == model_hex
     with open(model, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
-        assert mm[len(source) // 2 : len(source) // 2 + 4096] == (
-            source[len(source) // 2 : len(source) // 2 + 4096]
+        assert (
+            mm[len(source) // 2 : len(source) // 2 + 4096]
+            == (source[len(source) // 2 : len(source) // 2 + 4096])
         )
     assert proxy.blob_bytes() == fetched, "reading through the link fetched bytes"
     assert os.getxattr(model, "user.modelfs.digest") == f"sha256:{model_hex}".encode()
@@ -81,7 +82,9 @@ def test_complete_blob_becomes_a_read_only_link(
     assert mounts_under(m.mountpoint) == [], "the read-only view outlived the mount"
 
 
-def test_links_survive_the_daemon(proxy, mount_factory, smollm2_pushed, source, model_hex, tmp_path):
+def test_links_survive_the_daemon(
+    proxy, mount_factory, smollm2_pushed, source, model_hex, tmp_path
+):
     """A model loaded through a link keeps working after kill -9; a new mount cleans up."""
     m = mount_factory(root=tmp_path / "a")
     tag = m.mountpoint / proxy.host / TAG_DIR

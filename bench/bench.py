@@ -1,0 +1,609 @@
+"""modelfs against the ceilings and peers on this machine, in one run: writes bench/RESULTS.md.
+
+Starts a real docker-registry on loopback, creates and pushes SmolLM2 (98 MB) and synthetic
+GGUF-shaped models (1 GiB, and a big one, 4 GiB by default), then measures — medians of
+--repeat runs, page cache dropped before every cold, warm and local run:
+
+1. cold `cat` through a fresh mount vs `curl -o /dev/null` of the same blob (the network
+   ceiling), `curl -o file && sync` (network + durable disk write), and `modelfs pull`;
+2. warm (blob in the cache): through the mount (a link to the cache: the default) and with
+   `-o links=no` (every byte through the daemon) vs a minimal pyfuse3 passthrough of the cache
+   file (the FUSE ceiling) vs reading the cache file directly;
+3. hot (page cache) vs the local file;
+4. random 4 KiB and 1 MiB reads, cold and warm: bytes fetched per byte read, reads per second;
+5. a llama.cpp-style load: mmap the GGUF, touch each tensor's pages in the order the file
+   lists them — through a cold mount vs the local file;
+6. `ls -l` and a GGUF header read on the cold big model: blob bytes fetched;
+7. 16 concurrent readers of one cold blob: requests and bytes fetched vs the blob's size;
+8. peers over the same blob served by nginx: rclone mount (--vfs-cache-mode full) and
+   httpdirfs (--cache), cold and warm (if installed: scripts/bench.sh installs them);
+9. daemon peak RSS (VmHWM) streaming the big model.
+
+Byte counts (4, 6, 7) go through the tests' counting proxy; timings never do.
+Needs root (mounts, drop_caches). Run: bash scripts/bench.sh [--repeat 3] [--big-mib 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import mmap
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from gguf_synth import smollm2_gguf_path, write_synthetic_gguf  # noqa: E402
+from support.mount import Mount, run_modelfs  # noqa: E402
+from support.proxy import Proxy  # noqa: E402
+from support.registry import RegistryProcess  # noqa: E402
+
+from modelfs.chunks import CHUNK_BYTES  # noqa: E402
+from modelfs.gguf import read_gguf_header  # noqa: E402
+
+GB = 1e9
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def timed(cmd: list[str], **kw) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    return time.perf_counter() - start
+
+
+def timed_fn(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(8 << 20):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def wait_for(predicate, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("bench: timed out")
+        time.sleep(0.05)
+
+
+class Model:
+    def __init__(self, label: str, reg: RegistryProcess, repo: str, tag: str, gguf: Path):
+        self.label, self.reg, self.repo, self.tag, self.gguf = label, reg, repo, tag, gguf
+        self.size = gguf.stat().st_size
+        self.hex = sha256_of(gguf)
+
+    def push(self, work: Path) -> Model:
+        src = work / "src"
+        name = f"{self.reg.host}/{self.repo}:{self.tag}"
+        run_modelfs("create", name, "--gguf", str(self.gguf), "--cache", str(src))
+        run_modelfs("push", name, "--cache", str(src))
+        shutil.rmtree(src)
+        return self
+
+    def name(self, host: str | None = None) -> str:
+        return f"{host or self.reg.host}/{self.repo}:{self.tag}"
+
+    def path(self, m: Mount, host: str | None = None) -> Path:
+        model = self.repo.split("/")[-1]
+        ns = "/".join(self.repo.split("/")[:-1])
+        return m.mountpoint / (host or self.reg.host) / ns / model / self.tag / "model.gguf"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.reg.host}/v2/{self.repo}/blobs/sha256:{self.hex}"
+
+    def blob(self, cache: Path) -> Path:
+        return cache / "blobs" / f"sha256-{self.hex}"
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+# -- 1-3: sequential throughput -----------------------------------------------------------------
+
+
+def throughput(model: Model, work: Path, repeat: int) -> dict[str, float]:
+    """Seconds (medians) for each way of reading the whole blob."""
+    t: dict[str, list[float]] = {}
+
+    def add(key: str, seconds: float) -> None:
+        t.setdefault(key, []).append(seconds)
+
+    for i in range(repeat):
+        drop_caches()
+        add("curl", timed(["curl", "-sf", "-o", "/dev/null", model.url]))
+        out = work / "curl.out"
+        drop_caches()
+        add("curl_disk", timed(["sh", "-c", f"curl -sf -o {out} '{model.url}' && sync {out}"]))
+        out.unlink()
+
+        root = work / f"run{i}"
+        m = Mount(root).start()
+        try:
+            drop_caches()
+            add("cold", timed(["cat", str(model.path(m))]))
+        finally:
+            m.stop()
+        wait_for(model.blob(m.cache).exists)
+        m = Mount(root).start()
+        try:
+            wait_for(model.path(m).is_symlink)
+            drop_caches()
+            add("warm", timed(["cat", str(model.path(m))]))
+            add("hot", timed(["cat", str(model.path(m))]))
+        finally:
+            m.stop()
+        m = Mount(root, options=("links=no",)).start()
+        try:
+            drop_caches()
+            add("warm_daemon", timed(["cat", str(model.path(m))]))
+            add("hot_daemon", timed(["cat", str(model.path(m))]))
+        finally:
+            m.stop()
+        drop_caches()
+        add("local", timed(["cat", str(model.blob(m.cache))]))
+        add("local_hot", timed(["cat", str(model.blob(m.cache))]))
+        add("passthrough", passthrough_read(model.blob(m.cache), work / "pt"))
+
+        cache = work / f"pull{i}"
+        drop_caches()
+        add("pull", timed_fn(lambda c=cache: run_modelfs("pull", model.name(), "--cache", str(c))))
+        shutil.rmtree(cache)
+        shutil.rmtree(root)
+    return {k: median(v) for k, v in t.items()}
+
+
+def passthrough_read(path: Path, mnt: Path) -> float:
+    """Cold `cat` through a minimal pyfuse3 passthrough of ``path`` (the FUSE ceiling)."""
+    mnt.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "passthrough.py"), str(path), str(mnt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"passthrough failed: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+        drop_caches()
+        return timed(["cat", str(mnt / "file")])
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
+        proc.wait(timeout=30)
+
+
+# -- 4, 6, 7: what a read costs in fetched bytes ------------------------------------------------
+
+
+def access_patterns(model: Model, proxy: Proxy, work: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    rng = random.Random(5)
+    for label, piece, count in (("4k", 4096, 200), ("1m", 1 << 20, 40)):
+        offsets = [rng.randrange(0, model.size - piece) for _ in range(count)]
+        m = Mount(work / f"rand{label}").start()
+        try:
+            path = model.path(m, proxy.host)
+            os.stat(path)
+            proxy.reset()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                drop_caches()
+                cold = timed_fn(lambda fd=fd: [os.pread(fd, piece, o) for o in offsets])
+                fetched = proxy.blob_bytes()
+                requests = len(proxy.blob_records())
+                warm = timed_fn(lambda fd=fd: [os.pread(fd, piece, o) for o in offsets])
+            finally:
+                os.close(fd)
+        finally:
+            m.stop()
+        shutil.rmtree(work / f"rand{label}")
+        out[f"random_{label}"] = {
+            "reads": count,
+            "bytes_read": count * piece,
+            "fetched": fetched,
+            "requests": requests,
+            "cold_reads_per_s": count / cold,
+            "again_reads_per_s": count / warm,
+        }
+
+    # 16 concurrent readers of one cold blob
+    m = Mount(work / "sixteen").start()
+    try:
+        path = model.path(m, proxy.host)
+        os.stat(path)
+        proxy.reset()
+        digests: list[str] = []
+
+        def reader() -> None:
+            digests.append(sha256_of(path))
+
+        threads = [threading.Thread(target=reader) for _ in range(16)]
+        drop_caches()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        out["sixteen"] = {
+            "ok": all(d == model.hex for d in digests) and len(digests) == 16,
+            "fetched": proxy.blob_bytes(),
+            "requests": len(proxy.blob_records()),
+        }
+    finally:
+        m.stop()
+    shutil.rmtree(work / "sixteen")
+    return out
+
+
+def header_and_listing(model: Model, proxy: Proxy, work: Path) -> dict[str, int]:
+    m = Mount(work / "header").start()
+    try:
+        proxy.reset()
+        tagdir = model.path(m, proxy.host).parent
+        subprocess.run(["ls", "-l", str(tagdir)], check=True, capture_output=True)
+        ls_bytes = proxy.blob_bytes()
+        with open(tagdir / "model.gguf", "rb") as f:
+
+            def read(offset: int, size: int) -> bytes:
+                return os.pread(f.fileno(), size, offset)
+
+            info = read_gguf_header(read)
+        header_fetched = proxy.blob_bytes() - ls_bytes
+    finally:
+        m.stop()
+    shutil.rmtree(work / "header")
+    return {"ls_bytes": ls_bytes, "header_fetched": header_fetched, "tensors": len(info.tensors)}
+
+
+# -- 5: a llama.cpp-style mmap load --------------------------------------------------------------
+
+
+def mmap_load(path: Path) -> float:
+    """mmap the GGUF and touch every page of tensor data, tensor by tensor in file order."""
+    with open(path, "rb") as f:
+        info = read_gguf_header(lambda o, s: os.pread(f.fileno(), s, o))
+        size = os.fstat(f.fileno()).st_size
+        starts = [info.header_bytes + t.offset for t in info.tensors]
+        ends = [*starts[1:], size]
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            start = time.perf_counter()
+            total = 0
+            for a, b in zip(starts, ends, strict=True):
+                total += len(mm[a:b:4096])
+            return time.perf_counter() - start
+
+
+def mmap_loads(model: Model, work: Path, repeat: int) -> dict[str, float]:
+    cold, local = [], []
+    for i in range(repeat):
+        root = work / f"mmap{i}"
+        m = Mount(root).start()
+        try:
+            path = model.path(m)
+            os.stat(path)
+            drop_caches()
+            cold.append(mmap_load(path))
+        finally:
+            m.stop()
+        wait_for(model.blob(m.cache).exists)
+        drop_caches()
+        local.append(mmap_load(model.blob(m.cache)))
+        shutil.rmtree(root)
+    return {"cold": median(cold), "local": median(local)}
+
+
+# -- 9: memory ----------------------------------------------------------------------------------
+
+
+def streaming_rss(model: Model, work: Path) -> dict[str, float]:
+    m = Mount(work / "rss").start()
+    try:
+        path = model.path(m)
+        os.stat(path)
+        drop_caches()
+        seconds = timed(["cat", str(path)])
+        pid = m.pid()
+        hwm = 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+    finally:
+        m.stop()
+    shutil.rmtree(work / "rss")
+    return {"rss_peak": hwm, "cold_seconds": seconds}
+
+
+# -- 8: peers -----------------------------------------------------------------------------------
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/www;
+        autoindex on;
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peers(model: Model, blob: Path, work: Path, repeat: int) -> dict[str, float]:
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        return {}
+    root = work / "nginx"
+    (root / "www").mkdir(parents=True)
+    os.link(blob, root / "www" / "model.gguf")
+    port = free_port()
+    (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, port=port))
+    proc = subprocess.Popen([nginx, "-c", str(root / "nginx.conf")], stderr=subprocess.DEVNULL)
+    out: dict[str, float] = {}
+    try:
+        time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/"
+        times = []
+        for _ in range(repeat):
+            drop_caches()
+            times.append(timed(["curl", "-sf", "-o", "/dev/null", url + "model.gguf"]))
+        out["nginx_curl"] = median(times)
+        if shutil.which("rclone"):
+            out.update(_peer(work, "rclone", _rclone_cmd, url, repeat))
+        if shutil.which("httpdirfs"):
+            out.update(_peer(work, "httpdirfs", _httpdirfs_cmd, url, repeat))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
+
+
+def _rclone_cmd(url: str, mnt: Path, cache: Path) -> list[str]:
+    return [
+        "rclone", "mount", ":http:", str(mnt), "--http-url", url, "--vfs-cache-mode", "full",
+        "--cache-dir", str(cache), "--read-only",
+    ]  # fmt: skip
+
+
+def _httpdirfs_cmd(url: str, mnt: Path, cache: Path) -> list[str]:
+    return ["httpdirfs", "-f", "--cache", "--cache-location", str(cache), url, str(mnt)]
+
+
+def _peer(work: Path, label: str, cmd, url: str, repeat: int) -> dict[str, float]:
+    cold, warm = [], []
+    for i in range(repeat):
+        mnt, cache = work / f"{label}{i}-mnt", work / f"{label}{i}-cache"
+        mnt.mkdir()
+        cache.mkdir()
+        proc = subprocess.Popen(
+            cmd(url, mnt, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_for(lambda mnt=mnt: (mnt / "model.gguf").exists(), 60)
+            drop_caches()
+            cold.append(timed(["cat", str(mnt / "model.gguf")]))
+            drop_caches()
+            warm.append(timed(["cat", str(mnt / "model.gguf")]))
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(mnt, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    return {f"{label}_cold": median(cold), f"{label}_warm": median(warm)}
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def synthetic(mib: int) -> Path:
+    path = REPO / ".cache" / "bench" / f"synthetic-{mib}m.gguf"
+    if not path.exists() or path.stat().st_size != mib << 20:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_synthetic_gguf(path, mib << 20, seed=11)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mib", type=int, default=1024, help="the synthetic model for 1-5, 7, 8")
+    parser.add_argument("--big-mib", type=int, default=4096, help="the big model for 6 and 9")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (mounts and drop_caches)")
+
+    work = Path(tempfile.mkdtemp(prefix="modelfs-bench-"))
+    reg = RegistryProcess(work / "registry").start()
+    proxy = Proxy(reg.host).start()
+    r: dict[str, object] = {}
+    try:
+        smol = Model("SmolLM2-135M Q4_1", reg, "library/smollm2", "135m", smollm2_gguf_path())
+        mid = Model(f"synthetic {args.mib} MiB", reg, "library/synthetic", "mid", synthetic(args.mib))
+        big = Model(
+            f"synthetic {args.big_mib} MiB", reg, "library/synthetic", "big", synthetic(args.big_mib)
+        )
+        for model in (smol, mid, big):
+            log(f"pushing {model.label}")
+            model.push(work)
+        r["throughput"] = {}
+        for model in (smol, mid):
+            log(f"1-3 throughput: {model.label}")
+            r["throughput"][model.label] = (model.size, throughput(model, work, args.repeat))  # type: ignore[index]
+        log("4, 7 access patterns")
+        r["access"] = access_patterns(mid, proxy, work)
+        log("5 mmap load")
+        r["mmap"] = {m.label: (m.size, mmap_loads(m, work, args.repeat)) for m in (smol, mid)}
+        log("6 header of the big model")
+        r["header"] = header_and_listing(big, proxy, work)
+        log("9 RSS streaming the big model")
+        r["rss"] = streaming_rss(big, work)
+        log("8 peers")
+        cache = work / "peer-src"
+        run_modelfs("pull", mid.name(), "--cache", str(cache))
+        r["peers"] = peers(mid, mid.blob(cache), work, args.repeat)
+        r["sizes"] = {"mid": mid.size, "big": big.size}
+    finally:
+        proxy.stop()
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    write_results(args.out, r, args.repeat)
+    print(args.out.read_text())
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg} …", file=sys.stderr, flush=True)
+
+
+def rate(size: int, seconds: float) -> str:
+    return f"{size / seconds / GB:.2f} GB/s"
+
+
+def write_results(path: Path, r: dict, repeat: int) -> None:
+    L = [
+        "# modelfs benchmark: against the ceilings and peers, same machine, same run",
+        "",
+        f"Generated by `bash scripts/bench.sh` on {time.strftime('%Y-%m-%d')}: "
+        f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, docker-registry on "
+        f"loopback; medians of {repeat} runs; page cache dropped before every cold, warm and "
+        f"local run. Chunk {CHUNK_BYTES >> 20} MiB.",
+        "",
+        "## 1-3. Sequential reads (`cat`)",
+        "",
+        "| model | size | curl → /dev/null | curl → disk + sync | cold mount | cold / curl "
+        "| `modelfs pull` | pull / curl | pull / curl→disk |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, (size, t) in r["throughput"].items():
+        L.append(
+            f"| {label} | {size / 1e6:.0f} MB | {rate(size, t['curl'])} | {rate(size, t['curl_disk'])} "
+            f"| {rate(size, t['cold'])} | {t['curl'] / t['cold']:.2f}× | {rate(size, t['pull'])} "
+            f"| {t['curl'] / t['pull']:.2f}× | {t['curl_disk'] / t['pull']:.2f}× |"
+        )
+    L += [
+        "",
+        "| model | warm mount (link) | warm, `-o links=no` | pyfuse3 passthrough | local file "
+        "| warm / local | links=no / passthrough | hot mount | hot, links=no | local, hot | hot / local |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, (size, t) in r["throughput"].items():
+        L.append(
+            f"| {label} | {rate(size, t['warm'])} | {rate(size, t['warm_daemon'])} "
+            f"| {rate(size, t['passthrough'])} | {rate(size, t['local'])} "
+            f"| {t['local'] / t['warm']:.2f}× | {t['passthrough'] / t['warm_daemon']:.2f}× "
+            f"| {rate(size, t['hot'])} | {rate(size, t['hot_daemon'])} "
+            f"| {rate(size, t['local_hot'])} | {t['local_hot'] / t['hot']:.2f}× |"
+        )
+    a = r["access"]
+    mid = r["sizes"]["mid"]
+    L += [
+        "",
+        f"## 4, 7. Random reads and concurrent readers ({mid >> 20} MiB model, cold mount)",
+        "",
+        "| pattern | reads | bytes read | bytes fetched | fetched / read | requests "
+        "| cold reads/s | again (cached) reads/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in ("random_4k", "random_1m"):
+        x = a[key]
+        L.append(
+            f"| {key.replace('_', ' ')} | {x['reads']} | {x['bytes_read']} | {x['fetched']} "
+            f"| {x['fetched'] / x['bytes_read']:.1f} | {x['requests']} "
+            f"| {x['cold_reads_per_s']:.0f} | {x['again_reads_per_s']:.0f} |"
+        )
+    s = a["sixteen"]
+    L += [
+        "",
+        f"16 concurrent readers of the whole cold blob: all got the right bytes: {s['ok']}; "
+        f"{s['requests']} range requests, {s['fetched']} bytes fetched = "
+        f"{s['fetched'] / mid:.3f}× the blob.",
+        "",
+        "## 5. llama.cpp-style load: mmap, touch every tensor page in file order",
+        "",
+        "| model | cold mount | local file (page cache dropped) | cold / local |",
+        "|---|---|---|---|",
+    ]
+    for label, (size, t) in r["mmap"].items():
+        L.append(
+            f"| {label} | {t['cold']:.2f} s | {t['local']:.2f} s | {t['cold'] / t['local']:.1f}× |"
+        )
+    h = r["header"]
+    big = r["sizes"]["big"]
+    rss = r["rss"]
+    L += [
+        "",
+        f"## 6, 9. The big model ({big >> 20} MiB, cold)",
+        "",
+        f"- `ls -l` of its tag directory: {h['ls_bytes']} blob bytes fetched.",
+        f"- GGUF header and metadata ({h['tensors']} tensors): {h['header_fetched']} bytes "
+        f"fetched = {h['header_fetched'] / CHUNK_BYTES:.2f} chunks.",
+        f"- daemon peak RSS (VmHWM) after streaming it: {rss['rss_peak'] / (1 << 20):.0f} MiB; "
+        f"the stream ran at {rate(big, rss['cold_seconds'])}.",
+        "",
+        f"## 8. Peers, same {mid >> 20} MiB blob served by nginx on loopback",
+        "",
+    ]
+    p = r["peers"]
+    if not p:
+        L.append("nginx not installed: peers not measured (scripts/bench.sh installs them).")
+    else:
+        cold_mid = r["throughput"][next(iter(k for k in r["throughput"] if "synthetic" in k))][1]
+        L += [
+            "| reader | cold | warm | modelfs cold / peer cold |",
+            "|---|---|---|---|",
+            f"| curl from nginx | {rate(mid, p['nginx_curl'])} | | |",
+            f"| modelfs (registry) | {rate(mid, cold_mid['cold'])} | {rate(mid, cold_mid['warm'])} | |",
+        ]
+        for peer in ("rclone", "httpdirfs"):
+            if f"{peer}_cold" in p:
+                L.append(
+                    f"| {peer} | {rate(mid, p[f'{peer}_cold'])} | {rate(mid, p[f'{peer}_warm'])} "
+                    f"| {p[f'{peer}_cold'] / cold_mid['cold']:.2f}× |"
+                )
+    L.append("")
+    path.write_text("\n".join(L))
+
+
+if __name__ == "__main__":
+    main()
