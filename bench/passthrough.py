@@ -16,7 +16,7 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modelfs.daemon import MAX_BACKGROUND, READ_AHEAD_KB, tune_kernel  # noqa: E402
+from modelfs.daemon import MAX_BACKGROUND, READ_AHEAD_KB, tune_kernel
 
 FILE_INODE = 2
 
@@ -31,7 +31,9 @@ class Passthrough(pyfuse3.Operations):
     def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = inode
-        e.st_mode = (stat.S_IFDIR | 0o555) if inode == pyfuse3.ROOT_INODE else (stat.S_IFREG | 0o444)
+        e.st_mode = (
+            (stat.S_IFDIR | 0o555) if inode == pyfuse3.ROOT_INODE else (stat.S_IFREG | 0o444)
+        )
         e.st_size = 0 if inode == pyfuse3.ROOT_INODE else self.size
         e.st_blksize = 128 << 10
         e.entry_timeout = e.attr_timeout = 300

@@ -7,4 +7,6 @@ bash scripts/setup.sh
 if ! command -v rclone >/dev/null || ! command -v httpdirfs >/dev/null || ! command -v nginx >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone httpdirfs nginx-light >/dev/null
 fi
+# py-spy profiles the daemon during a cold read (bench only, not a dependency of modelfs).
+.venv/bin/pip install -q py-spy
 exec .venv/bin/python bench/bench.py "$@"

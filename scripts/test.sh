@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check modelfs tests
-.venv/bin/ruff format --check modelfs tests
+.venv/bin/ruff check modelfs tests bench
+.venv/bin/ruff format --check modelfs tests bench
 exec .venv/bin/python -m pytest "$@"
