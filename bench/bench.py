@@ -26,7 +26,7 @@ Needs root (mounts, drop_caches). Run: bash scripts/bench.sh [--repeat 3] [--big
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import mmap
 import os
 import platform
@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from gguf_synth import smollm2_gguf_path, write_synthetic_gguf  # noqa: E402
-from support.mount import Mount, run_modelfs  # noqa: E402
+from support.mount import Mount, run_modelfs, sha256_path  # noqa: E402
 from support.proxy import Proxy  # noqa: E402
 from support.registry import RegistryProcess  # noqa: E402
 
@@ -72,14 +72,6 @@ def timed_fn(fn) -> float:
     return time.perf_counter() - start
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while piece := f.read(8 << 20):
-            h.update(piece)
-    return h.hexdigest()
-
-
 def wait_for(predicate, seconds: float = 120.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -92,7 +84,7 @@ class Model:
     def __init__(self, label: str, reg: RegistryProcess, repo: str, tag: str, gguf: Path):
         self.label, self.reg, self.repo, self.tag, self.gguf = label, reg, repo, tag, gguf
         self.size = gguf.stat().st_size
-        self.hex = sha256_of(gguf)
+        self.hex = sha256_path(gguf)
 
     def push(self, work: Path) -> Model:
         src = work / "src"
@@ -235,6 +227,12 @@ def profile_cold(model: Model, work: Path, seconds_out: dict) -> list[tuple[str,
 # -- 4, 6, 7: what a read costs in fetched bytes ------------------------------------------------
 
 
+def model_bytes(proxy: Proxy, model: Model) -> tuple[int, int]:
+    """Bytes and requests the proxy served for the model's blob (not its small blobs)."""
+    records = [rec for rec in proxy.blob_records() if model.hex in rec.path]
+    return sum(rec.body_bytes for rec in records), len(records)
+
+
 def access_patterns(model: Model, proxy: Proxy, work: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     rng = random.Random(5)
@@ -251,8 +249,7 @@ def access_patterns(model: Model, proxy: Proxy, work: Path) -> dict[str, object]
                 cold = timed_fn(
                     lambda fd=fd, p=piece, offs=offsets: [os.pread(fd, p, o) for o in offs]
                 )
-                fetched = proxy.blob_bytes()
-                requests = len(proxy.blob_records())
+                fetched, requests = model_bytes(proxy, model)
                 warm = timed_fn(
                     lambda fd=fd, p=piece, offs=offsets: [os.pread(fd, p, o) for o in offs]
                 )
@@ -279,7 +276,7 @@ def access_patterns(model: Model, proxy: Proxy, work: Path) -> dict[str, object]
         digests: list[str] = []
 
         def reader() -> None:
-            digests.append(sha256_of(path))
+            digests.append(sha256_path(path))
 
         threads = [threading.Thread(target=reader) for _ in range(16)]
         drop_caches()
@@ -287,10 +284,11 @@ def access_patterns(model: Model, proxy: Proxy, work: Path) -> dict[str, object]
             th.start()
         for th in threads:
             th.join()
+        fetched, requests = model_bytes(proxy, model)
         out["sixteen"] = {
             "ok": all(d == model.hex for d in digests) and len(digests) == 16,
-            "fetched": proxy.blob_bytes(),
-            "requests": len(proxy.blob_records()),
+            "fetched": fetched,
+            "requests": requests,
         }
     finally:
         m.stop()
@@ -550,6 +548,7 @@ def main() -> None:
         proxy.stop()
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
+    args.out.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n")
     write_results(args.out, r, args.repeat)
     print(args.out.read_text())
 

@@ -320,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        try:
+            return func(args)
+        except BaseExceptionGroup as group:
+            # A failure inside a nursery arrives wrapped: report the error itself.
+            raise _first_error(group) from None
     except UsageError as e:
         parser.exit(2, f"modelfs: {e}\n")
     except ModelfsError as e:
@@ -332,6 +336,17 @@ def main(argv: list[str] | None = None) -> int:
         print("modelfs: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error a user should see from a group: a KeyboardInterrupt, else a modelfs error."""
+    for kind in (KeyboardInterrupt, ModelfsError):
+        match = group.subgroup(lambda e, kind=kind: isinstance(e, kind))
+        while isinstance(match, BaseExceptionGroup):
+            match = match.exceptions[0]
+        if match is not None:
+            return match
+    return group
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ class FetchSettings:
     # pull: write to disk as bytes land, so publishing (fsync) does not wait for it all.
     # A mount leaves writeback to the kernel: a reader waits for the network, not the disk.
     early_writeback: bool = False
+    # A mount serves readers from the network when the cache cannot be written; a pull
+    # has no reader: a full disk ends it (``BlobFetch.complete`` raises).
+    serves_readers: bool = True
 
 
 class _PrefixHash:
@@ -321,6 +324,7 @@ class BlobFetch:
         self._dirty = False
         self._flush_pending = False
         self._disk_failed = False
+        self._disk_error: ModelfsError | None = None
         self._wait_publish_seconds = 0.5
         self._prefix = _PrefixHash()
         # Saving state and closing the partial file must not interleave.
@@ -685,7 +689,11 @@ class BlobFetch:
     def _disk_failure(self, e: ModelfsError) -> None:
         self.fetcher.stats.cache_write_failures += 1
         if not self._disk_failed:
-            log.warning("%s: cannot write the cache (%s); serving from the network", self.what, e)
+            if self.fetcher.settings.serves_readers:
+                log.warning(
+                    "%s: cannot write the cache (%s); serving from the network", self.what, e
+                )
+            self._disk_error = e
         self._disk_failed = True
 
     # -- persistence and publishing -------------------------------------------------------------
@@ -779,6 +787,9 @@ class BlobFetch:
         while not self.published:
             if self.failure is not None:
                 raise copy.copy(self.failure)
+            if self._disk_failed:
+                # Filling the cache is the whole point here: a full disk ends it (no retry loop).
+                raise copy.copy(self._disk_error) if self._disk_error else CacheFull(self.what)
             if self.partial is None:
                 # Another process owns the partial: wait for it to publish.
                 if await self.fetcher.in_thread(

@@ -41,7 +41,12 @@ async def pull(
         )
     )
     async with trio.open_nursery() as nursery:
-        fetcher = Fetcher(cache, registry, nursery, settings or FetchSettings(early_writeback=True))
+        fetcher = Fetcher(
+            cache,
+            registry,
+            nursery,
+            settings or FetchSettings(early_writeback=True, serves_readers=False),
+        )
         reader = Reader(fetcher)
         index = await reader.chunk_index(name, manifest)
         async with trio.open_nursery() as blobs:

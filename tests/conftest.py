@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -156,3 +157,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "mount" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def source(smollm2_gguf: Path) -> bytes:
+    """The SmolLM2 GGUF's bytes."""
+    return smollm2_gguf.read_bytes()
+
+
+@pytest.fixture
+def model_hex(source: bytes) -> str:
+    """The SmolLM2 GGUF's sha256 (its blob's digest)."""
+    return hashlib.sha256(source).hexdigest()

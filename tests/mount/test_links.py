@@ -10,20 +10,11 @@ from pathlib import Path
 
 import pytest
 from mount.test_mount import TAG_DIR, wait_for
+from support.mount import sha256_path
 
 from modelfs.mountctl import find_mount
 
 LINK_PREFIX = "../../../../.blobs/"
-
-
-@pytest.fixture
-def source(smollm2_gguf) -> bytes:
-    return smollm2_gguf.read_bytes()
-
-
-@pytest.fixture
-def model_hex(source) -> str:
-    return hashlib.sha256(source).hexdigest()
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -31,14 +22,6 @@ def mounts_under(path: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4] for line in f]
     return [p for p in points if p == prefix or p.startswith(prefix + "/")]
-
-
-def sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while piece := f.read(1 << 20):
-            h.update(piece)
-    return h.hexdigest()
 
 
 def test_complete_blob_becomes_a_read_only_link(

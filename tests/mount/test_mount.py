@@ -38,16 +38,6 @@ def model_records(proxy, digest_hex: str) -> list[Record]:
 
 
 @pytest.fixture
-def source(smollm2_gguf) -> bytes:
-    return smollm2_gguf.read_bytes()
-
-
-@pytest.fixture
-def model_hex(source) -> str:
-    return hashlib.sha256(source).hexdigest()
-
-
-@pytest.fixture
 def tag(proxy, mount_factory, smollm2_pushed) -> Path:
     m = mount_factory()
     return m.mountpoint / proxy.host / TAG_DIR

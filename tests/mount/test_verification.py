@@ -29,16 +29,6 @@ def model_bytes(proxy, digest_hex: str) -> int:
     return sum(r.body_bytes for r in proxy.blob_records() if digest_hex in r.path)
 
 
-@pytest.fixture
-def source(smollm2_gguf) -> bytes:
-    return smollm2_gguf.read_bytes()
-
-
-@pytest.fixture
-def model_hex(source) -> str:
-    return hashlib.sha256(source).hexdigest()
-
-
 def test_without_index_the_whole_blob_is_verified_before_any_byte(
     proxy, mount_factory, smollm2_noindex_pushed, source, model_hex
 ):
