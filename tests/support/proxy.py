@@ -11,7 +11,12 @@ Tests drive it through ``Proxy``: ``records()`` of what was asked and served, an
      "times": 1,               # how many matching requests it applies to (default: all)
      "status": 503, "headers": {"Retry-After": "2"},   # answer this instead of forwarding
      "flip_at": 123456,        # flip the byte at this absolute blob offset, if the body has it
-     "cut_after": 1000}        # close the connection after this many body bytes
+     "cut_after": 1000,        # close the connection after this many body bytes
+     "stall_after": 1000,      # after this many body bytes send nothing for stall_seconds
+     "stall_seconds": 30,      #   (default 30), then close
+     "trickle_bps": 1024,      # send the body at this many bytes per second
+     "full_body": True,        # drop the Range header: the registry answers 200, whole blob
+     "content_range": "bytes 0-9/10"}   # answer with this Content-Range instead
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +219,8 @@ def _serve(upstream: str) -> None:
             headers = {
                 k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
             }
+            if rule and rule.get("full_body"):
+                headers = {k: v for k, v in headers.items() if k.lower() != "range"}
             up = http.client.HTTPConnection(*state.upstream, timeout=30)
             try:
                 up.request(method, self.path, headers=headers)
@@ -225,6 +233,8 @@ def _serve(upstream: str) -> None:
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in ("connection", "transfer-encoding"):
+                    if k.lower() == "content-range" and rule and rule.get("content_range"):
+                        v = str(rule["content_range"])
                     self.send_header(k, v)
             if resp.getheader("Content-Length") is None and method != "HEAD":
                 self.send_header("Connection", "close")
@@ -241,6 +251,10 @@ def _serve(upstream: str) -> None:
             if rule and rule.get("flip_at") is not None and span is None:
                 flip = int(rule["flip_at"])  # type: ignore[arg-type]
             cut = int(rule["cut_after"]) if rule and rule.get("cut_after") is not None else None  # type: ignore[arg-type]
+            stall = (
+                int(rule["stall_after"]) if rule and rule.get("stall_after") is not None else None
+            )  # type: ignore[arg-type]
+            trickle = int(rule["trickle_bps"]) if rule and rule.get("trickle_bps") else None  # type: ignore[arg-type]
             sent = 0
             try:
                 while True:
@@ -256,6 +270,22 @@ def _serve(upstream: str) -> None:
                         sent += len(piece)
                         self.close_connection = True
                         break
+                    if stall is not None and sent + len(piece) > stall:
+                        piece = piece[: max(0, stall - sent)]
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                        sent += len(piece)
+                        time.sleep(float(rule.get("stall_seconds", 30)))  # type: ignore[union-attr, arg-type]
+                        self.close_connection = True
+                        break
+                    if trickle is not None:
+                        step = max(1, trickle // 4)
+                        for i in range(0, len(piece), step):
+                            self.wfile.write(piece[i : i + step])
+                            self.wfile.flush()
+                            sent += len(piece[i : i + step])
+                            time.sleep(step / trickle)
+                        continue
                     self.wfile.write(piece)
                     sent += len(piece)
             except OSError:
