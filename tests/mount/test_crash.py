@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
 import subprocess
 
+import pytest
 from mount.test_mount import TAG_DIR, model_records, wait_for
 from support.mount import modelfs_cmd
 
@@ -72,3 +74,23 @@ def test_kill_9_pull_then_rerun_resumes(proxy, synthetic_pushed, synthetic_gguf,
     assert fetched < size, "the re-run fetched the whole blob again"
     blob = cache / "blobs" / f"sha256-{digest}"
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest
+
+
+def test_umount_of_a_dead_mount(proxy, mount_factory, smollm2_pushed, model_hex, tmp_path):
+    """After kill -9 the mount is dead ("Transport endpoint is not connected"); umount clears it."""
+    m = mount_factory(root=tmp_path / "a")
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    with open(tag / "model.gguf", "rb") as f:  # a complete blob: its link's view is mounted too
+        f.read()
+    wait_for((m.cache / "blobs" / f"sha256-{model_hex}").exists, "the blob to be published")
+    m.kill()
+    with pytest.raises(OSError) as info:
+        os.listdir(m.mountpoint)
+    assert info.value.errno == errno.ENOTCONN
+    result = subprocess.run(
+        modelfs_cmd("umount", str(m.mountpoint)), capture_output=True, text=True, env=m.env
+    )
+    assert result.returncode == 0, result.stderr
+    assert not os.path.ismount(m.mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        assert str(m.mountpoint) not in f.read(), "something of the dead mount is still mounted"
