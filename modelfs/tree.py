@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 DIR_ENTRY_SECONDS = 300.0
 FILE_ATTR_SECONDS = 3600.0
+LINK_ENTRY_SECONDS = 1.0
 LEVEL_KINDS = (PartKind.HOST, PartKind.NAMESPACE, PartKind.MODEL, PartKind.TAG)
 
 
@@ -135,13 +136,15 @@ class Tree:
 
     def attr(self, node: Node) -> Attr:
         if node.link is not None:
+            # Short: if the blob is removed under the link (`modelfs unlink`, `ollama rm`),
+            # the kernel asks again within a second and gets a file served by the daemon.
             return Attr(
                 node.inode,
                 False,
                 len(node.link.encode()),
                 self.mtime_ns,
-                self.lookup_ttl_seconds,
-                FILE_ATTR_SECONDS,
+                min(self.lookup_ttl_seconds, LINK_ENTRY_SECONDS),
+                LINK_ENTRY_SECONDS,
                 is_link=True,
             )
         if node.is_dir:

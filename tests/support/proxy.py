@@ -9,6 +9,7 @@ Tests drive it through ``Proxy``: ``records()`` of what was asked and served, an
     {"path": "/blobs/",        # substring of the request path (default: any)
      "method": "GET",          # default: any
      "times": 1,               # how many matching requests it applies to (default: all)
+     "every": 10,              # only every 10th matching request
      "status": 503, "headers": {"Retry-After": "2"},   # answer this instead of forwarding
      "flip_at": 123456,        # flip the byte at this absolute blob offset, if the body has it
      "cut_after": 1000,        # close the connection after this many body bytes
@@ -140,6 +141,11 @@ class _State:
                 flip = rule.get("flip_at")
                 if flip is not None and not (span and span[0] <= int(flip) < span[1]):  # type: ignore[arg-type]
                     continue
+                every = rule.get("every")
+                if every is not None:
+                    rule["_seen"] = int(rule.get("_seen", 0)) + 1  # type: ignore[call-overload]
+                    if int(rule["_seen"]) % int(every) != 0:  # type: ignore[call-overload]
+                        continue
                 times = rule.get("times")
                 if times is not None:
                     if int(times) <= 0:  # type: ignore[arg-type]
