@@ -98,6 +98,9 @@ class BlobCache:
         self.state_dir = self.root / STATE_DIRNAME
         self.partial_dir = self.state_dir / "partial"
         self.pending_dir = self.state_dir / "manifests"
+        # Models the mount fetched (not created or pulled): the ones eviction may remove.
+        # One empty file per tag; its mtime is when the mount last used the model.
+        self.lazy_dir = self.state_dir / "lazy"
         self.tmp_dir = self.state_dir / "tmp"
 
     def prepare(self) -> None:
@@ -343,6 +346,49 @@ class BlobCache:
             parent = parent.parent
         return True
 
+    # -- models fetched through the mount (evictable) -------------------------------------
+
+    def mark_lazy(self, name: Name) -> None:
+        """Record that the mount fetched ``name`` (or refresh when it was last used)."""
+        path = safe_join(self.lazy_dir, *(p.lower() for p in name.parts))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        except OSError as e:
+            raise os_error(e, f"marking {name} as fetched by the mount") from None
+
+    def unmark_lazy(self, name: Name) -> None:
+        """``name`` was created, pulled or removed on purpose: never evict it."""
+        with contextlib.suppress(OSError):
+            safe_join(self.lazy_dir, *(p.lower() for p in name.parts)).unlink()
+
+    def lazy_models(self) -> list[tuple[float, Name]]:
+        """(last used, name) of every model the mount fetched, least recently used first."""
+        out = []
+        for host in _subdirs(self.lazy_dir):
+            for ns in _subdirs(host):
+                for model in _subdirs(ns):
+                    for tag in _files(model):
+                        try:
+                            name = from_parts(host.name, ns.name, model.name, tag.name)
+                            out.append((tag.stat().st_mtime, name))
+                        except (NameInvalid, OSError):
+                            continue
+        return sorted(out)
+
+    def usage_bytes(self) -> int:
+        """Disk used by blobs and partial blobs (allocated blocks, so sparse files count right)."""
+        total = 0
+        for d in (self.blobs_dir, self.partial_dir):
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+        return total
+
     def iter_models(self) -> Iterator[CachedModel]:
         """Every model with a manifest in the cache: complete ones, then pending ones."""
         for pending in (False, True):
@@ -381,6 +427,7 @@ class BlobCache:
             from modelfs.errors import ModelNotFound
 
             raise ModelNotFound(f"model {name} is not in the cache at {self.root}")
+        self.unmark_lazy(name)
         if loaded is None:
             return UnlinkResult((), 0)
         manifest, _complete = loaded
@@ -411,6 +458,13 @@ class BlobCache:
 def _subdirs(path: Path) -> list[Path]:
     try:
         return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _files(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_file())
     except OSError:
         return []
 

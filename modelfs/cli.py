@@ -56,7 +56,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from modelfs import daemon, mountctl
 
     mountpoint = Path(args.mountpoint).absolute()
-    options = daemon.parse_mount_options(args.o or [])
+    args.o = list(args.o or [])
+    if args.cache_max:
+        args.o.append(f"cache_max={args.cache_max}")
+    if args.min_free:
+        args.o.append(f"min_free={args.min_free}")
+    options = daemon.parse_mount_options(args.o)
     insecure = (*_insecure_hosts(args), *options.pop("insecure_hosts", ()))  # type: ignore[misc]
     cache_root = default_root(args.cache)
     opts = daemon.MountOptions(
@@ -262,8 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         action="append",
         metavar="OPT[,OPT]",
-        help="verify=strict|deferred, allow_other, lookup_ttl=S, streams=N, read_ahead_kb=N, "
-        "max_background=N",
+        help="verify=strict|deferred, links=yes|no, allow_other, lookup_ttl=S, streams=N, "
+        "cache_max=SIZE, min_free=SIZE|PCT, read_ahead_kb=N, max_background=N",
+    )
+    sp.add_argument(
+        "--cache-max",
+        metavar="SIZE",
+        help="evict models fetched through the mount (least recently used first) to keep blobs "
+        "under SIZE (500M, 20G); created and pulled models are never evicted",
+    )
+    sp.add_argument(
+        "--min-free",
+        metavar="SIZE|PCT",
+        help="evict likewise to keep this much of the cache's filesystem free (default 10%%)",
     )
     sp.add_argument("--log", metavar="FILE", help="daemon log file")
     sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

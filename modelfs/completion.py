@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from modelfs.blobcache import BlobCache
 from modelfs.digest import Digest
 from modelfs.errors import ModelfsError
@@ -29,6 +31,9 @@ class Completion:
         self.fetcher = fetcher
         # manifest digest -> (name, manifest) for models not yet complete in the cache
         self.tracked: dict[Digest, tuple[Name, Manifest]] = {}
+        # Held while deciding a model is complete and writing its manifest; eviction holds it
+        # too, so a manifest is never written for blobs being removed.
+        self.lock = trio.Lock()
 
     async def track(self, name: Name, manifest: Manifest) -> None:
         """Remember a model the mount has shown; record its manifest as pending if it is new."""
@@ -59,6 +64,10 @@ class Completion:
                 await self._check(mdigest, fetch_missing=True)
 
     async def _check(self, mdigest: Digest, *, fetch_missing: bool) -> None:
+        async with self.lock:
+            await self._check_locked(mdigest, fetch_missing=fetch_missing)
+
+    async def _check_locked(self, mdigest: Digest, *, fetch_missing: bool) -> None:
         entry = self.tracked.get(mdigest)
         if entry is None:
             return

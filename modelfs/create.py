@@ -107,6 +107,7 @@ def create_model(
     raw = build_manifest(config, layers)
     manifest = parse_manifest(raw)
     cache.write_manifest(name, raw)
+    cache.unmark_lazy(name)  # created on purpose: pinned
     log.info("created %s (%s)", name, manifest.digest)
     return manifest
 

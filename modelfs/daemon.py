@@ -28,6 +28,7 @@ from modelfs.chunks import CHUNK_BYTES
 from modelfs.completion import Completion
 from modelfs.digest import Digest
 from modelfs.errors import MountError, UsageError
+from modelfs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor, parse_size
 from modelfs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
 from modelfs.reader import Reader, ReaderSettings
 from modelfs.registry import Registry, RegistryConfig
@@ -87,6 +88,9 @@ class MountOptions:
     max_background: int | None = MAX_BACKGROUND
     fuse_debug: bool = False
     links: bool = True  # complete blobs appear as symlinks into the cache
+    cache_max: int | None = None  # bytes of blobs and partial blobs
+    min_free: int = 0  # bytes to leave free on the cache's filesystem
+    min_free_percent: float | None = DEFAULT_MIN_FREE_PERCENT
     extra: tuple[str, ...] = field(default=())
 
 
@@ -125,6 +129,10 @@ def parse_mount_options(values: list[str]) -> dict[str, object]:
                     if val not in ("yes", "no"):
                         raise UsageError(f"-o links takes yes or no, not {val!r}")
                     out["links"] = val == "yes"
+                elif key == "cache_max":
+                    out["cache_max"] = parse_size(val)[0]
+                elif key == "min_free":
+                    out["min_free"], out["min_free_percent"] = parse_size(val, percent=True)
                 elif key == "fuse_debug" and not eq:
                     out["fuse_debug"] = True
                 else:
@@ -219,6 +227,14 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             lookup_ttl_seconds=options.lookup_ttl_seconds,
             in_thread=fetcher.in_thread,
         )
+        bounds = CacheBounds(options.cache_max, options.min_free, options.min_free_percent)
+        evictor = Evictor(
+            cache,
+            bounds,
+            in_use=lambda: tree.open_digests() | fetcher.busy_digests(),
+            in_thread=fetcher.in_thread,
+            lock=completion.lock,
+        )
         tree = Tree(
             resolver,
             reader,
@@ -226,13 +242,17 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             cache,
             lookup_ttl_seconds=options.lookup_ttl_seconds,
             in_thread=fetcher.in_thread,
+            on_used=evictor.used,
+            on_closed=evictor.kick,
         )
+        nursery.start_soon(evictor.run, name="cache eviction")
         ops = fuse_ops.Operations(tree, nursery, str(cache.root))
         fetcher.on_discarded = ops.invalidate
 
         async def published(digest: Digest) -> None:
             ops.blob_published(digest)
             await completion.blob_published(digest)
+            evictor.kick()
 
         fetcher.on_published = published
 

@@ -198,6 +198,10 @@ class Fetcher:
                 raise
             return bf
 
+    def busy_digests(self) -> set[Digest]:
+        """Blobs open for reading or with fetches in flight."""
+        return {d for d, bf in self.blobs.items() if bf.handles > 0 or bf.flights}
+
     async def save_all(self, publish_wait_seconds: float = PUBLISH_WAIT_SECONDS) -> None:
         """At shutdown: let publishes in progress finish, persist every blob's progress."""
         with trio.move_on_after(publish_wait_seconds):

@@ -55,6 +55,8 @@ async def pull(
                 blobs.start_soon(_pull_blob, fetcher, reader, name, layer, chunks, progress)
         nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(cache.write_manifest, name, raw)
+    # Pulled on purpose: pinned, never evicted to keep the cache within its bounds.
+    await trio.to_thread.run_sync(cache.unmark_lazy, name)
     progress.message(f"pulled {name} ({manifest.digest})")
     return manifest
 

@@ -19,7 +19,7 @@ import itertools
 import logging
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -109,6 +109,8 @@ class Tree:
         *,
         lookup_ttl_seconds: float,
         in_thread: Callable[..., object],
+        on_used: Callable[[Name], Awaitable[None]] | None = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
         self.resolver = resolver
         self.reader = reader
@@ -116,6 +118,8 @@ class Tree:
         self.cache = cache
         self.lookup_ttl_seconds = lookup_ttl_seconds
         self._in_thread = in_thread
+        self._on_used = on_used  # a model's file was looked up (cache eviction's LRU)
+        self._on_closed = on_closed  # a file was closed (eviction may now proceed)
         self.mtime_ns = time.time_ns()
         self.nodes: dict[int, Node] = {
             ROOT_INODE: Node(ROOT_INODE, ROOT_INODE, "", True, lookups=1)
@@ -264,6 +268,8 @@ class Tree:
         layer, manifest = entry
         if layer is not None:
             await self._check_published([layer])
+        if self._on_used is not None:
+            await self._on_used(from_parts(*parent.parts))
         return self._file_node(parent, name, layer, manifest)
 
     # -- symlinks to published blobs ----------------------------------------------------------
@@ -476,6 +482,12 @@ class Tree:
             await self.reader.close(opened.handle)
         if opened.node.lookups <= 0 and opened.node.open_count <= 0:
             self.forget(opened.node.inode, 0)
+        if self._on_closed is not None:
+            self._on_closed()
+
+    def open_digests(self) -> set[Digest]:
+        """Blobs that have an open file in the mount."""
+        return {o.node.layer.digest for o in self._handles.values() if o.node.layer is not None}
 
     def inodes_of(self, digest: Digest) -> list[int]:
         inode = self._blobs.get(digest)

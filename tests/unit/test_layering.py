@@ -28,6 +28,7 @@ RANK = {
     "resolver": 6,
     "reader": 7,
     "completion": 7,
+    "eviction": 7,
     "pull": 8,
     "tree": 8,
     "fuse_ops": 9,

@@ -1,0 +1,166 @@
+"""Keeping the cache within its bounds: evict models the mount fetched, least recently used first.
+
+Bounds: ``cache_max`` (bytes of blobs and partial blobs) and ``min_free`` (bytes, or a share of
+the cache's filesystem, to leave free). Only models the mount fetched are candidates
+(``BlobCache.lazy_models``); models created or pulled on purpose are pinned. A model is evicted
+whole — its manifest first, then the blobs no other model uses, with their partial files — and
+never while any of its blobs is open or being fetched. Checks run after each publish, when a
+file is closed, and every ``CHECK_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from modelfs.blobcache import BlobCache
+from modelfs.digest import Digest
+from modelfs.errors import ModelfsError, UsageError
+from modelfs.names import Name
+
+log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 30.0
+# Refresh a model's last-used time at most this often (it is a file's mtime).
+TOUCH_SECONDS = 30.0
+DEFAULT_MIN_FREE_PERCENT = 10.0
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, *, percent: bool = False) -> tuple[int, float | None]:
+    """``500M``, ``10G``, ``1234`` → (bytes, None); with ``percent``, ``10%`` → (0, 10.0)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t.endswith("%"):
+            if not percent:
+                raise ValueError
+            share = float(t[:-1])
+            if not 0 <= share < 100:
+                raise ValueError
+            return 0, share
+        unit = t[-1:] if t[-1:] in _UNITS and not t[-1:].isdigit() else ""
+        number = float(t[: len(t) - len(unit)])
+        if number < 0:
+            raise ValueError
+        return int(number * _UNITS[unit]), None
+    except (ValueError, IndexError):
+        what = "a size (500M, 10G)" + (" or a percentage (10%)" if percent else "")
+        raise UsageError(f"{text!r} is not {what}") from None
+
+
+@dataclass(frozen=True)
+class CacheBounds:
+    max_bytes: int | None = None
+    min_free_bytes: int = 0
+    min_free_percent: float | None = DEFAULT_MIN_FREE_PERCENT
+
+    def over(self, usage: int, free: int, total: int) -> bool:
+        need_free = self.min_free_bytes
+        if self.min_free_percent is not None:
+            need_free = max(need_free, int(total * self.min_free_percent / 100))
+        return (self.max_bytes is not None and usage > self.max_bytes) or free < need_free
+
+
+class Evictor:
+    def __init__(
+        self,
+        cache: BlobCache,
+        bounds: CacheBounds,
+        in_use: Callable[[], set[Digest]],
+        in_thread: Callable[..., Awaitable[object]],
+        lock: trio.Lock | None = None,
+    ) -> None:
+        self.cache = cache
+        # Shared with Completion: a manifest is never written while its blobs are evicted.
+        self.lock = lock or trio.Lock()
+        self.bounds = bounds
+        self.in_use = in_use
+        self.in_thread = in_thread
+        self._kick = trio.Event()
+        self._touched: dict[Name, float] = {}
+        self._stuck = False
+        self.evicted: list[Name] = []
+
+    def kick(self) -> None:
+        """Check soon (a blob was published, a file closed)."""
+        self._kick.set()
+
+    async def used(self, name: Name) -> None:
+        """The mount used ``name``: it is now the most recently used (and evictable) model."""
+        now = trio.current_time()
+        if now - self._touched.get(name, -TOUCH_SECONDS) < TOUCH_SECONDS:
+            return
+        self._touched[name] = now
+        try:
+            await self.in_thread(self._mark_if_not_pinned, name)
+        except ModelfsError as e:
+            log.debug("cannot record the use of %s: %s", name, e)
+
+    def _mark_if_not_pinned(self, name: Name) -> None:
+        # Complete in the cache without a mark: created or pulled on purpose, so pinned.
+        loaded = self.cache.load_manifest(name)
+        if loaded is not None and loaded[1] and not self._is_lazy(name):
+            return
+        self.cache.mark_lazy(name)
+
+    def _is_lazy(self, name: Name) -> bool:
+        return any(n.equal_fold(name) for _t, n in self.cache.lazy_models())
+
+    async def run(self) -> None:
+        while True:
+            with trio.move_on_after(CHECK_SECONDS):
+                await self._kick.wait()
+            self._kick = trio.Event()
+            try:
+                await self.check()
+            except ModelfsError as e:
+                log.warning("cache eviction: %s", e)
+
+    async def check(self) -> None:
+        async with self.lock:
+            busy = self.in_use()
+            evicted: list[Name] = await self.in_thread(self._evict, busy)  # type: ignore[assignment]
+        self.evicted += evicted
+
+    def _state(self) -> tuple[int, int, int]:
+        st = os.statvfs(self.cache.root)
+        return self.cache.usage_bytes(), st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def _evict(self, busy: set[Digest]) -> list[Name]:
+        evicted: list[Name] = []
+        usage, free, total = self._state()
+        if not self.bounds.over(usage, free, total):
+            self._stuck = False
+            return evicted
+        for _last_used, name in self.cache.lazy_models():
+            loaded = self.cache.load_manifest(name)
+            if loaded is None:
+                self.cache.unmark_lazy(name)
+                continue
+            if any(layer.digest in busy for layer in loaded[0].blobs):
+                continue
+            result = self.cache.unlink(name)
+            evicted.append(name)
+            log.info(
+                "evicted %s from the cache (least recently used; %d bytes freed)",
+                name,
+                result.freed_bytes,
+            )
+            usage, free, total = self._state()
+            if not self.bounds.over(usage, free, total):
+                self._stuck = False
+                return evicted
+        if not self._stuck:
+            self._stuck = True
+            log.info(
+                "the cache uses %d bytes (%d free) and is over its bound; every model left is "
+                "pinned (created or pulled) or in use",
+                usage,
+                free,
+            )
+        return evicted
