@@ -70,6 +70,9 @@ sha256sum "$TAG/model.gguf" "$GGUF"
 step modelfs ls   "# every blob verified and published: Ollama's layout, usable by ollama itself"
 OLLAMA_MODELS="$WORK/empty" "$MODELFS" ls
 find "$WORK/empty/blobs" "$WORK/empty/manifests" -type f | sed "s|$WORK/||"
+step "ls -l $TAG/model.gguf   # complete now: a link into a read-only view of the cache"
+for _ in $(seq 50); do [ -L "$TAG/model.gguf" ] && break; sleep 0.1; done
+ls -l "$TAG/model.gguf"
 
 if [ "${KEEP:-}" = 1 ]; then
     echo

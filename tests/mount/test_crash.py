@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import signal
 import subprocess
+import threading
 
 import pytest
 from mount.test_mount import TAG_DIR, model_records, wait_for
-from support.mount import modelfs_cmd
+from support.mount import modelfs_cmd, run_modelfs, sha256_path
+from support.proxy import Proxy
 
 from modelfs.chunks import CHUNK_BYTES
+from modelfs.digest import Digest
+from modelfs.partial import present_bytes_in_state
 
 
 def test_corrupted_partial_data_is_detected_and_refetched(
@@ -94,3 +99,82 @@ def test_umount_of_a_dead_mount(proxy, mount_factory, smollm2_pushed, model_hex,
     assert not os.path.ismount(m.mountpoint)
     with open("/proc/self/mountinfo") as f:
         assert str(m.mountpoint) not in f.read(), "something of the dead mount is still mounted"
+
+
+def test_kill_9_push_then_rerun_uploads_only_what_is_missing(
+    fresh_registry, smollm2_gguf, model_hex, tmp_path
+):
+    """Killed between blobs (the registry has some, not the manifest): a re-run finishes."""
+    upstream = Proxy(fresh_registry.host).start()
+    try:
+        name = f"{upstream.host}/library/pushed:1"
+        cache = tmp_path / "cache"
+        run_modelfs("create", name, "--gguf", str(smollm2_gguf), "--cache", str(cache))
+        # The model blob's existence check never answers: the push is stuck after the config.
+        upstream.set_faults([{"path": model_hex, "method": "HEAD", "hang_seconds": 120}])
+        proc = subprocess.Popen(
+            modelfs_cmd("push", name, "--cache", str(cache)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(
+                lambda: any(model_hex in r.path for r in upstream.records()),
+                "the push to reach the model blob",
+            )
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        manifests = [r for r in upstream.records() if "/manifests/" in r.path and r.method == "PUT"]
+        assert not manifests, "the killed push got as far as the manifest"
+        uploaded_before = {r.path for r in upstream.records() if r.method == "HEAD"}
+
+        upstream.clear_faults()
+        result = run_modelfs("push", name, "--cache", str(cache))
+        assert "already on the registry" in result.stderr, result.stderr
+        assert len(uploaded_before) >= 2  # the config was checked (and uploaded) before the kill
+        pulled = tmp_path / "pulled"
+        run_modelfs("pull", name, "--cache", str(pulled))
+        assert sha256_path(pulled / "blobs" / f"sha256-{model_hex}") == model_hex
+    finally:
+        upstream.stop()
+
+
+def test_kill_9_mid_stream_keeps_verified_chunks_and_publishes_nothing_half_written(
+    proxy, mount_factory, synthetic_pushed, synthetic_gguf, tmp_path
+):
+    digest = sha256_path(synthetic_gguf)
+    size = synthetic_gguf.stat().st_size
+    m = mount_factory(root=tmp_path / "a")
+    path = m.mountpoint / proxy.host / "library/synthetic/200m/model.gguf"
+    os.stat(path)
+    proxy.set_faults([{"path": digest, "trickle_bps": 16 << 20}])  # still filling when killed
+    state = m.cache / ".modelfs" / "partial" / f"sha256-{digest}.state"
+
+    def stream() -> None:
+        with contextlib.suppress(OSError):  # the daemon is killed under it
+            sha256_path(path)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    wait_for(
+        lambda: (
+            state.exists()
+            and present_bytes_in_state(state.read_bytes(), Digest(digest), size) >= 8 * CHUNK_BYTES
+        ),
+        "several chunks to be saved",
+    )
+    m.kill()
+    t.join(60)
+    saved = present_bytes_in_state(state.read_bytes(), Digest(digest), size)
+    assert 0 < saved < size
+    assert not (m.cache / "blobs" / f"sha256-{digest}").exists(), "published a partial blob"
+    assert not list((m.cache / "manifests").rglob("200m")), "wrote a manifest for a partial model"
+
+    proxy.clear_faults()
+    proxy.reset()
+    m2 = mount_factory(root=tmp_path / "a")
+    assert sha256_path(m2.mountpoint / proxy.host / "library/synthetic/200m/model.gguf") == digest
+    fetched = sum(r.body_bytes for r in model_records(proxy, digest))
+    assert fetched <= size - saved, f"refetched saved chunks: {fetched} > {size - saved}"
+    wait_for((m2.cache / "blobs" / f"sha256-{digest}").exists, "the blob to be published")

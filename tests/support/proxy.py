@@ -17,7 +17,8 @@ Tests drive it through ``Proxy``: ``records()`` of what was asked and served, an
      "stall_seconds": 30,      #   (default 30), then close
      "trickle_bps": 1024,      # send the body at this many bytes per second
      "full_body": True,        # drop the Range header: the registry answers 200, whole blob
-     "content_range": "bytes 0-9/10"}   # answer with this Content-Range instead
+     "content_range": "bytes 0-9/10",   # answer with this Content-Range instead
+     "hang_seconds": 60}       # answer nothing for this long, then close
 """
 
 from __future__ import annotations
@@ -193,7 +194,30 @@ def _serve(upstream: str) -> None:
         def do_POST(self) -> None:
             if self.path.startswith(CONTROL):
                 return self._control()
-            self.send_error(405)
+            self._forward("POST")
+
+        def do_PUT(self) -> None:
+            self._forward("PUT")
+
+        def do_PATCH(self) -> None:
+            self._forward("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._forward("DELETE")
+
+        def _request_body(self) -> bytes | None:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                body = bytearray()
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return bytes(body)
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else None
 
         def do_HEAD(self) -> None:
             self._forward("HEAD")
@@ -211,6 +235,10 @@ def _serve(upstream: str) -> None:
                 state.records.append(record)
             span = Record(method, self.path, rng, 0, 0).span
             rule = state.match(method, self.path, span)
+            if rule is not None and rule.get("hang_seconds") is not None:
+                time.sleep(float(rule["hang_seconds"]))  # type: ignore[arg-type]
+                self.close_connection = True
+                return
             if rule is not None and rule.get("status") is not None:
                 body = b'{"errors":[{"code":"INJECTED","message":"injected fault"}]}'
                 self.send_response(int(rule["status"]))  # type: ignore[arg-type]
@@ -222,14 +250,19 @@ def _serve(upstream: str) -> None:
                     self.wfile.write(body)
                 record["status"] = rule["status"]
                 return
+            body = self._request_body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
             headers = {
-                k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in ("host", "connection", "transfer-encoding", "content-length")
             }
+            if body is not None:
+                headers["Content-Length"] = str(len(body))
             if rule and rule.get("full_body"):
                 headers = {k: v for k, v in headers.items() if k.lower() != "range"}
             up = http.client.HTTPConnection(*state.upstream, timeout=30)
             try:
-                up.request(method, self.path, headers=headers)
+                up.request(method, self.path, body=body, headers=headers)
                 resp = up.getresponse()
             except OSError:
                 self.send_error(502)
