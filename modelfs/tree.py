@@ -327,41 +327,38 @@ class Tree:
         return node.link
 
     def _link_node(self, parent: Node, name: str, layer: Layer) -> Node:
-        inode = self._links.get(layer.digest)
+        assert self.link_base is not None
+        link = self.link_base + layer.digest.filename
+        return self._keyed_node(
+            self._links,
+            layer.digest,
+            lambda inode: Node(inode, parent.inode, name, False, layer=layer, link=link),
+        )
+
+    def _keyed_node(
+        self, table: dict[Digest, int], key: Digest, make: Callable[[int], Node]
+    ) -> Node:
+        """The live node ``table`` has for ``key``, or a new one from ``make(inode)``."""
+        inode = table.get(key)
         node = self.nodes.get(inode) if inode is not None else None
         if node is None:
-            assert self.link_base is not None
-            node = Node(
-                next(self._inodes),
-                parent.inode,
-                name,
-                False,
-                layer=layer,
-                link=self.link_base + layer.digest.filename,
-            )
+            node = make(next(self._inodes))
             self.nodes[node.inode] = node
-            self._links[layer.digest] = node.inode
+            table[key] = node.inode
         return node
 
     def _file_node(self, parent: Node, name: str, layer: Layer | None, manifest: Manifest) -> Node:
         if layer is not None and self.link_base is not None and layer.digest in self._published:
             return self._link_node(parent, name, layer)
         key = layer.digest if layer is not None else manifest.digest
-        inode = self._blobs.get(key)
-        node = self.nodes.get(inode) if inode is not None else None
-        if node is None:
-            node = Node(
-                next(self._inodes),
-                parent.inode,
-                name,
-                False,
-                layer=layer,
-                source=from_parts(*parent.parts),
-                manifest=manifest,
-            )
-            self.nodes[node.inode] = node
-            self._blobs[key] = node.inode
-        return node
+        source = from_parts(*parent.parts)
+        return self._keyed_node(
+            self._blobs,
+            key,
+            lambda inode: Node(
+                inode, parent.inode, name, False, layer=layer, source=source, manifest=manifest
+            ),
+        )
 
     # -- directories ----------------------------------------------------------------------------
 
