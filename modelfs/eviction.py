@@ -25,6 +25,7 @@ from modelfs.names import Name
 log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 30.0
+MIN_CHECK_INTERVAL_SECONDS = 1.0
 # Refresh a model's last-used time at most this often (it is a file's mtime).
 TOUCH_SECONDS = 30.0
 DEFAULT_MIN_FREE_PERCENT = 10.0
@@ -120,6 +121,8 @@ class Evictor:
                 await self.check()
             except ModelfsError as e:
                 log.warning("cache eviction: %s", e)
+            # Kicks come with every close: one scan of the cache per interval is enough.
+            await trio.sleep(MIN_CHECK_INTERVAL_SECONDS)
 
     async def check(self) -> None:
         async with self.lock:
