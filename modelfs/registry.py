@@ -3,20 +3,23 @@
 This is the only module that sees HTTP-library exceptions; it translates them
 once into the modelfs error tree. Two HTTP paths, chosen by measurement
 (docs/architecture.md): httpx's async client for control requests (manifests,
-HEAD, uploads), and for bulk blob bodies a lean reader on the standard library's
-``http.client`` in a worker thread that ``readinto``s a reused buffer — httpx
-tops out near 0.7 GB/s on this machine where the lean path keeps up with curl.
+HEAD, uploads, tokens), and for bulk blob bodies the lean ``http.client`` reader
+of ``bulk`` in worker threads.
+
+Every request carries the Authorization ``auth`` holds for its host and scope; a 401
+is answered once (a token, a signature, Basic credentials) and the request sent again.
+Reads (manifests, blobs) go to the host's mirrors first, in order, then to the host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import json
 import logging
 import platform
-import re
 import ssl
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +31,16 @@ import httpx
 import trio
 
 from modelfs import __version__
+from modelfs.auth import AuthConfig, Authenticator
+from modelfs.bulk import (
+    BodyError,
+    BulkClient,
+    BulkSettings,
+    NeedsAuth,
+    PieceSink,
+    RedirectError,
+    StatusError,
+)
 from modelfs.digest import Digest
 from modelfs.errors import (
     ManifestInvalid,
@@ -41,6 +54,8 @@ from modelfs.manifest import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYP
 from modelfs.names import Name, scheme_for
 from modelfs.retry import retrying
 
+__all__ = ["PieceSink", "Registry", "RegistryConfig"]
+
 log = logging.getLogger(__name__)
 
 CONNECT_SECONDS = 5.0
@@ -51,14 +66,14 @@ STALL_MIN_BYTES = 64 << 10
 MANIFEST_ATTEMPTS = 3
 UPLOAD_PIECE_BYTES = 1 << 20
 ERROR_BODY_BYTES = 16 << 10
-MAX_REDIRECTS = 5
+TOKEN_BODY_BYTES = 64 << 10
+# A mirror that failed is skipped for this long before it is tried again.
+MIRROR_BACKOFF_SECONDS = 30.0
 MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
-
-# One piece callback per chunk-sized piece of a range body, called in the worker thread.
-PieceSink = Callable[[int, memoryview], None]
 
 
 def _user_agent() -> str:
+    # Ollama's form: ollama/<version> (<arch> <os>) Go/<version>.
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     py = ".".join(str(v) for v in sys.version_info[:3])
     return f"modelfs/{__version__} ({arch} {platform.system().lower()}) Python/{py}"
@@ -70,15 +85,24 @@ USER_AGENT = _user_agent()
 @dataclass(frozen=True)
 class RegistryConfig:
     insecure_hosts: tuple[str, ...] = ()
+    # Hosts spoken to over https even where http is the default (loopback).
+    tls_hosts: tuple[str, ...] = ()
     ca_file: str | None = None
     user_agent: str = USER_AGENT
     connect_seconds: float = CONNECT_SECONDS
     stall_seconds: float = STALL_SECONDS
     stall_min_bytes: int = STALL_MIN_BYTES
+    key_path: Path | None = None
+    docker_config: Path | None = None
+    # host -> base URLs tried in order for reads before the host itself.
+    mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _ssl_context(config: RegistryConfig) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=config.ca_file)
+    try:
+        return ssl.create_default_context(cafile=config.ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise RegistryError(f"cannot use the CA file {config.ca_file}: {e}") from None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -96,8 +120,6 @@ def _retry_after(value: str | None) -> float | None:
 
 def _error_message(body: bytes) -> str:
     """The registry's own words from either error body form (Docker's list, Ollama's single)."""
-    import json
-
     try:
         doc = json.loads(body)
     except ValueError:
@@ -119,20 +141,40 @@ def _status_error(status: int, what: str, body: bytes, retry_after: str | None) 
     detail = f": {said}" if said else ""
     if status in (401, 403):
         return Unauthorized(f"{what}: registry refused access ({status}){detail}", status)
+    if status == 412:
+        return RegistryError(f"{what}: the registry refused this client (412){detail}", status)
     if status == 429 or status >= 500:
         return Transient(f"{what}: registry answered {status}{detail}", _retry_after(retry_after))
     return RegistryError(f"{what}: registry answered {status}{detail}", status)
 
 
-def _translate(exc: Exception, what: str) -> ModelfsError:
+def _cert_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 8:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def _translate(exc: BaseException, what: str, host: str = "") -> ModelfsError:
+    cert = _cert_failure(exc)
+    if cert is not None or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        reason = cert.verify_message if cert is not None else "certificate verify failed"
+        return RegistryError(
+            f"{what}: cannot verify the TLS certificate of {host or 'the registry'} ({reason}); "
+            "give its CA with --ca-file or SSL_CERT_FILE"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return RegistryError(f"{what}: TLS with {host or 'the registry'} failed ({_reason(exc)})")
     if isinstance(exc, httpx.TimeoutException):
         return Transient(f"{what}: timed out")
     if isinstance(exc, httpx.ConnectError):
-        return Transient(f"{what}: cannot connect ({_reason(exc)})")
+        return Transient(f"{what}: cannot connect to {host or 'the registry'} ({_reason(exc)})")
     if isinstance(exc, httpx.TransportError):
         return Transient(f"{what}: connection failed ({_reason(exc)})")
-    if isinstance(exc, ssl.SSLError):
-        return RegistryError(f"{what}: TLS failed ({exc.reason or exc})")
     if isinstance(exc, TimeoutError):
         return Transient(f"{what}: stalled (no data for the stall timeout)")
     if isinstance(exc, OSError | http.client.HTTPException):
@@ -145,66 +187,23 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())[:160]
 
 
-@dataclass
-class _Pool:
-    """Idle keep-alive connections for the bulk path, shared by worker threads."""
-
-    config: RegistryConfig
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = field(default_factory=dict)
-    ssl_context: ssl.SSLContext | None = None
-
-    def get(self, scheme: str, host: str, port: int) -> tuple[http.client.HTTPConnection, bool]:
-        with self.lock:
-            conns = self.idle.get((scheme, host, port))
-            if conns:
-                return conns.pop(), True
-        if scheme == "https":
-            if self.ssl_context is None:
-                self.ssl_context = _ssl_context(self.config)
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=self.config.connect_seconds, context=self.ssl_context
-            )
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.config.connect_seconds)
-        return conn, False
-
-    def put(self, scheme: str, host: str, port: int, conn: http.client.HTTPConnection) -> None:
-        with self.lock:
-            self.idle.setdefault((scheme, host, port), []).append(conn)
-
-    def close(self) -> None:
-        with self.lock:
-            conns = [c for cs in self.idle.values() for c in cs]
-            self.idle.clear()
-        for c in conns:
-            c.close()
+def _netloc(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc.lower()
 
 
-class _Progress:
-    """Stall detection for one body: enough bytes in every window of ``stall_seconds``."""
-
-    def __init__(self, config: RegistryConfig, what: str) -> None:
-        self.window_seconds = config.stall_seconds
-        self.min_bytes = config.stall_min_bytes
-        self.what = what
-        self.window_start = time.monotonic()
-        self.window_bytes = 0
-
-    def add(self, n: int) -> None:
-        self.window_bytes += n
-        now = time.monotonic()
-        if now - self.window_start >= self.window_seconds:
-            if self.window_bytes < self.min_bytes:
-                raise Transient(
-                    f"{self.what}: stalled ({self.window_bytes} bytes in "
-                    f"{now - self.window_start:.0f}s); retrying on a fresh connection"
-                )
-            self.window_start = now
-            self.window_bytes = 0
+def pull_scopes(name: Name) -> tuple[str, ...]:
+    return (f"repository:{name.repository}:pull",)
 
 
-_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+def push_scopes(name: Name, source: Name | None = None) -> tuple[str, ...]:
+    scopes = [f"repository:{name.repository}:pull,push"]
+    if source is not None and source.repository != name.repository:
+        scopes.append(f"repository:{source.repository}:pull")
+    return tuple(scopes)
+
+
+def delete_scopes(name: Name) -> tuple[str, ...]:
+    return (f"repository:{name.repository}:delete",)
 
 
 class Registry:
@@ -212,79 +211,187 @@ class Registry:
 
     def __init__(self, config: RegistryConfig | None = None) -> None:
         self.config = config or RegistryConfig()
+        self._ssl = _ssl_context(self.config)
         self._client = httpx.AsyncClient(
             headers={"User-Agent": self.config.user_agent},
             timeout=httpx.Timeout(self.config.stall_seconds, connect=self.config.connect_seconds),
             follow_redirects=True,
-            verify=_ssl_context(self.config),
+            verify=self._ssl,
             trust_env=True,
         )
-        self._pool = _Pool(self.config)
+        self.bulk = BulkClient(
+            BulkSettings(
+                connect_seconds=self.config.connect_seconds,
+                stall_seconds=self.config.stall_seconds,
+                stall_min_bytes=self.config.stall_min_bytes,
+                user_agent=self.config.user_agent,
+                ssl_context_factory=lambda: self._ssl,
+            )
+        )
+        self.auth = Authenticator(
+            self._fetch_token,
+            AuthConfig(key_path=self.config.key_path, docker_config=self.config.docker_config),
+        )
+        self._auth_locks: dict[tuple[str, tuple[str, ...]], trio.Lock] = {}
+        self._mirror_down_until: dict[str, float] = {}
 
     async def aclose(self) -> None:
         await self._client.aclose()
-        self._pool.close()
+        self.bulk.close()
 
     # -- URLs ---------------------------------------------------------------------------
 
     def base_url(self, name: Name) -> str:
-        return f"{scheme_for(name, self.config.insecure_hosts)}://{name.host.lower()}"
+        host = name.host.lower()
+        if name.scheme is None and any(host == h.lower() for h in self.config.tls_hosts):
+            return f"https://{host}"
+        return f"{scheme_for(name, self.config.insecure_hosts)}://{host}"
 
-    def manifest_url(self, name: Name, reference: str | None = None) -> str:
+    def read_bases(self, name: Name) -> list[str]:
+        """Where reads of ``name`` go, in order: the host's mirrors that are not resting, then the host."""
+        now = time.monotonic()
+        mirrors = self.config.mirrors.get(name.host.lower(), ())
+        up = [m.rstrip("/") for m in mirrors if self._mirror_down_until.get(m, 0.0) <= now]
+        return [*up, self.base_url(name)]
+
+    def _mirror_failed(self, base: str, name: Name, e: ModelfsError) -> None:
+        log.warning("mirror %s failed for %s (%s); using the next endpoint", base, name, e)
+        self._mirror_down_until[base] = time.monotonic() + MIRROR_BACKOFF_SECONDS
+
+    def manifest_url(
+        self, name: Name, reference: str | None = None, base: str | None = None
+    ) -> str:
         ref = reference or (str(name.digest) if name.digest else name.tag)
-        return f"{self.base_url(name)}/v2/{name.repository}/manifests/{ref}"
+        return f"{base or self.base_url(name)}/v2/{name.repository}/manifests/{ref}"
 
-    def blob_url(self, name: Name, digest: Digest) -> str:
-        return f"{self.base_url(name)}/v2/{name.repository}/blobs/{digest}"
+    def blob_url(self, name: Name, digest: Digest, base: str | None = None) -> str:
+        return f"{base or self.base_url(name)}/v2/{name.repository}/blobs/{digest}"
 
-    # -- control path (httpx async) ----------------------------------------------------------
+    # -- authentication ---------------------------------------------------------------------
+
+    async def _fetch_token(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        what = f"token from {_netloc(url)}"
+        try:
+            async with self._client.stream("GET", url, headers=headers) as r:
+                body = b""
+                async for part in r.aiter_bytes():
+                    body += part
+                    if len(body) > TOKEN_BODY_BYTES:
+                        raise Unauthorized(f"{what}: the answer is too large")
+                return r.status_code, body
+        except (httpx.HTTPError, OSError, ssl.SSLError) as e:
+            raise _translate(e, what, _netloc(url)) from None
+
+    async def _answer(
+        self, host: str, scopes: tuple[str, ...], sent: str | None, challenge: str | None
+    ) -> None:
+        """Get credentials for a 401; concurrent requests that met it share one answer."""
+        lock = self._auth_locks.setdefault((host, scopes), trio.Lock())
+        async with lock:
+            now = self.auth.header(host, scopes)
+            if now is not None and now != sent:
+                return  # another task already answered this challenge
+            await self.auth.answer(host, scopes, challenge)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        scopes: tuple[str, ...],
+        what: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+    ) -> httpx.Response:
+        """One control request with auth, answering one 401. The response is streamed:
+        the caller reads or closes it."""
+        host = _netloc(url)
+        for attempt in range(2):
+            sent = self.auth.header(host, scopes)
+            hdrs = dict(headers or {})
+            if sent:
+                hdrs["Authorization"] = sent
+            request = self._client.build_request(method, url, headers=hdrs, content=content)
+            try:
+                r = await self._client.send(request, stream=True)
+            except (httpx.HTTPError, OSError, ssl.SSLError) as e:
+                raise _translate(e, what, host) from None
+            if r.status_code != 401 or attempt:
+                return r
+            challenge = r.headers.get("WWW-Authenticate")
+            await r.aclose()
+            await self._answer(host, scopes, sent, challenge)
+            if content is not None and not isinstance(content, bytes):
+                # A streamed body cannot be sent twice: the caller starts over with the new token.
+                raise Transient(f"{what}: the registry asked for credentials again; retrying")
+        raise AssertionError("unreachable")
 
     async def _raise_for(self, r: httpx.Response, what: str) -> None:
         if r.status_code < 400:
             return
         body = b""
-        async for part in r.aiter_bytes():
-            body += part
-            if len(body) >= ERROR_BODY_BYTES:
-                break
+        try:
+            async for part in r.aiter_bytes():
+                body += part
+                if len(body) >= ERROR_BODY_BYTES:
+                    break
+        except (httpx.HTTPError, OSError):
+            pass
+        finally:
+            await r.aclose()
         raise _status_error(r.status_code, what, body, r.headers.get("Retry-After"))
 
+    async def _closed(self, r: httpx.Response) -> httpx.Response:
+        await r.aread()
+        await r.aclose()
+        return r
+
+    # -- reads ----------------------------------------------------------------------------------
+
     async def get_manifest(self, name: Name) -> bytes:
-        """The manifest bytes exactly as the registry sent them."""
-        url = self.manifest_url(name)
+        """The manifest bytes exactly as the registry (or one of its mirrors) sent them."""
+        bases = self.read_bases(name)
+        for base in bases[:-1]:
+            try:
+                return await self._get_manifest(name, base, attempts=1)
+            except ModelfsError as e:
+                self._mirror_failed(base, name, e)
+        return await self._get_manifest(name, bases[-1], attempts=MANIFEST_ATTEMPTS)
+
+    async def _get_manifest(self, name: Name, base: str, attempts: int) -> bytes:
+        url = self.manifest_url(name, base=base)
         what = f"manifest of {name}"
 
         async def once() -> bytes:
+            r = await self._send(
+                "GET", url, pull_scopes(name), what, headers={"Accept": MANIFEST_ACCEPT}
+            )
             try:
-                async with self._client.stream(
-                    "GET", url, headers={"Accept": MANIFEST_ACCEPT}
-                ) as r:
-                    if r.status_code == 404:
-                        raise ModelNotFound(f"model {name} not found on {name.host}")
-                    await self._raise_for(r, what)
-                    body = bytearray()
-                    async for part in r.aiter_raw():
-                        body += part
-                        if len(body) > MAX_MANIFEST_BYTES:
-                            raise ManifestInvalid(
-                                f"invalid manifest: {name} is over {MAX_MANIFEST_BYTES} bytes"
-                            )
-                    return bytes(body)
-            except ModelfsError:
-                raise
-            except (httpx.HTTPError, OSError, ssl.SSLError) as e:
-                raise _translate(e, what) from None
+                if r.status_code == 404:
+                    raise ModelNotFound(f"model {name} not found on {_netloc(url)}")
+                await self._raise_for(r, what)
+                body = bytearray()
+                async for part in r.aiter_raw():
+                    body += part
+                    if len(body) > MAX_MANIFEST_BYTES:
+                        raise ManifestInvalid(
+                            f"invalid manifest: {name} is over {MAX_MANIFEST_BYTES} bytes"
+                        )
+                return bytes(body)
+            except (httpx.HTTPError, OSError) as e:
+                raise _translate(e, what, _netloc(url)) from None
+            finally:
+                await r.aclose()
 
-        return await retrying(what, once, attempts=MANIFEST_ATTEMPTS)
+        return await retrying(what, once, attempts=attempts)
 
     async def has_blob(self, name: Name, digest: Digest) -> bool:
+        """Whether the registry itself (not a mirror: this is for pushes) has the blob."""
         what = f"blob {digest.short} of {name}"
+        url = self.blob_url(name, digest)
 
         async def once() -> bool:
-            try:
-                r = await self._client.head(self.blob_url(name, digest))
-            except (httpx.HTTPError, OSError) as e:
-                raise _translate(e, what) from None
+            r = await self._closed(await self._send("HEAD", url, push_scopes(name), what))
             if r.status_code == 404:
                 return False
             if r.status_code >= 400:
@@ -292,90 +399,6 @@ class Registry:
             return True
 
         return await retrying(what, once)
-
-    async def upload_blob(
-        self,
-        name: Name,
-        digest: Digest,
-        path: Path,
-        size: int,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> None:
-        """Upload one blob (POST, one streamed PATCH, PUT ?digest=); retried whole on Transient."""
-        what = f"upload of {digest.short} to {name}"
-
-        async def body() -> AsyncIterator[bytes]:
-            sent = 0
-            with open(path, "rb") as f:
-                while sent < size:
-                    piece = await trio.to_thread.run_sync(
-                        f.read, min(UPLOAD_PIECE_BYTES, size - sent)
-                    )
-                    if not piece:
-                        raise ModelfsError(f"{path} ended early while uploading {digest.short}")
-                    sent += len(piece)
-                    if on_progress:
-                        on_progress(sent)
-                    yield piece
-
-        async def once() -> None:
-            try:
-                r = await self._client.post(
-                    f"{self.base_url(name)}/v2/{name.repository}/blobs/uploads/"
-                )
-                await self._raise_for(r, what)
-                location = urllib.parse.urljoin(str(r.url), r.headers.get("Location", ""))
-                if not location:
-                    raise RegistryError(f"{what}: registry gave no upload location")
-                r = await self._client.patch(
-                    location,
-                    content=body(),
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Length": str(size),
-                    },
-                )
-                await self._raise_for(r, what)
-                location = urllib.parse.urljoin(str(r.url), r.headers.get("Location", location))
-                url = httpx.URL(location).copy_merge_params({"digest": str(digest)})
-                r = await self._client.put(url, headers={"Content-Length": "0"})
-                await self._raise_for(r, what)
-            except ModelfsError:
-                raise
-            except (httpx.HTTPError, OSError) as e:
-                raise _translate(e, what) from None
-
-        await retrying(what, once)
-
-    async def put_manifest(self, name: Name, raw: bytes, media_type: str | None = None) -> None:
-        what = f"manifest upload of {name}"
-
-        async def once() -> None:
-            try:
-                r = await self._client.put(
-                    self.manifest_url(name, name.tag),
-                    content=raw,
-                    headers={"Content-Type": media_type or MEDIA_TYPE_DOCKER_MANIFEST},
-                )
-            except (httpx.HTTPError, OSError) as e:
-                raise _translate(e, what) from None
-            await self._raise_for(r, what)
-
-        await retrying(what, once)
-
-    async def delete_manifest(self, name: Name, digest: Digest) -> None:
-        what = f"delete of {name}"
-        try:
-            r = await self._client.delete(self.manifest_url(name, str(digest)))
-        except (httpx.HTTPError, OSError) as e:
-            raise _translate(e, what) from None
-        if r.status_code == 405:
-            raise RegistryError(f"{what}: the registry does not allow deletes", 405)
-        if r.status_code == 404:
-            raise ModelNotFound(f"model {name} not found on {name.host}")
-        await self._raise_for(r, what)
-
-    # -- bulk path (http.client in a worker thread) -------------------------------------------
 
     async def read_range(
         self,
@@ -395,147 +418,208 @@ class Registry:
         retries only what is missing. Raises Transient when the body is cut short or
         stalls (less than ``stall_min_bytes`` in ``stall_seconds``).
         """
-        url = self.blob_url(name, digest)
-        await trio.to_thread.run_sync(
-            self._read_range_sync,
-            url,
-            start,
-            end,
-            piece_bytes,
-            on_piece,
-            f"blob {digest.short} of {name}",
-            limiter=limiter,
+        what = f"blob {digest.short} of {name}"
+        bases = self.read_bases(name)
+        for base in bases[:-1]:
+            try:
+                await self._read_range_at(
+                    base, name, digest, start, end, piece_bytes, on_piece, what, limiter
+                )
+                return
+            except ModelfsError as e:
+                self._mirror_failed(base, name, e)
+        await self._read_range_at(
+            bases[-1], name, digest, start, end, piece_bytes, on_piece, what, limiter
         )
 
-    def _read_range_sync(
+    async def _read_range_at(
         self,
-        url: str,
+        base: str,
+        name: Name,
+        digest: Digest,
         start: int,
         end: int,
         piece_bytes: int,
         on_piece: PieceSink,
         what: str,
+        limiter: trio.CapacityLimiter,
     ) -> None:
-        headers = {
-            "User-Agent": self.config.user_agent,
-            "Range": f"bytes={start}-{end - 1}",
-            "Accept-Encoding": "identity",
-        }
-        for _hop in range(MAX_REDIRECTS + 1):
-            parts = urllib.parse.urlsplit(url)
-            scheme = parts.scheme
-            host = parts.hostname or ""
-            port = parts.port or (443 if scheme == "https" else 80)
-            path = parts.path + (f"?{parts.query}" if parts.query else "")
-            conn, reused = self._pool.get(scheme, host, port)
+        url = self.blob_url(name, digest, base)
+        host = _netloc(url)
+        scopes = pull_scopes(name)
+        for attempt in range(2):
+            sent = self.auth.header(host, scopes)
             try:
-                resp = self._send(conn, reused, path, headers, what)
-            except BaseException:
-                conn.close()
-                raise
-            reusable = False
-            try:
-                if resp.status in (301, 302, 303, 307, 308):
-                    location = resp.getheader("Location")
-                    resp.read(ERROR_BODY_BYTES)
-                    if not location:
-                        raise RegistryError(f"{what}: redirect without a location", resp.status)
-                    new = urllib.parse.urljoin(url, location)
-                    if urllib.parse.urlsplit(new).netloc != parts.netloc:
-                        # Credentials are for the registry, never for the host it sends us to.
-                        headers.pop("Authorization", None)
-                    url = new
-                    reusable = not resp.will_close
-                    continue
-                reusable = self._read_body(resp, start, end, piece_bytes, on_piece, what)
-                return
-            finally:
-                if reusable:
-                    self._pool.put(scheme, host, port, conn)
-                else:
-                    conn.close()
-        raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects")
-
-    def _send(
-        self,
-        conn: http.client.HTTPConnection,
-        reused: bool,
-        path: str,
-        headers: dict[str, str],
-        what: str,
-    ) -> http.client.HTTPResponse:
-        try:
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            if not reused:
-                raise _translate(e, what) from None
-            # A kept-alive connection the server already closed: one fresh try, not a failure.
-            conn.close()
-            try:
-                conn.request("GET", path, headers=headers)
-                resp = conn.getresponse()
-            except (OSError, http.client.HTTPException) as e2:
-                raise _translate(e2, what) from None
-        if conn.sock is not None:
-            conn.sock.settimeout(self.config.stall_seconds)
-        return resp
-
-    def _read_body(
-        self,
-        resp: http.client.HTTPResponse,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: PieceSink,
-        what: str,
-    ) -> bool:
-        """Deliver the body; return True if the connection can be reused."""
-        if resp.status >= 400:
-            try:
-                body = resp.read(ERROR_BODY_BYTES)
-            except (OSError, http.client.HTTPException):
-                body = b""
-            raise _status_error(resp.status, what, body, resp.getheader("Retry-After"))
-        if resp.status == 206:
-            m = _CONTENT_RANGE_RE.fullmatch((resp.getheader("Content-Range") or "").strip())
-            if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
-                raise Transient(
-                    f"{what}: asked for bytes {start}-{end - 1}, registry sent "
-                    f"{resp.getheader('Content-Range')!r}"
+                await trio.to_thread.run_sync(
+                    self.bulk.read_range,
+                    url,
+                    sent,
+                    start,
+                    end,
+                    piece_bytes,
+                    on_piece,
+                    limiter=limiter,
                 )
-            skip = 0
-        elif resp.status == 200:
-            # The registry ignored Range and sends the whole blob: skip to our start.
-            skip = start
-        else:
-            raise RegistryError(f"{what}: unexpected status {resp.status}", resp.status)
-        length = end - start
-        buf = bytearray(min(piece_bytes, max(length, 1)))
-        view = memoryview(buf)
-        progress = _Progress(self.config, what)
-        try:
-            while skip:
-                got = resp.readinto(view[: min(len(buf), skip)])
-                if not got:
-                    raise Transient(f"{what}: body ended before byte {start}")
-                skip -= got
-                progress.add(got)
-            offset = start
-            while offset < end:
-                want = min(piece_bytes, end - offset)
-                filled = 0
-                while filled < want:
-                    got = resp.readinto(view[filled:want])
-                    if not got:
-                        raise Transient(
-                            f"{what}: body ended at byte {offset + filled} of {start}-{end - 1}"
-                        )
-                    filled += got
-                    progress.add(got)
-                on_piece(offset, view[:want])
-                offset += want
-        except (OSError, http.client.HTTPException) as e:
-            raise _translate(e, what) from None
-        # Whatever is left (a registry sending more than asked) is not ours to read.
-        return resp.status == 206 and resp.length == 0 and not resp.will_close
+                return
+            except NeedsAuth as e:
+                if attempt:
+                    raise Unauthorized(f"{what}: registry refused access (401)", 401) from None
+                await self._answer(host, scopes, sent, e.challenge)
+            except StatusError as e:
+                if e.status == 404:
+                    raise ModelNotFound(f"{what}: not found on {host}") from None
+                where = "" if _netloc(e.url) == host else f" (at {_netloc(e.url)})"
+                raise _status_error(e.status, what + where, e.body, e.retry_after) from None
+            except BodyError as e:
+                raise Transient(f"{what}: {e}") from None
+            except RedirectError as e:
+                raise RegistryError(f"{what}: {e}") from None
+            except (OSError, http.client.HTTPException) as e:
+                raise _translate(e, what, host) from None
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def mount_blob(self, name: Name, digest: Digest, source: Name) -> bool:
+        """Ask the registry to link ``digest`` from ``source``'s repository (cross-repo mount);
+        True when it did, False when an upload is needed."""
+        what = f"mount of {digest.short} from {source.repository} to {name}"
+        query = urllib.parse.urlencode({"mount": str(digest), "from": source.repository})
+        url = f"{self.base_url(name)}/v2/{name.repository}/blobs/uploads/?{query}"
+
+        async def once() -> bool:
+            r = await self._send("POST", url, push_scopes(name, source), what)
+            if r.status_code == 401:
+                await r.aclose()
+                raise Unauthorized(self.auth.push_hint(name.host, name.namespace), 401)
+            await self._raise_for(r, what)
+            await self._closed(r)
+            if r.status_code == 201:
+                return True
+            if r.status_code == 202:
+                # The registry opened an upload instead; leave it to expire.
+                location = r.headers.get("Location")
+                if location:
+                    loc = urllib.parse.urljoin(str(r.url), location)
+                    with contextlib.suppress(ModelfsError):
+                        await self._closed(await self._send("DELETE", loc, push_scopes(name), what))
+            return False
+
+        return await retrying(what, once)
+
+    async def upload_blob(
+        self,
+        name: Name,
+        digest: Digest,
+        path: Path,
+        size: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Upload one blob (POST, one streamed PATCH, PUT ?digest=); retried whole on Transient."""
+        what = f"upload of {digest.short} to {name}"
+        scopes = push_scopes(name)
+
+        async def body() -> AsyncIterator[bytes]:
+            sent = 0
+            with open(path, "rb") as f:
+                while sent < size:
+                    piece = await trio.to_thread.run_sync(
+                        f.read, min(UPLOAD_PIECE_BYTES, size - sent)
+                    )
+                    if not piece:
+                        raise ModelfsError(f"{path} ended early while uploading {digest.short}")
+                    sent += len(piece)
+                    if on_progress:
+                        on_progress(sent)
+                    yield piece
+
+        async def once() -> None:
+            r = await self._send(
+                "POST", f"{self.base_url(name)}/v2/{name.repository}/blobs/uploads/", scopes, what
+            )
+            if r.status_code == 401:
+                await r.aclose()
+                raise Unauthorized(self.auth.push_hint(name.host, name.namespace), 401)
+            await self._raise_for(r, what)
+            await self._closed(r)
+            location = urllib.parse.urljoin(str(r.url), r.headers.get("Location", ""))
+            if not r.headers.get("Location"):
+                raise RegistryError(f"{what}: registry gave no upload location")
+            r = await self._send(
+                "PATCH",
+                location,
+                scopes,
+                what,
+                content=body(),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(size),
+                },
+            )
+            await self._raise_for(r, what)
+            await self._closed(r)
+            location = urllib.parse.urljoin(str(r.url), r.headers.get("Location", location))
+            url = str(httpx.URL(location).copy_merge_params({"digest": str(digest)}))
+            r = await self._send(
+                "PUT", url, scopes, what, headers={"Content-Length": "0"}, content=b""
+            )
+            await self._raise_for(r, what)
+            await self._closed(r)
+
+        await retrying(what, once)
+
+    async def put_manifest(self, name: Name, raw: bytes, media_type: str | None = None) -> None:
+        what = f"manifest upload of {name}"
+
+        async def once() -> None:
+            r = await self._send(
+                "PUT",
+                self.manifest_url(name, name.tag),
+                push_scopes(name),
+                what,
+                content=raw,
+                headers={"Content-Type": media_type or MEDIA_TYPE_DOCKER_MANIFEST},
+            )
+            if r.status_code == 401:
+                await r.aclose()
+                raise Unauthorized(self.auth.push_hint(name.host, name.namespace), 401)
+            await self._raise_for(r, what)
+            await self._closed(r)
+
+        await retrying(what, once)
+
+    async def manifest_digest(self, name: Name) -> str | None:
+        """The digest the registry gives for ``name``'s manifest (HEAD), None if it has none."""
+        what = f"manifest of {name}"
+        r = await self._closed(
+            await self._send(
+                "HEAD",
+                self.manifest_url(name),
+                pull_scopes(name),
+                what,
+                headers={"Accept": MANIFEST_ACCEPT},
+            )
+        )
+        if r.status_code == 404:
+            return None
+        if r.status_code >= 400:
+            raise _status_error(r.status_code, what, b"", r.headers.get("Retry-After"))
+        return r.headers.get("Docker-Content-Digest")
+
+    async def delete_manifest(self, name: Name, digest: Digest) -> None:
+        what = f"delete of {name}"
+        r = await self._send(
+            "DELETE", self.manifest_url(name, str(digest)), delete_scopes(name), what
+        )
+        if r.status_code == 405:
+            await r.aclose()
+            raise RegistryError(
+                f"{what}: {name.host} does not allow deletes (405; a docker-registry needs "
+                "REGISTRY_STORAGE_DELETE_ENABLED=true)",
+                405,
+            )
+        if r.status_code == 404:
+            await r.aclose()
+            raise ModelNotFound(f"model {name} not found on {name.host}")
+        await self._raise_for(r, what)
+        await self._closed(r)
+
