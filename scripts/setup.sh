@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what modelfs needs on Debian (FUSE 3, a C toolchain for pyfuse3, docker-registry for
-# the demo and tests) and creates .venv with modelfs and its test tools. Safe to run again.
+# the demo and tests, apache2-utils for the htpasswd that writes the tests' bcrypt password files)
+# and creates .venv with modelfs and its test tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv docker-registry curl)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv docker-registry apache2-utils curl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

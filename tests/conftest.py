@@ -6,13 +6,18 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gguf_synth import smollm2_gguf_path, write_synthetic_gguf
 from support.mount import Mount, run_modelfs
+from support.ollama_front import CDN, OllamaFront
 from support.proxy import Proxy
-from support.registry import RegistryProcess
+from support.registry import HtpasswdAuth, PullThrough, RegistryProcess
+from support.tls import CertificateAuthority, TLSMaterial, generate_ca, generate_tls
+from support.tokens import TokenIssuer
 
 SMOLLM2_NAME = "library/smollm2:135m"
 
@@ -169,3 +174,112 @@ def source(smollm2_gguf: Path) -> bytes:
 def model_hex(source: bytes) -> str:
     """The SmolLM2 GGUF's sha256 (its blob's digest)."""
     return hashlib.sha256(source).hexdigest()
+
+
+# -- registries with auth, TLS and mirrors
+#
+# Each is the test's own (function scope: a docker-registry starts in well under a second),
+# under tmp_path, stopped at teardown. The factories build other combinations (TLS + tokens, an
+# issuer that expires tokens early, a mirror of a registry with auth, ...).
+
+BASIC_USERS = {"alice": "secret"}
+
+
+@dataclass(frozen=True)
+class TokenRegistry:
+    registry: RegistryProcess
+    issuer: TokenIssuer
+
+
+@dataclass(frozen=True)
+class TLSRegistry:
+    registry: RegistryProcess
+    tls: TLSMaterial
+
+
+@pytest.fixture
+def registry_factory(tmp_path: Path) -> Iterator[Callable[..., RegistryProcess]]:
+    """``make(**RegistryProcess options)`` → a started registry under tmp_path; all stopped after."""
+    started: list[RegistryProcess] = []
+
+    def make(**options: Any) -> RegistryProcess:
+        reg = RegistryProcess(tmp_path / f"registry-{len(started)}", **options)
+        started.append(reg)
+        return reg.start()
+
+    yield make
+    for reg in started:
+        reg.stop()
+
+
+@pytest.fixture
+def token_issuer_factory(tmp_path: Path) -> Iterator[Callable[..., TokenIssuer]]:
+    """``make(**TokenIssuer options)`` → a started token issuer; all stopped after."""
+    started: list[TokenIssuer] = []
+
+    def make(**options: Any) -> TokenIssuer:
+        issuer = TokenIssuer(tmp_path / f"issuer-{len(started)}", **options)
+        started.append(issuer)
+        return issuer.start()
+
+    yield make
+    for issuer in started:
+        issuer.stop()
+
+
+@pytest.fixture
+def basic_registry(registry_factory: Callable[..., RegistryProcess]) -> RegistryProcess:
+    """Basic auth (htpasswd, bcrypt): alice / secret (``basic_registry.htpasswd.users``)."""
+    return registry_factory(htpasswd=HtpasswdAuth(BASIC_USERS))
+
+
+@pytest.fixture
+def token_registry(
+    registry_factory: Callable[..., RegistryProcess],
+    token_issuer_factory: Callable[..., TokenIssuer],
+) -> TokenRegistry:
+    """Bearer token auth; the issuer's users are alice / secret (everything) and bob / hunter2
+    (pull under library/); change ``.issuer`` settings freely during the test."""
+    issuer = token_issuer_factory()
+    return TokenRegistry(registry_factory(token=issuer.registry_auth()), issuer)
+
+
+@pytest.fixture
+def tls_material(tmp_path: Path) -> TLSMaterial:
+    """A CA and a server certificate for localhost and 127.0.0.1."""
+    return generate_tls(tmp_path / "tls")
+
+
+@pytest.fixture
+def wrong_ca(tmp_path: Path) -> CertificateAuthority:
+    """A CA that signed nothing any server here uses."""
+    return generate_ca(tmp_path / "wrong-ca", name="unrelated test CA")
+
+
+@pytest.fixture
+def tls_registry(
+    registry_factory: Callable[..., RegistryProcess], tls_material: TLSMaterial
+) -> TLSRegistry:
+    """https:// only, no auth; trust ``.tls.ca_cert`` (httpx: ``verify=.tls.ssl_context()``)."""
+    return TLSRegistry(registry_factory(tls=tls_material), tls_material)
+
+
+@pytest.fixture
+def mirror_registry(
+    registry: RegistryProcess, registry_factory: Callable[..., RegistryProcess]
+) -> RegistryProcess:
+    """A pull-through cache of the session ``registry`` (no auth; it refuses pushes)."""
+    return registry_factory(pull_through=PullThrough(registry.url))
+
+
+@pytest.fixture
+def ollama_front(registry: RegistryProcess) -> Iterator[tuple[OllamaFront, CDN]]:
+    """A registry.ollama.ai look-alike (ed25519 token auth, 307s to an expiring CDN, 412s)
+    in front of the session registry."""
+    cdn = CDN(registry.host).start()
+    front = OllamaFront(registry.host, cdn=cdn).start()
+    try:
+        yield front, cdn
+    finally:
+        front.stop()
+        cdn.stop()
