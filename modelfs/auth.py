@@ -312,6 +312,8 @@ class Authenticator:
         self.key = OllamaKey(self.config.key_path or default_key_path())
         self._tokens: dict[tuple[str, tuple[str, ...]], _Token] = {}
         self._basic: dict[str, str] = {}
+        # Credentials given directly (``modelfs login`` checks them before storing them).
+        self.credentials: dict[str, tuple[str, str]] = {}
         # Hosts whose tokens came from a signature with the Ollama key (for the push hint).
         self.signed_hosts: set[str] = set()
 
@@ -324,6 +326,11 @@ class Authenticator:
             del self._tokens[(host, scopes)]
         return self._basic.get(host)
 
+    def _credentials(self, host: str) -> tuple[str, str] | None:
+        return self.credentials.get(host.lower()) or docker_credentials(
+            host, self.config.docker_config
+        )
+
     def forget(self, host: str, scopes: tuple[str, ...]) -> None:
         self._tokens.pop((host, scopes), None)
 
@@ -333,7 +340,7 @@ class Authenticator:
         if challenge is None:
             raise Unauthorized(f"registry {host} refused access (401) without saying how to log in")
         if challenge.scheme == "basic":
-            creds = docker_credentials(host, self.config.docker_config)
+            creds = self._credentials(host)
             if creds is None:
                 raise Unauthorized(
                     f"registry {host} needs a username and password: run `modelfs login {host}`"
@@ -364,7 +371,7 @@ class Authenticator:
         realm = urllib.parse.urlsplit(challenge.realm)
         if realm.scheme not in ("http", "https") or not realm.netloc:
             raise Unauthorized(f"registry {host} named an unusable token realm {challenge.realm!r}")
-        creds = docker_credentials(host, self.config.docker_config)
+        creds = self._credentials(host)
         headers: dict[str, str] = {}
         if creds is not None:
             query = [("service", challenge.params.get("service", ""))]

@@ -39,10 +39,30 @@ def _cache(args: argparse.Namespace) -> BlobCache:
     return BlobCache(default_root(getattr(args, "cache", None)))
 
 
-def _registry(args: argparse.Namespace):
-    from modelfs.registry import Registry, RegistryConfig
+def _registry_config(args: argparse.Namespace, extra_insecure: tuple[str, ...] = ()):
+    """Settings for the registry client: the config file, then environment, then flags."""
+    from modelfs.config import load_config
+    from modelfs.registry import RegistryConfig
 
-    return Registry(RegistryConfig(insecure_hosts=_insecure_hosts(args)))
+    config_file = getattr(args, "config", None)
+    file = load_config(Path(config_file) if config_file else None)
+    ca_file = getattr(args, "ca_file", None) or file.ca_file
+    if ca_file and not Path(ca_file).is_file():
+        raise UsageError(f"--ca-file {ca_file}: no such file")
+    key = getattr(args, "key", None) or os.environ.get("MODELFS_KEY") or file.key
+    return RegistryConfig(
+        insecure_hosts=(*file.insecure_hosts, *_insecure_hosts(args), *extra_insecure),
+        tls_hosts=file.tls_hosts,
+        ca_file=ca_file,
+        key_path=Path(key) if key else None,
+        mirrors=file.mirrors,
+    )
+
+
+def _registry(args: argparse.Namespace):
+    from modelfs.registry import Registry
+
+    return Registry(_registry_config(args))
 
 
 def _name(text: str) -> Name:
@@ -64,8 +84,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     options = daemon.parse_mount_options(args.o)
     insecure = (*_insecure_hosts(args), *options.pop("insecure_hosts", ()))  # type: ignore[misc]
     cache_root = default_root(args.cache)
+    registry_config = _registry_config(args, tuple(options.pop("insecure_hosts", ())))  # type: ignore[arg-type]
     opts = daemon.MountOptions(
-        mountpoint=mountpoint, cache_root=cache_root, insecure_hosts=insecure, **options
+        mountpoint=mountpoint,
+        cache_root=cache_root,
+        insecure_hosts=insecure,
+        registry=registry_config,
+        **options,
     )
     if not args.foreground:
         note = mountctl.prepare_mountpoint(mountpoint)
@@ -74,6 +99,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         argv = ["mount", str(mountpoint), "--cache", str(cache_root)]
         for h in insecure:
             argv += ["--insecure-registry", h]
+        for flag in ("ca_file", "key", "config"):
+            value = getattr(args, flag, None)
+            if value:
+                argv += [f"--{flag.replace('_', '-')}", str(Path(value).absolute())]
         for o in args.o or []:
             argv += ["-o", o]
         if args.debug:
@@ -142,11 +171,12 @@ def cmd_push(args: argparse.Namespace) -> int:
     from modelfs.push import push
 
     name = _name(args.name)
+    source = _name(args.source) if args.source else None
 
     async def main() -> None:
         registry = _registry(args)
         try:
-            await push(_cache(args), registry, name, Progress("pushing"))
+            await push(_cache(args), registry, name, Progress("pushing"), source=source)
         finally:
             await registry.aclose()
 
@@ -175,9 +205,58 @@ def cmd_unlink(args: argparse.Namespace) -> int:
     from modelfs.progress import human_bytes
 
     name = _name(args.name)
-    result = _cache(args).unlink(name)
+    cache = _cache(args)
+    if args.remote:
+        from modelfs.push import delete_remote
+
+        async def main() -> str:
+            registry = _registry(args)
+            try:
+                return await delete_remote(cache, registry, name)
+            finally:
+                await registry.aclose()
+
+        digest = trio.run(main)
+        print(f"deleted {name} on {name.host} ({digest})")
+        if cache.read_manifest(name) is None:
+            return 0
+    result = cache.unlink(name)
     print(f"deleted {name} ({len(result.removed)} blobs, {human_bytes(result.freed_bytes)} freed)")
     return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    import getpass
+
+    from modelfs.auth import store_docker_credentials
+    from modelfs.names import PartKind, check_part
+
+    host = check_part(PartKind.HOST, args.host.removeprefix("https://").removeprefix("http://"))
+    user = args.username or input("Username: ")
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+    if not user or not password:
+        raise UsageError("login needs a username and a password")
+
+    async def main() -> None:
+        registry = _registry(args)
+        try:
+            await registry.check_login(host, user, password)
+        finally:
+            await registry.aclose()
+
+    trio.run(main)
+    path = store_docker_credentials(host, user, password, _docker_config_file())
+    print(f"logged in to {host} as {user} (credentials in {path})")
+    return 0
+
+
+def _docker_config_file() -> Path:
+    from modelfs.auth import docker_config_path
+
+    return docker_config_path()
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -257,6 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="HOST[:PORT]",
             help="use plain http for this registry (also MODELFS_INSECURE_REGISTRIES)",
         )
+        sp.add_argument(
+            "--ca-file",
+            metavar="PEM",
+            help="trust this CA for registries' certificates (default: the system store; "
+            "SSL_CERT_FILE also works)",
+        )
+        sp.add_argument(
+            "--key",
+            metavar="FILE",
+            help="Ollama ed25519 key (default: $MODELFS_KEY, else ~/.ollama/id_ed25519, "
+            "created if missing)",
+        )
+        sp.add_argument(
+            "--config",
+            metavar="FILE",
+            help="configuration file (default: $MODELFS_CONFIG, else ~/.config/modelfs/config.toml)",
+        )
 
     sp = sub.add_parser("mount", help="mount registries at MOUNTPOINT")
     sp.add_argument("mountpoint")
@@ -311,14 +407,33 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(verb, help=text)
         sp.add_argument("name")
+        if verb == "push":
+            sp.add_argument(
+                "--from",
+                dest="source",
+                metavar="OTHER",
+                help="push the cached model OTHER as NAME; blobs OTHER's repository already has "
+                "on the registry are mounted, not uploaded",
+            )
         cache_arg(sp)
         registry_args(sp)
         sp.set_defaults(func=func)
 
     sp = sub.add_parser("unlink", help="remove a model from the cache (like ollama rm)")
     sp.add_argument("name")
+    sp.add_argument(
+        "--remote", action="store_true", help="also delete the manifest on the registry"
+    )
     cache_arg(sp)
+    registry_args(sp)
     sp.set_defaults(func=cmd_unlink)
+
+    sp = sub.add_parser("login", help="store credentials for a registry (as docker login does)")
+    sp.add_argument("host")
+    sp.add_argument("-u", "--username")
+    sp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    registry_args(sp)
+    sp.set_defaults(func=cmd_login)
 
     sp = sub.add_parser("ls", help="list cached models and how much of each is present")
     cache_arg(sp)

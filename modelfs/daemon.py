@@ -79,6 +79,7 @@ class MountOptions:
     mountpoint: Path
     cache_root: Path
     insecure_hosts: tuple[str, ...] = ()
+    registry: RegistryConfig | None = None  # else one from insecure_hosts alone
     deferred: bool = False
     allow_other: bool = False
     lookup_ttl_seconds: float = LOOKUP_TTL_SECONDS
@@ -210,7 +211,9 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
     await trio.to_thread.run_sync(cache.prepare)
     mountpoint = options.mountpoint
     async with AsyncExitStack() as stack:
-        registry = Registry(RegistryConfig(insecure_hosts=options.insecure_hosts))
+        registry = Registry(
+            options.registry or RegistryConfig(insecure_hosts=options.insecure_hosts)
+        )
         stack.push_async_callback(registry.aclose)
         nursery = await stack.enter_async_context(trio.open_nursery())
         fetcher = Fetcher(

@@ -242,10 +242,15 @@ class Registry:
     # -- URLs ---------------------------------------------------------------------------
 
     def base_url(self, name: Name) -> str:
-        host = name.host.lower()
-        if name.scheme is None and any(host == h.lower() for h in self.config.tls_hosts):
+        if name.scheme is not None:
+            return f"{name.scheme}://{name.host.lower()}"
+        return self.host_url(name.host)
+
+    def host_url(self, host: str) -> str:
+        host = host.lower()
+        if any(host == h.lower() for h in self.config.tls_hosts):
             return f"https://{host}"
-        return f"{scheme_for(name, self.config.insecure_hosts)}://{host}"
+        return f"{scheme_for(host, self.config.insecure_hosts)}://{host}"
 
     def read_bases(self, name: Name) -> list[str]:
         """Where reads of ``name`` go, in order: the host's mirrors that are not resting, then the host."""
@@ -477,6 +482,16 @@ class Registry:
             except (OSError, http.client.HTTPException) as e:
                 raise _translate(e, what, host) from None
 
+    async def check_login(self, host: str, user: str, password: str) -> None:
+        """Raise Unauthorized unless ``user``/``password`` open the registry at ``host``."""
+        base = f"{self.host_url(host)}/v2/"
+        self.auth.credentials[host.lower()] = (user, password)
+        r = await self._closed(await self._send("GET", base, (), f"login to {host}"))
+        if r.status_code in (401, 403):
+            raise Unauthorized(f"login to {host} failed: the registry refused {user!r}", 401)
+        if r.status_code >= 400:
+            raise _status_error(r.status_code, f"login to {host}", b"", None)
+
     # -- writes ---------------------------------------------------------------------------------
 
     async def mount_blob(self, name: Name, digest: Digest, source: Name) -> bool:
@@ -622,4 +637,3 @@ class Registry:
             raise ModelNotFound(f"model {name} not found on {name.host}")
         await self._raise_for(r, what)
         await self._closed(r)
-

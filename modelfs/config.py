@@ -1,0 +1,121 @@
+"""The configuration file: per-registry settings and mirrors (``~/.config/modelfs/config.toml``).
+
+```toml
+ca_file = "/etc/ssl/certs/company-ca.pem"   # extra CA for every registry (else the system store)
+key = "/root/.ollama/id_ed25519"            # the Ollama key (default ~/.ollama/id_ed25519)
+
+[[registry]]
+host = "registry.lan:5000"
+insecure = true          # plain http
+[[registry]]
+host = "127.0.0.1:5443"
+tls = true               # https, although loopback hosts default to http
+
+[[mirror]]               # reads of registry.ollama.ai try these in order, then the origin
+host = "registry.ollama.ai"
+endpoints = ["http://mirror.lan:5000"]
+```
+
+``MODELFS_CONFIG`` names another file. A missing file is an empty configuration; a file
+that does not parse is a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelfs.errors import UsageError
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    path: Path | None = None
+    ca_file: str | None = None
+    key: str | None = None
+    insecure_hosts: tuple[str, ...] = ()
+    tls_hosts: tuple[str, ...] = ()
+    mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def config_path() -> Path:
+    env = os.environ.get("MODELFS_CONFIG")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".config"
+    return base / "modelfs" / "config.toml"
+
+
+def _expand(value: str, base: Path) -> str:
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else base / p)
+
+
+def load_config(path: Path | None = None) -> FileConfig:
+    path = path or config_path()
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return FileConfig()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read the configuration {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"the configuration {path} is not valid TOML: {e}") from None
+
+    def bad(why: str) -> UsageError:
+        return UsageError(f"the configuration {path}: {why}")
+
+    known = {"ca_file", "key", "registry", "mirror"}
+    unknown = set(doc) - known
+    if unknown:
+        raise bad(f"unknown setting {sorted(unknown)[0]!r}")
+    ca_file = doc.get("ca_file")
+    key = doc.get("key")
+    for label, value in (("ca_file", ca_file), ("key", key)):
+        if value is not None and not isinstance(value, str):
+            raise bad(f"{label} must be a path")
+    insecure: list[str] = []
+    tls: list[str] = []
+    registries = doc.get("registry", [])
+    if not isinstance(registries, list):
+        raise bad("[[registry]] must be an array of tables")
+    for entry in registries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("host"), str):
+            raise bad('each [[registry]] needs host = "name[:port]"')
+        extra = set(entry) - {"host", "insecure", "tls"}
+        if extra:
+            raise bad(f"unknown [[registry]] setting {sorted(extra)[0]!r}")
+        if entry.get("insecure") and entry.get("tls"):
+            raise bad(f"registry {entry['host']} cannot be both insecure and tls")
+        if entry.get("insecure"):
+            insecure.append(entry["host"])
+        if entry.get("tls"):
+            tls.append(entry["host"])
+    mirrors: dict[str, tuple[str, ...]] = {}
+    entries = doc.get("mirror", [])
+    if not isinstance(entries, list):
+        raise bad("[[mirror]] must be an array of tables")
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("host"), str):
+            raise bad('each [[mirror]] needs host = "name[:port]"')
+        endpoints = entry.get("endpoints")
+        if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+            raise bad(f"mirror of {entry['host']}: endpoints must be a list of URLs")
+        for e in endpoints:
+            parts = urllib.parse.urlsplit(e)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise bad(f"mirror of {entry['host']}: {e!r} is not an http(s) URL")
+        host = entry["host"].lower()
+        mirrors[host] = (*mirrors.get(host, ()), *(e.rstrip("/") for e in endpoints))
+    return FileConfig(
+        path=path,
+        ca_file=_expand(ca_file, path.parent) if ca_file else None,
+        key=_expand(key, path.parent) if key else None,
+        insecure_hosts=tuple(insecure),
+        tls_hosts=tuple(tls),
+        mirrors=mirrors,
+    )
