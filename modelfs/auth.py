@@ -44,6 +44,7 @@ DEFAULT_TOKEN_SECONDS = 60.0
 TOKEN_MARGIN_SECONDS = 5.0
 TOKEN_BODY_BYTES = 64 << 10
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+DOCKER_HUB_HOSTS = ("docker.io", "registry-1.docker.io", "index.docker.io")
 
 # (url, headers) -> (status, body); raises ModelfsError on network failure.
 TokenFetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
@@ -219,10 +220,15 @@ def docker_config_path() -> Path:
 
 
 def _auth_keys(host: str) -> list[str]:
+    """The ``auths`` keys that may hold ``host``'s credentials, the one login writes first."""
     keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
-    if host in ("docker.io", "registry-1.docker.io", "index.docker.io"):
+    if host in DOCKER_HUB_HOSTS:
         keys.insert(0, DOCKER_HUB_KEY)
     return keys
+
+
+def _auth_key_form(key: str) -> str:
+    return key.lower().rstrip("/")
 
 
 def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] | None:
@@ -238,10 +244,13 @@ def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] |
     auths = doc.get("auths") if isinstance(doc, dict) else None
     if not isinstance(auths, dict):
         return None
-    wanted = {k.lower() for k in _auth_keys(host.lower())}
-    for key, entry in auths.items():
-        if key.lower().rstrip("/") not in {w.rstrip("/") for w in wanted}:
-            continue
+    wanted = [_auth_key_form(k) for k in _auth_keys(host.lower())]
+    # The key login writes wins over older forms of the same host, whatever the file's order.
+    matching = sorted(
+        (kv for kv in auths.items() if _auth_key_form(kv[0]) in wanted),
+        key=lambda kv: wanted.index(_auth_key_form(kv[0])),
+    )
+    for key, entry in matching:
         if not isinstance(entry, dict):
             continue
         if isinstance(entry.get("auth"), str) and entry["auth"]:
@@ -271,7 +280,8 @@ def store_docker_credentials(host: str, user: str, password: str, path: Path | N
     auths = doc.setdefault("auths", {})
     if not isinstance(auths, dict):
         raise ModelfsError(f"cannot update {path}: 'auths' is not an object")
-    auths[host] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+    key = DOCKER_HUB_KEY if host.lower() in DOCKER_HUB_HOSTS else host
+    auths[key] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -331,6 +341,18 @@ class Authenticator:
             host, self.config.docker_config
         )
 
+    def refused(self, host: str, sent: str | None) -> str | None:
+        """What to say when the registry refused ``sent`` credentials after answering a challenge."""
+        if sent and sent.startswith("Basic "):
+            creds = self._credentials(host)
+            who = f"{creds[0]!r}" if creds else "the stored user"
+            where = self.config.docker_config or docker_config_path()
+            return (
+                f"registry {host} refused the password of {who} (from {where}); "
+                f"run `modelfs login {host}`"
+            )
+        return None
+
     def forget(self, host: str, scopes: tuple[str, ...]) -> None:
         self._tokens.pop((host, scopes), None)
 
@@ -353,7 +375,9 @@ class Authenticator:
                 )
             self._basic[host] = value
             return value
-        if challenge.scheme != "bearer" or not challenge.realm:
+        if challenge.scheme == "bearer" and not challenge.realm:
+            raise Unauthorized(f"registry {host} asks for a token without naming where to get it")
+        if challenge.scheme != "bearer":
             raise Unauthorized(
                 f"registry {host} asks for {challenge.scheme!r} authentication, "
                 "which modelfs does not speak"

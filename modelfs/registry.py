@@ -321,8 +321,14 @@ class Registry:
                 r = await self._client.send(request, stream=True)
             except (httpx.HTTPError, OSError, ssl.SSLError) as e:
                 raise _translate(e, what, host) from None
-            if r.status_code != 401 or attempt:
+            if r.status_code != 401:
                 return r
+            if attempt:
+                refused = self.auth.refused(host, sent)
+                if refused is None:
+                    return r
+                await r.aclose()
+                raise Unauthorized(f"{what}: {refused}", 401)
             challenge = r.headers.get("WWW-Authenticate")
             await r.aclose()
             await self._answer(host, scopes, sent, challenge)
@@ -468,7 +474,8 @@ class Registry:
                 return
             except NeedsAuth as e:
                 if attempt:
-                    raise Unauthorized(f"{what}: registry refused access (401)", 401) from None
+                    said = self.auth.refused(host, sent) or "registry refused access (401)"
+                    raise Unauthorized(f"{what}: {said}", 401) from None
                 await self._answer(host, scopes, sent, e.challenge)
             except StatusError as e:
                 if e.status == 404:
@@ -486,7 +493,12 @@ class Registry:
         """Raise Unauthorized unless ``user``/``password`` open the registry at ``host``."""
         base = f"{self.host_url(host)}/v2/"
         self.auth.credentials[host.lower()] = (user, password)
-        r = await self._closed(await self._send("GET", base, (), f"login to {host}"))
+        try:
+            r = await self._closed(await self._send("GET", base, (), f"login to {host}"))
+        except Unauthorized:
+            raise Unauthorized(
+                f"login to {host} failed: the registry refused {user!r}", 401
+            ) from None
         if r.status_code in (401, 403):
             raise Unauthorized(f"login to {host} failed: the registry refused {user!r}", 401)
         if r.status_code >= 400:

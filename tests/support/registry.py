@@ -115,6 +115,7 @@ class RegistryProcess:
         tls: TLSMaterial | None = None,
         pull_through: PullThrough | None = None,
         log_level: str = "warn",
+        delete_enabled: bool = True,
     ) -> None:
         if htpasswd is not None and token is not None:
             raise ValueError("distribution runs one access controller: htpasswd or token")
@@ -129,6 +130,7 @@ class RegistryProcess:
         self.tls = tls
         self.pull_through = pull_through
         self.log_level = log_level
+        self.delete_enabled = delete_enabled
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -159,7 +161,7 @@ class RegistryProcess:
             "log": {"level": self.log_level, "accesslog": {"disabled": True}},
             "storage": {
                 "filesystem": {"rootdirectory": str(self.storage)},
-                "delete": {"enabled": True},
+                "delete": {"enabled": self.delete_enabled},
             },
             "http": http_section,
         }
