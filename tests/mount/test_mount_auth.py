@@ -1,0 +1,78 @@
+"""The mount against registries that want credentials: the Ollama look-alike with its CDN,
+docker-registry with Basic auth. A refusal is EACCES, never a hang or EIO storm."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from gguf_synth import write_synthetic_gguf
+from support.mount import run_modelfs, sha256_path
+from support.ollama_front import CDN, OllamaFront
+from support.registry import RegistryProcess
+
+from modelfs.auth import OllamaKey
+
+MODEL_BYTES = 24 << 20
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("mount-auth-gguf") / "m.gguf"
+    write_synthetic_gguf(path, MODEL_BYTES, seed=21)
+    return path
+
+
+def test_mount_reads_through_ollama_auth_and_cdn(
+    ollama_front: tuple[OllamaFront, CDN], mount_factory, gguf: Path, tmp_path: Path
+) -> None:
+    front, cdn = ollama_front
+    key = OllamaKey(tmp_path / "id_ed25519")
+    front.allow_push(key.public_line, "alice")
+    env = {**os.environ, "MODELFS_KEY": str(key.path)}
+    name = f"{front.host}/alice/m:24m"
+    run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(tmp_path / "src"), env=env)
+    run_modelfs("push", name, "--cache", str(tmp_path / "src"), env=env)
+    front.reset()
+    cdn.reset()
+
+    m = mount_factory("links=no", env=env)
+    tag = m.mountpoint / front.host / "alice" / "m" / "24m"
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert sha256_path(tag / "model.gguf") == digest
+    assert cdn.requests, "the mount did not read from the CDN"
+    assert not [r for r in cdn.requests if "Authorization" in r.headers]
+    assert front.redirects[f"sha256:{digest}"] == 1, dict(front.redirects)
+    # Every token request the front saw carried a valid signature (else no token, no bytes).
+    assert all(t.status == 200 for t in front.token_requests), front.token_requests
+
+
+def test_refused_credentials_are_eacces_in_the_mount(
+    basic_registry: RegistryProcess, mount_factory, gguf: Path, tmp_path: Path
+) -> None:
+    host = basic_registry.host
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    auth = base64.b64encode(b"alice:secret").decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    good = {**os.environ, "DOCKER_CONFIG": str(docker)}
+    name = f"{host}/library/m:24m"
+    run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(tmp_path / "src"), env=good)
+    run_modelfs("push", name, "--cache", str(tmp_path / "src"), env=good)
+
+    nobody = tmp_path / "nobody"
+    nobody.mkdir()
+    m = mount_factory(env={**os.environ, "DOCKER_CONFIG": str(nobody)})
+    m.expect_log(r"needs a username and password")
+    with pytest.raises(PermissionError) as info:
+        os.listdir(m.mountpoint / host / "library" / "m" / "24m")
+    assert info.value.errno == errno.EACCES
+
+    m2 = mount_factory(env=good)
+    tag = m2.mountpoint / host / "library" / "m" / "24m"
+    assert sha256_path(tag / "model.gguf") == hashlib.sha256(gguf.read_bytes()).hexdigest()
