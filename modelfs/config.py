@@ -89,6 +89,10 @@ def load_config(path: Path | None = None) -> FileConfig:
         extra = set(entry) - {"host", "insecure", "tls"}
         if extra:
             raise bad(f"unknown [[registry]] setting {sorted(extra)[0]!r}")
+        for flag in ("insecure", "tls"):
+            # insecure = "false" is truthy: it must not switch a registry to plain http.
+            if not isinstance(entry.get(flag, False), bool):
+                raise bad(f"registry {entry['host']}: {flag} must be true or false")
         if entry.get("insecure") and entry.get("tls"):
             raise bad(f"registry {entry['host']} cannot be both insecure and tls")
         if entry.get("insecure"):
