@@ -84,11 +84,12 @@ class BulkSettings:
     ssl_context_factory: Callable[[], ssl.SSLContext]
 
 
-def _proxy_for(scheme: str, host: str) -> urllib.parse.SplitResult | None:
+def _proxy_for(scheme: str, host: str, port: int) -> urllib.parse.SplitResult | None:
     """The proxy from the environment for this origin, unless NO_PROXY exempts it."""
     proxies = urllib.request.getproxies()
     proxy = proxies.get(scheme)
-    if not proxy or urllib.request.proxy_bypass(host):
+    # With the port, as httpx does: NO_PROXY entries may be host or host:port.
+    if not proxy or urllib.request.proxy_bypass(f"{host}:{port}"):
         return None
     if "://" not in proxy:
         proxy = f"http://{proxy}"
@@ -138,7 +139,7 @@ class Pool:
                 c.reused = True
                 return c
         timeout = self.settings.connect_seconds
-        proxy = _proxy_for(scheme, host)
+        proxy = _proxy_for(scheme, host, port)
         if proxy is None:
             if scheme == "https":
                 conn: http.client.HTTPConnection = http.client.HTTPSConnection(

@@ -141,6 +141,12 @@ def _status_error(status: int, what: str, body: bytes, retry_after: str | None) 
     detail = f": {said}" if said else ""
     if status in (401, 403):
         return Unauthorized(f"{what}: registry refused access ({status}){detail}", status)
+    if status == 407:
+        return RegistryError(
+            f"{what}: the proxy asks for credentials (407): give them in the proxy URL "
+            "(http://user:password@proxy:port)",
+            status,
+        )
     if status == 412:
         return RegistryError(f"{what}: the registry refused this client (412){detail}", status)
     if status == 429 or status >= 500:
@@ -260,6 +266,10 @@ class Registry:
         return [*up, self.base_url(name)]
 
     def _mirror_failed(self, base: str, name: Name, e: ModelfsError) -> None:
+        if isinstance(e, ModelNotFound):
+            # A mirror without the model is normal (it may not have it yet): ask the next one.
+            log.info("mirror %s does not have %s; using the next endpoint", base, name)
+            return
         log.warning("mirror %s failed for %s (%s); using the next endpoint", base, name, e)
         self._mirror_down_until[base] = time.monotonic() + MIRROR_BACKOFF_SECONDS
 
