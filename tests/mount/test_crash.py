@@ -6,11 +6,13 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
 
 import pytest
+from gguf_synth import write_synthetic_gguf
 from mount.test_mount import TAG_DIR, model_records, wait_for
 from support.mount import modelfs_cmd, run_modelfs, sha256_path
 from support.proxy import Proxy
@@ -140,13 +142,31 @@ def test_kill_9_push_then_rerun_uploads_only_what_is_missing(
         upstream.stop()
 
 
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def gib_pushed(registry, tmp_path_factory):
+    """A 1 GiB GGUF-shaped model on the session registry (the issue's size for this test)."""
+    work = tmp_path_factory.mktemp("gib")
+    gguf = work / "gib.gguf"
+    write_synthetic_gguf(gguf, GIB, seed=5)
+    name = f"{registry.host}/library/synthetic:1g"
+    run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(work / "cache"))
+    run_modelfs("push", name, "--cache", str(work / "cache"))
+    digest = sha256_path(gguf)
+    shutil.rmtree(work / "cache")
+    gguf.unlink()
+    return digest
+
+
 def test_kill_9_mid_stream_keeps_verified_chunks_and_publishes_nothing_half_written(
-    proxy, mount_factory, synthetic_pushed, synthetic_gguf, tmp_path
+    proxy, mount_factory, gib_pushed, tmp_path
 ):
-    digest = sha256_path(synthetic_gguf)
-    size = synthetic_gguf.stat().st_size
+    digest = gib_pushed
+    size = GIB
     m = mount_factory(root=tmp_path / "a")
-    path = m.mountpoint / proxy.host / "library/synthetic/200m/model.gguf"
+    path = m.mountpoint / proxy.host / "library/synthetic/1g/model.gguf"
     os.stat(path)
     proxy.set_faults([{"path": digest, "trickle_bps": 16 << 20}])  # still filling when killed
     state = m.cache / ".modelfs" / "partial" / f"sha256-{digest}.state"
@@ -169,12 +189,12 @@ def test_kill_9_mid_stream_keeps_verified_chunks_and_publishes_nothing_half_writ
     saved = present_bytes_in_state(state.read_bytes(), Digest(digest), size)
     assert 0 < saved < size
     assert not (m.cache / "blobs" / f"sha256-{digest}").exists(), "published a partial blob"
-    assert not list((m.cache / "manifests").rglob("200m")), "wrote a manifest for a partial model"
+    assert not list((m.cache / "manifests").rglob("1g")), "wrote a manifest for a partial model"
 
     proxy.clear_faults()
     proxy.reset()
     m2 = mount_factory(root=tmp_path / "a")
-    assert sha256_path(m2.mountpoint / proxy.host / "library/synthetic/200m/model.gguf") == digest
+    assert sha256_path(m2.mountpoint / proxy.host / "library/synthetic/1g/model.gguf") == digest
     fetched = sum(r.body_bytes for r in model_records(proxy, digest))
     assert fetched <= size - saved, f"refetched saved chunks: {fetched} > {size - saved}"
     wait_for((m2.cache / "blobs" / f"sha256-{digest}").exists, "the blob to be published")

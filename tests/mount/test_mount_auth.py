@@ -76,3 +76,33 @@ def test_refused_credentials_are_eacces_in_the_mount(
     m2 = mount_factory(env=good)
     tag = m2.mountpoint / host / "library" / "m" / "24m"
     assert sha256_path(tag / "model.gguf") == hashlib.sha256(gguf.read_bytes()).hexdigest()
+
+
+def test_cdn_url_refused_mid_read_is_resolved_again(
+    ollama_front: tuple[OllamaFront, CDN], mount_factory, gguf: Path, tmp_path: Path
+) -> None:
+    """The fault "a redirect whose target later returns 403", through the real mount."""
+    front, cdn = ollama_front
+    key = OllamaKey(tmp_path / "id_ed25519")
+    front.allow_push(key.public_line, "alice")
+    env = {**os.environ, "MODELFS_KEY": str(key.path)}
+    name = f"{front.host}/alice/m:expiring"
+    run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(tmp_path / "src"), env=env)
+    run_modelfs("push", name, "--cache", str(tmp_path / "src"), env=env)
+    front.reset()
+    data = gguf.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+
+    m = mount_factory("links=no", env=env)
+    m.expect_log(r"answered 403; resolving again")
+    path = m.mountpoint / front.host / "alice" / "m" / "expiring" / "model.gguf"
+    half = len(data) // 2
+    with open(path, "rb") as f:
+        assert f.read(4 << 20) == data[: 4 << 20]
+        cdn.expire_all()
+        f.seek(half)
+        assert f.read() == data[half:]
+        f.seek(0)
+        assert f.read() == data
+    assert front.redirects[f"sha256:{digest}"] == 2, dict(front.redirects)
+    assert not [r for r in cdn.requests if "Authorization" in r.headers]
