@@ -346,3 +346,35 @@ def test_unlink_remote_on_a_registry_refusing_deletes(
     assert "does not allow deletes" in line
     # The local copy is kept when the remote delete failed.
     run_modelfs("push", name, "--cache", str(src), env=env)
+
+
+def test_anonymous_token_for_public_pulls_and_cross_repo_mount_with_tokens(
+    token_registry: TokenRegistry, small_gguf: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Docker Hub's shape: anonymous pull tokens for public repositories from a realm on
+    another host; pushes with credentials, blobs mounted from a repository the user can read."""
+    reg, issuer = token_registry.registry, token_registry.issuer
+    issuer.anonymous_policy = {"library/*": ["pull"]}
+    src = tmp_path / "src"
+    first = f"{reg.host}/library/small:public"
+    create(first, small_gguf, src, env)
+    docker_login(env, reg.host, "alice", "secret")
+    run_modelfs("push", first, "--cache", str(src), env=env)
+    copy = f"{reg.host}/alice/small:copy"
+    issuer.clear_requests()
+    result = run_modelfs("push", copy, "--from", first, "--cache", str(src), env=env)
+    assert "mounted from library/small" in result.stderr and "0 B uploaded" in result.stderr
+    # The push token covered both repositories: push on the target, pull on the source.
+    asked = {s for r in issuer.requests for s in r.scopes}
+    assert "repository:library/small:pull" in asked, asked
+
+    (Path(env["DOCKER_CONFIG"]) / "config.json").unlink()
+    issuer.clear_requests()
+    dst = tmp_path / "dst"
+    run_modelfs("pull", first, "--cache", str(dst), env=env)
+    assert blob_of(small_gguf, dst) == small_gguf.read_bytes()
+    assert issuer.requests and not any(r.authorization for r in issuer.requests)
+    line = one_line_error(
+        run_modelfs("pull", copy, "--cache", str(tmp_path / "nope"), env=env, check=False)
+    )
+    assert "refused access (401)" in line
