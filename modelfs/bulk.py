@@ -353,6 +353,9 @@ class BulkClient:
                 log.info("%s: the redirect target answered %d; resolving again", url, resp.status)
                 refreshed = True
                 continue
+            if target != final and resp.status < 400:
+                # The registry redirects now where it did not before: remember where to.
+                self.redirects.put(url, target)
             self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece)
             return
 
