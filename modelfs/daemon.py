@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from modelfs import fuse_ops, mountctl
+from modelfs import blobwatch, fuse_ops, mountctl
 from modelfs.blobcache import BLOBS_VIEW_DIRNAME, BlobCache
 from modelfs.chunks import CHUNK_BYTES
 from modelfs.completion import Completion
@@ -33,7 +33,7 @@ from modelfs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
 from modelfs.reader import Reader, ReaderSettings
 from modelfs.registry import Registry, RegistryConfig
 from modelfs.resolver import LOOKUP_TTL_SECONDS, Resolver
-from modelfs.tree import LEVEL_KINDS, Tree
+from modelfs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Tree
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             signalled = trio.Event()
             nursery.start_soon(_watch_signals, signalled, mountpoint)
             if options.links:
-                nursery.start_soon(enable_links, tree, cache, mountpoint)
+                nursery.start_soon(enable_links, tree, ops, cache, mountpoint)
             await fuse_ops.serve(FUSE_MAX_TASKS)
             # serve returns when the kernel ends the session (umount) or on terminate.
             unmount_on_exit = signalled.is_set()
@@ -286,7 +286,9 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             log.info("unmounted %s", mountpoint)
 
 
-async def enable_links(tree: Tree, cache: BlobCache, mountpoint: Path) -> None:
+async def enable_links(
+    tree: Tree, ops: fuse_ops.Operations, cache: BlobCache, mountpoint: Path
+) -> None:
     """Serve complete blobs as symlinks, so their bytes never pass through the daemon.
 
     Every byte read through FUSE costs a round trip through this process (about
@@ -297,13 +299,32 @@ async def enable_links(tree: Tree, cache: BlobCache, mountpoint: Path) -> None:
     like every other write here; otherwise they point at the cache's own
     ``blobs/``, whose files are mode 0444.
     """
-    why = await trio.to_thread.run_sync(mountctl.bind_blobs_view, cache.blobs_dir, mountpoint)
+    # Watch before the first link exists, so that no removal goes unseen.
+    try:
+        watch = blobwatch.open_watch(cache.blobs_dir)
+    except blobwatch.WatchUnavailable as e:
+        log.warning("cannot watch %s (%s): links to removed blobs linger 1 s", cache.blobs_dir, e)
+        watch = None
+    try:
+        why = await trio.to_thread.run_sync(mountctl.bind_blobs_view, cache.blobs_dir, mountpoint)
+    except BaseException:
+        if watch is not None:
+            os.close(watch)
+        raise
     if why is None:
         tree.enable_links("../" * len(LEVEL_KINDS) + BLOBS_VIEW_DIRNAME + "/")
         log.debug("complete blobs link to %s/%s", mountpoint, BLOBS_VIEW_DIRNAME)
     else:
         tree.enable_links(os.path.abspath(cache.blobs_dir) + "/")
         log.debug("complete blobs link to %s (no read-only view: %s)", cache.blobs_dir, why)
+    if watch is None:
+        return
+    # Removals are seen as they happen: the kernel may keep links as long as other entries.
+    tree.link_entry_seconds = tree.lookup_ttl_seconds
+    try:
+        await blobwatch.watch_removals(watch, cache.blobs_dir, ops.blob_removed, ops.links_lost)
+    finally:
+        tree.link_entry_seconds = LINK_ENTRY_SECONDS
 
 
 async def _watch_signals(signalled: trio.Event, mountpoint: Path) -> None:

@@ -214,8 +214,19 @@ class Operations(pyfuse3.Operations):
 
     def blob_published(self, digest: Digest) -> None:
         """Make the kernel look up again the entries that now become symlinks to the blob."""
-        for parent, name in self.tree.blob_published(digest):
-            # Queued to pyfuse3's own thread: safe even from inside a handler.
+        # Queued to pyfuse3's own thread: safe even from inside a handler.
+        self._invalidate_entries(self.tree.blob_published(digest))
+
+    def blob_removed(self, digest: Digest) -> None:
+        """A blob left the cache: its links become files served by the daemon again."""
+        self._invalidate_entries(self.tree.blob_removed(digest))
+
+    def links_lost(self) -> None:
+        """Removals may have been missed: look every link up again."""
+        self._invalidate_entries(self.tree.forget_published())
+
+    def _invalidate_entries(self, entries: list[tuple[int, str]]) -> None:
+        for parent, name in entries:
             pyfuse3.invalidate_entry_async(parent, name.encode("ascii"), ignore_enoent=True)
 
     async def _invalidate(self, inode: int) -> None:

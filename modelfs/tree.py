@@ -131,6 +131,8 @@ class Tree:
         # None: every file is served by the daemon (see ``enable_links``).
         self.link_base: str | None = None
         self._published: set[Digest] = set()
+        # How long the kernel may keep a link: short unless removals are watched (blobwatch).
+        self.link_entry_seconds = LINK_ENTRY_SECONDS
         self._inodes = itertools.count(ROOT_INODE + 1)
         self._handles: dict[int, _Open] = {}
         self._fhs = itertools.count(1)
@@ -140,15 +142,16 @@ class Tree:
 
     def attr(self, node: Node) -> Attr:
         if node.link is not None:
-            # Short: if the blob is removed under the link (`modelfs unlink`, `ollama rm`),
-            # the kernel asks again within a second and gets a file served by the daemon.
+            # If the blob is removed under the link (`modelfs unlink`, `ollama rm`), the
+            # entry is invalidated at once when blobs/ is watched, else it expires within a
+            # second; either way the next lookup gets a file served by the daemon.
             return Attr(
                 node.inode,
                 False,
                 len(node.link.encode()),
                 self.mtime_ns,
-                min(self.lookup_ttl_seconds, LINK_ENTRY_SECONDS),
-                LINK_ENTRY_SECONDS,
+                min(self.lookup_ttl_seconds, self.link_entry_seconds),
+                self.link_entry_seconds,
                 is_link=True,
             )
         if node.is_dir:
@@ -313,11 +316,26 @@ class Tree:
         if self.link_base is None:
             return []
         self._published.add(digest)
+        return self._entries_of({digest})
+
+    def blob_removed(self, digest: Digest) -> list[tuple[int, str]]:
+        """A published blob left ``blobs/``: the entries that must stop being links."""
+        if digest not in self._published:
+            return []
+        self._published.discard(digest)
+        return self._entries_of({digest})
+
+    def forget_published(self) -> list[tuple[int, str]]:
+        """Removals may have been missed: every link entry is looked up (and checked) again."""
+        gone, self._published = self._published, set()
+        return self._entries_of(gone)
+
+    def _entries_of(self, digests: set[Digest]) -> list[tuple[int, str]]:
         return [
             (node.inode, fname)
             for node in list(self.nodes.values())
             for fname, (layer, _m) in node.files.items()
-            if layer is not None and layer.digest == digest
+            if layer is not None and layer.digest in digests
         ]
 
     def readlink(self, inode: int) -> str:

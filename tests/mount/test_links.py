@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from mount.test_mount import TAG_DIR, wait_for
-from support.mount import sha256_path
+from support.mount import run_modelfs, sha256_path
 
 from modelfs.mountctl import find_mount
 
 LINK_PREFIX = "../../../../.blobs/"
+SMOLLM2 = "library/smollm2:135m"
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -98,3 +99,22 @@ def test_links_no_serves_every_byte_through_the_daemon(
     assert not (tag / "model.gguf").is_symlink()
     assert find_mount(m.mountpoint / ".blobs") is None
     assert sha256_path(tag / "model.gguf") == model_hex
+
+
+def test_removed_blob_stops_being_a_link_at_once(
+    proxy, mount_factory, smollm2_pushed, source, model_hex
+):
+    """`modelfs unlink` (or `ollama rm`) under a mount: the link is dropped as the blob goes
+    (blobs/ is watched), not when the kernel's entry expires (30 s here)."""
+    m = mount_factory("lookup_ttl=30")
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    model = tag / "model.gguf"
+    assert sha256_path(model) == model_hex
+    wait_for(model.is_symlink, "model.gguf to become a link once its blob is complete")
+    with open(model, "rb") as kept:
+        run_modelfs("unlink", f"{proxy.host}/{SMOLLM2}", "--cache", str(m.cache))
+        wait_for(lambda: not model.is_symlink(), "the link to go with its blob", seconds=10)
+        # The open handle keeps its data; a new open is served by the daemon, fetched anew.
+        assert kept.read(4096) == source[:4096]
+    with open(model, "rb") as f:
+        assert f.read(1 << 20) == source[: 1 << 20]

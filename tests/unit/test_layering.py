@@ -21,6 +21,7 @@ RANK = {
     "auth": 3,
     "bulk": 3,
     "config": 1,
+    "blobwatch": 2,
     "registry": 4,
     "blobcache": 4,
     "partial": 5,
