@@ -22,6 +22,7 @@ import ssl
 import sys
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -178,7 +179,9 @@ def _translate(exc: BaseException, what: str, host: str = "") -> ModelfsError:
     if isinstance(exc, httpx.TimeoutException):
         return Transient(f"{what}: timed out")
     if isinstance(exc, httpx.ConnectError):
-        return Transient(f"{what}: cannot connect to {host or 'the registry'} ({_reason(exc)})")
+        via = _proxy_of(host)
+        target = f"the proxy {via} for {host}" if via else (host or "the registry")
+        return Transient(f"{what}: cannot connect to {target} ({_reason(exc)})")
     if isinstance(exc, httpx.TransportError):
         return Transient(f"{what}: connection failed ({_reason(exc)})")
     if isinstance(exc, TimeoutError):
@@ -186,6 +189,22 @@ def _translate(exc: BaseException, what: str, host: str = "") -> ModelfsError:
     if isinstance(exc, OSError | http.client.HTTPException):
         return Transient(f"{what}: connection failed ({_reason(exc)})")
     return RegistryError(f"{what}: {type(exc).__name__}")
+
+
+def _proxy_of(host: str) -> str | None:
+    """The proxy (from the environment) that requests to ``host`` go through, if any."""
+    if not host:
+        return None
+    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if urllib.request.proxy_bypass(host) or urllib.request.proxy_bypass(bare):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get("https") or proxies.get("http") or proxies.get("all")
+    if not proxy:
+        return None
+    return urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}").netloc.rsplit(
+        "@", 1
+    )[-1]
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,7 +8,6 @@ the proxy variables set and looks at what a real forward proxy saw.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,7 +141,7 @@ def test_proxy_refusing_without_credentials_is_one_line(tmp_path, smollm2_pushed
 
 def test_dead_proxy_fails_in_one_line_in_bounded_time(tmp_path, smollm2_pushed):
     dead = f"http://127.0.0.1:{free_port()}"
-    started = time.monotonic()
+    # No hang: run_modelfs's timeout fails the test if the pull does not give up.
     r = run_modelfs(
         "pull",
         smollm2_pushed,
@@ -152,11 +151,10 @@ def test_dead_proxy_fails_in_one_line_in_bounded_time(tmp_path, smollm2_pushed):
         check=False,
         timeout=DEAD_PROXY_SECONDS,
     )
-    elapsed = time.monotonic() - started
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("modelfs: ") and r.stderr.count("\n") == 1, r.stderr
     assert "Traceback" not in r.stderr
-    assert elapsed < DEAD_PROXY_SECONDS
+    assert f"the proxy {dead.removeprefix('http://')}" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("credentials", [None, ("tunnel", "s3cret")], ids=["open", "auth"])
