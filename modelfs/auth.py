@@ -34,7 +34,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from modelfs.errors import ModelfsError, Unauthorized
+from modelfs.errors import ModelfsError, Unauthorized, registry_words
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ class Authenticator:
             how = f"no credentials (the token realm is on {realm.netloc}, not {host})"
         status, body = await self._fetch(url, headers)
         if status != 200:
-            said = _said(body)
+            said = registry_words(body)
             raise Unauthorized(
                 f"registry {host} refused a token for {' '.join(scopes) or 'access'} "
                 f"with {how} ({status}{': ' + said if said else ''})"
@@ -454,18 +454,3 @@ def _with_query(url: str, extra: list[tuple[str, str]]) -> str:
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + extra
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-
-
-def _said(body: bytes) -> str:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return " ".join(body.decode("utf-8", "replace").split())[:160]
-    if isinstance(doc, dict):
-        errors = doc.get("errors")
-        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-            return str(errors[0].get("message") or errors[0].get("code") or "")[:160]
-        for k in ("error", "message", "details"):
-            if isinstance(doc.get(k), str):
-                return doc[k][:160]
-    return ""

@@ -9,6 +9,7 @@ httpx exceptions are translated into this tree once, in ``registry``.
 from __future__ import annotations
 
 import errno
+import json
 
 
 class ModelfsError(Exception):
@@ -111,3 +112,21 @@ def errno_for(exc: ModelfsError) -> int:
         if cls in ERRNO:
             return ERRNO[cls]
     return errno.EIO
+
+
+def registry_words(body: bytes, limit: int = 200) -> str:
+    """A registry's own words from an error body: Docker's ``{"errors": [{code, message}]}``,
+    Ollama's single ``{code, message}`` (or ``error``), or plain text; "" if it said nothing."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return " ".join(body.decode("utf-8", "replace").split())[:limit]
+    if isinstance(doc, dict):
+        errors = doc.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            return str(first.get("message") or first.get("code") or "")[:limit]
+        for key in ("error", "message", "details", "code"):
+            if isinstance(doc.get(key), str):
+                return doc[key][:limit]
+    return ""

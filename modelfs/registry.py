@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import logging
 import platform
 import ssl
@@ -50,6 +49,7 @@ from modelfs.errors import (
     RegistryError,
     Transient,
     Unauthorized,
+    registry_words,
 )
 from modelfs.manifest import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPE_DOCKER_MANIFEST
 from modelfs.names import Name, scheme_for
@@ -119,26 +119,8 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _error_message(body: bytes) -> str:
-    """The registry's own words from either error body form (Docker's list, Ollama's single)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        text = body.decode("utf-8", "replace").strip()
-        return " ".join(text.split())[:200]
-    if isinstance(doc, dict):
-        errors = doc.get("errors")
-        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-            first = errors[0]
-            return str(first.get("message") or first.get("code") or "")[:200]
-        for key in ("error", "message", "code"):
-            if isinstance(doc.get(key), str):
-                return doc[key][:200]
-    return ""
-
-
 def _status_error(status: int, what: str, body: bytes, retry_after: str | None) -> ModelfsError:
-    said = _error_message(body)
+    said = registry_words(body)
     detail = f": {said}" if said else ""
     if status in (401, 403):
         return Unauthorized(f"{what}: registry refused access ({status}){detail}", status)
