@@ -82,9 +82,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.min_free:
         args.o.append(f"min_free={args.min_free}")
     options = daemon.parse_mount_options(args.o)
-    insecure = (*_insecure_hosts(args), *options.pop("insecure_hosts", ()))  # type: ignore[misc]
+    # -o insecure_registry=H (as fstab would say it) adds to --insecure-registry.
+    from_options: tuple[str, ...] = tuple(options.pop("insecure_hosts", ()))  # type: ignore[arg-type]
+    insecure = (*_insecure_hosts(args), *from_options)
     cache_root = default_root(args.cache)
-    registry_config = _registry_config(args, tuple(options.pop("insecure_hosts", ())))  # type: ignore[arg-type]
+    registry_config = _registry_config(args, from_options)
     opts = daemon.MountOptions(
         mountpoint=mountpoint,
         cache_root=cache_root,
