@@ -28,17 +28,25 @@ def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def push_through_front(
+    front: OllamaFront, gguf: Path, tmp_path: Path, tag: str
+) -> tuple[dict[str, str], str]:
+    """Push ``gguf`` as alice/m:<tag> with a key allowed there; (env with the key, name)."""
+    key = OllamaKey(tmp_path / "id_ed25519")
+    front.allow_push(key.public_line, "alice")
+    env = {**os.environ, "MODELFS_KEY": str(key.path)}
+    name = f"{front.host}/alice/m:{tag}"
+    run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(tmp_path / "src"), env=env)
+    run_modelfs("push", name, "--cache", str(tmp_path / "src"), env=env)
+    front.reset()
+    return env, name
+
+
 def test_mount_reads_through_ollama_auth_and_cdn(
     ollama_front: tuple[OllamaFront, CDN], mount_factory, gguf: Path, tmp_path: Path
 ) -> None:
     front, cdn = ollama_front
-    key = OllamaKey(tmp_path / "id_ed25519")
-    front.allow_push(key.public_line, "alice")
-    env = {**os.environ, "MODELFS_KEY": str(key.path)}
-    name = f"{front.host}/alice/m:24m"
-    run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(tmp_path / "src"), env=env)
-    run_modelfs("push", name, "--cache", str(tmp_path / "src"), env=env)
-    front.reset()
+    env, _name = push_through_front(front, gguf, tmp_path, "24m")
     cdn.reset()
 
     m = mount_factory("links=no", env=env)
@@ -83,13 +91,7 @@ def test_cdn_url_refused_mid_read_is_resolved_again(
 ) -> None:
     """The fault "a redirect whose target later returns 403", through the real mount."""
     front, cdn = ollama_front
-    key = OllamaKey(tmp_path / "id_ed25519")
-    front.allow_push(key.public_line, "alice")
-    env = {**os.environ, "MODELFS_KEY": str(key.path)}
-    name = f"{front.host}/alice/m:expiring"
-    run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(tmp_path / "src"), env=env)
-    run_modelfs("push", name, "--cache", str(tmp_path / "src"), env=env)
-    front.reset()
+    env, _name = push_through_front(front, gguf, tmp_path, "expiring")
     data = gguf.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
 
