@@ -19,13 +19,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import http.server
 import select
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterator
 from typing import NamedTuple
+
+from support.httpserver import QuietHandler, StoppableServer, request_body
 
 PIECE_BYTES = 64 << 10
 UPSTREAM_SECONDS = 30.0
@@ -62,36 +62,10 @@ def _hop_by_hop(headers: http.client.HTTPMessage | list[tuple[str, str]]) -> set
     return names
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    # Handler threads are joined by server_close (block_on_close), after stop() has shut
-    # every socket they could be blocked on.
-    daemon_threads = False
-    block_on_close = True
-
-    def __init__(self, proxy: ForwardProxy) -> None:
-        self.proxy = proxy
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        self.proxy._track(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
-        self.proxy._untrack(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # Clients hang up mid-body and stop() shuts sockets under live handlers: not news.
-        pass
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+class _Handler(QuietHandler):
+    @property
+    def proxy(self) -> ForwardProxy:
+        return self.server.owner  # type: ignore[return-value]
 
     # -- entry points
 
@@ -106,15 +80,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (OSError, ValueError):
             self._plain(502, b"cannot connect upstream\n", close=True)
             return
-        proxy = self.server.proxy
-        proxy._track(upstream)
+        self.server.track(upstream)
         try:
             self.send_response_only(200, "Connection established")
             self.end_headers()
             self.wfile.flush()
             self._pump(self.connection, upstream)
         finally:
-            proxy._untrack(upstream)
+            self.server.untrack(upstream)
             upstream.close()
         self.close_connection = True
 
@@ -127,7 +100,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _admit(self) -> bool:
         """Record the request; answer 407 unless it carries the right proxy credentials."""
-        proxy = self.server.proxy
+        proxy = self.proxy
         given = self.headers.get("Proxy-Authorization")
         proxy._record(ProxyRequest(self.command, self.path, given is not None))
         if proxy.credentials is None or given == proxy.expected_authorization:
@@ -157,39 +130,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.wfile.flush()
 
-    def _request_body(self) -> Iterator[bytes] | None:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            return self._chunked_body()
-        length = int(self.headers.get("Content-Length") or 0)
-        if not length:
-            return None
-        return self._counted_body(length)
-
-    def _counted_body(self, length: int) -> Iterator[bytes]:
-        left = length
-        while left:
-            piece = self.rfile.read(min(PIECE_BYTES, left))
-            if not piece:
-                raise ConnectionError("the client's request body ended early")
-            left -= len(piece)
-            yield piece
-
-    def _chunked_body(self) -> Iterator[bytes]:
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass
-                return
-            left = size
-            while left:
-                piece = self.rfile.read(min(PIECE_BYTES, left))
-                if not piece:
-                    raise ConnectionError("the client's request body ended early")
-                left -= len(piece)
-                yield piece
-            self.rfile.readline()
-
     def _forward(self) -> None:
         if not self._admit():
             return
@@ -203,17 +143,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             target += f"?{url.query}"
         drop = _hop_by_hop(self.headers) | {"content-length"}
         headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
-        body = self._request_body()
+        body = request_body(self, PIECE_BYTES)
         chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
         if body is not None and not chunked:
             headers["Content-Length"] = self.headers["Content-Length"]
-        proxy = self.server.proxy
         up = http.client.HTTPConnection(url.hostname, port, timeout=UPSTREAM_SECONDS)
         try:
             try:
                 up.connect()
                 assert up.sock is not None
-                proxy._track(up.sock)
+                self.server.track(up.sock)
                 up.request(self.command, target, body=body, headers=headers, encode_chunked=chunked)
                 resp = up.getresponse()
             except (OSError, http.client.HTTPException):
@@ -222,7 +161,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._relay(resp)
         finally:
             if up.sock is not None:
-                proxy._untrack(up.sock)
+                self.server.untrack(up.sock)
             up.close()
 
     def _relay(self, resp: http.client.HTTPResponse) -> None:
@@ -257,12 +196,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         """Copy bytes both ways until both sides have finished sending (or the proxy stops)."""
-        proxy = self.server.proxy
+        stopping = self.server.stopping
         peer = {a: b, b: a}
         open_ = {a, b}
         for s in open_:
             s.settimeout(None)
-        while open_ and not proxy._stopping.is_set():
+        while open_ and not stopping.is_set():
             readable, _, _ = select.select(list(open_), [], [], POLL_SECONDS)
             for s in readable:
                 try:
@@ -287,10 +226,7 @@ class ForwardProxy:
         self.credentials = credentials
         self.requests: list[ProxyRequest] = []
         self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: StoppableServer | None = None
 
     @property
     def expected_authorization(self) -> str | None:
@@ -315,32 +251,14 @@ class ForwardProxy:
         return f"http://{user}:{password}@127.0.0.1:{self.port}"
 
     def start(self) -> ForwardProxy:
-        self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": POLL_SECONDS},
-            name=f"forward-proxy-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server = StoppableServer(_Handler, self)
+        self._server.start(f"forward-proxy-{self.port}", POLL_SECONDS)
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        assert self._thread is not None
-        self._thread.join()
-        with self._lock:
-            live = list(self._sockets)
-        for s in live:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        # Closes the listening socket and joins every handler thread.
-        self._server.server_close()
-        self._server = None
-        self._thread = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> ForwardProxy:
         return self.start()
@@ -357,11 +275,3 @@ class ForwardProxy:
     def _record(self, r: ProxyRequest) -> None:
         with self._lock:
             self.requests.append(r)
-
-    def _track(self, s: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(s)
-
-    def _untrack(self, s: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(s)

@@ -23,26 +23,24 @@ triggers while holding the GIL (see proxy.py, which runs in its own process for 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import http.client
-import http.server
 import json
 import re
 import secrets
-import socket
 import struct
 import threading
 import time
 import urllib.parse
 from collections import Counter
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-PIECE_BYTES = 1 << 20
+from support.httpserver import PIECE_BYTES, QuietHandler, StoppableServer, request_body
+
 UPSTREAM_TIMEOUT = 60.0
 EMPTY_BODY_CHECKSUM = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
 PUSH_DENIED = "unauthorized: you are not authorized to push to this namespace"
@@ -138,62 +136,7 @@ def _pub_field(pubkey: str) -> str:
     return pubkey.split()[1] if " " in pubkey else pubkey
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    """A threading server that can be stopped with no thread or socket left behind."""
-
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], owner: object) -> None:
-        self.owner = owner
-        self._conns: set[socket.socket] = set()
-        self._workers: set[threading.Thread] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), handler)
-
-    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
-        t = threading.Thread(
-            target=self.process_request_thread, args=(request, client_address), daemon=True
-        )
-        with self._conns_lock:
-            self._conns.add(request)
-            self._workers.add(t)
-        t.start()
-
-    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._conns_lock:
-                self._conns.discard(request)
-                self._workers.discard(threading.current_thread())
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # Clients hanging up mid-body is normal in tests.
-        pass
-
-    def close_all(self) -> None:
-        """Stop serving, hang up on every open connection and wait for its thread."""
-        self.shutdown()
-        self.server_close()
-        with self._conns_lock:
-            conns, workers = list(self._conns), list(self._workers)
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-        for t in workers:
-            t.join(10)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes: without this, delayed ACKs cost 40 ms each.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, *args: object) -> None:
-        pass
-
+class _Handler(QuietHandler):
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         for k, v in (headers or {}).items():
@@ -203,45 +146,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD" and body:
             self.wfile.write(body)
 
-    def _body_pieces(self):  # type: ignore[no-untyped-def]
-        """The request body, de-chunked if need be, in pieces; None if there is none."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-
-            def chunked():  # type: ignore[no-untyped-def]
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass
-                        return
-                    left = size
-                    while left:
-                        piece = self.rfile.read(min(left, PIECE_BYTES))
-                        if not piece:
-                            raise ConnectionError("client hung up mid-body")
-                        left -= len(piece)
-                        yield piece
-                    self.rfile.readline()
-
-            return chunked()
-        length = int(self.headers.get("Content-Length") or 0)
-        if not length:
-            return None
-
-        def sized():  # type: ignore[no-untyped-def]
-            left = length
-            while left:
-                piece = self.rfile.read(min(left, PIECE_BYTES))
-                if not piece:
-                    raise ConnectionError("client hung up mid-body")
-                left -= len(piece)
-                yield piece
-
-        return sized()
-
     def _discard_body(self) -> None:
         """Read and drop an unread request body so the connection can be reused."""
-        pieces = self._body_pieces()
+        pieces = request_body(self)
         if pieces is not None:
             for _ in pieces:
                 pass
@@ -290,33 +197,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             up.close()
 
 
-# -- the CDN -------------------------------------------------------------------------------
+class _Served:
+    """Addresses and start/stop of one of these servers, run from a thread of the test process."""
 
-
-class CDN:
-    """Serves ``GET /blobs/<digest>?expires=..&gen=..&sig=..`` (with Range) from the upstream.
-
-    Only URLs from ``presign`` work, until they expire or ``expire_all`` bumps the generation;
-    anything else gets 403 with an S3-style XML body. The digest's bytes are ranged from the
-    upstream registry's ``/v2/<repo>/blobs/<digest>``, the repository being the one the URL was
-    presigned for. ``requests`` records every request (method, path, headers as sent).
-    """
-
-    def __init__(self, upstream_host: str) -> None:
-        host, _, port = upstream_host.partition(":")
-        self.upstream = (host, int(port or 80))
-        self.generation = 0
-        self.requests: list[CdnRequest] = []
-        self._secret = secrets.token_bytes(32)
-        self._repos: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+    def __init__(self, handler: type[_Handler], thread_name: str) -> None:
+        self._handler = handler
+        self._thread_name = thread_name
+        self._server: StoppableServer | None = None
 
     @property
     def port(self) -> int:
         assert self._server is not None, "not started"
-        return self._server.server_address[1]
+        return self._server.port
 
     @property
     def host(self) -> str:
@@ -326,23 +218,37 @@ class CDN:
     def url(self) -> str:
         return f"http://{self.host}"
 
-    def start(self) -> CDN:
-        self._server = _Server(_CdnHandler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-cdn",
-            daemon=True,
-        )
-        self._thread.start()
+    def start(self) -> Self:
+        self._server = StoppableServer(self._handler, self).start(self._thread_name)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.close_all()
-            assert self._thread is not None
-            self._thread.join(10)
-            self._server = self._thread = None
+            self._server.stop()
+            self._server = None
+
+
+# -- the CDN -------------------------------------------------------------------------------
+
+
+class CDN(_Served):
+    """Serves ``GET /blobs/<digest>?expires=..&gen=..&sig=..`` (with Range) from the upstream.
+
+    Only URLs from ``presign`` work, until they expire or ``expire_all`` bumps the generation;
+    anything else gets 403 with an S3-style XML body. The digest's bytes are ranged from the
+    upstream registry's ``/v2/<repo>/blobs/<digest>``, the repository being the one the URL was
+    presigned for. ``requests`` records every request (method, path, headers as sent).
+    """
+
+    def __init__(self, upstream_host: str) -> None:
+        super().__init__(_CdnHandler, "fake-cdn")
+        host, _, port = upstream_host.partition(":")
+        self.upstream = (host, int(port or 80))
+        self.generation = 0
+        self.requests: list[CdnRequest] = []
+        self._secret = secrets.token_bytes(32)
+        self._repos: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def expire_all(self) -> None:
         """Every URL handed out so far answers 403 from now on."""
@@ -392,12 +298,6 @@ def _s3_error(code: str, message: str) -> bytes:
 
 
 class _CdnHandler(_Handler):
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
-
     def _serve(self) -> None:
         cdn: CDN = self.server.owner  # type: ignore[assignment]
         with cdn._lock:
@@ -423,6 +323,8 @@ class _CdnHandler(_Handler):
         }
         self._relay(cdn.upstream, self.command, f"/v2/{repo}/blobs/{digest}", headers)
 
+    do_GET = do_HEAD = _serve
+
 
 # -- the front -----------------------------------------------------------------------------
 
@@ -433,7 +335,7 @@ class _Token(NamedTuple):
     grants: dict[str, frozenset[str]]  # repository (lowercase) -> actions
 
 
-class OllamaFront:
+class OllamaFront(_Served):
     """registry.ollama.ai's auth, redirects and 412s in front of a docker-registry.
 
     All keyword settings are plain attributes and may be changed while it runs.
@@ -452,6 +354,7 @@ class OllamaFront:
         reject_user_agent: str | None = None,
         error_form: str = "list",
     ) -> None:
+        super().__init__(_FrontHandler, "fake-ollama-front")
         host, _, port = upstream_host.partition(":")
         self.upstream_host = upstream_host
         self.upstream = (host, int(port or 80))
@@ -471,23 +374,8 @@ class OllamaFront:
         self._push: dict[str, set[str]] = {}  # pubkey -> namespaces (lowercase)
         self._tokens: dict[str, _Token] = {}
         self._nonces: set[str] = set()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle and addresses
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "not started"
-        return self._server.server_address[1]
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     @property
     def realm(self) -> str:
@@ -498,25 +386,13 @@ class OllamaFront:
     def realm(self, value: str | None) -> None:
         self._realm = value
 
-    def start(self) -> OllamaFront:
+    def start(self) -> Self:
         if self._own_cdn:
             self.cdn.start()
-        self._server = _Server(_FrontHandler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-ollama-front",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.close_all()
-            assert self._thread is not None
-            self._thread.join(10)
-            self._server = self._thread = None
+        super().stop()
         if self._own_cdn:
             self.cdn.stop()
 
@@ -608,24 +484,6 @@ def _action_for(method: str) -> str:
 
 
 class _FrontHandler(_Handler):
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
     @property
     def front(self) -> OllamaFront:
         return self.server.owner  # type: ignore[return-value]
@@ -642,6 +500,8 @@ class _FrontHandler(_Handler):
             front.requests.append(record)
         self._record = record
         self._answer()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
     def send_response(self, code: int, message: str | None = None) -> None:
         # Recorded before the client can see the answer, so tests never race the handler.
@@ -742,7 +602,7 @@ class _FrontHandler(_Handler):
             for k, v in self.headers.items()
             if k.lower() not in _NOT_FORWARDED | {"authorization", "content-length", "expect"}
         }
-        body = self._body_pieces()
+        body = request_body(self)
         if body is not None and self.headers.get("Content-Length"):
             headers["Content-Length"] = self.headers["Content-Length"]
         return self._relay(

@@ -38,7 +38,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from support.httpserver import StoppableServer
 from support.registry import TokenAuth
 from support.tls import TLSMaterial, self_signed
 
@@ -136,8 +137,7 @@ class TokenIssuer:
         self._cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         self._lock = threading.Lock()
         self._requests: list[TokenRequest] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: StoppableServer | None = None
 
     # -- addresses
 
@@ -170,25 +170,16 @@ class TokenIssuer:
     def start(self) -> TokenIssuer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.cert_path.write_bytes(self._cert_pem)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        server.daemon_threads = True
+        server = StoppableServer(_handler(self))
         if self.tls is not None:
             server.socket = self.tls.server_context().wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server = server.start("token-issuer")
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._server = None
-        self._thread = None
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> TokenIssuer:
         return self.start()
