@@ -89,6 +89,17 @@ def smollm2_noindex_pushed(
     return name
 
 
+SMALL_GGUF_BYTES = 8 << 20
+
+
+@pytest.fixture(scope="session")
+def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An 8 MiB GGUF-shaped file, for tests that push many small models."""
+    path = tmp_path_factory.mktemp("small-gguf") / "small.gguf"
+    write_synthetic_gguf(path, SMALL_GGUF_BYTES, seed=11)
+    return path
+
+
 SYNTHETIC_BYTES = 200 << 20
 
 

@@ -14,22 +14,12 @@ from pathlib import Path
 
 import pytest
 from conftest import TLSRegistry, TokenRegistry
-from gguf_synth import write_synthetic_gguf
-from support.mount import modelfs_cmd, run_modelfs
+from support.mount import modelfs_cmd, one_line_error, run_modelfs
 from support.registry import RegistryProcess, free_port
 
 from modelfs.auth import _Token
 from modelfs.names import parse_name
 from modelfs.registry import Registry, RegistryConfig, pull_scopes
-
-MODEL_BYTES = 4 << 20
-
-
-@pytest.fixture(scope="module")
-def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("docker-gguf") / "small.gguf"
-    write_synthetic_gguf(path, MODEL_BYTES, seed=12)
-    return path
 
 
 @pytest.fixture
@@ -52,15 +42,6 @@ def docker_login(env: dict[str, str], host: str, user: str, password: str) -> No
 
 def create(name: str, gguf: Path, cache: Path, env: dict[str, str]) -> None:
     run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(cache), env=env)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result.stderr
-    errors = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("modelfs: ")]
-    assert len(errors) == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    return errors[0]
 
 
 def blob_of(gguf: Path, cache: Path) -> bytes:

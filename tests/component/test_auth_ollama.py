@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from gguf_synth import write_synthetic_gguf
-from support.mount import run_modelfs
+from support.mount import one_line_error, run_modelfs
 from support.ollama_front import CDN, OllamaFront
 
 from modelfs.auth import OllamaKey
@@ -23,15 +22,7 @@ from modelfs.digest import Digest
 from modelfs.names import parse_name
 from modelfs.registry import Registry, RegistryConfig
 
-MODEL_BYTES = 8 << 20
 RANGE_BYTES = 80 << 10  # 8 MiB in ~100 ranges
-
-
-@pytest.fixture(scope="module")
-def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ollama-gguf") / "small.gguf"
-    write_synthetic_gguf(path, MODEL_BYTES, seed=11)
-    return path
 
 
 @pytest.fixture
@@ -65,16 +56,6 @@ def pushed(
     run_modelfs("push", name, "--cache", str(cache), env=env)
     front.reset()
     yield name
-
-
-def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
-    assert result.returncode == 1, result.stderr
-    # Progress lines may come first; the error is one line, the last.
-    errors = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("modelfs: ")]
-    assert len(errors) == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    return errors[0]
 
 
 def test_pull_follows_cdn_redirects_without_authorization(
@@ -163,7 +144,7 @@ def test_push_to_a_namespace_not_owned_names_the_key(
     result = run_modelfs(
         "push", name, "--cache", str(cache), "--key", str(stranger.path), env=env, check=False
     )
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "not allowed to push to 'library'" in line
     assert stranger.public_line in line
 
@@ -180,7 +161,7 @@ def test_old_client_412_shows_the_registry_message(
     front.reject_user_agent = r"^modelfs/"
     front.error_form = form
     result = run_modelfs("pull", pushed, "--cache", str(tmp_path / "c"), env=env, check=False)
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "412" in line and "please upgrade to the latest version" in line
 
 
@@ -196,7 +177,7 @@ def test_realm_on_another_host_gets_no_signature(
     try:
         front.realm = f"http://{elsewhere.host}/token"
         result = run_modelfs("pull", pushed, "--cache", str(tmp_path / "c"), env=env, check=False)
-        line = _one_line_error(result)
+        line = one_line_error(result)
         assert "refused" in line and elsewhere.host in line
         assert elsewhere.token_requests, "the client did not ask the other realm at all"
         signed = [t for t in elsewhere.token_requests if t.authorization]
@@ -217,7 +198,7 @@ def test_unknown_key_signature_is_refused_with_one_line(
     result = run_modelfs(
         "pull", pushed, "--cache", str(tmp_path / "c"), "--key", str(bad), env=env, check=False
     )
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert str(bad) in line
     assert not front.token_requests
 
@@ -237,5 +218,5 @@ def test_unlink_remote_refused_for_a_key_without_rights(
         env=env,
         check=False,
     )
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "refused" in line or "not allowed" in line

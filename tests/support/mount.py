@@ -34,6 +34,17 @@ def run_modelfs(
     return result
 
 
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's error line; fails unless the command failed with exactly one ``modelfs:``
+    line, last (progress lines may come first), and no traceback."""
+    assert result.returncode == 1, result.stderr
+    errors = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("modelfs: ")]
+    assert len(errors) == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
 class Mount:
     def __init__(
         self, root: Path, *, options: tuple[str, ...] = (), env: dict[str, str] | None = None

@@ -76,17 +76,20 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def self_signed(
-    key: ec.EllipticCurvePrivateKey, common_name: str, *, ca: bool, days: int = 30
-) -> x509.Certificate:
-    """A self-signed certificate for ``key`` (a CA's, or a token signer's)."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    days: int,
+) -> x509.CertificateBuilder:
+    """What every certificate here has: validity, basic constraints, key usage, SKI."""
     now = _now()
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     return (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -106,9 +109,16 @@ def self_signed(
             ),
             critical=True,
         )
-        .add_extension(ski, critical=False)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+
+
+def self_signed(
+    key: ec.EllipticCurvePrivateKey, common_name: str, *, ca: bool, days: int = 30
+) -> x509.Certificate:
+    """A self-signed certificate for ``key`` (a CA's, or a token signer's)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return _builder(name, name, key, ca=ca, days=days).sign(key, hashes.SHA256())
 
 
 def generate_ca(directory: Path, name: str = "modelfs test CA") -> CertificateAuthority:
@@ -140,33 +150,11 @@ def generate_tls(
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             sans.append(x509.DNSName(host))
-    now = _now()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(subject, ca_cert.subject, key, ca=False, days=30)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
