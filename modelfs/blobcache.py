@@ -20,20 +20,29 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelfs.digest import Digest
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
-from modelfs.manifest import Manifest, parse_manifest
+from modelfs.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from modelfs.names import Name, from_parts, safe_join
 
 log = logging.getLogger(__name__)
 
 STATE_DIRNAME = ".modelfs"
 COPY_BYTES = 4 << 20
+# Manifests live at <host>/<namespace>/<model>/<tag> under manifests/ (and .modelfs/manifests/).
+MANIFEST_DEPTH = 4
+# What a digest looks like in bytes that are not a manifest we can parse (either spelling).
+_DIGEST_BYTES_RE = re.compile(rb"sha256[:-]([0-9a-f]{64})", re.IGNORECASE)
+SCAN_READ_BYTES = 1 << 20
+# A digest split across two reads is found if this much of the previous read is kept.
+_SCAN_OVERLAP_BYTES = len(b"sha256:") + 64 - 1
 
 
 def default_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -76,9 +85,63 @@ class ImportedBlob:
 
 
 @dataclass(frozen=True)
+class UnreadableManifest:
+    """A file (or directory) under manifests/ whose references could not be known for sure."""
+
+    path: Path
+    reason: str
+    # Digests found in its raw bytes; None when it could not be read (it may name any blob).
+    mentions: frozenset[Digest] | None
+    # A directory that could not be listed: the manifests in it are unknown.
+    is_directory: bool = False
+
+    def may_name(self, digest: Digest) -> bool:
+        return self.mentions is None or digest in self.mentions
+
+
+@dataclass(frozen=True)
+class References:
+    """Which blobs the cache's manifests (complete and pending) still name.
+
+    ``named`` comes from manifests that parsed; ``unreadable`` lists the ones that did not,
+    each with what it may name, so that deleting a blob fails closed.
+    """
+
+    named: frozenset[Digest]
+    unreadable: tuple[UnreadableManifest, ...] = ()
+
+    def __contains__(self, digest: object) -> bool:
+        if not isinstance(digest, Digest):
+            return False
+        return digest in self.named or any(u.may_name(digest) for u in self.unreadable)
+
+
+@dataclass(frozen=True)
+class KeptBlobs:
+    """Blobs an unlink would have removed but kept, because ``manifest`` may still name them."""
+
+    manifest: UnreadableManifest
+    blobs: tuple[Digest, ...]
+
+    def __str__(self) -> str:
+        n = len(self.blobs)
+        count, them = (f"{n} blob", "it") if n == 1 else (f"{n} blobs", "them")
+        u = self.manifest
+        if u.is_directory:
+            what = f"the manifests in {u.path} cannot be listed ({u.reason}) and may name {them}"
+        elif u.mentions is None:
+            what = f"the manifest {u.path} cannot be read ({u.reason}) and may name {them}"
+        else:
+            what = f"the manifest {u.path} cannot be parsed ({u.reason}) and names {them}"
+        return f"kept {count}: {what}"
+
+
+@dataclass(frozen=True)
 class UnlinkResult:
     removed: tuple[Digest, ...]
     freed_bytes: int
+    # One entry per unreadable manifest that kept blobs of the removed model.
+    kept: tuple[KeptBlobs, ...] = ()
 
 
 # Published blobs are read-only: the mount links to them, and a write through a
@@ -409,15 +472,34 @@ class BlobCache:
                                 continue
                             yield CachedModel(name, tag, not pending)
 
-    def referenced_blobs(self) -> set[Digest]:
-        refs: set[Digest] = set()
-        for m in self.iter_models():
-            try:
-                manifest = parse_manifest(m.path.read_bytes())
-            except (OSError, ManifestInvalid):
-                continue
-            refs.update(layer.digest for layer in manifest.blobs)
-        return refs
+    def referenced_blobs(self) -> References:
+        """The blobs every manifest in the cache names, failing closed.
+
+        Every file at tag depth counts, whatever its name. One that does not parse may still be
+        what Ollama (or a newer modelfs) reads: each digest in its bytes counts as named. One
+        that cannot be read, or a directory that cannot be listed, may name any blob.
+        """
+        named: set[Digest] = set()
+        unreadable: list[UnreadableManifest] = []
+        for base in (self.manifests_dir, self.pending_dir):
+            for path, listing_error in _manifest_paths(base):
+                if listing_error is not None:
+                    why = listing_error.strerror or str(listing_error)
+                    unreadable.append(UnreadableManifest(path, why, None, is_directory=True))
+                    continue
+                try:
+                    found = manifest_file_refs(path)
+                except OSError as e:
+                    unreadable.append(UnreadableManifest(path, e.strerror or str(e), None))
+                    continue
+                if found is None:
+                    continue
+                digests, parse_error = found
+                if parse_error is None:
+                    named.update(digests)
+                else:
+                    unreadable.append(UnreadableManifest(path, parse_error, digests))
+        return References(frozenset(named), tuple(unreadable))
 
     def unlink(self, name: Name) -> UnlinkResult:
         """Remove ``name``'s manifest, then every blob no other manifest references (``ollama rm``)."""
@@ -433,9 +515,16 @@ class BlobCache:
         manifest, _complete = loaded
         still = self.referenced_blobs()
         removed: list[Digest] = []
+        kept: dict[UnreadableManifest, list[Digest]] = {}
         freed = 0
         for layer in manifest.blobs:
-            if layer.digest in still:
+            if layer.digest in still.named:
+                continue
+            holders = [u for u in still.unreadable if u.may_name(layer.digest)]
+            if holders:
+                if self.has_blob(layer.digest) or self.partial_path(layer.digest).exists():
+                    for u in holders:
+                        kept.setdefault(u, []).append(layer.digest)
                 continue
             size = self.blob_size(layer.digest)
             try:
@@ -452,7 +541,69 @@ class BlobCache:
                     self.discard_partial(layer.digest)
                 finally:
                     os.close(lock)
-        return UnlinkResult(tuple(removed), freed)
+        return UnlinkResult(
+            tuple(removed), freed, tuple(KeptBlobs(u, tuple(d)) for u, d in kept.items())
+        )
+
+
+def _manifest_paths(base: Path) -> Iterator[tuple[Path, OSError | None]]:
+    """Every entry at tag depth under ``base`` (valid name or not), sorted; and, with the error,
+    every directory on the way that exists but could not be listed."""
+    level = [base]
+    for _depth in range(MANIFEST_DEPTH):
+        below: list[Path] = []
+        for d in level:
+            try:
+                with os.scandir(d) as it:
+                    names = sorted(entry.name for entry in it)
+            except (FileNotFoundError, NotADirectoryError):
+                # Gone since it was listed, or a stray file where a directory would be.
+                continue
+            except OSError as e:
+                yield d, e
+                continue
+            below.extend(d / n for n in names)
+        level = below
+    for path in level:
+        yield path, None
+
+
+def manifest_file_refs(path: Path) -> tuple[frozenset[Digest], str | None] | None:
+    """The digests a manifest file names, and None or why it does not parse as a manifest.
+
+    None when ``path`` is gone or is not a regular file (nothing a manifest could be).
+    Raises OSError when it cannot be read: the caller must then assume it names anything.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        # O_NONBLOCK: a FIFO swapped in after the stat must not hang the unlink.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    with open(fd, "rb", closefd=True) as f:
+        head = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(head) <= MAX_MANIFEST_BYTES:
+            try:
+                manifest = parse_manifest(head)
+                return frozenset(layer.digest for layer in manifest.blobs), None
+            except ManifestInvalid as e:
+                reason = str(e).removeprefix("invalid manifest: ")
+        else:
+            reason = f"over the {MAX_MANIFEST_BYTES} byte limit of a manifest"
+        found: set[Digest] = set()
+        data = head
+        while data:
+            found.update(
+                Digest(m.group(1).lower().decode()) for m in _DIGEST_BYTES_RE.finditer(data)
+            )
+            more = f.read(SCAN_READ_BYTES)
+            data = data[-_SCAN_OVERLAP_BYTES:] + more if more else b""
+    return frozenset(found), reason
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import logging.handlers
 import os
@@ -224,6 +225,9 @@ def cmd_unlink(args: argparse.Namespace) -> int:
             return 0
     result = cache.unlink(name)
     print(f"deleted {name} ({len(result.removed)} blobs, {human_bytes(result.freed_bytes)} freed)")
+    # Not an error: the model is gone; blobs a manifest we cannot parse may name stay.
+    for kept in result.kept:
+        print(kept, file=sys.stderr)
     return 0
 
 
@@ -283,6 +287,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
 # -- plumbing ----------------------------------------------------------------------------------
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log whose every file, the first and each one after a rollover, is mode 0600."""
+
+    def _open(self) -> io.TextIOWrapper:
+        from modelfs.mountctl import open_log
+
+        fd = open_log(self.baseFilename)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def _setup_logging(args: argparse.Namespace, *, foreground: bool) -> None:
     level = logging.DEBUG if args.debug else logging.INFO
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -290,7 +304,7 @@ def _setup_logging(args: argparse.Namespace, *, foreground: bool) -> None:
     root.setLevel(level)
     handler: logging.Handler
     if getattr(args, "log", None) and args.ready_fd is not None:
-        handler = logging.handlers.RotatingFileHandler(
+        handler = PrivateRotatingFileHandler(
             args.log, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
         )
     else:

@@ -85,6 +85,7 @@ class Evictor:
         self._kick = trio.Event()
         self._touched: dict[Name, float] = {}
         self._stuck = False
+        self._blind = False  # warned that an unreadable manifest stops eviction
         self.evicted: list[Name] = []
 
     def kick(self) -> None:
@@ -140,6 +141,20 @@ class Evictor:
         if not self.bounds.over(usage, free, total):
             self._stuck = False
             return evicted
+        # A manifest we cannot read may name any blob: unlink would keep every blob, so
+        # evicting would only drop models' manifests without freeing a byte.
+        blind = [u for u in self.cache.referenced_blobs().unreadable if u.mentions is None]
+        if blind:
+            if not self._blind:
+                self._blind = True
+                log.warning(
+                    "the cache is over its bound, but nothing is evicted while %s cannot be "
+                    "read (%s): it may name any blob",
+                    blind[0].path,
+                    blind[0].reason,
+                )
+            return evicted
+        self._blind = False
         for _last_used, name in self.cache.lazy_models():
             loaded = self.cache.load_manifest(name)
             if loaded is None:
@@ -154,6 +169,8 @@ class Evictor:
                 name,
                 result.freed_bytes,
             )
+            for kept in result.kept:
+                log.warning("evicting %s: %s", name, kept)
             usage, free, total = self._state()
             if not self.bounds.over(usage, free, total):
                 self._stuck = False

@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ from modelfs.errors import MountError
 READY_TIMEOUT_SECONDS = 60.0
 UMOUNT_WAIT_SECONDS = 30.0
 FSTYPE = "fuse.modelfs"
+# The daemon's log names every model its owner reads: it is the owner's alone.
+LOG_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,33 @@ def prepare_mountpoint(mountpoint: Path) -> str | None:
     return note
 
 
+def open_log(path: str | os.PathLike[str]) -> int:
+    """Open the daemon's log for appending (a file descriptor), creating it mode 0600.
+
+    A log we own that others may read (left by an older modelfs, or created under a umask of
+    022) is tightened to 0600 first. Anything else at ``path`` (``/dev/null``, a file of
+    another user) is left as it is.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o177:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & LOG_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def start_daemon(argv: list[str], log_path: Path) -> None:
     """Start ``modelfs <argv> --foreground`` detached; return once it reports the mount live."""
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_fd = open_log(log_path)
+    except OSError as e:
+        raise MountError(f"cannot open the log file {log_path}: {e.strerror or e}") from None
     r, w = os.pipe()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
+    with open(log_fd, "ab") as log_file:
         proc = subprocess.Popen(
             [
                 sys.executable,
