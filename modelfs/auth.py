@@ -311,6 +311,8 @@ class _Token:
 class AuthConfig:
     key_path: Path | None = None
     docker_config: Path | None = None
+    # Never send stored credentials or sign with the Ollama key (other users' requests).
+    anonymous: bool = False
 
 
 class Authenticator:
@@ -337,6 +339,8 @@ class Authenticator:
         return self._basic.get(host)
 
     def _credentials(self, host: str) -> tuple[str, str] | None:
+        if self.config.anonymous:
+            return None
         return self.credentials.get(host.lower()) or docker_credentials(
             host, self.config.docker_config
         )
@@ -403,7 +407,7 @@ class Authenticator:
             url = _with_query(challenge.realm, query)
             headers["Authorization"] = basic_header(*creds)
             how = f"the credentials of {creds[0]!r}"
-        elif realm.netloc.lower() == host.lower():
+        elif realm.netloc.lower() == host.lower() and not self.config.anonymous:
             url = ollama_token_url(
                 Challenge(challenge.scheme, {**challenge.params, "scope": " ".join(scopes)})
             )
@@ -414,7 +418,11 @@ class Authenticator:
             query = [("service", challenge.params.get("service", ""))]
             query += [("scope", s) for s in scopes]
             url = _with_query(challenge.realm, query)
-            how = f"no credentials (the token realm is on {realm.netloc}, not {host})"
+            how = (
+                "no credentials (a request for another user of the mount)"
+                if self.config.anonymous
+                else f"no credentials (the token realm is on {realm.netloc}, not {host})"
+            )
         status, body = await self._fetch(url, headers)
         if status != 200:
             said = registry_words(body)

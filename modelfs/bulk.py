@@ -8,7 +8,12 @@ curl. This module owns, for that path:
 - reusing the final URL of a redirected blob (a presigned CDN URL) for every later range
   until it is refused (401/403/404/410) or ``REDIRECT_REUSE_SECONDS`` pass, then resolving
   it again once; one thread resolves a blob while the others wait for its answer;
-- stall detection and delivering the body in pieces.
+- stall detection: a watchdog thread sees every request from before it is sent to the end
+  of its body, and shuts down the socket of one that delivers less than the minimum rate
+  over a window (silence, a trickle, headers that never end), so the worker thread blocked
+  in it returns; ``abort`` does the same for every transfer at shutdown;
+- redirects only to http and https;
+- delivering the body in pieces.
 
 Errors leave as ``NeedsAuth`` (a 401 from the registry itself, for ``registry`` to answer)
 or as raw ``OSError``/``http.client`` exceptions and status answers that ``registry``
@@ -22,13 +27,14 @@ import contextlib
 import http.client
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,9 @@ REDIRECTS_KEPT = 4096
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 # A redirect target answering one of these has expired (S3/CDN presigned URLs say 403).
 EXPIRED_STATUSES = (401, 403, 404, 410)
+REDIRECT_SCHEMES = ("http", "https")
+# Bodies are read this much at a time, so the watchdog sees progress as it happens.
+READ_SLICE_BYTES = 256 << 10
 
 # One piece callback per chunk-sized piece of a range body, called in the worker thread.
 PieceSink = Callable[[int, memoryview], None]
@@ -71,6 +80,10 @@ class BodyError(Exception):
     """The body did not match the request (short, stalled, wrong range): worth a retry."""
 
 
+class Aborted(BodyError):
+    """Transfers were ended for shutdown: not worth a retry."""
+
+
 class RedirectError(Exception):
     """A redirect without a location, or too many of them."""
 
@@ -78,8 +91,9 @@ class RedirectError(Exception):
 @dataclass(frozen=True)
 class BulkSettings:
     connect_seconds: float
+    # A request that delivers less than min_bytes_per_second over stall_seconds is stalled.
     stall_seconds: float
-    stall_min_bytes: int
+    min_bytes_per_second: int
     user_agent: str
     ssl_context_factory: Callable[[], ssl.SSLContext]
 
@@ -172,27 +186,110 @@ class Pool:
             c.conn.close()
 
 
-class _Progress:
-    """Stall detection for one body: enough bytes in every window of ``stall_seconds``."""
+class _Transfer:
+    """One request being served, as the watchdog sees it."""
 
-    def __init__(self, settings: BulkSettings, what: str) -> None:
-        self.window_seconds = settings.stall_seconds
-        self.min_bytes = settings.stall_min_bytes
-        self.what = what
+    __slots__ = ("aborted", "conn", "mark", "stalled", "total", "window_start")
+
+    def __init__(self) -> None:
+        self.conn: http.client.HTTPConnection | None = None
+        self.total = 0  # bytes of body received (written by the worker thread only)
+        self.mark = 0  # ``total`` when the current window started (watchdog only)
         self.window_start = time.monotonic()
-        self.window_bytes = 0
+        self.stalled: str | None = None
+        self.aborted = False
 
-    def add(self, n: int) -> None:
-        self.window_bytes += n
-        now = time.monotonic()
-        if now - self.window_start >= self.window_seconds:
-            if self.window_bytes < self.min_bytes:
-                raise BodyError(
-                    f"stalled ({self.window_bytes} bytes in {now - self.window_start:.0f}s); "
-                    "retrying on a fresh connection"
+    def check(self) -> None:
+        """Raise if the watchdog ended this transfer (called by the worker thread)."""
+        if self.aborted:
+            raise Aborted("transfer aborted: modelfs is shutting down")
+        if self.stalled is not None:
+            raise BodyError(f"{self.stalled}; retrying on a fresh connection")
+
+
+class Watchdog:
+    """Ends transfers that fall below the minimum rate, from a thread of its own.
+
+    A worker thread blocked in ``recv`` cannot be interrupted any other way:
+    ``readinto`` on a buffered response waits until its buffer is full, and a
+    socket timeout never fires while a trickle sends a byte now and then.
+    """
+
+    def __init__(self, stall_seconds: float, min_bytes_per_second: int) -> None:
+        self.stall_seconds = stall_seconds
+        self.min_bytes = int(min_bytes_per_second * stall_seconds)
+        self._lock = threading.Lock()
+        self._active: set[_Transfer] = set()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._aborted = False
+        self.stalls = 0
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[_Transfer]:
+        t = _Transfer()
+        with self._lock:
+            if self._stop.is_set() or self._aborted:
+                raise Aborted("transfer aborted: modelfs is shutting down")
+            self._active.add(t)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="modelfs-bulk-watchdog", daemon=True
                 )
-            self.window_start = now
-            self.window_bytes = 0
+                self._thread.start()
+        try:
+            yield t
+        finally:
+            with self._lock:
+                self._active.discard(t)
+
+    def attach(self, t: _Transfer, conn: http.client.HTTPConnection | None) -> None:
+        """The connection ``t`` now uses (None once it is closed or back in the pool)."""
+        with self._lock:
+            t.conn = conn
+            t.mark = t.total
+            t.window_start = time.monotonic()
+
+    def _run(self) -> None:
+        tick = max(0.05, min(1.0, self.stall_seconds / 4))
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                for t in self._active:
+                    elapsed = now - t.window_start
+                    if elapsed < self.stall_seconds or t.conn is None:
+                        continue
+                    got = t.total - t.mark
+                    if got < self.min_bytes and t.stalled is None:
+                        t.stalled = (
+                            f"stalled: {got} bytes in {elapsed:.0f}s, below the minimum of "
+                            f"{self.min_bytes / self.stall_seconds / 1024:.0f} KiB/s"
+                        )
+                        self.stalls += 1
+                        _shut(t.conn)
+                    t.mark = t.total
+                    t.window_start = now
+
+    def abort(self) -> None:
+        """End every transfer now, and refuse new ones (shutdown): worker threads return at once."""
+        with self._lock:
+            self._aborted = True
+            for t in self._active:
+                t.aborted = True
+                if t.conn is not None:
+                    _shut(t.conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop.set()
+        self.abort()
+
+
+def _shut(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class Redirects:
@@ -246,63 +343,84 @@ class BulkClient:
         self.settings = settings
         self.pool = Pool(settings)
         self.redirects = Redirects()
+        self.watchdog = Watchdog(settings.stall_seconds, settings.min_bytes_per_second)
 
     def close(self) -> None:
+        self.watchdog.close()
         self.pool.close()
 
-    def _open(self, url: str, headers: dict[str, str]) -> tuple[_Conn, http.client.HTTPResponse]:
+    def abort(self) -> None:
+        """End every transfer in progress (their threads return with an error)."""
+        self.watchdog.abort()
+
+    def _open(
+        self, url: str, headers: dict[str, str], t: _Transfer
+    ) -> tuple[_Conn, http.client.HTTPResponse]:
         parts = urllib.parse.urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         c = self.pool.get(parts.scheme, parts.hostname or "", port)
         target = url if c.absolute else parts.path + (f"?{parts.query}" if parts.query else "")
         hdrs = {**headers, **c.extra_headers}
+        self.watchdog.attach(t, c.conn)
         try:
-            c.conn.request("GET", target, headers=hdrs)
-            resp = c.conn.getresponse()
-        except (OSError, http.client.HTTPException):
-            c.conn.close()
-            if not c.reused:
-                raise
-            # A kept-alive connection the server already closed: one fresh try, not a failure.
             try:
                 c.conn.request("GET", target, headers=hdrs)
                 resp = c.conn.getresponse()
-            except BaseException:
+            except (OSError, http.client.HTTPException):
                 c.conn.close()
-                raise
+                t.check()
+                if not c.reused:
+                    raise
+                # A kept-alive connection the server already closed: one fresh try, not a failure.
+                c.conn.request("GET", target, headers=hdrs)
+                resp = c.conn.getresponse()
         except BaseException:
-            c.conn.close()
+            self._close(c, t)
+            t.check()
             raise
         if c.conn.sock is not None:
             c.conn.sock.settimeout(self.settings.stall_seconds)
         return c, resp
 
-    def _release(self, c: _Conn, resp: http.client.HTTPResponse, reusable: bool) -> None:
-        if reusable and not resp.will_close:
+    def _close(self, c: _Conn, t: _Transfer) -> None:
+        # Detach first: the watchdog must never shut down a socket number reused elsewhere.
+        self.watchdog.attach(t, None)
+        c.conn.close()
+
+    def _release(
+        self, c: _Conn, resp: http.client.HTTPResponse, reusable: bool, t: _Transfer
+    ) -> None:
+        if reusable and not resp.will_close and t.stalled is None and not t.aborted:
+            self.watchdog.attach(t, None)
             self.pool.put(c)
         else:
-            c.conn.close()
+            self._close(c, t)
 
     def _follow(
-        self, url: str, headers: dict[str, str]
+        self, url: str, headers: dict[str, str], t: _Transfer
     ) -> tuple[str, _Conn, http.client.HTTPResponse]:
         """GET ``url``, following redirects; the final URL with its response (headers read)."""
         origin = urllib.parse.urlsplit(url).netloc
         headers = dict(headers)
         for _hop in range(MAX_REDIRECTS + 1):
-            c, resp = self._open(url, headers)
+            c, resp = self._open(url, headers, t)
             if resp.status not in REDIRECT_STATUSES:
                 return url, c, resp
             location = resp.getheader("Location")
             try:
                 resp.read(ERROR_BODY_BYTES)
             except (OSError, http.client.HTTPException):
-                c.conn.close()
+                self._close(c, t)
+                t.check()
                 raise
-            self._release(c, resp, True)
+            self._release(c, resp, True, t)
             if not location:
                 raise RedirectError(f"redirect ({resp.status}) without a location")
             url = urllib.parse.urljoin(url, location)
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+            if scheme not in REDIRECT_SCHEMES:
+                # Not a network blob: a registry sending us to file:, gopher: … is refused.
+                raise RedirectError(f"redirect to a {scheme or 'schemeless'} URL refused")
             if urllib.parse.urlsplit(url).netloc != origin:
                 # Credentials are for the registry, never for the host it sends us to.
                 headers.pop("Authorization", None)
@@ -318,6 +436,24 @@ class BulkClient:
         on_piece: PieceSink,
     ) -> None:
         """Stream bytes ``[start, end)`` of the blob at ``url`` to ``on_piece``."""
+        with self.watchdog.watching() as t:
+            try:
+                self._read_range(t, url, authorization, start, end, piece_bytes, on_piece)
+            except (OSError, http.client.HTTPException):
+                # A socket the watchdog shut down fails in whatever way it fails: say why.
+                t.check()
+                raise
+
+    def _read_range(
+        self,
+        t: _Transfer,
+        url: str,
+        authorization: str | None,
+        start: int,
+        end: int,
+        piece_bytes: int,
+        on_piece: PieceSink,
+    ) -> None:
         headers = {
             "User-Agent": self.settings.user_agent,
             "Range": f"bytes={start}-{end - 1}",
@@ -335,20 +471,20 @@ class BulkClient:
                 with lock:
                     final = self.redirects.get(url)
                     if final is None:
-                        target, c, resp = self._follow(url, with_auth)
+                        target, c, resp = self._follow(url, with_auth, t)
                         if resp.status < 400:
                             self.redirects.put(url, target)
                 if final is None:
                     # This thread resolved it: its response is the one to read.
-                    self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece)
+                    self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece, t)
                     return
             same_host = urllib.parse.urlsplit(final).netloc == origin
-            target, c, resp = self._follow(final, with_auth if same_host else headers)
+            target, c, resp = self._follow(final, with_auth if same_host else headers, t)
             if not same_host and resp.status in EXPIRED_STATUSES and not refreshed:
                 # The presigned URL expired: resolve the blob at the registry once more.
                 with contextlib.suppress(OSError, http.client.HTTPException):
                     resp.read(ERROR_BODY_BYTES)
-                self._release(c, resp, False)
+                self._release(c, resp, False, t)
                 self.redirects.drop(url, final)
                 log.info("%s: the redirect target answered %d; resolving again", url, resp.status)
                 refreshed = True
@@ -356,7 +492,7 @@ class BulkClient:
             if target != final and resp.status < 400:
                 # The registry redirects now where it did not before: remember where to.
                 self.redirects.put(url, target)
-            self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece)
+            self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece, t)
             return
 
     def _consume(
@@ -369,12 +505,13 @@ class BulkClient:
         end: int,
         piece_bytes: int,
         on_piece: PieceSink,
+        t: _Transfer,
     ) -> None:
         reusable = False
         try:
-            reusable = self._read_body(resp, url, origin, start, end, piece_bytes, on_piece)
+            reusable = self._read_body(resp, url, origin, start, end, piece_bytes, on_piece, t)
         finally:
-            self._release(c, resp, reusable)
+            self._release(c, resp, reusable, t)
 
     def _read_body(
         self,
@@ -385,6 +522,7 @@ class BulkClient:
         end: int,
         piece_bytes: int,
         on_piece: PieceSink,
+        t: _Transfer,
     ) -> bool:
         """Deliver the body; return True if the connection can be reused."""
         if resp.status >= 400:
@@ -410,23 +548,24 @@ class BulkClient:
         length = end - start
         buf = bytearray(min(piece_bytes, max(length, 1)))
         view = memoryview(buf)
-        progress = _Progress(self.settings, url)
         while skip:
-            got = resp.readinto(view[: min(len(buf), skip)])
+            got = resp.readinto(view[: min(len(buf), skip, READ_SLICE_BYTES)])
             if not got:
+                t.check()
                 raise BodyError(f"body ended before byte {start}")
             skip -= got
-            progress.add(got)
+            t.total += got
         offset = start
         while offset < end:
             want = min(piece_bytes, end - offset)
             filled = 0
             while filled < want:
-                got = resp.readinto(view[filled:want])
+                got = resp.readinto(view[filled : min(want, filled + READ_SLICE_BYTES)])
                 if not got:
+                    t.check()
                     raise BodyError(f"body ended at byte {offset + filled} of {start}-{end - 1}")
                 filled += got
-                progress.add(got)
+                t.total += got
             on_piece(offset, view[:want])
             offset += want
         # Whatever is left (a server sending more than asked) is not ours to read.

@@ -19,7 +19,7 @@ from modelfs.blobcache import BlobCache
 from modelfs.digest import Digest
 from modelfs.errors import ModelfsError
 from modelfs.fetcher import Fetcher
-from modelfs.manifest import Manifest
+from modelfs.manifest import Layer, Manifest
 from modelfs.names import Name
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,18 @@ class Completion:
         self.fetcher = fetcher
         # manifest digest -> (name, manifest) for models not yet complete in the cache
         self.tracked: dict[Digest, tuple[Name, Manifest]] = {}
+        # Tracked models only other users of an allow_other mount have looked up: their
+        # remaining blobs are fetched without the owner's credentials.
+        self.anonymous: set[Digest] = set()
         # Held while deciding a model is complete and writing its manifest; eviction holds it
         # too, so a manifest is never written for blobs being removed.
         self.lock = trio.Lock()
 
-    async def track(self, name: Name, manifest: Manifest) -> None:
+    async def track(self, name: Name, manifest: Manifest, *, anonymous: bool = False) -> None:
         """Remember a model the mount has shown; record its manifest as pending if it is new."""
         if manifest.digest in self.tracked:
+            if not anonymous:
+                self.anonymous.discard(manifest.digest)
             return
 
         def record() -> bool:
@@ -55,6 +60,8 @@ class Completion:
             return
         if not done:
             self.tracked[manifest.digest] = (name, manifest)
+            if anonymous:
+                self.anonymous.add(manifest.digest)
             # Only look: a lookup must not fetch blob bytes, even small ones.
             await self._check(manifest.digest, fetch_missing=False)
 
@@ -85,14 +92,19 @@ class Completion:
             for layer in absent:  # type: ignore[attr-defined]
                 self.fetcher.spawn(
                     f"complete {name}: fetch {layer.digest.short}",
-                    self.fetcher.fetch_small,
+                    self._fetch_small,
                     name,
                     layer,
+                    mdigest in self.anonymous,
                 )
+
+    async def _fetch_small(self, name: Name, layer: Layer, anonymous: bool) -> None:
+        await self.fetcher.fetch_small(name, layer, anonymous=anonymous, wait=False)
 
     async def _write(self, name: Name, manifest: Manifest) -> None:
         if self.tracked.pop(manifest.digest, None) is None:
             return
+        self.anonymous.discard(manifest.digest)
         try:
             await self.fetcher.in_thread(self.cache.write_manifest, name, manifest.raw)
         except ModelfsError as e:

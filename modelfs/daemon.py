@@ -11,6 +11,7 @@ fetch progress is saved and the filesystem unmounted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from modelfs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
 from modelfs.reader import Reader, ReaderSettings
 from modelfs.registry import Registry, RegistryConfig
 from modelfs.resolver import LOOKUP_TTL_SECONDS, Resolver
-from modelfs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Tree
+from modelfs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Access, Tree
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ class MountOptions:
     registry: RegistryConfig | None = None  # else one from insecure_hosts alone
     deferred: bool = False
     allow_other: bool = False
+    # allow_other: other users' requests carry the owner's credentials too
+    share_credentials: bool = False
+    registries: tuple[str, ...] | None = None  # -o registries=H1:H2…: the only hosts reached
+    stall_seconds: float | None = None  # -o stall_seconds=N (else the registry default)
+    min_bytes_per_second: int | None = None  # -o min_rate=SIZE per second
     lookup_ttl_seconds: float = LOOKUP_TTL_SECONDS
     max_streams: int = MAX_STREAMS
     chunk_bytes: int = CHUNK_BYTES
@@ -113,6 +119,20 @@ def parse_mount_options(values: list[str]) -> dict[str, object]:
                     out["deferred"] = val == "deferred"
                 elif key == "allow_other" and not eq:
                     out["allow_other"] = True
+                elif key == "share_credentials" and not eq:
+                    out["share_credentials"] = True
+                elif key == "registries":
+                    # fstab's -o takes commas itself: hosts are separated by '+' there.
+                    hosts = tuple(h.strip().lower() for h in val.replace("+", " ").split())
+                    if not hosts:
+                        raise UsageError("-o registries needs at least one HOST[:PORT]")
+                    out["registries"] = (*out.get("registries", ()), *hosts)  # type: ignore[misc]
+                elif key == "stall_seconds":
+                    out["stall_seconds"] = float(val)
+                    if out["stall_seconds"] <= 0:  # type: ignore[operator]
+                        raise UsageError("-o stall_seconds must be positive")
+                elif key == "min_rate":
+                    out["min_bytes_per_second"] = parse_size(val)[0]
                 elif key == "lookup_ttl":
                     out["lookup_ttl_seconds"] = float(val)
                 elif key == "streams":
@@ -210,17 +230,24 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
     cache = BlobCache(options.cache_root)
     await trio.to_thread.run_sync(cache.prepare)
     mountpoint = options.mountpoint
+    config = registry_config(options)
     async with AsyncExitStack() as stack:
-        registry = Registry(
-            options.registry or RegistryConfig(insecure_hosts=options.insecure_hosts)
-        )
+        registry = Registry(config)
         stack.push_async_callback(registry.aclose)
+        registries = [registry]
+        anonymous = None
+        if options.allow_other and not options.share_credentials:
+            # Other users' requests: the same settings, none of the owner's credentials.
+            anonymous = Registry(dataclasses.replace(config, anonymous=True))
+            stack.push_async_callback(anonymous.aclose)
+            registries.append(anonymous)
         nursery = await stack.enter_async_context(trio.open_nursery())
         fetcher = Fetcher(
             cache,
             registry,
             nursery,
             FetchSettings(chunk_bytes=options.chunk_bytes, max_streams=options.max_streams),
+            anonymous_registry=anonymous,
         )
         completion = Completion(cache, fetcher)
         reader = Reader(fetcher, ReaderSettings(deferred=options.deferred))
@@ -229,6 +256,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             cache,
             lookup_ttl_seconds=options.lookup_ttl_seconds,
             in_thread=fetcher.in_thread,
+            anonymous_registry=anonymous,
         )
         bounds = CacheBounds(options.cache_max, options.min_free, options.min_free_percent)
         evictor = Evictor(
@@ -247,6 +275,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             in_thread=fetcher.in_thread,
             on_used=evictor.used,
             on_closed=evictor.kick,
+            access=access_policy(options, config, cache),
         )
         nursery.start_soon(evictor.run, name="cache eviction")
         ops = fuse_ops.Operations(tree, nursery, str(cache.root))
@@ -271,7 +300,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             log.info("mounted %s (cache %s)", mountpoint, cache.root)
             ready(None)
             signalled = trio.Event()
-            nursery.start_soon(_watch_signals, signalled, mountpoint)
+            nursery.start_soon(_watch_signals, signalled, mountpoint, registries)
             if options.links:
                 nursery.start_soon(enable_links, tree, ops, cache, mountpoint)
             await fuse_ops.serve(FUSE_MAX_TASKS)
@@ -280,10 +309,49 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
         finally:
             with trio.CancelScope(shield=True):
                 await fetcher.save_all()
+            # Worker threads blocked on a registry's socket cannot be cancelled: end their
+            # transfers, so the daemon exits now whatever the registries are doing.
+            for r in registries:
+                r.abort_transfers()
             nursery.cancel_scope.cancel()
             with contextlib.suppress(Exception):
                 fuse_ops.close(unmount=unmount_on_exit)
             log.info("unmounted %s", mountpoint)
+
+
+def registry_config(options: MountOptions) -> RegistryConfig:
+    config = options.registry or RegistryConfig(insecure_hosts=options.insecure_hosts)
+    if options.stall_seconds is not None:
+        config = dataclasses.replace(config, stall_seconds=options.stall_seconds)
+    if options.min_bytes_per_second is not None:
+        config = dataclasses.replace(config, min_bytes_per_second=options.min_bytes_per_second)
+    return config
+
+
+def cached_hosts(cache: BlobCache) -> set[str]:
+    """Registry hosts with a model in the cache (``manifests/<host>``, complete or pending)."""
+    hosts: set[str] = set()
+    for base in (cache.manifests_dir, cache.pending_dir):
+        with contextlib.suppress(OSError):
+            hosts.update(entry.name.lower() for entry in os.scandir(base) if entry.is_dir())
+    return hosts
+
+
+def access_policy(options: MountOptions, config: RegistryConfig, cache: BlobCache) -> Access:
+    """Who may make the daemon reach which registry, with whose credentials."""
+    configured = {h.lower() for h in (*config.insecure_hosts, *config.tls_hosts, *config.mirrors)}
+
+    def others_may_reach() -> set[str]:
+        # Asked for each lookup by another user: hosts modelfs was told of, and those whose
+        # models are already in the cache (complete or pending).
+        return configured | cached_hosts(cache)
+
+    return Access(
+        owner_uid=os.getuid(),
+        share_credentials=options.share_credentials,
+        registries=frozenset(options.registries) if options.registries is not None else None,
+        others_may_reach=others_may_reach if options.allow_other else None,
+    )
 
 
 async def enable_links(
@@ -327,7 +395,9 @@ async def enable_links(
         tree.link_entry_seconds = LINK_ENTRY_SECONDS
 
 
-async def _watch_signals(signalled: trio.Event, mountpoint: Path) -> None:
+async def _watch_signals(
+    signalled: trio.Event, mountpoint: Path, registries: list[Registry]
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %s: unmounting", signal.Signals(signum).name)
@@ -337,5 +407,8 @@ async def _watch_signals(signalled: trio.Event, mountpoint: Path) -> None:
                 await trio.to_thread.run_sync(mountctl.unbind_blobs_view, mountpoint)
             except MountError as e:
                 log.warning("%s", e)
+            # Handlers waiting on stuck transfers must answer before the session can end.
+            for r in registries:
+                r.abort_transfers()
             fuse_ops.terminate()
             return

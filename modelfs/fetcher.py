@@ -8,9 +8,15 @@ read it, persisting progress, and publishing the blob into ``blobs/`` once it is
 whole and its sha256 matches. Network bodies, hashing and disk writes run in
 worker threads; the bitmap and flights are only touched on the trio thread.
 
-Concurrency is bounded by one ``trio.CapacityLimiter`` of streams for the whole
-process. Fetch tasks live in the nursery given at construction, so a reader
-that goes away does not cancel a fetch other readers share.
+Until a blob is published its fetch state is keyed by the digest *and* by what
+vouches for its bytes (``FetchKey``): the repository they are fetched from, whose
+credentials fetch them, the verification policy and the chunk index. Two
+manifests naming the same digest share bytes only once the whole blob's sha256
+has matched and it is in ``blobs/`` (docs/verification.md).
+
+Streams are shared fairly by registry hosts (``StreamSlots``). Fetch tasks live
+in the nursery given at construction, so a reader that goes away does not cancel
+a fetch other readers share; readers only wait, each wait with a deadline.
 """
 
 from __future__ import annotations
@@ -36,10 +42,13 @@ from modelfs.names import Name
 from modelfs.partial import PartialFile
 from modelfs.registry import Registry
 from modelfs.retry import DEFAULT_ATTEMPTS, backoff_seconds
+from modelfs.streams import StreamSlots
 
 log = logging.getLogger(__name__)
 
-MAX_STREAMS = 4
+MAX_STREAMS = 4  # per registry host
+# All hosts together: a host that trickles keeps its own share, the others theirs.
+TOTAL_STREAMS_PER_HOST_SHARE = 4
 MAX_RUN_CHUNKS = 8
 STATE_FLUSH_SECONDS = 2.0
 MEMORY_CHUNKS = 4
@@ -48,6 +57,11 @@ READ_WAIT_SECONDS = 60.0
 DISK_THREADS = 4
 # At shutdown, a blob whose every chunk has arrived gets this long to be checked and published.
 PUBLISH_WAIT_SECONDS = 30.0
+# A reader waiting for a whole-blob check waits READ_WAIT_SECONDS plus the time hashing
+# what is left could take at this (slow) rate; then EIO, and the check goes on.
+VERIFY_BYTES_PER_SECOND = 100 << 20
+# How often a reader of a blob another fetch holds the partial of looks again.
+PARTIAL_BUSY_POLL_SECONDS = 0.5
 
 
 class Verify(enum.Enum):
@@ -95,14 +109,16 @@ class _PrefixHash:
 class _Flight:
     """One fetch of one chunk (or one small blob) that any number of readers can wait on."""
 
-    __slots__ = ("error", "event")
+    __slots__ = ("error", "event", "value")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.error: ModelfsError | None = None
+        self.value: bytes | None = None
 
-    def finish(self, error: ModelfsError | None = None) -> None:
+    def finish(self, error: ModelfsError | None = None, value: bytes | None = None) -> None:
         self.error = error
+        self.value = value
         self.event.set()
 
     async def wait(self, seconds: float | None, what: str) -> None:
@@ -132,8 +148,24 @@ class Stats:
     published: int = 0
 
 
+# What a blob's bytes are trusted through until it is published: the digest, the
+# repository (host, namespace, model) they come from, whether they are fetched without
+# the mount owner's credentials, the policy, and the chunk index that checks them.
+FetchKey = tuple[Digest, tuple[str, str, str], bool, "Verify", BlobChunks | None]
+
+
+def fetch_key(
+    name: Name, layer: Layer, chunks: BlobChunks | None, verify: Verify, anonymous: bool
+) -> FetchKey:
+    if verify is not Verify.INDEXED or chunks is None:
+        chunks = None
+        verify = Verify.WHOLE if verify is Verify.INDEXED else verify
+    host, namespace, model, _tag = name.key
+    return (layer.digest, (host, namespace, model), anonymous, verify, chunks)
+
+
 class Fetcher:
-    """Every fetch of this process: the stream limiter, the blob table, the task nursery."""
+    """Every fetch of this process: the stream slots, the blob table, the task nursery."""
 
     def __init__(
         self,
@@ -143,18 +175,31 @@ class Fetcher:
         settings: FetchSettings | None = None,
         on_published: Callable[[Digest], Awaitable[None]] | None = None,
         on_discarded: Callable[[Digest], None] | None = None,
+        *,
+        anonymous_registry: Registry | None = None,
     ) -> None:
         self.cache = cache
         self.on_discarded = on_discarded
         self.registry = registry
+        # Requests made for other users of an allow_other mount: no owner's credentials.
+        self.anonymous_registry = anonymous_registry
         self.nursery = nursery
         self.settings = settings or FetchSettings()
         self.on_published = on_published
-        self.streams = trio.CapacityLimiter(self.settings.max_streams)
+        self.streams = StreamSlots(
+            self.settings.max_streams, self.settings.max_streams * TOTAL_STREAMS_PER_HOST_SHARE
+        )
         self.disk = trio.CapacityLimiter(DISK_THREADS)
-        self.blobs: dict[Digest, BlobFetch] = {}
-        self._small: dict[Digest, _Flight] = {}
+        self.blobs: dict[FetchKey, BlobFetch] = {}
+        self._small: dict[tuple[Digest, tuple[str, str, str], bool], _Flight] = {}
         self.stats = Stats()
+
+    def registry_for(self, anonymous: bool) -> Registry:
+        if not anonymous:
+            return self.registry
+        if self.anonymous_registry is None:
+            raise ModelfsError("no anonymous registry client: refusing to lend credentials")
+        return self.anonymous_registry
 
     def spawn(self, what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run ``fn`` in the nursery; it may fail, but never takes the nursery down with it."""
@@ -173,14 +218,22 @@ class Fetcher:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
 
     async def acquire(
-        self, name: Name, layer: Layer, chunks: BlobChunks | None, verify: Verify
+        self,
+        name: Name,
+        layer: Layer,
+        chunks: BlobChunks | None,
+        verify: Verify,
+        *,
+        anonymous: bool = False,
     ) -> BlobFetch:
-        """The fetch state of ``layer``'s blob, opened, with one more user (``release`` it)."""
+        """The fetch state of ``layer``'s blob as ``name`` vouches for it, opened, with one more
+        user (``release`` it)."""
+        key = fetch_key(name, layer, chunks, verify, anonymous)
         while True:
-            bf = self.blobs.get(layer.digest)
+            bf = self.blobs.get(key)
             if bf is None:
-                bf = BlobFetch(self, name, layer, chunks, verify)
-                self.blobs[layer.digest] = bf
+                bf = BlobFetch(self, name, layer, chunks, verify, key, anonymous)
+                self.blobs[key] = bf
             if bf.closing is not None:
                 await bf.closing.wait()
                 continue
@@ -198,9 +251,14 @@ class Fetcher:
                 raise
             return bf
 
+    def holds_partial(self, digest: Digest) -> bool:
+        """Whether a fetch state of this process holds ``digest``'s partial file lock."""
+        return any(bf.digest == digest and bf.lock_fd is not None for bf in self.blobs.values())
+
     def busy_digests(self) -> set[Digest]:
         """Blobs open for reading or with fetches in flight."""
-        return {d for d, bf in self.blobs.items() if bf.handles > 0 or bf.flights}
+        busy = {bf.digest for bf in self.blobs.values() if bf.handles > 0 or bf.flights}
+        return busy | {key[0] for key in self._small}
 
     async def save_all(self, publish_wait_seconds: float = PUBLISH_WAIT_SECONDS) -> None:
         """At shutdown: let publishes in progress finish, persist every blob's progress."""
@@ -215,21 +273,46 @@ class Fetcher:
             except ModelfsError as e:
                 log.warning("%s: could not save fetch progress: %s", bf.what, e)
 
-    async def fetch_small(self, name: Name, layer: Layer) -> bytes:
+    async def fetch_small(
+        self, name: Name, layer: Layer, *, anonymous: bool = False, wait: bool = True
+    ) -> bytes:
         """Fetch a blob of at most one chunk whole, check its digest, publish it; return its bytes.
 
-        The bytes are returned so that a reader is served even if the cache
-        cannot be written.
+        The fetch runs in the nursery, shared by everyone asking for the same blob
+        from the same repository with the same credentials; a reader waits for it
+        at most ``read_wait_seconds`` (a pull, ``wait=False``: as long as it takes).
+        The bytes are returned so that a reader is served even if the cache cannot
+        be written. They were checked against the digest, so any name may use them.
         """
-        flight = self._small.get(layer.digest)
-        if flight is not None:
-            await flight.wait(self.settings.read_wait_seconds, f"blob {layer.digest.short}")
-            data = await self.in_thread(_read_blob, self.cache, layer.digest)
-            if data is not None:
-                return data  # type: ignore[return-value]
-        flight = self._small[layer.digest] = _Flight()
+        host, namespace, model, _tag = name.key
+        key = (layer.digest, (host, namespace, model), anonymous)
+        flight = self._small.get(key)
+        if flight is None:
+            flight = self._small[key] = _Flight()
+            self.nursery.start_soon(
+                self._small_flight,
+                key,
+                flight,
+                name,
+                layer,
+                anonymous,
+                name=f"fetch blob {layer.digest.short}",
+            )
+        seconds = self.settings.read_wait_seconds if wait else None
+        await flight.wait(seconds, f"blob {layer.digest.short}")
+        assert flight.value is not None
+        return flight.value
+
+    async def _small_flight(
+        self,
+        key: tuple[Digest, tuple[str, str, str], bool],
+        flight: _Flight,
+        name: Name,
+        layer: Layer,
+        anonymous: bool,
+    ) -> None:
         try:
-            data = await self._fetch_whole_small(name, layer)
+            data = await self._fetch_whole_small(name, layer, anonymous)
             try:
                 await self.in_thread(self.cache.store_bytes, data, layer.digest)
             except (CacheFull, CacheError) as e:
@@ -238,30 +321,40 @@ class Fetcher:
             else:
                 self.stats.published += 1
                 await self._published(layer.digest)
-            flight.finish()
-            return data
+            flight.finish(value=data)
         except ModelfsError as e:
             flight.finish(e)
-            raise
-        except BaseException:
+        except BaseException as e:
+            if not isinstance(e, trio.Cancelled):
+                log.exception("fetch of blob %s failed unexpectedly", layer.digest.short)
             flight.finish(ModelfsError(f"fetch of blob {layer.digest.short} was interrupted"))
-            raise
+            if isinstance(e, trio.Cancelled | KeyboardInterrupt):
+                raise
         finally:
-            self._small.pop(layer.digest, None)
+            if self._small.get(key) is flight:
+                del self._small[key]
 
-    async def _fetch_whole_small(self, name: Name, layer: Layer) -> bytes:
+    async def _fetch_whole_small(self, name: Name, layer: Layer, anonymous: bool) -> bytes:
         buf = bytearray(layer.size)
 
         def on_piece(offset: int, view: memoryview) -> None:
             buf[offset : offset + len(view)] = view
 
+        registry = self.registry_for(anonymous)
         attempt = 0
         while layer.size:
             try:
                 self.stats.requests += 1
-                await self.registry.read_range(
-                    name, layer.digest, 0, layer.size, layer.size, on_piece, limiter=self.streams
-                )
+                async with self.streams.slot(name.host):
+                    await registry.read_range(
+                        name,
+                        layer.digest,
+                        0,
+                        layer.size,
+                        layer.size,
+                        on_piece,
+                        limiter=self.streams.threads,
+                    )
                 self.stats.bytes_fetched += layer.size
                 break
             except Transient as e:
@@ -270,7 +363,9 @@ class Fetcher:
                     raise
                 await trio.sleep(backoff_seconds(attempt, e.retry_after_seconds))
         data = bytes(buf)
-        if hashlib.sha256(data).hexdigest() != layer.digest.hex:
+        # Hashing up to a chunk is a few ms of CPU: off the event loop.
+        actual = await self.in_thread(_sha256_hex, data)
+        if actual != layer.digest.hex:
             self.stats.blob_mismatches += 1
             log.warning(
                 "blob %s from %s does not match its digest; discarded", layer.digest, name.host
@@ -286,11 +381,8 @@ class Fetcher:
                 log.warning("after publishing blob %s: %s", digest.short, e)
 
 
-def _read_blob(cache: BlobCache, digest: Digest) -> bytes | None:
-    try:
-        return cache.blob_path(digest).read_bytes()
-    except OSError:
-        return None
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class BlobFetch:
@@ -303,9 +395,13 @@ class BlobFetch:
         layer: Layer,
         chunks: BlobChunks | None,
         verify: Verify,
+        key: FetchKey,
+        anonymous: bool = False,
     ) -> None:
         self.fetcher = fetcher
+        self.key = key
         self.name = name
+        self.registry = fetcher.registry_for(anonymous)
         self.layer = layer
         self.digest = layer.digest
         self.size = layer.size
@@ -329,7 +425,7 @@ class BlobFetch:
         self._flush_pending = False
         self._disk_failed = False
         self._disk_error: ModelfsError | None = None
-        self._wait_publish_seconds = 0.5
+        self._wait_publish_seconds = PARTIAL_BUSY_POLL_SECONDS
         self._prefix = _PrefixHash()
         # Saving state and closing the partial file must not interleave.
         self._state_lock = trio.Lock()
@@ -364,14 +460,21 @@ class BlobFetch:
             self._opening.set()
             self._opening = None
 
-    def _open_partial(self) -> None:
+    def _open_partial(self, quiet: bool = False) -> None:
         cache = self.fetcher.cache
         self.lock_fd = cache.lock_blob(self.digest)
+        scratch = False
         if self.lock_fd is None:
-            # Another modelfs process (a pull, another mount) is filling this blob:
-            # serve from memory until it publishes.
-            log.info("%s: another modelfs process is fetching it; not caching here", self.what)
-            return
+            if not self.fetcher.holds_partial(self.digest):
+                # Another modelfs process (a pull, another mount) is filling this blob:
+                # serve from memory until it publishes.
+                if not quiet:
+                    log.info("%s: another modelfs process is fetching it; not caching", self.what)
+                return
+            # A fetch of the same digest vouched for by another manifest holds the partial:
+            # fill a private scratch file instead, so neither waits for nor trusts the other.
+            scratch = True
+        host, namespace, model, _tag = self.name.key
         partial = PartialFile(
             cache,
             self.digest,
@@ -379,12 +482,15 @@ class BlobFetch:
             self.chunk_bytes,
             self.verify is Verify.INDEXED,
             early_writeback=self.fetcher.settings.early_writeback,
+            origin=f"{host}/{namespace}/{model}",
+            scratch=scratch,
         )
         try:
             partial.open()
         except BaseException:
-            os.close(self.lock_fd)
-            self.lock_fd = None
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
+                self.lock_fd = None
             raise
         self.partial = partial
 
@@ -421,8 +527,8 @@ class BlobFetch:
                 if self.lock_fd is not None:
                     os.close(self.lock_fd)
                     self.lock_fd = None
-                if self.fetcher.blobs.get(self.digest) is self:
-                    del self.fetcher.blobs[self.digest]
+                if self.fetcher.blobs.get(self.key) is self:
+                    del self.fetcher.blobs[self.key]
                 self.closing.set()
 
     # -- presence -----------------------------------------------------------------------------
@@ -442,9 +548,10 @@ class BlobFetch:
         waits: list[_Flight] = []
         new: list[int] = []
         for i in range(lo, hi):
-            if self.has(i):
-                continue
+            # A flight first: a chunk still marked present may be being re-checked.
             flight = self.flights.get(i)
+            if flight is None and self.has(i):
+                continue
             if flight is None:
                 flight = self.flights[i] = _Flight()
                 new.append(i)
@@ -491,21 +598,39 @@ class BlobFetch:
         self._start_runs(new)
 
     async def _recheck(self, lo: int, hi: int) -> None:
-        """Re-verify chunks a previous run left, before their first use in this one."""
+        """Re-verify chunks a previous run left, before their first use in this one.
+
+        A chunk being re-checked has a flight, like one being fetched: a concurrent
+        reader waits for the verdict instead of reading what is on disk. A chunk that
+        fails is fetched again under the same flight.
+        """
         partial = self.partial
-        if partial is None or self.index is None:
+        index = self.index
+        if partial is None or index is None:
             return
         for i in range(lo, hi):
-            if not partial.recheck_pending(i):
+            if not partial.recheck_pending(i) or i in self.flights:
                 continue
-            data = await self.fetcher.in_thread(partial.chunk_bytes_at, i)
+            flight = self.flights[i] = _Flight()
+            try:
+                data = await self.fetcher.in_thread(partial.chunk_bytes_at, i)
+            except BaseException as e:
+                if self.flights.get(i) is flight:
+                    del self.flights[i]
+                error = e if isinstance(e, ModelfsError) else None
+                flight.finish(error or ModelfsError(f"{self.what}: re-checking chunk {i} failed"))
+                raise
             partial.rechecked(i)
-            if not self.index.verify(i, data):  # type: ignore[arg-type]
-                log.warning(
-                    "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
-                )
-                partial.unmark(i)
-                self._dirty = True
+            if index.verify(i, data):  # type: ignore[arg-type]
+                del self.flights[i]
+                flight.finish()
+                continue
+            log.warning(
+                "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
+            )
+            partial.unmark(i)
+            self._dirty = True
+            self._start_runs([i])  # its fetch finishes the flight
         self._advance_prefix_hash()
 
     async def _fetch_run(self, lo: int, hi: int) -> None:
@@ -592,15 +717,17 @@ class BlobFetch:
             trio.from_thread.run_sync(self._landed, i, bytes(view), trio_token=token)
 
         self.fetcher.stats.requests += 1
-        await self.fetcher.registry.read_range(
-            self.name,
-            self.digest,
-            start,
-            end,
-            chunk_bytes,
-            on_piece,
-            limiter=self.fetcher.streams,
-        )
+        streams = self.fetcher.streams
+        async with streams.slot(self.name.host):
+            await self.registry.read_range(
+                self.name,
+                self.digest,
+                start,
+                end,
+                chunk_bytes,
+                on_piece,
+                limiter=streams.threads,
+            )
 
     # -- trio-side callbacks from the worker thread ---------------------------------------------
 
@@ -751,6 +878,11 @@ class BlobFetch:
         partial = self.partial
         error: ModelfsError | None = None
         try:
+            # Chunks left by an earlier run, not re-checked yet, must not reach the hash
+            # unchecked (they may have been written for another manifest's index).
+            await self._recheck(0, self.chunks)
+            if not partial.complete:
+                return  # the refetches' landing starts the next finalize
             got = await self._whole_digest(partial)
             if got != self.digest:
                 self.fetcher.stats.blob_mismatches += 1
@@ -786,33 +918,55 @@ class BlobFetch:
             await self.fetcher._published(self.digest)
         self.maybe_close()
 
-    async def complete(self) -> None:
-        """Fetch every chunk, verify the whole blob and publish it (``pull``, WHOLE policy)."""
+    async def complete(self, wait_seconds: float | None = None) -> None:
+        """Fetch every chunk, verify the whole blob and publish it (``pull``, the WHOLE policy).
+
+        ``wait_seconds`` bounds a reader's waits: for each next chunk, for the
+        whole-blob check (plus what hashing the rest takes at VERIFY_BYTES_PER_SECOND),
+        and for another fetch that holds the partial file. Past it the reader gets
+        EIO while the fetch goes on. A pull waits as long as it takes (None).
+        """
+        busy_since: float | None = None
         while not self.published:
             if self.failure is not None:
                 raise copy.copy(self.failure)
             if self._disk_failed:
-                # Filling the cache is the whole point here: a full disk ends it (no retry loop).
+                # Nothing can be checked whole without storing it: a full disk ends it here
+                # (docs/reliability.md), instead of a retry loop.
                 raise copy.copy(self._disk_error) if self._disk_error else CacheFull(self.what)
             if self.partial is None:
-                # Another process owns the partial: wait for it to publish.
+                # Another fetch holds the partial file: wait for it to publish or let go.
                 if await self.fetcher.in_thread(
                     self.fetcher.cache.has_blob, self.digest, self.size
                 ):
                     self.published = True
                     return
-                await trio.sleep(self._wait_publish_seconds)
-                continue
+                await self.fetcher.in_thread(self._open_partial, True)
+                if self.partial is None:
+                    now = trio.current_time()
+                    busy_since = now if busy_since is None else busy_since
+                    if wait_seconds is not None and now - busy_since > wait_seconds:
+                        raise Transient(
+                            f"{self.what}: another fetch has been filling it for "
+                            f"{wait_seconds:.0f}s; try again later"
+                        )
+                    await trio.sleep(self._wait_publish_seconds)
+                    continue
+                if self.partial.complete:
+                    self._start_finalize()
             await self._recheck(0, self.chunks)
             waits, new = self._claim(0, self.chunks)
             self._start_runs(new)
             for flight in waits:
-                await flight.wait(None, self.what)
+                await flight.wait(wait_seconds, self.what)
             if self.partial.complete and self._finalizing is None and not self.published:
                 self._start_finalize()
             finalizing = self._finalizing
             if finalizing is not None:
-                await finalizing.wait(None, self.what)
+                limit = None
+                if wait_seconds is not None:
+                    limit = wait_seconds + self.size / VERIFY_BYTES_PER_SECOND
+                await finalizing.wait(limit, f"{self.what}: checking the whole blob")
 
     # -- reading ------------------------------------------------------------------------------
 

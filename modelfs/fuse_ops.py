@@ -21,7 +21,7 @@ import trio
 
 from modelfs.digest import Digest
 from modelfs.errors import ModelfsError, errno_for
-from modelfs.tree import Attr, Tree, TreeError
+from modelfs.tree import Attr, Caller, Tree, TreeError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ class Operations(pyfuse3.Operations):
         self.uid = os.getuid()
         self.gid = os.getgid()
 
+    def _caller(self, ctx: Any) -> Caller:
+        # FUSE says which user each request is for: under allow_other, not always the owner.
+        return self.tree.access.caller(getattr(ctx, "uid", None))
+
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = attr.inode
@@ -93,7 +97,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def lookup(self, parent_inode, name, ctx=None):
-        return self._entry(await self.tree.lookup(parent_inode, _decode(name)))
+        return self._entry(await self.tree.lookup(parent_inode, _decode(name), self._caller(ctx)))
 
     async def forget(self, inode_list):
         # No reply goes to the kernel: errors can only be logged.
@@ -113,7 +117,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def opendir(self, inode, ctx):
-        return await self.tree.opendir(inode)
+        return await self.tree.opendir(inode, self._caller(ctx))
 
     @boundary
     async def readdir(self, fh, start_id, token):
@@ -138,7 +142,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        fh = await self.tree.open(inode)
+        fh = await self.tree.open(inode, self._caller(ctx))
         # Blob content never changes under a digest: let the page cache outlive the open.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 

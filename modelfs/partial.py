@@ -8,7 +8,15 @@ claims its chunks is renamed into place, so a crash can lose recent chunks but
 never claim a chunk that is not on disk. The state carries its own checksum and
 the parameters it was made with; a state that does not match is discarded, not
 trusted. Chunks of an indexed blob loaded from a state are re-verified before
-their first use (``needs_recheck``).
+their first use (``needs_recheck``). A blob without an index has nothing to
+re-verify its chunks against before the whole is complete, so its state names
+the repository the chunks came from (``origin``) and is kept only for a fetch
+from that same repository: chunks one registry sent never stand in for another's.
+
+A *scratch* partial (``scratch=True``) is a private data file for a fetch of a
+digest whose ordinary partial another fetch in this process holds (the same
+digest vouched for by another manifest): never persisted, removed when closed,
+published like any other once whole and verified.
 
 All methods block: async callers use a worker thread.
 """
@@ -20,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -32,6 +41,7 @@ from modelfs.digest import Digest
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+_scratch_ids = itertools.count(1)
 
 
 def _checksum(doc: dict[str, object]) -> str:
@@ -40,7 +50,12 @@ def _checksum(doc: dict[str, object]) -> str:
 
 
 def encode_state(
-    digest: Digest, size: int, chunk_bytes: int, indexed: bool, present: bytes
+    digest: Digest,
+    size: int,
+    chunk_bytes: int,
+    indexed: bool,
+    present: bytes,
+    origin: str | None = None,
 ) -> bytes:
     doc: dict[str, object] = {
         "version": STATE_VERSION,
@@ -50,14 +65,25 @@ def encode_state(
         "indexed": indexed,
         "present": base64.b64encode(present).decode(),
     }
+    if not indexed and origin is not None:
+        doc["origin"] = origin
     doc["checksum"] = _checksum(doc)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def decode_state(
-    raw: bytes, digest: Digest, size: int, chunk_bytes: int, indexed: bool
+    raw: bytes,
+    digest: Digest,
+    size: int,
+    chunk_bytes: int,
+    indexed: bool,
+    origin: str | None = None,
 ) -> bytearray | None:
-    """The present-chunk bitmap from a state file, or None if it is corrupt or for other parameters."""
+    """The present-chunk bitmap from a state file, or None if it is corrupt or for other parameters.
+
+    ``origin`` (for a blob without an index): the state must name this repository;
+    None accepts any (for counting what is present, never for serving).
+    """
     try:
         doc = json.loads(raw)
         if not isinstance(doc, dict):
@@ -71,6 +97,7 @@ def decode_state(
             or doc.get("size") != size
             or doc.get("chunkBytes") != chunk_bytes
             or doc.get("indexed") != indexed
+            or (not indexed and origin is not None and doc.get("origin") != origin)
         ):
             return None
         present = bytearray(base64.b64decode(doc["present"], validate=True))
@@ -93,8 +120,13 @@ class PartialFile:
         indexed: bool,
         *,
         early_writeback: bool = False,
+        origin: str | None = None,
+        scratch: bool = False,
     ) -> None:
         self.cache = cache
+        self.scratch = scratch
+        # The repository the chunks come from (kept in the state of a blob without an index).
+        self.origin = origin
         # Start writing each piece to disk as it lands (a pull's fsync then has little left).
         self.early_writeback = early_writeback
         self.digest = digest
@@ -107,6 +139,11 @@ class PartialFile:
         # Chunks trusted from a previous run: re-hash before their first use.
         self.needs_recheck = bytearray(len(self.present))
         self.path = cache.partial_path(digest)
+        if scratch:
+            self.path = self.path.with_name(
+                f"{digest.filename}.{os.getpid()}-{next(_scratch_ids)}.scratch"
+            )
+        self._published = False
         self.fd = -1
         self._retired_fds: list[int] = []
 
@@ -149,6 +186,16 @@ class PartialFile:
 
     def open(self) -> None:
         """Open (or create) the data file and load the persisted bitmap if it can be trusted."""
+        if self.scratch:
+            try:
+                self.fd = os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                )
+                os.ftruncate(self.fd, self.size)
+            except OSError as e:
+                self.close()
+                raise os_error(e, f"creating a scratch file for blob {self.digest.short}") from None
+            return
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             st = os.fstat(self.fd)
@@ -160,9 +207,22 @@ class PartialFile:
                     raw = None
                 if raw is not None:
                     bitmap = decode_state(
-                        raw, self.digest, self.size, self.chunk_bytes, self.indexed
+                        raw, self.digest, self.size, self.chunk_bytes, self.indexed, self.origin
                     )
-                    if bitmap is None:
+                    if (
+                        bitmap is None
+                        and decode_state(
+                            raw, self.digest, self.size, self.chunk_bytes, self.indexed
+                        )
+                        is not None
+                    ):
+                        log.info(
+                            "blob %s: the chunks on disk came from another repository; "
+                            "fetching afresh from %s",
+                            self.digest.short,
+                            self.origin,
+                        )
+                    elif bitmap is None:
                         log.warning(
                             "discarding unreadable chunk state of blob %s", self.digest.short
                         )
@@ -226,7 +286,10 @@ class PartialFile:
         first use after a restart, so the state may run ahead of the data on disk
         (a chunk lost in a crash fails its check and is fetched again). Without an
         index nothing would notice, so the data is made durable first.
+        A scratch partial keeps no state.
         """
+        if self.scratch:
+            return
         if not self.indexed:
             try:
                 os.fdatasync(self.fd)
@@ -234,7 +297,9 @@ class PartialFile:
                 raise os_error(e, f"syncing blob {self.digest.short}") from None
         self.cache.atomic_write(
             self.cache.state_path(self.digest),
-            encode_state(self.digest, self.size, self.chunk_bytes, self.indexed, present),
+            encode_state(
+                self.digest, self.size, self.chunk_bytes, self.indexed, present, self.origin
+            ),
         )
 
     def publish(self) -> None:
@@ -244,6 +309,9 @@ class PartialFile:
         except OSError as e:
             raise os_error(e, f"syncing blob {self.digest.short}") from None
         self.cache.publish_file(self.path, self.digest)
+        self._published = True
+        if self.scratch:
+            return
         with contextlib.suppress(FileNotFoundError):
             self.cache.state_path(self.digest).unlink()
 
@@ -254,7 +322,11 @@ class PartialFile:
         thread may still be using it, and a closed-and-reused fd number would
         hand it another file's bytes.
         """
-        self.cache.discard_partial(self.digest)
+        if self.scratch:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        else:
+            self.cache.discard_partial(self.digest)
         with contextlib.suppress(OSError):
             fsync_dir(self.cache.partial_dir)
         try:
@@ -276,6 +348,9 @@ class PartialFile:
             self._retired_fds.append(old)
 
     def close(self) -> None:
+        if self.scratch and not self._published:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
         for fd in [*self._retired_fds, self.fd]:
             if fd >= 0:
                 with contextlib.suppress(OSError):

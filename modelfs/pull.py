@@ -68,7 +68,7 @@ async def _pull_blob(fetcher, reader, name: Name, layer: Layer, chunks, progress
         return
     progress.start(key, layer.size)
     if layer.size <= fetcher.settings.chunk_bytes:
-        await fetcher.fetch_small(name, layer)
+        await fetcher.fetch_small(name, layer, wait=False)
     else:
         bf = await fetcher.acquire(name, layer, chunks, reader.policy(chunks))
         try:

@@ -49,6 +49,7 @@ class Handle:
     name: Name
     layer: Layer
     chunks: BlobChunks | None
+    anonymous: bool = False  # for another user of an allow_other mount: no owner's credentials
     fd: int | None = None  # the published blob
     blob: BlobFetch | None = None
     small: bytes | None = None  # a small blob that could not be cached
@@ -65,7 +66,9 @@ class Reader:
         self._indexes: dict[Digest, ChunkIndex | None] = {}
         self._index_loads: dict[Digest, trio.Event] = {}
 
-    async def chunk_index(self, name: Name, manifest: Manifest) -> ChunkIndex | None:
+    async def chunk_index(
+        self, name: Name, manifest: Manifest, *, anonymous: bool = False
+    ) -> ChunkIndex | None:
         """The manifest's chunk index, fetched and validated once; None if it has no usable one.
 
         A malformed or lying index is logged and ignored: its blobs are then
@@ -85,7 +88,7 @@ class Reader:
                 log.warning("%s: chunk index of %d bytes is too large; ignored", name, layer.size)
                 index = None
             else:
-                handle = await self.open(name, layer, None)
+                handle = await self.open(name, layer, None, anonymous=anonymous)
                 try:
                     raw = await read_all(self, handle)
                 finally:
@@ -106,12 +109,19 @@ class Reader:
             return Verify.INDEXED
         return Verify.DEFERRED if self.settings.deferred else Verify.WHOLE
 
-    async def open(self, name: Name, layer: Layer, chunks: BlobChunks | None) -> Handle:
-        """Open a blob for reading. Fetches nothing: bytes move only when they are read."""
-        handle = Handle(name, layer, chunks)
+    async def open(
+        self, name: Name, layer: Layer, chunks: BlobChunks | None, *, anonymous: bool = False
+    ) -> Handle:
+        """Open a blob for reading as ``name``'s manifest vouches for it (``chunks``).
+
+        Fetches nothing: bytes move only when they are read.
+        """
+        handle = Handle(name, layer, chunks, anonymous)
         await self._open_published(handle)
         if handle.fd is None and layer.size > self.fetcher.settings.chunk_bytes:
-            handle.blob = await self.fetcher.acquire(name, layer, chunks, self.policy(chunks))
+            handle.blob = await self.fetcher.acquire(
+                name, layer, chunks, self.policy(chunks), anonymous=anonymous
+            )
         return handle
 
     async def _open_published(self, handle: Handle) -> None:
@@ -153,7 +163,7 @@ class Reader:
         return await self.fetcher.in_thread(os.pread, fd, size, offset)  # type: ignore[return-value]
 
     async def _read_small(self, handle: Handle, offset: int, end: int) -> bytes:
-        data = await self.fetcher.fetch_small(handle.name, handle.layer)
+        data = await self.fetcher.fetch_small(handle.name, handle.layer, anonymous=handle.anonymous)
         await self._open_published(handle)
         if handle.fd is None:
             handle.small = data
@@ -161,7 +171,7 @@ class Reader:
 
     async def _read_blob(self, handle: Handle, blob: BlobFetch, offset: int, end: int) -> bytes:
         if blob.verify is Verify.WHOLE and not blob.published:
-            await blob.complete()
+            await blob.complete(self.fetcher.settings.read_wait_seconds)
         touched = chunks_for_range(offset, end - offset, blob.size, blob.chunk_bytes)
         self._readahead(handle, blob, offset, end, touched)
         for _ in range(EVICTED_RETRIES):

@@ -33,6 +33,7 @@ import trio
 from modelfs import __version__
 from modelfs.auth import AuthConfig, Authenticator
 from modelfs.bulk import (
+    Aborted,
     BodyError,
     BulkClient,
     BulkSettings,
@@ -60,10 +61,12 @@ __all__ = ["PieceSink", "Registry", "RegistryConfig"]
 log = logging.getLogger(__name__)
 
 CONNECT_SECONDS = 5.0
-# A body stream that delivers less than STALL_MIN_BYTES in STALL_SECONDS is stalled: dropped and
-# retried on a fresh connection. Catches both silence and a trickle, lets slow links through.
-STALL_SECONDS = 10.0
-STALL_MIN_BYTES = 64 << 10
+# A blob request that delivers less than MIN_BYTES_PER_SECOND over STALL_SECONDS is stalled:
+# dropped and retried on a fresh connection. Catches silence and a trickle, lets slow links through.
+STALL_SECONDS = 30.0
+MIN_BYTES_PER_SECOND = 64 << 10
+# A control request (manifest, token) that has not answered whole in this long is a failure.
+CONTROL_SECONDS = 30.0
 MANIFEST_ATTEMPTS = 3
 UPLOAD_PIECE_BYTES = 1 << 20
 ERROR_BODY_BYTES = 16 << 10
@@ -92,11 +95,14 @@ class RegistryConfig:
     user_agent: str = USER_AGENT
     connect_seconds: float = CONNECT_SECONDS
     stall_seconds: float = STALL_SECONDS
-    stall_min_bytes: int = STALL_MIN_BYTES
+    min_bytes_per_second: int = MIN_BYTES_PER_SECOND
+    control_seconds: float = CONTROL_SECONDS
     key_path: Path | None = None
     docker_config: Path | None = None
     # host -> base URLs tried in order for reads before the host itself.
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A client for other users of an allow_other mount: no stored credentials, no Ollama key.
+    anonymous: bool = False
 
 
 def _ssl_context(config: RegistryConfig) -> ssl.SSLContext:
@@ -164,6 +170,9 @@ def _translate(exc: BaseException, what: str, host: str = "") -> ModelfsError:
         via = _proxy_of(host)
         target = f"the proxy {via} for {host}" if via else (host or "the registry")
         return Transient(f"{what}: cannot connect to {target} ({_reason(exc)})")
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        # A redirect to file:, gopher: …: not a network blob, and no retry will make it one.
+        return RegistryError(f"{what}: redirected to an unsupported URL scheme ({_reason(exc)})")
     if isinstance(exc, httpx.TransportError):
         return Transient(f"{what}: connection failed ({_reason(exc)})")
     if isinstance(exc, TimeoutError):
@@ -230,21 +239,29 @@ class Registry:
             BulkSettings(
                 connect_seconds=self.config.connect_seconds,
                 stall_seconds=self.config.stall_seconds,
-                stall_min_bytes=self.config.stall_min_bytes,
+                min_bytes_per_second=self.config.min_bytes_per_second,
                 user_agent=self.config.user_agent,
                 ssl_context_factory=lambda: self._ssl,
             )
         )
         self.auth = Authenticator(
             self._fetch_token,
-            AuthConfig(key_path=self.config.key_path, docker_config=self.config.docker_config),
+            AuthConfig(
+                key_path=self.config.key_path,
+                docker_config=self.config.docker_config,
+                anonymous=self.config.anonymous,
+            ),
         )
         self._auth_locks: dict[tuple[str, tuple[str, ...]], trio.Lock] = {}
         self._mirror_down_until: dict[str, float] = {}
 
     async def aclose(self) -> None:
-        await self._client.aclose()
         self.bulk.close()
+        await self._client.aclose()
+
+    def abort_transfers(self) -> None:
+        """End every blob transfer in progress (shutdown): their threads return at once."""
+        self.bulk.abort()
 
     # -- URLs ---------------------------------------------------------------------------
 
@@ -287,6 +304,13 @@ class Registry:
 
     async def _fetch_token(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
         what = f"token from {_netloc(url)}"
+        with trio.move_on_after(self.config.control_seconds):
+            return await self._fetch_token_once(url, headers, what)
+        raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
+
+    async def _fetch_token_once(
+        self, url: str, headers: dict[str, str], what: str
+    ) -> tuple[int, bytes]:
         try:
             async with self._client.stream("GET", url, headers=headers) as r:
                 body = b""
@@ -385,6 +409,12 @@ class Registry:
         what = f"manifest of {name}"
 
         async def once() -> bytes:
+            # httpx's timeouts are per socket operation: a trickle never trips them.
+            with trio.move_on_after(self.config.control_seconds):
+                return await fetch()
+            raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
+
+        async def fetch() -> bytes:
             r = await self._send(
                 "GET", url, pull_scopes(name), what, headers={"Accept": MANIFEST_ACCEPT}
             )
@@ -438,7 +468,7 @@ class Registry:
         ``on_piece(offset, view)`` runs in the worker thread; the view is only valid
         during the call. Pieces delivered before a failure stay delivered: a caller
         retries only what is missing. Raises Transient when the body is cut short or
-        stalls (less than ``stall_min_bytes`` in ``stall_seconds``).
+        stalls (less than ``min_bytes_per_second`` over ``stall_seconds``).
         """
         what = f"blob {digest.short} of {name}"
         bases = self.read_bases(name)
@@ -493,6 +523,8 @@ class Registry:
                     raise ModelNotFound(f"{what}: not found on {host}") from None
                 where = "" if _netloc(e.url) == host else f" (at {_netloc(e.url)})"
                 raise _status_error(e.status, what + where, e.body, e.retry_after) from None
+            except Aborted as e:
+                raise ModelfsError(f"{what}: {e}") from None
             except BodyError as e:
                 raise Transient(f"{what}: {e}") from None
             except RedirectError as e:

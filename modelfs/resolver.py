@@ -6,6 +6,10 @@ arrive together), keeps the answer for ``lookup_ttl_seconds``, and remembers a
 hammer the registry. When the registry cannot be reached (or refuses us, or no
 longer has the model) a manifest in the cache is used instead, so cached
 models — complete or partial — work offline.
+
+A lookup made for another user of an ``allow_other`` mount (``anonymous``) goes
+through a registry client without the owner's credentials, and shares neither
+flights nor answers with the owner's lookups.
 """
 
 from __future__ import annotations
@@ -51,15 +55,18 @@ class Resolver:
         lookup_ttl_seconds: float = LOOKUP_TTL_SECONDS,
         negative_ttl_seconds: float = NEGATIVE_TTL_SECONDS,
         in_thread: Callable[..., object] | None = None,
+        anonymous_registry: Registry | None = None,
     ) -> None:
         self.registry = registry
+        self.anonymous_registry = anonymous_registry
         self.cache = cache
         self.lookup_ttl_seconds = lookup_ttl_seconds
         self.negative_ttl_seconds = negative_ttl_seconds
         self._in_thread = in_thread
-        self._positive: dict[tuple[str, ...], Resolved] = {}
-        self._negative: dict[tuple[str, ...], tuple[float, ModelNotFound]] = {}
-        self._inflight: dict[tuple[str, ...], trio.Event] = {}
+        # Keyed by (anonymous, name key).
+        self._positive: dict[tuple[object, ...], Resolved] = {}
+        self._negative: dict[tuple[object, ...], tuple[float, ModelNotFound]] = {}
+        self._inflight: dict[tuple[object, ...], trio.Event] = {}
 
     async def _thread(self, fn: Callable[..., object], *args: object) -> object:
         if self._in_thread is not None:
@@ -67,11 +74,12 @@ class Resolver:
         return await trio.to_thread.run_sync(fn, *args)
 
     def forget(self, name: Name) -> None:
-        self._positive.pop(name.key, None)
-        self._negative.pop(name.key, None)
+        for anonymous in (False, True):
+            self._positive.pop((anonymous, *name.key), None)
+            self._negative.pop((anonymous, *name.key), None)
 
-    async def resolve(self, name: Name) -> Resolved:
-        key = name.key
+    async def resolve(self, name: Name, *, anonymous: bool = False) -> Resolved:
+        key = (anonymous, *name.key)
         while True:
             now = trio.current_time()
             hit = self._positive.get(key)
@@ -89,7 +97,7 @@ class Resolver:
                 break
         event = self._inflight[key] = trio.Event()
         try:
-            resolved = await self._resolve_uncached(name)
+            resolved = await self._resolve_uncached(name, self._registry(anonymous))
         except ModelNotFound as e:
             self._negative[key] = (trio.current_time(), e)
             self._positive.pop(key, None)
@@ -101,16 +109,23 @@ class Resolver:
         self._negative.pop(key, None)
         return resolved
 
-    async def _resolve_uncached(self, name: Name) -> Resolved:
+    def _registry(self, anonymous: bool) -> Registry:
+        if not anonymous:
+            return self.registry
+        if self.anonymous_registry is None:
+            raise ModelfsError("no anonymous registry client: refusing to lend credentials")
+        return self.anonymous_registry
+
+    async def _resolve_uncached(self, name: Name, registry: Registry) -> Resolved:
         try:
             try:
-                raw = await self.registry.get_manifest(name)
+                raw = await registry.get_manifest(name)
             except ModelNotFound:
                 # Names compare case-insensitively, but a Docker registry's tags do not;
                 # tags are pushed lowercase by Ollama and modelfs, so try that spelling.
                 if name.digest is not None or name.tag == name.tag.lower():
                     raise
-                raw = await self.registry.get_manifest(name.with_tag(name.tag.lower()))
+                raw = await registry.get_manifest(name.with_tag(name.tag.lower()))
             manifest = parse_manifest(raw)
             if name.digest is not None and manifest.digest != name.digest:
                 raise ManifestInvalid(

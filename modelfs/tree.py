@@ -2,11 +2,19 @@
 
 Directories exist for any valid name part (like autofs, looking one up needs no
 network); looking up a tag resolves its manifest. A tag directory holds one
-file per layer (``manifest.layer_filenames``) plus ``manifest.json``. Every file
-with the same content is the same inode — one inode per blob digest — so the
-kernel's page cache is shared by every name that reaches a blob. Listings show
+file per layer (``manifest.layer_filenames``) plus ``manifest.json``.
+
+Inodes follow trust (docs/verification.md): until a blob is published, a file's
+inode is keyed by the blob digest *and* the repository and manifest that vouch
+for it, so the kernel's page cache of one never serves another manifest's
+readers; once the blob's whole sha256 has matched and it is in ``blobs/``, every
+name that reaches it shares one inode (or one symlink to the blob). Listings show
 what the cache knows and what this mount has resolved; names that are not
 listed can still be looked up.
+
+Each request says who makes it (``Caller``): requests for other users of an
+``allow_other`` mount resolve and fetch without the owner's credentials (unless
+``share_credentials``) and reach only the registries ``Access`` allows them.
 
 Knows nothing of pyfuse3: ``fuse_ops`` translates. Names of directories compare
 case-insensitively, as model names do.
@@ -19,7 +27,7 @@ import itertools
 import logging
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 import trio
@@ -38,8 +46,44 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 DIR_ENTRY_SECONDS = 300.0
 FILE_ATTR_SECONDS = 3600.0
+# (blob digest, repository, manifest digest): a file's key until its blob is published.
+UnpublishedKey = tuple[Digest, tuple[str, str, str], Digest]
 LINK_ENTRY_SECONDS = 1.0
 LEVEL_KINDS = (PartKind.HOST, PartKind.NAMESPACE, PartKind.MODEL, PartKind.TAG)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may make the daemon do what (the mount's ``allow_other`` policy)."""
+
+    owner_uid: int
+    share_credentials: bool = False  # -o share_credentials: others' requests carry the owner's
+    # -o registries=…: the only hosts any lookup may reach (None: any)
+    registries: frozenset[str] | None = None
+    # Under allow_other without -o registries: the hosts other users' lookups may reach
+    # (those in the config file and those in the cache), asked afresh for each lookup.
+    others_may_reach: Callable[[], Collection[str]] | None = None
+
+    def caller(self, uid: int | None) -> Caller:
+        owner = uid is None or uid == self.owner_uid
+        return Caller(owner=owner, anonymous=not owner and not self.share_credentials)
+
+    def may_reach(self, host: str, caller: Caller) -> bool:
+        host = host.lower()
+        if self.registries is not None and host not in self.registries:
+            return False
+        if caller.owner or self.registries is not None or self.others_may_reach is None:
+            return True
+        return host in {h.lower() for h in self.others_may_reach()}
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: bool = True
+    anonymous: bool = False  # without the owner's credentials
+
+
+OWNER = Caller()
 
 
 class TreeError(ModelfsError):
@@ -111,7 +155,9 @@ class Tree:
         in_thread: Callable[..., object],
         on_used: Callable[[Name], Awaitable[None]] | None = None,
         on_closed: Callable[[], None] | None = None,
+        access: Access | None = None,
     ) -> None:
+        self.access = access or Access(owner_uid=-1)
         self.resolver = resolver
         self.reader = reader
         self.completion = completion
@@ -125,7 +171,8 @@ class Tree:
             ROOT_INODE: Node(ROOT_INODE, ROOT_INODE, "", True, lookups=1)
         }
         self._dirs: dict[tuple[int, str], int] = {}  # (parent inode, lowercased name) -> inode
-        self._blobs: dict[Digest, int] = {}  # blob or manifest digest -> file inode
+        # published blob digest, manifest digest (manifest.json), or UnpublishedKey -> inode
+        self._blobs: dict[Digest | UnpublishedKey, int] = {}
         self._links: dict[Digest, int] = {}  # published blob digest -> symlink inode
         # Where symlinks to published blobs point, as ``link_base + digest.filename``;
         # None: every file is served by the daemon (see ``enable_links``).
@@ -173,7 +220,7 @@ class Tree:
 
     # -- lookup and forget ----------------------------------------------------------------------
 
-    async def lookup(self, parent_inode: int, name: str) -> Attr:
+    async def lookup(self, parent_inode: int, name: str, caller: Caller = OWNER) -> Attr:
         """Resolve ``name`` in a directory; the kernel now holds one more reference to it."""
         parent = self.node(parent_inode)
         if not parent.is_dir:
@@ -183,9 +230,9 @@ class Tree:
         if parent.inode == ROOT_INODE and name == BLOBS_VIEW_DIRNAME:
             node = self._blobs_dir()
         elif parent.level < len(LEVEL_KINDS):
-            node = await self._lookup_dir(parent, name)
+            node = await self._lookup_dir(parent, name, caller)
         else:
-            node = await self._lookup_file(parent, name)
+            node = await self._lookup_file(parent, name, caller)
         node.lookups += 1
         return self.attr(node)
 
@@ -210,16 +257,18 @@ class Tree:
             if self._links.get(node.layer.digest) == inode:
                 del self._links[node.layer.digest]
         else:
-            key = node.layer.digest if node.layer else node.manifest.digest  # type: ignore[union-attr]
-            if self._blobs.get(key) == inode:
-                del self._blobs[key]
+            for key in self._keys_of(node):
+                if self._blobs.get(key) == inode:
+                    del self._blobs[key]
 
-    async def _lookup_dir(self, parent: Node, name: str) -> Node:
+    async def _lookup_dir(self, parent: Node, name: str, caller: Caller) -> Node:
         kind = LEVEL_KINDS[parent.level]
         try:
             check_part(kind, name)
         except NameInvalid:
             raise TreeError(errno.ENOENT, f"not a valid {kind.name.lower()}: {name!r}") from None
+        if parent.level == 0:
+            self._check_reach(name, caller)
         parts = (*parent.parts, name)
         key = (parent.inode, name.lower())
         inode = self._dirs.get(key)
@@ -227,12 +276,17 @@ class Tree:
         if node is None:
             node = Node(next(self._inodes), parent.inode, name, True, parts=parts)
         if len(parts) == len(LEVEL_KINDS):
-            await self._resolve_tag(node, force=True)
+            await self._resolve_tag(node, caller, force=True)
         self.nodes[node.inode] = node
         self._dirs[key] = node.inode
         return node
 
-    async def _resolve_tag(self, node: Node, *, force: bool = False) -> Resolved:
+    def _check_reach(self, host: str, caller: Caller) -> None:
+        if not self.access.may_reach(host, caller):
+            log.info("lookup of registry %s refused by the mount's registries policy", host)
+            raise TreeError(errno.EACCES, f"registry {host} is not allowed on this mount")
+
+    async def _resolve_tag(self, node: Node, caller: Caller, *, force: bool = False) -> Resolved:
         """Resolve (or re-resolve after the TTL) the manifest behind a tag directory."""
         now = trio.current_time()
         if (
@@ -242,14 +296,15 @@ class Tree:
         ):
             return node.resolved
         name = from_parts(*node.parts)
-        resolved = await self.resolver.resolve(name)
+        self._check_reach(name.host, caller)
+        resolved = await self.resolver.resolve(name, anonymous=caller.anonymous)
         if node.resolved is None or node.resolved.manifest.digest != resolved.manifest.digest:
             node.files = {
                 fname: (layer, resolved.manifest)
                 for fname, layer in layer_filenames(resolved.manifest)
             }
             node.files[MANIFEST_FILENAME] = (None, resolved.manifest)
-            await self.completion.track(name, resolved.manifest)
+            await self.completion.track(name, resolved.manifest, anonymous=caller.anonymous)
         node.resolved = resolved
         return resolved
 
@@ -263,8 +318,8 @@ class Tree:
             self._dirs[key] = node.inode
         return node
 
-    async def _lookup_file(self, parent: Node, name: str) -> Node:
-        await self._resolve_tag(parent)
+    async def _lookup_file(self, parent: Node, name: str, caller: Caller) -> Node:
+        await self._resolve_tag(parent, caller)
         entry = parent.files.get(name)
         if entry is None:
             raise TreeError(errno.ENOENT)
@@ -289,13 +344,11 @@ class Tree:
 
     async def _check_published(self, layers: list[Layer]) -> None:
         """Learn which of ``layers`` are complete in ``blobs/`` (one thread hop for all)."""
-        if self.link_base is None:
-            return
 
         def check() -> list[bool]:
             found = [self.cache.has_blob(layer.digest, layer.size) for layer in layers]
             for layer, present in zip(layers, found, strict=True):
-                if present:
+                if present and self.link_base is not None:
                     # A link's xattrs are its target's: label the blob file itself.
                     self.cache.label_blob(layer.digest, layer.media_type)
             return found
@@ -310,11 +363,10 @@ class Tree:
     def blob_published(self, digest: Digest) -> list[tuple[int, str]]:
         """A blob became complete: the directory entries the kernel should look up again.
 
-        They become symlinks to the blob on their next lookup; handles already
-        open keep reading through the daemon.
+        They become symlinks to the blob (or, without links, the one inode every
+        name shares) on their next lookup; handles already open keep reading
+        through the daemon.
         """
-        if self.link_base is None:
-            return []
         self._published.add(digest)
         return self._entries_of({digest})
 
@@ -365,11 +417,27 @@ class Tree:
             table[key] = node.inode
         return node
 
+    @staticmethod
+    def _keys_of(node: Node) -> list[Digest | UnpublishedKey]:
+        if node.layer is None:
+            return [node.manifest.digest]  # type: ignore[union-attr]
+        assert node.source is not None and node.manifest is not None
+        return [node.layer.digest, _unpublished_key(node.layer, node.source, node.manifest)]
+
     def _file_node(self, parent: Node, name: str, layer: Layer | None, manifest: Manifest) -> Node:
-        if layer is not None and self.link_base is not None and layer.digest in self._published:
-            return self._link_node(parent, name, layer)
-        key = layer.digest if layer is not None else manifest.digest
+        published = layer is not None and layer.digest in self._published
+        if published and self.link_base is not None:
+            return self._link_node(parent, name, layer)  # type: ignore[arg-type]
         source = from_parts(*parent.parts)
+        key: Digest | UnpublishedKey
+        if layer is None:
+            key = manifest.digest
+        elif published:
+            key = layer.digest
+        else:
+            # Another manifest naming the same digest gets another inode: its page cache
+            # holds only bytes this manifest's chunk index (or whole digest) vouched for.
+            key = _unpublished_key(layer, source, manifest)
         return self._keyed_node(
             self._blobs,
             key,
@@ -380,14 +448,14 @@ class Tree:
 
     # -- directories ----------------------------------------------------------------------------
 
-    async def opendir(self, inode: int) -> int:
+    async def opendir(self, inode: int, caller: Caller = OWNER) -> int:
         node = self.node(inode)
         if not node.is_dir:
             raise TreeError(errno.ENOTDIR)
         if node.mount_point:
             names = []
         elif node.level == len(LEVEL_KINDS):
-            await self._resolve_tag(node)
+            await self._resolve_tag(node, caller)
             names = list(node.files)
             await self._check_published([layer for layer, _m in node.files.values() if layer])
         else:
@@ -460,7 +528,7 @@ class Tree:
 
     # -- files ----------------------------------------------------------------------------------
 
-    async def open(self, inode: int) -> int:
+    async def open(self, inode: int, caller: Caller = OWNER) -> int:
         node = self.node(inode)
         if node.is_dir:
             raise TreeError(errno.EISDIR)
@@ -471,9 +539,13 @@ class Tree:
             assert node.source is not None and node.manifest is not None
             chunks = None
             if node.layer.size > self.reader.fetcher.settings.chunk_bytes:
-                index = await self.reader.chunk_index(node.source, node.manifest)
+                index = await self.reader.chunk_index(
+                    node.source, node.manifest, anonymous=caller.anonymous
+                )
                 chunks = index.blobs.get(node.layer.digest) if index else None
-            handle = await self.reader.open(node.source, node.layer, chunks)
+            handle = await self.reader.open(
+                node.source, node.layer, chunks, anonymous=caller.anonymous
+            )
         node.open_count += 1
         fh = next(self._fhs)
         self._handles[fh] = _Open(node, handle)
@@ -505,8 +577,12 @@ class Tree:
         return {o.node.layer.digest for o in self._handles.values() if o.node.layer is not None}
 
     def inodes_of(self, digest: Digest) -> list[int]:
-        inode = self._blobs.get(digest)
-        return [inode] if inode is not None else []
+        """Every file inode (not link) serving ``digest``, whichever manifest it came by."""
+        return [
+            n.inode
+            for n in self.nodes.values()
+            if n.layer is not None and n.link is None and n.layer.digest == digest
+        ]
 
     # -- extended attributes --------------------------------------------------------------------
 
@@ -537,3 +613,8 @@ class Tree:
 
     def listxattr(self, inode: int) -> list[str]:
         return list(self.xattrs(inode))
+
+
+def _unpublished_key(layer: Layer, source: Name, manifest: Manifest) -> UnpublishedKey:
+    host, namespace, model, _tag = source.key
+    return (layer.digest, (host, namespace, model), manifest.digest)

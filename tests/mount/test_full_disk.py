@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from pathlib import Path
 
@@ -63,3 +64,23 @@ def test_create_into_a_full_cache_fails_cleanly(small_root, smollm2_gguf, regist
     assert lines and lines[-1].startswith("modelfs: ") and "no space left" in lines[-1], lines
     assert "Traceback" not in result.stderr
     assert not list((cache / "manifests").rglob("*")) if (cache / "manifests").exists() else True
+
+
+def test_full_cache_and_a_blob_without_index(
+    small_root, proxy, mount_factory, smollm2_noindex_pushed, model_hex
+):
+    """A blob without a chunk index cannot be checked before it is whole, nor held whole
+    without disk: strict reads are ENOSPC (docs/reliability.md), deferred ones are served."""
+    m = mount_factory(root=small_root)
+    m.expect_log(r"cannot write the cache \(no space left")
+    m.expect_log(r"read: .*no space left")
+    tag = m.mountpoint / proxy.host / "library/smollm2/noindex"
+    with open(tag / "model.gguf", "rb") as f, pytest.raises(OSError) as info:
+        f.read(4096)
+    assert info.value.errno == errno.ENOSPC
+    m.stop()
+    m2 = mount_factory("verify=deferred", root=small_root)
+    m2.expect_log(r"cannot write the cache \(no space left")
+    tag = m2.mountpoint / proxy.host / "library/smollm2/noindex"
+    assert sha256_path(tag / "model.gguf") == model_hex
+    assert not (m2.cache / "blobs" / f"sha256-{model_hex}").exists()

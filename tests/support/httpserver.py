@@ -156,3 +156,34 @@ def request_body(
     if not length:
         return None
     return counted_body(handler.rfile, length, piece_bytes)
+
+
+class Served:
+    """Addresses and start/stop of one of these servers, run from a thread of the test process."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], thread_name: str) -> None:
+        self._handler = handler
+        self._thread_name = thread_name
+        self._server: StoppableServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        return self._server.port
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def start(self) -> Self:
+        self._server = StoppableServer(self._handler, self).start(self._thread_name)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

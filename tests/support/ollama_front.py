@@ -39,7 +39,7 @@ from typing import NamedTuple, Self
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from support.httpserver import PIECE_BYTES, QuietHandler, StoppableServer, request_body
+from support.httpserver import PIECE_BYTES, QuietHandler, Served, request_body
 
 UPSTREAM_TIMEOUT = 60.0
 EMPTY_BODY_CHECKSUM = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
@@ -197,41 +197,10 @@ class _Handler(QuietHandler):
             up.close()
 
 
-class _Served:
-    """Addresses and start/stop of one of these servers, run from a thread of the test process."""
-
-    def __init__(self, handler: type[_Handler], thread_name: str) -> None:
-        self._handler = handler
-        self._thread_name = thread_name
-        self._server: StoppableServer | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "not started"
-        return self._server.port
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    def start(self) -> Self:
-        self._server = StoppableServer(self._handler, self).start(self._thread_name)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-
 # -- the CDN -------------------------------------------------------------------------------
 
 
-class CDN(_Served):
+class CDN(Served):
     """Serves ``GET /blobs/<digest>?expires=..&gen=..&sig=..`` (with Range) from the upstream.
 
     Only URLs from ``presign`` work, until they expire or ``expire_all`` bumps the generation;
@@ -335,7 +304,7 @@ class _Token(NamedTuple):
     grants: dict[str, frozenset[str]]  # repository (lowercase) -> actions
 
 
-class OllamaFront(_Served):
+class OllamaFront(Served):
     """registry.ollama.ai's auth, redirects and 412s in front of a docker-registry.
 
     All keyword settings are plain attributes and may be changed while it runs.

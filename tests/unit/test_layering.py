@@ -15,6 +15,7 @@ RANK = {
     "names": 1,
     "gguf": 1,
     "retry": 1,
+    "streams": 1,
     "progress": 1,
     "manifest": 2,
     "chunks": 3,

@@ -1,0 +1,181 @@
+"""The bulk path against hand-written loopback servers: trickles, hangs and hostile redirects end."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from modelfs.bulk import BodyError, BulkClient, BulkSettings, RedirectError
+
+BODY = bytes(range(256)) * 4096  # 1 MiB
+
+
+class RawServer:
+    """Accepts connections on loopback and hands each to ``serve(conn, stop)`` in a thread."""
+
+    def __init__(self, serve: Callable[[socket.socket, threading.Event], None]) -> None:
+        self.serve = serve
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.stop = threading.Event()
+        self.accepted = 0
+        self.threads: list[threading.Thread] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v2/m/blobs/sha256:x"
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            t = threading.Thread(target=self._one, args=(conn,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            self.serve(conn, self.stop)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(5)
+        for t in self.threads:
+            t.join(5)
+
+
+@contextlib.contextmanager
+def server(serve: Callable[[socket.socket, threading.Event], None]) -> Iterator[RawServer]:
+    s = RawServer(serve)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def client(stall_seconds: float = 0.5) -> BulkClient:
+    return BulkClient(
+        BulkSettings(
+            connect_seconds=5,
+            stall_seconds=stall_seconds,
+            min_bytes_per_second=64 << 10,
+            user_agent="test",
+            ssl_context_factory=ssl.create_default_context,
+        )
+    )
+
+
+def trickle(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(
+        b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n"
+        b"Content-Range: bytes 0-%d/%d\r\n\r\n" % (len(BODY), len(BODY) - 1, len(BODY))
+    )
+    # 1 KiB every 50 ms: never silent long enough for a socket timeout, far below the rate.
+    for i in range(0, len(BODY), 1024):
+        if stop.wait(0.05):
+            return
+        conn.sendall(BODY[i : i + 1024])
+
+
+def hang(conn: socket.socket, stop: threading.Event) -> None:
+    stop.wait(30)
+
+
+def read(c: BulkClient, url: str) -> bytes:
+    out = bytearray()
+    c.read_range(url, None, 0, len(BODY), len(BODY), lambda off, v: out.extend(v))
+    return bytes(out)
+
+
+def test_a_trickling_body_is_a_stall_not_a_hang():
+    c = client()
+    try:
+        with server(trickle) as s, pytest.raises(BodyError, match=r"stalled.*below the minimum"):
+            read(c, s.url)
+        assert c.watchdog.stalls == 1
+    finally:
+        c.close()
+
+
+def test_headers_that_never_come_are_a_stall():
+    c = client()
+    try:
+        with server(hang) as s, pytest.raises(BodyError, match="stalled"):
+            read(c, s.url)
+    finally:
+        c.close()
+
+
+def test_abort_ends_a_transfer_blocked_in_another_thread():
+    c = client(stall_seconds=3600)
+    errors: list[BaseException] = []
+
+    def reader(url: str) -> None:
+        try:
+            read(c, url)
+        except BaseException as e:
+            errors.append(e)
+
+    try:
+        with server(hang) as s:
+            t = threading.Thread(target=reader, args=(s.url,))
+            t.start()
+            deadline = time.monotonic() + 10
+            while s.accepted == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            c.abort()
+            t.join(10)
+            assert not t.is_alive(), "abort did not end a transfer blocked on a silent server"
+        assert len(errors) == 1 and isinstance(errors[0], BodyError), errors
+        assert "shutting down" in str(errors[0])
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "gopher://127.0.0.1:70/x", "ftp://h/x"])
+def test_a_redirect_off_http_is_refused_at_once(location: str):
+    def redirect(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n"
+            % location.encode()
+        )
+
+    c = client()
+    try:
+        with server(redirect) as s:
+            with pytest.raises(RedirectError, match="refused"):
+                read(c, s.url)
+            assert s.accepted == 1
+    finally:
+        c.close()
+
+
+def test_a_healthy_body_is_read_whole():
+    def good(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n"
+            b"Content-Range: bytes 0-%d/%d\r\n\r\n" % (len(BODY), len(BODY) - 1, len(BODY)) + BODY
+        )
+
+    c = client()
+    try:
+        with server(good) as s:
+            assert read(c, s.url) == BODY
+        assert c.watchdog.stalls == 0
+    finally:
+        c.close()
