@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TOKEN_SECONDS = 60.0
 # Renew a little before the registry would refuse the token.
 TOKEN_MARGIN_SECONDS = 5.0
-TOKEN_BODY_BYTES = 64 << 10
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 DOCKER_HUB_HOSTS = ("docker.io", "registry-1.docker.io", "index.docker.io")
 

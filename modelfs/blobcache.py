@@ -35,7 +35,6 @@ from modelfs.names import Name, from_parts, safe_join
 log = logging.getLogger(__name__)
 
 STATE_DIRNAME = ".modelfs"
-COPY_BYTES = 4 << 20
 # Manifests live at <host>/<namespace>/<model>/<tag> under manifests/ (and .modelfs/manifests/).
 MANIFEST_DEPTH = 4
 # What a digest looks like in bytes that are not a manifest we can parse (either spelling).
@@ -311,7 +310,7 @@ class BlobCache:
     def state_path(self, digest: Digest) -> Path:
         return self.partial_dir / f"{digest.filename}.state"
 
-    def lock_blob(self, digest: Digest, *, blocking: bool = False) -> int | None:
+    def lock_blob(self, digest: Digest) -> int | None:
         """Take the per-blob lock that says which process may write its partial; fd or None."""
         path = self.partial_dir / f"{digest.filename}.lock"
         try:
@@ -319,7 +318,7 @@ class BlobCache:
         except OSError as e:
             raise os_error(e, f"locking blob {digest.short}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None

@@ -34,6 +34,7 @@ from modelfs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
 from modelfs.reader import Reader, ReaderSettings
 from modelfs.registry import Registry, RegistryConfig
 from modelfs.resolver import LOOKUP_TTL_SECONDS, Resolver
+from modelfs.tasks import spawn
 from modelfs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Access, Tree
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class MountOptions:
     max_background: int | None = MAX_BACKGROUND
     fuse_debug: bool = False
     links: bool = True  # complete blobs appear as symlinks into the cache
+    # -o push=yes: checked chunks are pushed into the kernel's page cache as they land. Off by
+    # default: no gain measured yet on a 2-core machine (bench/cold.py; bench/RESULTS.md).
+    push_pages: bool = False
     cache_max: int | None = None  # bytes of blobs and partial blobs
     min_free: int = 0  # bytes to leave free on the cache's filesystem
     min_free_percent: float | None = DEFAULT_MIN_FREE_PERCENT
@@ -146,10 +150,10 @@ def parse_mount_options(values: list[str]) -> dict[str, object]:
                 elif key == "insecure_registry":
                     out.setdefault("insecure_hosts", ())
                     out["insecure_hosts"] = (*out["insecure_hosts"], val)  # type: ignore[misc]
-                elif key == "links":
+                elif key in ("links", "push"):
                     if val not in ("yes", "no"):
-                        raise UsageError(f"-o links takes yes or no, not {val!r}")
-                    out["links"] = val == "yes"
+                        raise UsageError(f"-o {key} takes yes or no, not {val!r}")
+                    out["links" if key == "links" else "push_pages"] = val == "yes"
                 elif key == "cache_max":
                     out["cache_max"] = parse_size(val)[0]
                 elif key == "min_free":
@@ -277,9 +281,12 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             on_closed=evictor.kick,
             access=access_policy(options, config, cache),
         )
-        nursery.start_soon(evictor.run, name="cache eviction")
+        spawn(nursery, "cache eviction", evictor.run, level=logging.WARNING)
         ops = fuse_ops.Operations(tree, nursery, str(cache.root))
         fetcher.on_discarded = ops.invalidate
+        if options.push_pages:
+            fetcher.push_targets = tree.inodes_reading
+            fetcher.store = ops.store
 
         async def published(digest: Digest) -> None:
             ops.blob_published(digest)
@@ -300,9 +307,18 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             log.info("mounted %s (cache %s)", mountpoint, cache.root)
             ready(None)
             signalled = trio.Event()
-            nursery.start_soon(_watch_signals, signalled, mountpoint, registries)
+            spawn(nursery, "signals", _watch_signals, signalled, mountpoint, registries)
             if options.links:
-                nursery.start_soon(enable_links, tree, ops, cache, mountpoint)
+                spawn(
+                    nursery,
+                    "links",
+                    enable_links,
+                    tree,
+                    ops,
+                    cache,
+                    mountpoint,
+                    level=logging.WARNING,
+                )
             await fuse_ops.serve(FUSE_MAX_TASKS)
             # serve returns when the kernel ends the session (umount) or on terminate.
             unmount_on_exit = signalled.is_set()
@@ -314,6 +330,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             for r in registries:
                 r.abort_transfers()
             nursery.cancel_scope.cancel()
+            ops.pusher.close()
             with contextlib.suppress(Exception):
                 fuse_ops.close(unmount=unmount_on_exit)
             log.info("unmounted %s", mountpoint)
@@ -359,8 +376,8 @@ async def enable_links(
 ) -> None:
     """Serve complete blobs as symlinks, so their bytes never pass through the daemon.
 
-    Every byte read through FUSE costs a round trip through this process (about
-    0.5 GB/s on a small machine, whatever the disk does); a symlink to the
+    Every byte read through FUSE costs a round trip through this process, and CPU
+    a small machine is short of; a symlink to the
     verified blob in ``blobs/`` reads and mmaps at the disk's speed and keeps
     working if the daemon dies. As root, the links point at ``<mnt>/.blobs``, a
     read-only bind mount of ``blobs/``, so that writing through a link is EROFS

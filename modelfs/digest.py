@@ -61,13 +61,6 @@ class Digest:
         return f"sha256:{self.hex}"
 
 
-def sha256_file(fd: int, size: int, start: int = 0) -> Digest:
-    """Hash ``size`` bytes of an open file from ``start``; blocking, call it in a worker thread."""
-    h = hashlib.sha256()
-    hash_file_into(h, fd, start, start + size)
-    return Digest(h.hexdigest())
-
-
 def hash_file_into(h: hashlib._Hash, fd: int, start: int, end: int) -> None:
     """Feed bytes ``[start, end)`` of an open file to ``h``; blocking, call it in a worker thread."""
     pos = start

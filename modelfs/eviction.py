@@ -122,6 +122,9 @@ class Evictor:
                 await self.check()
             except ModelfsError as e:
                 log.warning("cache eviction: %s", e)
+            except OSError as e:
+                # statvfs or a scan of the cache failed: try again at the next check.
+                log.warning("cache eviction: %s", e)
             # Kicks come with every close: one scan of the cache per interval is enough.
             await trio.sleep(MIN_CHECK_INTERVAL_SECONDS)
 

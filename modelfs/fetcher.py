@@ -27,6 +27,7 @@ import enum
 import hashlib
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from modelfs.partial import PartialFile
 from modelfs.registry import Registry
 from modelfs.retry import DEFAULT_ATTEMPTS, backoff_seconds
 from modelfs.streams import StreamSlots
+from modelfs.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ MAX_STREAMS = 4  # per registry host
 # All hosts together: a host that trickles keeps its own share, the others theirs.
 TOTAL_STREAMS_PER_HOST_SHARE = 4
 MAX_RUN_CHUNKS = 8
-STATE_FLUSH_SECONDS = 2.0
+# A kill -9 costs at most about this much fetching again (the state runs this far behind).
+STATE_FLUSH_SECONDS = 1.0
 MEMORY_CHUNKS = 4
 # A reader waiting for bytes gets EIO after this long, whatever the fetch behind it is doing.
 READ_WAIT_SECONDS = 60.0
@@ -94,16 +97,58 @@ class _PrefixHash:
 
     Hashing while the rest is still downloading means the check before
     publishing only has to hash what is left (usually nothing), instead of
-    reading the whole blob again at the end.
+    reading the whole blob again at the end. The chunk that extends the prefix
+    is fed from the fetch thread's buffer as it lands (``feed``); chunks that
+    arrived out of order are hashed from the partial file once the prefix
+    reaches them (``catch_up``). ``tlock`` orders the two: the hash sees each
+    byte once, in order.
     """
 
-    __slots__ = ("h", "lock", "next", "running")
+    __slots__ = ("broken", "h", "lock", "next", "running", "tlock")
 
     def __init__(self) -> None:
         self.h = hashlib.sha256()
         self.next = 0  # chunks [0, next) are hashed
-        self.lock = trio.Lock()
+        self.lock = trio.Lock()  # one trio-side task hashes from the file at a time
+        self.tlock = threading.Lock()
         self.running = False
+        self.broken = False  # a catch-up failed part way: the hash must start over
+
+    def feed(self, i: int, view: memoryview) -> bool:
+        """Worker thread: hash chunk ``i`` from memory if it extends the prefix now."""
+        if self.next != i or not self.tlock.acquire(blocking=False):
+            return False
+        try:
+            if self.next != i:
+                return False
+            self.h.update(view)
+            self.next = i + 1
+            return True
+        finally:
+            self.tlock.release()
+
+    def catch_up(self, fd: int, lo: int, hi: int, start: int, end: int) -> None:
+        """Worker thread: hash chunks ``[lo, hi)`` (bytes ``[start, end)``) from the file,
+        unless the prefix has moved on meanwhile."""
+        with self.tlock:
+            if self.next != lo or self.broken:
+                return
+            try:
+                hash_file_into(self.h, fd, start, end)
+            except BaseException:
+                self.broken = True
+                self.next = -1  # nothing extends a broken prefix
+                raise
+            self.next = hi
+
+    def finish(self, fd: int, chunks: int, chunk_bytes: int, size: int) -> str:
+        """Worker thread: hash whatever is left of the blob; its whole sha256 (hex)."""
+        with self.tlock:
+            if self.broken:
+                self.h, self.next, self.broken = hashlib.sha256(), 0, False
+            hash_file_into(self.h, fd, min(self.next * chunk_bytes, size), size)
+            self.next = chunks
+            return self.h.hexdigest()
 
 
 class _Flight:
@@ -191,6 +236,10 @@ class Fetcher:
         )
         self.disk = trio.CapacityLimiter(DISK_THREADS)
         self.blobs: dict[FetchKey, BlobFetch] = {}
+        # Pushing checked chunks into the kernel's page cache (fuse_ops, set by the daemon):
+        # which inodes read a blob (trio thread), and the store itself (worker thread).
+        self.push_targets: Callable[[BlobFetch], list[int]] | None = None
+        self.store: Callable[[int, int, memoryview], None] | None = None
         self._small: dict[tuple[Digest, tuple[str, str, str], bool], _Flight] = {}
         self.stats = Stats()
 
@@ -203,16 +252,7 @@ class Fetcher:
 
     def spawn(self, what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run ``fn`` in the nursery; it may fail, but never takes the nursery down with it."""
-
-        async def guarded() -> None:
-            try:
-                await fn(*args)
-            except ModelfsError as e:
-                log.debug("%s: %s", what, e)
-            except Exception:
-                log.exception("%s failed unexpectedly", what)
-
-        self.nursery.start_soon(guarded, name=what)
+        spawn(self.nursery, what, fn, *args)
 
     async def in_thread(self, fn: Callable[..., object], *args: object) -> object:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
@@ -289,14 +329,15 @@ class Fetcher:
         flight = self._small.get(key)
         if flight is None:
             flight = self._small[key] = _Flight()
-            self.nursery.start_soon(
+            spawn(
+                self.nursery,
+                f"fetch blob {layer.digest.short}",
                 self._small_flight,
                 key,
                 flight,
                 name,
                 layer,
                 anonymous,
-                name=f"fetch blob {layer.digest.short}",
             )
         seconds = self.settings.read_wait_seconds if wait else None
         await flight.wait(seconds, f"blob {layer.digest.short}")
@@ -508,7 +549,7 @@ class BlobFetch:
             and self._opening is None
         ):
             self.closing = trio.Event()
-            self.fetcher.nursery.start_soon(self._close, name=f"close {self.what}")
+            spawn(self.fetcher.nursery, f"close {self.what}", self._close)
 
     async def _close(self) -> None:
         assert self.closing is not None
@@ -561,8 +602,12 @@ class BlobFetch:
     def _start_runs(self, new: list[int]) -> None:
         for rlo, rhi in runs(new, self.fetcher.settings.max_run_chunks):
             self.users += 1
-            self.fetcher.nursery.start_soon(
-                self._fetch_run, rlo, rhi, name=f"fetch {self.what} chunks {rlo}-{rhi - 1}"
+            spawn(
+                self.fetcher.nursery,
+                f"fetch {self.what} chunks {rlo}-{rhi - 1}",
+                self._fetch_run,
+                rlo,
+                rhi,
             )
 
     async def ensure(self, lo: int, hi: int) -> None:
@@ -712,9 +757,14 @@ class BlobFetch:
                 except (CacheFull, CacheError) as e:
                     trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
                 else:
-                    trio.from_thread.run_sync(self._landed, i, None, trio_token=token)
+                    prefix = self._prefix
+                    if prefix.next == i:
+                        prefix.feed(i, view)
+                    targets = trio.from_thread.run_sync(self._landed, i, None, trio_token=token)
+                    self._push(targets, offset, view)
                     return
-            trio.from_thread.run_sync(self._landed, i, bytes(view), trio_token=token)
+            targets = trio.from_thread.run_sync(self._landed, i, bytes(view), trio_token=token)
+            self._push(targets, offset, view)
 
         self.fetcher.stats.requests += 1
         streams = self.fetcher.streams
@@ -731,7 +781,21 @@ class BlobFetch:
 
     # -- trio-side callbacks from the worker thread ---------------------------------------------
 
-    def _landed(self, i: int, data: bytes | None) -> None:
+    def _push(self, inodes: list[int], offset: int, view: memoryview) -> None:
+        """Worker thread: put a checked chunk into the kernel's page cache of ``inodes``.
+
+        Streaming and mmap readers then find it there instead of sending a READ for each
+        piece. Called after ``_landed`` has answered the READs waiting for it (a store
+        waits on the page locks those READs hold).
+        """
+        store = self.fetcher.store
+        if store is None:
+            return
+        for inode in inodes:
+            store(inode, offset, view)
+
+    def _landed(self, i: int, data: bytes | None) -> list[int]:
+        """Trio side of a chunk that arrived and passed its check; the inodes to push it to."""
         start, end = chunk_span(i, self.size, self.chunk_bytes)
         self.fetcher.stats.bytes_fetched += end - start
         if data is None:
@@ -752,6 +816,10 @@ class BlobFetch:
             self._advance_prefix_hash()
         if self.partial is not None and self.partial.complete:
             self._start_finalize()
+        # Only bytes a reader may already see: never a blob served only once whole.
+        if self.verify is Verify.WHOLE or self.fetcher.push_targets is None:
+            return []
+        return self.fetcher.push_targets(self)
 
     def _hashable(self, i: int) -> bool:
         partial = self.partial
@@ -759,14 +827,14 @@ class BlobFetch:
 
     def _advance_prefix_hash(self) -> None:
         ph = self._prefix
-        if not ph.running and ph.next < self.chunks and self._hashable(ph.next):
+        if not ph.running and 0 <= ph.next < self.chunks and self._hashable(ph.next):
             ph.running = True
             self.users += 1
-            self.fetcher.nursery.start_soon(self._hash_prefix, ph, name=f"hash {self.what}")
+            spawn(self.fetcher.nursery, f"hash {self.what}", self._hash_prefix, ph)
 
     async def _hash_prefix(self, ph: _PrefixHash) -> None:
         try:
-            while ph is self._prefix and ph.next < self.chunks and self._hashable(ph.next):
+            while ph is self._prefix and 0 <= ph.next < self.chunks and self._hashable(ph.next):
                 async with ph.lock:
                     if ph is not self._prefix or self.partial is None:
                         return
@@ -777,9 +845,8 @@ class BlobFetch:
                         return
                     start = chunk_span(lo, self.size, self.chunk_bytes)[0]
                     end = chunk_span(hi - 1, self.size, self.chunk_bytes)[1]
-                    await self.fetcher.in_thread(hash_file_into, ph.h, self.partial.fd, start, end)
-                    ph.next = hi
-        except ModelfsError as e:
+                    await self.fetcher.in_thread(ph.catch_up, self.partial.fd, lo, hi, start, end)
+        except (ModelfsError, OSError) as e:
             # The check before publishing hashes whatever is left.
             log.debug("%s: hashing ahead stopped: %s", self.what, e)
         finally:
@@ -791,14 +858,14 @@ class BlobFetch:
         """The blob's sha256: what the prefix hash has not covered yet is hashed now."""
         ph = self._prefix
         async with ph.lock:
-            start = min(ph.next * self.chunk_bytes, self.size)
             try:
-                await self.fetcher.in_thread(hash_file_into, ph.h, partial.fd, start, self.size)
+                hexdigest = await self.fetcher.in_thread(
+                    ph.finish, partial.fd, self.chunks, self.chunk_bytes, self.size
+                )
             except BaseException:
                 self._prefix = _PrefixHash()  # hashed part of a range: start over next time
                 raise
-            ph.next = self.chunks
-            return Digest(ph.h.hexdigest())
+            return Digest(hexdigest)  # type: ignore[arg-type]
 
     def _chunk_mismatch(self, i: int) -> None:
         start, end = chunk_span(i, self.size, self.chunk_bytes)
@@ -833,7 +900,7 @@ class BlobFetch:
         if not self._flush_pending:
             self._flush_pending = True
             self.users += 1
-            self.fetcher.nursery.start_soon(self._flush_later, name=f"flush {self.what}")
+            spawn(self.fetcher.nursery, f"flush {self.what}", self._flush_later)
 
     async def _flush_later(self) -> None:
         try:
@@ -870,7 +937,7 @@ class BlobFetch:
     def _start_finalize(self) -> None:
         if self._finalizing is None and not self.published:
             self._finalizing = _Flight()
-            self.fetcher.nursery.start_soon(self._finalize, name=f"finalize {self.what}")
+            spawn(self.fetcher.nursery, f"finalize {self.what}", self._finalize)
 
     async def _finalize(self) -> None:
         flight = self._finalizing

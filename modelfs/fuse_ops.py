@@ -9,10 +9,13 @@ The mount is read-only: every request that would change it is EROFS.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
+import queue
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,12 +24,15 @@ import trio
 
 from modelfs.digest import Digest
 from modelfs.errors import ModelfsError, errno_for
+from modelfs.tasks import spawn
 from modelfs.tree import Attr, Caller, Tree, TreeError
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 BLKSIZE_BYTES = 128 << 10
+# Chunks waiting to be pushed into the page cache (4 MiB each): past this, pushes are dropped.
+PUSH_QUEUE_CHUNKS = 8
 
 
 def boundary(fn: F) -> F:
@@ -64,6 +70,7 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, tree: Tree, nursery: trio.Nursery, cache_root: str) -> None:
         super().__init__()
+        self.pusher = Pusher()
         self.tree = tree
         self.nursery = nursery
         self.cache_root = cache_root
@@ -214,7 +221,16 @@ class Operations(pyfuse3.Operations):
     def invalidate(self, digest: Digest) -> None:
         """Drop a discarded blob's pages from the kernel cache (never from inside a handler)."""
         for inode in self.tree.inodes_of(digest):
-            self.nursery.start_soon(self._invalidate, inode)
+            spawn(self.nursery, f"invalidate inode {inode}", self._invalidate, inode)
+
+    def store(self, inode: int, offset: int, data: memoryview) -> None:
+        """Queue checked bytes for the kernel's page cache (from a fetch thread).
+
+        Never blocks the caller: a store waits on the page locks of READs in flight,
+        and a READ may be waiting for a chunk the calling fetch thread has yet to
+        receive. When the pusher falls behind, the bytes are dropped: READs serve them.
+        """
+        self.pusher.put(inode, offset, bytes(data))
 
     def blob_published(self, digest: Digest) -> None:
         """Make the kernel look up again the entries that now become symlinks to the blob."""
@@ -241,6 +257,51 @@ class Operations(pyfuse3.Operations):
                 log.warning("could not invalidate inode %d: %s", inode, e)
         except Exception:
             log.exception("could not invalidate inode %d", inode)
+
+
+class Pusher:
+    """One thread that puts queued bytes into the kernel's page cache (``notify_store``)."""
+
+    def __init__(self, max_queued: int = PUSH_QUEUE_CHUNKS) -> None:
+        self._queue: queue.Queue[tuple[int, int, bytes] | None] = queue.Queue(max_queued)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.pushed_bytes = 0
+
+    def put(self, inode: int, offset: int, data: bytes) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="modelfs-push", daemon=True)
+                self._thread.start()
+        try:
+            self._queue.put_nowait((inode, offset, data))
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            inode, offset, data = item
+            try:
+                pyfuse3.notify_store(inode, offset, data)
+                self.pushed_bytes += len(data)
+            except OSError as e:
+                # The kernel forgot the inode (ENOENT) or takes no stores (ENOSYS): READs
+                # serve these bytes instead.
+                log.debug("notify_store of inode %d at %d: %s", inode, offset, e)
+            except Exception:
+                log.exception("notify_store of inode %d failed", inode)
+
+    def close(self) -> None:
+        """Stop after what is queued (the thread is a daemon: a stuck store cannot hold exit)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
 
 
 # -- session lifetime (used by the daemon, so that only this module imports pyfuse3) ----------

@@ -3,12 +3,14 @@
 The data file is written chunk by chunk in place (each run of chunks is
 fallocated first: on ext4 this is ~10x faster than filling holes). Which chunks
 are present is kept in a bitmap, persisted as ``sha256-<hex>.state`` with the
-cache's atomic discipline: the data file is fdatasync'ed *before* a state that
-claims its chunks is renamed into place, so a crash can lose recent chunks but
-never claim a chunk that is not on disk. The state carries its own checksum and
-the parameters it was made with; a state that does not match is discarded, not
-trusted. Chunks of an indexed blob loaded from a state are re-verified before
-their first use (``needs_recheck``). A blob without an index has nothing to
+cache's atomic discipline (temp file, fsync, rename). For a blob without an index
+the data file is fdatasync'ed *before* a state that claims its chunks is renamed
+into place, so a crash can lose recent chunks but never claim one that is not on
+disk. For an indexed blob the state may run ahead of the data: every chunk loaded
+from a state is re-verified against the index before its first use
+(``needs_recheck``), so a chunk lost in a crash is fetched again. The state carries
+its own checksum and the parameters it was made with; a state that does not match
+is discarded, not trusted. A blob without an index has nothing to
 re-verify its chunks against before the whole is complete, so its state names
 the repository the chunks came from (``origin``) and is kept only for a fetch
 from that same repository: chunks one registry sent never stand in for another's.

@@ -660,35 +660,43 @@ class Registry:
     async def manifest_digest(self, name: Name) -> str | None:
         """The digest the registry gives for ``name``'s manifest (HEAD), None if it has none."""
         what = f"manifest of {name}"
-        r = await self._closed(
-            await self._send(
-                "HEAD",
-                self.manifest_url(name),
-                pull_scopes(name),
-                what,
-                headers={"Accept": MANIFEST_ACCEPT},
+
+        async def once() -> str | None:
+            r = await self._closed(
+                await self._send(
+                    "HEAD",
+                    self.manifest_url(name),
+                    pull_scopes(name),
+                    what,
+                    headers={"Accept": MANIFEST_ACCEPT},
+                )
             )
-        )
-        if r.status_code == 404:
-            return None
-        if r.status_code >= 400:
-            raise _status_error(r.status_code, what, b"", r.headers.get("Retry-After"))
-        return r.headers.get("Docker-Content-Digest")
+            if r.status_code == 404:
+                return None
+            if r.status_code >= 400:
+                raise _status_error(r.status_code, what, b"", r.headers.get("Retry-After"))
+            return r.headers.get("Docker-Content-Digest")
+
+        return await retrying(what, once)
 
     async def delete_manifest(self, name: Name, digest: Digest) -> None:
         what = f"delete of {name}"
-        r = await self._send(
-            "DELETE", self.manifest_url(name, str(digest)), delete_scopes(name), what
-        )
-        if r.status_code == 405:
-            await r.aclose()
-            raise RegistryError(
-                f"{what}: {name.host} does not allow deletes (405; a docker-registry needs "
-                "REGISTRY_STORAGE_DELETE_ENABLED=true)",
-                405,
+
+        async def once() -> None:
+            r = await self._send(
+                "DELETE", self.manifest_url(name, str(digest)), delete_scopes(name), what
             )
-        if r.status_code == 404:
-            await r.aclose()
-            raise ModelNotFound(f"model {name} not found on {name.host}")
-        await self._raise_for(r, what)
-        await self._closed(r)
+            if r.status_code == 405:
+                await r.aclose()
+                raise RegistryError(
+                    f"{what}: {name.host} does not allow deletes (405; a docker-registry needs "
+                    "REGISTRY_STORAGE_DELETE_ENABLED=true)",
+                    405,
+                )
+            if r.status_code == 404:
+                await r.aclose()
+                raise ModelNotFound(f"model {name} not found on {name.host}")
+            await self._raise_for(r, what)
+            await self._closed(r)
+
+        await retrying(what, once)

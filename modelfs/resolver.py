@@ -42,7 +42,6 @@ NEGATIVE_TTL_SECONDS = 5.0
 class Resolved:
     name: Name
     manifest: Manifest
-    from_registry: bool
     at: float  # trio.current_time() when resolved
 
 
@@ -131,7 +130,7 @@ class Resolver:
                 raise ManifestInvalid(
                     f"invalid manifest: {name} resolved to {manifest.digest}, not the pinned digest"
                 )
-            return Resolved(name, manifest, True, trio.current_time())
+            return Resolved(name, manifest, trio.current_time())
         except ModelNotFound as e:
             cached = await self._cached(name, f"the registry says: {e}")
             if cached is None:
@@ -156,4 +155,4 @@ class Resolver:
         if name.digest is not None and manifest.digest != name.digest:
             return None
         log.info("using the cached manifest of %s (%s)", name, why)
-        return Resolved(name, manifest, False, trio.current_time())
+        return Resolved(name, manifest, trio.current_time())

@@ -572,6 +572,20 @@ class Tree:
         if self._on_closed is not None:
             self._on_closed()
 
+    def inodes_reading(self, blob: object) -> list[int]:
+        """Inodes with an open handle reading through the fetch state ``blob``.
+
+        Only these may receive its checked chunks in their page cache: another manifest's
+        inode of the same digest never does.
+        """
+        return list(
+            {
+                o.node.inode
+                for o in self._handles.values()
+                if o.handle is not None and o.handle.blob is blob
+            }
+        )
+
     def open_digests(self) -> set[Digest]:
         """Blobs that have an open file in the mount."""
         return {o.node.layer.digest for o in self._handles.values() if o.node.layer is not None}

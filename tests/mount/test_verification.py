@@ -118,3 +118,29 @@ def test_synthetic_model_streams_with_growing_requests(
     fetched = sum(r.body_bytes for r in proxy.blob_records() if expected in r.path)
     assert fetched == synthetic_gguf.stat().st_size, "some bytes were fetched twice"
     wait_for(lambda: (m.cache / "blobs" / f"sha256-{expected}").exists(), "publication")
+
+
+@pytest.mark.parametrize("push", ["push=yes", "push=no"])
+def test_a_cold_mmap_and_stream_read_the_right_bytes_with_or_without_pushing_pages(
+    proxy, mount_factory, synthetic_pushed, synthetic_gguf, push
+):
+    """-o push=yes puts checked chunks into the page cache as they land: what a reader then
+    finds there (without a READ reaching the daemon) must be the same bytes."""
+    import mmap
+
+    data = synthetic_gguf.read_bytes()
+    m = mount_factory(push)
+    path = m.mountpoint / proxy.host / "library/synthetic/200m/model.gguf"
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        # Touch every page in order (as llama.cpp loads), then compare the whole mapping.
+        for off in range(0, len(data), 1 << 16):
+            _ = mm[off]
+        assert hashlib.sha256(mm[:]).hexdigest() == hashlib.sha256(data).hexdigest()
+    subprocess_drop_caches()
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def subprocess_drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")

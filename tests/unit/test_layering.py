@@ -16,6 +16,7 @@ RANK = {
     "gguf": 1,
     "retry": 1,
     "streams": 1,
+    "tasks": 1,
     "progress": 1,
     "manifest": 2,
     "chunks": 3,
