@@ -41,7 +41,7 @@ from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, 
 from modelfs.manifest import Layer
 from modelfs.names import Name
 from modelfs.partial import PartialFile
-from modelfs.registry import Registry
+from modelfs.registry import Registry, client_for
 from modelfs.retry import DEFAULT_ATTEMPTS, backoff_seconds
 from modelfs.streams import StreamSlots
 from modelfs.tasks import spawn
@@ -244,11 +244,7 @@ class Fetcher:
         self.stats = Stats()
 
     def registry_for(self, anonymous: bool) -> Registry:
-        if not anonymous:
-            return self.registry
-        if self.anonymous_registry is None:
-            raise ModelfsError("no anonymous registry client: refusing to lend credentials")
-        return self.anonymous_registry
+        return client_for(self.registry, self.anonymous_registry, anonymous)
 
     def spawn(self, what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run ``fn`` in the nursery; it may fail, but never takes the nursery down with it."""

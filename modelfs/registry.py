@@ -222,6 +222,16 @@ def delete_scopes(name: Name) -> tuple[str, ...]:
     return (f"repository:{name.repository}:delete",)
 
 
+def client_for(owner: Registry, anonymous_client: Registry | None, anonymous: bool) -> Registry:
+    """The client a request may use: the owner's, or (for another user of an allow_other
+    mount) the one without credentials. Fails closed when there is none."""
+    if not anonymous:
+        return owner
+    if anonymous_client is None:
+        raise ModelfsError("no anonymous registry client: refusing to lend credentials")
+    return anonymous_client
+
+
 class Registry:
     """One client per process; ``aclose`` it (the daemon's exit stack does)."""
 

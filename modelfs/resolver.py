@@ -30,7 +30,7 @@ from modelfs.errors import (
 )
 from modelfs.manifest import Manifest, parse_manifest
 from modelfs.names import Name
-from modelfs.registry import Registry
+from modelfs.registry import Registry, client_for
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,7 @@ class Resolver:
         return resolved
 
     def _registry(self, anonymous: bool) -> Registry:
-        if not anonymous:
-            return self.registry
-        if self.anonymous_registry is None:
-            raise ModelfsError("no anonymous registry client: refusing to lend credentials")
-        return self.anonymous_registry
+        return client_for(self.registry, self.anonymous_registry, anonymous)
 
     async def _resolve_uncached(self, name: Name, registry: Registry) -> Resolved:
         try:
