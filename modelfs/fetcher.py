@@ -205,8 +205,7 @@ def fetch_key(
     if verify is not Verify.INDEXED or chunks is None:
         chunks = None
         verify = Verify.WHOLE if verify is Verify.INDEXED else verify
-    host, namespace, model, _tag = name.key
-    return (layer.digest, (host, namespace, model), anonymous, verify, chunks)
+    return (layer.digest, name.repository_key, anonymous, verify, chunks)
 
 
 class Fetcher:
@@ -320,8 +319,7 @@ class Fetcher:
         The bytes are returned so that a reader is served even if the cache cannot
         be written. They were checked against the digest, so any name may use them.
         """
-        host, namespace, model, _tag = name.key
-        key = (layer.digest, (host, namespace, model), anonymous)
+        key = (layer.digest, name.repository_key, anonymous)
         flight = self._small.get(key)
         if flight is None:
             flight = self._small[key] = _Flight()
@@ -511,7 +509,6 @@ class BlobFetch:
             # A fetch of the same digest vouched for by another manifest holds the partial:
             # fill a private scratch file instead, so neither waits for nor trusts the other.
             scratch = True
-        host, namespace, model, _tag = self.name.key
         partial = PartialFile(
             cache,
             self.digest,
@@ -519,7 +516,7 @@ class BlobFetch:
             self.chunk_bytes,
             self.verify is Verify.INDEXED,
             early_writeback=self.fetcher.settings.early_writeback,
-            origin=f"{host}/{namespace}/{model}",
+            origin="/".join(self.name.repository_key),
             scratch=scratch,
         )
         try:
@@ -753,9 +750,7 @@ class BlobFetch:
                 except (CacheFull, CacheError) as e:
                     trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
                 else:
-                    prefix = self._prefix
-                    if prefix.next == i:
-                        prefix.feed(i, view)
+                    self._prefix.feed(i, view)
                     targets = trio.from_thread.run_sync(self._landed, i, None, trio_token=token)
                     self._push(targets, offset, view)
                     return

@@ -173,6 +173,11 @@ class Name:
         return self.key == other.key and self.digest == other.digest
 
     @property
+    def repository_key(self) -> tuple[str, str, str]:
+        """(host, namespace, model) lowercased: the repository, for dicts and comparison."""
+        return self.key[:3]
+
+    @property
     def repository(self) -> str:
         """``namespace/model`` lowercased: the stock Docker registry accepts only lowercase."""
         return f"{self.namespace}/{self.model}".lower()

@@ -630,5 +630,4 @@ class Tree:
 
 
 def _unpublished_key(layer: Layer, source: Name, manifest: Manifest) -> UnpublishedKey:
-    host, namespace, model, _tag = source.key
-    return (layer.digest, (host, namespace, model), manifest.digest)
+    return (layer.digest, source.repository_key, manifest.digest)
