@@ -61,6 +61,28 @@ def os_error(e: OSError, what: str) -> CacheError | CacheFull:
     return CacheError(f"cache I/O error while {what}: {e.strerror or e}")
 
 
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+def pread_cached(fd: int, offset: int, size: int) -> bytes | None:
+    """``size`` bytes at ``offset`` if all are in the page cache, read without blocking; else None.
+
+    Served on the trio thread, a read of bytes just fetched (or read before) needs
+    no worker thread; anything that would wait for the disk is read in a worker
+    thread by the caller (``os.preadv`` with ``RWF_NOWAIT``; Linux 4.14+).
+    """
+    if not _RWF_NOWAIT or size <= 0:
+        return None
+    buf = bytearray(size)
+    try:
+        n = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+    except OSError:
+        return None  # EAGAIN: not all cached; anything else: the worker thread reports it
+    if n != size:
+        return None
+    return bytes(buf)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import trio
 
-from modelfs.blobcache import BlobCache
+from modelfs.blobcache import BlobCache, pread_cached
 from modelfs.chunks import CHUNK_BYTES, BlobChunks, chunk_count, chunk_span, runs
 from modelfs.digest import Digest, hash_file_into
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
@@ -1033,12 +1033,14 @@ class BlobFetch:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
-        if self.published and self.partial is not None:
-            return await self.fetcher.in_thread(self.partial.read, offset, end - offset)  # type: ignore[return-value]
+        partial = self.partial
         lo = offset // self.chunk_bytes
         hi = (end - 1) // self.chunk_bytes + 1
-        if self.partial is not None and all(self.partial.has(i) for i in range(lo, hi)):
-            return await self.fetcher.in_thread(self.partial.read, offset, end - offset)  # type: ignore[return-value]
+        if partial is not None and (self.published or all(partial.has(i) for i in range(lo, hi))):
+            data = pread_cached(partial.fd, offset, end - offset)
+            if data is not None:
+                return data
+            return await self.fetcher.in_thread(partial.read, offset, end - offset)  # type: ignore[return-value]
         out = bytearray()
         for i in range(lo, hi):
             cstart, cend = chunk_span(i, self.size, self.chunk_bytes)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from modelfs.blobcache import pread_cached
 from modelfs.chunks import (
     MAX_INDEX_BYTES,
     BlobChunks,
@@ -160,6 +161,9 @@ class Reader:
         return await self._read_blob(handle, handle.blob, offset, end)
 
     async def _pread(self, fd: int, offset: int, size: int) -> bytes:
+        data = pread_cached(fd, offset, size)
+        if data is not None:
+            return data
         return await self.fetcher.in_thread(os.pread, fd, size, offset)  # type: ignore[return-value]
 
     async def _read_small(self, handle: Handle, offset: int, end: int) -> bytes:
