@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfs.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
 from modelfs.digest import Digest
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
 from modelfs.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -103,6 +104,7 @@ class ImportedBlob:
     digest: Digest
     size: int
     chunk_hashes: tuple[bytes, ...]
+    chunk_algorithm: str = "sha256"
 
 
 @dataclass(frozen=True)
@@ -291,8 +293,9 @@ class BlobCache:
         src: Path,
         chunk_bytes: int,
         on_progress: Callable[[int], None] | None = None,
+        chunk_algorithm: str = DEFAULT_CHUNK_ALGORITHM,
     ) -> ImportedBlob:
-        """Copy a local file into ``blobs/``, hashing it whole and per chunk on the way."""
+        """Copy a local file into ``blobs/``, hashing it whole (sha256) and per chunk on the way."""
         tmp = self.temp_path()
         whole = hashlib.sha256()
         chunk_hashes: list[bytes] = []
@@ -304,7 +307,7 @@ class BlobCache:
                     if not data:
                         break
                     whole.update(data)
-                    chunk_hashes.append(hashlib.sha256(data).digest())
+                    chunk_hashes.append(chunk_hash(chunk_algorithm, data))
                     fout.write(data)
                     size += len(data)
                     if on_progress:
@@ -322,7 +325,7 @@ class BlobCache:
             if e.filename == str(src) or isinstance(e, FileNotFoundError | IsADirectoryError):
                 raise CacheError(f"cannot read {src}: {e.strerror}") from None
             raise os_error(e, f"importing {src}") from None
-        return ImportedBlob(digest, size, tuple(chunk_hashes))
+        return ImportedBlob(digest, size, tuple(chunk_hashes), chunk_algorithm)
 
     # -- partial blobs (data and state files are owned by modelfs.partial) ----------------------
 

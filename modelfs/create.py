@@ -82,7 +82,15 @@ def create_model(
     if chunk_index and imported.size > chunk_bytes:
         index = serialize_chunk_index(
             chunk_bytes,
-            [BlobChunks(imported.digest, imported.size, chunk_bytes, imported.chunk_hashes)],
+            [
+                BlobChunks(
+                    imported.digest,
+                    imported.size,
+                    chunk_bytes,
+                    imported.chunk_hashes,
+                    imported.chunk_algorithm,
+                )
+            ],
         )
         layers.append(_store(cache, index, MEDIA_TYPE_CHUNK_INDEX))
     if template is not None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import trio
 
+from modelfs.background import BACKGROUND_NICE, BackgroundThread
 from modelfs.blobcache import BlobCache, pread_cached
 from modelfs.chunks import CHUNK_BYTES, BlobChunks, chunk_count, chunk_span, runs
 from modelfs.digest import Digest, hash_file_into
@@ -93,15 +94,16 @@ class FetchSettings:
 
 
 class _PrefixHash:
-    """The whole-blob sha256, computed over the blob's leading chunks as they arrive.
+    """The whole-blob sha256, computed over the blob's leading chunks as they become present.
 
     Hashing while the rest is still downloading means the check before
-    publishing only has to hash what is left (usually nothing), instead of
-    reading the whole blob again at the end. The chunk that extends the prefix
-    is fed from the fetch thread's buffer as it lands (``feed``); chunks that
-    arrived out of order are hashed from the partial file once the prefix
-    reaches them (``catch_up``). ``tlock`` orders the two: the hash sees each
-    byte once, in order.
+    publishing only has to hash what is left (usually nothing). It runs in the
+    fetcher's background thread (``BackgroundThread``, at a lower CPU priority):
+    it decides only when the blob is published, never what a reader gets, so it
+    uses the CPU readers leave. It reads the chunks back from the partial file,
+    where they were just written: from the page cache, a copy that costs a tenth
+    of the hash. ``tlock`` keeps each step whole: the hash sees each byte once,
+    in order.
     """
 
     __slots__ = ("broken", "h", "lock", "next", "running", "tlock")
@@ -109,23 +111,10 @@ class _PrefixHash:
     def __init__(self) -> None:
         self.h = hashlib.sha256()
         self.next = 0  # chunks [0, next) are hashed
-        self.lock = trio.Lock()  # one trio-side task hashes from the file at a time
+        self.lock = trio.Lock()  # one trio-side task schedules hashing at a time
         self.tlock = threading.Lock()
         self.running = False
         self.broken = False  # a catch-up failed part way: the hash must start over
-
-    def feed(self, i: int, view: memoryview) -> bool:
-        """Worker thread: hash chunk ``i`` from memory if it extends the prefix now."""
-        if self.next != i or not self.tlock.acquire(blocking=False):
-            return False
-        try:
-            if self.next != i:
-                return False
-            self.h.update(view)
-            self.next = i + 1
-            return True
-        finally:
-            self.tlock.release()
 
     def catch_up(self, fd: int, lo: int, hi: int, start: int, end: int) -> None:
         """Worker thread: hash chunks ``[lo, hi)`` (bytes ``[start, end)``) from the file,
@@ -234,6 +223,10 @@ class Fetcher:
             self.settings.max_streams, self.settings.max_streams * TOTAL_STREAMS_PER_HOST_SHARE
         )
         self.disk = trio.CapacityLimiter(DISK_THREADS)
+        # The whole-blob hash runs at a lower CPU priority when readers wait on the cores.
+        self.background = BackgroundThread(
+            nice=BACKGROUND_NICE if self.settings.serves_readers else 0, name="modelfs-hash"
+        )
         self.blobs: dict[FetchKey, BlobFetch] = {}
         # Pushing checked chunks into the kernel's page cache (fuse_ops, set by the daemon):
         # which inodes read a blob (trio thread), and the store itself (worker thread).
@@ -750,12 +743,9 @@ class BlobFetch:
                 except (CacheFull, CacheError) as e:
                     trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
                 else:
-                    self._prefix.feed(i, view)
-                    targets = trio.from_thread.run_sync(self._landed, i, None, trio_token=token)
-                    self._push(targets, offset, view)
+                    self._land(token, i, None, offset, view)
                     return
-            targets = trio.from_thread.run_sync(self._landed, i, bytes(view), trio_token=token)
-            self._push(targets, offset, view)
+            self._land(token, i, bytes(view), offset, view)
 
         self.fetcher.stats.requests += 1
         streams = self.fetcher.streams
@@ -771,6 +761,32 @@ class BlobFetch:
             )
 
     # -- trio-side callbacks from the worker thread ---------------------------------------------
+
+    def _land(
+        self,
+        token: trio.lowlevel.TrioToken,
+        i: int,
+        data: bytes | None,
+        offset: int,
+        view: memoryview,
+    ) -> None:
+        """Worker thread: tell the trio side chunk ``i`` is here (and push it, if pushing).
+
+        Without pushing, the fetch thread goes on receiving at once: ``_landed`` runs
+        on the trio thread soon after, before the fetch's own completion is seen there
+        (trio runs what threads send it in order).
+        """
+        if self.fetcher.store is None:
+            token.run_sync_soon(self._landed_guarded, i, data)
+            return
+        targets = trio.from_thread.run_sync(self._landed, i, data, trio_token=token)
+        self._push(targets, offset, view)
+
+    def _landed_guarded(self, i: int, data: bytes | None) -> None:
+        try:
+            self._landed(i, data)
+        except Exception:  # an exception here would end trio's run, and the mount with it
+            log.exception("%s: chunk %d landed, but recording it failed", self.what, i)
 
     def _push(self, inodes: list[int], offset: int, view: memoryview) -> None:
         """Worker thread: put a checked chunk into the kernel's page cache of ``inodes``.
@@ -836,7 +852,8 @@ class BlobFetch:
                         return
                     start = chunk_span(lo, self.size, self.chunk_bytes)[0]
                     end = chunk_span(hi - 1, self.size, self.chunk_bytes)[1]
-                    await self.fetcher.in_thread(ph.catch_up, self.partial.fd, lo, hi, start, end)
+                    fd = self.partial.fd
+                    await self.fetcher.background.run(ph.catch_up, fd, lo, hi, start, end)
         except (ModelfsError, OSError) as e:
             # The check before publishing hashes whatever is left.
             log.debug("%s: hashing ahead stopped: %s", self.what, e)
@@ -850,7 +867,7 @@ class BlobFetch:
         ph = self._prefix
         async with ph.lock:
             try:
-                hexdigest = await self.fetcher.in_thread(
+                hexdigest = await self.fetcher.background.run(
                     ph.finish, partial.fd, self.chunks, self.chunk_bytes, self.size
                 )
             except BaseException:

@@ -7,7 +7,6 @@ of every thread at once when stopped, and that its builders write what modelfs p
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -26,7 +25,7 @@ from support.hostile import (
     sha256_digest,
 )
 
-from modelfs.chunks import MIN_CHUNK_BYTES, chunk_count, chunk_span, parse_chunk_index
+from modelfs.chunks import MIN_CHUNK_BYTES, chunk_count, chunk_hash, chunk_span, parse_chunk_index
 from modelfs.digest import Digest
 from modelfs.manifest import (
     MEDIA_TYPE_CHUNK_INDEX,
@@ -266,22 +265,23 @@ def test_build_manifest_is_what_modelfs_parses() -> None:
     ]
 
 
-def test_build_chunk_index_is_what_modelfs_parses() -> None:
+@pytest.mark.parametrize("algorithm", ["sha256", "blake3"])
+def test_build_chunk_index_is_what_modelfs_parses(algorithm: str) -> None:
     chunk_bytes = MIN_CHUNK_BYTES
     big, small, empty = os.urandom(3 * chunk_bytes), b"tiny", b""
     blobs = {sha256_digest(b): b for b in (big, small, empty)}
-    index = build_chunk_index(blobs, chunk_bytes)
+    index = build_chunk_index(blobs, chunk_bytes, algorithm)
     raw = build_manifest(CONFIG, [(MEDIA_TYPE_MODEL, d, len(b)) for d, b in blobs.items()])
     parsed = parse_chunk_index(index, parse_manifest(raw).layers)
     assert parsed.chunk_bytes == chunk_bytes
-    assert json.loads(index)["algorithm"] == "sha256"
+    assert json.loads(index)["algorithm"] == algorithm
     for d, data in blobs.items():
         entry = parsed.blobs[Digest.parse(d)]
         assert entry.size == len(data)
         assert len(entry.hashes) == chunk_count(len(data), chunk_bytes)
         for i, h in enumerate(entry.hashes):
             start, end = chunk_span(i, len(data), chunk_bytes)
-            assert h == hashlib.sha256(data[start:end]).digest()
+            assert h == chunk_hash(algorithm, data[start:end])
 
 
 # -- behaviours ----------------------------------------------------------------------------

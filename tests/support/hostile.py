@@ -34,7 +34,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Self
 
-from modelfs.chunks import CHUNK_BYTES, BlobChunks, compute_chunk_hashes, serialize_chunk_index
+from modelfs.chunks import (
+    CHUNK_BYTES,
+    DEFAULT_CHUNK_ALGORITHM,
+    BlobChunks,
+    chunk_hash,
+    serialize_chunk_index,
+)
 from modelfs.digest import Digest
 from modelfs.manifest import MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_MANIFEST, Layer
 from modelfs.manifest import build_manifest as serialize_manifest
@@ -64,7 +70,11 @@ def sha256_digest(data: bytes) -> str:
 # -- building what modelfs reads -----------------------------------------------------------
 
 
-def build_chunk_index(blobs: Mapping[str, bytes], chunk_bytes: int = CHUNK_BYTES) -> bytes:
+def build_chunk_index(
+    blobs: Mapping[str, bytes],
+    chunk_bytes: int = CHUNK_BYTES,
+    algorithm: str = DEFAULT_CHUNK_ALGORITHM,
+) -> bytes:
     """A chunk index (modelfs's own encoding) whose entries match ``blobs`` as given.
 
     ``blobs`` maps a digest string to the bytes the chunk hashes are taken from: they need
@@ -75,9 +85,11 @@ def build_chunk_index(blobs: Mapping[str, bytes], chunk_bytes: int = CHUNK_BYTES
             Digest.parse(digest),
             len(data),
             chunk_bytes,
-            compute_chunk_hashes(
-                data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)
+            tuple(
+                chunk_hash(algorithm, data[i : i + chunk_bytes])
+                for i in range(0, len(data), chunk_bytes)
             ),
+            algorithm,
         )
         for digest, data in blobs.items()
     ]

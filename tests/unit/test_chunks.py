@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from modelfs.chunks import (
     BlobChunks,
     chunk_count,
+    chunk_hash,
     chunk_span,
     chunks_for_range,
     parse_chunk_index,
@@ -103,3 +104,40 @@ def test_lying_or_broken_index_is_refused(mutate, fragment):
 def test_index_not_json():
     with pytest.raises(ManifestInvalid):
         parse_chunk_index(b"\x00\x01", [])
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "blake3"])
+def test_both_chunk_algorithms_roundtrip_and_verify(algorithm):
+    size = 3 * CB + 7
+    data = random.Random(5).randbytes(size)
+    digest = Digest.of_bytes(data)
+    hashes = tuple(chunk_hash(algorithm, data[i : i + CB]) for i in range(0, size, CB))
+    layer = Layer(digest, MEDIA_TYPE_MODEL, size)
+    raw = serialize_chunk_index(CB, [BlobChunks(digest, size, CB, hashes, algorithm)])
+    assert json.loads(raw)["algorithm"] == algorithm
+    chunks = parse_chunk_index(raw, [layer]).blobs[digest]
+    assert chunks.algorithm == algorithm
+    assert chunks.verify(1, data[CB : 2 * CB])
+    assert not chunks.verify(1, data[:CB])
+
+
+def test_blake3_and_sha256_digests_are_not_interchangeable():
+    # An index that says blake3 but carries sha256 values verifies nothing.
+    size = 2 * CB
+    data = random.Random(6).randbytes(size)
+    digest = Digest.of_bytes(data)
+    hashes = tuple(chunk_hash("sha256", data[i : i + CB]) for i in range(0, size, CB))
+    layer = Layer(digest, MEDIA_TYPE_MODEL, size)
+    raw = serialize_chunk_index(CB, [BlobChunks(digest, size, CB, hashes, "sha256")])
+    doc = json.loads(raw)
+    doc["algorithm"] = "blake3"
+    chunks = parse_chunk_index(json.dumps(doc).encode(), [layer]).blobs[digest]
+    assert not chunks.verify(0, data[:CB])
+
+
+def test_an_unknown_chunk_algorithm_is_refused():
+    _data, layer, raw = make_index()
+    doc = json.loads(raw)
+    doc["algorithm"] = "md5"
+    with pytest.raises(ManifestInvalid, match="'md5' is not one of sha256, blake3"):
+        parse_chunk_index(json.dumps(doc).encode(), [layer])

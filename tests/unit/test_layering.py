@@ -17,6 +17,7 @@ RANK = {
     "retry": 1,
     "streams": 1,
     "tasks": 1,
+    "background": 1,
     "progress": 1,
     "manifest": 2,
     "chunks": 3,
