@@ -1,4 +1,4 @@
-"""The pure read path, no FUSE: Registry + Fetcher + Reader reading a cold blob sequentially.
+"""The pure read path, no FUSE: Registry + Fetcher + Blobs reading a cold blob sequentially.
 
 Shows regressions of fetching, verifying and caching without a mount in the way. Used by
 bench.py (section 10); runs alone too: read_path.py REGISTRY_HOST/REPO:TAG [--piece-kib 1024].
@@ -21,7 +21,7 @@ from modelfs.blobcache import BlobCache
 from modelfs.fetcher import Fetcher
 from modelfs.manifest import MEDIA_TYPE_MODEL, parse_manifest
 from modelfs.names import parse_name
-from modelfs.reader import Reader
+from modelfs.reader import Blobs
 from modelfs.registry import Registry
 
 
@@ -36,17 +36,14 @@ async def read_cold(name_text: str, cache_root: Path, piece_bytes: int) -> dict[
         layer = manifest.layers_of_type(MEDIA_TYPE_MODEL)[0]
         async with trio.open_nursery() as nursery:
             fetcher = Fetcher(cache, registry, nursery)
-            reader = Reader(fetcher)
-            index = await reader.chunk_index(name, manifest)
-            chunks = index.blobs.get(layer.digest) if index else None
-            handle = await reader.open(name, layer, chunks)
+            handle = await Blobs(fetcher).open(name, manifest, layer)
             start = time.perf_counter()
             offset = 0
             while offset < layer.size:
-                data = await reader.read(handle, offset, piece_bytes)
+                data = await handle.read(offset, piece_bytes)
                 offset += len(data)
             read_seconds = time.perf_counter() - start
-            await reader.close(handle)
+            await handle.close()
             while not cache.has_blob(layer.digest, layer.size):
                 await trio.sleep(0.01)
             published_seconds = time.perf_counter() - start

@@ -31,7 +31,7 @@ from modelfs.digest import Digest
 from modelfs.errors import MountError, UsageError
 from modelfs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor, parse_size
 from modelfs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
-from modelfs.reader import Reader, ReaderSettings
+from modelfs.reader import Blobs, BlobsSettings
 from modelfs.registry import Registry, RegistryConfig
 from modelfs.resolver import LOOKUP_TTL_SECONDS, Resolver
 from modelfs.tasks import spawn
@@ -254,7 +254,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             anonymous_registry=anonymous,
         )
         completion = Completion(cache, fetcher)
-        reader = Reader(fetcher, ReaderSettings(deferred=options.deferred))
+        blobs = Blobs(fetcher, BlobsSettings(deferred=options.deferred))
         resolver = Resolver(
             registry,
             cache,
@@ -272,7 +272,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
         )
         tree = Tree(
             resolver,
-            reader,
+            blobs,
             completion,
             cache,
             lookup_ttl_seconds=options.lookup_ttl_seconds,

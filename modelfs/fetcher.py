@@ -31,6 +31,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -42,7 +43,7 @@ from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, 
 from modelfs.manifest import Layer
 from modelfs.names import Name
 from modelfs.partial import PartialFile
-from modelfs.registry import Registry, client_for
+from modelfs.registry import client_for
 from modelfs.retry import DEFAULT_ATTEMPTS, backoff_seconds
 from modelfs.streams import StreamSlots
 from modelfs.tasks import spawn
@@ -56,6 +57,8 @@ MAX_RUN_CHUNKS = 8
 # A kill -9 costs at most about this much fetching again (the state runs this far behind).
 STATE_FLUSH_SECONDS = 1.0
 MEMORY_CHUNKS = 4
+# How often a read ensures its chunks again when those held in memory were dropped meanwhile.
+EVICTED_RETRIES = 3
 # A reader waiting for bytes gets EIO after this long, whatever the fetch behind it is doing.
 READ_WAIT_SECONDS = 60.0
 DISK_THREADS = 4
@@ -170,6 +173,29 @@ class _Flight:
             raise copy.copy(self.error)
 
 
+class BlobSource(Protocol):
+    """Where blob bytes come from: ``Registry`` (over HTTP), or a fake in unit tests.
+
+    ``read_range`` streams bytes ``[start, end)`` of ``digest`` (as ``name``'s
+    repository serves it) to ``on_piece(offset, view)`` in pieces of ``piece_bytes``,
+    from a worker thread taken under ``limiter``; the view is valid only during the
+    call. Pieces delivered before a failure stay delivered. Failures are modelfs
+    errors: ``Transient`` ones are retried.
+    """
+
+    async def read_range(
+        self,
+        name: Name,
+        digest: Digest,
+        start: int,
+        end: int,
+        piece_bytes: int,
+        on_piece: Callable[[int, memoryview], None],
+        *,
+        limiter: trio.CapacityLimiter,
+    ) -> None: ...
+
+
 @dataclass
 class Stats:
     """Counters a test or a benchmark can read (``Fetcher.stats``)."""
@@ -203,13 +229,13 @@ class Fetcher:
     def __init__(
         self,
         cache: BlobCache,
-        registry: Registry,
+        registry: BlobSource,
         nursery: trio.Nursery,
         settings: FetchSettings | None = None,
         on_published: Callable[[Digest], Awaitable[None]] | None = None,
         on_discarded: Callable[[Digest], None] | None = None,
         *,
-        anonymous_registry: Registry | None = None,
+        anonymous_registry: BlobSource | None = None,
     ) -> None:
         self.cache = cache
         self.on_discarded = on_discarded
@@ -235,7 +261,7 @@ class Fetcher:
         self._small: dict[tuple[Digest, tuple[str, str, str], bool], _Flight] = {}
         self.stats = Stats()
 
-    def registry_for(self, anonymous: bool) -> Registry:
+    def registry_for(self, anonymous: bool) -> BlobSource:
         return client_for(self.registry, self.anonymous_registry, anonymous)
 
     def spawn(self, what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
@@ -1044,6 +1070,20 @@ class BlobFetch:
                 await finalizing.wait(limit, f"{self.what}: checking the whole blob")
 
     # -- reading ------------------------------------------------------------------------------
+
+    async def read_range(self, offset: int, size: int, touched: range) -> bytes:
+        """Bytes ``[offset, offset+size)`` (chunks ``touched``), fetched and checked if need be.
+
+        A chunk held only in memory (the cache could not be written) may be dropped
+        between ``ensure`` and ``read`` by other readers' chunks: ensure again.
+        """
+        for _ in range(EVICTED_RETRIES):
+            await self.ensure(touched.start, touched.stop)
+            try:
+                return await self.read(offset, size)
+            except _Evicted:
+                continue
+        raise ModelfsError(f"{self.what}: chunks keep being evicted before use")
 
     async def read(self, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset+size)``; the chunks must have been ensured (or published)."""

@@ -15,7 +15,7 @@ from modelfs.fetcher import Fetcher, FetchSettings
 from modelfs.manifest import Layer, Manifest, parse_manifest
 from modelfs.names import Name
 from modelfs.progress import Progress
-from modelfs.reader import Reader
+from modelfs.reader import Blobs
 from modelfs.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,10 @@ async def pull(
             nursery,
             settings or FetchSettings(early_writeback=True, serves_readers=False),
         )
-        reader = Reader(fetcher)
-        index = await reader.chunk_index(name, manifest)
-        async with trio.open_nursery() as blobs:
+        blobs = Blobs(fetcher)
+        async with trio.open_nursery() as each:
             for layer in manifest.blobs:
-                chunks = index.blobs.get(layer.digest) if index else None
-                blobs.start_soon(_pull_blob, fetcher, reader, name, layer, chunks, progress)
+                each.start_soon(_pull_blob, cache, blobs, name, manifest, layer, progress)
         nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(cache.write_manifest, name, raw)
     # Pulled on purpose: pinned, never evicted to keep the cache within its bounds.
@@ -61,27 +59,19 @@ async def pull(
     return manifest
 
 
-async def _pull_blob(fetcher, reader, name: Name, layer: Layer, chunks, progress: Progress) -> None:
+async def _pull_blob(
+    cache: BlobCache, blobs: Blobs, name: Name, manifest: Manifest, layer: Layer, progress: Progress
+) -> None:
     key = layer.digest.short
-    if await trio.to_thread.run_sync(fetcher.cache.has_blob, layer.digest, layer.size):
+    if await trio.to_thread.run_sync(cache.has_blob, layer.digest, layer.size):
         progress.skip(key, layer.size, "already in the cache")
         return
     progress.start(key, layer.size)
-    if layer.size <= fetcher.settings.chunk_bytes:
-        await fetcher.fetch_small(name, layer, wait=False)
-    else:
-        bf = await fetcher.acquire(name, layer, chunks, reader.policy(chunks))
-        try:
-            async with trio.open_nursery() as watch:
-                watch.start_soon(_report, bf, key, progress)
-                await bf.complete()
-                watch.cancel_scope.cancel()
-        finally:
-            bf.release()
+    await blobs.fetch(
+        name,
+        manifest,
+        layer,
+        lambda present: progress.update(key, present, layer.size),
+        PROGRESS_SECONDS,
+    )
     progress.done(key, layer.size)
-
-
-async def _report(bf, key: str, progress: Progress) -> None:
-    while True:
-        progress.update(key, bf.present_bytes, bf.size)
-        await trio.sleep(PROGRESS_SECONDS)

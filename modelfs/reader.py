@@ -1,4 +1,9 @@
-"""Serving reads of blobs: which verification policy applies, open handles, readahead.
+"""The blob layer's one door: ``Blobs.open(name, manifest, layer) → BlobHandle``.
+
+Everything above the blob layer (the tree, ``pull``) opens a layer of a manifest
+here and reads it through the handle; what it takes to get the bytes stays
+below: whether the blob is small or large, the manifest's chunk index, which
+verification policy applies, the fetch state, the eviction retry, readahead.
 
 A blob already in ``blobs/`` is read from there, without the network. A blob
 of at most one chunk is fetched whole and checked against its digest. A larger
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -27,26 +33,26 @@ from modelfs.chunks import (
 )
 from modelfs.digest import Digest
 from modelfs.errors import ManifestInvalid, ModelfsError
-from modelfs.fetcher import BlobFetch, Fetcher, Verify, _Evicted
+from modelfs.fetcher import BlobFetch, Fetcher, Verify
 from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer, Manifest
 from modelfs.names import Name
 
 log = logging.getLogger(__name__)
 
 READAHEAD_MAX_CHUNKS = 32
-EVICTED_RETRIES = 3
 
 
 @dataclass(frozen=True)
-class ReaderSettings:
+class BlobsSettings:
     deferred: bool = False  # -o verify=deferred
     readahead_max_chunks: int = READAHEAD_MAX_CHUNKS
 
 
-@dataclass
-class Handle:
-    """One open file: where its bytes come from, and its sequential-read state."""
+@dataclass(eq=False)
+class BlobHandle:
+    """One open blob: ``read`` it, ``close`` it. Its sequential-read state is its own."""
 
+    blobs: Blobs
     name: Name
     layer: Layer
     chunks: BlobChunks | None
@@ -58,11 +64,29 @@ class Handle:
     window_chunks: int = 0
     closed: bool = field(default=False)
 
+    async def read(self, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset+size)`` (fewer at the end of the blob), checked per the policy."""
+        return await self.blobs._read(self, offset, size)
 
-class Reader:
-    def __init__(self, fetcher: Fetcher, settings: ReaderSettings | None = None) -> None:
+    async def close(self) -> None:
+        await self.blobs._close(self)
+
+    async def read_all(self, piece_bytes: int = 1 << 20) -> bytes:
+        """The whole blob (small files and tests)."""
+        out = bytearray()
+        while len(out) < self.layer.size:
+            data = await self.read(len(out), piece_bytes)
+            if not data:
+                break
+            out += data
+            await trio.lowlevel.checkpoint()
+        return bytes(out)
+
+
+class Blobs:
+    def __init__(self, fetcher: Fetcher, settings: BlobsSettings | None = None) -> None:
         self.fetcher = fetcher
-        self.settings = settings or ReaderSettings()
+        self.settings = settings or BlobsSettings()
         # manifest digest -> its validated chunk index (None: it has none, or a bad one)
         self._indexes: dict[Digest, ChunkIndex | None] = {}
         self._index_loads: dict[Digest, trio.Event] = {}
@@ -89,11 +113,11 @@ class Reader:
                 log.warning("%s: chunk index of %d bytes is too large; ignored", name, layer.size)
                 index = None
             else:
-                handle = await self.open(name, layer, None, anonymous=anonymous)
+                handle = await self._open(name, layer, None, anonymous)
                 try:
-                    raw = await read_all(self, handle)
+                    raw = await handle.read_all()
                 finally:
-                    await self.close(handle)
+                    await handle.close()
                 try:
                     index = parse_chunk_index(raw, manifest.layers)
                 except ManifestInvalid as e:
@@ -110,22 +134,69 @@ class Reader:
             return Verify.INDEXED
         return Verify.DEFERRED if self.settings.deferred else Verify.WHOLE
 
-    async def open(
-        self, name: Name, layer: Layer, chunks: BlobChunks | None, *, anonymous: bool = False
-    ) -> Handle:
-        """Open a blob for reading as ``name``'s manifest vouches for it (``chunks``).
+    def is_small(self, layer: Layer) -> bool:
+        """Whether a blob is fetched whole, in one request, checked against its digest."""
+        return layer.size <= self.fetcher.settings.chunk_bytes
 
-        Fetches nothing: bytes move only when they are read.
+    async def _chunks_of(
+        self, name: Name, manifest: Manifest | None, layer: Layer, anonymous: bool
+    ) -> BlobChunks | None:
+        if manifest is None or self.is_small(layer):
+            return None
+        index = await self.chunk_index(name, manifest, anonymous=anonymous)
+        return index.blobs.get(layer.digest) if index else None
+
+    async def open(
+        self, name: Name, manifest: Manifest | None, layer: Layer, *, anonymous: bool = False
+    ) -> BlobHandle:
+        """Open ``layer`` for reading as ``manifest`` (fetched for ``name``) vouches for it.
+
+        Fetches nothing but the manifest's chunk index (once per manifest) for a large
+        blob: its bytes move only when they are read. ``anonymous``: for another user
+        of an allow_other mount, without the mount owner's credentials.
         """
-        handle = Handle(name, layer, chunks, anonymous)
+        chunks = await self._chunks_of(name, manifest, layer, anonymous)
+        return await self._open(name, layer, chunks, anonymous)
+
+    async def _open(
+        self, name: Name, layer: Layer, chunks: BlobChunks | None, anonymous: bool
+    ) -> BlobHandle:
+        handle = BlobHandle(self, name, layer, chunks, anonymous)
         await self._open_published(handle)
-        if handle.fd is None and layer.size > self.fetcher.settings.chunk_bytes:
+        if handle.fd is None and not self.is_small(layer):
             handle.blob = await self.fetcher.acquire(
                 name, layer, chunks, self.policy(chunks), anonymous=anonymous
             )
         return handle
 
-    async def _open_published(self, handle: Handle) -> None:
+    async def fetch(
+        self,
+        name: Name,
+        manifest: Manifest,
+        layer: Layer,
+        on_progress: Callable[[int], None] | None = None,
+        progress_seconds: float = 0.5,
+    ) -> None:
+        """Fetch ``layer`` whole, check it and publish it into ``blobs/`` (``pull``).
+
+        Waits as long as it takes (no reader is waiting on a deadline);
+        ``on_progress(bytes_present)`` is called every ``progress_seconds``.
+        """
+        if self.is_small(layer):
+            await self.fetcher.fetch_small(name, layer, wait=False)
+            return
+        chunks = await self._chunks_of(name, manifest, layer, False)
+        bf = await self.fetcher.acquire(name, layer, chunks, self.policy(chunks))
+        try:
+            async with trio.open_nursery() as watch:
+                if on_progress is not None:
+                    watch.start_soon(_report, bf, on_progress, progress_seconds)
+                await bf.complete()
+                watch.cancel_scope.cancel()
+        finally:
+            bf.release()
+
+    async def _open_published(self, handle: BlobHandle) -> None:
         cache = self.fetcher.cache
         layer = handle.layer
 
@@ -136,7 +207,7 @@ class Reader:
 
         handle.fd = await self.fetcher.in_thread(open_if_complete)  # type: ignore[assignment]
 
-    async def close(self, handle: Handle) -> None:
+    async def _close(self, handle: BlobHandle) -> None:
         if handle.closed:
             return
         handle.closed = True
@@ -147,7 +218,9 @@ class Reader:
             handle.blob.release()
             handle.blob = None
 
-    async def read(self, handle: Handle, offset: int, size: int) -> bytes:
+    async def _read(self, handle: BlobHandle, offset: int, size: int) -> bytes:
+        if handle.closed:
+            raise ModelfsError(f"blob {handle.layer.digest.short}: read after close")
         layer = handle.layer
         end = min(offset + size, layer.size)
         if offset >= end:
@@ -166,28 +239,22 @@ class Reader:
             return data
         return await self.fetcher.in_thread(os.pread, fd, size, offset)  # type: ignore[return-value]
 
-    async def _read_small(self, handle: Handle, offset: int, end: int) -> bytes:
+    async def _read_small(self, handle: BlobHandle, offset: int, end: int) -> bytes:
         data = await self.fetcher.fetch_small(handle.name, handle.layer, anonymous=handle.anonymous)
         await self._open_published(handle)
         if handle.fd is None:
             handle.small = data
         return data[offset:end]
 
-    async def _read_blob(self, handle: Handle, blob: BlobFetch, offset: int, end: int) -> bytes:
+    async def _read_blob(self, handle: BlobHandle, blob: BlobFetch, offset: int, end: int) -> bytes:
         if blob.verify is Verify.WHOLE and not blob.published:
             await blob.complete(self.fetcher.settings.read_wait_seconds)
         touched = chunks_for_range(offset, end - offset, blob.size, blob.chunk_bytes)
         self._readahead(handle, blob, offset, end, touched)
-        for _ in range(EVICTED_RETRIES):
-            await blob.ensure(touched.start, touched.stop)
-            try:
-                return await blob.read(offset, end - offset)
-            except _Evicted:
-                continue
-        raise ModelfsError(f"blob {blob.digest.short}: chunks keep being evicted before use")
+        return await blob.read_range(offset, end - offset, touched)
 
     def _readahead(
-        self, handle: Handle, blob: BlobFetch, offset: int, end: int, touched: range
+        self, handle: BlobHandle, blob: BlobFetch, offset: int, end: int, touched: range
     ) -> None:
         # Kernel readahead sends a streaming reader's requests slightly out of order:
         # anything within a chunk of where the last read ended counts as sequential.
@@ -207,13 +274,7 @@ class Reader:
             blob.prefetch(touched.stop, touched.stop + handle.window_chunks)
 
 
-async def read_all(reader: Reader, handle: Handle, piece_bytes: int = 1 << 20) -> bytes:
-    """Read a whole blob through ``reader`` (tests and small files)."""
-    out = bytearray()
-    while len(out) < handle.layer.size:
-        data = await reader.read(handle, len(out), piece_bytes)
-        if not data:
-            break
-        out += data
-        await trio.lowlevel.checkpoint()
-    return bytes(out)
+async def _report(bf: BlobFetch, on_progress: Callable[[int], None], seconds: float) -> None:
+    while True:
+        on_progress(bf.present_bytes)
+        await trio.sleep(seconds)

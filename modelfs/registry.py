@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import trio
@@ -222,7 +223,10 @@ def delete_scopes(name: Name) -> tuple[str, ...]:
     return (f"repository:{name.repository}:delete",)
 
 
-def client_for(owner: Registry, anonymous_client: Registry | None, anonymous: bool) -> Registry:
+C = TypeVar("C")
+
+
+def client_for(owner: C, anonymous_client: C | None, anonymous: bool) -> C:
     """The client a request may use: the owner's, or (for another user of an allow_other
     mount) the one without credentials. Fails closed when there is none."""
     if not anonymous:

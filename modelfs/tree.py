@@ -38,7 +38,7 @@ from modelfs.digest import Digest
 from modelfs.errors import ModelfsError, NameInvalid
 from modelfs.manifest import MANIFEST_FILENAME, Layer, Manifest, layer_filenames
 from modelfs.names import Name, PartKind, check_part, from_parts
-from modelfs.reader import Handle, Reader
+from modelfs.reader import BlobHandle, Blobs
 from modelfs.resolver import Resolved, Resolver
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,14 @@ class Node:
 @dataclass
 class _Open:
     node: Node
-    handle: Handle | None  # None for manifest.json (served from memory)
+    handle: BlobHandle | None  # None for manifest.json (served from memory)
 
 
 class Tree:
     def __init__(
         self,
         resolver: Resolver,
-        reader: Reader,
+        blobs: Blobs,
         completion: Completion,
         cache: BlobCache,
         *,
@@ -159,7 +159,7 @@ class Tree:
     ) -> None:
         self.access = access or Access(owner_uid=-1)
         self.resolver = resolver
-        self.reader = reader
+        self.blobs = blobs
         self.completion = completion
         self.cache = cache
         self.lookup_ttl_seconds = lookup_ttl_seconds
@@ -537,14 +537,8 @@ class Tree:
         handle = None
         if node.layer is not None:
             assert node.source is not None and node.manifest is not None
-            chunks = None
-            if node.layer.size > self.reader.fetcher.settings.chunk_bytes:
-                index = await self.reader.chunk_index(
-                    node.source, node.manifest, anonymous=caller.anonymous
-                )
-                chunks = index.blobs.get(node.layer.digest) if index else None
-            handle = await self.reader.open(
-                node.source, node.layer, chunks, anonymous=caller.anonymous
+            handle = await self.blobs.open(
+                node.source, node.manifest, node.layer, anonymous=caller.anonymous
             )
         node.open_count += 1
         fh = next(self._fhs)
@@ -558,7 +552,7 @@ class Tree:
         if opened.handle is None:
             raw = opened.node.manifest.raw  # type: ignore[union-attr]
             return raw[offset : offset + size]
-        return await self.reader.read(opened.handle, offset, size)
+        return await opened.handle.read(offset, size)
 
     async def release(self, fh: int) -> None:
         opened = self._handles.pop(fh, None)
@@ -566,7 +560,7 @@ class Tree:
             return
         opened.node.open_count -= 1
         if opened.handle is not None:
-            await self.reader.close(opened.handle)
+            await opened.handle.close()
         if opened.node.lookups <= 0 and opened.node.open_count <= 0:
             self.forget(opened.node.inode, 0)
         if self._on_closed is not None:

@@ -1,0 +1,131 @@
+"""In-process blob sources for unit tests of the blob layer (``modelfs.fetcher.BlobSource``).
+
+``FakeSource`` serves bytes held in memory the way ``Registry.read_range`` does:
+pieces of ``piece_bytes`` delivered from a worker thread taken under the
+caller's limiter. Each repository has its own blobs, so a test can have two
+registries name the same digest with different bytes. ``faults`` injects what
+real registries do: a request that fails before any byte, a body cut short, bytes
+that are not the blob's, a request that never ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from modelfs.digest import Digest
+from modelfs.errors import ModelfsError, Transient
+from modelfs.names import Name
+
+Repo = tuple[str, str, str]
+
+
+@dataclass
+class Request:
+    repository: Repo
+    digest: Digest
+    start: int
+    end: int
+
+
+@dataclass
+class Fault:
+    """What the ``n``-th matching request (counting from 0) does instead of serving honestly.
+
+    kind: ``fail`` (raise ``error`` before any byte), ``cut`` (deliver ``pieces`` pieces,
+    then raise Transient), ``hang`` (deliver ``pieces`` pieces, then nothing, ever),
+    ``corrupt`` (flip a byte in every piece overlapping ``at``), ``stall`` (never answer).
+    """
+
+    kind: str
+    digest: Digest | None = None  # only requests for this blob
+    matches: Callable[[Request], bool] = lambda r: True
+    times: int = 1
+    error: ModelfsError | None = None
+    pieces: int = 1
+    at: int = 0
+    used: int = 0
+
+
+@dataclass
+class FakeSource:
+    blobs: dict[tuple[Repo, Digest], bytes] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+
+    def put(self, name: Name, data: bytes, digest: Digest | None = None) -> Digest:
+        """Serve ``data`` as ``digest`` (by default its own) from ``name``'s repository."""
+        digest = digest or Digest.of_bytes(data)
+        self.blobs[(name.repository_key, digest)] = data
+        return digest
+
+    def fault(self, kind: str, **kw: object) -> Fault:
+        f = Fault(kind, **kw)  # type: ignore[arg-type]
+        self.faults.append(f)
+        return f
+
+    def requests_for(self, digest: Digest) -> list[Request]:
+        return [r for r in self.requests if r.digest == digest]
+
+    def requested_bytes(self, digest: Digest) -> int:
+        return sum(r.end - r.start for r in self.requests_for(digest))
+
+    def _fault_for(self, request: Request) -> Fault | None:
+        for f in self.faults:
+            if (
+                f.used < f.times
+                and (f.digest is None or f.digest == request.digest)
+                and f.matches(request)
+            ):
+                f.used += 1
+                return f
+        return None
+
+    async def read_range(
+        self,
+        name: Name,
+        digest: Digest,
+        start: int,
+        end: int,
+        piece_bytes: int,
+        on_piece: Callable[[int, memoryview], None],
+        *,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        request = Request(name.repository_key, digest, start, end)
+        self.requests.append(request)
+        data = self.blobs.get((name.repository_key, digest))
+        if data is None:
+            raise ModelfsError(f"blob {digest.short} is not in {'/'.join(name.repository_key)}")
+        if not start < end <= len(data):
+            raise ModelfsError(f"asked for bytes {start}-{end - 1} of {len(data)}")
+        fault = self._fault_for(request)
+        if fault is not None and fault.kind == "fail":
+            raise fault.error or Transient("connection reset by peer")
+        if fault is not None and fault.kind == "stall":
+            await trio.sleep_forever()
+
+        def deliver() -> None:
+            offset, n = start, 0
+            while offset < end:
+                if fault is not None and fault.kind in ("cut", "hang") and n == fault.pieces:
+                    if fault.kind == "hang":
+                        return
+                    raise Transient(f"body ended at byte {offset} of {start}-{end - 1}")
+                size = min(piece_bytes, end - offset)
+                piece = bytearray(data[offset : offset + size])
+                if (
+                    fault is not None
+                    and fault.kind == "corrupt"
+                    and offset <= fault.at < offset + size
+                ):
+                    piece[fault.at - offset] ^= 0xFF
+                on_piece(offset, memoryview(piece))
+                offset += size
+                n += 1
+
+        await trio.to_thread.run_sync(deliver, limiter=limiter)
+        if fault is not None and fault.kind == "hang":
+            await trio.sleep_forever()

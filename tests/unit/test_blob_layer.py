@@ -1,0 +1,444 @@
+"""The blob layer (Reader, Fetcher, partial files, the cache) against in-process sources.
+
+The source is a fake (tests/support/sources.py) that serves bytes from memory from a worker
+thread the way the registry client does, with faults injected per request; the cache is a real
+one in a temporary directory. What real registries and mounts do is tested in tests/component
+and tests/mount; these pin the blob layer's own rules: single flight, retries, what is served
+before it is verified, what is published, what survives a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from support.hostile import build_manifest
+from support.sources import FakeSource
+
+from modelfs.blobcache import BlobCache
+from modelfs.chunks import BlobChunks, chunk_hash, serialize_chunk_index
+from modelfs.digest import Digest
+from modelfs.errors import DigestMismatch, RegistryError, Transient
+from modelfs.fetcher import Fetcher, FetchSettings
+from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL, Layer, parse_manifest
+from modelfs.names import Name, parse_name
+from modelfs.partial import present_bytes_in_state
+from modelfs.reader import BlobHandle, Blobs, BlobsSettings
+
+CB = 64 << 10
+SIZE = 10 * CB + 1234  # eleven chunks, the last one short
+NAME = parse_name("127.0.0.1:5000/library/model:tag")
+OTHER = parse_name("127.0.0.1:5001/evil/model:tag")
+
+
+@pytest.fixture
+def data() -> bytes:
+    return os.urandom(SIZE)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> BlobCache:
+    c = BlobCache(tmp_path / "cache")
+    c.prepare()
+    return c
+
+
+def layer_of(data: bytes, digest: Digest | None = None) -> Layer:
+    return Layer(digest or Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
+
+
+def index_of(data: bytes, digest: Digest | None = None, algorithm: str = "blake3") -> BlobChunks:
+    hashes = tuple(chunk_hash(algorithm, data[i : i + CB]) for i in range(0, len(data), CB))
+    return BlobChunks(digest or Digest.of_bytes(data), len(data), CB, hashes, algorithm)
+
+
+@asynccontextmanager
+async def blob_layer(
+    cache: BlobCache, source: FakeSource, *, deferred: bool = False, **settings: object
+) -> AsyncIterator[tuple[Fetcher, Blobs]]:
+    settings.setdefault("read_wait_seconds", 20.0)
+    async with trio.open_nursery() as nursery:
+        fetcher = Fetcher(
+            cache,
+            source,
+            nursery,
+            FetchSettings(chunk_bytes=CB, **settings),  # type: ignore[arg-type]
+            anonymous_registry=source,
+        )
+        blobs = Blobs(fetcher, BlobsSettings(deferred=deferred))
+        try:
+            yield fetcher, blobs
+        finally:
+            await fetcher.save_all()
+            nursery.cancel_scope.cancel()
+
+
+async def open_blob(
+    blobs: Blobs, name: Name, layer: Layer, chunks: BlobChunks | None, *, anonymous: bool = False
+) -> BlobHandle:
+    """Open ``layer`` through a manifest of ``name`` listing it, with a chunk index of ``chunks``.
+
+    The index is served by the source, like any blob, and loaded by the blob layer.
+    """
+    source = blobs.fetcher.registry_for(anonymous)
+    assert isinstance(source, FakeSource)
+    layers = [(MEDIA_TYPE_MODEL, str(layer.digest), layer.size)]
+    if chunks is not None:
+        index = serialize_chunk_index(chunks.chunk_bytes, [chunks])
+        layers.append((MEDIA_TYPE_CHUNK_INDEX, str(source.put(name, index)), len(index)))
+    manifest = parse_manifest(build_manifest(b"{}", layers))
+    return await blobs.open(name, manifest, layer, anonymous=anonymous)
+
+
+async def read(
+    blobs: Blobs, name: Name, layer: Layer, chunks: BlobChunks | None, piece: int = 40_000
+) -> bytes:
+    handle = await open_blob(blobs, name, layer, chunks)
+    try:
+        return await handle.read_all(piece)
+    finally:
+        await handle.close()
+
+
+async def published(cache: BlobCache, layer: Layer) -> None:
+    with trio.fail_after(20):
+        while not cache.has_blob(layer.digest, layer.size):
+            await trio.sleep(0.01)
+
+
+def no_byte_twice(source: FakeSource, digest: Digest) -> bool:
+    seen: set[int] = set()
+    for r in source.requests:
+        if r.digest != digest:
+            continue
+        span = set(range(r.start // CB, (r.end - 1) // CB + 1))
+        if seen & span:
+            return False
+        seen |= span
+    return True
+
+
+# -- the honest path ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+async def test_a_cold_read_is_served_checked_and_published(
+    cache: BlobCache, data: bytes, algorithm: str
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        chunks = index_of(data, algorithm=algorithm)
+        assert await read(blobs, NAME, layer, chunks) == data
+        await published(cache, layer)
+        assert fetcher.stats.chunk_mismatches == 0
+        assert source.requested_bytes(layer.digest) == SIZE
+        assert no_byte_twice(source, layer.digest)
+        # Published: a new handle reads blobs/ and asks the source for nothing.
+        before = len(source.requests)
+        assert await read(blobs, NAME, layer, chunks) == data
+        assert len(source.requests) == before
+    assert cache.blob_path(layer.digest).read_bytes() == data
+
+
+async def test_sixteen_readers_of_one_cold_chunk_make_one_request(
+    cache: BlobCache, data: bytes
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    got: list[bytes] = []
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handles = [await open_blob(blobs, NAME, layer, index_of(data)) for _ in range(16)]
+
+        async def one(h: object) -> None:
+            got.append(await h.read(3 * CB + 100, 1000))  # type: ignore[arg-type]
+
+        async with trio.open_nursery() as nursery:
+            for h in handles:
+                nursery.start_soon(one, h)
+        for h in handles:
+            await h.close()
+    assert got == [data[3 * CB + 100 : 3 * CB + 1100]] * 16
+    assert [(r.start, r.end) for r in source.requests_for(layer.digest)] == [(3 * CB, 4 * CB)]
+
+
+async def test_a_blob_without_an_index_is_served_only_once_whole_and_checked(
+    cache: BlobCache, data: bytes
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, None)
+        try:
+            # A one-byte read of the first chunk: the whole blob is fetched and checked first.
+            assert await handle.read(5, 1) == data[5:6]
+            assert source.requested_bytes(layer.digest) == SIZE
+            assert cache.has_blob(layer.digest, layer.size)
+        finally:
+            await handle.close()
+
+
+async def test_a_small_blob_is_fetched_whole_and_checked(cache: BlobCache) -> None:
+    small = os.urandom(CB - 7)
+    source = FakeSource()
+    layer = layer_of(small)
+    source.put(NAME, small)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        assert await read(blobs, NAME, layer, None) == small
+    assert cache.has_blob(layer.digest, layer.size)
+
+
+# -- a source that fails --------------------------------------------------------------------
+
+
+async def test_failed_requests_are_retried(cache: BlobCache, data: bytes) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    source.fault("fail", digest=layer.digest, times=2)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        assert await read(blobs, NAME, layer, index_of(data)) == data
+    assert len(source.requests_for(layer.digest)) >= 3
+
+
+async def test_a_body_cut_short_is_resumed_where_it_ended(cache: BlobCache, data: bytes) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    source.fault("cut", digest=layer.digest, pieces=2, matches=lambda r: r.end - r.start > 2 * CB)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        assert await read(blobs, NAME, layer, index_of(data), piece=SIZE) == data
+    cut = next(r for r in source.requests if r.end - r.start > 2 * CB)
+    later = source.requests[source.requests.index(cut) + 1 :]
+    resumed = next(r for r in later if cut.start <= r.start < cut.end)
+    # The two chunks delivered before the cut are not asked for again; only the rest is.
+    assert (resumed.start, resumed.end) == (cut.start + 2 * CB, cut.end)
+    assert source.requested_bytes(layer.digest) == SIZE + (cut.end - cut.start - 2 * CB)
+
+
+async def test_an_error_that_is_not_transient_is_not_retried(cache: BlobCache, data: bytes) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    source.fault("fail", digest=layer.digest, times=100, error=RegistryError("blob unknown", 404))
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        try:
+            with pytest.raises(RegistryError):
+                await handle.read(0, 100)
+        finally:
+            await handle.close()
+    assert len(source.requests_for(layer.digest)) == 1
+
+
+async def test_a_stalled_source_fails_the_read_within_its_bound(
+    cache: BlobCache, data: bytes
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    source.fault("stall", digest=layer.digest, times=100)
+    async with blob_layer(cache, source, read_wait_seconds=0.3) as (_fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        try:
+            with trio.fail_after(30), pytest.raises(Transient, match="no data after"):
+                await handle.read(0, 100)
+        finally:
+            await handle.close()
+    assert not cache.has_blob(layer.digest, layer.size)
+
+
+# -- a source that lies ---------------------------------------------------------------------
+
+
+async def test_a_chunk_that_does_not_match_its_index_is_never_served(
+    cache: BlobCache, data: bytes
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    source.fault(
+        "corrupt", digest=layer.digest, at=3 * CB + 10, matches=lambda r: r.start <= 3 * CB < r.end
+    )
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        try:
+            with pytest.raises(DigestMismatch):
+                await handle.read(3 * CB, 100)
+            assert fetcher.stats.chunk_mismatches == 1
+            # The next read fetches the chunk again, and this time it is the blob's.
+            assert await handle.read(3 * CB, 100) == data[3 * CB : 3 * CB + 100]
+        finally:
+            await handle.close()
+
+
+async def test_a_blob_that_does_not_match_its_digest_is_not_served_or_published(
+    cache: BlobCache, data: bytes
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, os.urandom(SIZE), layer.digest)  # other bytes under the digest
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, None)
+        try:
+            with pytest.raises(DigestMismatch):
+                await handle.read(0, 100)
+        finally:
+            await handle.close()
+        assert fetcher.stats.blob_mismatches == 1
+    assert not cache.has_blob(layer.digest, layer.size)
+    # Nothing of it is left claiming to be part of the blob.
+    state = cache.state_path(layer.digest)
+    assert not state.exists() or present_bytes_in_state(state.read_bytes(), layer.digest, SIZE) == 0
+
+
+async def test_a_lying_index_serves_its_own_bytes_but_never_publishes_them(
+    cache: BlobCache, data: bytes
+) -> None:
+    # A registry whose manifest names a real digest, with an index of bytes of its own:
+    # its reader gets what its index vouches for; blobs/ never gets them under the digest.
+    source = FakeSource()
+    layer = layer_of(data)
+    forged = os.urandom(SIZE)
+    source.put(OTHER, forged, layer.digest)
+    discarded: list[Digest] = []
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        fetcher.on_discarded = discarded.append
+        assert await read(blobs, OTHER, layer, index_of(forged, layer.digest)) == forged
+        with trio.fail_after(20):
+            while fetcher.stats.blob_mismatches == 0:
+                await trio.sleep(0.01)
+    assert not cache.has_blob(layer.digest, layer.size)
+    assert discarded == [layer.digest]
+
+
+async def test_another_manifest_of_the_same_digest_never_gets_the_liars_bytes(
+    cache: BlobCache, data: bytes
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    forged = os.urandom(SIZE)
+    source.put(NAME, data)
+    source.put(OTHER, forged, layer.digest)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        liar = await open_blob(blobs, OTHER, layer, index_of(forged, layer.digest))
+        try:
+            # The liar's chunks land first (in the partial file, or a scratch file)...
+            assert await liar.read(0, 2 * CB) == forged[: 2 * CB]
+            # ... and the victim's blobs, open at the same time, reads only its own bytes.
+            assert await read(blobs, NAME, layer, index_of(data)) == data
+        finally:
+            await liar.close()
+        await published(cache, layer)
+    assert cache.blob_path(layer.digest).read_bytes() == data
+
+
+async def test_deferred_serves_as_bytes_land_and_discards_a_lie(
+    cache: BlobCache, data: bytes
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    forged = os.urandom(SIZE)
+    source.put(NAME, forged, layer.digest)
+    discarded: list[Digest] = []
+    async with blob_layer(cache, source, deferred=True) as (fetcher, blobs):
+        fetcher.on_discarded = discarded.append
+        handle = await open_blob(blobs, NAME, layer, None)
+        try:
+            # verify=deferred: bytes are served as they land, before the blob can be checked
+            # (the documented cost of the option)...
+            assert await handle.read(0, 100) == forged[:100]
+            assert await handle.read_all(SIZE) == forged
+            # ... and once it is complete and fails its check, the kernel is told to drop
+            # what was served, and reads of it fail.
+            with trio.fail_after(20):
+                while not discarded:
+                    await trio.sleep(0.01)
+            with pytest.raises(DigestMismatch):
+                await handle.read(0, 100)
+        finally:
+            await handle.close()
+    assert discarded == [layer.digest]
+    assert not cache.has_blob(layer.digest, layer.size)
+
+
+# -- restarts -------------------------------------------------------------------------------
+
+
+async def test_progress_survives_a_restart_and_is_checked_again(
+    cache: BlobCache, data: bytes
+) -> None:
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        try:
+            assert await handle.read(0, 3 * CB) == data[: 3 * CB]
+        finally:
+            await handle.close()
+    assert cache.state_path(layer.digest).exists()
+    first = source.requested_bytes(layer.digest)
+    # A chunk left on disk that no longer matches (a crash, a bad disk) is fetched again.
+    with open(cache.partial_path(layer.digest), "r+b") as f:
+        f.seek(CB + 5)
+        f.write(b"\0")
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        assert await read(blobs, NAME, layer, index_of(data)) == data
+        await published(cache, layer)
+    again = source.requested_bytes(layer.digest) - first
+    assert again == SIZE - 3 * CB + CB  # what was missing, and the chunk that was damaged
+
+
+async def test_another_users_reads_never_use_the_owners_source(
+    cache: BlobCache, data: bytes
+) -> None:
+    owner, anonymous = FakeSource(), FakeSource()
+    layer = layer_of(data)
+    owner.put(NAME, data)
+    anonymous.put(NAME, data)
+    async with trio.open_nursery() as nursery:
+        fetcher = Fetcher(
+            cache, owner, nursery, FetchSettings(chunk_bytes=CB), anonymous_registry=anonymous
+        )
+        blobs = Blobs(fetcher)
+        handle = await open_blob(blobs, NAME, layer, index_of(data), anonymous=True)
+        try:
+            assert await handle.read_all(SIZE) == data
+        finally:
+            await handle.close()
+        await fetcher.save_all()
+        nursery.cancel_scope.cancel()
+    assert owner.requests == []
+    assert anonymous.requested_bytes(layer.digest) == SIZE
+
+
+async def test_progress_is_saved_while_the_fetch_goes_on(cache: BlobCache, data: bytes) -> None:
+    # A kill -9 costs at most the last state_flush_seconds of fetching: the state is written
+    # that long after chunks land, not when the fetch or the reader ends.
+    source = FakeSource()
+    layer = layer_of(data)
+    source.put(NAME, data)
+    source.fault("hang", digest=layer.digest, pieces=3)
+    async with blob_layer(cache, source, state_flush_seconds=0.2) as (_fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        try:
+            assert await handle.read(0, 3 * CB) == data[: 3 * CB]
+            state = cache.state_path(layer.digest)
+            with trio.fail_after(20):
+                while not (
+                    state.exists()
+                    and present_bytes_in_state(state.read_bytes(), layer.digest, SIZE) >= 3 * CB
+                ):
+                    await trio.sleep(0.01)
+            # The request is still open (it never ends), the handle too.
+            assert len(source.requests_for(layer.digest)) == 1
+        finally:
+            await handle.close()
