@@ -1,7 +1,7 @@
 """Fetching blob bytes from the registry into the cache.
 
 For every blob this process is filling, a ``BlobFetch`` owns: which chunks are
-present, the in-flight fetches (one ``_Flight`` per chunk, shared by every
+present, the in-flight fetches (one ``Flight`` per chunk, shared by every
 reader of that chunk: 16 readers of one chunk make one request), retries with
 backoff, verification of each chunk against the chunk index before anyone may
 read it, persisting progress, and publishing the blob into ``blobs/`` once it is
@@ -40,6 +40,7 @@ from modelfs.blobcache import BlobCache, pread_cached
 from modelfs.chunks import CHUNK_BYTES, BlobChunks, chunk_count, chunk_span, runs
 from modelfs.digest import Digest, hash_file_into
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
+from modelfs.flight import Flight
 from modelfs.manifest import Layer
 from modelfs.names import Name
 from modelfs.partial import PartialFile
@@ -143,36 +144,6 @@ class _PrefixHash:
             return self.h.hexdigest()
 
 
-class _Flight:
-    """One fetch of one chunk (or one small blob) that any number of readers can wait on."""
-
-    __slots__ = ("error", "event", "value")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.error: ModelfsError | None = None
-        self.value: bytes | None = None
-
-    def finish(self, error: ModelfsError | None = None, value: bytes | None = None) -> None:
-        self.error = error
-        self.value = value
-        self.event.set()
-
-    async def wait(self, seconds: float | None, what: str) -> None:
-        """Wait for the flight; a reader's wait is bounded (``seconds``), a pull's is not (None)."""
-        if seconds is None:
-            await self.event.wait()
-        else:
-            with trio.move_on_after(seconds):
-                await self.event.wait()
-        if not self.event.is_set():
-            raise Transient(f"{what}: no data after {seconds:.0f}s")
-        if self.error is not None:
-            # Each waiter raises its own copy: one exception object must not collect
-            # several tasks' tracebacks.
-            raise copy.copy(self.error)
-
-
 class BlobSource(Protocol):
     """Where blob bytes come from: ``Registry`` (over HTTP), or a fake in unit tests.
 
@@ -258,7 +229,7 @@ class Fetcher:
         # which inodes read a blob (trio thread), and the store itself (worker thread).
         self.push_targets: Callable[[BlobFetch], list[int]] | None = None
         self.store: Callable[[int, int, memoryview], None] | None = None
-        self._small: dict[tuple[Digest, tuple[str, str, str], bool], _Flight] = {}
+        self._small: dict[tuple[Digest, tuple[str, str, str], bool], Flight] = {}
         self.stats = Stats()
 
     def registry_for(self, anonymous: bool) -> BlobSource:
@@ -341,7 +312,7 @@ class Fetcher:
         key = (layer.digest, name.repository_key, anonymous)
         flight = self._small.get(key)
         if flight is None:
-            flight = self._small[key] = _Flight()
+            flight = self._small[key] = Flight()
             spawn(
                 self.nursery,
                 f"fetch blob {layer.digest.short}",
@@ -360,7 +331,7 @@ class Fetcher:
     async def _small_flight(
         self,
         key: tuple[Digest, tuple[str, str, str], bool],
-        flight: _Flight,
+        flight: Flight,
         name: Name,
         layer: Layer,
         anonymous: bool,
@@ -466,7 +437,7 @@ class BlobFetch:
         self.partial: PartialFile | None = None
         self.lock_fd: int | None = None
         self.memory: OrderedDict[int, bytes] = OrderedDict()
-        self.flights: dict[int, _Flight] = {}
+        self.flights: dict[int, Flight] = {}
         self.users = 0  # handles, plus fetch and flush tasks: the blob stays open while > 0
         self.handles = 0  # callers of Fetcher.acquire that have not released
         self.published = False
@@ -474,7 +445,7 @@ class BlobFetch:
         self.closing: trio.Event | None = None
         self._opened = False
         self._opening: trio.Event | None = None
-        self._finalizing: _Flight | None = None
+        self._finalizing: Flight | None = None
         self._dirty = False
         self._flush_pending = False
         self._disk_failed = False
@@ -597,8 +568,8 @@ class BlobFetch:
 
     # -- fetching -----------------------------------------------------------------------------
 
-    def _claim(self, lo: int, hi: int) -> tuple[list[_Flight], list[int]]:
-        waits: list[_Flight] = []
+    def _claim(self, lo: int, hi: int) -> tuple[list[Flight], list[int]]:
+        waits: list[Flight] = []
         new: list[int] = []
         for i in range(lo, hi):
             # A flight first: a chunk still marked present may be being re-checked.
@@ -606,7 +577,7 @@ class BlobFetch:
             if flight is None and self.has(i):
                 continue
             if flight is None:
-                flight = self.flights[i] = _Flight()
+                flight = self.flights[i] = Flight()
                 new.append(i)
             waits.append(flight)
         return waits, new
@@ -668,7 +639,7 @@ class BlobFetch:
         for i in range(lo, hi):
             if not partial.recheck_pending(i) or i in self.flights:
                 continue
-            flight = self.flights[i] = _Flight()
+            flight = self.flights[i] = Flight()
             try:
                 data = await self.fetcher.in_thread(partial.chunk_bytes_at, i)
             except BaseException as e:
@@ -739,7 +710,7 @@ class BlobFetch:
             self.users -= 1
             self.maybe_close()
 
-    def _fail(self, mine: dict[int, _Flight], error: ModelfsError) -> None:
+    def _fail(self, mine: dict[int, Flight], error: ModelfsError) -> None:
         for i, flight in mine.items():
             if not flight.event.is_set():
                 if self.flights.get(i) is flight:
@@ -970,7 +941,7 @@ class BlobFetch:
 
     def _start_finalize(self) -> None:
         if self._finalizing is None and not self.published:
-            self._finalizing = _Flight()
+            self._finalizing = Flight()
             spawn(self.fetcher.nursery, f"finalize {self.what}", self._finalize)
 
     async def _finalize(self) -> None:

@@ -34,6 +34,7 @@ from modelfs.chunks import (
 from modelfs.digest import Digest
 from modelfs.errors import ManifestInvalid, ModelfsError
 from modelfs.fetcher import BlobFetch, Fetcher, Verify
+from modelfs.flight import KeyedLock
 from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer, Manifest
 from modelfs.names import Name
 
@@ -89,7 +90,7 @@ class Blobs:
         self.settings = settings or BlobsSettings()
         # manifest digest -> its validated chunk index (None: it has none, or a bad one)
         self._indexes: dict[Digest, ChunkIndex | None] = {}
-        self._index_loads: dict[Digest, trio.Event] = {}
+        self._index_loads: KeyedLock[Digest] = KeyedLock()
 
     async def chunk_index(
         self, name: Name, manifest: Manifest, *, anonymous: bool = False
@@ -99,16 +100,13 @@ class Blobs:
         A malformed or lying index is logged and ignored: its blobs are then
         verified whole, which is slower but never unsafe.
         """
-        while manifest.digest in self._index_loads:
-            await self._index_loads[manifest.digest].wait()
-        if manifest.digest in self._indexes:
-            return self._indexes[manifest.digest]
-        layers = manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX)
-        if not layers:
-            return None
-        layer = layers[0]
-        done = self._index_loads[manifest.digest] = trio.Event()
-        try:
+        async with self._index_loads.hold(manifest.digest):
+            if manifest.digest in self._indexes:
+                return self._indexes[manifest.digest]
+            layers = manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX)
+            if not layers:
+                return None
+            layer = layers[0]
             if layer.size > MAX_INDEX_BYTES:
                 log.warning("%s: chunk index of %d bytes is too large; ignored", name, layer.size)
                 index = None
@@ -125,9 +123,6 @@ class Blobs:
                     index = None
             self._indexes[manifest.digest] = index
             return index
-        finally:
-            del self._index_loads[manifest.digest]
-            done.set()
 
     def policy(self, chunks: BlobChunks | None) -> Verify:
         if chunks is not None:

@@ -53,6 +53,7 @@ from modelfs.errors import (
     Unauthorized,
     registry_words,
 )
+from modelfs.flight import KeyedLock
 from modelfs.manifest import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPE_DOCKER_MANIFEST
 from modelfs.names import Name, scheme_for
 from modelfs.retry import retrying
@@ -266,7 +267,7 @@ class Registry:
                 anonymous=self.config.anonymous,
             ),
         )
-        self._auth_locks: dict[tuple[str, tuple[str, ...]], trio.Lock] = {}
+        self._auth_locks: KeyedLock[tuple[str, tuple[str, ...]]] = KeyedLock()
         self._mirror_down_until: dict[str, float] = {}
 
     async def aclose(self) -> None:
@@ -340,8 +341,7 @@ class Registry:
         self, host: str, scopes: tuple[str, ...], sent: str | None, challenge: str | None
     ) -> None:
         """Get credentials for a 401; concurrent requests that met it share one answer."""
-        lock = self._auth_locks.setdefault((host, scopes), trio.Lock())
-        async with lock:
+        async with self._auth_locks.hold((host, scopes)):
             now = self.auth.header(host, scopes)
             if now is not None and now != sent:
                 return  # another task already answered this challenge

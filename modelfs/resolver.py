@@ -28,6 +28,7 @@ from modelfs.errors import (
     RegistryError,
     Transient,
 )
+from modelfs.flight import KeyedLock
 from modelfs.manifest import Manifest, parse_manifest
 from modelfs.names import Name
 from modelfs.registry import Registry, client_for
@@ -65,7 +66,7 @@ class Resolver:
         # Keyed by (anonymous, name key).
         self._positive: dict[tuple[object, ...], Resolved] = {}
         self._negative: dict[tuple[object, ...], tuple[float, ModelNotFound]] = {}
-        self._inflight: dict[tuple[object, ...], trio.Event] = {}
+        self._resolving: KeyedLock[tuple[object, ...]] = KeyedLock()
 
     async def _thread(self, fn: Callable[..., object], *args: object) -> object:
         if self._in_thread is not None:
@@ -79,34 +80,35 @@ class Resolver:
 
     async def resolve(self, name: Name, *, anonymous: bool = False) -> Resolved:
         key = (anonymous, *name.key)
-        while True:
-            now = trio.current_time()
-            hit = self._positive.get(key)
-            if hit is not None and now - hit.at < self.lookup_ttl_seconds:
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+        async with self._resolving.hold(key):
+            # Whoever held the key before may have resolved it meanwhile; if it failed for a
+            # reason that is not cached, this task tries itself.
+            hit = self._cached(key)
+            if hit is not None:
                 return hit
-            miss = self._negative.get(key)
-            if miss is not None and now - miss[0] < self.negative_ttl_seconds:
-                raise ModelNotFound(miss[1].message)
-            event = self._inflight.get(key)
-            if event is None:
-                break
-            await event.wait()
-            if key not in self._positive and key not in self._negative:
-                # The shared attempt failed for a reason that is not cached: try ourselves.
-                break
-        event = self._inflight[key] = trio.Event()
-        try:
-            resolved = await self._resolve_uncached(name, self._registry(anonymous))
-        except ModelNotFound as e:
-            self._negative[key] = (trio.current_time(), e)
-            self._positive.pop(key, None)
-            raise
-        finally:
-            del self._inflight[key]
-            event.set()
-        self._positive[key] = resolved
-        self._negative.pop(key, None)
-        return resolved
+            try:
+                resolved = await self._resolve_uncached(name, self._registry(anonymous))
+            except ModelNotFound as e:
+                self._negative[key] = (trio.current_time(), e)
+                self._positive.pop(key, None)
+                raise
+            self._positive[key] = resolved
+            self._negative.pop(key, None)
+            return resolved
+
+    def _cached(self, key: tuple[object, ...]) -> Resolved | None:
+        """A fresh answer for ``key``, raising a fresh negative one; None if there is none."""
+        now = trio.current_time()
+        hit = self._positive.get(key)
+        if hit is not None and now - hit.at < self.lookup_ttl_seconds:
+            return hit
+        miss = self._negative.get(key)
+        if miss is not None and now - miss[0] < self.negative_ttl_seconds:
+            raise ModelNotFound(miss[1].message)
+        return None
 
     def _registry(self, anonymous: bool) -> Registry:
         return client_for(self.registry, self.anonymous_registry, anonymous)

@@ -117,8 +117,11 @@ class Proxy:
     def blob_records(self) -> list[Record]:
         return [r for r in self.records() if "/blobs/" in r.path and r.method == "GET"]
 
-    def blob_bytes(self) -> int:
-        return sum(r.body_bytes for r in self.blob_records())
+    def blob_bytes(self, digest_hex: str | None = None) -> int:
+        """Body bytes of blob requests (of one blob, with ``digest_hex``)."""
+        return sum(
+            r.body_bytes for r in self.blob_records() if digest_hex is None or digest_hex in r.path
+        )
 
 
 # -- the proxy process ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ RANK = {
     "streams": 1,
     "tasks": 1,
     "background": 1,
+    "flight": 1,
     "progress": 1,
     "manifest": 2,
     "chunks": 3,
