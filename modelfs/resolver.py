@@ -80,13 +80,13 @@ class Resolver:
 
     async def resolve(self, name: Name, *, anonymous: bool = False) -> Resolved:
         key = (anonymous, *name.key)
-        hit = self._cached(key)
+        hit = self._fresh(key)
         if hit is not None:
             return hit
         async with self._resolving.hold(key):
             # Whoever held the key before may have resolved it meanwhile; if it failed for a
             # reason that is not cached, this task tries itself.
-            hit = self._cached(key)
+            hit = self._fresh(key)
             if hit is not None:
                 return hit
             try:
@@ -99,7 +99,7 @@ class Resolver:
             self._negative.pop(key, None)
             return resolved
 
-    def _cached(self, key: tuple[object, ...]) -> Resolved | None:
+    def _fresh(self, key: tuple[object, ...]) -> Resolved | None:
         """A fresh answer for ``key``, raising a fresh negative one; None if there is none."""
         now = trio.current_time()
         hit = self._positive.get(key)
