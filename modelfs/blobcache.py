@@ -65,12 +65,13 @@ def os_error(e: OSError, what: str) -> CacheError | CacheFull:
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
-def pread_cached(fd: int, offset: int, size: int) -> bytes | None:
+def pread_cached(fd: int, offset: int, size: int) -> bytearray | None:
     """``size`` bytes at ``offset`` if all are in the page cache, read without blocking; else None.
 
     Served on the trio thread, a read of bytes just fetched (or read before) needs
     no worker thread; anything that would wait for the disk is read in a worker
-    thread by the caller (``os.preadv`` with ``RWF_NOWAIT``; Linux 4.14+).
+    thread by the caller (``os.preadv`` with ``RWF_NOWAIT``; Linux 4.14+). The buffer
+    is handed on as it is (pyfuse3 replies from any buffer): no copy into ``bytes``.
     """
     if not _RWF_NOWAIT or size <= 0:
         return None
@@ -81,7 +82,7 @@ def pread_cached(fd: int, offset: int, size: int) -> bytes | None:
         return None  # EAGAIN: not all cached; anything else: the worker thread reports it
     if n != size:
         return None
-    return bytes(buf)
+    return buf
 
 
 def fsync_dir(path: Path) -> None:

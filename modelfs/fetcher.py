@@ -1042,7 +1042,7 @@ class BlobFetch:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def read_range(self, offset: int, size: int, touched: range) -> bytes:
+    async def read_range(self, offset: int, size: int, touched: range) -> bytes | bytearray:
         """Bytes ``[offset, offset+size)`` (chunks ``touched``), fetched and checked if need be.
 
         A chunk held only in memory (the cache could not be written) may be dropped
@@ -1056,7 +1056,7 @@ class BlobFetch:
                 continue
         raise ModelfsError(f"{self.what}: chunks keep being evicted before use")
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | bytearray:
         """Bytes ``[offset, offset+size)``; the chunks must have been ensured (or published)."""
         end = min(offset + size, self.size)
         if offset >= end:

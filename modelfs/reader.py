@@ -65,7 +65,7 @@ class BlobHandle:
     window_chunks: int = 0
     closed: bool = field(default=False)
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | bytearray:
         """Bytes ``[offset, offset+size)`` (fewer at the end of the blob), checked per the policy."""
         return await self.blobs._read(self, offset, size)
 
@@ -213,7 +213,7 @@ class Blobs:
             handle.blob.release()
             handle.blob = None
 
-    async def _read(self, handle: BlobHandle, offset: int, size: int) -> bytes:
+    async def _read(self, handle: BlobHandle, offset: int, size: int) -> bytes | bytearray:
         if handle.closed:
             raise ModelfsError(f"blob {handle.layer.digest.short}: read after close")
         layer = handle.layer
@@ -228,7 +228,7 @@ class Blobs:
             return await self._read_small(handle, offset, end)
         return await self._read_blob(handle, handle.blob, offset, end)
 
-    async def _pread(self, fd: int, offset: int, size: int) -> bytes:
+    async def _pread(self, fd: int, offset: int, size: int) -> bytes | bytearray:
         data = pread_cached(fd, offset, size)
         if data is not None:
             return data
@@ -241,7 +241,9 @@ class Blobs:
             handle.small = data
         return data[offset:end]
 
-    async def _read_blob(self, handle: BlobHandle, blob: BlobFetch, offset: int, end: int) -> bytes:
+    async def _read_blob(
+        self, handle: BlobHandle, blob: BlobFetch, offset: int, end: int
+    ) -> bytes | bytearray:
         if blob.verify is Verify.WHOLE and not blob.published:
             await blob.complete(self.fetcher.settings.read_wait_seconds)
         touched = chunks_for_range(offset, end - offset, blob.size, blob.chunk_bytes)

@@ -545,7 +545,7 @@ class Tree:
         self._handles[fh] = _Open(node, handle)
         return fh
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | bytearray:
         opened = self._handles.get(fh)
         if opened is None:
             raise TreeError(errno.EBADF)
