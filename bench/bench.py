@@ -49,8 +49,8 @@ from support.mount import Mount, run_modelfs, sha256_path  # noqa: E402
 from support.proxy import Proxy  # noqa: E402
 from support.registry import RegistryProcess  # noqa: E402
 
-from modelfs.chunks import CHUNK_BYTES  # noqa: E402
-from modelfs.gguf import read_gguf_header  # noqa: E402
+from modelfs.formats.chunks import CHUNK_BYTES  # noqa: E402
+from modelfs.formats.gguf import read_gguf_header  # noqa: E402
 
 GB = 1e9
 

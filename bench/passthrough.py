@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modelfs.daemon import MAX_BACKGROUND, READ_AHEAD_KB, tune_kernel
+from modelfs.fs.daemon import MAX_BACKGROUND, READ_AHEAD_KB, tune_kernel
 
 FILE_INODE = 2
 

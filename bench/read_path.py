@@ -17,12 +17,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modelfs.blobcache import BlobCache
-from modelfs.fetcher import Fetcher
-from modelfs.manifest import MEDIA_TYPE_MODEL, parse_manifest
-from modelfs.names import parse_name
-from modelfs.reader import Blobs
-from modelfs.registry import Registry
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.reader import Blobs
+from modelfs.formats.manifest import MEDIA_TYPE_MODEL, parse_manifest
+from modelfs.formats.names import parse_name
+from modelfs.registry.client import Registry
 
 
 async def read_cold(name_text: str, cache_root: Path, piece_bytes: int) -> dict[str, float]:

@@ -1,5 +1,5 @@
 import sys
 
-from modelfs.cli import main
+from modelfs.commands.cli import main
 
 sys.exit(main())

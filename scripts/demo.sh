@@ -59,7 +59,7 @@ step "head -c 64 $TAG/model.gguf | od -A d -c | head -3      # the GGUF header, 
 head -c 64 "$TAG/model.gguf" | od -A d -c | head -3
 .venv/bin/python - "$TAG/model.gguf" <<'PY'
 import sys
-from modelfs.gguf import read_gguf_file
+from modelfs.formats.gguf import read_gguf_file
 info = read_gguf_file(sys.argv[1])
 print(f"GGUF v{info.version}: {info.architecture}, {info.file_type}, "
       f"{info.parameter_count:,} parameters, {len(info.tensors)} tensors, "

@@ -1,7 +1,7 @@
 """Test fixtures for GGUF: synthetic GGUF-shaped blobs of any size, and one real small model.
 
 ``write_synthetic_gguf`` writes a valid GGUF file (gguf-py's ``GGUFReader`` and
-``modelfs.gguf`` both read it) with a realistic header (a vocabulary of tens of
+``modelfs.formats.gguf`` both read it) with a realistic header (a vocabulary of tens of
 thousands of strings, so the header is MBs like a real model's) and
 deterministic pseudo-random tensor data, streamed in blocks so benchmarks can
 make multi-GiB files without holding them in memory.

@@ -17,9 +17,9 @@ from conftest import TLSRegistry, TokenRegistry
 from support.mount import modelfs_cmd, one_line_error, run_modelfs
 from support.registry import RegistryProcess, free_port
 
-from modelfs.auth import _Token
-from modelfs.names import parse_name
-from modelfs.registry import Registry, RegistryConfig, pull_scopes
+from modelfs.formats.names import parse_name
+from modelfs.registry.auth import _Token
+from modelfs.registry.client import Registry, RegistryConfig, pull_scopes
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ import trio
 from support.mount import one_line_error, run_modelfs
 from support.ollama_front import CDN, OllamaFront
 
-from modelfs.auth import OllamaKey
-from modelfs.digest import Digest
-from modelfs.names import parse_name
-from modelfs.registry import Registry, RegistryConfig
+from modelfs.formats.digest import Digest
+from modelfs.formats.names import parse_name
+from modelfs.registry.auth import OllamaKey
+from modelfs.registry.client import Registry, RegistryConfig
 
 RANGE_BYTES = 80 << 10  # 8 MiB in ~100 ranges
 

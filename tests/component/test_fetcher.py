@@ -1,4 +1,4 @@
-"""modelfs.fetcher against a real registry (through the counting proxy), no mount."""
+"""modelfs.blobs.fetcher against a real registry (through the counting proxy), no mount."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import logging
 import pytest
 import trio
 
-from modelfs.blobcache import BlobCache
-from modelfs.chunks import CHUNK_BYTES, BlobChunks, chunk_count
-from modelfs.digest import Digest
-from modelfs.fetcher import Fetcher, FetchSettings, Verify
-from modelfs.manifest import MEDIA_TYPE_MODEL, Layer
-from modelfs.names import parse_name
-from modelfs.partial import PartialFile
-from modelfs.registry import Registry
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.fetcher import Fetcher, FetchSettings, Verify
+from modelfs.blobs.partial import PartialFile
+from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks, chunk_count
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
+from modelfs.formats.names import parse_name
+from modelfs.registry.client import Registry
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ async def test_a_chunk_corrupted_on_disk_is_caught_on_reload_and_refetched(
         f.seek(3 * CHUNK_BYTES + 10)
         f.write(b"\xff\xff\xff")
     proxy.reset()
-    caplog.set_level(logging.WARNING, logger="modelfs.fetcher")
+    caplog.set_level(logging.WARNING, logger="modelfs.blobs.fetcher")
 
     async def reread(fetcher):
         bf = await fetcher.acquire(name, layer, chunks, Verify.INDEXED)

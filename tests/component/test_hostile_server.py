@@ -25,9 +25,15 @@ from support.hostile import (
     sha256_digest,
 )
 
-from modelfs.chunks import MIN_CHUNK_BYTES, chunk_count, chunk_hash, chunk_span, parse_chunk_index
-from modelfs.digest import Digest
-from modelfs.manifest import (
+from modelfs.formats.chunks import (
+    MIN_CHUNK_BYTES,
+    chunk_count,
+    chunk_hash,
+    chunk_span,
+    parse_chunk_index,
+)
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import (
     MEDIA_TYPE_CHUNK_INDEX,
     MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_DOCKER_MANIFEST,

@@ -17,9 +17,9 @@ from support.forward_proxy import ForwardProxy, ProxyRequest
 from support.mount import run_modelfs, sha256_path
 from support.registry import free_port
 
-from modelfs.blobcache import BlobCache
-from modelfs.manifest import MEDIA_TYPE_MODEL, parse_manifest
-from modelfs.names import parse_name
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.formats.manifest import MEDIA_TYPE_MODEL, parse_manifest
+from modelfs.formats.names import parse_name
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # A dead proxy is retried with backoff; the pull must still give up well within this.

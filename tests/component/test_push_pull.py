@@ -8,9 +8,9 @@ import os
 import pytest
 from support.mount import run_modelfs
 
-from modelfs.blobcache import BlobCache
-from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL, parse_manifest
-from modelfs.names import parse_name
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL, parse_manifest
+from modelfs.formats.names import parse_name
 
 
 def sha256(path) -> str:

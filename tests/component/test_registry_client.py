@@ -1,4 +1,4 @@
-"""modelfs.registry against a real docker-registry: manifests, blobs, ranges, errors."""
+"""modelfs.registry.client against a real docker-registry: manifests, blobs, ranges, errors."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import trio
 from support.registry import free_port
 
-from modelfs.digest import Digest
 from modelfs.errors import ModelNotFound, RegistryError, Transient
-from modelfs.manifest import MEDIA_TYPE_MODEL, parse_manifest
-from modelfs.names import parse_name
-from modelfs.registry import Registry
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_MODEL, parse_manifest
+from modelfs.formats.names import parse_name
+from modelfs.registry.client import Registry
 
 
 async def test_manifest_is_returned_byte_for_byte(registry, smollm2_pushed):

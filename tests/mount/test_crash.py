@@ -17,9 +17,9 @@ from mount.test_mount import TAG_DIR, model_records, wait_for
 from support.mount import modelfs_cmd, run_modelfs, sha256_path
 from support.proxy import Proxy
 
-from modelfs.chunks import CHUNK_BYTES
-from modelfs.digest import Digest
-from modelfs.partial import present_bytes_in_state
+from modelfs.blobs.partial import present_bytes_in_state
+from modelfs.formats.chunks import CHUNK_BYTES
+from modelfs.formats.digest import Digest
 
 
 def test_corrupted_partial_data_is_detected_and_refetched(

@@ -10,8 +10,8 @@ import time
 import pytest
 from mount.test_mount import TAG_DIR
 
-from modelfs.chunks import CHUNK_BYTES
-from modelfs.fetcher import READ_WAIT_SECONDS
+from modelfs.blobs.fetcher import READ_WAIT_SECONDS
+from modelfs.formats.chunks import CHUNK_BYTES
 
 REGION = (5 * CHUNK_BYTES + 1000, 7 * CHUNK_BYTES - 1000)
 

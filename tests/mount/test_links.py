@@ -12,7 +12,7 @@ import pytest
 from mount.test_mount import TAG_DIR, wait_for
 from support.mount import run_modelfs, sha256_path
 
-from modelfs.mountctl import find_mount
+from modelfs.fs.mountctl import find_mount
 
 LINK_PREFIX = "../../../../.blobs/"
 SMOLLM2 = "library/smollm2:135m"

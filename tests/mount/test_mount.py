@@ -17,7 +17,7 @@ import pytest
 from support.mount import run_modelfs
 from support.proxy import Record
 
-from modelfs.chunks import CHUNK_BYTES
+from modelfs.formats.chunks import CHUNK_BYTES
 
 TAG_DIR = "library/smollm2/135m"
 WAIT_SECONDS = 30.0
@@ -140,7 +140,7 @@ def test_gguf_header_and_metadata_fetch_at_most_two_chunks(tag, proxy, model_hex
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from modelfs.gguf import read_gguf_file
+    from modelfs.formats.gguf import read_gguf_file
 
     info = read_gguf_file(tag / "model.gguf")
     assert info.architecture == "llama"

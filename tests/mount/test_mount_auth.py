@@ -16,7 +16,7 @@ from support.mount import run_modelfs, sha256_path
 from support.ollama_front import CDN, OllamaFront
 from support.registry import RegistryProcess
 
-from modelfs.auth import OllamaKey
+from modelfs.registry.auth import OllamaKey
 
 MODEL_BYTES = 24 << 20
 

@@ -27,8 +27,8 @@ from support.hostile import HostileRegistry, build_chunk_index, build_manifest, 
 from support.mount import Mount, run_modelfs, sha256_path
 from support.registry import RegistryProcess
 
-from modelfs.chunks import CHUNK_BYTES
-from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL
+from modelfs.formats.chunks import CHUNK_BYTES
+from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL
 
 VICTIM_BYTES = 24 << 20
 OTHER_UID = 65534  # nobody

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from modelfs.chunks import CHUNK_BYTES
+from modelfs.formats.chunks import CHUNK_BYTES
 
 WAIT_SECONDS = 30.0
 

@@ -34,16 +34,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Self
 
-from modelfs.chunks import (
+from modelfs.formats.chunks import (
     CHUNK_BYTES,
     DEFAULT_CHUNK_ALGORITHM,
     BlobChunks,
     chunk_hash,
     serialize_chunk_index,
 )
-from modelfs.digest import Digest
-from modelfs.manifest import MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_MANIFEST, Layer
-from modelfs.manifest import build_manifest as serialize_manifest
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_MANIFEST, Layer
+from modelfs.formats.manifest import build_manifest as serialize_manifest
 from support.httpserver import (
     PIECE_BYTES,
     POLL_SECONDS,

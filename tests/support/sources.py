@@ -1,4 +1,4 @@
-"""In-process blob sources for unit tests of the blob layer (``modelfs.fetcher.BlobSource``).
+"""In-process blob sources for unit tests of the blob layer (``modelfs.blobs.fetcher.BlobSource``).
 
 ``FakeSource`` serves bytes held in memory the way ``Registry.read_range`` does:
 pieces of ``piece_bytes`` delivered from a worker thread taken under the
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelfs.digest import Digest
 from modelfs.errors import ModelfsError, Transient
-from modelfs.names import Name
+from modelfs.formats.digest import Digest
+from modelfs.formats.names import Name
 
 Repo = tuple[str, str, str]
 

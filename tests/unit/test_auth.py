@@ -1,4 +1,4 @@
-"""modelfs.auth: challenges, scopes, the Ollama key and signature, Docker credentials, tokens.
+"""modelfs.registry.auth: challenges, scopes, the Ollama key and signature, Docker credentials, tokens.
 
 Pure: no network, no registry. The token realm is a recording coroutine; every file lives
 under tmp_path (HOME, DOCKER_CONFIG and MODELFS_KEY point there).
@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from modelfs import auth
-from modelfs.auth import (
+from modelfs.errors import Unauthorized
+from modelfs.registry import auth
+from modelfs.registry.auth import (
     DOCKER_HUB_KEY,
     AuthConfig,
     Authenticator,
@@ -35,7 +36,6 @@ from modelfs.auth import (
     parse_challenge,
     store_docker_credentials,
 )
-from modelfs.errors import Unauthorized
 
 HOST = "registry.example:5000"
 OLLAMA_HOST = "registry.ollama.ai"
@@ -104,7 +104,7 @@ class FakeRealm:
 
 
 class FakeTime:
-    """Stands in for the ``time`` module inside modelfs.auth only (trio keeps its own clock)."""
+    """Stands in for the ``time`` module inside modelfs.registry.auth only (trio keeps its own clock)."""
 
     def __init__(self) -> None:
         self.now_monotonic = 1000.0
@@ -459,7 +459,7 @@ def test_missing_docker_config_is_none(docker_config, caplog):
 def test_broken_docker_config_is_none_with_a_warning(docker_config, caplog):
     docker_config.parent.mkdir(parents=True)
     docker_config.write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="modelfs.auth"):
+    with caplog.at_level(logging.WARNING, logger="modelfs.registry.auth"):
         assert docker_credentials(HOST, docker_config) is None
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

@@ -19,15 +19,15 @@ import trio
 from support.hostile import build_manifest
 from support.sources import FakeSource
 
-from modelfs.blobcache import BlobCache
-from modelfs.chunks import BlobChunks, chunk_hash, serialize_chunk_index
-from modelfs.digest import Digest
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.fetcher import Fetcher, FetchSettings
+from modelfs.blobs.partial import present_bytes_in_state
+from modelfs.blobs.reader import BlobHandle, Blobs, BlobsSettings
 from modelfs.errors import DigestMismatch, RegistryError, Transient
-from modelfs.fetcher import Fetcher, FetchSettings
-from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL, Layer, parse_manifest
-from modelfs.names import Name, parse_name
-from modelfs.partial import present_bytes_in_state
-from modelfs.reader import BlobHandle, Blobs, BlobsSettings
+from modelfs.formats.chunks import BlobChunks, chunk_hash, serialize_chunk_index
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL, Layer, parse_manifest
+from modelfs.formats.names import Name, parse_name
 
 CB = 64 << 10
 SIZE = 10 * CB + 1234  # eleven chunks, the last one short

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import trio
 
-from modelfs import blobwatch
-from modelfs.digest import Digest
+from modelfs.blobs import blobwatch
+from modelfs.formats.digest import Digest
 
 HEX = "ab" * 32
 

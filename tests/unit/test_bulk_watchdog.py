@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from modelfs.bulk import BodyError, BulkClient, BulkSettings, RedirectError
+from modelfs.registry.bulk import BodyError, BulkClient, BulkSettings, RedirectError
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from modelfs.blobs.eviction import CacheBounds, parse_size
 from modelfs.errors import UsageError
-from modelfs.eviction import CacheBounds, parse_size
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""modelfs.chunks: chunk math and the chunk index format."""
+"""modelfs.formats.chunks: chunk math and the chunk index format."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelfs.chunks import (
+from modelfs.errors import ManifestInvalid
+from modelfs.formats.chunks import (
     BlobChunks,
     chunk_count,
     chunk_hash,
@@ -20,9 +21,8 @@ from modelfs.chunks import (
     runs,
     serialize_chunk_index,
 )
-from modelfs.digest import Digest
-from modelfs.errors import ManifestInvalid
-from modelfs.manifest import MEDIA_TYPE_MODEL, Layer
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
 
 CB = 1 << 20
 

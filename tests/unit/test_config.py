@@ -1,4 +1,4 @@
-"""modelfs.config: the configuration file, its defaults and its one-line errors."""
+"""modelfs.registry.config: the configuration file, its defaults and its one-line errors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from modelfs import config as config_module
-from modelfs.config import FileConfig, config_path, load_config
 from modelfs.errors import UsageError
+from modelfs.registry import config as config_module
+from modelfs.registry.config import FileConfig, config_path, load_config
 
 
 @pytest.fixture(autouse=True)

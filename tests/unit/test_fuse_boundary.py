@@ -9,8 +9,8 @@ import pyfuse3
 import pytest
 
 from modelfs.errors import CacheFull, ModelNotFound
-from modelfs.fuse_ops import Operations, boundary
-from modelfs.tree import TreeError
+from modelfs.fs.fuse_ops import Operations, boundary
+from modelfs.fs.tree import TreeError
 
 
 class Fake:
@@ -31,7 +31,7 @@ class Fake:
     ],
 )
 async def test_errors_become_errno(exc, err, caplog):
-    caplog.set_level(logging.INFO, logger="modelfs.fuse_ops")
+    caplog.set_level(logging.INFO, logger="modelfs.fs.fuse_ops")
     with pytest.raises(pyfuse3.FUSEError) as info:
         await Fake().raises(exc)
     assert info.value.errno == err

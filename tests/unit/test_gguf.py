@@ -1,4 +1,4 @@
-"""modelfs.gguf: agreement with gguf-py on real and synthetic files, Ollama's figures, hostility."""
+"""modelfs.formats.gguf: agreement with gguf-py on real and synthetic files, Ollama's figures, hostility."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from gguf_synth import SmolLM2Unavailable, smollm2_gguf_path, write_synthetic_gg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import modelfs.gguf as mg
+import modelfs.formats.gguf as mg
 from modelfs.errors import GGUFInvalid
-from modelfs.gguf import (
+from modelfs.formats.gguf import (
     FILE_TYPE_NAMES,
     GGUFArray,
     GGUFInfo,

@@ -1,4 +1,10 @@
-"""Data flows one way (STYLE.md): a lower module never imports a higher one; only fuse_ops imports pyfuse3."""
+"""Data flows one way (STYLE.md): a lower layer never imports a higher one; only fuse_ops imports pyfuse3.
+
+The folders are the layers: ``modelfs/`` itself holds what every layer uses (errors, tasks,
+single flight, the background thread); then the formats, the registry client, the blob layer,
+the filesystem, the commands. A module may import from its own package or a lower one, and
+within the ranks below never a module of a higher rank.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +13,64 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "modelfs"
 
+PACKAGE_RANK = {"": 0, "formats": 1, "registry": 2, "blobs": 3, "fs": 4, "commands": 5}
+
 # Lower number = lower layer. A module may import only modules of a lower-or-equal rank
 # listed here, never a higher one.
 RANK = {
     "errors": 0,
-    "digest": 1,
-    "names": 1,
-    "gguf": 1,
-    "retry": 1,
-    "streams": 1,
     "tasks": 1,
-    "background": 1,
     "flight": 1,
-    "progress": 1,
-    "manifest": 2,
-    "chunks": 3,
-    "auth": 3,
-    "bulk": 3,
-    "config": 1,
-    "blobwatch": 2,
-    "registry": 4,
-    "blobcache": 4,
-    "partial": 5,
-    "inventory": 6,
-    "create": 6,
-    "push": 6,
-    "fetcher": 6,
-    "resolver": 6,
-    "reader": 7,
-    "completion": 7,
-    "eviction": 7,
-    "pull": 8,
-    "tree": 8,
-    "fuse_ops": 9,
-    "daemon": 10,
-    "mountctl": 10,
-    "cli": 11,
+    "background": 1,
+    "formats.digest": 1,
+    "formats.names": 1,
+    "formats.gguf": 1,
+    "formats.manifest": 2,
+    "formats.chunks": 3,
+    "registry.retry": 1,
+    "registry.streams": 1,
+    "registry.config": 1,
+    "registry.auth": 3,
+    "registry.bulk": 3,
+    "registry.client": 4,
+    "blobs.blobwatch": 2,
+    "blobs.blobcache": 4,
+    "blobs.partial": 5,
+    "blobs.fetcher": 6,
+    "blobs.reader": 7,
+    "blobs.completion": 7,
+    "blobs.eviction": 7,
+    "fs.resolver": 6,
+    "fs.tree": 8,
+    "fs.fuse_ops": 9,
+    "fs.daemon": 10,
+    "fs.mountctl": 10,
+    "commands.progress": 1,
+    "commands.inventory": 6,
+    "commands.create": 6,
+    "commands.push": 6,
+    "commands.pull": 8,
+    "commands.cli": 11,
     "__main__": 12,
     "__init__": 0,
+    "formats.__init__": 0,
+    "registry.__init__": 0,
+    "blobs.__init__": 0,
+    "fs.__init__": 0,
+    "commands.__init__": 0,
 }
+
+
+def module_of(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def package_of(module: str) -> str:
+    return module.rpartition(".")[0]
+
+
+def sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
 
 
 def imports_of(path: Path) -> set[str]:
@@ -53,36 +78,54 @@ def imports_of(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "modelfs":
-                found.update(a.name for a in node.names)
+            if node.module == "modelfs" or (
+                node.module.startswith("modelfs.") and node.module[8:] in PACKAGE_RANK
+            ):
+                prefix = node.module[8:]
+                found.update(f"{prefix}.{a.name}" if prefix else a.name for a in node.names)
             elif node.module.startswith("modelfs."):
-                found.add(node.module.split(".")[1])
+                found.add(node.module[8:])
             elif node.module.split(".")[0] == "pyfuse3":
                 found.add("pyfuse3")
         elif isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.startswith("modelfs."):
-                    found.add(a.name.split(".")[1])
+                    found.add(a.name[8:])
                 elif a.name.split(".")[0] == "pyfuse3":
                     found.add("pyfuse3")
     return found
 
 
 def test_every_module_has_a_rank():
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    modules = {module_of(p) for p in sources()}
     assert modules <= set(RANK), f"modules without a rank: {modules - set(RANK)}"
+    assert not set(RANK) - modules, f"ranks of modules that are gone: {set(RANK) - modules}"
 
 
 def test_imports_only_go_down():
     wrong = []
-    for path in PACKAGE.glob("*.py"):
-        me = path.stem
+    for path in sources():
+        me = module_of(path)
         for dep in imports_of(path) - {"pyfuse3", "__version__"}:
-            if dep in RANK and RANK[dep] > RANK[me]:
+            if dep not in RANK:
+                wrong.append(f"{me} imports {dep}, which is not a module")
+            elif RANK[dep] > RANK[me]:
                 wrong.append(f"{me} (rank {RANK[me]}) imports {dep} (rank {RANK[dep]})")
     assert not wrong, "imports against the flow:\n" + "\n".join(wrong)
 
 
+def test_packages_import_only_their_own_layer_or_lower():
+    wrong = []
+    for path in sources():
+        me = module_of(path)
+        if me == "__main__":
+            continue  # python -m modelfs: the entry point, above everything
+        for dep in imports_of(path) - {"pyfuse3", "__version__"}:
+            if PACKAGE_RANK[package_of(dep)] > PACKAGE_RANK[package_of(me)]:
+                wrong.append(f"{me} imports {dep}")
+    assert not wrong, "imports from a higher layer:\n" + "\n".join(wrong)
+
+
 def test_only_fuse_ops_imports_pyfuse3():
-    users = sorted(p.stem for p in PACKAGE.glob("*.py") if "pyfuse3" in imports_of(p))
-    assert users == ["fuse_ops"]
+    users = sorted(module_of(p) for p in sources() if "pyfuse3" in imports_of(p))
+    assert users == ["fs.fuse_ops"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.cli import PrivateRotatingFileHandler
-from modelfs.mountctl import open_log
+from modelfs.commands.cli import PrivateRotatingFileHandler
+from modelfs.fs.mountctl import open_log
 
 
 @pytest.fixture(autouse=True)

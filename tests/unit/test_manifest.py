@@ -1,4 +1,4 @@
-"""modelfs.manifest: parsing real and hostile manifests, file names of layers."""
+"""modelfs.formats.manifest: parsing real and hostile manifests, file names of layers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelfs.digest import Digest
 from modelfs.errors import ManifestInvalid
-from modelfs.manifest import (
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import (
     MAX_BLOB_BYTES,
     MAX_LAYERS,
     MEDIA_TYPE_CHUNK_INDEX,

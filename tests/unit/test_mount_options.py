@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modelfs.daemon import parse_mount_options
 from modelfs.errors import UsageError
+from modelfs.fs.daemon import parse_mount_options
 
 
 def test_known_options_map_to_settings():
@@ -43,7 +43,7 @@ def test_bad_options_are_one_line_errors(opt, why):
 def test_mount_gives_the_daemon_every_registry_setting(tmp_path, monkeypatch):
     """-o insecure_registry (fstab), --insecure-registry, --ca-file, --key and the config file
     all reach the registry client the daemon builds."""
-    from modelfs import cli
+    from modelfs.commands import cli
 
     config = tmp_path / "config.toml"
     config.write_text(

@@ -1,4 +1,4 @@
-"""modelfs.names: Ollama's name rules, defaults, case folding, safe paths, http-vs-https."""
+"""modelfs.formats.names: Ollama's name rules, defaults, case folding, safe paths, http-vs-https."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelfs.digest import Digest
 from modelfs.errors import NameInvalid
-from modelfs.names import (
+from modelfs.formats.digest import Digest
+from modelfs.formats.names import (
     DEFAULT_HOST,
     DEFAULT_NAMESPACE,
     DEFAULT_TAG,

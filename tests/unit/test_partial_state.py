@@ -1,4 +1,4 @@
-"""modelfs.partial: the persisted chunk bitmap is trusted only when it is intact and for these parameters."""
+"""modelfs.blobs.partial: the persisted chunk bitmap is trusted only when it is intact and for these parameters."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from modelfs.blobcache import BlobCache
-from modelfs.digest import Digest
-from modelfs.partial import PartialFile, decode_state, encode_state, present_bytes_in_state
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.partial import PartialFile, decode_state, encode_state, present_bytes_in_state
+from modelfs.formats.digest import Digest
 
 D = Digest("ab" * 32)
 SIZE = 10 * 1024 + 3

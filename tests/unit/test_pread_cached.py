@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.blobcache import pread_cached
+from modelfs.blobs.blobcache import pread_cached
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="needs preadv2")
 

@@ -8,11 +8,11 @@ import pytest
 import trio
 from support.hostile import build_manifest
 
-from modelfs.blobcache import BlobCache
+from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import ModelNotFound, Transient
-from modelfs.manifest import MEDIA_TYPE_MODEL
-from modelfs.names import Name, parse_name
-from modelfs.resolver import Resolver
+from modelfs.formats.manifest import MEDIA_TYPE_MODEL
+from modelfs.formats.names import Name, parse_name
+from modelfs.fs.resolver import Resolver
 
 NAME = parse_name("127.0.0.1:5000/library/model:tag")
 RAW = build_manifest(b"{}", [(MEDIA_TYPE_MODEL, "sha256:" + "ab" * 32, 10)])

@@ -1,4 +1,4 @@
-"""modelfs.retry: capped exponential backoff with jitter; Retry-After honoured."""
+"""modelfs.registry.retry: capped exponential backoff with jitter; Retry-After honoured."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import pytest
 import trio
 
 from modelfs.errors import RegistryError, Transient
-from modelfs.retry import BACKOFF_MAX_SECONDS, RETRY_AFTER_MAX_SECONDS, backoff_seconds, retrying
+from modelfs.registry.retry import (
+    BACKOFF_MAX_SECONDS,
+    RETRY_AFTER_MAX_SECONDS,
+    backoff_seconds,
+    retrying,
+)
 
 
 def test_backoff_grows_is_capped_and_jittered():

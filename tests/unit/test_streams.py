@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from modelfs.streams import StreamSlots
+from modelfs.registry.streams import StreamSlots
 
 
 async def hold(slots: StreamSlots, host: str, release: trio.Event, log: list[str]) -> None:

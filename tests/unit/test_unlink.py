@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from support.mount import run_modelfs
 
-from modelfs import blobcache
-from modelfs.blobcache import BlobCache
-from modelfs.digest import Digest
-from modelfs.eviction import CacheBounds, Evictor
-from modelfs.manifest import (
+from modelfs.blobs import blobcache
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.eviction import CacheBounds, Evictor
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import (
     MAX_MANIFEST_BYTES,
     MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_MODEL,
@@ -23,7 +23,7 @@ from modelfs.manifest import (
     Layer,
     build_manifest,
 )
-from modelfs.names import parse_name
+from modelfs.formats.names import parse_name
 
 A = parse_name("h/library/a:1")
 B = parse_name("h/library/b:1")
@@ -210,7 +210,7 @@ def test_eviction_keeps_blobs_a_corrupted_manifest_names(two_models, caplog):
     assert path is not None
     path.write_bytes(path.read_bytes()[:-3])
 
-    with caplog.at_level(logging.WARNING, logger="modelfs.eviction"):
+    with caplog.at_level(logging.WARNING, logger="modelfs.blobs.eviction"):
         evicted = _evictor(cache)._evict(set())
 
     assert evicted == [A]
@@ -230,7 +230,7 @@ def test_eviction_stops_while_a_manifest_cannot_be_read(two_models, monkeypatch,
     _fail_reading(monkeypatch, broken, errno.EIO)
     evictor = _evictor(cache)
 
-    with caplog.at_level(logging.WARNING, logger="modelfs.eviction"):
+    with caplog.at_level(logging.WARNING, logger="modelfs.blobs.eviction"):
         assert evictor._evict(set()) == []
         assert evictor._evict(set()) == []
 

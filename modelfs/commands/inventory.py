@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelfs.blobcache import BlobCache
-from modelfs.digest import Digest
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.partial import present_bytes_in_state
 from modelfs.errors import ManifestInvalid
-from modelfs.manifest import parse_manifest
-from modelfs.names import Name
-from modelfs.partial import present_bytes_in_state
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import parse_manifest
+from modelfs.formats.names import Name
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ import logging
 import os
 from collections.abc import Callable
 
-from modelfs.blobcache import BlobCache, fsync_dir, os_error
-from modelfs.chunks import chunk_count, chunk_span
-from modelfs.digest import Digest
+from modelfs.blobs.blobcache import BlobCache, fsync_dir, os_error
+from modelfs.formats.chunks import chunk_count, chunk_span
+from modelfs.formats.digest import Digest
 
 log = logging.getLogger(__name__)
 

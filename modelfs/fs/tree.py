@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelfs.blobcache import BLOBS_VIEW_DIRNAME, XATTR_DIGEST, XATTR_MEDIA_TYPE, BlobCache
-from modelfs.completion import Completion
-from modelfs.digest import Digest
+from modelfs.blobs.blobcache import BLOBS_VIEW_DIRNAME, XATTR_DIGEST, XATTR_MEDIA_TYPE, BlobCache
+from modelfs.blobs.completion import Completion
+from modelfs.blobs.reader import BlobHandle, Blobs
 from modelfs.errors import ModelfsError, NameInvalid
-from modelfs.manifest import MANIFEST_FILENAME, Layer, Manifest, layer_filenames
-from modelfs.names import Name, PartKind, check_part, from_parts
-from modelfs.reader import BlobHandle, Blobs
-from modelfs.resolver import Resolved, Resolver
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MANIFEST_FILENAME, Layer, Manifest, layer_filenames
+from modelfs.formats.names import Name, PartKind, check_part, from_parts
+from modelfs.fs.resolver import Resolved, Resolver
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import trio
 
-from modelfs.blobcache import BlobCache
+from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import (
     ManifestInvalid,
     ModelfsError,
@@ -29,9 +29,9 @@ from modelfs.errors import (
     Transient,
 )
 from modelfs.flight import KeyedLock
-from modelfs.manifest import Manifest, parse_manifest
-from modelfs.names import Name
-from modelfs.registry import Registry, client_for
+from modelfs.formats.manifest import Manifest, parse_manifest
+from modelfs.formats.names import Name
+from modelfs.registry.client import Registry, client_for
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from modelfs.digest import Digest
 from modelfs.errors import ModelfsError, errno_for
+from modelfs.formats.digest import Digest
+from modelfs.fs.tree import Attr, Caller, Tree, TreeError
 from modelfs.tasks import spawn
-from modelfs.tree import Attr, Caller, Tree, TreeError
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import trio
 
-from modelfs.blobcache import BlobCache
-from modelfs.digest import Digest
+from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import ModelfsError, UsageError
-from modelfs.names import Name
+from modelfs.formats.digest import Digest
+from modelfs.formats.names import Name
 
 log = logging.getLogger(__name__)
 

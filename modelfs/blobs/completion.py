@@ -15,12 +15,12 @@ import logging
 
 import trio
 
-from modelfs.blobcache import BlobCache
-from modelfs.digest import Digest
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.fetcher import Fetcher
 from modelfs.errors import ModelfsError
-from modelfs.fetcher import Fetcher
-from modelfs.manifest import Layer, Manifest
-from modelfs.names import Name
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import Layer, Manifest
+from modelfs.formats.names import Name
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import trio
 
 from modelfs import __version__
-from modelfs.blobcache import BlobCache, default_root
+from modelfs.blobs.blobcache import BlobCache, default_root
 from modelfs.errors import ModelfsError, UsageError
-from modelfs.names import Name, parse_name
+from modelfs.formats.names import Name, parse_name
 
 log = logging.getLogger("modelfs")
 
@@ -42,8 +42,8 @@ def _cache(args: argparse.Namespace) -> BlobCache:
 
 def _registry_config(args: argparse.Namespace, extra_insecure: tuple[str, ...] = ()):
     """Settings for the registry client: the config file, then environment, then flags."""
-    from modelfs.config import load_config
-    from modelfs.registry import RegistryConfig
+    from modelfs.registry.client import RegistryConfig
+    from modelfs.registry.config import load_config
 
     config_file = getattr(args, "config", None)
     file = load_config(Path(config_file) if config_file else None)
@@ -61,7 +61,7 @@ def _registry_config(args: argparse.Namespace, extra_insecure: tuple[str, ...] =
 
 
 def _registry(args: argparse.Namespace):
-    from modelfs.registry import Registry
+    from modelfs.registry.client import Registry
 
     return Registry(_registry_config(args))
 
@@ -74,7 +74,7 @@ def _name(text: str) -> Name:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from modelfs import daemon, mountctl
+    from modelfs.fs import daemon, mountctl
 
     mountpoint = Path(args.mountpoint).absolute()
     args.o = list(args.o or [])
@@ -143,15 +143,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from modelfs import mountctl
+    from modelfs.fs import mountctl
 
     mountctl.umount(Path(args.mountpoint), lazy=args.lazy)
     return 0
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from modelfs.create import create_model
-    from modelfs.progress import human_bytes
+    from modelfs.commands.create import create_model
+    from modelfs.commands.progress import human_bytes
 
     name = _name(args.name)
     cache = _cache(args)
@@ -170,8 +170,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from modelfs.progress import Progress
-    from modelfs.push import push
+    from modelfs.commands.progress import Progress
+    from modelfs.commands.push import push
 
     name = _name(args.name)
     source = _name(args.source) if args.source else None
@@ -188,8 +188,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from modelfs.progress import Progress
-    from modelfs.pull import pull
+    from modelfs.commands.progress import Progress
+    from modelfs.commands.pull import pull
 
     name = _name(args.name)
 
@@ -205,12 +205,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_unlink(args: argparse.Namespace) -> int:
-    from modelfs.progress import human_bytes
+    from modelfs.commands.progress import human_bytes
 
     name = _name(args.name)
     cache = _cache(args)
     if args.remote:
-        from modelfs.push import delete_remote
+        from modelfs.commands.push import delete_remote
 
         async def main() -> str:
             registry = _registry(args)
@@ -234,8 +234,8 @@ def cmd_unlink(args: argparse.Namespace) -> int:
 def cmd_login(args: argparse.Namespace) -> int:
     import getpass
 
-    from modelfs.auth import store_docker_credentials
-    from modelfs.names import PartKind, check_part
+    from modelfs.formats.names import PartKind, check_part
+    from modelfs.registry.auth import store_docker_credentials
 
     host = check_part(PartKind.HOST, args.host.removeprefix("https://").removeprefix("http://"))
     user = args.username or input("Username: ")
@@ -260,14 +260,14 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def _docker_config_file() -> Path:
-    from modelfs.auth import docker_config_path
+    from modelfs.registry.auth import docker_config_path
 
     return docker_config_path()
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from modelfs.inventory import inventory
-    from modelfs.progress import human_bytes
+    from modelfs.commands.inventory import inventory
+    from modelfs.commands.progress import human_bytes
 
     rows = inventory(_cache(args))
     if not rows:
@@ -291,7 +291,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating log whose every file, the first and each one after a rollover, is mode 0600."""
 
     def _open(self) -> io.TextIOWrapper:
-        from modelfs.mountctl import open_log
+        from modelfs.fs.mountctl import open_log
 
         fd = open_log(self.baseFilename)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)

@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfs.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
-from modelfs.digest import Digest
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
-from modelfs.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
-from modelfs.names import Name, from_parts, safe_join
+from modelfs.formats.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from modelfs.formats.names import Name, from_parts, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class BlobCache:
             raise os_error(e, f"importing {src}") from None
         return ImportedBlob(digest, size, tuple(chunk_hashes), chunk_algorithm)
 
-    # -- partial blobs (data and state files are owned by modelfs.partial) ----------------------
+    # -- partial blobs (data and state files are owned by modelfs.blobs.partial) ----------------------
 
     def partial_path(self, digest: Digest) -> Path:
         return self.partial_dir / digest.filename

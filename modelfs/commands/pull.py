@@ -10,13 +10,13 @@ import logging
 
 import trio
 
-from modelfs.blobcache import BlobCache
-from modelfs.fetcher import Fetcher, FetchSettings
-from modelfs.manifest import Layer, Manifest, parse_manifest
-from modelfs.names import Name
-from modelfs.progress import Progress
-from modelfs.reader import Blobs
-from modelfs.registry import Registry
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.fetcher import Fetcher, FetchSettings
+from modelfs.blobs.reader import Blobs
+from modelfs.commands.progress import Progress
+from modelfs.formats.manifest import Layer, Manifest, parse_manifest
+from modelfs.formats.names import Name
+from modelfs.registry.client import Registry
 
 log = logging.getLogger(__name__)
 

@@ -36,17 +36,17 @@ from typing import Protocol
 import trio
 
 from modelfs.background import BACKGROUND_NICE, BackgroundThread
-from modelfs.blobcache import BlobCache, pread_cached
-from modelfs.chunks import CHUNK_BYTES, BlobChunks, chunk_count, chunk_span, runs
-from modelfs.digest import Digest, hash_file_into
+from modelfs.blobs.blobcache import BlobCache, pread_cached
+from modelfs.blobs.partial import PartialFile
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
 from modelfs.flight import Flight
-from modelfs.manifest import Layer
-from modelfs.names import Name
-from modelfs.partial import PartialFile
-from modelfs.registry import client_for
-from modelfs.retry import DEFAULT_ATTEMPTS, backoff_seconds
-from modelfs.streams import StreamSlots
+from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks, chunk_count, chunk_span, runs
+from modelfs.formats.digest import Digest, hash_file_into
+from modelfs.formats.manifest import Layer
+from modelfs.formats.names import Name
+from modelfs.registry.client import client_for
+from modelfs.registry.retry import DEFAULT_ATTEMPTS, backoff_seconds
+from modelfs.registry.streams import StreamSlots
 from modelfs.tasks import spawn
 
 log = logging.getLogger(__name__)

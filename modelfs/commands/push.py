@@ -15,13 +15,13 @@ import logging
 
 import trio
 
-from modelfs.blobcache import BlobCache
-from modelfs.digest import Digest
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.commands.progress import Progress, human_bytes
 from modelfs.errors import CacheError, DigestInvalid, ModelNotFound, RegistryError
-from modelfs.manifest import Manifest, parse_manifest
-from modelfs.names import Name
-from modelfs.progress import Progress, human_bytes
-from modelfs.registry import Registry
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import Manifest, parse_manifest
+from modelfs.formats.names import Name
+from modelfs.registry.client import Registry
 
 log = logging.getLogger(__name__)
 

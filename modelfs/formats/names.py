@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from modelfs.digest import Digest
 from modelfs.errors import DigestInvalid, NameInvalid
+from modelfs.formats.digest import Digest
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"

@@ -14,12 +14,12 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
-from modelfs.blobcache import BlobCache
-from modelfs.chunks import CHUNK_BYTES, BlobChunks, serialize_chunk_index
-from modelfs.digest import Digest
+from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import CacheError, UsageError
-from modelfs.gguf import ollama_config, read_gguf_file
-from modelfs.manifest import (
+from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks, serialize_chunk_index
+from modelfs.formats.digest import Digest
+from modelfs.formats.gguf import ollama_config, read_gguf_file
+from modelfs.formats.manifest import (
     MEDIA_TYPE_CHUNK_INDEX,
     MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_LICENSE,
@@ -32,7 +32,7 @@ from modelfs.manifest import (
     build_manifest,
     parse_manifest,
 )
-from modelfs.names import Name
+from modelfs.formats.names import Name
 
 log = logging.getLogger(__name__)
 

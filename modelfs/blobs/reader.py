@@ -23,20 +23,20 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelfs.blobcache import pread_cached
-from modelfs.chunks import (
+from modelfs.blobs.blobcache import pread_cached
+from modelfs.blobs.fetcher import BlobFetch, Fetcher, Verify
+from modelfs.errors import ManifestInvalid, ModelfsError
+from modelfs.flight import KeyedLock
+from modelfs.formats.chunks import (
     MAX_INDEX_BYTES,
     BlobChunks,
     ChunkIndex,
     chunks_for_range,
     parse_chunk_index,
 )
-from modelfs.digest import Digest
-from modelfs.errors import ManifestInvalid, ModelfsError
-from modelfs.fetcher import BlobFetch, Fetcher, Verify
-from modelfs.flight import KeyedLock
-from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer, Manifest
-from modelfs.names import Name
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer, Manifest
+from modelfs.formats.names import Name
 
 log = logging.getLogger(__name__)
 

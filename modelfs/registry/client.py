@@ -32,18 +32,6 @@ import httpx
 import trio
 
 from modelfs import __version__
-from modelfs.auth import AuthConfig, Authenticator
-from modelfs.bulk import (
-    Aborted,
-    BodyError,
-    BulkClient,
-    BulkSettings,
-    NeedsAuth,
-    PieceSink,
-    RedirectError,
-    StatusError,
-)
-from modelfs.digest import Digest
 from modelfs.errors import (
     ManifestInvalid,
     ModelfsError,
@@ -54,9 +42,25 @@ from modelfs.errors import (
     registry_words,
 )
 from modelfs.flight import KeyedLock
-from modelfs.manifest import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPE_DOCKER_MANIFEST
-from modelfs.names import Name, scheme_for
-from modelfs.retry import retrying
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import (
+    MANIFEST_MEDIA_TYPES,
+    MAX_MANIFEST_BYTES,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+)
+from modelfs.formats.names import Name, scheme_for
+from modelfs.registry.auth import AuthConfig, Authenticator
+from modelfs.registry.bulk import (
+    Aborted,
+    BodyError,
+    BulkClient,
+    BulkSettings,
+    NeedsAuth,
+    PieceSink,
+    RedirectError,
+    StatusError,
+)
+from modelfs.registry.retry import retrying
 
 __all__ = ["PieceSink", "Registry", "RegistryConfig"]
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import blake3
 
-from modelfs.digest import Digest
 from modelfs.errors import DigestInvalid, ManifestInvalid
-from modelfs.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer
 
 CHUNK_BYTES = 4 << 20
 MIN_CHUNK_BYTES = 64 << 10

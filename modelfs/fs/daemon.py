@@ -23,19 +23,20 @@ from pathlib import Path
 
 import trio
 
-from modelfs import blobwatch, fuse_ops, mountctl
-from modelfs.blobcache import BLOBS_VIEW_DIRNAME, BlobCache
-from modelfs.chunks import CHUNK_BYTES
-from modelfs.completion import Completion
-from modelfs.digest import Digest
+from modelfs.blobs import blobwatch
+from modelfs.blobs.blobcache import BLOBS_VIEW_DIRNAME, BlobCache
+from modelfs.blobs.completion import Completion
+from modelfs.blobs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor, parse_size
+from modelfs.blobs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
+from modelfs.blobs.reader import Blobs, BlobsSettings
 from modelfs.errors import MountError, UsageError
-from modelfs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor, parse_size
-from modelfs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
-from modelfs.reader import Blobs, BlobsSettings
-from modelfs.registry import Registry, RegistryConfig
-from modelfs.resolver import LOOKUP_TTL_SECONDS, Resolver
+from modelfs.formats.chunks import CHUNK_BYTES
+from modelfs.formats.digest import Digest
+from modelfs.fs import fuse_ops, mountctl
+from modelfs.fs.resolver import LOOKUP_TTL_SECONDS, Resolver
+from modelfs.fs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Access, Tree
+from modelfs.registry.client import Registry, RegistryConfig
 from modelfs.tasks import spawn
-from modelfs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Access, Tree
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfs.blobcache import BLOBS_VIEW_DIRNAME
+from modelfs.blobs.blobcache import BLOBS_VIEW_DIRNAME
 from modelfs.errors import MountError
 
 READY_TIMEOUT_SECONDS = 60.0

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import trio
 
-from modelfs.digest import Digest
 from modelfs.errors import DigestInvalid
+from modelfs.formats.digest import Digest
 
 log = logging.getLogger(__name__)
 

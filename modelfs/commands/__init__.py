@@ -1,0 +1,1 @@
+"""The command line: create, push, pull, list, and the CLI itself."""

@@ -1,0 +1,1 @@
+"""Formats: what users and registries send, parsed and validated (pure)."""

@@ -1,0 +1,1 @@
+"""The filesystem: the daemon, the FUSE boundary, the namespace tree, name resolution, mount control."""
