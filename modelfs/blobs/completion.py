@@ -54,7 +54,11 @@ class Completion:
             return False
 
         try:
-            done = await self.fetcher.in_thread(record)
+            # Under the lock eviction holds: a model shown while it is being evicted is
+            # recorded before or after the unlink, never between its manifest's removal and
+            # the check of which blobs are still named (that blob would stay, uncounted).
+            async with self.lock:
+                done = await self.fetcher.in_thread(record)
         except ModelfsError as e:
             log.warning("cannot record the manifest of %s: %s", name, e)
             return
