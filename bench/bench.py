@@ -701,7 +701,13 @@ def write_results(path: Path, r: dict, repeat: int) -> None:
             "|---|---|",
         ]
         L += [f"| `{fn}` | {share * 100:.0f}% |" for fn, share in r["profile"]]
-        L.append("")
+        L += [
+            "",
+            "`hash_file_into` is the whole-blob sha256 in its thread at nice +10: py-spy counts a "
+            "thread that waits for a core as busy, so its share is overstated; it runs on the CPU "
+            "readers leave.",
+            "",
+        ]
     L += targets(r)
     path.write_text("\n".join(L))
 
