@@ -76,15 +76,24 @@ def hostile() -> Iterator[HostileRegistry]:
         yield reg
 
 
+@pytest.fixture(autouse=True)
+def _shared_roots() -> Iterator[list[Path]]:
+    """Removes the shared roots a test made. Autouse, so set up before ``mount_factory`` and
+    torn down after it: a root is removed only once its mounts are unmounted (a mounted
+    ``mnt`` cannot be removed, and was left behind)."""
+    roots: list[Path] = []
+    yield roots
+    for root in roots:
+        shutil.rmtree(root)
+
+
 @pytest.fixture
-def shared_root() -> Iterator[Path]:
+def shared_root(_shared_roots: list[Path]) -> Path:
     """A mount root another user can reach (pytest's own temp dirs are 0700)."""
     root = Path(tempfile.mkdtemp(prefix="modelfs-security-", dir="/tmp"))
     root.chmod(0o755)
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    _shared_roots.append(root)
+    return root
 
 
 def path_of(m: Mount, name: str) -> Path:
