@@ -91,8 +91,7 @@ class Completion:
         if not absent:
             await self._write(name, manifest)
             return
-        small = self.fetcher.settings.chunk_bytes
-        if fetch_missing and all(b.size <= small for b in absent):  # type: ignore[attr-defined]
+        if fetch_missing and all(self.fetcher.is_small(b) for b in absent):  # type: ignore[attr-defined]
             for layer in absent:  # type: ignore[attr-defined]
                 self.fetcher.spawn(
                     f"complete {name}: fetch {layer.digest.short}",

@@ -45,7 +45,7 @@ from modelfs.formats.digest import Digest, hash_file_into
 from modelfs.formats.manifest import Layer
 from modelfs.formats.names import Name
 from modelfs.registry.client import client_for
-from modelfs.registry.retry import DEFAULT_ATTEMPTS, backoff_seconds
+from modelfs.registry.retry import DEFAULT_ATTEMPTS, retrying
 from modelfs.registry.streams import StreamSlots
 from modelfs.tasks import spawn
 
@@ -232,6 +232,11 @@ class Fetcher:
         self._small: dict[tuple[Digest, tuple[str, str, str], bool], Flight] = {}
         self.stats = Stats()
 
+    def is_small(self, layer: Layer) -> bool:
+        """Whether a blob is fetched whole, in one request, checked against its digest
+        (``fetch_small``); a larger one is fetched in chunks (``acquire``)."""
+        return layer.size <= self.settings.chunk_bytes
+
     def registry_for(self, anonymous: bool) -> BlobSource:
         return client_for(self.registry, self.anonymous_registry, anonymous)
 
@@ -366,27 +371,23 @@ class Fetcher:
             buf[offset : offset + len(view)] = view
 
         registry = self.registry_for(anonymous)
-        attempt = 0
-        while layer.size:
-            try:
-                self.stats.requests += 1
-                async with self.streams.slot(name.host):
-                    await registry.read_range(
-                        name,
-                        layer.digest,
-                        0,
-                        layer.size,
-                        layer.size,
-                        on_piece,
-                        limiter=self.streams.threads,
-                    )
-                self.stats.bytes_fetched += layer.size
-                break
-            except Transient as e:
-                attempt += 1
-                if attempt >= self.settings.attempts:
-                    raise
-                await trio.sleep(backoff_seconds(attempt, e.retry_after_seconds))
+
+        async def once() -> None:
+            self.stats.requests += 1
+            async with self.streams.slot(name.host):
+                await registry.read_range(
+                    name,
+                    layer.digest,
+                    0,
+                    layer.size,
+                    layer.size,
+                    on_piece,
+                    limiter=self.streams.threads,
+                )
+
+        if layer.size:
+            await retrying(f"blob {layer.digest.short}", once, self.settings.attempts)
+            self.stats.bytes_fetched += layer.size
         data = bytes(buf)
         # Hashing up to a chunk is a few ms of CPU: off the event loop.
         actual = await self.in_thread(_sha256_hex, data)
@@ -663,29 +664,22 @@ class BlobFetch:
 
     async def _fetch_run(self, lo: int, hi: int) -> None:
         mine = {i: self.flights[i] for i in range(lo, hi) if i in self.flights}
-        attempt = 0
-        try:
-            while True:
-                pending = [i for i, f in mine.items() if not f.event.is_set()]
-                if not pending:
-                    return
+
+        async def once() -> None:
+            # A retry asks only for what the failed try did not deliver.
+            pending = [i for i, f in mine.items() if not f.event.is_set()]
+            if pending:
                 start = chunk_span(pending[0], self.size, self.chunk_bytes)[0]
                 end = chunk_span(pending[-1], self.size, self.chunk_bytes)[1]
-                try:
-                    await self._fetch_range(start, end)
-                except Transient as e:
-                    attempt += 1
-                    if attempt >= self.fetcher.settings.attempts:
-                        raise
-                    delay = backoff_seconds(attempt, e.retry_after_seconds)
-                    log.info("%s: %s; retry %d in %.2fs", self.what, e, attempt, delay)
-                    await trio.sleep(delay)
-                    continue
-                for i in pending:
-                    if not mine[i].event.is_set():
-                        # The range was delivered but this chunk was not: cannot happen
-                        # unless the registry cut the body short without an error.
-                        raise Transient(f"{self.what}: chunk {i} missing from a complete body")
+                await self._fetch_range(start, end)
+
+        try:
+            await retrying(self.what, once, self.fetcher.settings.attempts)
+            for i, flight in mine.items():
+                if not flight.event.is_set():
+                    # The range was delivered but this chunk was not: cannot happen
+                    # unless the registry cut the body short without an error.
+                    raise Transient(f"{self.what}: chunk {i} missing from a complete body")
         except ModelfsError as e:
             waited = any(f.event.statistics().tasks_waiting for f in mine.values())
             # A failed readahead nobody waits for is not a problem yet; a reader's is.
@@ -771,32 +765,24 @@ class BlobFetch:
 
         Without pushing, the fetch thread goes on receiving at once: ``_landed`` runs
         on the trio thread soon after, before the fetch's own completion is seen there
-        (trio runs what threads send it in order).
+        (trio runs what threads send it in order). Pushing puts the checked chunk into
+        the kernel's page cache of the inodes reading this fetch state, so streaming and
+        mmap readers find it there instead of sending a READ for each piece; it waits
+        for ``_landed`` to answer the READs waiting for the chunk (a store waits on the
+        page locks those READs hold).
         """
-        if self.fetcher.store is None:
+        store = self.fetcher.store
+        if store is None:
             token.run_sync_soon(self._landed_guarded, i, data)
             return
-        targets = trio.from_thread.run_sync(self._landed, i, data, trio_token=token)
-        self._push(targets, offset, view)
+        for inode in trio.from_thread.run_sync(self._landed, i, data, trio_token=token):
+            store(inode, offset, view)
 
     def _landed_guarded(self, i: int, data: bytes | None) -> None:
         try:
             self._landed(i, data)
         except Exception:  # an exception here would end trio's run, and the mount with it
             log.exception("%s: chunk %d landed, but recording it failed", self.what, i)
-
-    def _push(self, inodes: list[int], offset: int, view: memoryview) -> None:
-        """Worker thread: put a checked chunk into the kernel's page cache of ``inodes``.
-
-        Streaming and mmap readers then find it there instead of sending a READ for each
-        piece. Called after ``_landed`` has answered the READs waiting for it (a store
-        waits on the page locks those READs hold).
-        """
-        store = self.fetcher.store
-        if store is None:
-            return
-        for inode in inodes:
-            store(inode, offset, view)
 
     def _landed(self, i: int, data: bytes | None) -> list[int]:
         """Trio side of a chunk that arrived and passed its check; the inodes to push it to."""

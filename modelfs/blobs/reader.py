@@ -129,14 +129,10 @@ class Blobs:
             return Verify.INDEXED
         return Verify.DEFERRED if self.settings.deferred else Verify.WHOLE
 
-    def is_small(self, layer: Layer) -> bool:
-        """Whether a blob is fetched whole, in one request, checked against its digest."""
-        return layer.size <= self.fetcher.settings.chunk_bytes
-
     async def _chunks_of(
         self, name: Name, manifest: Manifest | None, layer: Layer, anonymous: bool
     ) -> BlobChunks | None:
-        if manifest is None or self.is_small(layer):
+        if manifest is None or self.fetcher.is_small(layer):
             return None
         index = await self.chunk_index(name, manifest, anonymous=anonymous)
         return index.blobs.get(layer.digest) if index else None
@@ -158,7 +154,7 @@ class Blobs:
     ) -> BlobHandle:
         handle = BlobHandle(self, name, layer, chunks, anonymous)
         await self._open_published(handle)
-        if handle.fd is None and not self.is_small(layer):
+        if handle.fd is None and not self.fetcher.is_small(layer):
             handle.blob = await self.fetcher.acquire(
                 name, layer, chunks, self.policy(chunks), anonymous=anonymous
             )
@@ -177,7 +173,7 @@ class Blobs:
         Waits as long as it takes (no reader is waiting on a deadline);
         ``on_progress(bytes_present)`` is called every ``progress_seconds``.
         """
-        if self.is_small(layer):
+        if self.fetcher.is_small(layer):
             await self.fetcher.fetch_small(name, layer, wait=False)
             return
         chunks = await self._chunks_of(name, manifest, layer, False)

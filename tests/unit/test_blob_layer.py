@@ -51,6 +51,13 @@ def layer_of(data: bytes, digest: Digest | None = None) -> Layer:
     return Layer(digest or Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
 
 
+def serving(data: bytes) -> tuple[FakeSource, Layer]:
+    """A source serving ``data`` honestly from ``NAME``'s repository, and its layer."""
+    source = FakeSource()
+    source.put(NAME, data)
+    return source, layer_of(data)
+
+
 def index_of(data: bytes, digest: Digest | None = None, algorithm: str = "blake3") -> BlobChunks:
     hashes = tuple(chunk_hash(algorithm, data[i : i + CB]) for i in range(0, len(data), CB))
     return BlobChunks(digest or Digest.of_bytes(data), len(data), CB, hashes, algorithm)
@@ -129,9 +136,7 @@ def no_byte_twice(source: FakeSource, digest: Digest) -> bool:
 async def test_a_cold_read_is_served_checked_and_published(
     cache: BlobCache, data: bytes, algorithm: str
 ) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     async with blob_layer(cache, source) as (fetcher, blobs):
         chunks = index_of(data, algorithm=algorithm)
         assert await read(blobs, NAME, layer, chunks) == data
@@ -149,9 +154,7 @@ async def test_a_cold_read_is_served_checked_and_published(
 async def test_sixteen_readers_of_one_cold_chunk_make_one_request(
     cache: BlobCache, data: bytes
 ) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     got: list[bytes] = []
     async with blob_layer(cache, source) as (_fetcher, blobs):
         handles = [await open_blob(blobs, NAME, layer, index_of(data)) for _ in range(16)]
@@ -171,9 +174,7 @@ async def test_sixteen_readers_of_one_cold_chunk_make_one_request(
 async def test_a_blob_without_an_index_is_served_only_once_whole_and_checked(
     cache: BlobCache, data: bytes
 ) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, None)
         try:
@@ -199,9 +200,7 @@ async def test_a_small_blob_is_fetched_whole_and_checked(cache: BlobCache) -> No
 
 
 async def test_failed_requests_are_retried(cache: BlobCache, data: bytes) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     source.fault("fail", digest=layer.digest, times=2)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await read(blobs, NAME, layer, index_of(data)) == data
@@ -209,9 +208,7 @@ async def test_failed_requests_are_retried(cache: BlobCache, data: bytes) -> Non
 
 
 async def test_a_body_cut_short_is_resumed_where_it_ended(cache: BlobCache, data: bytes) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     source.fault("cut", digest=layer.digest, pieces=2, matches=lambda r: r.end - r.start > 2 * CB)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await read(blobs, NAME, layer, index_of(data), piece=SIZE) == data
@@ -224,9 +221,7 @@ async def test_a_body_cut_short_is_resumed_where_it_ended(cache: BlobCache, data
 
 
 async def test_an_error_that_is_not_transient_is_not_retried(cache: BlobCache, data: bytes) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     source.fault("fail", digest=layer.digest, times=100, error=RegistryError("blob unknown", 404))
     async with blob_layer(cache, source) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -241,9 +236,7 @@ async def test_an_error_that_is_not_transient_is_not_retried(cache: BlobCache, d
 async def test_a_stalled_source_fails_the_read_within_its_bound(
     cache: BlobCache, data: bytes
 ) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     source.fault("stall", digest=layer.digest, times=100)
     async with blob_layer(cache, source, read_wait_seconds=0.3) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -261,9 +254,7 @@ async def test_a_stalled_source_fails_the_read_within_its_bound(
 async def test_a_chunk_that_does_not_match_its_index_is_never_served(
     cache: BlobCache, data: bytes
 ) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     source.fault(
         "corrupt", digest=layer.digest, at=3 * CB + 10, matches=lambda r: r.start <= 3 * CB < r.end
     )
@@ -375,9 +366,7 @@ async def test_deferred_serves_as_bytes_land_and_discards_a_lie(
 async def test_progress_survives_a_restart_and_is_checked_again(
     cache: BlobCache, data: bytes
 ) -> None:
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
         try:
@@ -423,9 +412,7 @@ async def test_another_users_reads_never_use_the_owners_source(
 async def test_progress_is_saved_while_the_fetch_goes_on(cache: BlobCache, data: bytes) -> None:
     # A kill -9 costs at most the last state_flush_seconds of fetching: the state is written
     # that long after chunks land, not when the fetch or the reader ends.
-    source = FakeSource()
-    layer = layer_of(data)
-    source.put(NAME, data)
+    source, layer = serving(data)
     source.fault("hang", digest=layer.digest, pieces=3)
     async with blob_layer(cache, source, state_flush_seconds=0.2) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
