@@ -49,6 +49,9 @@ def test_least_recently_used_is_evicted_and_pulled_models_are_pinned(
     assert manifest(m, proxy, "a").exists(), "evicted while within the bound"
     read_whole(m, proxy, "b", b)
     wait_for(lambda: not manifest(m, proxy, "a").exists(), "a (least recently used) to be evicted")
+    # The manifest goes first, its blobs after (never a manifest naming a missing blob):
+    # the eviction is over once it is logged.
+    wait_for(lambda: f"evicted {proxy.host}/library/evict:a " in m.log_text(), "a's eviction")
     assert not (m.cache / "blobs" / f"sha256-{a}").exists()
     assert manifest(m, proxy, "b").exists()
     assert (m.cache / "blobs" / f"sha256-{b}").exists()
