@@ -37,8 +37,8 @@ import os
 from collections.abc import Callable
 
 from modelfs.blobs.blobcache import BlobCache, fsync_dir, os_error
-from modelfs.formats.chunks import chunk_count, chunk_span
-from modelfs.formats.digest import Digest
+from modelfs.formats.chunks import BlobChunks, ChunkLayout
+from modelfs.formats.digest import Digest, hash_file_into
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,18 @@ def _checksum(doc: dict[str, object]) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def _present_bytes(bitmap: bytes | bytearray, layout: ChunkLayout) -> int:
+    total = 0
+    for i in range(layout.count):
+        if bitmap[i >> 3] & (1 << (i & 7)):
+            start, end = layout.span(i)
+            total += end - start
+    return total
+
+
 def encode_state(
     digest: Digest,
-    size: int,
-    chunk_bytes: int,
+    layout: ChunkLayout,
     indexed: bool,
     present: bytes,
     origin: str | None = None,
@@ -62,11 +70,14 @@ def encode_state(
     doc: dict[str, object] = {
         "version": STATE_VERSION,
         "digest": str(digest),
-        "size": size,
-        "chunkBytes": chunk_bytes,
+        "size": layout.size,
+        "chunkBytes": layout.chunk_bytes,
         "indexed": indexed,
         "present": base64.b64encode(present).decode(),
+        "presentBytes": _present_bytes(present, layout),
     }
+    if not layout.fixed:
+        doc["layout"] = layout.key
     if not indexed and origin is not None:
         doc["origin"] = origin
     doc["checksum"] = _checksum(doc)
@@ -76,8 +87,7 @@ def encode_state(
 def decode_state(
     raw: bytes,
     digest: Digest,
-    size: int,
-    chunk_bytes: int,
+    layout: ChunkLayout,
     indexed: bool,
     origin: str | None = None,
 ) -> bytearray | None:
@@ -96,8 +106,9 @@ def decode_state(
         if (
             doc.get("version") != STATE_VERSION
             or doc.get("digest") != str(digest)
-            or doc.get("size") != size
-            or doc.get("chunkBytes") != chunk_bytes
+            or doc.get("size") != layout.size
+            or doc.get("chunkBytes") != layout.chunk_bytes
+            or doc.get("layout") != (None if layout.fixed else layout.key)
             or doc.get("indexed") != indexed
             or (not indexed and origin is not None and doc.get("origin") != origin)
         ):
@@ -105,7 +116,7 @@ def decode_state(
         present = bytearray(base64.b64decode(doc["present"], validate=True))
     except (ValueError, KeyError, TypeError):
         return None
-    if len(present) != (chunk_count(size, chunk_bytes) + 7) // 8:
+    if len(present) != (layout.count + 7) // 8:
         return None
     return present
 
@@ -117,8 +128,7 @@ class PartialFile:
         self,
         cache: BlobCache,
         digest: Digest,
-        size: int,
-        chunk_bytes: int,
+        layout: ChunkLayout,
         indexed: bool,
         *,
         early_writeback: bool = False,
@@ -132,10 +142,10 @@ class PartialFile:
         # Start writing each piece to disk as it lands (a pull's fsync then has little left).
         self.early_writeback = early_writeback
         self.digest = digest
-        self.size = size
-        self.chunk_bytes = chunk_bytes
+        self.layout = layout
+        self.size = layout.size
         self.indexed = indexed
-        self.chunks = chunk_count(size, chunk_bytes)
+        self.chunks = layout.count
         self.present = bytearray((self.chunks + 7) // 8)
         self.present_count = 0
         # Chunks trusted from a previous run: re-hash before their first use.
@@ -177,12 +187,7 @@ class PartialFile:
 
     @property
     def present_bytes(self) -> int:
-        total = 0
-        for i in range(self.chunks):
-            if self.has(i):
-                start, end = chunk_span(i, self.size, self.chunk_bytes)
-                total += end - start
-        return total
+        return _present_bytes(self.present, self.layout)
 
     # -- file ---------------------------------------------------------------------------------
 
@@ -208,15 +213,10 @@ class PartialFile:
                 except FileNotFoundError:
                     raw = None
                 if raw is not None:
-                    bitmap = decode_state(
-                        raw, self.digest, self.size, self.chunk_bytes, self.indexed, self.origin
-                    )
+                    bitmap = decode_state(raw, self.digest, self.layout, self.indexed, self.origin)
                     if (
                         bitmap is None
-                        and decode_state(
-                            raw, self.digest, self.size, self.chunk_bytes, self.indexed
-                        )
-                        is not None
+                        and decode_state(raw, self.digest, self.layout, self.indexed) is not None
                     ):
                         log.info(
                             "blob %s: the chunks on disk came from another repository; "
@@ -277,9 +277,16 @@ class PartialFile:
         except OSError as e:
             raise os_error(e, f"reading blob {self.digest.short}") from None
 
-    def chunk_bytes_at(self, i: int) -> bytes:
-        start, end = chunk_span(i, self.size, self.chunk_bytes)
-        return self.read(start, end - start)
+    def verify_chunk(self, i: int, chunks: BlobChunks) -> bool:
+        """Whether chunk ``i`` on disk matches ``chunks`` (read back in pieces: a
+        registry's chunk may be large)."""
+        start, end = self.layout.span(i)
+        h = chunks.hasher()
+        try:
+            hash_file_into(h, self.fd, start, end)
+        except OSError as e:
+            raise os_error(e, f"reading blob {self.digest.short}") from None
+        return h.digest() == chunks.hashes[i]
 
     def save_state(self, present: bytes) -> None:
         """Persist ``present`` (a snapshot taken before this call).
@@ -299,9 +306,7 @@ class PartialFile:
                 raise os_error(e, f"syncing blob {self.digest.short}") from None
         self.cache.atomic_write(
             self.cache.state_path(self.digest),
-            encode_state(
-                self.digest, self.size, self.chunk_bytes, self.indexed, present, self.origin
-            ),
+            encode_state(self.digest, self.layout, self.indexed, present, self.origin),
         )
 
     def publish(self) -> None:
@@ -393,16 +398,20 @@ def present_bytes_in_state(raw: bytes, digest: Digest, size: int) -> int:
         doc = json.loads(raw)
         chunk_bytes = int(doc["chunkBytes"])
         indexed = bool(doc["indexed"])
-    except (ValueError, KeyError, TypeError):
+        layout_key = doc.get("layout")
+    except (ValueError, KeyError, TypeError, AttributeError):
         return 0
+    if layout_key is not None:
+        # Chunks of a registry's ranges: the layout is not known here, only its name.
+        # The count is trusted only as far as the state's own checksum vouches for it.
+        body = dict(doc)
+        claimed = body.get("presentBytes")
+        if body.pop("checksum", None) != _checksum(body) or body.get("digest") != str(digest):
+            return 0
+        ok = isinstance(claimed, int) and not isinstance(claimed, bool) and 0 <= claimed <= size
+        return claimed if ok else 0
     if chunk_bytes <= 0:
         return 0
-    bitmap = decode_state(raw, digest, size, chunk_bytes, indexed)
-    if bitmap is None:
-        return 0
-    total = 0
-    for i in range(chunk_count(size, chunk_bytes)):
-        if bitmap[i >> 3] & (1 << (i & 7)):
-            start, end = chunk_span(i, size, chunk_bytes)
-            total += end - start
-    return total
+    layout = ChunkLayout(size, chunk_bytes)
+    bitmap = decode_state(raw, digest, layout, indexed)
+    return 0 if bitmap is None else _present_bytes(bitmap, layout)

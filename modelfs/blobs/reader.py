@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 import trio
 
 from modelfs.blobs.blobcache import pread_cached
-from modelfs.blobs.fetcher import BlobFetch, Fetcher, Verify
+from modelfs.blobs.blobfetch import BlobFetch
+from modelfs.blobs.fetchcontext import Verify
+from modelfs.blobs.fetcher import Fetcher
 from modelfs.errors import ManifestInvalid, ModelfsError
 from modelfs.flight import KeyedLock
 from modelfs.formats.chunks import (
     MAX_INDEX_BYTES,
     BlobChunks,
     ChunkIndex,
-    chunks_for_range,
     parse_chunk_index,
 )
 from modelfs.formats.digest import Digest
@@ -242,7 +243,7 @@ class Blobs:
     ) -> bytes | bytearray:
         if blob.verify is Verify.WHOLE and not blob.published:
             await blob.complete(self.fetcher.settings.read_wait_seconds)
-        touched = chunks_for_range(offset, end - offset, blob.size, blob.chunk_bytes)
+        touched = blob.layout.covering(offset, end - offset)
         self._readahead(handle, blob, offset, end, touched)
         return await blob.read_range(offset, end - offset, touched)
 
@@ -251,12 +252,12 @@ class Blobs:
     ) -> None:
         # Kernel readahead sends a streaming reader's requests slightly out of order:
         # anything within a chunk of where the last read ended counts as sequential.
-        cb = blob.chunk_bytes
+        cb = blob.layout.typical_bytes
         last = handle.next_offset
         sequential = last > 0 and last - cb <= offset <= last + cb
         if not sequential:
             handle.window_chunks = 0
-        elif touched.stop - 1 > (last - 1) // cb:
+        elif touched.stop - 1 > blob.layout.index_at(min(last, blob.size) - 1):
             # Readahead starts only once a reader streams into a second chunk, so a
             # header read (or a page fault) fetches only the chunks it touches.
             handle.window_chunks = min(

@@ -11,7 +11,8 @@ import logging
 import trio
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.fetcher import Fetcher, FetchSettings
+from modelfs.blobs.fetchcontext import FetchSettings
+from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs
 from modelfs.commands.progress import Progress
 from modelfs.formats.manifest import Layer, Manifest, parse_manifest

@@ -12,10 +12,12 @@ is documented in docs/on-disk-format.md.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import blake3
 
@@ -42,6 +44,17 @@ def _blake3(data: Buffer) -> bytes:
 
 # The chunk digest algorithms an index may name: each gives 32 bytes.
 CHUNK_ALGORITHMS: dict[str, Callable[[Buffer], bytes]] = {"sha256": _sha256, "blake3": _blake3}
+
+
+class ChunkHasher(Protocol):
+    def update(self, data: Buffer, /) -> object: ...
+    def digest(self) -> bytes: ...
+
+
+CHUNK_HASHERS: dict[str, Callable[[], ChunkHasher]] = {
+    "sha256": hashlib.sha256,
+    "blake3": blake3.blake3,
+}
 # What ``modelfs create`` writes.
 DEFAULT_CHUNK_ALGORITHM = "blake3"
 
@@ -79,17 +92,136 @@ def runs(indices: Iterable[int], max_run: int) -> Iterator[tuple[int, int]]:
 
 
 @dataclass(frozen=True)
+class ChunkLayout:
+    """Where a blob's chunks start and end: the unit that is fetched, verified and tracked.
+
+    Either fixed-size (``chunk_bytes``: every chunk that long but the last, as
+    modelfs's own indexes and blobs without an index are cut) or the contiguous
+    ranges a registry chose (``ends``: where each chunk ends, exclusive, ascending,
+    the last at ``size``; Ollama's chunksums), of any sizes.
+    """
+
+    size: int
+    chunk_bytes: int = 0
+    ends: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes <= 0 and not self.ends and self.size:
+            raise ValueError("a chunk layout needs chunk_bytes or ends")
+
+    @classmethod
+    def of_ranges(cls, size: int, ends: Iterable[int]) -> ChunkLayout:
+        """A layout from chunk ends; ValueError unless they are ascending and end at ``size``."""
+        ends = tuple(ends)
+        previous = 0
+        for end in ends:
+            if end <= previous:
+                raise ValueError("chunk ends must ascend")
+            previous = end
+        if previous != size:
+            raise ValueError(f"chunks end at {previous}, the blob at {size}")
+        return cls(size, 0, ends)
+
+    @property
+    def fixed(self) -> bool:
+        return not self.ends
+
+    @property
+    def count(self) -> int:
+        if self.ends:
+            return len(self.ends)
+        return chunk_count(self.size, self.chunk_bytes) if self.size else 0
+
+    @property
+    def typical_bytes(self) -> int:
+        """The length of a chunk, or of an average one for registry-chosen ranges."""
+        if self.ends:
+            return max(1, self.size // len(self.ends))
+        return self.chunk_bytes
+
+    @property
+    def largest_bytes(self) -> int:
+        if self.ends:
+            return max(e - s for s, e in zip((0, *self.ends), self.ends, strict=False))
+        return min(self.chunk_bytes, self.size)
+
+    def span(self, i: int) -> tuple[int, int]:
+        """Byte range ``[start, end)`` of chunk ``i``."""
+        if self.ends:
+            return (self.ends[i - 1] if i else 0), self.ends[i]
+        return chunk_span(i, self.size, self.chunk_bytes)
+
+    def index_at(self, offset: int) -> int:
+        """The chunk holding byte ``offset`` (``0 <= offset < size``)."""
+        if self.ends:
+            return bisect.bisect_right(self.ends, offset)
+        return offset // self.chunk_bytes
+
+    def covering(self, offset: int, length: int) -> range:
+        """The chunks a read of ``length`` bytes at ``offset`` touches (empty past the end)."""
+        end = min(offset + length, self.size)
+        if length <= 0 or offset >= end:
+            return range(0)
+        return range(self.index_at(offset), self.index_at(end - 1) + 1)
+
+    def bytes_of(self, lo: int, hi: int) -> int:
+        """How many bytes chunks ``[lo, hi)`` hold."""
+        if lo >= hi:
+            return 0
+        return self.span(hi - 1)[1] - self.span(lo)[0]
+
+    def runs(
+        self, indices: Iterable[int], max_chunks: int, max_bytes: int
+    ) -> Iterator[tuple[int, int]]:
+        """Ascending chunk indices grouped into runs ``[lo, hi)`` of consecutive chunks, each
+        of at most ``max_chunks`` chunks and ``max_bytes`` bytes (but at least one chunk)."""
+        lo = hi = -1
+        for i in indices:
+            if (
+                lo >= 0
+                and i == hi
+                and hi - lo < max_chunks
+                and self.bytes_of(lo, hi + 1) <= max_bytes
+            ):
+                hi += 1
+                continue
+            if lo >= 0:
+                yield lo, hi
+            lo, hi = i, i + 1
+        if lo >= 0:
+            yield lo, hi
+
+    @property
+    def key(self) -> str:
+        """Names the layout in a partial blob's persisted state: a state is only trusted for
+        the layout it was written with."""
+        if not self.ends:
+            return f"fixed-{self.chunk_bytes}"
+        body = ",".join(map(str, self.ends)).encode()
+        return "ranges-" + hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True)
 class BlobChunks:
     """The per-chunk digests (raw 32-byte values, of ``algorithm``) of one blob."""
 
     digest: Digest
     size: int
-    chunk_bytes: int
+    chunk_bytes: int  # 0 when the chunks are a registry's own ranges (``ends``)
     hashes: tuple[bytes, ...]
     algorithm: str = "sha256"
+    ends: tuple[int, ...] = ()
+
+    @property
+    def layout(self) -> ChunkLayout:
+        return ChunkLayout(self.size, self.chunk_bytes, self.ends)
 
     def verify(self, index: int, data: Buffer) -> bool:
         return CHUNK_ALGORITHMS[self.algorithm](data) == self.hashes[index]
+
+    def hasher(self) -> ChunkHasher:
+        """A fresh incremental hash of this index's algorithm (for chunks that arrive in pieces)."""
+        return CHUNK_HASHERS[self.algorithm]()
 
 
 @dataclass(frozen=True)

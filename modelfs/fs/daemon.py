@@ -27,7 +27,8 @@ from modelfs.blobs import blobwatch
 from modelfs.blobs.blobcache import BLOBS_VIEW_DIRNAME, BlobCache
 from modelfs.blobs.completion import Completion
 from modelfs.blobs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor, parse_size
-from modelfs.blobs.fetcher import MAX_STREAMS, Fetcher, FetchSettings
+from modelfs.blobs.fetchcontext import MAX_STREAMS, FetchSettings
+from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs, BlobsSettings
 from modelfs.errors import MountError, UsageError
 from modelfs.formats.chunks import CHUNK_BYTES

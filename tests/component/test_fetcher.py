@@ -9,9 +9,10 @@ import pytest
 import trio
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.fetcher import Fetcher, FetchSettings, Verify
+from modelfs.blobs.fetchcontext import FetchSettings, Verify
+from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.partial import PartialFile
-from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks, chunk_count
+from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks, ChunkLayout, chunk_count
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
 from modelfs.formats.names import parse_name
@@ -85,7 +86,7 @@ async def test_a_complete_partial_is_published_on_open_without_the_network(
     proxy, smollm2_pushed, cache, layer, chunks, source
 ):
     # A previous run fetched every chunk and was stopped before publishing.
-    p = PartialFile(cache, layer.digest, layer.size, CHUNK_BYTES, True)
+    p = PartialFile(cache, layer.digest, ChunkLayout(layer.size, CHUNK_BYTES), True)
     p.open()
     p.reserve(0, layer.size)
     p.write(0, source)

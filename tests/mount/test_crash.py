@@ -198,3 +198,31 @@ def test_kill_9_mid_stream_keeps_verified_chunks_and_publishes_nothing_half_writ
     fetched = sum(r.body_bytes for r in model_records(proxy, digest))
     assert fetched <= size - saved, f"refetched saved chunks: {fetched} > {size - saved}"
     wait_for((m2.cache / "blobs" / f"sha256-{digest}").exists, "the blob to be published")
+
+
+def test_kill_9_right_after_a_cold_header_read_keeps_what_it_fetched(
+    proxy, mount_factory, gib_pushed, tmp_path
+):
+    # The first chunks of a cold read are saved within a second of landing, not only once a
+    # stream has gone on for a while: a kill -9 then costs at most that second of fetching.
+    digest = gib_pushed
+    m = mount_factory(root=tmp_path / "a")
+    path = m.mountpoint / proxy.host / "library/synthetic/1g/model.gguf"
+    with open(path, "rb") as f:
+        header = f.read(64 << 10)  # one chunk, and no readahead
+    state = m.cache / ".modelfs" / "partial" / f"sha256-{digest}.state"
+    wait_for(
+        lambda: (
+            state.exists()
+            and present_bytes_in_state(state.read_bytes(), Digest(digest), GIB) >= CHUNK_BYTES
+        ),
+        "the first chunk's progress to be saved",
+    )
+    m.kill()
+
+    proxy.reset()
+    m2 = mount_factory(root=tmp_path / "a")
+    with open(m2.mountpoint / proxy.host / "library/synthetic/1g/model.gguf", "rb") as f:
+        assert f.read(64 << 10) == header
+    fetched = sum(r.body_bytes for r in model_records(proxy, digest))
+    assert fetched == 0, f"fetched {fetched} bytes of a chunk saved before the kill"

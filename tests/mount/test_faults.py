@@ -10,7 +10,7 @@ import time
 import pytest
 from mount.test_mount import TAG_DIR
 
-from modelfs.blobs.fetcher import READ_WAIT_SECONDS
+from modelfs.blobs.fetchcontext import READ_WAIT_SECONDS
 from modelfs.formats.chunks import CHUNK_BYTES
 
 REGION = (5 * CHUNK_BYTES + 1000, 7 * CHUNK_BYTES - 1000)

@@ -10,18 +10,23 @@ before it is verified, what is published, what survives a restart.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from support.hostile import build_manifest
 from support.sources import FakeSource
 
+from modelfs.blobs import blobfetch
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.fetcher import Fetcher, FetchSettings
+from modelfs.blobs.fetchcontext import FetchSettings, Verify
+from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.partial import present_bytes_in_state
+from modelfs.blobs.progress import Progress
 from modelfs.blobs.reader import BlobHandle, Blobs, BlobsSettings
 from modelfs.errors import DigestMismatch, RegistryError, Transient
 from modelfs.formats.chunks import BlobChunks, chunk_hash, serialize_chunk_index
@@ -429,3 +434,130 @@ async def test_progress_is_saved_while_the_fetch_goes_on(cache: BlobCache, data:
             assert len(source.requests_for(layer.digest)) == 1
         finally:
             await handle.close()
+
+
+async def test_progress_is_saved_within_the_flush_interval_of_the_first_chunk(
+    cache: BlobCache,
+    data: bytes,
+    mock_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a virtual clock: the first chunk a cold read fetched is saved state_flush_seconds
+    # after it landed, not before (no write per chunk) and not later (a kill -9 loses at
+    # most that much).
+    source, layer = serving(data)
+    saves: list[float] = []
+    save_locked = Progress._save_locked
+
+    async def timed(self: Progress) -> None:
+        saves.append(trio.current_time())
+        await save_locked(self)
+
+    monkeypatch.setattr(Progress, "_save_locked", timed)
+    state = cache.state_path(layer.digest)
+    async with blob_layer(cache, source, state_flush_seconds=1.0) as (_fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        try:
+            landed = trio.current_time()
+            assert await handle.read(0, 1000) == data[:1000]
+            await trio.testing.wait_all_tasks_blocked()  # what the landing started, started
+            mock_clock.jump(0.9)
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(0.2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert saves and 1.0 <= saves[0] - landed <= 1.1, saves
+            deadline = time.monotonic() + 10  # the save runs in a worker thread (real time)
+            while not state.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert present_bytes_in_state(state.read_bytes(), layer.digest, SIZE) == CB
+        finally:
+            await handle.close()
+
+
+# -- a registry's own ranges (Ollama's chunksums): chunks of any size -----------------------
+
+# Unequal chunks: smaller than a piece, across pieces, larger than a piece, the short tail.
+ENDS = (CB // 3, CB, 3 * CB + 17, 7 * CB, SIZE)
+
+
+def ranges_of(data: bytes, ends: tuple[int, ...] = ENDS) -> BlobChunks:
+    starts = (0, *ends[:-1])
+    hashes = tuple(chunk_hash("sha256", data[s:e]) for s, e in zip(starts, ends, strict=True))
+    return BlobChunks(Digest.of_bytes(data), len(data), 0, hashes, "sha256", ends)
+
+
+async def read_through(fetcher: Fetcher, layer: Layer, chunks: BlobChunks, piece: int) -> bytes:
+    bf = await fetcher.acquire(NAME, layer, chunks, Verify.INDEXED)
+    try:
+        out = bytearray()
+        while len(out) < layer.size:
+            n = min(piece, layer.size - len(out))
+            out += await bf.read_range(len(out), n, bf.layout.covering(len(out), n))
+        return bytes(out)
+    finally:
+        bf.release()
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bodies arrive in pieces smaller than the largest range: chunks span pieces.
+    monkeypatch.setattr(blobfetch, "PIECE_BYTES", 50_000)
+
+
+async def test_a_registrys_ranges_are_served_checked_and_published(
+    cache: BlobCache, data: bytes, small_pieces: None
+) -> None:
+    source, layer = serving(data)
+    async with blob_layer(cache, source) as (fetcher, _blobs):
+        assert await read_through(fetcher, layer, ranges_of(data), 30_000) == data
+        await published(cache, layer)
+        assert fetcher.stats.chunk_mismatches == 0
+    assert source.requested_bytes(layer.digest) == SIZE
+    with open(cache.blob_path(layer.digest), "rb") as f:
+        assert f.read() == data
+
+
+async def test_a_range_that_does_not_match_is_never_served(
+    cache: BlobCache, data: bytes, small_pieces: None
+) -> None:
+    source, layer = serving(data)
+    at = 2 * CB + 5  # inside the third range
+    source.fault("corrupt", digest=layer.digest, at=at, matches=lambda r: r.start <= at < r.end)
+    chunks = ranges_of(data)
+    async with blob_layer(cache, source) as (fetcher, _blobs):
+        bf = await fetcher.acquire(NAME, layer, chunks, Verify.INDEXED)
+        try:
+            assert await bf.read_range(0, 100, range(0, 1)) == data[:100]
+            with pytest.raises(DigestMismatch):
+                await bf.read_range(2 * CB, 100, bf.layout.covering(2 * CB, 100))
+            # The next fetch of that range is honest, and only it is served.
+            got = await bf.read_range(2 * CB, 100, bf.layout.covering(2 * CB, 100))
+            assert got == data[2 * CB : 2 * CB + 100]
+        finally:
+            bf.release()
+        assert fetcher.stats.chunk_mismatches == 1
+
+
+async def test_ranges_left_on_disk_are_checked_again_after_a_restart(
+    cache: BlobCache, data: bytes, small_pieces: None
+) -> None:
+    source, layer = serving(data)
+    chunks = ranges_of(data)
+    async with blob_layer(cache, source) as (fetcher, _blobs):
+        bf = await fetcher.acquire(NAME, layer, chunks, Verify.INDEXED)
+        try:
+            assert await bf.read_range(0, CB, range(0, 2)) == data[:CB]
+            assert await bf.read_range(CB, 10, range(2, 3)) == data[CB : CB + 10]
+        finally:
+            bf.release()
+    assert cache.state_path(layer.digest).exists()
+    first = len(source.requests_for(layer.digest))
+    with open(cache.partial_path(layer.digest), "r+b") as f:
+        f.seek(2 * CB)  # inside the third range, which was saved as present
+        f.write(b"\0")
+    async with blob_layer(cache, source) as (fetcher, _blobs):
+        assert await read_through(fetcher, layer, chunks, 70_000) == data
+        await published(cache, layer)
+    again = [(r.start, r.end) for r in source.requests_for(layer.digest)[first:]]
+    assert (0, ENDS[0]) not in again and all(start >= CB for start, _ in again), again
+    assert any(start == CB for start, _ in again), "the damaged range was not fetched again"

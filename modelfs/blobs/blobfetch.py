@@ -1,0 +1,736 @@
+"""One large blob being fetched into the cache: its chunks, their flights, and its lifetime.
+
+A ``BlobFetch`` owns, for one blob as one manifest vouches for it (its
+``FetchKey``): which chunks are present, the in-flight fetches (one ``Flight`` per
+chunk, shared by every reader of that chunk: 16 readers of one chunk make one
+request), retries, verification of each chunk against the chunk index before
+anyone may read it, and the reading of present chunks. Its chunks follow a
+``ChunkLayout``: fixed-size, or a registry's own ranges of any size (a chunk that
+arrives in several pieces is hashed as they come and trusted when complete).
+Persisting progress is ``Progress``'s job, the whole-blob sha256 ``WholeCheck``'s;
+this class decides when each runs, and publishes the blob once it is whole and
+its digest matches.
+
+Its lifetime is a task (``live``) of the fetcher's nursery that holds a nursery
+of its own: every fetch, flush, hash and publish of the blob runs in it, so the
+blob is closed (progress saved, partial file and lock released) only after all of
+them have ended and no handle reads it. Network bodies, hashing and disk writes
+run in worker threads; the bitmap and flights are only touched on the trio thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import trio
+
+from modelfs.blobs.blobcache import pread_cached
+from modelfs.blobs.fetchcontext import FetchContext, Verify
+from modelfs.blobs.partial import PartialFile
+from modelfs.blobs.progress import Progress
+from modelfs.blobs.wholecheck import WholeCheck
+from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
+from modelfs.flight import Flight
+from modelfs.formats.chunks import BlobChunks, ChunkHasher, ChunkLayout
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import Layer
+from modelfs.formats.names import Name
+from modelfs.registry.retry import retrying
+from modelfs.tasks import TaskGroup
+
+log = logging.getLogger(__name__)
+
+# How often a read ensures its chunks again when those held in memory were dropped meanwhile.
+EVICTED_RETRIES = 3
+# A reader waiting for a whole-blob check waits READ_WAIT_SECONDS plus the time hashing
+# what is left could take at this (slow) rate; then EIO, and the check goes on.
+VERIFY_BYTES_PER_SECOND = 100 << 20
+# How often a reader of a blob another fetch holds the partial of looks again.
+PARTIAL_BUSY_POLL_SECONDS = 0.5
+# Range bodies of a registry's large chunks are delivered in pieces of at most this.
+PIECE_BYTES = 4 << 20
+
+# What a blob's bytes are trusted through until it is published: the digest, the
+# repository (host, namespace, model) they come from, whether they are fetched without
+# the mount owner's credentials, the policy, and the chunk index that checks them.
+FetchKey = tuple[Digest, tuple[str, str, str], bool, Verify, BlobChunks | None]
+
+
+def fetch_key(
+    name: Name, layer: Layer, chunks: BlobChunks | None, verify: Verify, anonymous: bool
+) -> FetchKey:
+    if verify is not Verify.INDEXED or chunks is None:
+        chunks = None
+        verify = Verify.WHOLE if verify is Verify.INDEXED else verify
+    return (layer.digest, name.repository_key, anonymous, verify, chunks)
+
+
+@dataclass
+class _Assembly:
+    """A chunk arriving in several pieces (worker thread only)."""
+
+    hasher: ChunkHasher | None
+    buffer: bytearray | None  # held in memory: the cache cannot be written
+    broken: bool = False  # a piece could not be written: the chunk is fetched again
+
+
+class BlobFetch:
+    """Fetch state of one large blob in this process (see the module docstring)."""
+
+    def __init__(
+        self,
+        ctx: FetchContext,
+        name: Name,
+        layer: Layer,
+        chunks: BlobChunks | None,
+        verify: Verify,
+        key: FetchKey,
+        anonymous: bool = False,
+    ) -> None:
+        self.ctx = ctx
+        self.key = key
+        self.name = name
+        self.registry = ctx.registry_for(anonymous)
+        self.layer = layer
+        self.digest = layer.digest
+        self.size = layer.size
+        self.index = chunks if verify is Verify.INDEXED else None
+        self.verify = verify if (verify is not Verify.INDEXED or chunks) else Verify.WHOLE
+        self.layout = (
+            self.index.layout if self.index else ChunkLayout(self.size, ctx.settings.chunk_bytes)
+        )
+        self.chunks = self.layout.count
+        self.partial: PartialFile | None = None
+        self.lock_fd: int | None = None
+        self.memory: OrderedDict[int, bytes] = OrderedDict()
+        self.flights: dict[int, Flight] = {}
+        self.handles = 0  # open handles (and pulls) reading it: the blob stays open while > 0
+        self.published = False
+        self.failure: ModelfsError | None = None
+        self.closing = False
+        self.closed = trio.Event()  # set by the fetcher once it is out of the blob table
+        self._ready = trio.Event()
+        self._open_error: ModelfsError | None = None
+        self._tasks: TaskGroup | None = None
+        self._finalizing: Flight | None = None
+        self._disk_failed = False
+        self._disk_error: ModelfsError | None = None
+        self._wait_publish_seconds = PARTIAL_BUSY_POLL_SECONDS
+        self.progress = Progress(ctx, self.what)
+        self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable)
+
+    @property
+    def what(self) -> str:
+        return f"blob {self.digest.short}"
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def live(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The blob's life, as a task of the fetcher's nursery (``nursery.start``): open it,
+        run its tasks in a nursery of its own until none is left and no handle reads it,
+        close it. Started once its file is open; an error opening it is raised to ``start``."""
+        try:
+            try:
+                await self._open()
+            except BaseException as e:
+                self._open_error = (
+                    e
+                    if isinstance(e, ModelfsError)
+                    else ModelfsError(f"{self.what}: could not be opened")
+                )
+                raise
+            async with trio.open_nursery() as nursery:
+                tasks = self._tasks = TaskGroup(nursery)
+                self._ready.set()
+                task_status.started()
+                self._kick()
+                while self.handles > 0 or tasks.running:
+                    await tasks.wait_changed()
+                self.closing = True
+        finally:
+            self.closing = True
+            self._ready.set()
+            await self._close()
+
+    async def ready(self) -> None:
+        """Wait until a blob another task is opening is open; raise if that failed."""
+        await self._ready.wait()
+        if self._open_error is not None:
+            raise copy.copy(self._open_error)
+
+    def release(self) -> None:
+        self.handles -= 1
+        if self._tasks is not None:
+            self._tasks.changed()
+
+    async def _open(self) -> None:
+        if await self.ctx.in_thread(self.ctx.cache.has_blob, self.digest, self.size):
+            self.published = True
+        else:
+            await self.ctx.in_thread(self._open_partial)
+
+    def _kick(self) -> None:
+        """What an opened blob does at once: publish what an earlier run completed, or hash
+        ahead what it left."""
+        if self.partial is not None and self.partial.complete:
+            self._start_finalize()
+        else:
+            self._advance_whole()
+
+    def _open_partial(self, quiet: bool = False) -> None:
+        """Worker thread: take the blob's partial file (and its lock), or a scratch file."""
+        cache = self.ctx.cache
+        self.lock_fd = cache.lock_blob(self.digest)
+        scratch = False
+        if self.lock_fd is None:
+            if self.digest not in self.ctx.partials_held:
+                # Another modelfs process (a pull, another mount) is filling this blob:
+                # serve from memory until it publishes.
+                if not quiet:
+                    log.info("%s: another modelfs process is fetching it; not caching", self.what)
+                return
+            # A fetch of the same digest vouched for by another manifest holds the partial:
+            # fill a private scratch file instead, so neither waits for nor trusts the other.
+            scratch = True
+        else:
+            self.ctx.partials_held.add(self.digest)
+        partial = PartialFile(
+            cache,
+            self.digest,
+            self.layout,
+            self.verify is Verify.INDEXED,
+            early_writeback=self.ctx.settings.early_writeback,
+            origin="/".join(self.name.repository_key),
+            scratch=scratch,
+        )
+        try:
+            partial.open()
+        except BaseException:
+            self._unlock()
+            raise
+        self.partial = self.progress.partial = partial
+
+    def _unlock(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+            self.ctx.partials_held.discard(self.digest)
+
+    async def _close(self) -> None:
+        # Shielded: closing saves progress and releases the lock even during shutdown.
+        with trio.CancelScope(shield=True):
+            try:
+                await self.progress.close()
+            except Exception:
+                log.exception("%s: closing failed", self.what)
+            finally:
+                self._unlock()
+
+    @property
+    def _group(self) -> TaskGroup:
+        assert self._tasks is not None, "the blob is not open"
+        return self._tasks
+
+    # -- presence -----------------------------------------------------------------------------
+
+    def has(self, i: int) -> bool:
+        return i in self.memory or (self.partial is not None and self.partial.has(i))
+
+    @property
+    def present_bytes(self) -> int:
+        if self.published:
+            return self.size
+        return self.partial.present_bytes if self.partial is not None else 0
+
+    @property
+    def finalizing(self) -> Flight | None:
+        """The whole-blob check and publish under way, if any."""
+        return self._finalizing
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    def _claim(self, lo: int, hi: int) -> tuple[list[Flight], list[int]]:
+        waits: list[Flight] = []
+        new: list[int] = []
+        for i in range(lo, hi):
+            # A flight first: a chunk still marked present may be being re-checked.
+            flight = self.flights.get(i)
+            if flight is None and self.has(i):
+                continue
+            if flight is None:
+                flight = self.flights[i] = Flight()
+                new.append(i)
+            waits.append(flight)
+        return waits, new
+
+    def _start_runs(self, new: list[int]) -> None:
+        settings = self.ctx.settings
+        for rlo, rhi in self.layout.runs(new, settings.max_run_chunks, settings.max_run_bytes):
+            self._group.spawn(
+                f"fetch {self.what} chunks {rlo}-{rhi - 1}", self._fetch_run, rlo, rhi
+            )
+
+    async def ensure(self, lo: int, hi: int) -> None:
+        """Make chunks ``[lo, hi)`` present (verified per the policy); raise if any cannot be."""
+        if self.failure is not None:
+            raise copy.copy(self.failure)
+        if self.published:
+            return
+        await self._recheck(lo, hi)
+        waits, new = self._claim(lo, hi)
+        self._start_runs(new)
+        for flight in waits:
+            await flight.wait(self.ctx.settings.read_wait_seconds, self.what)
+
+    def prefetch(self, lo: int, hi: int) -> None:
+        """Start fetching chunks ``[lo, hi)`` without waiting for them (readahead).
+
+        A window that slides one chunk at a time would make one small request per
+        chunk: wait until a share of the window is unclaimed (a quarter of it with
+        4 streams), then claim it as one run, so that the window is split across
+        the streams in a few large requests.
+        """
+        if self.published or self.failure is not None:
+            return
+        lo, hi = max(lo, 0), min(hi, self.chunks)
+        if lo >= hi:
+            return
+        unclaimed = [i for i in range(lo, hi) if i not in self.flights and not self.has(i)]
+        batch = max(1, (hi - lo) // self.ctx.settings.max_streams)
+        if len(unclaimed) < batch and hi < self.chunks:
+            return
+        _waits, new = self._claim(lo, hi)
+        self._start_runs(new)
+
+    async def _recheck(self, lo: int, hi: int) -> None:
+        """Re-verify chunks a previous run left, before their first use in this one.
+
+        A chunk being re-checked has a flight, like one being fetched: a concurrent
+        reader waits for the verdict instead of reading what is on disk. A chunk that
+        fails is fetched again under the same flight.
+        """
+        partial = self.partial
+        index = self.index
+        if partial is None or index is None:
+            return
+        for i in range(lo, hi):
+            if not partial.recheck_pending(i) or i in self.flights:
+                continue
+            flight = self.flights[i] = Flight()
+            try:
+                good = await self.ctx.in_thread(partial.verify_chunk, i, index)
+            except BaseException as e:
+                if self.flights.get(i) is flight:
+                    del self.flights[i]
+                error = e if isinstance(e, ModelfsError) else None
+                flight.finish(error or ModelfsError(f"{self.what}: re-checking chunk {i} failed"))
+                raise
+            partial.rechecked(i)
+            if good:
+                del self.flights[i]
+                flight.finish()
+                continue
+            log.warning(
+                "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
+            )
+            partial.unmark(i)
+            self.progress.changed(self._group)
+            self._start_runs([i])  # its fetch finishes the flight
+        self._advance_whole()
+
+    async def _fetch_run(self, lo: int, hi: int) -> None:
+        mine = {i: self.flights[i] for i in range(lo, hi) if i in self.flights}
+
+        async def once() -> None:
+            # A retry asks only for what the failed try did not deliver.
+            pending = [i for i, f in mine.items() if not f.event.is_set()]
+            if pending:
+                start = self.layout.span(pending[0])[0]
+                end = self.layout.span(pending[-1])[1]
+                await self._fetch_range(start, end)
+
+        try:
+            await retrying(self.what, once, self.ctx.settings.attempts)
+            for i, flight in mine.items():
+                if not flight.event.is_set():
+                    # The range was delivered but this chunk was not: cannot happen
+                    # unless the registry cut the body short without an error.
+                    raise Transient(f"{self.what}: chunk {i} missing from a complete body")
+        except ModelfsError as e:
+            waited = any(f.event.statistics().tasks_waiting for f in mine.values())
+            # A failed readahead nobody waits for is not a problem yet; a reader's is.
+            log.log(
+                logging.WARNING if waited else logging.INFO,
+                "%s: chunks %d-%d failed: %s",
+                self.what,
+                lo,
+                hi - 1,
+                e,
+            )
+            self._fail(mine, e)
+        except BaseException as e:
+            if not isinstance(e, trio.Cancelled):
+                log.exception(
+                    "%s: fetch of chunks %d-%d failed unexpectedly", self.what, lo, hi - 1
+                )
+            self._fail(mine, ModelfsError(f"{self.what}: internal error while fetching"))
+            if isinstance(e, trio.Cancelled | KeyboardInterrupt):
+                raise
+
+    def _fail(self, mine: dict[int, Flight], error: ModelfsError) -> None:
+        for i, flight in mine.items():
+            if not flight.event.is_set():
+                if self.flights.get(i) is flight:
+                    del self.flights[i]
+                flight.finish(error)
+
+    async def _fetch_range(self, start: int, end: int) -> None:
+        partial = self.partial
+        if partial is not None and not self._disk_failed:
+            try:
+                await self.ctx.in_thread(partial.reserve, start, end)
+            except (CacheFull, CacheError) as e:
+                self._disk_failure(e)
+        token = trio.lowlevel.current_trio_token()
+        layout = self.layout
+        assemblies: dict[int, _Assembly] = {}
+
+        def on_piece(offset: int, view: memoryview) -> None:
+            # Worker thread: cut the piece at chunk boundaries; a chunk that came whole
+            # is checked at once, one that comes in pieces as its last piece arrives.
+            while view:
+                i = layout.index_at(offset)
+                cstart, cend = layout.span(i)
+                n = min(len(view), cend - offset)
+                if offset == cstart and n == cend - cstart:
+                    self._take(token, i, offset, view[:n])
+                else:
+                    self._assemble(token, assemblies, i, offset, view[:n], cend)
+                offset += n
+                view = view[n:]
+
+        # Fixed chunks arrive as one piece each; a registry's ranges in bounded pieces.
+        piece_bytes = layout.chunk_bytes if layout.fixed else min(layout.largest_bytes, PIECE_BYTES)
+        self.ctx.stats.requests += 1
+        streams = self.ctx.streams
+        async with streams.slot(self.name.host):
+            await self.registry.read_range(
+                self.name,
+                self.digest,
+                start,
+                end,
+                piece_bytes,
+                on_piece,
+                limiter=streams.threads,
+            )
+
+    # -- worker-thread side of landing chunks ---------------------------------------------------
+
+    def _take(self, token: trio.lowlevel.TrioToken, i: int, offset: int, view: memoryview) -> None:
+        """Worker thread: chunk ``i`` arrived whole: verify, write, then tell the trio side."""
+        index = self.index
+        if index is not None and not index.verify(i, view):
+            trio.from_thread.run_sync(self._chunk_mismatch, i, trio_token=token)
+            return
+        partial = self.partial
+        if partial is not None and not self._disk_failed:
+            try:
+                partial.write(offset, view)
+            except (CacheFull, CacheError) as e:
+                trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
+            else:
+                self._land(token, i, None, offset, view)
+                return
+        self._land(token, i, bytes(view), offset, view)
+
+    def _assemble(
+        self,
+        token: trio.lowlevel.TrioToken,
+        assemblies: dict[int, _Assembly],
+        i: int,
+        offset: int,
+        view: memoryview,
+        cend: int,
+    ) -> None:
+        """Worker thread: one piece of chunk ``i``; verified once its last piece is here.
+
+        Pieces go to the partial file as they come, but the chunk is marked present
+        (and so readable) only once the whole of it matched its digest.
+        """
+        a = assemblies.get(i)
+        if a is None:
+            if offset != self.layout.span(i)[0]:
+                return  # a range always starts at a chunk's start: never reached
+            memory = self.partial is None or self._disk_failed
+            hasher = self.index.hasher() if self.index is not None else None
+            a = assemblies[i] = _Assembly(hasher, bytearray() if memory else None)
+        if a.hasher is not None:
+            a.hasher.update(view)
+        if a.buffer is not None:
+            a.buffer += view
+        elif not a.broken:
+            assert self.partial is not None
+            try:
+                self.partial.write(offset, view)
+            except (CacheFull, CacheError) as e:
+                a.broken = True
+                trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
+        if offset + len(view) < cend:
+            return
+        del assemblies[i]
+        if a.broken:
+            return  # missing from the body: the run's retry fetches it into memory
+        if a.hasher is not None:
+            assert self.index is not None
+            if a.hasher.digest() != self.index.hashes[i]:
+                trio.from_thread.run_sync(self._chunk_mismatch, i, trio_token=token)
+                return
+        self._land(token, i, None if a.buffer is None else bytes(a.buffer), offset, None)
+
+    def _land(
+        self,
+        token: trio.lowlevel.TrioToken,
+        i: int,
+        data: bytes | None,
+        offset: int,
+        view: memoryview | None,
+    ) -> None:
+        """Worker thread: tell the trio side chunk ``i`` is here (and push it, if pushing).
+
+        Without pushing, the fetch thread goes on receiving at once: ``_landed`` runs
+        on the trio thread soon after, before the fetch's own completion is seen there
+        (trio runs what threads send it in order). Pushing puts the checked chunk into
+        the kernel's page cache of the inodes reading this fetch state, so streaming and
+        mmap readers find it there instead of sending a READ for each piece; it waits
+        for ``_landed`` to answer the READs waiting for the chunk (a store waits on the
+        page locks those READs hold). A chunk that came in pieces is not pushed.
+        """
+        store = self.ctx.store
+        if store is None or view is None:
+            token.run_sync_soon(self._landed_guarded, i, data)
+            return
+        for inode in trio.from_thread.run_sync(self._landed, i, data, trio_token=token):
+            store(inode, offset, view)
+
+    # -- trio side of landing chunks ----------------------------------------------------------
+
+    def _landed_guarded(self, i: int, data: bytes | None) -> None:
+        try:
+            self._landed(i, data)
+        except Exception:  # an exception here would end trio's run, and the mount with it
+            log.exception("%s: chunk %d landed, but recording it failed", self.what, i)
+
+    def _landed(self, i: int, data: bytes | None) -> list[int]:
+        """Trio side of a chunk that arrived and passed its check; the inodes to push it to."""
+        start, end = self.layout.span(i)
+        self.ctx.stats.bytes_fetched += end - start
+        if data is None:
+            assert self.partial is not None
+            self.partial.mark(i)
+            self.partial.rechecked(i)
+            self.progress.changed(self._group)
+        else:
+            self.memory[i] = data
+            self.memory.move_to_end(i)
+            while len(self.memory) > self.ctx.settings.memory_chunks:
+                self.memory.popitem(last=False)
+        flight = self.flights.pop(i, None)
+        if flight is not None:
+            flight.finish()
+        if data is None:
+            self._advance_whole()
+        if self.partial is not None and self.partial.complete:
+            self._start_finalize()
+        # Only bytes a reader may already see: never a blob served only once whole.
+        if self.verify is Verify.WHOLE or self.ctx.push_targets is None:
+            return []
+        return self.ctx.push_targets(self)
+
+    def _chunk_mismatch(self, i: int) -> None:
+        start, end = self.layout.span(i)
+        self.ctx.stats.chunk_mismatches += 1
+        log.warning(
+            "blob %s: chunk %d (bytes %d-%d) from %s does not match the chunk index; discarded",
+            self.digest,
+            i,
+            start,
+            end - 1,
+            self.name.host,
+        )
+        flight = self.flights.pop(i, None)
+        if flight is not None:
+            flight.finish(
+                DigestMismatch(f"blob {self.digest} chunk {i} does not match the chunk index")
+            )
+
+    def _disk_failure(self, e: ModelfsError) -> None:
+        self.ctx.stats.cache_write_failures += 1
+        if not self._disk_failed:
+            if self.ctx.settings.serves_readers:
+                log.warning(
+                    "%s: cannot write the cache (%s); serving from the network", self.what, e
+                )
+            self._disk_error = e
+        self._disk_failed = True
+        self.progress.failed = True
+
+    # -- the whole blob -------------------------------------------------------------------------
+
+    def _hashable(self, i: int) -> bool:
+        partial = self.partial
+        return partial is not None and partial.has(i) and not partial.recheck_pending(i)
+
+    def _advance_whole(self) -> None:
+        if self._tasks is not None:
+            self.whole.advance(self._tasks, self.partial)
+
+    def _start_finalize(self) -> None:
+        if self._finalizing is None and not self.published:
+            self._finalizing = Flight()
+            self._group.spawn(f"finalize {self.what}", self._finalize)
+
+    async def _finalize(self) -> None:
+        """Check the complete blob's sha256; publish it into ``blobs/``, or discard it."""
+        flight = self._finalizing
+        assert flight is not None and self.partial is not None
+        partial = self.partial
+        error: ModelfsError | None = None
+        try:
+            # Chunks left by an earlier run, not re-checked yet, must not reach the hash
+            # unchecked (they may have been written for another manifest's index).
+            await self._recheck(0, self.chunks)
+            if not partial.complete:
+                return  # the refetches' landing starts the next finalize
+            got = await self.whole.digest(partial)
+            if got != self.digest:
+                self.ctx.stats.blob_mismatches += 1
+                log.warning(
+                    "blob %s from %s: whole-blob sha256 is %s; discarding the fetched data",
+                    self.digest,
+                    self.name.host,
+                    got,
+                )
+                self.whole.reset()
+                await self.ctx.in_thread(partial.discard)
+                self.memory.clear()
+                error = DigestMismatch(f"blob {self.digest} does not match its digest")
+                self.failure = error
+                if self.ctx.on_discarded is not None:
+                    # Pages already served (verify=deferred) must leave the kernel's cache.
+                    self.ctx.on_discarded(self.digest)
+            else:
+                await self.progress.publish()
+                self.published = True
+                self.ctx.stats.published += 1
+                log.info("blob %s: complete and verified, published", self.digest.short)
+        except ModelfsError as e:
+            log.warning("%s: could not publish: %s", self.what, e)
+            error = e
+        except Exception:
+            log.exception("%s: publishing failed unexpectedly", self.what)
+            error = ModelfsError(f"{self.what}: internal error while publishing")
+        finally:
+            self._finalizing = None
+            flight.finish(error)
+        if self.published:
+            await self.ctx.published(self.digest)
+
+    async def complete(self, wait_seconds: float | None = None) -> None:
+        """Fetch every chunk, verify the whole blob and publish it (``pull``, the WHOLE policy).
+
+        ``wait_seconds`` bounds a reader's waits: for each next chunk, for the
+        whole-blob check (plus what hashing the rest takes at VERIFY_BYTES_PER_SECOND),
+        and for another fetch that holds the partial file. Past it the reader gets
+        EIO while the fetch goes on. A pull waits as long as it takes (None).
+        """
+        busy_since: float | None = None
+        while not self.published:
+            if self.failure is not None:
+                raise copy.copy(self.failure)
+            if self._disk_failed:
+                # Nothing can be checked whole without storing it: a full disk ends it here
+                # (docs/reliability.md), instead of a retry loop.
+                raise copy.copy(self._disk_error) if self._disk_error else CacheFull(self.what)
+            if self.partial is None:
+                # Another fetch holds the partial file: wait for it to publish or let go.
+                if await self.ctx.in_thread(self.ctx.cache.has_blob, self.digest, self.size):
+                    self.published = True
+                    return
+                await self.ctx.in_thread(self._open_partial, True)
+                if self.partial is None:
+                    now = trio.current_time()
+                    busy_since = now if busy_since is None else busy_since
+                    if wait_seconds is not None and now - busy_since > wait_seconds:
+                        raise Transient(
+                            f"{self.what}: another fetch has been filling it for "
+                            f"{wait_seconds:.0f}s; try again later"
+                        )
+                    await trio.sleep(self._wait_publish_seconds)
+                    continue
+                if self.partial.complete:
+                    self._start_finalize()
+            await self._recheck(0, self.chunks)
+            waits, new = self._claim(0, self.chunks)
+            self._start_runs(new)
+            for flight in waits:
+                await flight.wait(wait_seconds, self.what)
+            if self.partial.complete and self._finalizing is None and not self.published:
+                self._start_finalize()
+            finalizing = self._finalizing
+            if finalizing is not None:
+                limit = None
+                if wait_seconds is not None:
+                    limit = wait_seconds + self.size / VERIFY_BYTES_PER_SECOND
+                await finalizing.wait(limit, f"{self.what}: checking the whole blob")
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read_range(self, offset: int, size: int, touched: range) -> bytes | bytearray:
+        """Bytes ``[offset, offset+size)`` (chunks ``touched``), fetched and checked if need be.
+
+        A chunk held only in memory (the cache could not be written) may be dropped
+        between ``ensure`` and ``read`` by other readers' chunks: ensure again.
+        """
+        for _ in range(EVICTED_RETRIES):
+            await self.ensure(touched.start, touched.stop)
+            try:
+                return await self.read(offset, size)
+            except _Evicted:
+                continue
+        raise ModelfsError(f"{self.what}: chunks keep being evicted before use")
+
+    async def read(self, offset: int, size: int) -> bytes | bytearray:
+        """Bytes ``[offset, offset+size)``; the chunks must have been ensured (or published)."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        partial = self.partial
+        touched = self.layout.covering(offset, end - offset)
+        if partial is not None and (self.published or all(partial.has(i) for i in touched)):
+            data = pread_cached(partial.fd, offset, end - offset)
+            if data is not None:
+                return data
+            return await self.ctx.in_thread(partial.read, offset, end - offset)  # type: ignore[return-value]
+        out = bytearray()
+        for i in touched:
+            cstart, cend = self.layout.span(i)
+            a, b = max(offset, cstart), min(end, cend)
+            data = self.memory.get(i)
+            if data is not None:
+                out += data[a - cstart : b - cstart]
+            elif self.partial is not None and self.partial.has(i):
+                out += await self.ctx.in_thread(self.partial.read, a, b - a)  # type: ignore[operator]
+            else:
+                raise _Evicted(i)
+        return bytes(out)
+
+
+class _Evicted(ModelfsError):
+    """A chunk held in memory was evicted between ensure and read; the reader ensures again."""
+
+    def __init__(self, i: int) -> None:
+        super().__init__(f"chunk {i} was evicted before it was read")

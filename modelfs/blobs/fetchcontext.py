@@ -1,0 +1,156 @@
+"""What every blob fetch of one process shares: where bytes come from, the policy, the limits.
+
+A ``BlobFetch`` (one blob being filled) is given the process's ``FetchContext``
+(the ``Fetcher`` is one): the cache, the settings, the stream slots, the disk
+limiter, the low-priority hash thread, the counters and the daemon's hooks. It
+never reaches the blob table above it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from modelfs.background import BACKGROUND_NICE, BackgroundThread
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.errors import ModelfsError
+from modelfs.formats.chunks import CHUNK_BYTES
+from modelfs.formats.digest import Digest
+from modelfs.formats.names import Name
+from modelfs.registry.client import client_for
+from modelfs.registry.retry import DEFAULT_ATTEMPTS
+from modelfs.registry.streams import StreamSlots
+
+log = logging.getLogger(__name__)
+
+MAX_STREAMS = 4  # per registry host
+# All hosts together: a host that trickles keeps its own share, the others theirs.
+TOTAL_STREAMS_PER_HOST_SHARE = 4
+# One range request asks for at most this many chunks, and this many bytes.
+MAX_RUN_CHUNKS = 8
+MAX_RUN_BYTES = 32 << 20
+# A kill -9 costs at most about this much fetching again (the state runs this far behind).
+STATE_FLUSH_SECONDS = 1.0
+MEMORY_CHUNKS = 4
+# A reader waiting for bytes gets EIO after this long, whatever the fetch behind it is doing.
+READ_WAIT_SECONDS = 60.0
+DISK_THREADS = 4
+
+
+class Verify(enum.Enum):
+    """How a blob's bytes are checked before a reader sees them (docs/verification.md)."""
+
+    INDEXED = "indexed"  # each chunk against the chunk index: served as soon as it lands
+    WHOLE = "whole"  # no index: the whole blob is fetched and checked before serving
+    DEFERRED = "deferred"  # -o verify=deferred: served as it lands, checked when complete
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    chunk_bytes: int = CHUNK_BYTES
+    max_streams: int = MAX_STREAMS
+    max_run_chunks: int = MAX_RUN_CHUNKS
+    max_run_bytes: int = MAX_RUN_BYTES
+    attempts: int = DEFAULT_ATTEMPTS
+    state_flush_seconds: float = STATE_FLUSH_SECONDS
+    read_wait_seconds: float = READ_WAIT_SECONDS
+    memory_chunks: int = MEMORY_CHUNKS
+    # pull: write to disk as bytes land, so publishing (fsync) does not wait for it all.
+    # A mount leaves writeback to the kernel: a reader waits for the network, not the disk.
+    early_writeback: bool = False
+    # A mount serves readers from the network when the cache cannot be written; a pull
+    # has no reader: a full disk ends it (``BlobFetch.complete`` raises).
+    serves_readers: bool = True
+
+
+class BlobSource(Protocol):
+    """Where blob bytes come from: ``Registry`` (over HTTP), or a fake in unit tests.
+
+    ``read_range`` streams bytes ``[start, end)`` of ``digest`` (as ``name``'s
+    repository serves it) to ``on_piece(offset, view)`` in pieces of ``piece_bytes``,
+    from a worker thread taken under ``limiter``; the view is valid only during the
+    call. Pieces delivered before a failure stay delivered. Failures are modelfs
+    errors: ``Transient`` ones are retried.
+    """
+
+    async def read_range(
+        self,
+        name: Name,
+        digest: Digest,
+        start: int,
+        end: int,
+        piece_bytes: int,
+        on_piece: Callable[[int, memoryview], None],
+        *,
+        limiter: trio.CapacityLimiter,
+    ) -> None: ...
+
+
+@dataclass
+class Stats:
+    """Counters a test or a benchmark can read (``Fetcher.stats``)."""
+
+    requests: int = 0
+    bytes_fetched: int = 0
+    chunk_mismatches: int = 0
+    blob_mismatches: int = 0
+    cache_write_failures: int = 0
+    published: int = 0
+
+
+class FetchContext:
+    """The shared part of every fetch in this process (see the module docstring)."""
+
+    def __init__(
+        self,
+        cache: BlobCache,
+        registry: BlobSource,
+        nursery: trio.Nursery,
+        settings: FetchSettings | None = None,
+        on_published: Callable[[Digest], Awaitable[None]] | None = None,
+        on_discarded: Callable[[Digest], None] | None = None,
+        *,
+        anonymous_registry: BlobSource | None = None,
+    ) -> None:
+        self.cache = cache
+        self.registry = registry
+        # Requests made for other users of an allow_other mount: no owner's credentials.
+        self.anonymous_registry = anonymous_registry
+        self.nursery = nursery
+        self.settings = settings or FetchSettings()
+        self.on_published = on_published
+        self.on_discarded = on_discarded
+        self.streams = StreamSlots(
+            self.settings.max_streams, self.settings.max_streams * TOTAL_STREAMS_PER_HOST_SHARE
+        )
+        self.disk = trio.CapacityLimiter(DISK_THREADS)
+        # The whole-blob hash runs at a lower CPU priority when readers wait on the cores.
+        self.background = BackgroundThread(
+            nice=BACKGROUND_NICE if self.settings.serves_readers else 0, name="modelfs-hash"
+        )
+        # Pushing checked chunks into the kernel's page cache (fuse_ops, set by the daemon):
+        # which inodes read a blob (trio thread), and the store itself (worker thread).
+        self.push_targets: Callable[[Any], list[int]] | None = None
+        self.store: Callable[[int, int, memoryview], None] | None = None
+        # Blobs whose partial file this process holds the lock of (one fetch at a time).
+        self.partials_held: set[Digest] = set()
+        self.stats = Stats()
+
+    def registry_for(self, anonymous: bool) -> BlobSource:
+        return client_for(self.registry, self.anonymous_registry, anonymous)
+
+    async def in_thread(self, fn: Callable[..., object], *args: object) -> object:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
+
+    async def published(self, digest: Digest) -> None:
+        """Tell the daemon a blob is in ``blobs/`` (its entries become links)."""
+        if self.on_published is not None:
+            try:
+                await self.on_published(digest)
+            except ModelfsError as e:
+                log.warning("after publishing blob %s: %s", digest.short, e)
