@@ -21,10 +21,10 @@ run in worker threads; the bitmap and flights are only touched on the trio threa
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import trio
 
@@ -32,10 +32,11 @@ from modelfs.blobs.blobcache import pread_cached
 from modelfs.blobs.fetchcontext import FetchContext, Verify
 from modelfs.blobs.partial import PartialFile
 from modelfs.blobs.progress import Progress
+from modelfs.blobs.receive import RangeReceiver
 from modelfs.blobs.wholecheck import WholeCheck
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
 from modelfs.flight import Flight
-from modelfs.formats.chunks import BlobChunks, ChunkHasher, ChunkLayout
+from modelfs.formats.chunks import BlobChunks, ChunkLayout
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer
 from modelfs.formats.names import Name
@@ -67,15 +68,6 @@ def fetch_key(
         chunks = None
         verify = Verify.WHOLE if verify is Verify.INDEXED else verify
     return (layer.digest, name.repository_key, anonymous, verify, chunks)
-
-
-@dataclass
-class _Assembly:
-    """A chunk arriving in several pieces (worker thread only)."""
-
-    hasher: ChunkHasher | None
-    buffer: bytearray | None  # held in memory: the cache cannot be written
-    broken: bool = False  # a piece could not be written: the chunk is fetched again
 
 
 class BlobFetch:
@@ -397,22 +389,17 @@ class BlobFetch:
                 self._disk_failure(e)
         token = trio.lowlevel.current_trio_token()
         layout = self.layout
-        assemblies: dict[int, _Assembly] = {}
-
-        def on_piece(offset: int, view: memoryview) -> None:
-            # Worker thread: cut the piece at chunk boundaries; a chunk that came whole
-            # is checked at once, one that comes in pieces as its last piece arrives.
-            while view:
-                i = layout.index_at(offset)
-                cstart, cend = layout.span(i)
-                n = min(len(view), cend - offset)
-                if offset == cstart and n == cend - cstart:
-                    self._take(token, i, offset, view[:n])
-                else:
-                    self._assemble(token, assemblies, i, offset, view[:n], cend)
-                offset += n
-                view = view[n:]
-
+        receiver = RangeReceiver(
+            layout,
+            self.index,
+            partial,
+            writable=lambda: not self._disk_failed,
+            landed=functools.partial(self._land, token),
+            mismatch=lambda i: trio.from_thread.run_sync(self._chunk_mismatch, i, trio_token=token),
+            disk_failed=lambda e: trio.from_thread.run_sync(
+                self._disk_failure, e, trio_token=token
+            ),
+        )
         # Fixed chunks arrive as one piece each; a registry's ranges in bounded pieces.
         piece_bytes = layout.chunk_bytes if layout.fixed else min(layout.largest_bytes, PIECE_BYTES)
         self.ctx.stats.requests += 1
@@ -424,72 +411,11 @@ class BlobFetch:
                 start,
                 end,
                 piece_bytes,
-                on_piece,
+                receiver.on_piece,
                 limiter=streams.threads,
             )
 
-    # -- worker-thread side of landing chunks ---------------------------------------------------
-
-    def _take(self, token: trio.lowlevel.TrioToken, i: int, offset: int, view: memoryview) -> None:
-        """Worker thread: chunk ``i`` arrived whole: verify, write, then tell the trio side."""
-        index = self.index
-        if index is not None and not index.verify(i, view):
-            trio.from_thread.run_sync(self._chunk_mismatch, i, trio_token=token)
-            return
-        partial = self.partial
-        if partial is not None and not self._disk_failed:
-            try:
-                partial.write(offset, view)
-            except (CacheFull, CacheError) as e:
-                trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
-            else:
-                self._land(token, i, None, offset, view)
-                return
-        self._land(token, i, bytes(view), offset, view)
-
-    def _assemble(
-        self,
-        token: trio.lowlevel.TrioToken,
-        assemblies: dict[int, _Assembly],
-        i: int,
-        offset: int,
-        view: memoryview,
-        cend: int,
-    ) -> None:
-        """Worker thread: one piece of chunk ``i``; verified once its last piece is here.
-
-        Pieces go to the partial file as they come, but the chunk is marked present
-        (and so readable) only once the whole of it matched its digest.
-        """
-        a = assemblies.get(i)
-        if a is None:
-            if offset != self.layout.span(i)[0]:
-                return  # a range always starts at a chunk's start: never reached
-            memory = self.partial is None or self._disk_failed
-            hasher = self.index.hasher() if self.index is not None else None
-            a = assemblies[i] = _Assembly(hasher, bytearray() if memory else None)
-        if a.hasher is not None:
-            a.hasher.update(view)
-        if a.buffer is not None:
-            a.buffer += view
-        elif not a.broken:
-            assert self.partial is not None
-            try:
-                self.partial.write(offset, view)
-            except (CacheFull, CacheError) as e:
-                a.broken = True
-                trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
-        if offset + len(view) < cend:
-            return
-        del assemblies[i]
-        if a.broken:
-            return  # missing from the body: the run's retry fetches it into memory
-        if a.hasher is not None:
-            assert self.index is not None
-            if a.hasher.digest() != self.index.hashes[i]:
-                trio.from_thread.run_sync(self._chunk_mismatch, i, trio_token=token)
-                return
-        self._land(token, i, None if a.buffer is None else bytes(a.buffer), offset, None)
+    # -- landing chunks ----------------------------------------------------------------------
 
     def _land(
         self,

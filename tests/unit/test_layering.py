@@ -39,6 +39,7 @@ RANK = {
     "blobs.fetchcontext": 5,
     "blobs.progress": 6,
     "blobs.wholecheck": 6,
+    "blobs.receive": 6,
     "blobs.blobfetch": 7,
     "blobs.fetcher": 8,
     "blobs.reader": 9,
