@@ -175,6 +175,8 @@ BLOB_MODE = 0o444
 BLOBS_VIEW_DIRNAME = ".blobs"
 XATTR_DIGEST = "user.modelfs.digest"
 XATTR_MEDIA_TYPE = "user.modelfs.media_type"
+# How reads of a file are checked (computed on request; not set on blob files).
+XATTR_VERIFY = "user.modelfs.verify"
 
 
 class BlobCache:
@@ -253,7 +255,7 @@ class BlobCache:
         the digest is in the file's name anyway.
         """
         path = self.blob_path(digest)
-        labels = {XATTR_DIGEST: str(digest), XATTR_MEDIA_TYPE: media_type}
+        labels = {XATTR_DIGEST: str(digest), XATTR_MEDIA_TYPE: media_type, XATTR_VERIFY: "complete"}
         try:
             for key, value in labels.items():
                 try:

@@ -109,6 +109,7 @@ class BlobFetch:
         self._open_error: ModelfsError | None = None
         self._tasks: TaskGroup | None = None
         self._finalizing: Flight | None = None
+        self._mismatched: set[int] = set()  # chunks that failed their check once
         self._disk_failed = False
         self._disk_error: ModelfsError | None = None
         self._wait_publish_seconds = PARTIAL_BUSY_POLL_SECONDS
@@ -347,6 +348,10 @@ class BlobFetch:
 
         try:
             await retrying(self.what, once, self.ctx.settings.attempts)
+            if any(not f.event.is_set() and i in self._mismatched for i, f in mine.items()):
+                # A chunk that failed its check is fetched once more (a second failure
+                # ends its flight: ``_chunk_mismatch``).
+                await retrying(self.what, once, self.ctx.settings.attempts)
             for i, flight in mine.items():
                 if not flight.event.is_set():
                     # The range was delivered but this chunk was not: cannot happen
@@ -477,21 +482,40 @@ class BlobFetch:
         return self.ctx.push_targets(self)
 
     def _chunk_mismatch(self, i: int) -> None:
+        """Chunk ``i`` did not match its digest: fetch it once more; twice, and the source of
+        the digests is not trusted for this blob any more (docs/verification.md)."""
         start, end = self.layout.span(i)
         self.ctx.stats.chunk_mismatches += 1
-        log.warning(
-            "blob %s: chunk %d (bytes %d-%d) from %s does not match the chunk index; discarded",
-            self.digest,
-            i,
-            start,
-            end - 1,
-            self.name.host,
-        )
-        flight = self.flights.pop(i, None)
-        if flight is not None:
-            flight.finish(
-                DigestMismatch(f"blob {self.digest} chunk {i} does not match the chunk index")
+        source = self.index.source if self.index is not None else "index"
+        if i not in self._mismatched:
+            self._mismatched.add(i)
+            log.warning(
+                "blob %s: chunk %d (bytes %d-%d) from %s does not match the chunk index (%s); "
+                "fetching it once more",
+                self.digest,
+                i,
+                start,
+                end - 1,
+                self.name.host,
+                source,
             )
+            return  # its run fetches it again, under the same flight
+        error = DigestMismatch(f"blob {self.digest} chunk {i} does not match the chunk index")
+        flight = self.flights.pop(i, None)
+        if self.index is not None:
+            log.warning(
+                "blob %s: chunk %d from %s failed its check twice; not trusting the %s for this "
+                "blob: it is verified whole",
+                self.digest,
+                i,
+                self.name.host,
+                source,
+            )
+            self.ctx.distrusted.add(self.index)
+            self.index = None
+            self.verify = Verify.WHOLE
+        if flight is not None:
+            flight.finish(error)
 
     def _disk_failure(self, e: ModelfsError) -> None:
         self.ctx.stats.cache_write_failures += 1

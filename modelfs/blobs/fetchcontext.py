@@ -19,10 +19,10 @@ import trio
 from modelfs.background import BACKGROUND_NICE, BackgroundThread
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import ModelfsError
-from modelfs.formats.chunks import CHUNK_BYTES
+from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
-from modelfs.registry.client import client_for
+from modelfs.registry.client import Chunksums, client_for
 from modelfs.registry.retry import DEFAULT_ATTEMPTS
 from modelfs.registry.streams import StreamSlots
 
@@ -90,6 +90,14 @@ class BlobSource(Protocol):
         limiter: trio.CapacityLimiter,
     ) -> None: ...
 
+    async def chunksums(self, name: Name, digest: Digest) -> Chunksums | None:
+        """The registry's own chunk digests of a blob (Ollama's chunksums), or None."""
+        ...
+
+    def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
+        """Fetch the blob's bytes from ``url`` (where its chunksums say they are)."""
+        ...
+
 
 @dataclass
 class Stats:
@@ -137,6 +145,8 @@ class FetchContext:
         # which inodes read a blob (trio thread), and the store itself (worker thread).
         self.push_targets: Callable[[Any], list[int]] | None = None
         self.store: Callable[[int, int, memoryview], None] | None = None
+        # Chunk digests that failed twice for a blob: not used again while this process runs.
+        self.distrusted: set[BlobChunks] = set()
         # Blobs whose partial file this process holds the lock of (one fetch at a time).
         self.partials_held: set[Digest] = set()
         self.stats = Stats()

@@ -35,6 +35,7 @@ from modelfs.formats.chunks import (
     ChunkIndex,
     parse_chunk_index,
 )
+from modelfs.formats.chunksums import parse_chunksums
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer, Manifest
 from modelfs.formats.names import Name
@@ -92,6 +93,9 @@ class Blobs:
         # manifest digest -> its validated chunk index (None: it has none, or a bad one)
         self._indexes: dict[Digest, ChunkIndex | None] = {}
         self._index_loads: KeyedLock[Digest] = KeyedLock()
+        # (repository, blob digest, anonymous) -> the registry's chunksums (None: it has none)
+        self._chunksums: dict[tuple[tuple[str, str, str], Digest, bool], BlobChunks | None] = {}
+        self._chunksum_loads: KeyedLock[tuple[tuple[str, str, str], Digest, bool]] = KeyedLock()
 
     async def chunk_index(
         self, name: Name, manifest: Manifest, *, anonymous: bool = False
@@ -133,10 +137,73 @@ class Blobs:
     async def _chunks_of(
         self, name: Name, manifest: Manifest | None, layer: Layer, anonymous: bool
     ) -> BlobChunks | None:
+        """The chunk digests a large blob is checked against, from the first source that has
+        them (docs/verification.md): the manifest's own index layer, the registry's
+        chunksums; None: the blob is verified whole (or deferred)."""
         if manifest is None or self.fetcher.is_small(layer):
             return None
         index = await self.chunk_index(name, manifest, anonymous=anonymous)
-        return index.blobs.get(layer.digest) if index else None
+        chunks = index.blobs.get(layer.digest) if index is not None else None
+        if self._usable(chunks):
+            return chunks
+        chunks = await self.registry_chunksums(name, layer, anonymous=anonymous)
+        return chunks if self._usable(chunks) else None
+
+    async def verification(
+        self, name: Name, manifest: Manifest, layer: Layer, *, anonymous: bool = False
+    ) -> str:
+        """How reads of ``layer`` are checked (``user.modelfs.verify``): ``complete`` (in
+        ``blobs/``, checked whole), the source of its chunk digests (``index``,
+        ``chunksums``, ...), ``whole`` (fetched whole and checked before serving) or
+        ``deferred`` (-o verify=deferred)."""
+        cache = self.fetcher.cache
+        if await self.fetcher.in_thread(cache.has_blob, layer.digest, layer.size):
+            return "complete"
+        if self.fetcher.is_small(layer):
+            return "whole"
+        chunks = await self._chunks_of(name, manifest, layer, anonymous)
+        if chunks is not None:
+            return chunks.source
+        return "deferred" if self.settings.deferred else "whole"
+
+    def _usable(self, chunks: BlobChunks | None) -> bool:
+        # Digests that failed twice for their blob are not used again (docs/verification.md).
+        return chunks is not None and chunks not in self.fetcher.distrusted
+
+    async def registry_chunksums(
+        self, name: Name, layer: Layer, *, anonymous: bool = False
+    ) -> BlobChunks | None:
+        """The registry's chunksums of ``layer``'s blob, asked for once per repository and
+        blob (a registry without them answers 404, remembered too); a body that does not
+        hold up is logged and not used."""
+        key = (name.repository_key, layer.digest, anonymous)
+        async with self._chunksum_loads.hold(key):
+            if key in self._chunksums:
+                return self._chunksums[key]
+            source = self.fetcher.registry_for(anonymous)
+            try:
+                answer = await source.chunksums(name, layer.digest)
+            except ModelfsError as e:
+                # Not remembered: the next open asks again.
+                log.info("%s: no chunksums for blob %s (%s)", name, layer.digest.short, e)
+                return None
+            chunks = None
+            if answer is not None:
+                try:
+                    chunks = parse_chunksums(answer.body, layer.digest, layer.size)
+                except ManifestInvalid as e:
+                    log.warning(
+                        "%s: %s from %s; verifying blob %s another way",
+                        name,
+                        e,
+                        name.host,
+                        layer.digest.short,
+                    )
+                else:
+                    if answer.location is not None:
+                        source.use_blob_location(name, layer.digest, answer.location)
+            self._chunksums[key] = chunks
+            return chunks
 
     async def open(
         self, name: Name, manifest: Manifest | None, layer: Layer, *, anonymous: bool = False

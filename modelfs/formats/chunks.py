@@ -211,6 +211,10 @@ class BlobChunks:
     hashes: tuple[bytes, ...]
     algorithm: str = "sha256"
     ends: tuple[int, ...] = ()
+    # Where the digests come from (what ``user.modelfs.verify`` says): the manifest's own
+    # index layer ("index"), an index published beside it ("published-index"), the
+    # registry's chunksums ("chunksums"), or one kept from a whole check ("local-index").
+    source: str = "index"
 
     @property
     def layout(self) -> ChunkLayout:

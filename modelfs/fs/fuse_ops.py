@@ -174,7 +174,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def getxattr(self, inode, name, ctx):
-        return self.tree.getxattr(inode, name.decode("utf-8", "replace"))
+        return await self.tree.getxattr(inode, name.decode("utf-8", "replace"), self._caller(ctx))
 
     @boundary
     async def listxattr(self, inode, ctx):

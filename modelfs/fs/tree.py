@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelfs.blobs.blobcache import BLOBS_VIEW_DIRNAME, XATTR_DIGEST, XATTR_MEDIA_TYPE, BlobCache
+from modelfs.blobs.blobcache import (
+    BLOBS_VIEW_DIRNAME,
+    XATTR_DIGEST,
+    XATTR_MEDIA_TYPE,
+    XATTR_VERIFY,
+    BlobCache,
+)
 from modelfs.blobs.completion import Completion
 from modelfs.blobs.reader import BlobHandle, Blobs
 from modelfs.errors import ModelfsError, NameInvalid
@@ -613,14 +619,24 @@ class Tree:
         assert m is not None
         return {XATTR_DIGEST: str(m.digest).encode(), XATTR_MEDIA_TYPE: m.media_type.encode()}
 
-    def getxattr(self, inode: int, name: str) -> bytes:
+    async def getxattr(self, inode: int, name: str, caller: Caller = OWNER) -> bytes:
+        node = self.node(inode)
+        if name == XATTR_VERIFY and node.layer is not None:
+            assert node.source is not None and node.manifest is not None
+            how = await self.blobs.verification(
+                node.source, node.manifest, node.layer, anonymous=caller.anonymous
+            )
+            return how.encode()
         value = self.xattrs(inode).get(name)
         if value is None:
             raise TreeError(errno.ENODATA)
         return value
 
     def listxattr(self, inode: int) -> list[str]:
-        return list(self.xattrs(inode))
+        names = list(self.xattrs(inode))
+        if self.node(inode).layer is not None:
+            names.append(XATTR_VERIFY)
+        return names
 
 
 def _unpublished_key(layer: Layer, source: Name, manifest: Manifest) -> UnpublishedKey:

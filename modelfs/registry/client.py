@@ -42,6 +42,7 @@ from modelfs.errors import (
     registry_words,
 )
 from modelfs.flight import KeyedLock
+from modelfs.formats.chunksums import MAX_CHUNKSUMS_BYTES
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import (
     MANIFEST_MEDIA_TYPES,
@@ -90,6 +91,14 @@ def _user_agent() -> str:
 
 
 USER_AGENT = _user_agent()
+
+
+@dataclass(frozen=True)
+class Chunksums:
+    """A registry's chunksums answer (``Registry.chunksums``)."""
+
+    body: bytes
+    location: str | None  # where the blob's bytes are, absolute
 
 
 @dataclass(frozen=True)
@@ -454,6 +463,51 @@ class Registry:
                 await r.aclose()
 
         return await retrying(what, once, attempts=attempts)
+
+    async def chunksums(self, name: Name, digest: Digest) -> Chunksums | None:
+        """Ollama's chunksums of a blob (``formats.chunksums``): the body as sent, and where
+        the blob's bytes are (``Content-Location``); None when the registry has none (404,
+        or no such endpoint). The body is read up to ``MAX_CHUNKSUMS_BYTES``."""
+        url = f"{self.base_url(name)}/v2/{name.repository}/chunksums/{digest}"
+        what = f"chunksums of blob {digest.short} of {name}"
+
+        async def once() -> Chunksums | None:
+            with trio.move_on_after(self.config.control_seconds):
+                return await fetch()
+            raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
+
+        async def fetch() -> Chunksums | None:
+            r = await self._send("GET", url, pull_scopes(name), what)
+            try:
+                if r.status_code in (404, 405, 501):
+                    return None
+                await self._raise_for(r, what)
+                body = bytearray()
+                async for part in r.aiter_bytes():
+                    body += part
+                    if len(body) > MAX_CHUNKSUMS_BYTES:
+                        raise ManifestInvalid(
+                            f"invalid chunksums: more than {MAX_CHUNKSUMS_BYTES} bytes"
+                        )
+                location = r.headers.get("Content-Location")
+                return Chunksums(
+                    bytes(body), urllib.parse.urljoin(url, location) if location else None
+                )
+            except (httpx.HTTPError, OSError) as e:
+                raise _translate(e, what, _netloc(url)) from None
+            finally:
+                await r.aclose()
+
+        return await retrying(what, once, attempts=MANIFEST_ATTEMPTS)
+
+    def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
+        """Fetch ``digest``'s bytes from ``url`` (a chunksums ``Content-Location``) as if the
+        registry redirected there: no Authorization to another host, reused until refused,
+        then the blob is resolved at the registry again. Only http and https."""
+        if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+            log.warning("blob %s: ignoring a Content-Location that is not http(s)", digest.short)
+            return
+        self.bulk.redirects.put(self.blob_url(name, digest), url)
 
     async def has_blob(self, name: Name, digest: Digest) -> bool:
         """Whether the registry itself (not a mirror: this is for pushes) has the blob."""

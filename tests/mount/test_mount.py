@@ -190,12 +190,29 @@ def test_read_only_and_xattrs(tag, model_hex):
     assert set(os.listxattr(tag / "params.json")) == {
         "user.modelfs.digest",
         "user.modelfs.media_type",
+        "user.modelfs.verify",
     }
+    assert os.getxattr(tag / "params.json", "user.modelfs.verify") in (b"whole", b"complete")
+
+
+def test_a_byte_flipped_once_is_fetched_again_and_never_served(
+    proxy, mount_factory, smollm2_pushed, source
+):
+    m = mount_factory()
+    m.expect_log(r"does not match the chunk index \(index\); fetching it once more")
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    bad = 11 * CHUNK_BYTES + 12345
+    proxy.set_faults([{"path": "/blobs/", "flip_at": bad, "times": 1}])
+    with open(tag / "model.gguf", "rb") as f:
+        assert os.pread(f.fileno(), 4096, bad - 100) == source[bad - 100 : bad - 100 + 4096]
 
 
 def test_flipped_byte_is_eio_and_never_wrong_bytes(proxy, mount_factory, smollm2_pushed, source):
     m = mount_factory()
     m.expect_log(r"does not match the chunk index")
+    m.expect_log(r"failed its check twice; not trusting the index")
+    m.expect_log(r"whole-blob sha256 is .*; discarding the fetched data")
+    m.expect_log(r"does not match its digest")
     tag = m.mountpoint / proxy.host / TAG_DIR
     bad = 11 * CHUNK_BYTES + 12345
     proxy.set_faults([{"path": "/blobs/", "flip_at": bad}])
@@ -203,11 +220,16 @@ def test_flipped_byte_is_eio_and_never_wrong_bytes(proxy, mount_factory, smollm2
         with pytest.raises(OSError) as info:
             os.pread(f.fileno(), 4096, bad - 100)
         assert info.value.errno == errno.EIO
-        # The rest of the file is unaffected.
-        assert os.pread(f.fileno(), 4096, 0) == source[:4096]
-        proxy.clear_faults()
-        # A re-read fetches the chunk again and gets the right bytes.
+        # Twice wrong: the index is not trusted for this blob any more, and it is checked
+        # whole before anything more is served. While the bytes stay wrong, that is EIO.
+        with pytest.raises(OSError) as info:
+            os.pread(f.fileno(), 4096, 0)
+        assert info.value.errno == errno.EIO
+    proxy.clear_faults()
+    # Once the registry serves its blob right again, a new open gets every byte, right.
+    with open(tag / "model.gguf", "rb") as f:
         assert os.pread(f.fileno(), 4096, bad - 100) == source[bad - 100 : bad - 100 + 4096]
+        assert os.pread(f.fileno(), 4096, 0) == source[:4096]
 
 
 def test_restart_keeps_partial_chunks(

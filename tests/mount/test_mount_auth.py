@@ -29,14 +29,15 @@ def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def push_through_front(
-    front: OllamaFront, gguf: Path, tmp_path: Path, tag: str
+    front: OllamaFront, gguf: Path, tmp_path: Path, tag: str, *create_args: str
 ) -> tuple[dict[str, str], str]:
     """Push ``gguf`` as alice/m:<tag> with a key allowed there; (env with the key, name)."""
     key = OllamaKey(tmp_path / "id_ed25519")
     front.allow_push(key.public_line, "alice")
     env = {**os.environ, "MODELFS_KEY": str(key.path)}
     name = f"{front.host}/alice/m:{tag}"
-    run_modelfs("create", name, "--gguf", str(gguf), "--cache", str(tmp_path / "src"), env=env)
+    src = str(tmp_path / "src")
+    run_modelfs("create", name, "--gguf", str(gguf), *create_args, "--cache", src, env=env)
     run_modelfs("push", name, "--cache", str(tmp_path / "src"), env=env)
     front.reset()
     return env, name

@@ -10,7 +10,12 @@
   Ollama client's ed25519 signature of ``GET,<token url>,<base64(hex(sha256("")))>``; any valid
   key may pull anything, push/delete only where ``allow_push`` registered the key;
 * blob GETs are answered with 307 to a presigned, expiring URL on a separate ``CDN`` server;
-* a ``User-Agent`` matching ``reject_user_agent`` gets 412 with a message to show.
+* a ``User-Agent`` matching ``reject_user_agent`` gets 412 with a message to show;
+* ``GET /v2/<repo>/chunksums/<digest>``, when ``chunksum_bytes`` is set, answers 200 with
+  ``Content-Location: <presigned CDN URL>`` and a line ``<sha256> <start>-<end>`` per range
+  of the blob (inclusive, contiguous, covering it; the first range is half as long, so the
+  ranges are not a fixed size), computed from the upstream blob; ``chunksums`` may replace
+  a digest's body (a lie, garbage); otherwise the upstream's 404.
 
 Everything else is forwarded to the upstream registry: statuses, headers, bodies (streamed),
 with absolute upstream ``Location`` headers rewritten to point at the front.
@@ -322,8 +327,11 @@ class OllamaFront(Served):
         max_skew_seconds: float = 300.0,
         reject_user_agent: str | None = None,
         error_form: str = "list",
+        chunksum_bytes: int | None = None,
     ) -> None:
         super().__init__(_FrontHandler, "fake-ollama-front")
+        self.chunksum_bytes = chunksum_bytes
+        self.chunksums: dict[str, bytes] = {}  # digest -> the body to answer instead
         host, _, port = upstream_host.partition(":")
         self.upstream_host = upstream_host
         self.upstream = (host, int(port or 80))
@@ -562,7 +570,36 @@ class _FrontHandler(_Handler):
             and re.fullmatch(r"/sha256:[0-9a-f]{64}", rest)
         ):
             return self._redirect_blob(repo, rest[1:])  # type: ignore[arg-type]
+        if (
+            self.command == "GET"
+            and kind == "chunksums"
+            and re.fullmatch(r"/sha256:[0-9a-f]{64}", rest)
+            and (front.chunksum_bytes or rest[1:] in front.chunksums)
+        ):
+            return self._chunksums(repo, rest[1:])  # type: ignore[arg-type]
         return self._forward()
+
+    def _chunksums(self, repo: str, digest: str) -> int:
+        front = self.front
+        body = front.chunksums.get(digest)
+        if body is None:
+            up = http.client.HTTPConnection(*front.upstream, timeout=UPSTREAM_TIMEOUT)
+            try:
+                up.request("GET", f"/v2/{repo}/blobs/{digest}")
+                resp = up.getresponse()
+                if resp.status != 200:
+                    return self._fail(404, "BLOB_UNKNOWN", "blob unknown to registry")
+                lines, start, step = [], 0, max(1, front.chunksum_bytes // 2)  # type: ignore[operator]
+                while piece := resp.read(step):
+                    end = start + len(piece)
+                    lines.append(f"sha256:{hashlib.sha256(piece).hexdigest()} {start}-{end - 1}\n")
+                    start, step = end, front.chunksum_bytes
+            finally:
+                up.close()
+            body = "".join(lines).encode()
+        location = front.cdn.presign(digest, repo, front.cdn_ttl_seconds)
+        self._send(200, body, {"Content-Location": location, "Content-Type": "text/plain"})
+        return 200
 
     def _forward(self) -> int:
         front = self.front

@@ -18,6 +18,7 @@ import trio
 from modelfs.errors import ModelfsError, Transient
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
+from modelfs.registry.client import Chunksums
 
 Repo = tuple[str, str, str]
 
@@ -54,6 +55,20 @@ class FakeSource:
     blobs: dict[tuple[Repo, Digest], bytes] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
+    chunksum_bodies: dict[tuple[Repo, Digest], Chunksums] = field(default_factory=dict)
+    chunksum_requests: list[tuple[Repo, Digest]] = field(default_factory=list)
+    locations: dict[tuple[Repo, Digest], str] = field(default_factory=dict)
+
+    def put_chunksums(self, name: Name, digest: Digest, body: bytes, location: str | None) -> None:
+        """Answer chunksums of ``digest`` in ``name``'s repository with ``body``."""
+        self.chunksum_bodies[(name.repository_key, digest)] = Chunksums(body, location)
+
+    async def chunksums(self, name: Name, digest: Digest) -> Chunksums | None:
+        self.chunksum_requests.append((name.repository_key, digest))
+        return self.chunksum_bodies.get((name.repository_key, digest))
+
+    def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
+        self.locations[(name.repository_key, digest)] = url
 
     def put(self, name: Name, data: bytes, digest: Digest | None = None) -> Digest:
         """Serve ``data`` as ``digest`` (by default its own) from ``name``'s repository."""

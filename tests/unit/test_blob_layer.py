@@ -30,6 +30,7 @@ from modelfs.blobs.progress import Progress
 from modelfs.blobs.reader import BlobHandle, Blobs, BlobsSettings
 from modelfs.errors import DigestMismatch, RegistryError, Transient
 from modelfs.formats.chunks import BlobChunks, chunk_hash, serialize_chunk_index
+from modelfs.formats.chunksums import format_chunksums
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL, Layer, parse_manifest
 from modelfs.formats.names import Name, parse_name
@@ -256,7 +257,7 @@ async def test_a_stalled_source_fails_the_read_within_its_bound(
 # -- a source that lies ---------------------------------------------------------------------
 
 
-async def test_a_chunk_that_does_not_match_its_index_is_never_served(
+async def test_a_chunk_that_does_not_match_its_index_once_is_fetched_again(
     cache: BlobCache, data: bytes
 ) -> None:
     source, layer = serving(data)
@@ -266,13 +267,40 @@ async def test_a_chunk_that_does_not_match_its_index_is_never_served(
     async with blob_layer(cache, source) as (fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
         try:
-            with pytest.raises(DigestMismatch):
-                await handle.read(3 * CB, 100)
-            assert fetcher.stats.chunk_mismatches == 1
-            # The next read fetches the chunk again, and this time it is the blob's.
             assert await handle.read(3 * CB, 100) == data[3 * CB : 3 * CB + 100]
+            assert fetcher.stats.chunk_mismatches == 1
         finally:
             await handle.close()
+    asked = [r for r in source.requests_for(layer.digest) if r.start <= 3 * CB < r.end]
+    assert len(asked) == 2, "the chunk that failed was not fetched once more"
+
+
+async def test_digests_that_fail_twice_are_distrusted_and_the_blob_is_checked_whole(
+    cache: BlobCache, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stale index (or chunksums): the registry's bytes are right, the digests are not.
+    source, layer = serving(data)
+    stale = bytearray(data)
+    stale[3 * CB + 10] ^= 0xFF
+    chunks = index_of(bytes(stale), layer.digest)
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, chunks)
+        try:
+            assert await handle.read(0, 100) == data[:100]
+            with pytest.raises(DigestMismatch):
+                await handle.read(3 * CB, 100)
+            assert "failed its check twice; not trusting the index" in caplog.text
+            # Slower (the whole blob is fetched and checked first), never wrong, never stuck.
+            assert await handle.read(3 * CB, 100) == data[3 * CB : 3 * CB + 100]
+            assert fetcher.stats.chunk_mismatches == 2
+        finally:
+            await handle.close()
+        await published(cache, layer)
+        again = await open_blob(blobs, NAME, layer, chunks)
+        try:
+            assert await again.read_all(SIZE) == data
+        finally:
+            await again.close()
 
 
 async def test_a_blob_that_does_not_match_its_digest_is_not_served_or_published(
@@ -517,7 +545,7 @@ async def test_a_registrys_ranges_are_served_checked_and_published(
         assert f.read() == data
 
 
-async def test_a_range_that_does_not_match_is_never_served(
+async def test_a_range_that_does_not_match_is_never_served_and_fetched_again(
     cache: BlobCache, data: bytes, small_pieces: None
 ) -> None:
     source, layer = serving(data)
@@ -528,9 +556,7 @@ async def test_a_range_that_does_not_match_is_never_served(
         bf = await fetcher.acquire(NAME, layer, chunks, Verify.INDEXED)
         try:
             assert await bf.read_range(0, 100, range(0, 1)) == data[:100]
-            with pytest.raises(DigestMismatch):
-                await bf.read_range(2 * CB, 100, bf.layout.covering(2 * CB, 100))
-            # The next fetch of that range is honest, and only it is served.
+            # The range that failed its check is fetched once more, and only that is served.
             got = await bf.read_range(2 * CB, 100, bf.layout.covering(2 * CB, 100))
             assert got == data[2 * CB : 2 * CB + 100]
         finally:
@@ -561,3 +587,68 @@ async def test_ranges_left_on_disk_are_checked_again_after_a_restart(
     again = [(r.start, r.end) for r in source.requests_for(layer.digest)[first:]]
     assert (0, ENDS[0]) not in again and all(start >= CB for start, _ in again), again
     assert any(start == CB for start, _ in again), "the damaged range was not fetched again"
+
+
+def chunksums_of(data: bytes, ends: tuple[int, ...] = ENDS) -> bytes:
+    starts = (0, *ends[:-1])
+    return format_chunksums(
+        [(Digest.of_bytes(data[s:e]), s, e - 1) for s, e in zip(starts, ends, strict=True)]
+    )
+
+
+async def open_plain(blobs: Blobs, layer: Layer) -> BlobHandle:
+    """Open ``layer`` through a manifest of ``NAME`` without a chunk index (Ollama's layout)."""
+    manifest = parse_manifest(
+        build_manifest(b"{}", [(MEDIA_TYPE_MODEL, str(layer.digest), layer.size)])
+    )
+    return await blobs.open(NAME, manifest, layer)
+
+
+async def test_a_blob_with_chunksums_is_read_lazily_and_from_their_location(
+    cache: BlobCache, data: bytes
+) -> None:
+    source, layer = serving(data)
+    source.put_chunksums(NAME, layer.digest, chunksums_of(data), "http://cdn.test/blob")
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_plain(blobs, layer)
+        try:
+            assert await handle.read(10, 100) == data[10:110]
+            assert source.requested_bytes(layer.digest) == ENDS[0], "more than the first range"
+            assert await handle.read_all(50_000) == data
+        finally:
+            await handle.close()
+        await published(cache, layer)
+        again = await open_plain(blobs, layer)
+        await again.close()
+    assert source.locations == {(NAME.repository_key, layer.digest): "http://cdn.test/blob"}
+    assert source.chunksum_requests == [(NAME.repository_key, layer.digest)], "asked twice"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"sha256:" + b"0" * 64, chunksums_of(os.urandom(SIZE - 1), (SIZE - 1,))],
+    ids=["empty", "cut short", "another size"],
+)
+async def test_chunksums_that_do_not_hold_up_fall_back_to_whole_verification(
+    cache: BlobCache, data: bytes, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    source, layer = serving(data)
+    source.put_chunksums(NAME, layer.digest, body, "http://cdn.test/blob")
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_plain(blobs, layer)
+        try:
+            assert await handle.read(10, 100) == data[10:110]
+            assert source.requested_bytes(layer.digest) == SIZE, "served before the whole check"
+        finally:
+            await handle.close()
+    assert "invalid chunksums" in caplog.text and "verifying blob" in caplog.text
+    assert source.locations == {}, "used the location of chunksums it did not use"
+
+
+async def test_a_registry_without_chunksums_is_asked_once(cache: BlobCache, data: bytes) -> None:
+    source, layer = serving(data)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        for _ in range(3):
+            handle = await open_plain(blobs, layer)
+            await handle.close()
+    assert source.chunksum_requests == [(NAME.repository_key, layer.digest)]

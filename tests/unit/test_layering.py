@@ -27,6 +27,7 @@ RANK = {
     "formats.gguf": 1,
     "formats.manifest": 2,
     "formats.chunks": 3,
+    "formats.chunksums": 4,
     "registry.retry": 1,
     "registry.streams": 1,
     "registry.config": 1,
