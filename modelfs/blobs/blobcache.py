@@ -191,6 +191,8 @@ class BlobCache:
         # One empty file per tag; its mtime is when the mount last used the model.
         self.lazy_dir = self.state_dir / "lazy"
         self.tmp_dir = self.state_dir / "tmp"
+        # Chunk indexes of blobs verified whole here: a blob read again is lazy and verified.
+        self.index_dir = self.state_dir / "indexes"
 
     def prepare(self) -> None:
         """Create the layout; clear temp files left by processes that are gone."""
@@ -334,6 +336,24 @@ class BlobCache:
 
     def partial_path(self, digest: Digest) -> Path:
         return self.partial_dir / digest.filename
+
+    def local_index_path(self, digest: Digest) -> Path:
+        return self.index_dir / f"{digest.filename}.json"
+
+    def save_local_index(self, digest: Digest, raw: bytes) -> None:
+        self.atomic_write(self.local_index_path(digest), raw)
+
+    def load_local_index(self, digest: Digest, limit: int) -> bytes | None:
+        """The local chunk index of ``digest`` (None if there is none, or it is over ``limit``)."""
+        try:
+            with open(self.local_index_path(digest), "rb") as f:
+                raw = f.read(limit + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warning("cannot read the local chunk index of blob %s: %s", digest.short, e)
+            return None
+        return raw if len(raw) <= limit else None
 
     def state_path(self, digest: Digest) -> Path:
         return self.partial_dir / f"{digest.filename}.state"

@@ -36,7 +36,7 @@ from modelfs.blobs.receive import RangeReceiver
 from modelfs.blobs.wholecheck import WholeCheck
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
 from modelfs.flight import Flight
-from modelfs.formats.chunks import BlobChunks, ChunkLayout
+from modelfs.formats.chunks import BlobChunks, ChunkLayout, serialize_chunk_index
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer
 from modelfs.formats.names import Name
@@ -577,6 +577,7 @@ class BlobFetch:
                 self.published = True
                 self.ctx.stats.published += 1
                 log.info("blob %s: complete and verified, published", self.digest.short)
+                await self._keep_local_index()
         except ModelfsError as e:
             log.warning("%s: could not publish: %s", self.what, e)
             error = e
@@ -588,6 +589,16 @@ class BlobFetch:
             flight.finish(error)
         if self.published:
             await self.ctx.published(self.digest)
+
+    async def _keep_local_index(self) -> None:
+        """Keep the chunk index of the blob just verified whole (a few KB in ``.modelfs/``):
+        read again after an eviction, it is lazy and verified."""
+        local = self.whole.local_index(self.digest)
+        raw = serialize_chunk_index(local.chunk_bytes, [local])
+        try:
+            await self.ctx.in_thread(self.ctx.cache.save_local_index, self.digest, raw)
+        except ModelfsError as e:
+            log.info("%s: its chunk index is not kept: %s", self.what, e)
 
     async def complete(self, wait_seconds: float | None = None) -> None:
         """Fetch every chunk, verify the whole blob and publish it (``pull``, the WHOLE policy).

@@ -16,6 +16,7 @@ wait on each chunk in turn.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from modelfs.blobs.blobcache import pread_cached
 from modelfs.blobs.blobfetch import BlobFetch
 from modelfs.blobs.fetchcontext import Verify
 from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.wholecheck import LOCAL_SOURCE
 from modelfs.errors import ManifestInvalid, ModelfsError
 from modelfs.flight import KeyedLock
 from modelfs.formats.chunks import (
@@ -139,7 +141,7 @@ class Blobs:
     ) -> BlobChunks | None:
         """The chunk digests a large blob is checked against, from the first source that has
         them (docs/verification.md): the manifest's own index layer, the registry's
-        chunksums; None: the blob is verified whole (or deferred)."""
+        chunksums, a local index; None: the blob is verified whole (or deferred)."""
         if manifest is None or self.fetcher.is_small(layer):
             return None
         index = await self.chunk_index(name, manifest, anonymous=anonymous)
@@ -147,7 +149,25 @@ class Blobs:
         if self._usable(chunks):
             return chunks
         chunks = await self.registry_chunksums(name, layer, anonymous=anonymous)
+        if self._usable(chunks):
+            return chunks
+        chunks = await self.local_index(layer)
         return chunks if self._usable(chunks) else None
+
+    async def local_index(self, layer: Layer) -> BlobChunks | None:
+        """The chunk index kept when this blob was last verified whole here, if any: made
+        from bytes that matched the digest, it serves every manifest naming it."""
+        cache = self.fetcher.cache
+        raw = await self.fetcher.in_thread(cache.load_local_index, layer.digest, MAX_INDEX_BYTES)
+        if raw is None:
+            return None
+        try:
+            index = parse_chunk_index(raw, [layer])  # type: ignore[arg-type]
+        except ManifestInvalid as e:
+            log.warning("blob %s: its local %s; not used", layer.digest.short, e)
+            return None
+        chunks = index.blobs.get(layer.digest)
+        return None if chunks is None else dataclasses.replace(chunks, source=LOCAL_SOURCE)
 
     async def verification(
         self, name: Name, manifest: Manifest, layer: Layer, *, anonymous: bool = False

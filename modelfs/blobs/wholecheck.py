@@ -14,32 +14,71 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 
+import blake3
 import trio
 
 from modelfs.blobs.fetchcontext import MAX_RUN_CHUNKS, FetchContext
 from modelfs.blobs.partial import PartialFile
-from modelfs.errors import ModelfsError
-from modelfs.formats.chunks import ChunkLayout
-from modelfs.formats.digest import Digest, hash_file_into
+from modelfs.errors import CacheError, ModelfsError
+from modelfs.formats.chunks import BlobChunks, ChunkLayout
+from modelfs.formats.digest import HASH_READ_BYTES, Digest
 from modelfs.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
+LOCAL_SOURCE = "local-index"
+
 
 class _PrefixHash:
-    """The sha256 of chunks ``[0, next)``. ``tlock`` keeps each step whole: the hash
-    sees each byte once, in order."""
+    """The sha256 of chunks ``[0, next)``, and on the same bytes the BLAKE3 digests of the
+    blob's chunks of ``local_bytes`` (its local index, kept once the blob is published).
+    ``tlock`` keeps each step whole: the hash sees each byte once, in order."""
 
-    __slots__ = ("broken", "h", "next", "tlock")
+    __slots__ = (
+        "broken",
+        "h",
+        "local",
+        "local_bytes",
+        "local_filled",
+        "local_hashes",
+        "next",
+        "tlock",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, local_bytes: int) -> None:
+        self.tlock = threading.Lock()
+        self.local_bytes = local_bytes
+        self._restart()
+
+    def _restart(self) -> None:
         self.h = hashlib.sha256()
         self.next = 0
-        self.tlock = threading.Lock()
         self.broken = False  # a catch-up failed part way: the hash must start over
+        self.local = blake3.blake3()
+        self.local_filled = 0
+        self.local_hashes: list[bytes] = []
+
+    def _feed(self, fd: int, start: int, end: int) -> None:
+        pos = start
+        while pos < end:
+            data = os.pread(fd, min(HASH_READ_BYTES, end - pos), pos)
+            if not data:
+                raise CacheError(f"file ended at byte {pos} of {end} while hashing")
+            self.h.update(data)
+            view = memoryview(data)
+            while view:
+                n = min(len(view), self.local_bytes - self.local_filled)
+                self.local.update(view[:n])
+                self.local_filled += n
+                view = view[n:]
+                if self.local_filled == self.local_bytes:
+                    self.local_hashes.append(self.local.digest())
+                    self.local, self.local_filled = blake3.blake3(), 0
+            pos += len(data)
 
     def catch_up(self, fd: int, lo: int, hi: int, start: int, end: int) -> None:
         """Worker thread: hash chunks ``[lo, hi)`` (bytes ``[start, end)``) from the file,
@@ -48,7 +87,7 @@ class _PrefixHash:
             if self.next != lo or self.broken:
                 return
             try:
-                hash_file_into(self.h, fd, start, end)
+                self._feed(fd, start, end)
             except BaseException:
                 self.broken = True
                 self.next = -1  # nothing extends a broken prefix
@@ -59,9 +98,12 @@ class _PrefixHash:
         """Worker thread: hash whatever is left of the blob; its whole sha256 (hex)."""
         with self.tlock:
             if self.broken:
-                self.h, self.next, self.broken = hashlib.sha256(), 0, False
+                self._restart()
             start = layout.span(self.next)[0] if self.next < layout.count else layout.size
-            hash_file_into(self.h, fd, start, layout.size)
+            self._feed(fd, start, layout.size)
+            if self.local_filled:
+                self.local_hashes.append(self.local.digest())
+                self.local, self.local_filled = blake3.blake3(), 0
             self.next = layout.count
             return self.h.hexdigest()
 
@@ -84,7 +126,7 @@ class WholeCheck:
         self.layout = layout
         self.what = what
         self.hashable = hashable
-        self._prefix = _PrefixHash()
+        self._prefix = _PrefixHash(ctx.settings.chunk_bytes)
         self._lock = trio.Lock()  # one trio-side task schedules hashing at a time
         self._running = False
 
@@ -130,4 +172,16 @@ class WholeCheck:
 
     def reset(self) -> None:
         """Forget what was hashed (the partial file was discarded)."""
-        self._prefix = _PrefixHash()
+        self._prefix = _PrefixHash(self.ctx.settings.chunk_bytes)
+
+    def local_index(self, digest: Digest) -> BlobChunks:
+        """The blob's local chunk index, once ``digest`` has matched (call after it)."""
+        ph = self._prefix
+        return BlobChunks(
+            digest,
+            self.layout.size,
+            ph.local_bytes,
+            tuple(ph.local_hashes),
+            "blake3",
+            source=LOCAL_SOURCE,
+        )

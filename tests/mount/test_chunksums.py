@@ -149,3 +149,27 @@ def test_a_registry_without_chunksums_is_asked_once_and_verified_whole(
     assert sum(r.body_bytes for r in model_records(proxy, model_hex)) >= os.path.getsize(
         tag / "model.gguf"
     )
+
+
+def test_a_blob_verified_whole_is_lazy_and_verified_when_read_again_after_eviction(
+    proxy: Proxy, mount_factory, smollm2_noindex_pushed: str, model_hex: str, tmp_path: Path
+) -> None:
+    m = mount_factory(root=tmp_path / "a")
+    tag = m.mountpoint / proxy.host / "library" / "smollm2" / "noindex"
+    assert sha256_path(tag / "model.gguf") == model_hex  # fetched whole, checked, published
+    blob = m.cache / "blobs" / f"sha256-{model_hex}"
+    wait_for(blob.exists, "the blob to be published")
+    index = m.cache / ".modelfs" / "indexes" / f"sha256-{model_hex}.json"
+    wait_for(index.exists, "its chunk index to be kept")
+    m.stop()
+    blob.unlink()  # evicted (or removed with ollama rm): the few KB of its index stay
+
+    proxy.reset()
+    m2 = mount_factory(root=tmp_path / "a")
+    tag = m2.mountpoint / proxy.host / "library" / "smollm2" / "noindex"
+    assert os.getxattr(tag / "model.gguf", "user.modelfs.verify") == b"local-index"
+    with open(tag / "model.gguf", "rb") as f:
+        assert len(f.read(4096)) == 4096
+    fetched = sum(r.body_bytes for r in model_records(proxy, model_hex))
+    assert fetched == 4 << 20, f"the first 4 KiB fetched {fetched} bytes"
+    assert sha256_path(tag / "model.gguf") == model_hex

@@ -652,3 +652,54 @@ async def test_a_registry_without_chunksums_is_asked_once(cache: BlobCache, data
             handle = await open_plain(blobs, layer)
             await handle.close()
     assert source.chunksum_requests == [(NAME.repository_key, layer.digest)]
+
+
+# -- local indexes --------------------------------------------------------------------------
+
+
+async def test_a_blob_verified_whole_keeps_an_index_and_is_lazy_when_read_again(
+    cache: BlobCache, data: bytes
+) -> None:
+    source, layer = serving(data)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_plain(blobs, layer)
+        try:
+            assert await handle.read(0, 100) == data[:100]  # the whole blob, checked first
+        finally:
+            await handle.close()
+        await published(cache, layer)
+    assert cache.local_index_path(layer.digest).exists()
+    os.unlink(cache.blob_path(layer.digest))  # evicted
+    source.requests.clear()
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        manifest = parse_manifest(
+            build_manifest(b"{}", [(MEDIA_TYPE_MODEL, str(layer.digest), layer.size)])
+        )
+        assert await blobs.verification(NAME, manifest, layer) == "local-index"
+        handle = await open_plain(blobs, layer)
+        try:
+            assert await handle.read(5 * CB + 7, 100) == data[5 * CB + 7 : 5 * CB + 107]
+            assert source.requested_bytes(layer.digest) == CB, "not lazy"
+            assert await handle.read_all(50_000) == data
+        finally:
+            await handle.close()
+        await published(cache, layer)
+
+
+async def test_a_local_index_that_lies_is_distrusted_never_served(
+    cache: BlobCache, data: bytes
+) -> None:
+    source, layer = serving(data)
+    wrong = bytearray(data)
+    wrong[2 * CB] ^= 1
+    lie = index_of(bytes(wrong), layer.digest)
+    cache.save_local_index(layer.digest, serialize_chunk_index(CB, [lie]))
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_plain(blobs, layer)
+        try:
+            with pytest.raises(DigestMismatch):
+                await handle.read_all(50_000)  # the read that met the lie twice
+            assert await handle.read_all(50_000) == data  # then checked whole
+        finally:
+            await handle.close()
+        await published(cache, layer)
