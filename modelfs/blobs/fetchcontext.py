@@ -22,6 +22,7 @@ from modelfs.errors import ModelfsError
 from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
+from modelfs.formats.referrers import Referrer
 from modelfs.registry.client import Chunksums, client_for
 from modelfs.registry.retry import DEFAULT_ATTEMPTS
 from modelfs.registry.streams import StreamSlots
@@ -96,6 +97,14 @@ class BlobSource(Protocol):
 
     def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
         """Fetch the blob's bytes from ``url`` (where its chunksums say they are)."""
+        ...
+
+    async def referrers(self, name: Name, subject: Digest, artifact_type: str) -> list[Referrer]:
+        """Manifests of ``artifact_type`` published beside the manifest ``subject``."""
+        ...
+
+    async def manifest_by_digest(self, name: Name, digest: Digest) -> bytes:
+        """A manifest of ``name``'s repository by digest, checked against it."""
         ...
 
 

@@ -29,7 +29,7 @@ from modelfs.blobs.blobfetch import BlobFetch
 from modelfs.blobs.fetchcontext import Verify
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.wholecheck import LOCAL_SOURCE
-from modelfs.errors import ManifestInvalid, ModelfsError
+from modelfs.errors import DigestMismatch, ManifestInvalid, ModelfsError, ModelNotFound
 from modelfs.flight import KeyedLock
 from modelfs.formats.chunks import (
     MAX_INDEX_BYTES,
@@ -41,6 +41,9 @@ from modelfs.formats.chunksums import parse_chunksums
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer, Manifest
 from modelfs.formats.names import Name
+from modelfs.formats.referrers import ARTIFACT_TYPE as REFERRER_TYPE
+from modelfs.formats.referrers import SOURCE as PUBLISHED_SOURCE
+from modelfs.formats.referrers import parse_index_artifact
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,9 @@ class Blobs:
         # manifest digest -> its validated chunk index (None: it has none, or a bad one)
         self._indexes: dict[Digest, ChunkIndex | None] = {}
         self._index_loads: KeyedLock[Digest] = KeyedLock()
+        # (manifest digest, anonymous) -> the chunk index published beside it (None: none)
+        self._published: dict[tuple[Digest, bool], ChunkIndex | None] = {}
+        self._published_loads: KeyedLock[tuple[Digest, bool]] = KeyedLock()
         # (repository, blob digest, anonymous) -> the registry's chunksums (None: it has none)
         self._chunksums: dict[tuple[tuple[str, str, str], Digest, bool], BlobChunks | None] = {}
         self._chunksum_loads: KeyedLock[tuple[tuple[str, str, str], Digest, bool]] = KeyedLock()
@@ -140,14 +146,16 @@ class Blobs:
         self, name: Name, manifest: Manifest | None, layer: Layer, anonymous: bool
     ) -> BlobChunks | None:
         """The chunk digests a large blob is checked against, from the first source that has
-        them (docs/verification.md): the manifest's own index layer, the registry's
-        chunksums, a local index; None: the blob is verified whole (or deferred)."""
+        them (docs/verification.md): the manifest's own index layer, an index published
+        beside it, the registry's chunksums, a local index; None: the blob is verified
+        whole (or deferred)."""
         if manifest is None or self.fetcher.is_small(layer):
             return None
-        index = await self.chunk_index(name, manifest, anonymous=anonymous)
-        chunks = index.blobs.get(layer.digest) if index is not None else None
-        if self._usable(chunks):
-            return chunks
+        for find in (self.chunk_index, self.published_index):
+            index = await find(name, manifest, anonymous=anonymous)
+            chunks = index.blobs.get(layer.digest) if index is not None else None
+            if self._usable(chunks):
+                return chunks
         chunks = await self.registry_chunksums(name, layer, anonymous=anonymous)
         if self._usable(chunks):
             return chunks
@@ -189,6 +197,56 @@ class Blobs:
     def _usable(self, chunks: BlobChunks | None) -> bool:
         # Digests that failed twice for their blob are not used again (docs/verification.md).
         return chunks is not None and chunks not in self.fetcher.distrusted
+
+    async def published_index(
+        self, name: Name, manifest: Manifest, *, anonymous: bool = False
+    ) -> ChunkIndex | None:
+        """A chunk index published beside ``manifest`` (``modelfs index``), found through the
+        referrers API or tag schema; looked for once per manifest, a negative answer too.
+        One that does not hold up (not about this manifest, a bad index) is a WARNING and
+        not used: the next source is."""
+        key = (manifest.digest, anonymous)
+        async with self._published_loads.hold(key):
+            if key in self._published:
+                return self._published[key]
+            if manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX):
+                index = None  # it carries its own
+            else:
+                try:
+                    index = await self._find_published(name, manifest, anonymous)
+                except ModelfsError as e:
+                    # Not remembered: the next open looks again.
+                    log.info("%s: no published chunk index (%s)", name, e)
+                    return None
+            self._published[key] = index
+            return index
+
+    async def _find_published(
+        self, name: Name, manifest: Manifest, anonymous: bool
+    ) -> ChunkIndex | None:
+        source = self.fetcher.registry_for(anonymous)
+        for ref in reversed(await source.referrers(name, manifest.digest, REFERRER_TYPE)):
+            try:
+                artifact = await source.manifest_by_digest(name, ref.digest)
+                layer = parse_index_artifact(artifact, manifest.digest)
+                if layer.size > MAX_INDEX_BYTES:
+                    raise ManifestInvalid(f"invalid chunk index: {layer.size} bytes is too large")
+                handle = await self._open(name, layer, None, anonymous)
+                try:
+                    raw = await handle.read_all()
+                finally:
+                    await handle.close()
+                index = parse_chunk_index(raw, manifest.layers)
+            except (ManifestInvalid, ModelNotFound, DigestMismatch) as e:
+                log.warning(
+                    "%s: the chunk index published as %s is not used: %s", name, ref.digest, e
+                )
+                continue
+            blobs = {
+                d: dataclasses.replace(c, source=PUBLISHED_SOURCE) for d, c in index.blobs.items()
+            }
+            return ChunkIndex(index.chunk_bytes, blobs)
+        return None
 
     async def registry_chunksums(
         self, name: Name, layer: Layer, *, anonymous: bool = False

@@ -204,6 +204,23 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from modelfs.commands.index import index
+    from modelfs.commands.progress import Progress
+
+    name = _name(args.name)
+
+    async def main() -> None:
+        registry = _registry(args)
+        try:
+            await index(_cache(args), registry, name, Progress("indexing"))
+        finally:
+            await registry.aclose()
+
+    trio.run(main)
+    return 0
+
+
 def cmd_unlink(args: argparse.Namespace) -> int:
     from modelfs.commands.progress import human_bytes
 
@@ -420,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, func, text in (
         ("push", cmd_push, "upload a cached model to its registry"),
         ("pull", cmd_pull, "download a whole model into the cache"),
+        (
+            "index",
+            cmd_index,
+            "publish a chunk index beside a model that has none (the model is not changed), "
+            "so mounts read it lazily and verified",
+        ),
     ):
         sp = sub.add_parser(verb, help=text)
         sp.add_argument("name")

@@ -50,6 +50,13 @@ from modelfs.formats.manifest import (
     MEDIA_TYPE_DOCKER_MANIFEST,
 )
 from modelfs.formats.names import Name, scheme_for
+from modelfs.formats.referrers import (
+    MAX_INDEX_DOCUMENT_BYTES,
+    MEDIA_TYPE_OCI_INDEX,
+    Referrer,
+    parse_referrers,
+    referrers_tag,
+)
 from modelfs.registry.auth import AuthConfig, Authenticator
 from modelfs.registry.bulk import (
     Aborted,
@@ -282,6 +289,8 @@ class Registry:
         )
         self._auth_locks: KeyedLock[tuple[str, tuple[str, ...]]] = KeyedLock()
         self._mirror_down_until: dict[str, float] = {}
+        # Hosts that answered 404 to the referrers API: the referrers tag schema is used.
+        self._no_referrers_api: set[str] = set()
 
     async def aclose(self) -> None:
         self.bulk.close()
@@ -500,6 +509,74 @@ class Registry:
 
         return await retrying(what, once, attempts=MANIFEST_ATTEMPTS)
 
+    async def _get_document(
+        self, name: Name, url: str, what: str, accept: str, limit: int
+    ) -> bytes | None:
+        """A small JSON document (a manifest, an index) of ``name``'s repository; None on 404."""
+
+        async def once() -> bytes | None:
+            with trio.move_on_after(self.config.control_seconds):
+                return await fetch()
+            raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
+
+        async def fetch() -> bytes | None:
+            r = await self._send("GET", url, pull_scopes(name), what, headers={"Accept": accept})
+            try:
+                if r.status_code == 404:
+                    return None
+                await self._raise_for(r, what)
+                body = bytearray()
+                async for part in r.aiter_bytes():
+                    body += part
+                    if len(body) > limit:
+                        raise ManifestInvalid(f"{what}: more than {limit} bytes")
+                return bytes(body)
+            except (httpx.HTTPError, OSError) as e:
+                raise _translate(e, what, _netloc(url)) from None
+            finally:
+                await r.aclose()
+
+        return await retrying(what, once, attempts=MANIFEST_ATTEMPTS)
+
+    async def referrers(self, name: Name, subject: Digest, artifact_type: str) -> list[Referrer]:
+        """The manifests of ``artifact_type`` whose subject is ``subject``: from the referrers
+        API, or, on a registry without it (remembered per host, so that looking costs one
+        request), from the referrers tag schema."""
+        host = name.host.lower()
+        what = f"referrers of {name}@{subject.short}"
+        if host not in self._no_referrers_api:
+            query = urllib.parse.urlencode({"artifactType": artifact_type})
+            url = f"{self.base_url(name)}/v2/{name.repository}/referrers/{subject}?{query}"
+            raw = await self._get_document(
+                name, url, what, MEDIA_TYPE_OCI_INDEX, MAX_INDEX_DOCUMENT_BYTES
+            )
+            if raw is not None:
+                return parse_referrers(raw, artifact_type)
+            log.info("%s has no referrers API; using the referrers tag schema", host)
+            self._no_referrers_api.add(host)
+        raw = await self.referrers_index(name, subject)
+        return [] if raw is None else parse_referrers(raw, artifact_type)
+
+    async def referrers_index(self, name: Name, subject: Digest) -> bytes | None:
+        """The image index the referrers tag of ``subject`` holds (None: there is none)."""
+        url = self.manifest_url(name, referrers_tag(subject))
+        what = f"referrers tag of {name}@{subject.short}"
+        return await self._get_document(
+            name, url, what, MEDIA_TYPE_OCI_INDEX, MAX_INDEX_DOCUMENT_BYTES
+        )
+
+    async def manifest_by_digest(self, name: Name, digest: Digest) -> bytes:
+        """The manifest ``digest`` of ``name``'s repository, checked against its digest."""
+        what = f"manifest {digest.short} of {name}"
+        raw = await self._get_document(
+            name, self.manifest_url(name, str(digest)), what, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES
+        )
+        if raw is None:
+            raise ModelNotFound(f"{what}: not found on {name.host}")
+        if Digest.of_bytes(raw) != digest:
+            raise ManifestInvalid(f"{what}: the registry sent other bytes than its digest")
+        return raw
+
     def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
         """Fetch ``digest``'s bytes from ``url`` (a chunksums ``Content-Location``) as if the
         registry redirected there: no Authorization to another host, reused until refused,
@@ -709,13 +786,21 @@ class Registry:
 
         await retrying(what, once)
 
-    async def put_manifest(self, name: Name, raw: bytes, media_type: str | None = None) -> None:
+    async def put_manifest(
+        self,
+        name: Name,
+        raw: bytes,
+        media_type: str | None = None,
+        *,
+        reference: str | None = None,
+    ) -> httpx.Headers:
+        """PUT a manifest at ``name``'s tag (or ``reference``); the registry's answer headers."""
         what = f"manifest upload of {name}"
 
-        async def once() -> None:
+        async def once() -> httpx.Headers:
             r = await self._send(
                 "PUT",
-                self.manifest_url(name, name.tag),
+                self.manifest_url(name, reference or name.tag),
                 push_scopes(name),
                 what,
                 content=raw,
@@ -726,8 +811,9 @@ class Registry:
                 raise Unauthorized(self.auth.push_hint(name.host, name.namespace), 401)
             await self._raise_for(r, what)
             await self._closed(r)
+            return r.headers
 
-        await retrying(what, once)
+        return await retrying(what, once)
 
     async def manifest_digest(self, name: Name) -> str | None:
         """The digest the registry gives for ``name``'s manifest (HEAD), None if it has none."""

@@ -15,7 +15,11 @@
   ``Content-Location: <presigned CDN URL>`` and a line ``<sha256> <start>-<end>`` per range
   of the blob (inclusive, contiguous, covering it; the first range is half as long, so the
   ranges are not a fixed size), computed from the upstream blob; ``chunksums`` may replace
-  a digest's body (a lie, garbage); otherwise the upstream's 404.
+  a digest's body (a lie, garbage); otherwise the upstream's 404;
+* with ``referrers_api`` set, the OCI referrers API: a manifest PUT with a ``subject`` is
+  answered with ``OCI-Subject`` and listed at ``GET /v2/<repo>/referrers/<digest>``
+  (filtered by ``artifactType``); without it, docker-registry's 404, as registries
+  without the API answer.
 
 Everything else is forwarded to the upstream registry: statuses, headers, bodies (streamed),
 with absolute upstream ``Location`` headers rewritten to point at the front.
@@ -54,7 +58,7 @@ TOO_OLD = "this client is too old; please upgrade to the latest version"
 # Hop-by-hop headers, and those BaseHTTPRequestHandler writes itself.
 _NOT_FORWARDED = {"connection", "keep-alive", "transfer-encoding", "date", "server", "host"}
 _REPO_PATH = re.compile(
-    r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs|tags|chunksums)(?P<rest>/.*)?$"
+    r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs|tags|chunksums|referrers)(?P<rest>/.*)?$"
 )
 
 
@@ -332,6 +336,8 @@ class OllamaFront(Served):
         super().__init__(_FrontHandler, "fake-ollama-front")
         self.chunksum_bytes = chunksum_bytes
         self.chunksums: dict[str, bytes] = {}  # digest -> the body to answer instead
+        self.referrers_api = False
+        self.referrers: dict[tuple[str, str], list[dict[str, object]]] = {}
         host, _, port = upstream_host.partition(":")
         self.upstream_host = upstream_host
         self.upstream = (host, int(port or 80))
@@ -577,7 +583,66 @@ class _FrontHandler(_Handler):
             and (front.chunksum_bytes or rest[1:] in front.chunksums)
         ):
             return self._chunksums(repo, rest[1:])  # type: ignore[arg-type]
+        if front.referrers_api and kind == "referrers" and self.command == "GET":
+            return self._referrers(repo, rest[1:])  # type: ignore[arg-type]
+        if front.referrers_api and kind == "manifests" and self.command == "PUT":
+            return self._put_manifest(repo)  # type: ignore[arg-type]
         return self._forward()
+
+    def _referrers(self, repo: str, digest: str) -> int:
+        front = self.front
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        wanted = query.get("artifactType", [None])[0]
+        with front.lock:
+            listed = list(front.referrers.get((repo.lower(), digest), []))
+        if wanted is not None:
+            listed = [d for d in listed if d.get("artifactType") == wanted]
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": listed,
+            }
+        ).encode()
+        headers = {"Content-Type": "application/vnd.oci.image.index.v1+json"}
+        if wanted is not None:
+            headers["OCI-Filters-Applied"] = "artifactType"
+        self._send(200, body, headers)
+        return 200
+
+    def _put_manifest(self, repo: str) -> int:
+        front = self.front
+        body = b"".join(request_body(self) or [])
+        up = http.client.HTTPConnection(*front.upstream, timeout=UPSTREAM_TIMEOUT)
+        try:
+            content_type = self.headers.get("Content-Type") or ""
+            up.request("PUT", self.path, body=body, headers={"Content-Type": content_type})
+            resp = up.getresponse()
+            answer = resp.read()
+            headers = {
+                k: v.replace(f"http://{front.upstream_host}", front.url)
+                for k, v in resp.getheaders()
+                if k.lower() not in _NOT_FORWARDED | {"content-length"}
+            }
+        finally:
+            up.close()
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        subject = doc.get("subject") if isinstance(doc, dict) else None
+        if resp.status == 201 and isinstance(subject, dict) and "digest" in subject:
+            entry = {
+                "mediaType": doc.get("mediaType"),  # type: ignore[union-attr]
+                "digest": f"sha256:{hashlib.sha256(body).hexdigest()}",
+                "size": len(body),
+                "artifactType": doc.get("artifactType"),  # type: ignore[union-attr]
+            }
+            with front.lock:
+                front.referrers.setdefault((repo.lower(), str(subject["digest"])), []).append(entry)
+            headers["OCI-Subject"] = str(subject["digest"])
+        self._send(resp.status, answer, headers)
+        return resp.status
 
     def _chunksums(self, repo: str, digest: str) -> int:
         front = self.front

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelfs.errors import ModelfsError, Transient
+from modelfs.errors import ModelfsError, ModelNotFound, Transient
 from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_OCI_MANIFEST
 from modelfs.formats.names import Name
+from modelfs.formats.referrers import ARTIFACT_TYPE, Referrer
 from modelfs.registry.client import Chunksums
 
 Repo = tuple[str, str, str]
@@ -58,6 +60,9 @@ class FakeSource:
     chunksum_bodies: dict[tuple[Repo, Digest], Chunksums] = field(default_factory=dict)
     chunksum_requests: list[tuple[Repo, Digest]] = field(default_factory=list)
     locations: dict[tuple[Repo, Digest], str] = field(default_factory=dict)
+    manifests: dict[tuple[Repo, Digest], bytes] = field(default_factory=dict)
+    referrer_lists: dict[tuple[Repo, Digest], list[Referrer]] = field(default_factory=dict)
+    referrer_requests: list[tuple[Repo, Digest]] = field(default_factory=list)
 
     def put_chunksums(self, name: Name, digest: Digest, body: bytes, location: str | None) -> None:
         """Answer chunksums of ``digest`` in ``name``'s repository with ``body``."""
@@ -69,6 +74,25 @@ class FakeSource:
 
     def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
         self.locations[(name.repository_key, digest)] = url
+
+    def publish(self, name: Name, subject: Digest, artifact: bytes) -> None:
+        """List ``artifact`` (a manifest) as a referrer of ``subject`` in ``name``'s repository."""
+        digest = Digest.of_bytes(artifact)
+        self.manifests[(name.repository_key, digest)] = artifact
+        self.referrer_lists.setdefault((name.repository_key, subject), []).append(
+            Referrer(digest, len(artifact), MEDIA_TYPE_OCI_MANIFEST, ARTIFACT_TYPE)
+        )
+
+    async def referrers(self, name: Name, subject: Digest, artifact_type: str) -> list[Referrer]:
+        self.referrer_requests.append((name.repository_key, subject))
+        found = self.referrer_lists.get((name.repository_key, subject), [])
+        return [r for r in found if r.artifact_type == artifact_type]
+
+    async def manifest_by_digest(self, name: Name, digest: Digest) -> bytes:
+        raw = self.manifests.get((name.repository_key, digest))
+        if raw is None:
+            raise ModelNotFound(f"manifest {digest.short} is not in {name}")
+        return raw
 
     def put(self, name: Name, data: bytes, digest: Digest | None = None) -> Digest:
         """Serve ``data`` as ``digest`` (by default its own) from ``name``'s repository."""

@@ -32,8 +32,16 @@ from modelfs.errors import DigestMismatch, RegistryError, Transient
 from modelfs.formats.chunks import BlobChunks, chunk_hash, serialize_chunk_index
 from modelfs.formats.chunksums import format_chunksums
 from modelfs.formats.digest import Digest
-from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, MEDIA_TYPE_MODEL, Layer, parse_manifest
+from modelfs.formats.manifest import (
+    MEDIA_TYPE_CHUNK_INDEX,
+    MEDIA_TYPE_MODEL,
+    MEDIA_TYPE_OCI_MANIFEST,
+    Layer,
+    Manifest,
+    parse_manifest,
+)
 from modelfs.formats.names import Name, parse_name
+from modelfs.formats.referrers import ARTIFACT_TYPE, Referrer, build_index_artifact
 
 CB = 64 << 10
 SIZE = 10 * CB + 1234  # eleven chunks, the last one short
@@ -703,3 +711,62 @@ async def test_a_local_index_that_lies_is_distrusted_never_served(
         finally:
             await handle.close()
         await published(cache, layer)
+
+
+# -- a chunk index published beside the model (referrers) ----------------------------------
+
+
+def plain_manifest(layer: Layer) -> Manifest:
+    return parse_manifest(
+        build_manifest(b"{}", [(MEDIA_TYPE_MODEL, str(layer.digest), layer.size)])
+    )
+
+
+def publish_index(source: FakeSource, subject: Manifest, chunks: BlobChunks) -> None:
+    raw = serialize_chunk_index(chunks.chunk_bytes, [chunks])
+    index = Layer(source.put(NAME, raw), MEDIA_TYPE_CHUNK_INDEX, len(raw))
+    source.publish(NAME, subject.digest, build_index_artifact(subject, index))
+
+
+async def test_a_published_index_makes_a_model_without_one_lazy(
+    cache: BlobCache, data: bytes
+) -> None:
+    source, layer = serving(data)
+    manifest = plain_manifest(layer)
+    publish_index(source, manifest, index_of(data))
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        assert await blobs.verification(NAME, manifest, layer) == "published-index"
+        handle = await blobs.open(NAME, manifest, layer)
+        try:
+            assert await handle.read(7 * CB + 5, 100) == data[7 * CB + 5 : 7 * CB + 105]
+            assert source.requested_bytes(layer.digest) == CB, "not lazy"
+        finally:
+            await handle.close()
+    assert source.referrer_requests == [(NAME.repository_key, manifest.digest)], "looked twice"
+    assert source.chunksum_requests == [], "asked for chunksums it did not need"
+
+
+async def test_a_published_index_about_another_model_is_not_used(
+    cache: BlobCache, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    source, layer = serving(data)
+    manifest = plain_manifest(layer)
+    other = parse_manifest(
+        build_manifest(
+            b"{}",
+            [
+                (MEDIA_TYPE_MODEL, str(layer.digest), layer.size),
+                (MEDIA_TYPE_MODEL, str(layer.digest), layer.size),
+            ],
+        )
+    )
+    raw = serialize_chunk_index(CB, [index_of(data)])
+    index = Layer(source.put(NAME, raw), MEDIA_TYPE_CHUNK_INDEX, len(raw))
+    artifact = build_index_artifact(other, index)  # its subject is another manifest
+    source.manifests[(NAME.repository_key, Digest.of_bytes(artifact))] = artifact
+    source.referrer_lists[(NAME.repository_key, manifest.digest)] = [
+        Referrer(Digest.of_bytes(artifact), len(artifact), MEDIA_TYPE_OCI_MANIFEST, ARTIFACT_TYPE)
+    ]
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        assert await blobs.verification(NAME, manifest, layer) == "whole"
+    assert "is not used: the chunk index artifact is not about" in caplog.text

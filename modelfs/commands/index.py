@@ -1,0 +1,138 @@
+"""``modelfs index``: publish a chunk index beside a model that has none, leaving the model as is.
+
+The model's large layers are read once (from the cache when they are there, else
+streamed from the registry) and checked against their digests while their chunk
+digests (BLAKE3, as ``modelfs create`` writes them) are computed. The index is
+pushed as an OCI artifact whose ``subject`` is the model's manifest
+(formats/referrers.py): the manifest and its digest do not change, so every
+client keeps pulling the same model, and a mount finds the index through the
+referrers API, or the referrers tag schema on a registry without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import blake3
+import trio
+
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.commands.progress import Progress, human_bytes
+from modelfs.errors import DigestMismatch, ModelfsError
+from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks, serialize_chunk_index
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import (
+    MEDIA_TYPE_CHUNK_INDEX,
+    MEDIA_TYPE_OCI_MANIFEST,
+    Layer,
+    parse_manifest,
+)
+from modelfs.formats.names import Name
+from modelfs.formats.referrers import (
+    EMPTY_CONFIG,
+    MEDIA_TYPE_OCI_INDEX,
+    add_referrer,
+    build_index_artifact,
+    referrers_tag,
+)
+from modelfs.registry.client import Registry
+from modelfs.registry.retry import retrying
+
+log = logging.getLogger(__name__)
+
+READ_BYTES = CHUNK_BYTES
+
+
+async def index(
+    cache: BlobCache, registry: Registry, name: Name, progress: Progress
+) -> Digest | None:
+    """Publish a chunk index of ``name``; the artifact's digest (None: nothing to index)."""
+    manifest = parse_manifest(await registry.get_manifest(name))
+    if manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX):
+        progress.message(f"{name} carries its own chunk index: nothing to publish")
+        return None
+    large = [layer for layer in manifest.layers if layer.size > CHUNK_BYTES]
+    if not large:
+        progress.message(f"{name} has no layer over {human_bytes(CHUNK_BYTES)}: nothing to index")
+        return None
+    await trio.to_thread.run_sync(cache.prepare)
+    blobs = []
+    for layer in large:
+        progress.start(layer.digest.short, layer.size)
+        hashes = await _chunk_hashes(cache, registry, name, layer, progress)
+        progress.done(layer.digest.short, layer.size, "indexed")
+        blobs.append(BlobChunks(layer.digest, layer.size, CHUNK_BYTES, hashes, "blake3"))
+    raw_index = serialize_chunk_index(CHUNK_BYTES, blobs)
+    index_layer = Layer(Digest.of_bytes(raw_index), MEDIA_TYPE_CHUNK_INDEX, len(raw_index))
+    for data in (raw_index, EMPTY_CONFIG):
+        digest = Digest.of_bytes(data)
+        await trio.to_thread.run_sync(cache.store_bytes, data, digest)
+        if not await registry.has_blob(name, digest):
+            await registry.upload_blob(name, digest, cache.blob_path(digest), len(data))
+    artifact = build_index_artifact(manifest, index_layer)
+    digest = Digest.of_bytes(artifact)
+    answer = await registry.put_manifest(
+        name, artifact, MEDIA_TYPE_OCI_MANIFEST, reference=str(digest)
+    )
+    if "OCI-Subject" not in answer:
+        # No referrers API: list the artifact under the referrers tag, as the spec asks.
+        held = await registry.referrers_index(name, manifest.digest)
+        await registry.put_manifest(
+            name,
+            add_referrer(held, artifact),
+            MEDIA_TYPE_OCI_INDEX,
+            reference=referrers_tag(manifest.digest),
+        )
+    chunks = sum(len(b.hashes) for b in blobs)
+    progress.message(
+        f"published a chunk index of {name} ({chunks} chunks, {human_bytes(len(raw_index))}) "
+        f"beside {manifest.digest} as {digest}"
+    )
+    return digest
+
+
+async def _chunk_hashes(
+    cache: BlobCache, registry: Registry, name: Name, layer: Layer, progress: Progress
+) -> tuple[bytes, ...]:
+    """The BLAKE3 digest of each chunk of ``layer``'s blob, whose sha256 is checked on the way."""
+    if await trio.to_thread.run_sync(cache.has_blob, layer.digest, layer.size):
+        return await trio.to_thread.run_sync(_hash_cached, cache, layer)
+    hashes: list[bytes] = []
+    whole = hashlib.sha256()
+    received = 0
+
+    def on_piece(offset: int, view: memoryview) -> None:
+        # Worker thread. Pieces are whole chunks, in order; a retry resumes after the last.
+        nonlocal received
+        if offset != received:
+            raise ModelfsError(f"blob {layer.digest.short}: bytes out of order while indexing")
+        hashes.append(blake3.blake3(view).digest())
+        whole.update(view)
+        received += len(view)
+        progress.update(layer.digest.short, received, layer.size)
+
+    limiter = trio.CapacityLimiter(1)
+
+    async def once() -> None:
+        if received < layer.size:
+            await registry.read_range(
+                name, layer.digest, received, layer.size, READ_BYTES, on_piece, limiter=limiter
+            )
+
+    await retrying(f"blob {layer.digest.short}", once)
+    if whole.hexdigest() != layer.digest.hex:
+        raise DigestMismatch(f"blob {layer.digest} from {name.host} does not match its digest")
+    return tuple(hashes)
+
+
+def _hash_cached(cache: BlobCache, layer: Layer) -> tuple[bytes, ...]:
+    hashes: list[bytes] = []
+    whole = hashlib.sha256()
+    with open(cache.blob_path(layer.digest), "rb") as f:
+        while piece := f.read(READ_BYTES):
+            hashes.append(blake3.blake3(piece).digest())
+            whole.update(piece)
+    if whole.hexdigest() != layer.digest.hex:
+        raise DigestMismatch(f"blob {layer.digest} in the cache does not match its digest")
+    return tuple(hashes)
