@@ -199,6 +199,7 @@ class BlobFetch:
             early_writeback=self.ctx.settings.early_writeback,
             origin="/".join(self.name.repository_key),
             scratch=scratch,
+            source=self.index.source if self.index is not None else self.verify.value,
         )
         try:
             partial.open()

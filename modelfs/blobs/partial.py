@@ -66,6 +66,7 @@ def encode_state(
     indexed: bool,
     present: bytes,
     origin: str | None = None,
+    source: str | None = None,
 ) -> bytes:
     doc: dict[str, object] = {
         "version": STATE_VERSION,
@@ -78,6 +79,8 @@ def encode_state(
     }
     if not layout.fixed:
         doc["layout"] = layout.key
+    if source is not None:
+        doc["source"] = source
     if not indexed and origin is not None:
         doc["origin"] = origin
     doc["checksum"] = _checksum(doc)
@@ -134,8 +137,11 @@ class PartialFile:
         early_writeback: bool = False,
         origin: str | None = None,
         scratch: bool = False,
+        source: str | None = None,
     ) -> None:
         self.cache = cache
+        # How the chunks are checked (kept in the state for ``modelfs ls``; never trusted).
+        self.source = source
         self.scratch = scratch
         # The repository the chunks come from (kept in the state of a blob without an index).
         self.origin = origin
@@ -306,7 +312,7 @@ class PartialFile:
                 raise os_error(e, f"syncing blob {self.digest.short}") from None
         self.cache.atomic_write(
             self.cache.state_path(self.digest),
-            encode_state(self.digest, self.layout, self.indexed, present, self.origin),
+            encode_state(self.digest, self.layout, self.indexed, present, self.origin, self.source),
         )
 
     def publish(self) -> None:
@@ -390,6 +396,16 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     if _sync_file_range is not None and length > 0:
         _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def state_source(raw: bytes) -> str | None:
+    """How the blob's chunks were being checked when the state was written (``modelfs ls``)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    source = doc.get("source") if isinstance(doc, dict) else None
+    return source if isinstance(source, str) and source.isascii() and len(source) < 32 else None
 
 
 def present_bytes_in_state(raw: bytes, digest: Digest, size: int) -> int:

@@ -259,27 +259,25 @@ class Blobs:
             if key in self._chunksums:
                 return self._chunksums[key]
             source = self.fetcher.registry_for(anonymous)
+            chunks = None
             try:
                 answer = await source.chunksums(name, layer.digest)
+                if answer is not None:
+                    chunks = parse_chunksums(answer.body, layer.digest, layer.size)
+                    if answer.location is not None:
+                        source.use_blob_location(name, layer.digest, answer.location)
+            except ManifestInvalid as e:  # remembered: the registry said what it had to say
+                log.warning(
+                    "%s: %s from %s; verifying blob %s another way",
+                    name,
+                    e,
+                    name.host,
+                    layer.digest.short,
+                )
             except ModelfsError as e:
                 # Not remembered: the next open asks again.
                 log.info("%s: no chunksums for blob %s (%s)", name, layer.digest.short, e)
                 return None
-            chunks = None
-            if answer is not None:
-                try:
-                    chunks = parse_chunksums(answer.body, layer.digest, layer.size)
-                except ManifestInvalid as e:
-                    log.warning(
-                        "%s: %s from %s; verifying blob %s another way",
-                        name,
-                        e,
-                        name.host,
-                        layer.digest.short,
-                    )
-                else:
-                    if answer.location is not None:
-                        source.use_blob_location(name, layer.digest, answer.location)
             self._chunksums[key] = chunks
             return chunks
 

@@ -291,12 +291,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("no models in the cache", file=sys.stderr)
         return 0
     width = max(len("NAME"), *(len(r.display) for r in rows))
-    print(f"{'NAME':<{width}}  {'ID':<12}  {'SIZE':>9}  PRESENT")
+    print(f"{'NAME':<{width}}  {'ID':<12}  {'SIZE':>9}  {'VERIFY':<15}  PRESENT")
     for r in rows:
         pct = 100 * r.present_bytes / r.size_bytes if r.size_bytes else 100.0
         print(
             f"{r.display:<{width}}  {r.digest.short:<12}  {human_bytes(r.size_bytes):>9}  "
-            f"{pct:5.1f}% ({human_bytes(r.present_bytes)})"
+            f"{r.verify:<15}  {pct:5.1f}% ({human_bytes(r.present_bytes)})"
         )
     return 0
 

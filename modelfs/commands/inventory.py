@@ -1,14 +1,21 @@
-"""What the cache holds: each model, its size, and how much of it is present (``modelfs ls``)."""
+"""What the cache holds: each model, its size, how much of it is present, and how its reads
+are checked (``modelfs ls``).
+
+How reads are checked is what the mount last used for the model's largest blob that is not
+complete (its partial state says), else what the cache alone can tell: ``complete``, the
+manifest's own ``index``, a ``local-index``; ``-`` when it carries neither and the mount has
+not read it yet (a published index or the registry's chunksums are found on the first read).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.partial import present_bytes_in_state
+from modelfs.blobs.partial import present_bytes_in_state, state_source
 from modelfs.errors import ManifestInvalid
 from modelfs.formats.digest import Digest
-from modelfs.formats.manifest import parse_manifest
+from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, Manifest, parse_manifest
 from modelfs.formats.names import Name
 
 
@@ -20,6 +27,7 @@ class ModelRow:
     size_bytes: int
     present_bytes: int
     complete: bool
+    verify: str
 
 
 def inventory(cache: BlobCache) -> list[ModelRow]:
@@ -47,6 +55,25 @@ def inventory(cache: BlobCache) -> list[ModelRow]:
                 manifest.total_bytes,
                 present,
                 model.complete,
+                _verification(cache, manifest),
             )
         )
     return rows
+
+
+def _verification(cache: BlobCache, manifest: Manifest) -> str:
+    missing = [layer for layer in manifest.blobs if not cache.has_blob(layer.digest, layer.size)]
+    if not missing:
+        return "complete"
+    largest = max(missing, key=lambda layer: layer.size)
+    try:
+        source = state_source(cache.state_path(largest.digest).read_bytes())
+    except OSError:
+        source = None
+    if source is not None:
+        return source
+    if manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX):
+        return "index"
+    if cache.local_index_path(largest.digest).exists():
+        return "local-index"
+    return "-"

@@ -78,7 +78,7 @@ def test_pull_gets_the_whole_model_and_ollama_can_find_it(tmp_path, smollm2_push
     again = run_modelfs("pull", smollm2_pushed, "--cache", str(cache))
     assert again.stderr.count("already in the cache") == len(m.blobs)
     ls = run_modelfs("ls", "--cache", str(cache)).stdout
-    assert "smollm2:135m" in ls and "100.0%" in ls
+    assert "smollm2:135m" in ls and "100.0%" in ls and "complete" in ls
 
 
 def test_pull_of_unknown_model_is_one_line(tmp_path, registry):

@@ -18,7 +18,7 @@ import pytest
 from gguf_synth import write_synthetic_gguf
 from mount.test_mount import model_records, wait_for
 from mount.test_mount_auth import push_through_front
-from support.mount import sha256_path
+from support.mount import run_modelfs, sha256_path
 from support.ollama_front import CDN, OllamaFront
 from support.proxy import Proxy
 
@@ -68,6 +68,10 @@ def test_a_model_in_ollamas_layout_is_read_lazily_through_its_chunksums(
         assert f.read(1 << 20) == data[: 1 << 20]
         fetched = cdn_bytes(cdn, digest)
         assert fetched == RANGE_BYTES // 2, f"the first MiB fetched {fetched} bytes"
+        state = m.cache / ".modelfs" / "partial" / f"sha256-{digest}.state"
+        wait_for(state.exists, "the progress of the first range to be saved")
+        ls = run_modelfs("ls", "--cache", str(m.cache)).stdout
+        assert re.search(r"alice/m:lazy .* chunksums ", ls), ls
         assert f.read() == data[1 << 20 :]
     assert not [r for r in cdn.requests if "Authorization" in r.headers]
     asked = [r for r in front.requests if "/chunksums/" in r.path]
@@ -76,23 +80,52 @@ def test_a_model_in_ollamas_layout_is_read_lazily_through_its_chunksums(
     wait_for((m.cache / "blobs" / f"sha256-{digest}").exists, "the blob to be published")
 
 
+def _line(d: str, start: int, end: int) -> bytes:
+    return f"{d} {start}-{end}\n".encode()
+
+
+ZERO = "sha256:" + "0" * 64
+HALF = MODEL_BYTES // 2
+BAD_BODIES = {
+    "cut short": _line(ZERO, 0, 99),
+    "unsorted": _line(ZERO, HALF, MODEL_BYTES - 1) + _line(ZERO, 0, HALF - 1),
+    "overlapping": _line(ZERO, 0, HALF) + _line(ZERO, HALF, MODEL_BYTES - 1),
+    "a gap": _line(ZERO, 0, HALF - 2) + _line(ZERO, HALF, MODEL_BYTES - 1),
+    "past the end": _line(ZERO, 0, HALF - 1) + _line(ZERO, HALF, MODEL_BYTES),
+    "a malformed digest": _line("sha256:xyz", 0, MODEL_BYTES - 1),
+    "absurdly long": _line(ZERO, 0, 0) * ((9 << 20) // len(_line(ZERO, 0, 0))),
+}
+REASONS = {
+    "cut short": "cut short",
+    "unsorted": "leaves a gap",
+    "overlapping": "overlaps",
+    "a gap": "leaves a gap",
+    "past the end": "past the blob's end",
+    "a malformed digest": "malformed digest",
+    "absurdly long": "more than",
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_BODIES))
 def test_chunksums_that_do_not_hold_up_fall_back_to_whole_verification(
-    ollama_front: tuple[OllamaFront, CDN], mount_factory, gguf: Path, tmp_path: Path
+    ollama_front: tuple[OllamaFront, CDN], mount_factory, gguf: Path, tmp_path: Path, bad: str
 ) -> None:
     front, cdn = ollama_front
     env = ollama_layout(front, gguf, tmp_path, "garbage")
     data = gguf.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    front.chunksums[f"sha256:{digest}"] = b"sha256:" + b"0" * 64 + b" 0-99\n"  # cut short
+    front.chunksums[f"sha256:{digest}"] = BAD_BODIES[bad]
     cdn.reset()
 
     m = mount_factory(env=env)
-    m.expect_log(r"invalid chunksums: cut short .*; verifying blob")
+    m.expect_log(rf"invalid chunksums: .*{re.escape(REASONS[bad])}.*; verifying blob")
     path = m.mountpoint / front.host / "alice" / "m" / "garbage" / "model.gguf"
     assert os.getxattr(path, "user.modelfs.verify") == b"whole"
     with open(path, "rb") as f:
         assert f.read(4096) == data[:4096]
     assert cdn_bytes(cdn, digest) == MODEL_BYTES, "served before the whole blob was checked"
+    warnings = [line for line in m.log_text().splitlines() if "invalid chunksums" in line]
+    assert len(warnings) == 1, warnings
     # Complete: a link to the blob in the cache, whose own label says so.
     wait_for(lambda: os.path.islink(path), "the file to become a link to the blob")
     assert os.getxattr(path, "user.modelfs.verify") == b"complete"

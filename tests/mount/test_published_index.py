@@ -136,3 +136,22 @@ def test_index_of_a_model_that_is_not_there_is_one_line(
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("modelfs: ") and "not found" in lines[0]
+
+
+def test_an_index_the_registry_refuses_is_one_line(
+    ollama_front: tuple[OllamaFront, CDN], gguf: Path, tmp_path: Path
+) -> None:
+    from mount.test_mount_auth import push_through_front
+
+    from modelfs.registry.auth import OllamaKey
+
+    front, _cdn = ollama_front
+    _env, name = push_through_front(front, gguf, tmp_path, "refused", "--no-chunk-index")
+    stranger = OllamaKey(tmp_path / "stranger" / "id_ed25519")  # may pull, may not push
+    env = {**os.environ, "MODELFS_KEY": str(stranger.path)}
+    result = run_modelfs("index", name, "--cache", str(tmp_path / "empty"), env=env, check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("modelfs: ")]
+    assert len(errors) == 1 and "not allowed to push" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert "indexing" in result.stderr, "no progress line while indexing"
