@@ -83,6 +83,17 @@ def _probe(m: Mount, tagdir: Path, fetched) -> dict[str, float]:
     }
 
 
+def _cold_probe(work: Path, tag: str, host: str, fetched, env=None) -> dict[str, float]:
+    """``_probe`` of ``alice/ollama:<tag>`` through a fresh mount, the page cache dropped."""
+    _drop_caches()
+    m = Mount(work / f"lazy-{tag}", env=env).start()
+    try:
+        return _probe(m, m.mountpoint / host / "alice/ollama" / tag, fetched)
+    finally:
+        m.stop()
+        shutil.rmtree(work / f"lazy-{tag}", ignore_errors=True)
+
+
 def measure(work: Path, reg: RegistryProcess, proxy: Proxy, gguf: Path) -> dict[str, object]:
     h = hashlib.sha256()
     with open(gguf, "rb") as f:
@@ -102,32 +113,15 @@ def measure(work: Path, reg: RegistryProcess, proxy: Proxy, gguf: Path) -> dict[
     shutil.rmtree(src)
 
     # Neither: docker-registry has no chunksums, no index is published.
-    _drop_caches()
-    proxy.reset()
-    m = Mount(work / "lazy-neither").start()
-    try:
-        out["neither"] = _probe(
-            m, m.mountpoint / proxy.host / "alice/ollama/neither", lambda: proxy.blob_bytes()
-        )
-    finally:
-        m.stop()
-    shutil.rmtree(work / "lazy-neither")
+    out["neither"] = _cold_probe(work, "neither", proxy.host, proxy.blob_bytes)
 
     # A published index, found through the referrers tag schema.
     t0 = time.perf_counter()
     run_modelfs("index", f"{reg.host}/alice/ollama:published", "--cache", str(work / "idx"))
     out["index_seconds"] = time.perf_counter() - t0
     shutil.rmtree(work / "idx", ignore_errors=True)
-    _drop_caches()
     proxy.reset()
-    m = Mount(work / "lazy-published").start()
-    try:
-        out["published"] = _probe(
-            m, m.mountpoint / proxy.host / "alice/ollama/published", lambda: proxy.blob_bytes()
-        )
-    finally:
-        m.stop()
-    shutil.rmtree(work / "lazy-published")
+    out["published"] = _cold_probe(work, "published", proxy.host, proxy.blob_bytes)
 
     # The registry's chunksums: the Ollama look-alike in front of the same registry.
     cdn = CDN(reg.host).start()
@@ -136,20 +130,12 @@ def measure(work: Path, reg: RegistryProcess, proxy: Proxy, gguf: Path) -> dict[
         front.chunksums[f"sha256:{digest}"] = _chunksums(gguf, RANGE_MIB << 20)
         key = OllamaKey(work / "id_ed25519")
         env = {**os.environ, "MODELFS_KEY": str(key.path)}
-        _drop_caches()
-        m = Mount(work / "lazy-chunksums", env=env).start()
-        try:
-            out["chunksums"] = _probe(
-                m,
-                m.mountpoint / front.host / "alice/ollama/chunksums",
-                lambda: _cdn_bytes(cdn, digest),
-            )
-        finally:
-            m.stop()
+        out["chunksums"] = _cold_probe(
+            work, "chunksums", front.host, lambda: _cdn_bytes(cdn, digest), env
+        )
     finally:
         front.stop()
         cdn.stop()
-    shutil.rmtree(work / "lazy-chunksums")
     return out
 
 

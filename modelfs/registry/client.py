@@ -479,58 +479,52 @@ class Registry:
         or no such endpoint). The body is read up to ``MAX_CHUNKSUMS_BYTES``."""
         url = f"{self.base_url(name)}/v2/{name.repository}/chunksums/{digest}"
         what = f"chunksums of blob {digest.short} of {name}"
-
-        async def once() -> Chunksums | None:
-            with trio.move_on_after(self.config.control_seconds):
-                return await fetch()
-            raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
-
-        async def fetch() -> Chunksums | None:
-            r = await self._send("GET", url, pull_scopes(name), what)
-            try:
-                if r.status_code in (404, 405, 501):
-                    return None
-                await self._raise_for(r, what)
-                body = bytearray()
-                async for part in r.aiter_bytes():
-                    body += part
-                    if len(body) > MAX_CHUNKSUMS_BYTES:
-                        raise ManifestInvalid(
-                            f"invalid chunksums: more than {MAX_CHUNKSUMS_BYTES} bytes"
-                        )
-                location = r.headers.get("Content-Location")
-                return Chunksums(
-                    bytes(body), urllib.parse.urljoin(url, location) if location else None
-                )
-            except (httpx.HTTPError, OSError) as e:
-                raise _translate(e, what, _netloc(url)) from None
-            finally:
-                await r.aclose()
-
-        return await retrying(what, once, attempts=MANIFEST_ATTEMPTS)
+        answer = await self._get_small(
+            name, url, what, "*/*", MAX_CHUNKSUMS_BYTES, absent=(404, 405, 501)
+        )
+        if answer is None:
+            return None
+        body, headers = answer
+        location = headers.get("Content-Location")
+        return Chunksums(body, urllib.parse.urljoin(url, location) if location else None)
 
     async def _get_document(
         self, name: Name, url: str, what: str, accept: str, limit: int
     ) -> bytes | None:
         """A small JSON document (a manifest, an index) of ``name``'s repository; None on 404."""
+        answer = await self._get_small(name, url, what, accept, limit)
+        return None if answer is None else answer[0]
 
-        async def once() -> bytes | None:
+    async def _get_small(
+        self,
+        name: Name,
+        url: str,
+        what: str,
+        accept: str,
+        limit: int,
+        *,
+        absent: tuple[int, ...] = (404,),
+    ) -> tuple[bytes, httpx.Headers] | None:
+        """A small answer of ``name``'s repository, read whole within the control deadline and
+        ``limit`` bytes, with its headers; None when the status is one of ``absent``."""
+
+        async def once() -> tuple[bytes, httpx.Headers] | None:
             with trio.move_on_after(self.config.control_seconds):
                 return await fetch()
             raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
 
-        async def fetch() -> bytes | None:
+        async def fetch() -> tuple[bytes, httpx.Headers] | None:
             r = await self._send("GET", url, pull_scopes(name), what, headers={"Accept": accept})
             try:
-                if r.status_code == 404:
+                if r.status_code in absent:
                     return None
                 await self._raise_for(r, what)
                 body = bytearray()
                 async for part in r.aiter_bytes():
                     body += part
                     if len(body) > limit:
-                        raise ManifestInvalid(f"{what}: more than {limit} bytes")
-                return bytes(body)
+                        raise ManifestInvalid(f"invalid {what}: more than {limit} bytes")
+                return bytes(body), r.headers
             except (httpx.HTTPError, OSError) as e:
                 raise _translate(e, what, _netloc(url)) from None
             finally:
