@@ -146,8 +146,12 @@ def render(r: dict) -> list[str]:
         ("a published index", r["published"], f"{CHUNK_BYTES >> 20} MiB chunks, BLAKE3"),
         ("neither", r["neither"], "whole blob checked first"),
     ]
+    when = f", measured on {r['date']} (`bench.py --only lazy`)" if "date" in r else ""
     L = [
         f"## 11. Models modelfs did not create ({size >> 20} MiB, Ollama's layout, cold)",
+        "",
+        f"bench/lazy.py{when}. Bytes fetched from the registry (or its CDN), page cache dropped "
+        "before each mount.",
         "",
         "| verified by | `user.modelfs.verify` | `ls -l`: blob bytes | GGUF header: blob bytes "
         "| open → first 4 KiB | chunks |",

@@ -74,6 +74,8 @@ def test_pull_gets_the_whole_model_and_ollama_can_find_it(tmp_path, smollm2_push
     model = m.layers_of_type(MEDIA_TYPE_MODEL)[0]
     assert sha256(bc.blob_path(model.digest)) == sha256(smollm2_gguf)
     assert not list((cache / ".modelfs" / "partial").glob("*.state"))
+    # Verified whole here: its chunk index is kept, so it is lazy if read again once evicted.
+    assert (cache / ".modelfs" / "indexes" / f"{model.digest.filename}.json").exists()
     # Pulling again fetches nothing.
     again = run_modelfs("pull", smollm2_pushed, "--cache", str(cache))
     assert again.stderr.count("already in the cache") == len(m.blobs)
