@@ -140,9 +140,12 @@ class BlobFetch:
                 tasks = self._tasks = TaskGroup(nursery)
                 self._ready.set()
                 task_status.started()
-                self._kick()
-                while self.handles > 0 or tasks.running:
-                    await tasks.wait_changed()
+                try:
+                    self._kick()
+                    while self.handles > 0 or tasks.running:
+                        await tasks.wait_changed()
+                except Exception:  # once started, nothing may reach the daemon's nursery
+                    log.exception("%s: failed while open", self.what)
                 self.closing = True
         finally:
             self.closing = True

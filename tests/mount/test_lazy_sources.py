@@ -1,4 +1,4 @@
-"""Models modelfs did not create, read lazily through the registry's own chunksums (Ollama's).
+"""Models modelfs did not create, read lazily: through the registry's own chunksums (Ollama's), and a local index.
 
 A model pushed in Ollama's layout has no chunk index. The registry.ollama.ai look-alike
 serves chunksums for its blobs, behind its auth, with the CDN as ``Content-Location``;
