@@ -732,9 +732,10 @@ def write_results(path: Path, r: dict, repeat: int) -> None:
         L += [f"| `{fn}` | {share * 100:.0f}% |" for fn, share in r["profile"]]
         L += [
             "",
-            "`hash_file_into` is the whole-blob sha256 in its thread at nice +10: py-spy counts a "
-            "thread that waits for a core as busy, so its share is overstated; it runs on the CPU "
-            "readers leave.",
+            "`_PrefixHash._feed` is the whole-blob sha256 (and, on the same bytes, the BLAKE3 "
+            "digests of the local chunk index kept once the blob is published) in its thread at "
+            "nice +10: py-spy counts a thread that waits for a core as busy, so its share is "
+            "overstated; it runs on the CPU readers leave.",
             "",
         ]
     if "lazy" in r:

@@ -113,6 +113,7 @@ def measure(work: Path, reg: RegistryProcess, proxy: Proxy, gguf: Path) -> dict[
     shutil.rmtree(src)
 
     # Neither: docker-registry has no chunksums, no index is published.
+    proxy.reset()
     out["neither"] = _cold_probe(work, "neither", proxy.host, proxy.blob_bytes)
 
     # A published index, found through the referrers tag schema.
