@@ -20,7 +20,7 @@ import trio
 
 from modelfs import __version__
 from modelfs.blobs.blobcache import BlobCache, default_root
-from modelfs.errors import ModelfsError, UsageError
+from modelfs.errors import ModelfsError, ModelNotFound, UsageError
 from modelfs.formats.names import Name, parse_name
 
 log = logging.getLogger("modelfs")
@@ -248,6 +248,37 @@ def cmd_unlink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cp(args: argparse.Namespace) -> int:
+    source, target = _name(args.source), _name(args.target)
+    cache = _cache(args)
+    raw = cache.read_manifest(source)
+    if raw is None:
+        raise ModelNotFound(
+            f"model {source} is not complete in the cache at {cache.root}; pull it first"
+        )
+    cache.write_manifest(target, raw)
+    cache.unmark_lazy(target)  # a copy made on purpose is never evicted
+    print(f"copied {source} to {target}")
+    return 0
+
+
+def cmd_du(args: argparse.Namespace) -> int:
+    from modelfs.commands.inventory import disk_usage
+    from modelfs.commands.progress import human_bytes
+
+    only = _name(args.name) if args.name else None
+    rows, total = disk_usage(_cache(args), only)
+    if only is not None and not rows:
+        raise ModelNotFound(f"model {only} is not in the cache")
+    width = max([len("NAME"), *(len(r.display) for r in rows)])
+    print(f"{'NAME':<{width}}  {'ON DISK':>9}")
+    for r in rows:
+        print(f"{r.display:<{width}}  {human_bytes(r.disk_bytes):>9}")
+    if only is None:
+        print(f"{'total':<{width}}  {human_bytes(total):>9}  (blobs shared by models counted once)")
+    return 0
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     import getpass
 
@@ -458,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
         registry_args(sp)
         sp.set_defaults(func=func)
 
-    sp = sub.add_parser("unlink", help="remove a model from the cache (like ollama rm)")
+    sp = sub.add_parser(
+        "unlink", aliases=["rm"], help="remove a model from the cache (rm: Ollama's word for it)"
+    )
     sp.add_argument("name")
     sp.add_argument(
         "--remote", action="store_true", help="also delete the manifest on the registry"
@@ -466,6 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
     cache_arg(sp)
     registry_args(sp)
     sp.set_defaults(func=cmd_unlink)
+
+    sp = sub.add_parser("cp", help="give a cached model another name (as ollama cp does)")
+    sp.add_argument("source", metavar="SRC")
+    sp.add_argument("target", metavar="DST")
+    cache_arg(sp)
+    sp.set_defaults(func=cmd_cp)
+
+    sp = sub.add_parser("du", help="bytes the cache's models take on disk, shared blobs once")
+    sp.add_argument("name", nargs="?")
+    cache_arg(sp)
+    sp.set_defaults(func=cmd_du)
 
     sp = sub.add_parser("login", help="store credentials for a registry (as docker login does)")
     sp.add_argument("host")

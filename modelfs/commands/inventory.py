@@ -1,5 +1,5 @@
 """What the cache holds: each model, its size, how much of it is present, and how its reads
-are checked (``modelfs ls``).
+are checked (``modelfs ls``); what it takes on disk (``modelfs du``).
 
 How reads are checked is what the mount last used for the model's largest blob that is not
 complete (its partial state says), else what the cache alone can tell: ``complete``, the
@@ -9,7 +9,9 @@ not read it yet (a published index or the registry's chunksums are found on the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.partial import present_bytes_in_state, state_source
@@ -77,3 +79,39 @@ def _verification(cache: BlobCache, manifest: Manifest) -> str:
     if cache.local_index_path(largest.digest).exists():
         return "local-index"
     return "-"
+
+
+@dataclass(frozen=True)
+class DiskRow:
+    name: Name
+    display: str
+    disk_bytes: int  # its blobs, complete or partial, as allocated on disk
+
+
+def _allocated(path: Path) -> int:
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def disk_usage(cache: BlobCache, only: Name | None = None) -> tuple[list[DiskRow], int]:
+    """Bytes on disk per model (each of its blobs, complete or partly fetched), and in all,
+    a blob that several models share counted once."""
+    rows = []
+    seen: dict[Digest, int] = {}
+    for model in cache.iter_models():
+        if only is not None and model.name.key != only.key:
+            continue
+        try:
+            manifest = parse_manifest(model.path.read_bytes())
+        except (OSError, ManifestInvalid):
+            continue
+        total = 0
+        for layer in manifest.blobs:
+            if layer.digest not in seen:
+                complete = _allocated(cache.blob_path(layer.digest))
+                seen[layer.digest] = complete or _allocated(cache.partial_path(layer.digest))
+            total += seen[layer.digest]
+        rows.append(DiskRow(model.name, model.name.display_shortest(), total))
+    return rows, sum(seen.values())
