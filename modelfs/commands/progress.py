@@ -1,7 +1,8 @@
-"""Progress lines for ``push`` and ``pull`` on stderr.
+"""Progress lines for ``push``, ``pull`` and ``index`` on stderr.
 
-On a terminal one line per blob is redrawn in place; otherwise (a log, CI) a
-line is printed when a blob starts and when it ends, so logs stay short.
+On a terminal one line per blob is redrawn in place, a bar with the size, the rate and the
+time left; otherwise (a log, CI) a line is printed when a blob starts and when it ends, so
+logs stay short.
 """
 
 from __future__ import annotations
@@ -19,6 +20,33 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+BAR_CELLS = 20
+
+
+def bar(done: int, total: int, seconds: float) -> str:
+    """``[#####.....]  42.0%  420.0 MB/1.0 GB  120.0 MB/s  5s left`` (rate and time left once
+    there is something to go by)."""
+    frac = done / total if total else 1.0
+    cells = min(BAR_CELLS, int(frac * BAR_CELLS))
+    text = (
+        f"[{'#' * cells}{'.' * (BAR_CELLS - cells)}] {100 * frac:5.1f}% "
+        f"{human_bytes(done)}/{human_bytes(total)}"
+    )
+    if seconds > 0.05 and done > 0:
+        rate = done / seconds
+        text += f"  {human_bytes(rate)}/s  {human_seconds((total - done) / rate)} left"
+    return text
+
+
+def human_seconds(s: float) -> str:
+    s = max(0, int(s + 0.5))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s // 60 % 60:02d}m"
 
 
 class Progress:
@@ -48,9 +76,8 @@ class Progress:
         if not self.tty or now - self._last_draw < REDRAW_SECONDS:
             return
         self._last_draw = now
-        pct = 100 * done / total if total else 100
         self._write(
-            f"{self.verb} {key} {pct:5.1f}% ({human_bytes(done)}/{human_bytes(total)})", False
+            f"{self.verb} {key} {bar(done, total, now - self._started.get(key, now))}", False
         )
 
     def done(self, key: str, total: int, note: str = "") -> None:

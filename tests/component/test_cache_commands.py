@@ -44,8 +44,8 @@ def test_cp_of_a_model_not_in_the_cache_is_one_line(tmp_path: Path) -> None:
 
 
 def megabytes(line: str) -> float:
-    number, unit = re.search(r"([\d.]+) (kB|MB|B)\b", line).groups()  # type: ignore[union-attr]
-    return float(number) * {"B": 1e-6, "kB": 1e-3, "MB": 1.0}[unit]
+    number, unit = re.search(r"([\d.]+) (KB|MB|B)\b", line).groups()  # type: ignore[union-attr]
+    return float(number) * {"B": 1e-6, "KB": 1e-3, "MB": 1.0}[unit]
 
 
 def test_du_counts_a_blob_shared_by_two_models_once_in_the_total(
