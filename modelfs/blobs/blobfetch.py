@@ -330,6 +330,9 @@ class BlobFetch:
             if good:
                 del self.flights[i]
                 flight.finish()
+                if partial.complete and not self.flights:
+                    # A whole-blob check that found this chunk still in question waits for it.
+                    self._start_finalize()
                 continue
             log.warning(
                 "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
@@ -557,8 +560,10 @@ class BlobFetch:
             # Chunks left by an earlier run, not re-checked yet, must not reach the hash
             # unchecked (they may have been written for another manifest's index).
             await self._recheck(0, self.chunks)
-            if not partial.complete:
-                return  # the refetches' landing starts the next finalize
+            if not partial.complete or self.flights:
+                # A chunk another reader is re-checking must not reach the hash before its
+                # verdict: a refetch's landing, or that verdict, starts the next finalize.
+                return
             got = await self.whole.digest(partial)
             if got != self.digest:
                 self.ctx.stats.blob_mismatches += 1

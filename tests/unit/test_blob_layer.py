@@ -10,6 +10,7 @@ before it is verified, what is published, what survives a restart.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from modelfs.blobs import blobfetch
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.fetchcontext import FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
-from modelfs.blobs.partial import present_bytes_in_state
+from modelfs.blobs.partial import PartialFile, present_bytes_in_state
 from modelfs.blobs.progress import Progress
 from modelfs.blobs.reader import BlobHandle, Blobs, BlobsSettings
 from modelfs.errors import DigestMismatch, RegistryError, Transient
@@ -770,3 +771,60 @@ async def test_a_published_index_about_another_model_is_not_used(
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await blobs.verification(NAME, manifest, layer) == "whole"
     assert "is not used: the chunk index artifact is not about" in caplog.text
+
+
+async def test_the_whole_check_waits_for_a_chunk_another_reader_is_checking_again(
+    cache: BlobCache, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A restart left every chunk but the last on disk, one of them foreign. A reader is
+    # re-checking that one when the last chunk lands and the blob looks complete: the
+    # whole-blob check must wait for the verdict, not hash the foreign bytes and discard it all.
+    source, layer = serving(data)
+    chunks = index_of(data)
+    last, foreign = chunks.layout.count - 1, 4
+    partial = PartialFile(cache, layer.digest, chunks.layout, True)
+    partial.open()
+    partial.write(0, data[: last * CB])
+    partial.write(foreign * CB, b"EVIL" * (CB // 4))
+    for i in range(last):
+        partial.mark(i)
+    partial.save_state(bytes(partial.present))
+    partial.close()
+
+    release = threading.Event()
+    verify = PartialFile.verify_chunk
+
+    def held(self: PartialFile, i: int, c: BlobChunks) -> bool:
+        if i == foreign:
+            release.wait(20)
+        return verify(self, i, c)
+
+    monkeypatch.setattr(PartialFile, "verify_chunk", held)
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        first, second = await open_blob(blobs, NAME, layer, chunks), None
+        try:
+            second = await open_blob(blobs, NAME, layer, chunks)
+            async with trio.open_nursery() as readers:
+                got: dict[str, bytes] = {}
+
+                async def read_foreign() -> None:
+                    got["foreign"] = await first.read(foreign * CB, 100)
+
+                readers.start_soon(read_foreign)
+                await trio.testing.wait_all_tasks_blocked()  # its re-check is under way
+                got["last"] = await second.read(last * CB, 100)  # the last chunk lands
+                bf = second.blob
+                assert bf is not None
+                with trio.fail_after(20):  # the whole-blob check the landing started is over
+                    while bf.finalizing is not None:
+                        await trio.sleep(0.01)
+                release.set()
+            assert got["foreign"] == data[foreign * CB : foreign * CB + 100]
+            assert got["last"] == data[last * CB : last * CB + 100]
+        finally:
+            release.set()
+            await first.close()
+            if second is not None:
+                await second.close()
+        await published(cache, layer)
+        assert fetcher.stats.blob_mismatches == 0, "hashed the foreign chunk before its verdict"
