@@ -13,8 +13,9 @@ import logging
 import logging.handlers
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -22,6 +23,8 @@ from modelfs import __version__
 from modelfs.blobs.blobcache import BlobCache, default_root
 from modelfs.errors import ModelfsError, ModelNotFound, UsageError
 from modelfs.formats.names import Name, parse_name
+
+T = TypeVar("T")
 
 log = logging.getLogger("modelfs")
 
@@ -64,6 +67,19 @@ def _registry(args: argparse.Namespace):
     from modelfs.registry.client import Registry
 
     return Registry(_registry_config(args))
+
+
+def _with_registry(args: argparse.Namespace, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(registry)`` under trio with the registry client the flags describe, closed after."""
+
+    async def main() -> T:
+        registry = _registry(args)
+        try:
+            return await work(registry)
+        finally:
+            await registry.aclose()
+
+    return trio.run(main)
 
 
 def _name(text: str) -> Name:
@@ -176,14 +192,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     name = _name(args.name)
     source = _name(args.source) if args.source else None
 
-    async def main() -> None:
-        registry = _registry(args)
-        try:
-            await push(_cache(args), registry, name, Progress("pushing"), source=source)
-        finally:
-            await registry.aclose()
-
-    trio.run(main)
+    _with_registry(
+        args,
+        lambda registry: push(_cache(args), registry, name, Progress("pushing"), source=source),
+    )
     return 0
 
 
@@ -193,14 +205,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     name = _name(args.name)
 
-    async def main() -> None:
-        registry = _registry(args)
-        try:
-            await pull(_cache(args), registry, name, Progress("pulling"))
-        finally:
-            await registry.aclose()
-
-    trio.run(main)
+    _with_registry(args, lambda registry: pull(_cache(args), registry, name, Progress("pulling")))
     return 0
 
 
@@ -210,14 +215,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     name = _name(args.name)
 
-    async def main() -> None:
-        registry = _registry(args)
-        try:
-            await index(_cache(args), registry, name, Progress("indexing"))
-        finally:
-            await registry.aclose()
-
-    trio.run(main)
+    _with_registry(args, lambda registry: index(_cache(args), registry, name, Progress("indexing")))
     return 0
 
 
@@ -229,14 +227,7 @@ def cmd_unlink(args: argparse.Namespace) -> int:
     if args.remote:
         from modelfs.commands.push import delete_remote
 
-        async def main() -> str:
-            registry = _registry(args)
-            try:
-                return await delete_remote(cache, registry, name)
-            finally:
-                await registry.aclose()
-
-        digest = trio.run(main)
+        digest = _with_registry(args, lambda registry: delete_remote(cache, registry, name))
         print(f"deleted {name} on {name.host} ({digest})")
         if cache.read_manifest(name) is None:
             return 0
