@@ -53,6 +53,7 @@ class BlobHandle:
     layer: Layer
     chunks: BlobChunks | None
     anonymous: bool = False  # for another user of an allow_other mount: no owner's credentials
+    readahead: bool = True  # False: fetch only the chunks reads touch (a header read)
     fd: int | None = None  # the published blob
     blob: BlobFetch | None = None
     small: bytes | None = None  # a small blob that could not be cached
@@ -123,7 +124,13 @@ class Blobs:
             await handle.close()
 
     async def open(
-        self, name: Name, manifest: Manifest | None, layer: Layer, *, anonymous: bool = False
+        self,
+        name: Name,
+        manifest: Manifest | None,
+        layer: Layer,
+        *,
+        anonymous: bool = False,
+        readahead: bool = True,
     ) -> BlobHandle:
         """Open ``layer`` for reading as ``manifest`` (fetched for ``name``) vouches for it.
 
@@ -132,12 +139,17 @@ class Blobs:
         of an allow_other mount, without the mount owner's credentials.
         """
         chunks = await self._chunks_of(name, manifest, layer, anonymous)
-        return await self._open(name, layer, chunks, anonymous)
+        return await self._open(name, layer, chunks, anonymous, readahead)
 
     async def _open(
-        self, name: Name, layer: Layer, chunks: BlobChunks | None, anonymous: bool
+        self,
+        name: Name,
+        layer: Layer,
+        chunks: BlobChunks | None,
+        anonymous: bool,
+        readahead: bool = True,
     ) -> BlobHandle:
-        handle = BlobHandle(self, name, layer, chunks, anonymous)
+        handle = BlobHandle(self, name, layer, chunks, anonymous, readahead)
         await self._open_published(handle)
         if handle.fd is None and not self.fetcher.is_small(layer):
             handle.blob = await self.fetcher.acquire(
@@ -228,7 +240,8 @@ class Blobs:
         if blob.verify is Verify.WHOLE and not blob.published:
             await blob.complete(self.fetcher.settings.read_wait_seconds)
         touched = blob.layout.covering(offset, end - offset)
-        self._readahead(handle, blob, offset, end, touched)
+        if handle.readahead:
+            self._readahead(handle, blob, offset, end, touched)
         return await blob.read_range(offset, end - offset, touched)
 
     def _readahead(

@@ -304,6 +304,35 @@ def _docker_config_file() -> Path:
     return docker_config_path()
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    import json
+
+    from modelfs.commands import show
+
+    name = _name(args.name)
+    cache = _cache(args)
+    if args.ctx is not None and args.ctx <= 0:
+        raise UsageError(f"--ctx {args.ctx}: a context length is a positive number of tokens")
+    report = _with_registry(args, lambda registry: show.show(cache, registry, name))
+    if args.modelfile:
+        paths = {
+            row.file: str(cache.blob_path(row.layer.digest))
+            for row in report.layers
+            if row.cached_bytes == row.layer.size
+        }
+        adapters = tuple(
+            paths.get(row.file, str(row.layer.digest))
+            for row in report.layers
+            if row.file.startswith("adapter")
+        )
+        print(show.as_modelfile(report, paths.get(show.WEIGHTS_FILE), adapters), end="")
+    elif args.json:
+        print(json.dumps(show.as_json(report, args.ctx), indent=2))
+    else:
+        print(show.as_text(report, args.ctx))
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from modelfs.commands.inventory import inventory
     from modelfs.commands.progress import human_bytes
@@ -508,6 +537,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     registry_args(sp)
     sp.set_defaults(func=cmd_login)
+
+    sp = sub.add_parser(
+        "show",
+        help="what a model is (architecture, size, layers, memory) from its GGUF header, "
+        "fetching only the header",
+    )
+    sp.add_argument("name")
+    out = sp.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="the same facts as JSON")
+    out.add_argument("--modelfile", action="store_true", help="print the model as a Modelfile")
+    sp.add_argument(
+        "--ctx", type=int, metavar="N", help="also estimate the memory at a context of N tokens"
+    )
+    cache_arg(sp)
+    registry_args(sp)
+    sp.set_defaults(func=cmd_show)
 
     sp = sub.add_parser("ls", help="list cached models and how much of each is present")
     cache_arg(sp)

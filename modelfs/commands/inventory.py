@@ -17,7 +17,7 @@ from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.partial import present_bytes_in_state, state_source
 from modelfs.errors import ManifestInvalid
 from modelfs.formats.digest import Digest
-from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, Manifest, parse_manifest
+from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX, Layer, Manifest, parse_manifest
 from modelfs.formats.names import Name
 
 
@@ -39,16 +39,7 @@ def inventory(cache: BlobCache) -> list[ModelRow]:
             manifest = parse_manifest(model.path.read_bytes())
         except (OSError, ManifestInvalid):
             continue
-        present = 0
-        for layer in manifest.blobs:
-            if cache.has_blob(layer.digest, layer.size):
-                present += layer.size
-                continue
-            try:
-                raw = cache.state_path(layer.digest).read_bytes()
-            except OSError:
-                continue
-            present += present_bytes_in_state(raw, layer.digest, layer.size)
+        present = sum(present_bytes(cache, layer) for layer in manifest.blobs)
         rows.append(
             ModelRow(
                 model.name,
@@ -61,6 +52,17 @@ def inventory(cache: BlobCache) -> list[ModelRow]:
             )
         )
     return rows
+
+
+def present_bytes(cache: BlobCache, layer: Layer) -> int:
+    """How much of ``layer`` the cache holds: all of it, the checked chunks of its partial, or 0."""
+    if cache.has_blob(layer.digest, layer.size):
+        return layer.size
+    try:
+        raw = cache.state_path(layer.digest).read_bytes()
+    except OSError:
+        return 0
+    return present_bytes_in_state(raw, layer.digest, layer.size)
 
 
 def _verification(cache: BlobCache, manifest: Manifest) -> str:

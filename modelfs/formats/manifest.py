@@ -55,6 +55,8 @@ _LAYER_FILES: dict[str, tuple[str, str]] = {
 }
 CONFIG_FILENAME = "config.json"
 MANIFEST_FILENAME = "manifest.json"
+# Layers that hold GGUF files (weights, projectors, adapters ...).
+GGUF_MEDIA_TYPES = frozenset(mt for mt, (_stem, ext) in _LAYER_FILES.items() if ext == ".gguf")
 
 
 @dataclass(frozen=True)

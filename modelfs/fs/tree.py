@@ -40,10 +40,19 @@ from modelfs.blobs.blobcache import (
     BlobCache,
 )
 from modelfs.blobs.completion import Completion
+from modelfs.blobs.header import label_blob_file, read_model_header
 from modelfs.blobs.reader import BlobHandle, Blobs
-from modelfs.errors import ModelfsError, NameInvalid
+from modelfs.errors import GGUFInvalid, ModelfsError, NameInvalid
 from modelfs.formats.digest import Digest
-from modelfs.formats.manifest import MANIFEST_FILENAME, Layer, Manifest, layer_filenames
+from modelfs.formats.manifest import (
+    GGUF_MEDIA_TYPES,
+    MANIFEST_FILENAME,
+    Layer,
+    Manifest,
+    layer_filenames,
+)
+from modelfs.formats.modelfacts import XATTR_NAMES as GGUF_XATTR_NAMES
+from modelfs.formats.modelfacts import XATTR_PREFIX as GGUF_XATTR_PREFIX
 from modelfs.formats.names import Name, PartKind, check_part, from_parts
 from modelfs.fs.resolver import Resolved, Resolver
 
@@ -184,6 +193,9 @@ class Tree:
         # None: every file is served by the daemon (see ``enable_links``).
         self.link_base: str | None = None
         self._published: set[Digest] = set()
+        # user.modelfs.gguf.* of each GGUF blob whose header has been read (bounded by the
+        # models this mount has shown; a few hundred bytes each).
+        self._gguf_facts: dict[Digest, dict[str, bytes]] = {}
         # How long the kernel may keep a link: short unless removals are watched (blobwatch).
         self.link_entry_seconds = LINK_ENTRY_SECONDS
         self._inodes = itertools.count(ROOT_INODE + 1)
@@ -357,6 +369,8 @@ class Tree:
                 if present and self.link_base is not None:
                     # A link's xattrs are its target's: label the blob file itself.
                     self.cache.label_blob(layer.digest, layer.media_type)
+                    if layer.media_type in GGUF_MEDIA_TYPES:
+                        label_blob_file(self.cache, layer)
             return found
 
         found: list[bool] = await self._in_thread(check)  # type: ignore[assignment]
@@ -627,16 +641,45 @@ class Tree:
                 node.source, node.manifest, node.layer, anonymous=caller.anonymous
             )
             return how.encode()
-        value = self.xattrs(inode).get(name)
+        if name.startswith(GGUF_XATTR_PREFIX) and _is_gguf(node):
+            value = (await self._gguf_xattrs(node, caller)).get(name)
+        else:
+            value = self.xattrs(inode).get(name)
         if value is None:
             raise TreeError(errno.ENODATA)
         return value
 
+    async def _gguf_xattrs(self, node: Node, caller: Caller) -> dict[str, bytes]:
+        """The facts of a GGUF file's header: read once per blob (at most the chunks it
+        spans), never on listxattr (``ls -l`` asks for xattrs; it must not fetch)."""
+        assert node.layer is not None and node.source is not None and node.manifest is not None
+        digest = node.layer.digest
+        known = self._gguf_facts.get(digest)
+        if known is None:
+            try:
+                header = await read_model_header(
+                    self.blobs, node.source, node.manifest, node.layer, anonymous=caller.anonymous
+                )
+                known = header.xattrs()
+            except GGUFInvalid as e:
+                log.info("%s has no GGUF facts: %s", node.name, e)
+                known = {}
+            self._gguf_facts[digest] = known
+        return known
+
     def listxattr(self, inode: int) -> list[str]:
+        node = self.node(inode)
         names = list(self.xattrs(inode))
-        if self.node(inode).layer is not None:
+        if node.layer is not None:
             names.append(XATTR_VERIFY)
+        if _is_gguf(node):
+            known = self._gguf_facts.get(node.layer.digest)  # type: ignore[union-attr]
+            names += GGUF_XATTR_NAMES if known is None else list(known)
         return names
+
+
+def _is_gguf(node: Node) -> bool:
+    return node.layer is not None and node.layer.media_type in GGUF_MEDIA_TYPES
 
 
 def _unpublished_key(layer: Layer, source: Name, manifest: Manifest) -> UnpublishedKey:

@@ -1,0 +1,308 @@
+"""``modelfs show``: what a model is, from its manifest, its small blobs and its GGUF header.
+
+Reads the manifest from the cache, else from the registry; the small blobs
+(template, system prompt, params, licenses, messages) whole; the weights blob
+only as far as its GGUF header (``blobs/header``): a cold ``show`` of a 5 GB
+model moves a few megabytes. What it fetches lands in the cache as a mount's
+reads would (checked, the manifest recorded as pending and the model evictable),
+so nothing is fetched twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.fetchcontext import FetchSettings
+from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.header import ModelHeader, read_model_header
+from modelfs.blobs.reader import Blobs
+from modelfs.commands.inventory import present_bytes
+from modelfs.commands.progress import human_bytes
+from modelfs.errors import GGUFInvalid
+from modelfs.formats.gguf import human_number
+from modelfs.formats.manifest import Layer, Manifest, layer_filenames, parse_manifest
+from modelfs.formats.names import Name
+from modelfs.registry.client import Registry
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.gguf"
+# Small layers read whole for the report, by file name in the tag directory.
+TEXT_FILES = ("template", "system", "params.json", "messages.json")
+LICENSE_STEM = "license"
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    file: str
+    layer: Layer
+    cached_bytes: int
+    verification: str
+
+
+@dataclass
+class ModelReport:
+    name: Name
+    manifest: Manifest
+    source: str  # where the manifest came from: "cache" or the registry host
+    layers: list[LayerRow]
+    header: ModelHeader | None = None
+    header_error: str | None = None  # the weights are not a GGUF file modelfs can read
+    texts: dict[str, str] = field(default_factory=dict)  # template, system, ... as written
+    licenses: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, object]:
+        try:
+            doc = json.loads(self.texts.get("params.json", "{}"))
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    @property
+    def messages(self) -> list[tuple[str, str]]:
+        try:
+            doc = json.loads(self.texts.get("messages.json", "[]"))
+        except ValueError:
+            return []
+        if not isinstance(doc, list):
+            return []
+        return [
+            (str(m.get("role", "")), str(m.get("content", ""))) for m in doc if isinstance(m, dict)
+        ]
+
+
+async def show(
+    cache: BlobCache, registry: Registry, name: Name, settings: FetchSettings | None = None
+) -> ModelReport:
+    """Everything ``modelfs show`` prints about ``name``; fetches at most its header and small blobs."""
+    await trio.to_thread.run_sync(cache.prepare)
+    loaded = await trio.to_thread.run_sync(cache.load_manifest, name)
+    if loaded is not None:
+        manifest, source = loaded[0], "cache"
+    else:
+        manifest = parse_manifest(await registry.get_manifest(name))
+        source = name.host
+        await trio.to_thread.run_sync(_record, cache, name, manifest)
+    async with trio.open_nursery() as nursery:
+        fetcher = Fetcher(cache, registry, nursery, settings or FetchSettings())
+        blobs = Blobs(fetcher)
+        report = ModelReport(name, manifest, source, [])
+        files = layer_filenames(manifest)
+        weights = next((layer for f, layer in files if f == WEIGHTS_FILE), None)
+        if weights is not None:
+            try:
+                report.header = await read_model_header(blobs, name, manifest, weights)
+            except GGUFInvalid as e:
+                report.header_error = str(e)
+        for file, layer in files:
+            if file in TEXT_FILES or file.startswith(LICENSE_STEM):
+                text = await _read_text(blobs, name, manifest, layer)
+                if file.startswith(LICENSE_STEM):
+                    report.licenses.append(text)
+                else:
+                    report.texts[file] = text
+        verification = [await blobs.verification(name, manifest, layer) for _f, layer in files]
+        nursery.cancel_scope.cancel()
+    # After the fetches have closed: what they fetched is saved and counts as cached.
+    for (file, layer), how in zip(files, verification, strict=True):
+        cached = await trio.to_thread.run_sync(present_bytes, cache, layer)
+        report.layers.append(LayerRow(file, layer, cached, how))
+    return report
+
+
+def _record(cache: BlobCache, name: Name, manifest: Manifest) -> None:
+    """Remember the manifest as a mount would: pending until its blobs are all here, evictable."""
+    if cache.read_manifest(name, pending=True) != manifest.raw:
+        cache.write_manifest(name, manifest.raw, pending=True)
+    cache.mark_lazy(name)
+
+
+async def _read_text(blobs: Blobs, name: Name, manifest: Manifest, layer: Layer) -> str:
+    handle = await blobs.open(name, manifest, layer)
+    try:
+        return (await handle.read_all()).decode("utf-8", "replace")
+    finally:
+        await handle.close()
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _memory(report: ModelReport, contexts: list[int]) -> list[dict[str, int | None]]:
+    facts = report.header.facts if report.header else None
+    if facts is None:
+        return []
+    return [
+        {
+            "context": ctx,
+            "weights_bytes": facts.weights_bytes,
+            "kv_cache_bytes": facts.kv_cache_bytes(ctx),
+            "total_bytes": facts.memory_bytes(ctx),
+        }
+        for ctx in contexts
+    ]
+
+
+def _contexts(report: ModelReport, ctx: int | None) -> list[int]:
+    out = []
+    facts = report.header.facts if report.header else None
+    if facts is not None and facts.context_length:
+        out.append(facts.context_length)
+    if ctx is not None and ctx not in out:
+        out.append(ctx)
+    return out
+
+
+def as_json(report: ModelReport, ctx: int | None = None) -> dict[str, object]:
+    header = report.header
+    return {
+        "name": str(report.name),
+        "digest": str(report.manifest.digest),
+        "manifest_from": report.source,
+        "size_bytes": report.manifest.total_bytes,
+        "model": header.facts.as_dict() if header else None,
+        "header": (
+            {
+                "verification": header.verification,
+                "checked": header.checked,
+                "bytes": header.info.header_bytes,
+                "chunks_read": header.chunks_read,
+            }
+            if header
+            else {"error": report.header_error}
+        ),
+        "memory": _memory(report, _contexts(report, ctx)),
+        "layers": [
+            {
+                "file": row.file,
+                "media_type": row.layer.media_type,
+                "digest": str(row.layer.digest),
+                "size_bytes": row.layer.size,
+                "cached_bytes": row.cached_bytes,
+                "verification": row.verification,
+            }
+            for row in report.layers
+        ],
+        "parameters": report.params,
+        "system": report.texts.get("system"),
+        "template": report.texts.get("template"),
+        "licenses": report.licenses,
+        "messages": [{"role": r, "content": c} for r, c in report.messages],
+    }
+
+
+VERIFY_TEXT = {
+    "complete": "complete in the cache, checked whole",
+    "index": "each chunk checked against the model's chunk index",
+    "published-index": "each chunk checked against a chunk index published beside it",
+    "chunksums": "each chunk checked against the registry's chunksums",
+    "local-index": "each chunk checked against a local chunk index",
+    "whole": "fetched whole and checked before it is read",
+    "deferred": "served as fetched, checked whole when complete (verify=deferred)",
+}
+
+
+def _rows(pairs: list[tuple[str, str]]) -> list[str]:
+    width = max(len(k) for k, _ in pairs)
+    return [f"    {k:<{width}}    {v}" for k, v in pairs]
+
+
+def as_text(report: ModelReport, ctx: int | None = None) -> str:
+    out = []
+    header = report.header
+    if header is not None:
+        f = header.facts
+        pairs = [
+            ("architecture", f.architecture or "-"),
+            ("parameters", human_number(f.parameter_count)),
+            ("quantization", f.quantization or "-"),
+            ("context length", str(f.context_length or "-")),
+            ("embedding length", str(f.embedding_length or "-")),
+            ("block count", str(f.block_count or "-")),
+            ("tensors", str(f.tensor_count)),
+            ("chat template", "yes" if f.chat_template else "no"),
+        ]
+        if f.name:
+            pairs.insert(0, ("name", f.name))
+        out += ["  Model", *_rows(pairs), ""]
+    elif report.header_error:
+        out += ["  Model", f"    {report.header_error}", ""]
+    out.append("  Layers")
+    width = max(len(r.file) for r in report.layers)
+    mt_width = max(len(r.layer.media_type) for r in report.layers)
+    for r in report.layers:
+        out.append(
+            f"    {r.file:<{width}}  {r.layer.media_type:<{mt_width}}  "
+            f"{human_bytes(r.layer.size):>9}  cached {human_bytes(r.cached_bytes):>9}  "
+            f"{r.verification}"
+        )
+    out.append("")
+    if header is not None:
+        how = VERIFY_TEXT.get(header.verification, header.verification)
+        checked = (
+            "checked"
+            if header.checked
+            else "NOT checked (the blob can only be checked whole; the header was read to show it)"
+        )
+        out += [
+            "  Verification",
+            f"    {WEIGHTS_FILE}: {how}",
+            f"    header: {human_bytes(header.info.header_bytes)} in {header.chunks_read} "
+            f"chunk(s), {checked}",
+            "",
+        ]
+        memory = _memory(report, _contexts(report, ctx))
+        if memory and memory[0]["kv_cache_bytes"] is not None:
+            out.append("  Memory (weights + KV cache in f16; compute buffers not counted)")
+            out += _rows(
+                [
+                    (
+                        f"{m['context']} tokens",
+                        f"{human_bytes(m['weights_bytes'] or 0)} + "
+                        f"{human_bytes(m['kv_cache_bytes'] or 0)} = "
+                        f"{human_bytes(m['total_bytes'] or 0)}",
+                    )
+                    for m in memory
+                ]
+            )
+            out.append("")
+        elif memory:
+            out += [
+                "  Memory",
+                f"    weights {human_bytes(header.facts.weights_bytes)} "
+                "(no attention shape in the header: KV cache not estimated)",
+                "",
+            ]
+    if report.params:
+        out.append("  Parameters")
+        out += _rows([(k, json.dumps(v)) for k, v in report.params.items()])
+        out.append("")
+    if system := report.texts.get("system"):
+        out += ["  System", *[f"    {line}" for line in system.splitlines()], ""]
+    for text in report.licenses:
+        lines = text.strip().splitlines()
+        shown = lines[:2] + (["    ..."] if len(lines) > 2 else [])
+        out += ["  License", *[f"    {line}" for line in shown], ""]
+    return "\n".join(out)
+
+
+def as_modelfile(report: ModelReport, blob_path: str | None, adapters: tuple[str, ...] = ()) -> str:
+    """The model as a Modelfile (``ollama show --modelfile``): FROM the weights' blob file
+    when it is complete in the cache, else the model's name; adapters by their blob files."""
+    from modelfs.formats.modelfile import format_modelfile
+
+    return format_modelfile(
+        blob_path or str(report.name),
+        template=report.texts.get("template"),
+        system=report.texts.get("system"),
+        parameters=report.params,
+        licenses=tuple(report.licenses),
+        messages=tuple(report.messages),
+        adapters=adapters,
+    )
