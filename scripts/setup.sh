@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what modelfs needs on Debian (FUSE 3, a C toolchain for pyfuse3, docker-registry for
-# the demo and tests, apache2-utils for the htpasswd that writes the tests' bcrypt password files)
-# and creates .venv with modelfs and its test tools. Safe to run again.
+# Installs what modelfs needs on Debian (FUSE 3, a C and C++ toolchain and cmake for pyfuse3 and
+# llama-cpp-python, docker-registry for the demo and tests, apache2-utils for the htpasswd that
+# writes the tests' bcrypt password files) and creates .venv with modelfs and its test tools.
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv docker-registry apache2-utils curl)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -29,9 +30,14 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+    echo "setup: llama-cpp-python builds llama.cpp from source the first time (~5-7 min on" \
+        "2 cores); pip's cache keeps the wheel for the next setup" >&2
+fi
 echo "setup: installing modelfs into .venv (pyfuse3 builds from source: ~30 s the first time)" >&2
-.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" >&2 || true
-.venv/bin/python -c 'import modelfs, pyfuse3, trio, httpx' || {
+CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install -q -e '.[test]' 2>&1 |
+    grep -v "is ignored: it is neither" >&2 || true
+.venv/bin/python -c 'import modelfs, pyfuse3, trio, httpx, llama_cpp' || {
     echo "setup: modelfs did not install into .venv" >&2
     exit 1
 }
