@@ -21,7 +21,9 @@ GGUF-shaped models (1 GiB, and a big one, 4 GiB by default), then measures — m
 10. the read path without FUSE;
 11. the big model pushed in Ollama's layout (no chunk index): what `ls -l`, the GGUF header and
     the first byte cost with the registry's chunksums, a published index, and neither
-    (bench/lazy.py; `--only lazy` measures just this and merges it into RESULTS.json).
+    (bench/lazy.py; `--only lazy` measures just this and merges it into RESULTS.json);
+12. llama.cpp load + first token on SmolLM2: a cold mount vs the local file vs `modelfs pull`
+    then load (bench/engine.py; `--only engine`).
 
 Byte counts (4, 6, 7) go through the tests' counting proxy; timings never do.
 Needs root (mounts, drop_caches). Run: bash scripts/bench.sh [--repeat 3] [--big-mib 4096]
@@ -48,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
+import engine  # noqa: E402
 import lazy  # noqa: E402
 from gguf_synth import smollm2_gguf_path, write_synthetic_gguf  # noqa: E402
 from support.mount import Mount, run_modelfs, sha256_path  # noqa: E402
@@ -507,7 +510,9 @@ def main() -> None:
     parser.add_argument(
         "--render", action="store_true", help="rewrite --out from its .json without measuring"
     )
-    parser.add_argument("--only", choices=["lazy"], help="measure one section, keep the rest")
+    parser.add_argument(
+        "--only", choices=["lazy", "engine"], help="measure one section, keep the rest"
+    )
     args = parser.parse_args()
     if args.render:
         saved = json.loads(args.out.with_suffix(".json").read_text())
@@ -522,6 +527,13 @@ def main() -> None:
         args.out.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
         write_results(args.out, saved["results"], saved["repeat"])
         print("\n".join(lazy.render(saved["results"]["lazy"])))
+        return
+    if args.only == "engine":
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        saved["results"]["engine"] = measure_engine(args.repeat)
+        args.out.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
+        write_results(args.out, saved["results"], saved["repeat"])
+        print("\n".join(engine.render(saved["results"]["engine"])))
         return
 
     work = Path(tempfile.mkdtemp(prefix="modelfs-bench-"))
@@ -570,6 +582,8 @@ def main() -> None:
         r["date"] = time.strftime("%Y-%m-%d")
         log("11 models modelfs did not create")
         r["lazy"] = lazy.measure(work, reg, proxy, big.gguf)
+        log("12 llama.cpp load + first token")
+        r["engine"] = engine.measure(work, reg, smol.gguf, args.repeat)
     finally:
         proxy.stop()
         reg.stop()
@@ -589,6 +603,16 @@ def measure_lazy(gguf: Path) -> dict[str, object]:
         return lazy.measure(work, reg, proxy, gguf)
     finally:
         proxy.stop()
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_engine(repeat: int) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="modelfs-bench-"))
+    reg = RegistryProcess(work / "registry").start()
+    try:
+        return engine.measure(work, reg, smollm2_gguf_path(), repeat)
+    finally:
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -740,6 +764,8 @@ def write_results(path: Path, r: dict, repeat: int) -> None:
         ]
     if "lazy" in r:
         L += lazy.render(r["lazy"])
+    if "engine" in r:
+        L += ["", *engine.render(r["engine"]), ""]
     L += targets(r)
     path.write_text("\n".join(L))
 
