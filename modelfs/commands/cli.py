@@ -166,21 +166,45 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from modelfs.commands.create import create_model
+    from modelfs.commands.create import create_from_modelfile, create_model
     from modelfs.commands.progress import human_bytes
 
     name = _name(args.name)
     cache = _cache(args)
-    manifest = create_model(
-        cache,
-        name,
-        Path(args.gguf),
-        template=Path(args.template) if args.template else None,
-        system=args.system,
-        params=args.params,
-        licenses=tuple(Path(p) for p in args.license or ()),
-        chunk_index=not args.no_chunk_index,
-    )
+    companions = [
+        flag
+        for flag, value in (
+            ("--template", args.template),
+            ("--system", args.system),
+            ("--params", args.params),
+            ("--license", args.license),
+        )
+        if value
+    ]
+    modelfile = args.file
+    if modelfile is None and args.gguf is None:
+        if not Path("Modelfile").is_file():
+            raise UsageError("create needs --gguf FILE or -f Modelfile (no ./Modelfile here)")
+        modelfile = "Modelfile"  # as ollama create does
+    if modelfile is not None:
+        if companions:
+            raise UsageError(
+                f"{', '.join(companions)} go with --gguf; with -f, say it in the Modelfile"
+            )
+        manifest = create_from_modelfile(
+            cache, name, Path(modelfile), chunk_index=not args.no_chunk_index
+        )
+    else:
+        manifest = create_model(
+            cache,
+            name,
+            Path(args.gguf),
+            template=Path(args.template) if args.template else None,
+            system=args.system,
+            params=args.params,
+            licenses=tuple(Path(p) for p in args.license or ()),
+            chunk_index=not args.no_chunk_index,
+        )
     print(f"created {name} ({manifest.digest}, {human_bytes(manifest.total_bytes)})")
     return 0
 
@@ -194,7 +218,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     _with_registry(
         args,
-        lambda registry: push(_cache(args), registry, name, Progress("pushing"), source=source),
+        lambda registry: push(
+            _cache(args), registry, name, Progress("pushing"), source=source, format=args.format
+        ),
     )
     return 0
 
@@ -320,12 +346,23 @@ def cmd_show(args: argparse.Namespace) -> int:
             for row in report.layers
             if row.cached_bytes == row.layer.size
         }
-        adapters = tuple(
-            paths.get(row.file, str(row.layer.digest))
-            for row in report.layers
-            if row.file.startswith("adapter")
+
+        def blob_files(stem: str) -> tuple[str, ...]:
+            return tuple(
+                paths.get(row.file, str(row.layer.digest))
+                for row in report.layers
+                if row.file.startswith(stem) and row.file.endswith(".gguf")
+            )
+
+        print(
+            show.as_modelfile(
+                report,
+                paths.get(show.WEIGHTS_FILE),
+                blob_files("adapter"),
+                blob_files("projector"),
+            ),
+            end="",
         )
-        print(show.as_modelfile(report, paths.get(show.WEIGHTS_FILE), adapters), end="")
     elif args.json:
         print(json.dumps(show.as_json(report, args.ctx), indent=2))
     else:
@@ -470,9 +507,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
     sp.set_defaults(func=cmd_umount)
 
-    sp = sub.add_parser("create", help="create a model in the cache from a GGUF file")
+    sp = sub.add_parser(
+        "create", help="create a model in the cache from a GGUF file or a Modelfile"
+    )
     sp.add_argument("name")
-    sp.add_argument("--gguf", required=True, metavar="FILE")
+    source = sp.add_mutually_exclusive_group()
+    source.add_argument("--gguf", metavar="FILE")
+    source.add_argument(
+        "-f",
+        "--file",
+        metavar="MODELFILE",
+        help="an Ollama Modelfile (default: ./Modelfile when there is no --gguf)",
+    )
     sp.add_argument("--template", metavar="FILE")
     sp.add_argument("--system", metavar="TEXT")
     sp.add_argument("--params", metavar="JSON|FILE")
@@ -504,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="OTHER",
                 help="push the cached model OTHER as NAME; blobs OTHER's repository already has "
                 "on the registry are mounted, not uploaded",
+            )
+            sp.add_argument(
+                "--format",
+                choices=("ollama", "docker"),
+                default="ollama",
+                help="ollama: the cached manifest as it is; docker: a Docker Model Runner "
+                "artifact (OCI manifest, the same GGUF blob) that `docker model pull` can run",
             )
         cache_arg(sp)
         registry_args(sp)

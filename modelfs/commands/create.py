@@ -1,6 +1,8 @@
-"""``modelfs create``: build an Ollama model in the cache from a GGUF file and its companions.
+"""``modelfs create``: build an Ollama model in the cache from a GGUF file and its companions,
+or from a Modelfile (``-f``), as ``ollama create`` does.
 
-Writes each blob (GGUF weights, template, system prompt, params, licenses), a
+Writes each blob (GGUF weights, adapters, projector, template, system prompt,
+licenses, params, messages), a
 chunk index for every layer larger than one chunk (so the model reads lazily and
 verified through any modelfs mount), the config blob Ollama expects (family,
 type and file type read from the GGUF header), and last the manifest.
@@ -12,19 +14,28 @@ import json
 import logging
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.errors import CacheError, UsageError
-from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks, serialize_chunk_index
+from modelfs.errors import CacheError, ManifestInvalid, NameInvalid, UsageError
+from modelfs.formats.chunks import (
+    CHUNK_BYTES,
+    BlobChunks,
+    parse_chunk_index,
+    serialize_chunk_index,
+)
 from modelfs.formats.digest import Digest
 from modelfs.formats.gguf import ollama_config, read_gguf_file
 from modelfs.formats.manifest import (
+    MEDIA_TYPE_ADAPTER,
     MEDIA_TYPE_CHUNK_INDEX,
     MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_LICENSE,
+    MEDIA_TYPE_MESSAGES,
     MEDIA_TYPE_MODEL,
     MEDIA_TYPE_PARAMS,
+    MEDIA_TYPE_PROJECTOR,
     MEDIA_TYPE_SYSTEM,
     MEDIA_TYPE_TEMPLATE,
     Layer,
@@ -32,7 +43,13 @@ from modelfs.formats.manifest import (
     build_manifest,
     parse_manifest,
 )
-from modelfs.formats.names import Name
+from modelfs.formats.modelfile import (
+    MAX_MODELFILE_BYTES,
+    Modelfile,
+    ModelfileInvalid,
+    parse_modelfile,
+)
+from modelfs.formats.names import Name, parse_name
 
 log = logging.getLogger(__name__)
 
@@ -72,37 +89,230 @@ def create_model(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Manifest:
     """Write the model's blobs and then its manifest into the cache; return the manifest."""
-    info = read_gguf_file(gguf)  # refuses a file that is not GGUF before anything is copied
-    cache.prepare()
-    total = gguf.stat().st_size
-    imported = cache.import_file(
-        gguf, chunk_bytes, (lambda n: on_progress(n, total)) if on_progress else None
+    return _write_model(
+        cache,
+        name,
+        _Parts(
+            weights=gguf,
+            template=_read_text(template, "template") if template is not None else None,
+            system=system.encode() if system is not None else None,
+            params=parse_params(params) if params is not None else None,
+            licenses=[_read_text(lic, "license") for lic in licenses],
+        ),
+        chunk_bytes=chunk_bytes,
+        chunk_index=chunk_index,
+        on_progress=on_progress,
     )
-    layers = [Layer(imported.digest, MEDIA_TYPE_MODEL, imported.size)]
-    if chunk_index and imported.size > chunk_bytes:
-        index = serialize_chunk_index(
-            chunk_bytes,
-            [
-                BlobChunks(
-                    imported.digest,
-                    imported.size,
-                    chunk_bytes,
-                    imported.chunk_hashes,
-                    imported.chunk_algorithm,
-                )
-            ],
+
+
+def create_from_modelfile(
+    cache: BlobCache,
+    name: Name,
+    modelfile: Path,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    chunk_index: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Manifest:
+    """``modelfs create NAME -f Modelfile``: the layers ``ollama create`` writes for it.
+
+    FROM is a GGUF file (a path, relative to the Modelfile's directory) or a model complete
+    in the cache, whose layers are the base: TEMPLATE, SYSTEM, LICENSE and MESSAGE replace
+    the base's, PARAMETER values are merged into its params (the Modelfile's win), ADAPTER
+    files are added. A second FROM that is a CLIP GGUF becomes the projector.
+    """
+    raw = _read_text(modelfile, "Modelfile")
+    if len(raw) > MAX_MODELFILE_BYTES:
+        raise ModelfileInvalid(f"{modelfile} is larger than {MAX_MODELFILE_BYTES >> 20} MiB")
+    mf = parse_modelfile(raw)
+    where = f"{modelfile} line {mf.from_line}: FROM"
+    if mf.drafts:
+        raise ModelfileInvalid(f"{modelfile}: DRAFT models are not supported by modelfs create")
+    base_dir = modelfile.parent
+    weights = _local_path(mf.from_, base_dir, where)
+    base: Manifest | None = None
+    if weights is None:
+        base = _base_model(cache, mf.from_, where)
+    projectors = []
+    for extra in mf.more_from:
+        path = _local_path(extra, base_dir, where)
+        if path is None:
+            raise ModelfileInvalid(
+                f"{where} {extra}: a second FROM must be a GGUF file (a projector)"
+            )
+        if read_gguf_file(path).architecture != "clip":
+            raise ModelfileInvalid(
+                f"{where} {extra}: a second FROM must be a projector (a GGUF of architecture clip)"
+            )
+        projectors.append(path)
+    adapters = []
+    for adapter in mf.adapters[-1:]:  # as Ollama: of several ADAPTER lines, the last
+        path = _local_path(adapter, base_dir, f"{modelfile}: ADAPTER")
+        if path is None:
+            raise ModelfileInvalid(f"{modelfile}: ADAPTER {adapter}: no such file")
+        read_gguf_file(path)  # a GGUF LoRA adapter; safetensors adapters are not converted
+        adapters.append(path)
+    params = mf.params_json()
+    if base is not None and params is not None:
+        params = _merged_params(cache, base, mf.parameters)
+    extra_config = {
+        key: value
+        for key, value in (
+            ("renderer", mf.renderer),
+            ("parser", mf.parser),
+            ("requires", mf.requires),
         )
-        layers.append(_store(cache, index, MEDIA_TYPE_CHUNK_INDEX))
-    if template is not None:
-        layers.append(_store(cache, _read_text(template, "template"), MEDIA_TYPE_TEMPLATE))
-    if system is not None:
-        layers.append(_store(cache, system.encode(), MEDIA_TYPE_SYSTEM))
-    if params is not None:
-        layers.append(_store(cache, parse_params(params), MEDIA_TYPE_PARAMS))
-    for lic in licenses:
-        layers.append(_store(cache, _read_text(lic, "license"), MEDIA_TYPE_LICENSE))
+        if value is not None
+    }
+    return _write_model(
+        cache,
+        name,
+        _Parts(
+            weights=weights,
+            base=base,
+            template=mf.template.encode() if mf.template is not None else None,
+            system=mf.system.encode() if mf.system is not None else None,
+            params=params,
+            licenses=[text.encode() for text in mf.licenses],
+            messages=mf.messages_json(),
+            adapters=adapters,
+            projectors=projectors,
+            config=extra_config,
+        ),
+        chunk_bytes=chunk_bytes,
+        chunk_index=chunk_index,
+        on_progress=on_progress,
+    )
+
+
+def _local_path(text: str, base_dir: Path, where: str) -> Path | None:
+    """FROM/ADAPTER text as Ollama reads it: a path when such a file exists (``~`` expanded,
+    relative to the Modelfile's directory), else None (a model name)."""
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if path.is_dir():
+        raise ModelfileInvalid(
+            f"{where} {text} is a directory: modelfs creates models from GGUF files "
+            "(convert safetensors with llama.cpp's convert_hf_to_gguf.py first)"
+        )
+    if path.exists():
+        return path
+    if text.startswith((".", "/", "~")) or text.lower().endswith(".gguf"):
+        raise ModelfileInvalid(f"{where} {text}: no such file")
+    return None
+
+
+def _base_model(cache: BlobCache, text: str, where: str) -> Manifest:
+    try:
+        base_name = parse_name(text)
+    except NameInvalid as e:
+        raise ModelfileInvalid(f"{where} {text}: neither a file nor a model name ({e})") from None
+    loaded = cache.load_manifest(base_name)
+    if loaded is None or not loaded[1]:
+        raise ModelfileInvalid(
+            f"{where} {text}: no such file, and the model is not complete in the cache at "
+            f"{cache.root} (modelfs pull {base_name.display_shortest()} first)"
+        )
+    manifest = loaded[0]
+    if not manifest.layers_of_type(MEDIA_TYPE_MODEL):
+        raise ModelfileInvalid(f"{where} {text}: the model has no GGUF weights layer")
+    return manifest
+
+
+def _merged_params(cache: BlobCache, base: Manifest, new: dict[str, object]) -> bytes:
+    """The base model's params with the Modelfile's on top, written as Ollama writes them."""
+    merged: dict[str, object] = {}
+    for layer in base.layers_of_type(MEDIA_TYPE_PARAMS):
+        try:
+            doc = json.loads(cache.blob_path(layer.digest).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict):
+            merged.update(doc)
+    merged.update(new)
+    out = Modelfile(from_="", parameters=merged).params_json()
+    assert out is not None
+    return out
+
+
+@dataclass
+class _Parts:
+    """What a model is made of, before anything is written."""
+
+    weights: Path | None = None  # a GGUF file to import, or
+    base: Manifest | None = None  # a cached model whose layers are the starting point
+    template: bytes | None = None
+    system: bytes | None = None
+    params: bytes | None = None
+    licenses: list[bytes] = field(default_factory=list)
+    messages: bytes | None = None
+    adapters: list[Path] = field(default_factory=list)
+    projectors: list[Path] = field(default_factory=list)
+    config: dict[str, object] = field(default_factory=dict)  # more fields of the config blob
+
+
+def _write_model(
+    cache: BlobCache,
+    name: Name,
+    parts: _Parts,
+    *,
+    chunk_bytes: int,
+    chunk_index: bool,
+    on_progress: Callable[[int, int], None] | None,
+) -> Manifest:
+    # Every input is read (and a GGUF refused) before anything is copied.
+    if parts.weights is not None:
+        info = read_gguf_file(parts.weights)
+    else:
+        assert parts.base is not None
+        weights_layer = parts.base.layers_of_type(MEDIA_TYPE_MODEL)[0]
+        info = read_gguf_file(cache.blob_path(weights_layer.digest))
+    cache.prepare()
+    layers: list[Layer] = []
+    indexed: list[BlobChunks] = []
+    if parts.weights is not None:
+        model_layer, chunks = _import(
+            cache, parts.weights, MEDIA_TYPE_MODEL, chunk_bytes, on_progress
+        )
+        layers.append(model_layer)
+        indexed += chunks
+    else:
+        assert parts.base is not None
+        replaced = {MEDIA_TYPE_PARAMS} if parts.params is not None else set()
+        replaced |= {MEDIA_TYPE_TEMPLATE} if parts.template is not None else set()
+        replaced |= {MEDIA_TYPE_SYSTEM} if parts.system is not None else set()
+        replaced |= {MEDIA_TYPE_LICENSE} if parts.licenses else set()
+        replaced |= {MEDIA_TYPE_MESSAGES} if parts.messages is not None else set()
+        layers += [layer for layer in parts.base.layers if layer.media_type not in replaced]
+    for path in parts.projectors:
+        layer, chunks = _import(cache, path, MEDIA_TYPE_PROJECTOR, chunk_bytes, None)
+        layers.append(layer)
+        indexed += chunks
+    for path in parts.adapters:
+        layer, chunks = _import(cache, path, MEDIA_TYPE_ADAPTER, chunk_bytes, None)
+        layers.append(layer)
+        indexed += chunks
+    if chunk_index and indexed:
+        # New large blobs on a base model: one index for the base's and theirs.
+        if parts.base is not None:
+            indexed = _base_index_entries(cache, parts.base, chunk_bytes, indexed[0]) + indexed
+        index = serialize_chunk_index(chunk_bytes, indexed)
+        layers = [layer for layer in layers if layer.media_type != MEDIA_TYPE_CHUNK_INDEX]
+        layers.insert(1, _store(cache, index, MEDIA_TYPE_CHUNK_INDEX))
+    if parts.template is not None:
+        layers.append(_store(cache, parts.template, MEDIA_TYPE_TEMPLATE))
+    if parts.system is not None:
+        layers.append(_store(cache, parts.system, MEDIA_TYPE_SYSTEM))
+    for text in parts.licenses:
+        layers.append(_store(cache, text, MEDIA_TYPE_LICENSE))
+    if parts.params is not None:
+        layers.append(_store(cache, parts.params, MEDIA_TYPE_PARAMS))
+    if parts.messages is not None:
+        layers.append(_store(cache, parts.messages, MEDIA_TYPE_MESSAGES))
     config_doc = {
         **ollama_config(info),
+        **parts.config,
         "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(
             platform.machine(), platform.machine()
         ),
@@ -118,6 +328,49 @@ def create_model(
     cache.unmark_lazy(name)  # created on purpose: pinned
     log.info("created %s (%s)", name, manifest.digest)
     return manifest
+
+
+def _base_index_entries(
+    cache: BlobCache, base: Manifest, chunk_bytes: int, like: BlobChunks
+) -> list[BlobChunks]:
+    """The base model's chunk index entries, if its index can be merged with new ones."""
+    for layer in base.layers_of_type(MEDIA_TYPE_CHUNK_INDEX):
+        try:
+            index = parse_chunk_index(cache.blob_path(layer.digest).read_bytes(), base.layers)
+        except (OSError, ManifestInvalid) as e:
+            log.warning("leaving out the base model's chunk index: %s", e)
+            return []
+        entries = list(index.blobs.values())
+        if index.chunk_bytes == chunk_bytes and all(b.algorithm == like.algorithm for b in entries):
+            return entries
+        log.warning("leaving out the base model's chunk index: another chunk size or algorithm")
+    return []
+
+
+def _import(
+    cache: BlobCache,
+    path: Path,
+    media_type: str,
+    chunk_bytes: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[Layer, list[BlobChunks]]:
+    """Copy a local file into ``blobs/``; its layer, and its chunk digests if it spans chunks."""
+    total = path.stat().st_size
+    imported = cache.import_file(
+        path, chunk_bytes, (lambda n: on_progress(n, total)) if on_progress else None
+    )
+    layer = Layer(imported.digest, media_type, imported.size)
+    if imported.size <= chunk_bytes:
+        return layer, []
+    return layer, [
+        BlobChunks(
+            imported.digest,
+            imported.size,
+            chunk_bytes,
+            imported.chunk_hashes,
+            imported.chunk_algorithm,
+        )
+    ]
 
 
 def _store(cache: BlobCache, data: bytes, media_type: str) -> Layer:

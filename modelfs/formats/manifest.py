@@ -27,6 +27,9 @@ MEDIA_TYPE_TEMPLATE = OLLAMA_LAYER_PREFIX + "template"
 MEDIA_TYPE_SYSTEM = OLLAMA_LAYER_PREFIX + "system"
 MEDIA_TYPE_PARAMS = OLLAMA_LAYER_PREFIX + "params"
 MEDIA_TYPE_LICENSE = OLLAMA_LAYER_PREFIX + "license"
+MEDIA_TYPE_MESSAGES = OLLAMA_LAYER_PREFIX + "messages"
+MEDIA_TYPE_ADAPTER = OLLAMA_LAYER_PREFIX + "adapter"
+MEDIA_TYPE_PROJECTOR = OLLAMA_LAYER_PREFIX + "projector"
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_LAYERS = 4096
@@ -37,14 +40,14 @@ MAX_MEDIA_TYPE_CHARS = 255
 # Layer media type -> (file stem, extension) in a tag directory.
 _LAYER_FILES: dict[str, tuple[str, str]] = {
     MEDIA_TYPE_MODEL: ("model", ".gguf"),
-    OLLAMA_LAYER_PREFIX + "projector": ("projector", ".gguf"),
-    OLLAMA_LAYER_PREFIX + "adapter": ("adapter", ".gguf"),
+    MEDIA_TYPE_PROJECTOR: ("projector", ".gguf"),
+    MEDIA_TYPE_ADAPTER: ("adapter", ".gguf"),
     OLLAMA_LAYER_PREFIX + "draft": ("draft", ".gguf"),
     OLLAMA_LAYER_PREFIX + "embed": ("embed", ".gguf"),
     MEDIA_TYPE_TEMPLATE: ("template", ""),
     MEDIA_TYPE_SYSTEM: ("system", ""),
     MEDIA_TYPE_PARAMS: ("params", ".json"),
-    OLLAMA_LAYER_PREFIX + "messages": ("messages", ".json"),
+    MEDIA_TYPE_MESSAGES: ("messages", ".json"),
     MEDIA_TYPE_LICENSE: ("license", ""),
     OLLAMA_LAYER_PREFIX + "prompt": ("prompt", ""),
     OLLAMA_LAYER_PREFIX + "json": ("data", ".json"),
@@ -52,6 +55,7 @@ _LAYER_FILES: dict[str, tuple[str, str]] = {
     # Docker Model Runner / OCI model artifacts.
     "application/vnd.docker.ai.gguf.v3": ("model", ".gguf"),
     "application/vnd.docker.ai.license": ("license", ""),
+    "application/vnd.docker.ai.mmproj": ("projector", ".gguf"),
 }
 CONFIG_FILENAME = "config.json"
 MANIFEST_FILENAME = "manifest.json"

@@ -9,7 +9,7 @@ import os
 import gguf
 import pytest
 from mount.test_mount import TAG_DIR, model_records, wait_for
-from support.mount import sha256_path
+from support.mount import run_modelfs, sha256_path
 
 from modelfs.formats.chunks import CHUNK_BYTES
 
@@ -61,3 +61,19 @@ def test_gguf_facts_as_xattrs_from_the_header_only(
     assert int(os.getxattr(model, PREFIX + "memory_bytes")) == (
         smollm2_gguf.stat().st_size - ref.data_offset + 188_743_680
     )
+
+
+def test_a_docker_model_runner_artifact_reads_through_the_mount(
+    registry, proxy, mount_factory, smollm2_gguf, model_hex, tmp_path
+):
+    name = f"{registry.host}/ai/smollm2:docker"
+    src = tmp_path / "src"
+    run_modelfs("create", name, "--gguf", str(smollm2_gguf), "--cache", str(src))
+    run_modelfs("push", name, "--format", "docker", "--cache", str(src))
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "ai/smollm2/docker"
+    assert os.getxattr(tag / "model.gguf", "user.modelfs.media_type") == (
+        b"application/vnd.docker.ai.gguf.v3"
+    )
+    assert os.getxattr(tag / "model.gguf", PREFIX + "architecture") == b"llama"
+    assert sha256_path(tag / "model.gguf") == model_hex

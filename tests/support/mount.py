@@ -22,10 +22,20 @@ def modelfs_cmd(*args: str) -> list[str]:
 
 
 def run_modelfs(
-    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 600
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 600,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        modelfs_cmd(*args), capture_output=True, text=True, env=env, timeout=timeout, check=False
+        modelfs_cmd(*args),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
     )
     if check and result.returncode != 0:
         raise AssertionError(

@@ -30,6 +30,8 @@ RANK = {
     "formats.chunks": 3,
     "formats.chunksums": 4,
     "formats.referrers": 3,
+    "formats.modelfile": 3,
+    "formats.dockermodel": 3,
     "registry.retry": 1,
     "registry.streams": 1,
     "registry.config": 1,
