@@ -3,7 +3,6 @@ Docker Model Runner manifest side by side, and the Docker one pulled back whole.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import urllib.request
@@ -11,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from support.mount import run_modelfs
+from support.mount import run_modelfs, sha256_path
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.commands.progress import Progress
@@ -35,14 +34,6 @@ from modelfs.formats.names import Name, parse_name
 from modelfs.registry.client import Registry
 
 CREATED = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def create(cache: Path, name: str, gguf: Path, tmp_path: Path) -> None:
@@ -117,7 +108,7 @@ async def test_docker_push_is_a_model_runner_artifact_sharing_the_weights(
     assert remote.config.media_type == MEDIA_TYPE_DOCKER_MODEL_CONFIG
     gguf_layers = remote.layers_of_type(MEDIA_TYPE_DOCKER_GGUF)
     assert [layer.digest for layer in gguf_layers] == [weights.digest]
-    assert gguf_layers[0].digest.hex == sha256(smollm2_gguf)
+    assert gguf_layers[0].digest.hex == sha256_path(smollm2_gguf)
     licenses = remote.layers_of_type(MEDIA_TYPE_DOCKER_LICENSE)
     assert [lic.digest for lic in licenses] == [
         lic.digest for lic in ollama.layers_of_type(MEDIA_TYPE_LICENSE)
@@ -168,8 +159,8 @@ async def test_docker_tag_pulls_back_into_a_fresh_cache(tmp_path, registry, smol
     for layer in m.blobs:
         assert bc.has_blob(layer.digest, layer.size)
     model = m.layers_of_type(MEDIA_TYPE_DOCKER_GGUF)[0]
-    assert sha256(bc.blob_path(model.digest)) == sha256(smollm2_gguf)
-    assert model.digest.hex == sha256(smollm2_gguf)
+    assert sha256_path(bc.blob_path(model.digest)) == sha256_path(smollm2_gguf)
+    assert model.digest.hex == sha256_path(smollm2_gguf)
 
     # A model that already is a Docker artifact goes up as it is.
     again_name = parse_name(f"{registry.host}/library/dockeronly:again")
