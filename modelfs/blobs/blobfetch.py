@@ -414,18 +414,9 @@ class BlobFetch:
         )
         # Fixed chunks arrive as one piece each; a registry's ranges in bounded pieces.
         piece_bytes = layout.chunk_bytes if layout.fixed else min(layout.largest_bytes, PIECE_BYTES)
-        self.ctx.stats.requests += 1
-        streams = self.ctx.streams
-        async with streams.slot(self.name.host):
-            await self.registry.read_range(
-                self.name,
-                self.digest,
-                start,
-                end,
-                piece_bytes,
-                receiver.on_piece,
-                limiter=streams.threads,
-            )
+        await self.ctx.read_range(
+            self.registry, self.name, self.digest, start, end, piece_bytes, receiver.on_piece
+        )
 
     # -- landing chunks ----------------------------------------------------------------------
 
@@ -465,7 +456,7 @@ class BlobFetch:
     def _landed(self, i: int, data: bytes | None) -> list[int]:
         """Trio side of a chunk that arrived and passed its check; the inodes to push it to."""
         start, end = self.layout.span(i)
-        self.ctx.stats.bytes_fetched += end - start
+        self.ctx.stats.fetched(self.name.host, end - start)
         if data is None:
             assert self.partial is not None
             self.partial.mark(i)

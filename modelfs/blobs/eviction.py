@@ -60,11 +60,16 @@ class CacheBounds:
     min_free_bytes: int = 0
     min_free_percent: float | None = DEFAULT_MIN_FREE_PERCENT
 
-    def over(self, usage: int, free: int, total: int) -> bool:
+    def need_free(self, total: int) -> int:
+        """Bytes to keep free on a filesystem of ``total`` bytes."""
         need_free = self.min_free_bytes
         if self.min_free_percent is not None:
             need_free = max(need_free, int(total * self.min_free_percent / 100))
-        return (self.max_bytes is not None and usage > self.max_bytes) or free < need_free
+        return need_free
+
+    def over(self, usage: int, free: int, total: int) -> bool:
+        too_big = self.max_bytes is not None and usage > self.max_bytes
+        return too_big or free < self.need_free(total)
 
 
 class Evictor:
@@ -87,6 +92,10 @@ class Evictor:
         self._stuck = False
         self._blind = False  # warned that an unreadable manifest stops eviction
         self.evicted: list[Name] = []
+        # Bytes freed by evictions. Added to from the worker thread ``_evict`` runs in (one
+        # at a time, under ``lock``): a plain int add, which the GIL keeps whole enough for a
+        # counter that only ever grows and is only read for status and metrics.
+        self.evicted_bytes = 0
 
     def kick(self) -> None:
         """Check soon (a blob was published, a file closed)."""
@@ -167,6 +176,7 @@ class Evictor:
                 continue
             result = self.cache.unlink(name)
             evicted.append(name)
+            self.evicted_bytes += result.freed_bytes
             log.info(
                 "evicted %s from the cache (least recently used; %d bytes freed)",
                 name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -110,7 +110,10 @@ class BlobSource(Protocol):
 
 @dataclass
 class Stats:
-    """Counters a test or a benchmark can read (``Fetcher.stats``)."""
+    """Counters a test, a benchmark or ``modelfs status`` can read (``Fetcher.stats``).
+
+    Changed on the trio thread only, so they need no lock.
+    """
 
     requests: int = 0
     bytes_fetched: int = 0
@@ -118,6 +121,26 @@ class Stats:
     blob_mismatches: int = 0
     cache_write_failures: int = 0
     published: int = 0
+    # Checked blob bytes received, per registry host (lowercased) the requests went to.
+    bytes_by_host: dict[str, int] = field(default_factory=dict)
+    # Reads served from bytes already present, and reads that had to wait for a fetch.
+    read_hits: int = 0
+    read_misses: int = 0
+    # The daemon's histogram of range-request latency (``fs.status``): (host, seconds) of each
+    # range request that delivered its whole body.
+    on_range_seconds: Callable[[str, float], None] | None = None
+
+    def fetched(self, host: str, nbytes: int) -> None:
+        """``nbytes`` of checked blob bytes arrived from ``host``."""
+        self.bytes_fetched += nbytes
+        key = host.lower()
+        self.bytes_by_host[key] = self.bytes_by_host.get(key, 0) + nbytes
+
+    def read(self, hit: bool) -> None:
+        if hit:
+            self.read_hits += 1
+        else:
+            self.read_misses += 1
 
 
 class FetchContext:
@@ -165,6 +188,30 @@ class FetchContext:
 
     async def in_thread(self, fn: Callable[..., object], *args: object) -> object:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
+
+    async def read_range(
+        self,
+        registry: BlobSource,
+        name: Name,
+        digest: Digest,
+        start: int,
+        end: int,
+        piece_bytes: int,
+        on_piece: Callable[[int, memoryview], None],
+    ) -> None:
+        """One range request, under a stream slot of ``name``'s host, counted and timed.
+
+        The time runs from when the slot is held until the whole body arrived: what the
+        registry took, not the wait for a slot.
+        """
+        self.stats.requests += 1
+        async with self.streams.slot(name.host):
+            began = trio.current_time()
+            await registry.read_range(
+                name, digest, start, end, piece_bytes, on_piece, limiter=self.streams.threads
+            )
+            if self.stats.on_range_seconds is not None:
+                self.stats.on_range_seconds(name.host.lower(), trio.current_time() - began)
 
     async def published(self, digest: Digest) -> None:
         """Tell the daemon a blob is in ``blobs/`` (its entries become links)."""

@@ -209,21 +209,11 @@ class Fetcher(FetchContext):
         registry = self.registry_for(anonymous)
 
         async def once() -> None:
-            self.stats.requests += 1
-            async with self.streams.slot(name.host):
-                await registry.read_range(
-                    name,
-                    layer.digest,
-                    0,
-                    layer.size,
-                    layer.size,
-                    on_piece,
-                    limiter=self.streams.threads,
-                )
+            await self.read_range(registry, name, layer.digest, 0, layer.size, layer.size, on_piece)
 
         if layer.size:
             await retrying(f"blob {layer.digest.short}", once, self.settings.attempts)
-            self.stats.bytes_fetched += layer.size
+            self.stats.fetched(name.host, layer.size)
         data = bytes(buf)
         # Hashing up to a chunk is a few ms of CPU: off the event loop.
         actual = await self.in_thread(_sha256_hex, data)

@@ -115,25 +115,15 @@ class _UncheckedChunks:
         def on_piece(offset: int, view: memoryview) -> None:
             buf[offset - start : offset - start + len(view)] = view
 
-        streams = self.fetcher.streams
-
         async def once() -> None:
-            async with streams.slot(self.name.host):
-                await self.registry.read_range(
-                    self.name,
-                    self.layer.digest,
-                    start,
-                    stop,
-                    self.chunk_bytes,
-                    on_piece,
-                    limiter=streams.threads,
-                )
+            await self.fetcher.read_range(
+                self.registry, self.name, self.layer.digest, start, stop, self.chunk_bytes, on_piece
+            )
 
         await retrying(
             f"header of blob {self.layer.digest.short}", once, self.fetcher.settings.attempts
         )
-        self.fetcher.stats.requests += 1
-        self.fetcher.stats.bytes_fetched += len(buf)
+        self.fetcher.stats.fetched(self.name.host, len(buf))
         data = self.chunks[i] = bytes(buf)
         return data
 

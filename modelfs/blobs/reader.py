@@ -213,11 +213,15 @@ class Blobs:
         end = min(offset + size, layer.size)
         if offset >= end:
             return b""
+        stats = self.fetcher.stats
         if handle.fd is not None:
+            stats.read(hit=True)
             return await self._pread(handle.fd, offset, end - offset)
         if handle.small is not None:
+            stats.read(hit=True)
             return handle.small[offset:end]
         if handle.blob is None:
+            stats.read(hit=False)
             return await self._read_small(handle, offset, end)
         return await self._read_blob(handle, handle.blob, offset, end)
 
@@ -237,9 +241,14 @@ class Blobs:
     async def _read_blob(
         self, handle: BlobHandle, blob: BlobFetch, offset: int, end: int
     ) -> bytes | bytearray:
+        touched = blob.layout.covering(offset, end - offset)
+        # A hit: every byte asked for is here and may be served without waiting for a fetch.
+        self.fetcher.stats.read(
+            hit=blob.published
+            or (blob.verify is not Verify.WHOLE and all(blob.has(i) for i in touched))
+        )
         if blob.verify is Verify.WHOLE and not blob.published:
             await blob.complete(self.fetcher.settings.read_wait_seconds)
-        touched = blob.layout.covering(offset, end - offset)
         if handle.readahead:
             self._readahead(handle, blob, offset, end, touched)
         return await blob.read_range(offset, end - offset, touched)

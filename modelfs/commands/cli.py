@@ -45,6 +45,12 @@ def _cache(args: argparse.Namespace) -> BlobCache:
 
 def _registry_config(args: argparse.Namespace, extra_insecure: tuple[str, ...] = ()):
     """Settings for the registry client: the config file, then environment, then flags."""
+    return _settings(args, extra_insecure)[0]
+
+
+def _settings(args: argparse.Namespace, extra_insecure: tuple[str, ...] = ()):
+    """The registry client's settings (the config file, then environment, then flags) and
+    the config file itself; a mount calls this again on SIGHUP."""
     from modelfs.registry.client import RegistryConfig
     from modelfs.registry.config import load_config
 
@@ -54,13 +60,14 @@ def _registry_config(args: argparse.Namespace, extra_insecure: tuple[str, ...] =
     if ca_file and not Path(ca_file).is_file():
         raise UsageError(f"--ca-file {ca_file}: no such file")
     key = getattr(args, "key", None) or os.environ.get("MODELFS_KEY") or file.key
-    return RegistryConfig(
+    config = RegistryConfig(
         insecure_hosts=(*file.insecure_hosts, *_insecure_hosts(args), *extra_insecure),
         tls_hosts=file.tls_hosts,
         ca_file=ca_file,
         key_path=Path(key) if key else None,
         mirrors=file.mirrors,
     )
+    return config, file
 
 
 def _registry(args: argparse.Namespace):
@@ -98,19 +105,24 @@ def cmd_mount(args: argparse.Namespace) -> int:
         args.o.append(f"cache_max={args.cache_max}")
     if args.min_free:
         args.o.append(f"min_free={args.min_free}")
+    if args.metrics:
+        args.o.append(f"metrics={args.metrics}")
     options = daemon.parse_mount_options(args.o)
     # -o insecure_registry=H (as fstab would say it) adds to --insecure-registry.
     from_options: tuple[str, ...] = tuple(options.pop("insecure_hosts", ()))  # type: ignore[arg-type]
     insecure = (*_insecure_hosts(args), *from_options)
     cache_root = default_root(args.cache)
-    registry_config = _registry_config(args, from_options)
+    registry_config, file = _settings(args, from_options)
     opts = daemon.MountOptions(
         mountpoint=mountpoint,
         cache_root=cache_root,
         insecure_hosts=insecure,
         registry=registry_config,
+        settings_loader=lambda: _settings(args, from_options),
+        fixed_bounds=frozenset(k for k in ("cache_max", "min_free") if k in options),
         **options,
     )
+    daemon.cache_bounds(opts, file)  # a bound the file gets wrong fails here, before mounting
     if not args.foreground:
         note = mountctl.prepare_mountpoint(mountpoint)
         if note:
@@ -155,6 +167,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
             pid = mountctl.pidfile(mountpoint)
             if pid.read_text().strip() == str(os.getpid()):
                 pid.unlink()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from modelfs.commands import status
+
+    mnt = args.mountpoint
+    reports = [status.mount_status(mnt)] if mnt else status.every_mount()
+    if args.json:
+        print(json.dumps(reports[0] if args.mountpoint else reports, indent=2))
+    elif reports:
+        print("\n\n".join(status.render(r) for r in reports))
+    else:
+        print("no modelfs mounts are running", file=sys.stderr)
     return 0
 
 
@@ -414,7 +442,7 @@ def _setup_logging(args: argparse.Namespace, *, foreground: bool) -> None:
         )
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(JournalFormatter() if _stderr_is_journal() else logging.Formatter(fmt))
     root.addHandler(handler)
     # One line per request would drown the log; httpx's own INFO lines are noise here.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -422,6 +450,37 @@ def _setup_logging(args: argparse.Namespace, *, foreground: bool) -> None:
     pyfuse3_log = logging.getLogger("pyfuse3")
     pyfuse3_log.setLevel(logging.INFO if args.debug else logging.WARNING)
     pyfuse3_log.addFilter(_interrupted_reply_filter)
+
+
+class JournalFormatter(logging.Formatter):
+    """For stderr connected to the journal: a syslog priority prefix (``<3>``) the journal
+    turns into the entry's level, and no timestamp of our own (the journal has one)."""
+
+    PRIORITIES = (
+        (logging.CRITICAL, 2),
+        (logging.ERROR, 3),
+        (logging.WARNING, 4),
+        (logging.INFO, 6),
+    )
+
+    def __init__(self) -> None:
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in self.PRIORITIES if record.levelno >= level), 7)
+        # One entry per record: a traceback's lines stay in it, each with the prefix.
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+
+
+def _stderr_is_journal() -> bool:
+    """Whether stderr is the journal stream systemd gave us (``JOURNAL_STREAM=dev:inode``)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, inode = stream.partition(":")
+    try:
+        st = os.fstat(2)
+        return bool(stream) and (st.st_dev, st.st_ino) == (int(dev), int(inode))
+    except (OSError, ValueError):
+        return False
 
 
 def _interrupted_reply_filter(record: logging.LogRecord) -> bool:
@@ -498,6 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE|PCT",
         help="evict likewise to keep this much of the cache's filesystem free (default 10%%)",
     )
+    sp.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (also -o metrics=HOST:PORT)",
+    )
     sp.add_argument("--log", metavar="FILE", help="daemon log file")
     sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_mount)
@@ -506,6 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("mountpoint")
     sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
     sp.set_defaults(func=cmd_umount)
+
+    sp = sub.add_parser(
+        "status",
+        help="live figures of running mounts: cache use, bytes fetched, hits and misses, "
+        "blobs in flight, errors, evictions",
+    )
+    sp.add_argument("mountpoint", nargs="?", help="this mount only (default: every mount)")
+    sp.add_argument("--json", action="store_true", help="the same figures as JSON")
+    sp.set_defaults(func=cmd_status)
 
     sp = sub.add_parser(
         "create", help="create a model in the cache from a GGUF file or a Modelfile"
@@ -613,9 +686,71 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# mount(8) options that become modelfs flags when mount.fuse3 runs us (an fstab line).
+HELPER_FLAG_OPTIONS = {
+    "cache": "--cache",
+    "config": "--config",
+    "key": "--key",
+    "ca_file": "--ca-file",
+    "log": "--log",
+}
+
+
+def mount_helper_argv(argv: list[str], commands: set[str]) -> list[str] | None:
+    """``modelfs SOURCE MOUNTPOINT [-o OPTS]…`` (how mount.fuse3 runs the program of an fstab
+    line of type ``fuse.modelfs``) as the ``mount`` command it means; None for other argv.
+
+    ``cache=``, ``config=``, ``key=``, ``ca_file=`` and ``log=`` become their flags, ``debug``
+    ``--debug``; every other option goes to ``mount -o`` (which ignores mount(8)'s standard
+    ones), with ``blobs_view=no`` unless the line says otherwise: a bind mount inside the
+    mount would make umount(8) fail with "target is busy". SOURCE is only a label.
+    """
+    if len(argv) < 2 or argv[0] in commands or argv[0].startswith("-"):
+        return None
+    _source, mountpoint, *rest = argv
+    options: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "-o" and i + 1 < len(rest):
+            options += rest[i + 1].split(",")
+            i += 2
+        elif arg.startswith("-o") and len(arg) > 2:
+            options += arg[2:].split(",")
+            i += 1
+        elif arg in ("-n", "-s", "-v", "-f"):  # no mtab, sloppy, verbose, fake: mount(8)'s
+            i += 1
+        else:
+            raise UsageError(f"as a mount helper: unexpected argument {arg!r}")
+    flags: list[str] = []
+    kept: list[str] = []
+    debug = False
+    for opt in (o.strip() for o in options):
+        key, eq, value = opt.partition("=")
+        if key in HELPER_FLAG_OPTIONS and eq:
+            flags += [HELPER_FLAG_OPTIONS[key], value]
+        elif key == "debug" and not eq:
+            debug = True
+        elif opt:
+            kept.append(opt)
+    # A plain umount(8) must work on an fstab mount: no bind mount inside it unless asked.
+    if not any(o.partition("=")[0] == "blobs_view" for o in kept):
+        kept.append("blobs_view=no")
+    out = ["--debug"] if debug else []
+    out += ["mount", mountpoint, *flags]
+    if kept:
+        out += ["-o", ",".join(kept)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        helper = mount_helper_argv(argv, _command_names(parser))
+    except UsageError as e:
+        parser.exit(2, f"modelfs: {e}\n")
+    args = parser.parse_args(helper if helper is not None else argv)
     if args.command != "mount" or not args.foreground:
         logging.basicConfig(
             level=logging.DEBUG if args.debug else logging.WARNING,
@@ -639,6 +774,13 @@ def main(argv: list[str] | None = None) -> int:
         print("modelfs: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _command_names(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:

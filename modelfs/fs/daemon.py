@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +30,14 @@ from modelfs.blobs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evicto
 from modelfs.blobs.fetchcontext import MAX_STREAMS, FetchSettings
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs, BlobsSettings
-from modelfs.errors import MountError, UsageError
+from modelfs.errors import ModelfsError, MountError, UsageError
 from modelfs.formats.chunks import CHUNK_BYTES
 from modelfs.formats.digest import Digest
-from modelfs.fs import fuse_ops, mountctl
+from modelfs.fs import fuse_ops, mountctl, status
 from modelfs.fs.resolver import LOOKUP_TTL_SECONDS, Resolver
 from modelfs.fs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Access, Tree
 from modelfs.registry.client import Registry, RegistryConfig
+from modelfs.registry.config import FileConfig
 from modelfs.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ IGNORED_MOUNT_OPTIONS = frozenset(
         "owner",
         "group",
         "comment",
+        "default_permissions",  # added with allow_other anyway
     }
 )
 
@@ -98,13 +100,22 @@ class MountOptions:
     max_background: int | None = MAX_BACKGROUND
     fuse_debug: bool = False
     links: bool = True  # complete blobs appear as symlinks into the cache
+    # -o blobs_view=no: links point at the cache's blobs/ rather than a read-only bind mount of
+    # it at <mnt>/.blobs, so that a plain umount(8) works (an fstab mount's default).
+    blobs_view: bool = True
     # -o push=yes: checked chunks are pushed into the kernel's page cache as they land. Off by
     # default: no gain measured yet on a 2-core machine (bench/cold.py; bench/RESULTS.md).
     push_pages: bool = False
     cache_max: int | None = None  # bytes of blobs and partial blobs
     min_free: int = 0  # bytes to leave free on the cache's filesystem
     min_free_percent: float | None = DEFAULT_MIN_FREE_PERCENT
+    metrics: tuple[str, int] | None = None  # -o metrics=HOST:PORT: Prometheus text at /metrics
     extra: tuple[str, ...] = field(default=())
+    # The configuration file and the flags, read again on SIGHUP: the registry settings they
+    # make and the file (for its cache bounds). None: nothing to reload.
+    settings_loader: Callable[[], tuple[RegistryConfig, FileConfig]] | None = None
+    # Cache bounds set with -o (cache_max, min_free): they win over the file's.
+    fixed_bounds: frozenset[str] = frozenset()
 
 
 def parse_mount_options(values: list[str]) -> dict[str, object]:
@@ -152,16 +163,18 @@ def parse_mount_options(values: list[str]) -> dict[str, object]:
                 elif key == "insecure_registry":
                     out.setdefault("insecure_hosts", ())
                     out["insecure_hosts"] = (*out["insecure_hosts"], val)  # type: ignore[misc]
-                elif key in ("links", "push"):
+                elif key in ("links", "push", "blobs_view"):
                     if val not in ("yes", "no"):
                         raise UsageError(f"-o {key} takes yes or no, not {val!r}")
-                    out["links" if key == "links" else "push_pages"] = val == "yes"
+                    out["push_pages" if key == "push" else key] = val == "yes"
                 elif key == "cache_max":
                     out["cache_max"] = parse_size(val)[0]
                 elif key == "min_free":
                     out["min_free"], out["min_free_percent"] = parse_size(val, percent=True)
                 elif key == "fuse_debug" and not eq:
                     out["fuse_debug"] = True
+                elif key == "metrics":
+                    out["metrics"] = status.parse_address(val)
                 else:
                     raise UsageError(f"unknown mount option {opt!r}")
             except ValueError:
@@ -236,6 +249,10 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
     cache = BlobCache(options.cache_root)
     await trio.to_thread.run_sync(cache.prepare)
     mountpoint = options.mountpoint
+    file = FileConfig()
+    if options.settings_loader is not None:
+        loaded, file = await trio.to_thread.run_sync(options.settings_loader)
+        options = dataclasses.replace(options, registry=loaded)
     config = registry_config(options)
     async with AsyncExitStack() as stack:
         registry = Registry(config)
@@ -247,6 +264,8 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             anonymous = Registry(dataclasses.replace(config, anonymous=True))
             stack.push_async_callback(anonymous.aclose)
             registries.append(anonymous)
+        # -o metrics: bound before anything runs, so that a busy port fails the mount plainly.
+        metrics = status.serve_metrics(stack, *options.metrics) if options.metrics else None
         nursery = await stack.enter_async_context(trio.open_nursery())
         fetcher = Fetcher(
             cache,
@@ -264,7 +283,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             in_thread=fetcher.in_thread,
             anonymous_registry=anonymous,
         )
-        bounds = CacheBounds(options.cache_max, options.min_free, options.min_free_percent)
+        bounds = cache_bounds(options, file)
         evictor = Evictor(
             cache,
             bounds,
@@ -281,7 +300,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             in_thread=fetcher.in_thread,
             on_used=evictor.used,
             on_closed=evictor.kick,
-            access=access_policy(options, config, cache),
+            access=access_policy(options, lambda: registry.config, cache),
         )
         spawn(nursery, "cache eviction", evictor.run, level=logging.WARNING)
         ops = fuse_ops.Operations(tree, nursery, str(cache.root))
@@ -296,10 +315,16 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             evictor.kick()
 
         fetcher.on_published = published
+        # modelfs status and -o metrics read their figures from these objects.
+        live = status.Live(mountpoint, cache, fetcher, evictor, ops.errors)
+        if metrics is not None:
+            metrics.attach(live)
 
         fuse_options = {"ro", "fsname=modelfs", "subtype=modelfs", *options.extra}
         if options.allow_other:
-            fuse_options.add("allow_other")
+            # The kernel checks each caller against the files' modes (0444 files, 0555
+            # directories): any local user, an inference service's included, may read.
+            fuse_options.update(("allow_other", "default_permissions"))
         if options.fuse_debug:
             fuse_options.add("debug")
         fuse_ops.mount(ops, str(mountpoint), fuse_options)
@@ -307,9 +332,15 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
         try:
             tune_kernel(mountpoint, options.read_ahead_kb, options.max_background)
             log.info("mounted %s (cache %s)", mountpoint, cache.root)
+            status.start_control(nursery, live)  # before ready: status works once mount returns
             ready(None)
+            mountctl.notify_systemd(f"STATUS=serving {mountpoint} (cache {cache.root})")
             signalled = trio.Event()
-            spawn(nursery, "signals", _watch_signals, signalled, mountpoint, registries)
+
+            async def reload() -> None:
+                await _reload(options, registry, anonymous, evictor)
+
+            spawn(nursery, "signals", _watch_signals, signalled, mountpoint, registries, reload)
             if options.links:
                 spawn(
                     nursery,
@@ -319,6 +350,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
                     ops,
                     cache,
                     mountpoint,
+                    options.blobs_view,
                     level=logging.WARNING,
                 )
             await fuse_ops.serve(FUSE_MAX_TASKS)
@@ -336,6 +368,48 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             with contextlib.suppress(Exception):
                 fuse_ops.close(unmount=unmount_on_exit)
             log.info("unmounted %s", mountpoint)
+
+
+def cache_bounds(options: MountOptions, file: FileConfig) -> CacheBounds:
+    """The cache's bounds: -o cache_max / min_free, else the configuration file's, else the
+    defaults. A bound the file gets wrong is a one-line error (at mount, or kept on reload)."""
+    max_bytes = options.cache_max
+    min_free, min_free_percent = options.min_free, options.min_free_percent
+    try:
+        if "cache_max" not in options.fixed_bounds and file.cache_max is not None:
+            max_bytes = parse_size(file.cache_max)[0]
+        if "min_free" not in options.fixed_bounds and file.min_free is not None:
+            min_free, min_free_percent = parse_size(file.min_free, percent=True)
+    except UsageError as e:
+        raise UsageError(f"the configuration {file.path}: {e}") from None
+    return CacheBounds(max_bytes, min_free, min_free_percent)
+
+
+async def _reload(
+    options: MountOptions, registry: Registry, anonymous: Registry | None, evictor: Evictor
+) -> None:
+    """SIGHUP: read the configuration file again (registries, mirrors, the key, credentials,
+    cache bounds) and use it, without unmounting; a file that does not read keeps the old."""
+    mountctl.notify_systemd("RELOADING=1\nSTATUS=reloading the configuration")
+    try:
+        if options.settings_loader is None:
+            log.info("SIGHUP: no configuration to read again")
+            return
+        try:
+            loaded, file = await trio.to_thread.run_sync(options.settings_loader)
+            config = registry_config(dataclasses.replace(options, registry=loaded))
+            bounds = cache_bounds(options, file)
+        except ModelfsError as e:
+            log.warning("SIGHUP: keeping the configuration in use: %s", e)
+            return
+        registry.reconfigure(config)
+        if anonymous is not None:
+            anonymous.reconfigure(dataclasses.replace(config, anonymous=True))
+        evictor.bounds = bounds
+        evictor.kick()
+        log.info("SIGHUP: reloaded the configuration %s", file.path or "(no file)")
+    finally:
+        mountctl.notify_systemd(f"READY=1\nSTATUS=serving {options.mountpoint}")
 
 
 def registry_config(options: MountOptions) -> RegistryConfig:
@@ -356,13 +430,19 @@ def cached_hosts(cache: BlobCache) -> set[str]:
     return hosts
 
 
-def access_policy(options: MountOptions, config: RegistryConfig, cache: BlobCache) -> Access:
-    """Who may make the daemon reach which registry, with whose credentials."""
-    configured = {h.lower() for h in (*config.insecure_hosts, *config.tls_hosts, *config.mirrors)}
+def access_policy(
+    options: MountOptions, current: Callable[[], RegistryConfig], cache: BlobCache
+) -> Access:
+    """Who may make the daemon reach which registry, with whose credentials; ``current``
+    gives the registry settings in use (a reload changes them)."""
 
     def others_may_reach() -> set[str]:
         # Asked for each lookup by another user: hosts modelfs was told of, and those whose
         # models are already in the cache (complete or pending).
+        config = current()
+        configured = {
+            h.lower() for h in (*config.insecure_hosts, *config.tls_hosts, *config.mirrors)
+        }
         return configured | cached_hosts(cache)
 
     return Access(
@@ -374,7 +454,7 @@ def access_policy(options: MountOptions, config: RegistryConfig, cache: BlobCach
 
 
 async def enable_links(
-    tree: Tree, ops: fuse_ops.Operations, cache: BlobCache, mountpoint: Path
+    tree: Tree, ops: fuse_ops.Operations, cache: BlobCache, mountpoint: Path, view: bool = True
 ) -> None:
     """Serve complete blobs as symlinks, so their bytes never pass through the daemon.
 
@@ -393,7 +473,11 @@ async def enable_links(
         log.warning("cannot watch %s (%s): links to removed blobs linger 1 s", cache.blobs_dir, e)
         watch = None
     try:
-        why = await trio.to_thread.run_sync(mountctl.bind_blobs_view, cache.blobs_dir, mountpoint)
+        why = (
+            await trio.to_thread.run_sync(mountctl.bind_blobs_view, cache.blobs_dir, mountpoint)
+            if view
+            else "-o blobs_view=no"
+        )
     except BaseException:
         if watch is not None:
             os.close(watch)
@@ -415,11 +499,18 @@ async def enable_links(
 
 
 async def _watch_signals(
-    signalled: trio.Event, mountpoint: Path, registries: list[Registry]
+    signalled: trio.Event,
+    mountpoint: Path,
+    registries: list[Registry],
+    reload: Callable[[], Awaitable[None]],
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                await reload()
+                continue
             log.info("signal %s: unmounting", signal.Signals(signum).name)
+            mountctl.notify_systemd(f"STOPPING=1\nSTATUS=unmounting {mountpoint}")
             signalled.set()
             # While the mount still serves: detaching the view looks up <mnt>/.blobs.
             try:

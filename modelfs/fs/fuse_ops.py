@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,19 +41,29 @@ def boundary(fn: F) -> F:
     async def handler(self: Operations, *args: Any) -> Any:
         try:
             return await fn(self, *args)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as e:
+            _count_error(self, e.errno)
             raise
         except TreeError as e:
-            raise pyfuse3.FUSEError(e.errno) from None
+            err = e.errno
         except ModelfsError as e:
             err = errno_for(e)
             log.info("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(err) from None
         except Exception:
             log.exception("unexpected error in FUSE handler %s", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            err = errno.EIO
+        _count_error(self, err)
+        raise pyfuse3.FUSEError(err) from None
 
     return handler  # type: ignore[return-value]
+
+
+def _count_error(owner: object, err: int) -> None:
+    # Errors answered, by errno, in the counter the daemon gave (``Operations.errors``);
+    # an owner without one (a unit test's) counts nothing.
+    errors: Counter[int] | None = getattr(owner, "errors", None)
+    if errors is not None:
+        errors[err] += 1
 
 
 def _decode(name: bytes) -> str:
@@ -68,8 +79,17 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, nursery: trio.Nursery, cache_root: str) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        nursery: trio.Nursery,
+        cache_root: str,
+        errors: Counter[int] | None = None,
+    ) -> None:
         super().__init__()
+        # Errors answered to the kernel, by errno (read by ``modelfs status``); handlers run on
+        # the trio thread, so a plain Counter needs no lock.
+        self.errors: Counter[int] = errors if errors is not None else Counter()
         self.pusher = Pusher()
         self.tree = tree
         self.nursery = nursery

@@ -263,13 +263,8 @@ class Registry:
     def __init__(self, config: RegistryConfig | None = None) -> None:
         self.config = config or RegistryConfig()
         self._ssl = _ssl_context(self.config)
-        self._client = httpx.AsyncClient(
-            headers={"User-Agent": self.config.user_agent},
-            timeout=httpx.Timeout(self.config.stall_seconds, connect=self.config.connect_seconds),
-            follow_redirects=True,
-            verify=self._ssl,
-            trust_env=True,
-        )
+        self._client = self._new_client()
+        self._retired: list[httpx.AsyncClient] = []
         self.bulk = BulkClient(
             BulkSettings(
                 connect_seconds=self.config.connect_seconds,
@@ -279,14 +274,7 @@ class Registry:
                 ssl_context_factory=lambda: self._ssl,
             )
         )
-        self.auth = Authenticator(
-            self._fetch_token,
-            AuthConfig(
-                key_path=self.config.key_path,
-                docker_config=self.config.docker_config,
-                anonymous=self.config.anonymous,
-            ),
-        )
+        self.auth = self._new_auth()
         self._auth_locks: KeyedLock[tuple[str, tuple[str, ...]]] = KeyedLock()
         self._mirror_down_until: dict[str, float] = {}
         # Hosts that answered 404 to the referrers API: the referrers tag schema is used.
@@ -294,7 +282,40 @@ class Registry:
 
     async def aclose(self) -> None:
         self.bulk.close()
-        await self._client.aclose()
+        for client in (*self._retired, self._client):
+            await client.aclose()
+
+    def reconfigure(self, config: RegistryConfig) -> None:
+        """Use ``config`` from now on (the daemon's SIGHUP): hosts, TLS, mirrors, the key and
+        stored credentials. Requests in flight finish on the old settings; cached tokens are
+        dropped, so credentials are read again at the next challenge."""
+        self.config = config
+        self._ssl = _ssl_context(config)  # the bulk pool takes it for its next connections
+        # The old control client may be mid-request: retire it, close it with the registry.
+        self._retired.append(self._client)
+        self._client = self._new_client()
+        self.auth = self._new_auth()
+        self._mirror_down_until.clear()
+        self._no_referrers_api.clear()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            headers={"User-Agent": self.config.user_agent},
+            timeout=httpx.Timeout(self.config.stall_seconds, connect=self.config.connect_seconds),
+            follow_redirects=True,
+            verify=self._ssl,
+            trust_env=True,
+        )
+
+    def _new_auth(self) -> Authenticator:
+        return Authenticator(
+            self._fetch_token,
+            AuthConfig(
+                key_path=self.config.key_path,
+                docker_config=self.config.docker_config,
+                anonymous=self.config.anonymous,
+            ),
+        )
 
     def abort_transfers(self) -> None:
         """End every blob transfer in progress (shutdown): their threads return at once."""

@@ -3,6 +3,8 @@
 ```toml
 ca_file = "/etc/ssl/certs/company-ca.pem"   # extra CA for every registry (else the system store)
 key = "/root/.ollama/id_ed25519"            # the Ollama key (default ~/.ollama/id_ed25519)
+cache_max = "200G"                          # mounts keep the cache within these bounds
+min_free = "10%"                            # (-o cache_max=, -o min_free= win over them)
 
 [[registry]]
 host = "registry.lan:5000"
@@ -17,7 +19,8 @@ endpoints = ["http://mirror.lan:5000"]
 ```
 
 ``MODELFS_CONFIG`` names another file. A missing file is an empty configuration; a file
-that does not parse is a one-line error naming it.
+that does not parse is a one-line error naming it. A mount reads it again on SIGHUP
+(``systemctl reload``): registries, mirrors, the key, credentials and cache bounds.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class FileConfig:
     insecure_hosts: tuple[str, ...] = ()
     tls_hosts: tuple[str, ...] = ()
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Cache bounds as written ("200G", "10%"); a mount parses them (blobs.eviction.parse_size).
+    cache_max: str | None = None
+    min_free: str | None = None
 
 
 def config_path() -> Path:
@@ -69,7 +75,7 @@ def load_config(path: Path | None = None) -> FileConfig:
     def bad(why: str) -> UsageError:
         return UsageError(f"the configuration {path}: {why}")
 
-    known = {"ca_file", "key", "registry", "mirror"}
+    known = {"ca_file", "key", "registry", "mirror", "cache_max", "min_free"}
     unknown = set(doc) - known
     if unknown:
         raise bad(f"unknown setting {sorted(unknown)[0]!r}")
@@ -78,6 +84,12 @@ def load_config(path: Path | None = None) -> FileConfig:
     for label, value in (("ca_file", ca_file), ("key", key)):
         if value is not None and not isinstance(value, str):
             raise bad(f"{label} must be a path")
+    bounds = {}
+    for label in ("cache_max", "min_free"):
+        value = doc.get(label)
+        if value is not None and not isinstance(value, str | int):
+            raise bad(f'{label} must be a size such as "200G"')
+        bounds[label] = str(value) if value is not None else None
     insecure: list[str] = []
     tls: list[str] = []
     registries = doc.get("registry", [])
@@ -122,4 +134,5 @@ def load_config(path: Path | None = None) -> FileConfig:
         insecure_hosts=tuple(insecure),
         tls_hosts=tuple(tls),
         mirrors=mirrors,
+        **bounds,
     )

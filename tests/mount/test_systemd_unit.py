@@ -1,9 +1,13 @@
-"""systemd/modelfs.service does what it says: its ExecStart mounts, tells systemd READY=1 once
-the mount is live, and its ExecStop unmounts and ends the daemon cleanly."""
+"""systemd/modelfs@.service run by hand, as systemd would run it (tests/systemd boots a real
+systemd for the rest): its ExecStart mounts the instance's path and says READY=1 only once the
+mount is live, with a STATUS= line; ExecReload (SIGHUP) reloads without unmounting (RELOADING=1,
+then READY=1); SIGTERM, what `systemctl stop` sends, unmounts and exits 0; its messages go to
+the journal with levels."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -12,36 +16,72 @@ from pathlib import Path
 
 from mount.test_mount import TAG_DIR
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "modelfs.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "modelfs@.service"
 READY_SECONDS = 60
 
 
-def unit_settings() -> dict[str, list[str]]:
+def unit_settings(instance_path: Path) -> dict[str, list[str]]:
+    """The unit's [Service] settings with %f (the instance's path) and %i filled in."""
+    escaped = str(instance_path).strip("/").replace("-", "\\x2d").replace("/", "-")
     settings: dict[str, list[str]] = {}
     for line in UNIT.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith(("#", "[")):
             continue
         key, _, value = line.partition("=")
+        value = value.replace("%f", str(instance_path)).replace("%i", escaped)
         settings.setdefault(key, []).append(value)
     return settings
 
 
-def test_unit_execstart_notifies_ready_and_execstop_unmounts(
+def shell_command(value: str) -> list[str]:
+    # /bin/sh -c '…' modelfs <path>: systemd passes the quoted script as one word.
+    program, flag, rest = value.removeprefix("-").split(" ", 2)
+    assert (program, flag) == ("/bin/sh", "-c")
+    script, _, args = rest[1:].partition("' ")
+    return [program, flag, script, *args.split()]
+
+
+def exec_start(settings: dict[str, list[str]]) -> list[str]:
+    (value,) = settings["ExecStart"]
+    return shell_command(value)
+
+
+def mount_id(mnt: Path) -> str | None:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mnt):
+            return fields[0]
+    return None
+
+
+def test_the_template_unit_mounts_reloads_and_stops_as_systemd_runs_it(
     tmp_path: Path, registry, smollm2_pushed
 ) -> None:
-    settings = unit_settings()
+    mnt = tmp_path / "srv" / "models"
+    settings = unit_settings(mnt)
     assert settings["Type"] == ["notify"]
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    assert settings["ExecReload"] == ["/bin/sh -c 'kill -HUP \"$MAINPID\"'"]
+    assert settings["Restart"] == ["on-failure"]
+    (stop_post,) = settings["ExecStopPost"]
+    assert stop_post.startswith("-/bin/sh -c ") and "fusermount3 -uz" in stop_post
+    assert settings["SyslogIdentifier"] == ["modelfs"]
+    mnt.mkdir(parents=True)
     wrapper = tmp_path / "modelfs"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m modelfs "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    journal = tmp_path / "journal"
     env = {
         **os.environ,
-        "MODELFS_MOUNTPOINT": str(mnt),
         "OLLAMA_MODELS": str(tmp_path / "cache"),
-        "MODELFS_ARGS": "-o allow_other",
+        "MODELFS_CONFIG": str(config),
+        "MODELFS_ARGS": next(
+            e.strip('"').partition("=")[2]
+            for e in settings["Environment"]
+            if e.strip('"').startswith("MODELFS_ARGS=")
+        ),
         "MODELFS_BIN": str(wrapper),
         "XDG_RUNTIME_DIR": str(tmp_path / "run"),
     }
@@ -49,32 +89,51 @@ def test_unit_execstart_notifies_ready_and_execstop_unmounts(
     notify = tmp_path / "notify.sock"
     env["NOTIFY_SOCKET"] = str(notify)
 
-    def command(key: str) -> list[str]:
-        # ExecStart=/bin/sh -c '…' — systemd splits the quoted script as one word.
-        (value,) = settings[key]
-        program, flag, script = value.split(" ", 2)
-        assert (program, flag) == ("/bin/sh", "-c")
-        return [program, flag, script.strip("'")]
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, open(journal, "wb") as out:
         sock.bind(str(notify))
         sock.settimeout(READY_SECONDS)
+        st = os.fstat(out.fileno())
+        env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"  # as systemd says stderr is the journal
         daemon = subprocess.Popen(
-            command("ExecStart"), env=env, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            exec_start(settings), env=env, stderr=out, stdin=subprocess.DEVNULL
         )
         try:
             message = sock.recv(1024).decode()
             assert "READY=1" in message
             assert os.path.ismount(mnt), "READY=1 came before the mount was live"
+            status = sock.recv(1024).decode()
+            assert status.startswith(f"STATUS=serving {mnt}"), status
             params = mnt / registry.host / TAG_DIR / "params.json"
             assert params.read_text() == '{"temperature":0.2}'
-            stop = subprocess.run(command("ExecStop"), env=env, capture_output=True, timeout=60)
-            assert stop.returncode == 0, stop.stderr
+            options = next(
+                line.split()[5] + " " + line.split(" - ")[1]
+                for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if line.split()[4] == str(mnt)
+            )
+            assert "allow_other" in options and "default_permissions" in options, options
+
+            before = mount_id(mnt)
+            daemon.send_signal(signal.SIGHUP)  # ExecReload
+            assert sock.recv(1024).decode().startswith("RELOADING=1")
+            assert sock.recv(1024).decode().startswith("READY=1")
+            assert mount_id(mnt) == before, "a reload remounted"
+            assert params.read_text() == '{"temperature":0.2}'
+
+            daemon.send_signal(signal.SIGTERM)  # systemctl stop
             assert daemon.wait(60) == 0
             assert not os.path.ismount(mnt)
+            # ExecStopPost after a clean stop: nothing to clear, nothing said.
+            post = subprocess.run(
+                shell_command(stop_post), capture_output=True, text=True, check=False
+            )
+            assert (post.returncode, post.stderr) == (0, "")
         finally:
             if daemon.poll() is None:
-                subprocess.run(["umount", "-l", str(mnt)], check=False)
+                subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
                 daemon.kill()
                 daemon.wait()
-            daemon.stderr.close()  # type: ignore[union-attr]
+    lines = journal.read_text().splitlines()
+    assert any(line.startswith("<6>modelfs.fs.daemon: mounted ") for line in lines), lines
+    assert any("<6>modelfs.fs.daemon: SIGHUP: reloaded the configuration" in ln for ln in lines)
+    assert all(line.startswith("<") for line in lines), lines  # every line has its level
+    assert not any(line[3:7].isdigit() for line in lines), "timestamps of our own in the journal"

@@ -1,0 +1,127 @@
+"""``modelfs status``: ask running mounts for their live figures and print them.
+
+Each mount's daemon answers on its control socket (``fs.status``: next to its pid
+file, under ``$XDG_RUNTIME_DIR/modelfs`` or ``/run/modelfs``) with one JSON
+document. Without a mountpoint every socket there is asked; one nobody answers on
+(its daemon was killed) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from modelfs.commands.progress import human_bytes, human_seconds
+from modelfs.errors import MountError
+from modelfs.fs.mountctl import runtime_dir
+from modelfs.fs.status import control_socket, unix_address
+
+log = logging.getLogger(__name__)
+
+ANSWER_SECONDS = 10.0
+MAX_ANSWER_BYTES = 16 << 20
+LABEL_WIDTH = 10
+
+
+def query(path: Path, timeout: float = ANSWER_SECONDS) -> dict[str, Any]:
+    """The figures of the daemon listening at ``path`` (OSError if none does)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        with unix_address(path) as address:
+            s.connect(address)
+        s.sendall(b"status\n")
+        data = b""
+        while len(data) < MAX_ANSWER_BYTES and (piece := s.recv(1 << 16)):
+            data += piece
+    reply = json.loads(data)
+    if not isinstance(reply, dict) or "error" in reply:
+        raise ValueError(f"unexpected answer {data[:80]!r}")
+    return reply
+
+
+def mount_status(mountpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """The figures of the mount at ``mountpoint``; a ``MountError`` if no daemon serves it."""
+    shown = os.path.abspath(mountpoint)
+    try:
+        reply = query(control_socket(mountpoint))
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        raise MountError(f"no modelfs daemon serves {shown}") from None
+    except TimeoutError:
+        raise MountError(
+            f"the modelfs daemon of {shown} did not answer in {ANSWER_SECONDS:.0f}s"
+        ) from None
+    except OSError as e:
+        raise MountError(f"cannot ask the modelfs daemon of {shown}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise MountError(f"the modelfs daemon of {shown} answered oddly: {e}") from None
+    if os.path.abspath(str(reply.get("mountpoint"))) != shown:
+        raise MountError(f"no modelfs daemon serves {shown}")
+    return reply
+
+
+def every_mount() -> list[dict[str, Any]]:
+    """The figures of every mount of this user whose daemon answers, by mountpoint."""
+    try:
+        sockets = sorted(runtime_dir().glob("*.sock"))
+    except OSError:
+        return []
+    found = []
+    for path in sockets:
+        try:
+            found.append(query(path))
+        except (OSError, ValueError) as e:
+            log.debug("%s: no answer (%s)", path, e)
+    return sorted(found, key=lambda r: str(r.get("mountpoint")))
+
+
+def render(r: dict[str, Any]) -> str:
+    """A few aligned lines for one mount."""
+    lines: list[tuple[str, str]] = []
+    lines.append(
+        (
+            "daemon",
+            f"pid {r['pid']}, modelfs {r['version']}, up {human_seconds(r['uptime_seconds'])}",
+        )
+    )
+    cache = r["cache"]
+    lines.append(
+        (
+            "cache",
+            f"{r['cache_root']}: {human_bytes(cache['bytes'])} used, "
+            f"{human_bytes(cache['free_bytes'])} free",
+        )
+    )
+    bound = "none" if cache["max_bytes"] is None else human_bytes(cache["max_bytes"])
+    keep = f"keep {human_bytes(cache['min_free_bytes'])} free"
+    if cache["min_free_percent"] is not None:
+        keep += f" ({cache['min_free_percent']:g}% of {human_bytes(cache['filesystem_bytes'])})"
+    lines.append(("bounds", f"max {bound}, {keep}"))
+    fetched = r["fetched_bytes"]
+    if not fetched:
+        lines.append(("fetched", "nothing yet"))
+    for i, (host, n) in enumerate(sorted(fetched.items())):
+        lines.append(("fetched" if i == 0 else "", f"{human_bytes(n)} from {host}"))
+    reads = r["reads"]
+    lines.append(("reads", f"{reads['hit']} hits, {reads['miss']} misses (waited for a fetch)"))
+    if not r["in_flight"]:
+        lines.append(("in flight", "none"))
+    for i, b in enumerate(r["in_flight"]):
+        done = f"{human_bytes(b['present_bytes'])}/{human_bytes(b['size_bytes'])}"
+        lines.append(("in flight" if i == 0 else "", f"{b['digest']}  {b['name']}  {done}"))
+    lines.append(("errors", ", ".join(f"{name} {n}" for name, n in r["errors"].items())))
+    failures = r["digest_failures"]
+    lines.append(
+        ("mismatches", f"{failures['chunk']} chunks, {failures['blob']} whole blobs (discarded)")
+    )
+    evictions = r["evictions"]
+    lines.append(
+        ("evictions", f"{evictions['count']} models, {human_bytes(evictions['bytes'])} freed")
+    )
+    if r.get("metrics"):
+        lines.append(("metrics", f"http://{r['metrics']}/metrics"))
+    body = "\n".join(f"  {label:<{LABEL_WIDTH}} {text}".rstrip() for label, text in lines)
+    return f"{r['mountpoint']}\n{body}"

@@ -1,0 +1,138 @@
+"""``modelfs status`` and ``-o metrics``: the live figures of a real mount match what happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.request
+from typing import Any
+
+from mount.test_mount import TAG_DIR, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from support.mount import one_line_error, run_modelfs, sha256_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def status_json(m, *args: str) -> Any:
+    return json.loads(run_modelfs("status", *args, "--json", env=m.env).stdout)
+
+
+def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample at ``http://address/metrics``: (name, sorted labels) → value."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def reread_through_the_daemon(path) -> None:
+    """Read the whole file again, its pages first dropped from the kernel's cache, so that
+    every read reaches the daemon."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        while os.read(fd, 1 << 20):
+            pass
+    finally:
+        os.close(fd)
+
+
+def test_status_and_metrics_count_what_the_mount_fetched_and_served(
+    proxy, mount_factory, smollm2_pushed, model_hex, source
+):
+    port = free_port()
+    # links=no: a complete model is read through the daemon, not through a link to the cache.
+    m = mount_factory(f"metrics=127.0.0.1:{port}", "links=no")
+    model = m.mountpoint / proxy.host / TAG_DIR / "model.gguf"
+    assert sha256_path(model) == model_hex
+
+    def counted_all() -> dict[str, Any] | None:
+        # The daemon counts each chunk as it lands; the proxy records a request once it has
+        # sent the body: wait until both have seen everything.
+        s = status_json(m, str(m.mountpoint))
+        return s if s["fetched_bytes"].get(proxy.host) == proxy.blob_bytes() else None
+
+    first = wait_for(counted_all, "status to count every byte the proxy served")
+    assert proxy.blob_bytes(model_hex) == len(source), "the model was not fetched exactly once"
+    assert first["mountpoint"] == str(m.mountpoint)
+    assert first["cache_root"] == str(m.cache)
+    assert first["metrics"] == f"127.0.0.1:{port}"
+    assert first["reads"]["miss"] > 0, "a cold read was not counted as a miss"
+    assert first["digest_failures"] == {"chunk": 0, "blob": 0}
+    assert first["errors"]["EIO"] == 0
+    assert first["evictions"] == {"count": 0, "bytes": 0}
+    assert first["cache"]["bytes"] >= len(source)
+
+    reread_through_the_daemon(model)
+    again = status_json(m, str(m.mountpoint))
+    assert again["reads"]["hit"] > first["reads"]["hit"], "re-reading found no hits"
+    assert again["reads"]["miss"] == first["reads"]["miss"], "re-reading a complete model missed"
+    assert again["fetched_bytes"] == first["fetched_bytes"], "re-reading fetched bytes again"
+    assert again["in_flight"] == []
+
+    samples = scrape(first["metrics"])
+    host = (("registry", proxy.host),)
+    assert samples[("modelfs_fetched_bytes_total", host)] == proxy.blob_bytes()
+    assert samples[("modelfs_reads_total", (("result", "hit"),))] == again["reads"]["hit"]
+    assert samples[("modelfs_reads_total", (("result", "miss"),))] == again["reads"]["miss"]
+    assert samples[("modelfs_cache_bytes", ())] > 0
+    assert samples[("modelfs_blobs_in_flight", ())] == 0
+    assert samples[("modelfs_digest_failures_total", (("kind", "chunk"),))] == 0
+    assert samples[("modelfs_errors_total", (("errno", "EIO"),))] == 0
+    requests = samples[("modelfs_fetch_seconds_count", host)]
+    assert 0 < requests <= again["range_requests"], "no range request was timed"
+
+    # Without a mountpoint: every mount of this user, in text.
+    text = run_modelfs("status", env=m.env).stdout
+    assert text.splitlines()[0] == str(m.mountpoint)
+    assert f"from {proxy.host}" in text
+    assert f"http://127.0.0.1:{port}/metrics" in text
+
+
+def test_status_of_a_path_no_daemon_serves_is_a_one_line_error(mount_factory, tmp_path):
+    m = mount_factory()
+    assert status_json(m, str(m.mountpoint))["mountpoint"] == str(m.mountpoint)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = run_modelfs("status", str(plain), env=m.env, check=False)
+    assert one_line_error(result) == f"modelfs: no modelfs daemon serves {plain}"
+    m.stop()
+    result = run_modelfs("status", str(m.mountpoint), env=m.env, check=False)
+    assert one_line_error(result) == f"modelfs: no modelfs daemon serves {m.mountpoint}"
+    run = m.root / "run" / "modelfs"
+    assert not list(run.glob("*.sock")), "the daemon left its control socket behind"
+    assert status_json(m) == []
+
+
+def test_a_metrics_port_in_use_fails_the_mount(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_modelfs(
+            "mount",
+            str(mnt),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--log",
+            str(tmp_path / "modelfs.log"),
+            "--metrics",
+            f"127.0.0.1:{port}",
+            env=env,
+            check=False,
+            timeout=60,
+        )
+    assert one_line_error(result).startswith(f"modelfs: cannot serve metrics at 127.0.0.1:{port}: ")
+    assert not os.path.ismount(mnt), "mounted although its metrics port was taken"
