@@ -20,6 +20,23 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The systemd tier (tests/systemd) boots systemd 252 in systemd-nspawn, in a Debian tree that
+# mmdebstrap builds once. Without recommends (libnss-mymachines would edit the host's
+# nsswitch.conf); if they cannot be installed, that tier skips and says why.
+missing=()
+for p in systemd-container mmdebstrap; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing ${missing[*]} (for the systemd tier)" >&2
+    { $SUDO apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null; } ||
+        echo "setup: could not install ${missing[*]}; the systemd tier will be skipped" >&2
+fi
+
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: modelfs needs Python 3.11 or newer ($PYTHON is $("$PYTHON" --version))" >&2

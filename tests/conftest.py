@@ -1,10 +1,12 @@
-"""Fixtures shared by the three tiers: a real registry, SmolLM2, a proxy, real mounts."""
+"""Fixtures shared by the tiers: a real registry, SmolLM2, a proxy, real mounts, containers
+booting systemd."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 from gguf_synth import smollm2_gguf_path, write_synthetic_gguf
+from support import nspawn
 from support.mount import Mount, run_modelfs
 from support.ollama_front import CDN, OllamaFront
 from support.proxy import Proxy
@@ -168,11 +171,64 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.component)
         if "mount" in parts:
             item.add_marker(pytest.mark.mount)
+        if "systemd" in parts:
+            item.add_marker(pytest.mark.systemd)
     if os.environ.get("MODELFS_SKIP_MOUNT"):
         skip = pytest.mark.skip(reason="MODELFS_SKIP_MOUNT is set")
         for item in items:
             if "mount" in item.keywords:
                 item.add_marker(skip)
+
+
+# -- systemd in a container (tests/systemd; see support/nspawn.py)
+
+
+@pytest.fixture(scope="session")
+def systemd_image() -> Iterator[Path]:
+    """A Debian bookworm tree with this working tree's modelfs installed, for containers to
+    boot; the whole tier is skipped, saying why, where this machine cannot boot one."""
+    try:
+        nspawn.check_host()
+        tarball = nspawn.rootfs_tarball()
+        deps = nspawn.dependency_wheels()
+        backend = nspawn.build_backend_wheels()
+    except nspawn.Unavailable as e:
+        pytest.skip(f"systemd tier: {e}")
+    work = Path(tempfile.mkdtemp(prefix="modelfs-systemd-"))
+    with nspawn.runtime_dirs_removed():
+        try:
+            image = work / "image"
+            nspawn.unpack(tarball, image)
+            try:
+                nspawn.Container(image, f"modelfs-probe-{os.getpid()}", work).start().stop()
+            except nspawn.BootFailed as e:
+                pytest.skip(f"systemd tier: systemd-nspawn cannot boot a container here: {e}")
+            wheels = work / "wheels"
+            wheels.mkdir()
+            nspawn.modelfs_wheel(wheels, backend)
+            nspawn.install_modelfs(image, deps, wheels)
+            yield image
+        finally:
+            shutil.rmtree(work)
+
+
+@pytest.fixture
+def container_factory(
+    systemd_image: Path, tmp_path: Path
+) -> Iterator[Callable[..., nspawn.Container]]:
+    """``make(files={path: text})`` boots a fresh container (``files`` placed before boot);
+    all are powered off after the test."""
+    started: list[nspawn.Container] = []
+
+    def make(files: dict[str, str] | None = None) -> nspawn.Container:
+        name = f"modelfs-{os.getpid()}-{len(started)}"
+        container = nspawn.Container(systemd_image, name, tmp_path, files=files)
+        started.append(container)
+        return container.start()
+
+    yield make
+    for container in started:
+        container.stop()
 
 
 @pytest.fixture
