@@ -34,6 +34,7 @@ from modelfs.blobs.partial import PartialFile
 from modelfs.blobs.progress import Progress
 from modelfs.blobs.receive import RangeReceiver
 from modelfs.blobs.wholecheck import WholeCheck
+from modelfs.blobs.wholestream import WholeStream
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
 from modelfs.flight import Flight
 from modelfs.formats.chunks import BlobChunks, ChunkLayout, serialize_chunk_index
@@ -110,6 +111,10 @@ class BlobFetch:
         self._tasks: TaskGroup | None = None
         self._finalizing: Flight | None = None
         self._mismatched: set[int] = set()  # chunks that failed their check once
+        self._stream: WholeStream | None = None  # a whole-blob body being taken as the fill
+        # Set once the first range request of this blob has an answer: until then no other
+        # is sent (a mirror that answers with the whole blob would copy it once per request).
+        self._first_answer: trio.Event | None = None
         self._disk_failed = False
         self._disk_error: ModelfsError | None = None
         self._wait_publish_seconds = PARTIAL_BUSY_POLL_SECONDS
@@ -281,7 +286,15 @@ class BlobFetch:
         waits, new = self._claim(lo, hi)
         self._start_runs(new)
         for flight in waits:
-            await flight.wait(self.ctx.settings.read_wait_seconds, self.what)
+            await self._wait(flight, self.ctx.settings.read_wait_seconds)
+
+    async def _wait(self, flight: Flight, seconds: float | None) -> None:
+        """Wait for a chunk's flight; one a whole-blob body brings, while that body moves."""
+        stream = self._stream
+        if stream is not None and stream.owns(flight):
+            await stream.wait(flight, seconds, self.what)
+        else:
+            await flight.wait(seconds, self.what)
 
     def prefetch(self, lo: int, hi: int) -> None:
         """Start fetching chunks ``[lo, hi)`` without waiting for them (readahead).
@@ -393,6 +406,29 @@ class BlobFetch:
                 flight.finish(error)
 
     async def _fetch_range(self, start: int, end: int) -> None:
+        gate, first = self._first_answer, False
+        if gate is None:
+            gate, first = trio.Event(), True
+            self._first_answer = gate
+        try:
+            if not first:
+                await gate.wait()
+            stream = self._stream
+            if stream is not None and not stream.ended:
+                # A whole-blob body is coming: it brings these chunks too; ask only for
+                # what it did not bring once it ends.
+                asked = self.layout.covering(start, end - start)
+                await stream.bring(asked, self.has)
+                missing = [i for i in asked if not self.has(i)]
+                if not missing:
+                    return
+                start, end = self.layout.span(missing[0])[0], self.layout.span(missing[-1])[1]
+            await self._request_range(start, end)
+        finally:
+            if first:
+                gate.set()
+
+    async def _request_range(self, start: int, end: int) -> None:
         partial = self.partial
         if partial is not None and not self._disk_failed:
             try:
@@ -401,6 +437,7 @@ class BlobFetch:
                 self._disk_failure(e)
         token = trio.lowlevel.current_trio_token()
         layout = self.layout
+        asked = layout.covering(start, end - start)
         receiver = RangeReceiver(
             layout,
             self.index,
@@ -411,12 +448,84 @@ class BlobFetch:
             disk_failed=lambda e: trio.from_thread.run_sync(
                 self._disk_failure, e, trio_token=token
             ),
+            asked=asked,
         )
+        started: list[WholeStream] = []
+
+        def on_whole(length: int | None) -> bool:
+            # Worker thread: the answer is the whole blob. Take it if it is this blob's size.
+            if length is not None and length != self.size:
+                return False
+            extra = trio.from_thread.run_sync(self._whole_started, asked, trio_token=token)
+            if extra is None:
+                return False
+            started.append(extra)
+            receiver.extra = extra.takes
+            if partial is not None and not self._disk_failed:
+                try:
+                    partial.reserve(0, self.size)
+                except (CacheFull, CacheError) as e:
+                    trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
+            return True
+
         # Fixed chunks arrive as one piece each; a registry's ranges in bounded pieces.
         piece_bytes = layout.chunk_bytes if layout.fixed else min(layout.largest_bytes, PIECE_BYTES)
-        await self.ctx.read_range(
-            self.registry, self.name, self.digest, start, end, piece_bytes, receiver.on_piece
+        try:
+            await self.ctx.read_range(
+                self.registry,
+                self.name,
+                self.digest,
+                start,
+                end,
+                piece_bytes,
+                receiver.on_piece,
+                on_whole,
+            )
+        finally:
+            for stream in started:
+                self._whole_ended(stream)
+
+    # -- a whole-blob body for a range request (wholestream) ---------------------------------
+
+    def _whole_started(self, asked: range) -> WholeStream | None:
+        """Trio side of a whole-blob answer: claim every chunk nobody has or is fetching, so
+        that readers wait for this body instead of asking that mirror for more ranges."""
+        if (
+            self._stream is not None
+            or self.published
+            or self.failure is not None
+            or self.partial is None
+            or self._disk_failed
+        ):
+            return None  # only the asked range is taken from this body
+        claimed: dict[int, Flight] = {}
+        for i in range(self.chunks):
+            if i in asked or i in self.flights or self.has(i):
+                continue
+            claimed[i] = self.flights[i] = Flight()
+        self._stream = WholeStream(claimed)
+        if self._first_answer is not None:
+            self._first_answer.set()
+        log.info(
+            "%s: %s answered a range request with the whole blob (a mirror filling its cache?); "
+            "taking it as the fill, %d chunks from it, no other range requests meanwhile",
+            self.what,
+            self.name.host,
+            len(claimed),
         )
+        return self._stream
+
+    def _whole_ended(self, stream: WholeStream) -> None:
+        if self._stream is stream:
+            self._stream = None
+        missing = stream.end()
+        if missing and not self.closing and self.failure is None and not self.published:
+            log.info(
+                "%s: the whole-blob body ended without %d chunks; fetching them as ranges",
+                self.what,
+                len(missing),
+            )
+            self._start_runs(missing)
 
     # -- landing chunks ----------------------------------------------------------------------
 
@@ -470,6 +579,10 @@ class BlobFetch:
         flight = self.flights.pop(i, None)
         if flight is not None:
             flight.finish()
+        if self._first_answer is not None:
+            self._first_answer.set()
+        if self._stream is not None:
+            self._stream.landed()
         if data is None:
             self._advance_whole()
         if self.partial is not None and self.partial.complete:
@@ -638,7 +751,7 @@ class BlobFetch:
             waits, new = self._claim(0, self.chunks)
             self._start_runs(new)
             for flight in waits:
-                await flight.wait(wait_seconds, self.what)
+                await self._wait(flight, wait_seconds)
             if self.partial.complete and self._finalizing is None and not self.published:
                 self._start_finalize()
             finalizing = self._finalizing

@@ -76,7 +76,9 @@ class BlobSource(Protocol):
     repository serves it) to ``on_piece(offset, view)`` in pieces of ``piece_bytes``,
     from a worker thread taken under ``limiter``; the view is valid only during the
     call. Pieces delivered before a failure stay delivered. Failures are modelfs
-    errors: ``Transient`` ones are retried.
+    errors: ``Transient`` ones are retried. A source that answers with the whole blob
+    instead asks ``on_whole(length)`` (worker thread) whether to deliver all of it, from
+    offset 0.
     """
 
     async def read_range(
@@ -89,6 +91,7 @@ class BlobSource(Protocol):
         on_piece: Callable[[int, memoryview], None],
         *,
         limiter: trio.CapacityLimiter,
+        on_whole: Callable[[int | None], bool] | None = None,
     ) -> None: ...
 
     async def chunksums(self, name: Name, digest: Digest) -> Chunksums | None:
@@ -198,6 +201,7 @@ class FetchContext:
         end: int,
         piece_bytes: int,
         on_piece: Callable[[int, memoryview], None],
+        on_whole: Callable[[int | None], bool] | None = None,
     ) -> None:
         """One range request, under a stream slot of ``name``'s host, counted and timed.
 
@@ -208,7 +212,14 @@ class FetchContext:
         async with self.streams.slot(name.host):
             began = trio.current_time()
             await registry.read_range(
-                name, digest, start, end, piece_bytes, on_piece, limiter=self.streams.threads
+                name,
+                digest,
+                start,
+                end,
+                piece_bytes,
+                on_piece,
+                limiter=self.streams.threads,
+                on_whole=on_whole,
             )
             if self.stats.on_range_seconds is not None:
                 self.stats.on_range_seconds(name.host.lower(), trio.current_time() - began)

@@ -45,6 +45,11 @@ class RangeReceiver:
     landed: Callable[[int, bytes | None, int, memoryview | None], None]
     mismatch: Callable[[int], None]
     disk_failed: Callable[[ModelfsError], None]
+    # The chunks asked for; a whole-blob body (see ``BlobFetch._whole_started``) brings the
+    # others too, and of those only the ones ``extra`` says are taken: the rest are present or
+    # another request's.
+    asked: range | None = None  # None: every chunk
+    extra: Callable[[int], bool] = lambda i: False
 
     def __post_init__(self) -> None:
         self._assemblies: dict[int, _Assembly] = {}
@@ -54,7 +59,9 @@ class RangeReceiver:
             i = self.layout.index_at(offset)
             cstart, cend = self.layout.span(i)
             n = min(len(view), cend - offset)
-            if offset == cstart and n == cend - cstart:
+            if self.asked is not None and i not in self.asked and not self.extra(i):
+                pass  # not ours: never written over a chunk someone may be reading
+            elif offset == cstart and n == cend - cstart:
                 self._whole(i, offset, view[:n])
             else:
                 self._piece(i, offset, view[:n], cstart, cend)

@@ -52,6 +52,9 @@ REDIRECT_SCHEMES = ("http", "https")
 READ_SLICE_BYTES = 256 << 10
 
 # One piece callback per chunk-sized piece of a range body, called in the worker thread.
+# Asked when a range request is answered with the whole blob (its Content-Length, if
+# given): True to take the whole body as it comes (worker thread).
+WholeSink = Callable[[int | None], bool]
 PieceSink = Callable[[int, memoryview], None]
 
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -434,11 +437,18 @@ class BulkClient:
         end: int,
         piece_bytes: int,
         on_piece: PieceSink,
+        on_whole: WholeSink | None = None,
     ) -> None:
-        """Stream bytes ``[start, end)`` of the blob at ``url`` to ``on_piece``."""
+        """Stream bytes ``[start, end)`` of the blob at ``url`` to ``on_piece``.
+
+        A server that answers the range with the whole blob (200: a pull-through mirror that
+        has not stored it yet copies it from its origin for every such request) is asked
+        through ``on_whole(length)`` whether the whole body is wanted; if so, every byte of
+        it goes to ``on_piece`` from offset 0, else only ``[start, end)``.
+        """
         with self.watchdog.watching() as t:
             try:
-                self._read_range(t, url, authorization, start, end, piece_bytes, on_piece)
+                self._read_range(t, url, authorization, start, end, piece_bytes, on_piece, on_whole)
             except (OSError, http.client.HTTPException):
                 # A socket the watchdog shut down fails in whatever way it fails: say why.
                 t.check()
@@ -453,6 +463,7 @@ class BulkClient:
         end: int,
         piece_bytes: int,
         on_piece: PieceSink,
+        on_whole: WholeSink | None,
     ) -> None:
         headers = {
             "User-Agent": self.settings.user_agent,
@@ -476,7 +487,9 @@ class BulkClient:
                             self.redirects.put(url, target)
                 if final is None:
                     # This thread resolved it: its response is the one to read.
-                    self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece, t)
+                    self._consume(
+                        c, resp, target, origin, start, end, piece_bytes, on_piece, on_whole, t
+                    )
                     return
             same_host = urllib.parse.urlsplit(final).netloc == origin
             target, c, resp = self._follow(final, with_auth if same_host else headers, t)
@@ -492,7 +505,7 @@ class BulkClient:
             if target != final and resp.status < 400:
                 # The registry redirects now where it did not before: remember where to.
                 self.redirects.put(url, target)
-            self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece, t)
+            self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece, on_whole, t)
             return
 
     def _consume(
@@ -505,13 +518,40 @@ class BulkClient:
         end: int,
         piece_bytes: int,
         on_piece: PieceSink,
+        on_whole: WholeSink | None,
         t: _Transfer,
     ) -> None:
         reusable = False
         try:
-            reusable = self._read_body(resp, url, origin, start, end, piece_bytes, on_piece, t)
+            reusable = self._read_body(
+                resp, url, origin, start, end, piece_bytes, on_piece, on_whole, t
+            )
         finally:
             self._release(c, resp, reusable, t)
+
+    def _read_whole(
+        self, resp: http.client.HTTPResponse, piece_bytes: int, on_piece: PieceSink, t: _Transfer
+    ) -> None:
+        """Deliver a whole-blob body from offset 0 to its end, in pieces of ``piece_bytes``."""
+        buf = bytearray(piece_bytes)
+        view = memoryview(buf)
+        offset = 0
+        while True:
+            filled = 0
+            while filled < piece_bytes:
+                got = resp.readinto(view[filled : min(piece_bytes, filled + READ_SLICE_BYTES)])
+                if not got:
+                    break
+                filled += got
+                t.total += got
+            if filled:
+                on_piece(offset, view[:filled])
+                offset += filled
+            if filled < piece_bytes:
+                break
+        if resp.length:  # Content-Length said more than came
+            t.check()
+            raise BodyError(f"whole body ended at byte {offset}, {resp.length} short")
 
     def _read_body(
         self,
@@ -522,6 +562,7 @@ class BulkClient:
         end: int,
         piece_bytes: int,
         on_piece: PieceSink,
+        on_whole: WholeSink | None,
         t: _Transfer,
     ) -> bool:
         """Deliver the body; return True if the connection can be reused."""
@@ -541,7 +582,11 @@ class BulkClient:
                 )
             skip = 0
         elif resp.status == 200:
-            # The server ignored Range and sends the whole blob: skip to our start.
+            # The server ignored Range and sends the whole blob: all of it, if it is wanted
+            # (a mirror filling its cache costs its origin a whole copy for each request).
+            if on_whole is not None and on_whole(resp.length):
+                self._read_whole(resp, piece_bytes, on_piece, t)
+                return resp.length == 0
             skip = start
         else:
             raise StatusError(resp.status, b"", None, url)

@@ -67,10 +67,11 @@ from modelfs.registry.bulk import (
     PieceSink,
     RedirectError,
     StatusError,
+    WholeSink,
 )
 from modelfs.registry.retry import retrying
 
-__all__ = ["PieceSink", "Registry", "RegistryConfig"]
+__all__ = ["PieceSink", "Registry", "RegistryConfig", "WholeSink"]
 
 log = logging.getLogger(__name__)
 
@@ -626,26 +627,28 @@ class Registry:
         on_piece: PieceSink,
         *,
         limiter: trio.CapacityLimiter,
+        on_whole: WholeSink | None = None,
     ) -> None:
         """Stream blob bytes ``[start, end)`` to ``on_piece`` in pieces of ``piece_bytes``.
 
         ``on_piece(offset, view)`` runs in the worker thread; the view is only valid
         during the call. Pieces delivered before a failure stay delivered: a caller
         retries only what is missing. Raises Transient when the body is cut short or
-        stalls (less than ``min_bytes_per_second`` over ``stall_seconds``).
+        stalls (less than ``min_bytes_per_second`` over ``stall_seconds``). ``on_whole``: see
+        ``BulkClient.read_range`` (a mirror answering with the whole blob).
         """
         what = f"blob {digest.short} of {name}"
         bases = self.read_bases(name)
         for base in bases[:-1]:
             try:
                 await self._read_range_at(
-                    base, name, digest, start, end, piece_bytes, on_piece, what, limiter
+                    base, name, digest, start, end, piece_bytes, on_piece, what, limiter, on_whole
                 )
                 return
             except ModelfsError as e:
                 self._mirror_failed(base, name, e)
         await self._read_range_at(
-            bases[-1], name, digest, start, end, piece_bytes, on_piece, what, limiter
+            bases[-1], name, digest, start, end, piece_bytes, on_piece, what, limiter, on_whole
         )
 
     async def _read_range_at(
@@ -659,6 +662,7 @@ class Registry:
         on_piece: PieceSink,
         what: str,
         limiter: trio.CapacityLimiter,
+        on_whole: WholeSink | None = None,
     ) -> None:
         url = self.blob_url(name, digest, base)
         host = _netloc(url)
@@ -674,6 +678,7 @@ class Registry:
                     end,
                     piece_bytes,
                     on_piece,
+                    on_whole,
                     limiter=limiter,
                 )
                 return

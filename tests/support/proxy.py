@@ -254,11 +254,13 @@ def _serve(upstream: str) -> None:
                 record["status"] = rule["status"]
                 return
             body = self._request_body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
-            headers = {
-                k: v
-                for k, v in self.headers.items()
-                if k.lower() not in ("host", "connection", "transfer-encoding", "content-length")
-            }
+            headers: dict[str, str] = {}
+            for k, v in self.headers.items():
+                if k.lower() in ("host", "connection", "transfer-encoding", "content-length"):
+                    continue
+                # A header sent several times (Go's registry clients send one Accept per
+                # media type) is one comma-separated header, as HTTP allows: not the last only.
+                headers[k] = f"{headers[k]}, {v}" if k in headers else v
             if body is not None:
                 headers["Content-Length"] = str(len(body))
             if rule and rule.get("full_body"):

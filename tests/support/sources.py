@@ -39,7 +39,10 @@ class Fault:
 
     kind: ``fail`` (raise ``error`` before any byte), ``cut`` (deliver ``pieces`` pieces,
     then raise Transient), ``hang`` (deliver ``pieces`` pieces, then nothing, ever),
-    ``corrupt`` (flip a byte in every piece overlapping ``at``), ``stall`` (never answer).
+    ``corrupt`` (flip a byte in every piece overlapping ``at``), ``stall`` (never answer),
+    ``whole`` (answer with the whole blob, as a pull-through mirror that has not stored it
+    does: ``on_whole`` is asked, and if it takes the body every byte is delivered from 0),
+    ``whole_cut`` (the same, cut after ``pieces`` pieces).
     """
 
     kind: str
@@ -132,6 +135,7 @@ class FakeSource:
         on_piece: Callable[[int, memoryview], None],
         *,
         limiter: trio.CapacityLimiter,
+        on_whole: Callable[[int | None], bool] | None = None,
     ) -> None:
         request = Request(name.repository_key, digest, start, end)
         self.requests.append(request)
@@ -147,19 +151,20 @@ class FakeSource:
             await trio.sleep_forever()
 
         def deliver() -> None:
-            offset, n = start, 0
-            while offset < end:
-                if fault is not None and fault.kind in ("cut", "hang") and n == fault.pieces:
-                    if fault.kind == "hang":
+            offset, n, stop = start, 0, end
+            kind = fault.kind if fault is not None else None
+            if kind in ("whole", "whole_cut"):
+                if on_whole is not None and on_whole(len(data)):
+                    offset, stop = 0, len(data)
+                kind = "cut" if kind == "whole_cut" else None
+            while offset < stop:
+                if fault is not None and kind in ("cut", "hang") and n == fault.pieces:
+                    if kind == "hang":
                         return
                     raise Transient(f"body ended at byte {offset} of {start}-{end - 1}")
-                size = min(piece_bytes, end - offset)
+                size = min(piece_bytes, stop - offset)
                 piece = bytearray(data[offset : offset + size])
-                if (
-                    fault is not None
-                    and fault.kind == "corrupt"
-                    and offset <= fault.at < offset + size
-                ):
+                if fault is not None and kind == "corrupt" and offset <= fault.at < offset + size:
                     piece[fault.at - offset] ^= 0xFF
                 on_piece(offset, memoryview(piece))
                 offset += size

@@ -828,3 +828,69 @@ async def test_the_whole_check_waits_for_a_chunk_another_reader_is_checking_agai
                 await second.close()
         await published(cache, layer)
         assert fetcher.stats.blob_mismatches == 0, "hashed the foreign chunk before its verdict"
+
+
+# -- a whole blob answered to a range request (a pull-through mirror that has not stored it) --
+
+
+async def test_a_whole_blob_answer_is_the_fill_and_no_more_ranges_are_asked(
+    cache: BlobCache, data: bytes
+) -> None:
+    source, layer = serving(data)
+    # Every request is answered with the whole blob, as docker-registry as a pull-through
+    # cache does until it has stored the blob: each such answer costs its origin a copy.
+    source.fault("whole", digest=layer.digest, times=100)
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        assert await handle.read(0, 100) == data[:100]  # the header: one request
+        # Everything else arrives with that one body: readers anywhere in the blob wait for
+        # it rather than asking for their own ranges.
+        async with trio.open_nursery() as readers:
+            for offset in (SIZE - 500, 5 * CB + 7, 3 * CB):
+                readers.start_soon(handle.read, offset, 300)
+        assert await handle.read_all() == data
+        await handle.close()
+        assert len(source.requests_for(layer.digest)) == 1, source.requests_for(layer.digest)
+        index_bytes = len(serialize_chunk_index(CB, [index_of(data)]))
+        assert fetcher.stats.bytes_fetched == SIZE + index_bytes  # each byte once
+        assert fetcher.stats.chunk_mismatches == 0
+
+
+async def test_a_whole_blob_answer_cut_short_is_finished_with_ranges(
+    cache: BlobCache, data: bytes
+) -> None:
+    source, layer = serving(data)
+    # Four chunks of the whole body, then it breaks.
+    source.fault("whole_cut", digest=layer.digest, pieces=4)
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        assert await handle.read(SIZE - 10, 10) == data[-10:]
+        assert await handle.read_all() == data
+        await handle.close()
+        requests = source.requests_for(layer.digest)
+        # The first request's own chunk is retried; chunks 0-3 came with the broken body and
+        # are not asked for again; the rest are asked for as ranges.
+        asked = {(r.start, r.end) for r in requests[1:]}
+        assert all(start >= 4 * CB for start, _end in asked), asked
+        index_bytes = len(serialize_chunk_index(CB, [index_of(data)]))
+        assert fetcher.stats.bytes_fetched == SIZE + index_bytes
+
+
+async def test_a_whole_blob_answer_never_overwrites_chunks_already_here(
+    cache: BlobCache, data: bytes
+) -> None:
+    source, layer = serving(data)
+    async with blob_layer(cache, source) as (fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        assert await handle.read(2 * CB, 10) == data[2 * CB : 2 * CB + 10]  # chunk 2, by range
+        # Now the source lies in the whole answers it gives: chunk 2 (already checked and
+        # served) is delivered with bad bytes. It is not taken: only chunks nobody has.
+        corrupt = bytearray(data)
+        corrupt[2 * CB + 5] ^= 0xFF
+        source.blobs[(NAME.repository_key, layer.digest)] = bytes(corrupt)
+        source.fault("whole", digest=layer.digest)
+        assert await handle.read(7 * CB, 10) == data[7 * CB : 7 * CB + 10]
+        source.blobs[(NAME.repository_key, layer.digest)] = data
+        assert await handle.read_all() == data
+        await handle.close()
+        assert fetcher.stats.chunk_mismatches == 0

@@ -45,6 +45,7 @@ RANK = {
     "blobs.progress": 6,
     "blobs.wholecheck": 6,
     "blobs.receive": 6,
+    "blobs.wholestream": 6,
     "blobs.blobfetch": 7,
     "blobs.fetcher": 8,
     "blobs.sources": 9,
