@@ -574,7 +574,9 @@ class BulkClient:
             if resp.status == 401 and urllib.parse.urlsplit(url).netloc == origin:
                 raise NeedsAuth(resp.getheader("WWW-Authenticate"))
             raise StatusError(resp.status, body, resp.getheader("Retry-After"), url)
-        if resp.status == 206:
+        # A 200 that says which range it carries is a 206 by another name (old Dragonfly
+        # daemons answered ranges that way): never mistake it for the whole blob.
+        if resp.status == 206 or (resp.status == 200 and resp.getheader("Content-Range")):
             m = _CONTENT_RANGE_RE.fullmatch((resp.getheader("Content-Range") or "").strip())
             if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
                 raise BodyError(
@@ -614,4 +616,4 @@ class BulkClient:
             on_piece(offset, view[:want])
             offset += want
         # Whatever is left (a server sending more than asked) is not ours to read.
-        return resp.status == 206 and resp.length == 0
+        return resp.status in (200, 206) and resp.length == 0 and skip == 0

@@ -179,3 +179,74 @@ def test_a_healthy_body_is_read_whole():
         assert c.watchdog.stalls == 0
     finally:
         c.close()
+
+
+# -- 200 answers to range requests ------------------------------------------------------------
+
+
+def whole_body(conn: socket.socket, stop: threading.Event) -> None:
+    """A pull-through mirror that has not stored the blob: 200 and every byte."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+
+
+def range_as_200(conn: socket.socket, stop: threading.Event) -> None:
+    """An old Dragonfly daemon: 200, but a Content-Range and only the range's bytes."""
+    part = BODY[4096:8192]
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Range: bytes 4096-8191/%d\r\n\r\n"
+        % (len(part), len(BODY))
+        + part
+    )
+
+
+def test_a_whole_body_is_delivered_from_zero_when_it_is_wanted():
+    c = client()
+    pieces: dict[int, bytes] = {}
+    asked: list[int | None] = []
+
+    def take(length: int | None) -> bool:
+        asked.append(length)
+        return True
+
+    try:
+        with server(whole_body) as s:
+            c.read_range(
+                s.url, None, 4096, 8192, 65536, lambda o, v: pieces.__setitem__(o, bytes(v)), take
+            )
+        assert asked == [len(BODY)]
+        assert b"".join(pieces[o] for o in sorted(pieces)) == BODY
+        assert min(pieces) == 0
+        # Not wanted: only the range asked for, as before.
+        pieces.clear()
+        with server(whole_body) as s:
+            c.read_range(
+                s.url,
+                None,
+                4096,
+                8192,
+                65536,
+                lambda o, v: pieces.__setitem__(o, bytes(v)),
+                lambda length: False,
+            )
+        assert pieces == {4096: BODY[4096:8192]}
+    finally:
+        c.close()
+
+
+def test_a_200_that_carries_a_content_range_is_a_range_not_the_whole_blob():
+    c = client()
+    pieces: dict[int, bytes] = {}
+    try:
+        with server(range_as_200) as s:
+            c.read_range(
+                s.url,
+                None,
+                4096,
+                8192,
+                65536,
+                lambda o, v: pieces.__setitem__(o, bytes(v)),
+                lambda length: pytest.fail("a range answer taken for the whole blob"),
+            )
+        assert pieces == {4096: BODY[4096:8192]}
+    finally:
+        c.close()
