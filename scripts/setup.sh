@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what modelfs needs on Debian (FUSE 3, a C and C++ toolchain and cmake for pyfuse3 and
 # llama-cpp-python, docker-registry for the demo and tests, apache2-utils for the htpasswd that
-# writes the tests' bcrypt password files) and creates .venv with modelfs and its test tools.
-# Safe to run again.
+# writes the tests' bcrypt password files, nginx for the read mirror in mirror/ and its tests)
+# and creates .venv with modelfs and its test tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl nginx)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -18,6 +18,15 @@ if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}" >&2
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Debian starts its stock nginx site on port 80 where it may; the tests run their own
+    # nginx. Stop the service this run installed, and leave alone one that was already there.
+    if [[ " ${missing[*]} " == *" nginx "* ]] && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+    fi
+fi
+# mirror/nginx.conf needs the slice module (Debian builds nginx with it).
+if ! "$(command -v nginx || echo /usr/sbin/nginx)" -V 2>&1 | grep -q -- --with-http_slice_module; then
+    echo "setup: this nginx lacks the slice module that mirror/nginx.conf needs" >&2
 fi
 
 # The systemd tier (tests/systemd) boots systemd 252 in systemd-nspawn, in a Debian tree that
