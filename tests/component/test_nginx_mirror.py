@@ -26,7 +26,7 @@ from support.httpserver import QuietHandler, Served
 from support.nginx import NginxMirror
 from support.ollama_front import CDN
 from support.proxy import Proxy, Record
-from support.registry import RegistryProcess
+from support.registry import RegistryProcess, image_manifest
 
 SLICE_BYTES = 4 << 20  # `slice 4m` in mirror/nginx.conf: modelfs's chunk size
 BLOB_BYTES = 5 * SLICE_BYTES + 1234  # six slices, the last one short
@@ -119,24 +119,7 @@ def push_manifest(host: str, repo: str, tag: str, layer: bytes) -> bytes:
     config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
     for blob in (config, layer):
         push_blob(host, repo, blob)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_V2,
-            "config": {
-                "mediaType": "application/vnd.docker.container.image.v1+json",
-                "size": len(config),
-                "digest": digest_of(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": len(layer),
-                    "digest": digest_of(layer),
-                }
-            ],
-        }
-    ).encode()
+    manifest = image_manifest(config, layer)
     name, _, port = host.partition(":")
     conn = http.client.HTTPConnection(name, int(port), timeout=60)
     try:

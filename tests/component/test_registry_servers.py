@@ -11,7 +11,7 @@ import secrets
 
 import httpx
 import pytest
-from support.registry import PullThrough, RegistryProcess
+from support.registry import PullThrough, RegistryProcess, image_manifest
 from support.tokens import Access, TokenIssuer, parse_scope
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -41,24 +41,7 @@ def push_image(client: httpx.Client, base: str, repo: str, tag: str, layer: byte
     config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
     for blob in (config, layer):
         assert push_blob(client, base, repo, blob).status_code == 201
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_V2,
-            "config": {
-                "mediaType": "application/vnd.docker.container.image.v1+json",
-                "size": len(config),
-                "digest": digest_of(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": len(layer),
-                    "digest": digest_of(layer),
-                }
-            ],
-        }
-    ).encode()
+    manifest = image_manifest(config, layer)
     put = client.put(
         f"{base}/v2/{repo}/manifests/{tag}",
         content=manifest,

@@ -14,6 +14,7 @@ With auth on, readiness is ``GET /v2/`` answering 401; with TLS the probe trusts
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -242,3 +243,32 @@ class RegistryProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def image_manifest(config: bytes, layer: bytes) -> bytes:
+    """A Docker schema 2 manifest of ``config`` and one (gzip tar) ``layer``."""
+
+    def digest_of(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_V2,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": len(config),
+                "digest": digest_of(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": len(layer),
+                    "digest": digest_of(layer),
+                }
+            ],
+        }
+    ).encode()
