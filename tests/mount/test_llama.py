@@ -25,7 +25,13 @@ RUNNER = Path(__file__).resolve().parents[1] / "support" / "llama_run.py"
 MODEL_CTX = 8192
 
 
-def llama(path: Path, *args: str, check: bool = True) -> dict:
+def runner_env(tmp: Path) -> dict[str, str]:
+    # The runner's log file goes in the test's own directory: a runner killed mid-load (below)
+    # cannot remove it, and nothing may be left in /tmp.
+    return {**os.environ, "TMPDIR": str(tmp)}
+
+
+def llama(path: Path, *args: str, tmp: Path, check: bool = True) -> dict:
     """Load ``path`` with llama.cpp in a process of its own; what it generated and sized."""
     result = subprocess.run(
         [sys.executable, str(RUNNER), str(path), *args],
@@ -33,6 +39,7 @@ def llama(path: Path, *args: str, check: bool = True) -> dict:
         text=True,
         timeout=300,
         check=False,
+        env=runner_env(tmp),
     )
     if check:
         assert result.returncode == 0, result.stderr[-2000:]
@@ -41,14 +48,14 @@ def llama(path: Path, *args: str, check: bool = True) -> dict:
 
 
 @pytest.fixture(scope="module")
-def local_run(smollm2_gguf: Path) -> dict:
-    run = llama(smollm2_gguf, "--ctx", str(MODEL_CTX))
+def local_run(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    run = llama(smollm2_gguf, "--ctx", str(MODEL_CTX), tmp=tmp_path_factory.mktemp("llama"))
     assert run["text"].strip(), "llama.cpp generated nothing from the local file"
     return run
 
 
 def test_llama_cpp_runs_a_model_from_a_cold_mount_as_from_the_local_file(
-    proxy, mount_factory, smollm2_pushed, smollm2_gguf, model_hex, local_run
+    proxy, mount_factory, smollm2_pushed, smollm2_gguf, model_hex, local_run, tmp_path
 ):
     m = mount_factory()
     tag = m.mountpoint / proxy.host / TAG_DIR
@@ -57,7 +64,7 @@ def test_llama_cpp_runs_a_model_from_a_cold_mount_as_from_the_local_file(
     assert stat.S_ISREG(os.lstat(path).st_mode), "not cold: the blob is already in the cache"
     assert model_records(proxy, model_hex) == [], "a lookup fetched blob bytes"
 
-    run = llama(path, "--ctx", str(MODEL_CTX))
+    run = llama(path, "--ctx", str(MODEL_CTX), tmp=tmp_path)
     assert run["text"] == local_run["text"]
     assert run["weights_mib"] == local_run["weights_mib"]
     fetched = sum(r.body_bytes for r in model_records(proxy, model_hex))
@@ -90,6 +97,7 @@ def test_llama_cpp_after_the_daemon_is_killed_mid_load_and_the_mount_restarted(
         [sys.executable, str(RUNNER), str(path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=runner_env(tmp_path),
     )
     try:
         wait_for(
@@ -121,7 +129,9 @@ def test_llama_cpp_after_the_daemon_is_killed_mid_load_and_the_mount_restarted(
     proxy.clear_faults()
     proxy.reset()
     m2 = mount_factory(root=tmp_path / "a")
-    run = llama(m2.mountpoint / proxy.host / TAG_DIR / "model.gguf", "--ctx", str(MODEL_CTX))
+    run = llama(
+        m2.mountpoint / proxy.host / TAG_DIR / "model.gguf", "--ctx", str(MODEL_CTX), tmp=tmp_path
+    )
     assert run["text"] == local_run["text"]
     fetched = sum(r.body_bytes for r in model_records(proxy, model_hex))
     assert fetched <= size - saved, f"refetched chunks saved before the kill: {fetched}"
