@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import engine  # noqa: E402
 import lazy  # noqa: E402
 from gguf_synth import smollm2_gguf_path, write_synthetic_gguf  # noqa: E402
-from support.mount import Mount, run_modelfs, sha256_path  # noqa: E402
+from support.mount import Mount, drop_caches, run_modelfs, sha256_path  # noqa: E402
 from support.proxy import Proxy  # noqa: E402
 from support.registry import RegistryProcess  # noqa: E402
 
@@ -61,11 +61,6 @@ from modelfs.formats.chunks import CHUNK_BYTES  # noqa: E402
 from modelfs.formats.gguf import read_gguf_header  # noqa: E402
 
 GB = 1e9
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def timed(cmd: list[str], **kw) -> float:

@@ -24,15 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from support.mount import Mount, run_modelfs
+from support.mount import Mount, drop_caches, run_modelfs
 from support.registry import RegistryProcess
 
 RUNNER = Path(__file__).resolve().parents[1] / "tests" / "support" / "llama_run.py"
-
-
-def _drop_caches() -> None:
-    subprocess.run(["sync"], check=False)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def _first_token(path: Path) -> tuple[float, str]:
@@ -58,7 +53,7 @@ def measure(work: Path, reg: RegistryProcess, gguf: Path, repeat: int) -> dict[s
     runs: dict[str, list[float]] = {"local": [], "mount": [], "pull": [], "curl": []}
     texts = set()
     for i in range(repeat):
-        _drop_caches()
+        drop_caches()
         seconds, text = _first_token(gguf)
         runs["local"].append(seconds)
         texts.add(text)
@@ -67,7 +62,7 @@ def measure(work: Path, reg: RegistryProcess, gguf: Path, repeat: int) -> dict[s
         m = Mount(root).start()
         try:
             path = m.mountpoint / reg.host / "library/smollm2/engine/model.gguf"
-            _drop_caches()
+            drop_caches()
             seconds, text = _first_token(path)
             runs["mount"].append(seconds)
             texts.add(text)
@@ -76,11 +71,11 @@ def measure(work: Path, reg: RegistryProcess, gguf: Path, repeat: int) -> dict[s
         shutil.rmtree(root)
 
         cache = work / f"pull{i}"
-        _drop_caches()
+        drop_caches()
         start = time.perf_counter()
         run_modelfs("pull", name, "--cache", str(cache))
         pulled = time.perf_counter() - start
-        _drop_caches()
+        drop_caches()
         seconds, text = _first_token(cache / "blobs" / f"sha256-{digest}")
         runs["pull"].append(pulled + seconds)
         texts.add(text)

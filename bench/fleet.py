@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from gguf_synth import write_synthetic_gguf  # noqa: E402
-from support.mount import Mount, run_modelfs, sha256_path  # noqa: E402
+from support.mount import Mount, drop_caches, run_modelfs, sha256_path  # noqa: E402
 from support.proxy import Proxy  # noqa: E402
 from support.registry import PullThrough, RegistryProcess  # noqa: E402
 
@@ -78,11 +78,6 @@ print(h.hexdigest(), r.ru_utime + r.ru_stime)
 
 def log(msg: str) -> None:
     print(f"fleet: {msg}", file=sys.stderr, flush=True)
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def synthetic(mib: int) -> Path:

@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from support.mount import Mount, run_modelfs
+from support.mount import Mount, drop_caches, run_modelfs
 from support.ollama_front import CDN, OllamaFront
 from support.proxy import Proxy
 from support.registry import RegistryProcess
@@ -34,11 +34,6 @@ from modelfs.formats.gguf import read_gguf_header
 from modelfs.registry.auth import OllamaKey
 
 RANGE_MIB = 16
-
-
-def _drop_caches() -> None:
-    subprocess.run(["sync"], check=False)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def _chunksums(gguf: Path, range_bytes: int) -> bytes:
@@ -85,7 +80,7 @@ def _probe(m: Mount, tagdir: Path, fetched) -> dict[str, float]:
 
 def _cold_probe(work: Path, tag: str, host: str, fetched, env=None) -> dict[str, float]:
     """``_probe`` of ``alice/ollama:<tag>`` through a fresh mount, the page cache dropped."""
-    _drop_caches()
+    drop_caches()
     m = Mount(work / f"lazy-{tag}", env=env).start()
     try:
         return _probe(m, m.mountpoint / host / "alice/ollama" / tag, fetched)

@@ -167,3 +167,9 @@ def sha256_path(path: Path) -> str:
         while piece := f.read(1 << 20):
             h.update(piece)
     return h.hexdigest()
+
+
+def drop_caches() -> None:
+    """Write back and drop the page cache (root), so the next read is cold."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
