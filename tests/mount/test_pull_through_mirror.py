@@ -32,10 +32,10 @@ def test_a_pull_through_mirror_costs_its_origin_one_copy(
         mirror = registry_factory(pull_through=PullThrough(f"http://{origin.host}"))
         config = mirror_config(tmp_path, registry.host, mirror.host)
         m = mount_factory(env={**os.environ, "MODELFS_CONFIG": str(config)})
-        # docker-registry 2.8 as a pull-through cache sometimes answers 500 ("unknown error")
-        # when it is asked for several blobs it has not stored at once (the model's small
-        # blobs, fetched together): the mount then reads them from the origin, as it should.
-        m.expect_log(r"mirror http://\S+ failed for .*registry answered 500: unknown error")
+        # docker-registry 2.8 as a pull-through cache sometimes answers 500 (with or without
+        # a body) when it is asked for several blobs it has not stored at once: the mount
+        # then reads them from the origin, as it should.
+        m.expect_log(r"mirror http://\S+ failed for .*registry answered 500\b")
         model = m.mountpoint / registry.host / TAG_DIR / "model.gguf"
         # Readers at the start, the middle and the end at once, as a loader and kernel
         # readahead make them: without the whole-blob fill, each would be a range request,
@@ -80,10 +80,10 @@ def test_a_mirror_that_has_the_blob_is_read_by_ranges(
         origin.reset()
         config = mirror_config(tmp_path, registry.host, mirror.host)
         m = mount_factory(env={**os.environ, "MODELFS_CONFIG": str(config)})
-        # docker-registry 2.8 as a pull-through cache sometimes answers 500 ("unknown error")
-        # when it is asked for several blobs it has not stored at once (the model's small
-        # blobs, fetched together): the mount then reads them from the origin, as it should.
-        m.expect_log(r"mirror http://\S+ failed for .*registry answered 500: unknown error")
+        # docker-registry 2.8 as a pull-through cache sometimes answers 500 (with or without
+        # a body) when it is asked for several blobs it has not stored at once: the mount
+        # then reads them from the origin, as it should.
+        m.expect_log(r"mirror http://\S+ failed for .*registry answered 500\b")
         model = m.mountpoint / registry.host / TAG_DIR / "model.gguf"
         with open(model, "rb") as f:
             f.seek(len(source) // 2)
