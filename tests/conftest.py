@@ -137,8 +137,13 @@ def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """Start real mounts; always unmount them; fail on log lines the test did not expect."""
     mounts: list[Mount] = []
 
-    def make(*options: str, root: Path | None = None, env: dict[str, str] | None = None) -> Mount:
-        m = Mount(root or tmp_path / f"m{len(mounts)}", options=options, env=env)
+    def make(
+        *options: str,
+        root: Path | None = None,
+        env: dict[str, str] | None = None,
+        cache: Path | None = None,
+    ) -> Mount:
+        m = Mount(root or tmp_path / f"m{len(mounts)}", options=options, env=env, cache=cache)
         mounts.append(m)
         return m.start()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfs.blobs.sharing import lock_exclusive
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
 from modelfs.formats.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
 from modelfs.formats.digest import Digest
@@ -358,18 +358,22 @@ class BlobCache:
     def state_path(self, digest: Digest) -> Path:
         return self.partial_dir / f"{digest.filename}.state"
 
+    def lock_path(self, digest: Digest) -> Path:
+        return self.partial_dir / f"{digest.filename}.lock"
+
     def lock_blob(self, digest: Digest) -> int | None:
-        """Take the per-blob lock that says which process may write its partial; fd or None."""
-        path = self.partial_dir / f"{digest.filename}.lock"
+        """Hold the blob's partial alone (no modelfs process uses it: ``sharing``); fd or None.
+
+        Closing the fd lets it go."""
+        path = self.lock_path(digest)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise os_error(e, f"locking blob {digest.short}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
+            if not lock_exclusive(fd):
+                os.close(fd)
+                return None
         except OSError as e:
             os.close(fd)
             raise os_error(e, f"locking blob {digest.short}") from None

@@ -23,14 +23,13 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import os
 from collections import OrderedDict
 
 import trio
 
 from modelfs.blobs.blobcache import pread_cached
 from modelfs.blobs.fetchcontext import FetchContext, Verify
-from modelfs.blobs.partial import PartialFile
+from modelfs.blobs.partial import PartialFile, PartialGone
 from modelfs.blobs.progress import Progress
 from modelfs.blobs.receive import RangeReceiver
 from modelfs.blobs.wholecheck import WholeCheck
@@ -53,6 +52,11 @@ EVICTED_RETRIES = 3
 VERIFY_BYTES_PER_SECOND = 100 << 20
 # How often a reader of a blob another fetch holds the partial of looks again.
 PARTIAL_BUSY_POLL_SECONDS = 0.5
+# How often a chunk another process is fetching into the shared partial is looked for
+# (doubling from the first to the last).
+ELSEWHERE_POLL_SECONDS = (0.005, 0.05)
+# Tries to join a partial that another process publishes or removes meanwhile.
+OPEN_TRIES = 3
 # Range bodies of a registry's large chunks are delivered in pieces of at most this.
 PIECE_BYTES = 4 << 20
 
@@ -88,6 +92,7 @@ class BlobFetch:
         self.key = key
         self.name = name
         self.registry = ctx.registry_for(anonymous)
+        self.anonymous = anonymous
         self.layer = layer
         self.digest = layer.digest
         self.size = layer.size
@@ -98,7 +103,7 @@ class BlobFetch:
         )
         self.chunks = self.layout.count
         self.partial: PartialFile | None = None
-        self.lock_fd: int | None = None
+        self.holds_partial = False  # this fetch state holds the digest's partial in this process
         self.memory: OrderedDict[int, bytes] = OrderedDict()
         self.flights: dict[int, Flight] = {}
         self.handles = 0  # open handles (and pulls) reading it: the blob stays open while > 0
@@ -117,6 +122,9 @@ class BlobFetch:
         self._first_answer: trio.Event | None = None
         self._disk_failed = False
         self._disk_error: ModelfsError | None = None
+        # Chunks another process marked in the shared partial that failed this fetch's
+        # check while that process used the file: fetched into memory, never written over.
+        self._private: set[int] = set()
         self._wait_publish_seconds = PARTIAL_BUSY_POLL_SECONDS
         self.progress = Progress(ctx, self.what)
         self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable)
@@ -169,10 +177,16 @@ class BlobFetch:
             self._tasks.changed()
 
     async def _open(self) -> None:
-        if await self.ctx.in_thread(self.ctx.cache.has_blob, self.digest, self.size):
-            self.published = True
-        else:
-            await self.ctx.in_thread(self._open_partial)
+        for _ in range(OPEN_TRIES):
+            if await self.ctx.in_thread(self.ctx.cache.has_blob, self.digest, self.size):
+                self.published = True
+                return
+            try:
+                await self.ctx.in_thread(self._open_partial)
+                return
+            except PartialGone:
+                continue  # published or removed by another process meanwhile: look again
+        raise CacheError(f"{self.what}: its partial file keeps going away; try again")
 
     def _kick(self) -> None:
         """What an opened blob does at once: publish what an earlier run completed, or hash
@@ -183,22 +197,16 @@ class BlobFetch:
             self._advance_whole()
 
     def _open_partial(self, quiet: bool = False) -> None:
-        """Worker thread: take the blob's partial file (and its lock), or a scratch file."""
+        """Worker thread: join the blob's partial file (shared with other modelfs processes of
+        this cache: ``sharing``), or take a scratch file."""
         cache = self.ctx.cache
-        self.lock_fd = cache.lock_blob(self.digest)
-        scratch = False
-        if self.lock_fd is None:
-            if self.digest not in self.ctx.partials_held:
-                # Another modelfs process (a pull, another mount) is filling this blob:
-                # serve from memory until it publishes.
-                if not quiet:
-                    log.info("%s: another modelfs process is fetching it; not caching", self.what)
-                return
-            # A fetch of the same digest vouched for by another manifest holds the partial:
-            # fill a private scratch file instead, so neither waits for nor trusts the other.
-            scratch = True
-        else:
+        # A fetch of the same digest vouched for by another manifest in this process holds
+        # the partial: fill a private scratch file instead, so neither waits for nor trusts
+        # the other (other processes share it chunk by chunk, each checking what it uses).
+        scratch = self.digest in self.ctx.partials_held
+        if not scratch:
             self.ctx.partials_held.add(self.digest)
+            self.holds_partial = True
         partial = PartialFile(
             cache,
             self.digest,
@@ -208,6 +216,8 @@ class BlobFetch:
             origin="/".join(self.name.repository_key),
             scratch=scratch,
             source=self.index.source if self.index is not None else self.verify.value,
+            shared=not scratch,
+            anonymous=self.anonymous,
         )
         try:
             partial.open()
@@ -217,9 +227,8 @@ class BlobFetch:
         self.partial = self.progress.partial = partial
 
     def _unlock(self) -> None:
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
+        if self.holds_partial:
+            self.holds_partial = False
             self.ctx.partials_held.discard(self.digest)
 
     async def _close(self) -> None:
@@ -270,6 +279,32 @@ class BlobFetch:
         return waits, new
 
     def _start_runs(self, new: list[int]) -> None:
+        """Fetch the chunks ``new`` (their flights are set) but those another process is
+        fetching into the shared partial: those are waited for (``_wait_elsewhere``)."""
+        partial = self.partial
+        if partial is not None and partial.shared is not None:
+            mine: list[int] = []
+            theirs: list[int] = []
+            for i in new:
+                if i in self._private:
+                    mine.append(i)
+                elif not partial.claim(i):
+                    theirs.append(i)
+                elif partial.marked_elsewhere(i):
+                    partial.release(i)  # landed there since it was looked for
+                    theirs.append(i)
+                else:
+                    mine.append(i)
+            if theirs:
+                self._group.spawn(
+                    f"wait for {self.what} chunks {theirs[0]}-{theirs[-1]} from another process",
+                    self._wait_elsewhere,
+                    theirs,
+                )
+            new = mine
+        self._spawn_runs(new)
+
+    def _spawn_runs(self, new: list[int]) -> None:
         settings = self.ctx.settings
         for rlo, rhi in self.layout.runs(new, settings.max_run_chunks, settings.max_run_bytes):
             self._group.spawn(
@@ -282,6 +317,7 @@ class BlobFetch:
             raise copy.copy(self.failure)
         if self.published:
             return
+        self._adopt(lo, hi)
         await self._recheck(lo, hi)
         waits, new = self._claim(lo, hi)
         self._start_runs(new)
@@ -316,6 +352,104 @@ class BlobFetch:
         _waits, new = self._claim(lo, hi)
         self._start_runs(new)
 
+    # -- chunks other processes fetch into the shared partial (``sharing``) ------------------
+
+    def _adopt(self, lo: int, hi: int) -> None:
+        """Take the chunks of ``[lo, hi)`` another process marked (an indexed blob re-checks
+        them before their first use: ``_recheck``)."""
+        partial = self.partial
+        if partial is None or partial.shared is None:
+            return
+        got = partial.adopt(lo, hi, skip=lambda i: i in self.flights or i in self._private)
+        if got:
+            self.progress.changed(self._group)
+            if not partial.indexed:
+                self._advance_whole()
+                if partial.complete and not self.flights:
+                    self._start_finalize()
+
+    async def _wait_elsewhere(self, chunks: list[int]) -> None:
+        """Wait for chunks another process is fetching into the shared partial; take them
+        when it marks them, fetch them here if it lets go without (it failed or died)."""
+        partial = self.partial
+        assert partial is not None
+        pending = {i: self.flights[i] for i in chunks if i in self.flights}
+        delay, most = ELSEWHERE_POLL_SECONDS
+        try:
+            while pending:
+                await trio.sleep(delay)
+                delay = min(delay * 2, most)
+                if self.closing or self.failure is not None or self.published:
+                    break
+                mine: list[int] = []
+                for i in list(pending):
+                    if partial.marked_elsewhere(i):
+                        flight = pending.pop(i)
+                        if await self._take_elsewhere(i, flight):
+                            continue
+                        if i in self._private or partial.claim(i):
+                            mine.append(i)
+                        else:
+                            pending[i] = flight  # another process refetches it meanwhile
+                    elif partial.claim(i):
+                        if partial.marked_elsewhere(i):
+                            partial.release(i)  # landed just now: taken on the next look
+                        else:
+                            del pending[i]
+                            mine.append(i)
+                if mine:
+                    self._spawn_runs(mine)
+        finally:
+            # Shutting down, or the blob failed or was published: nobody gets these here.
+            error = copy.copy(self.failure) if self.failure is not None else None
+            for i, flight in pending.items():
+                if self.flights.get(i) is flight:
+                    del self.flights[i]
+                flight.finish(
+                    None if self.published else error or Transient(f"{self.what}: closing")
+                )
+
+    async def _take_elsewhere(self, i: int, flight: Flight) -> bool:
+        """Chunk ``i``, marked by another process, becomes present here once it passes this
+        fetch's own check. False: it must be fetched here (the flight stays)."""
+        partial = self.partial
+        assert partial is not None
+        if self.index is not None:
+            good = await self.ctx.in_thread(partial.verify_chunk, i, self.index)
+            if not good:
+                self._distrust_elsewhere(i)
+                return False
+        partial.mark(i)
+        partial.rechecked(i)
+        if self.flights.get(i) is flight:
+            del self.flights[i]
+        flight.finish()
+        self.progress.changed(self._group)
+        self._advance_whole()
+        if partial.complete and not self.flights:
+            self._start_finalize()
+        return True
+
+    def _distrust_elsewhere(self, i: int) -> None:
+        """Chunk ``i`` on disk fails this fetch's check: fetch it again into the file if no
+        other process uses the file, else into memory (another may have checked those bytes
+        by its own index and serve them: they are never written over)."""
+        partial = self.partial
+        assert partial is not None
+        partial.unmark(i)
+        if partial.may_rewrite(i):
+            log.warning(
+                "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
+            )
+            return
+        self._private.add(i)
+        log.warning(
+            "%s: chunk %d another modelfs process wrote does not match this model's chunk "
+            "index; fetching it again into memory, leaving that process's copy alone",
+            self.what,
+            i,
+        )
+
     async def _recheck(self, lo: int, hi: int) -> None:
         """Re-verify chunks a previous run left, before their first use in this one.
 
@@ -347,10 +481,7 @@ class BlobFetch:
                     # A whole-blob check that found this chunk still in question waits for it.
                     self._start_finalize()
                 continue
-            log.warning(
-                "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
-            )
-            partial.unmark(i)
+            self._distrust_elsewhere(i)
             self.progress.changed(self._group)
             self._start_runs([i])  # its fetch finishes the flight
         self._advance_whole()
@@ -403,6 +534,8 @@ class BlobFetch:
             if not flight.event.is_set():
                 if self.flights.get(i) is flight:
                     del self.flights[i]
+                if self.partial is not None:
+                    self.partial.release(i)
                 flight.finish(error)
 
     async def _fetch_range(self, start: int, end: int) -> None:
@@ -442,7 +575,7 @@ class BlobFetch:
             layout,
             self.index,
             partial,
-            writable=lambda: not self._disk_failed,
+            writable=lambda i: not self._disk_failed and i not in self._private,
             landed=functools.partial(self._land, token),
             mismatch=lambda i: trio.from_thread.run_sync(self._chunk_mismatch, i, trio_token=token),
             disk_failed=lambda e: trio.from_thread.run_sync(
@@ -499,8 +632,14 @@ class BlobFetch:
         ):
             return None  # only the asked range is taken from this body
         claimed: dict[int, Flight] = {}
+        partial = self.partial
         for i in range(self.chunks):
-            if i in asked or i in self.flights or self.has(i):
+            if i in asked or i in self.flights or self.has(i) or i in self._private:
+                continue
+            if not partial.claim(i):
+                continue  # another process is fetching it into the shared partial
+            if partial.marked_elsewhere(i):
+                partial.release(i)  # another process has it: taken when read (``_adopt``)
                 continue
             claimed[i] = self.flights[i] = Flight()
         self._stream = WholeStream(claimed)
@@ -570,8 +709,11 @@ class BlobFetch:
             assert self.partial is not None
             self.partial.mark(i)
             self.partial.rechecked(i)
+            self.partial.landed(i)  # for the other processes sharing the partial
             self.progress.changed(self._group)
         else:
+            if self.partial is not None:
+                self.partial.release(i)
             self.memory[i] = data
             self.memory.move_to_end(i)
             while len(self.memory) > self.ctx.settings.memory_chunks:
@@ -613,6 +755,8 @@ class BlobFetch:
             return  # its run fetches it again, under the same flight
         error = DigestMismatch(f"blob {self.digest} chunk {i} does not match the chunk index")
         flight = self.flights.pop(i, None)
+        if self.partial is not None:
+            self.partial.release(i)
         if self.index is not None:
             log.warning(
                 "blob %s: chunk %d from %s failed its check twice; not trusting the %s for this "
@@ -668,7 +812,11 @@ class BlobFetch:
                 # A chunk another reader is re-checking must not reach the hash before its
                 # verdict: a refetch's landing, or that verdict, starts the next finalize.
                 return
-            got = await self.whole.digest(partial)
+            elsewhere = partial.shared is not None and await self.ctx.in_thread(
+                self.ctx.cache.has_blob, self.digest, self.size
+            )
+            # Published by another process sharing the partial: it checked the whole sha256.
+            got = self.digest if elsewhere else await self.whole.digest(partial)
             if got != self.digest:
                 self.ctx.stats.blob_mismatches += 1
                 log.warning(
@@ -688,9 +836,10 @@ class BlobFetch:
             else:
                 await self.progress.publish()
                 self.published = True
-                self.ctx.stats.published += 1
-                log.info("blob %s: complete and verified, published", self.digest.short)
-                await self._keep_local_index()
+                if not elsewhere:
+                    self.ctx.stats.published += 1
+                    log.info("blob %s: complete and verified, published", self.digest.short)
+                    await self._keep_local_index()
         except ModelfsError as e:
             log.warning("%s: could not publish: %s", self.what, e)
             error = e

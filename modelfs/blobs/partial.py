@@ -37,6 +37,8 @@ import os
 from collections.abc import Callable
 
 from modelfs.blobs.blobcache import BlobCache, fsync_dir, os_error
+from modelfs.blobs.sharing import SharedPartial
+from modelfs.errors import CacheError
 from modelfs.formats.chunks import BlobChunks, ChunkLayout
 from modelfs.formats.digest import Digest, hash_file_into
 
@@ -124,6 +126,13 @@ def decode_state(
     return present
 
 
+class PartialGone(CacheError):
+    """The partial file another process was filling was published or removed meanwhile."""
+
+    def __init__(self, digest: Digest) -> None:
+        super().__init__(f"the partial file of blob {digest.short} went away while opening it")
+
+
 class PartialFile:
     """The partial data file of one blob, open for reading and writing, with its bitmap."""
 
@@ -138,8 +147,16 @@ class PartialFile:
         origin: str | None = None,
         scratch: bool = False,
         source: str | None = None,
+        shared: bool = False,
+        anonymous: bool = False,
     ) -> None:
         self.cache = cache
+        # Join the partial other modelfs processes of this cache fill (``sharing``).
+        self.sharing = shared and not scratch
+        self.shared: SharedPartial | None = None
+        # Fetched without the mount owner's credentials (for another user): shared only with
+        # processes fetching the same way, as within a process (``blobfetch.FetchKey``).
+        self.anonymous = anonymous
         # How the chunks are checked (kept in the state for ``modelfs ls``; never trusted).
         self.source = source
         self.scratch = scratch
@@ -158,12 +175,30 @@ class PartialFile:
         self.needs_recheck = bytearray(len(self.present))
         self.path = cache.partial_path(digest)
         if scratch:
-            self.path = self.path.with_name(
-                f"{digest.filename}.{os.getpid()}-{next(_scratch_ids)}.scratch"
-            )
+            self._to_scratch()
         self._published = False
         self.fd = -1
         self._retired_fds: list[int] = []
+
+    def _to_scratch(self) -> None:
+        self.scratch = True
+        self.path = self.cache.partial_path(self.digest).with_name(
+            f"{self.digest.filename}.{os.getpid()}-{next(_scratch_ids)}.scratch"
+        )
+
+    def share_key(self) -> str:
+        """What processes sharing this partial must agree on: how its chunks are laid out and
+        checked, and (without an index) the repository they come from."""
+        doc = {
+            "digest": str(self.digest),
+            "size": self.size,
+            "chunkBytes": self.layout.chunk_bytes,
+            "layout": None if self.layout.fixed else self.layout.key,
+            "indexed": self.indexed,
+            "origin": None if self.indexed else self.origin,
+            "anonymous": self.anonymous,
+        }
+        return _checksum(doc)
 
     # -- bitmap -------------------------------------------------------------------------------
 
@@ -198,7 +233,49 @@ class PartialFile:
     # -- file ---------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) the data file and load the persisted bitmap if it can be trusted."""
+        """Open (or create) the data file and load the persisted bitmap if it can be trusted.
+
+        Sharing, the first member does so and marks the chunks for the others; a later one
+        takes the marks as chunks left by a previous run (re-checked before their first
+        use when indexed). If other processes fill it with other chunk checks, this one
+        fills a private scratch file instead.
+        """
+        if self.sharing:
+            try:
+                shared = SharedPartial.join(
+                    self.cache.lock_path(self.digest), self.share_key(), self.chunks
+                )
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP):
+                    raise os_error(
+                        e, f"joining the partial file of blob {self.digest.short}"
+                    ) from None
+                why = f"the cache's filesystem has no record locks ({e.strerror})"
+                shared = None
+            else:
+                why = "another modelfs process fills it with other chunk checks"
+            if shared is None:
+                log.info("blob %s: %s; fetching it privately", self.digest.short, why)
+                self._to_scratch()
+            else:
+                self.shared = shared
+                try:
+                    if shared.first:
+                        self._open_data()
+                        shared.set_marks(self.present)
+                    else:
+                        self._open_member(shared)
+                except OSError as e:
+                    self.close()
+                    raise os_error(
+                        e, f"opening the partial file of blob {self.digest.short}"
+                    ) from None
+                except BaseException:
+                    self.close()
+                    raise
+                finally:
+                    shared.joined()
+                return
         if self.scratch:
             try:
                 self.fd = os.open(
@@ -209,6 +286,30 @@ class PartialFile:
                 self.close()
                 raise os_error(e, f"creating a scratch file for blob {self.digest.short}") from None
             return
+        self._open_data()
+
+    def _open_member(self, shared: SharedPartial) -> None:
+        """Open the data file other processes are filling; take their marks as chunks left
+        by an earlier run. Raises PartialGone if it was published or removed meanwhile."""
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise PartialGone(self.digest) from None
+        if os.fstat(self.fd).st_size != self.size:
+            raise PartialGone(self.digest)
+        self.present = shared.marks_bitmap()
+        self.present_count = sum(bin(b).count("1") for b in self.present)
+        if self.indexed:
+            self.needs_recheck = bytearray(self.present)
+        if self.present_count:
+            log.info(
+                "blob %s: another modelfs process is filling it; sharing its %d of %d chunks",
+                self.digest.short,
+                self.present_count,
+                self.chunks,
+            )
+
+    def _open_data(self) -> None:
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             st = os.fstat(self.fd)
@@ -305,6 +406,17 @@ class PartialFile:
         """
         if self.scratch:
             return
+        shared = self.shared
+        if shared is not None and self.cache.has_blob(self.digest, self.size):
+            return  # another process published it: no state may outlive the partial
+        if shared is not None and not shared.left:
+            # What other processes marked counts too. Read before the fdatasync below, which
+            # then makes their chunks durable as well (they wrote each before marking it).
+            try:
+                marks = shared.marks_bitmap()
+            except OSError as e:
+                raise os_error(e, f"reading the chunk marks of blob {self.digest.short}") from None
+            present = bytes(a | b for a, b in zip(present, marks, strict=True))
         if not self.indexed:
             try:
                 os.fdatasync(self.fd)
@@ -321,7 +433,26 @@ class PartialFile:
             os.fsync(self.fd)
         except OSError as e:
             raise os_error(e, f"syncing blob {self.digest.short}") from None
-        self.cache.publish_file(self.path, self.digest)
+        shared = self.shared
+        if shared is not None and not shared.left:
+            # Another member may have published it first (its sha256 matched too).
+            if self.cache.has_blob(self.digest, self.size):
+                self._published = True
+                return
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+            except OSError:
+                same = False
+            if not same and not self.cache.has_blob(self.digest, self.size):
+                raise CacheError(f"the partial file of blob {self.digest.short} was replaced")
+            if not same:
+                self._published = True
+                return
+        try:
+            self.cache.publish_file(self.path, self.digest)
+        except CacheError:
+            if shared is None or not self.cache.has_blob(self.digest, self.size):
+                raise
         self._published = True
         if self.scratch:
             return
@@ -335,10 +466,21 @@ class PartialFile:
         thread may still be using it, and a closed-and-reused fd number would
         hand it another file's bytes.
         """
+        shared = self.shared
+        if shared is not None:
+            with shared.alone() as alone:
+                if alone:
+                    shared.set_marks(bytes(len(self.present)))
+                    self.cache.discard_partial(self.digest)
+            if not alone:
+                # Other processes fill it: start afresh in a private file, leaving theirs.
+                shared.leave()
+                self._to_scratch()
+                log.info("blob %s: fetching it again privately", self.digest.short)
         if self.scratch:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-        else:
+        elif shared is None:
             self.cache.discard_partial(self.digest)
         with contextlib.suppress(OSError):
             fsync_dir(self.cache.partial_dir)
@@ -360,7 +502,81 @@ class PartialFile:
         if old >= 0:
             self._retired_fds.append(old)
 
+    # -- sharing with other processes ---------------------------------------------------------
+
+    def adopt(self, lo: int, hi: int, skip: Callable[[int], bool]) -> list[int]:
+        """Chunks of ``[lo, hi)`` another process marked that this one does not have (nor
+        ``skip``s): taken as present (an indexed blob re-checks each before its first use, as
+        after a restart)."""
+        shared = self.shared
+        if shared is None or shared.left:
+            return []
+        missing = [i for i in range(lo, hi) if not self.has(i) and not skip(i)]
+        if not missing:
+            return []
+        try:
+            marks = shared.marks()
+        except OSError:
+            return []
+        got = [i for i in missing if marks[i] == 1]
+        for i in got:
+            self.mark(i)
+            if self.indexed:
+                self.needs_recheck[i >> 3] |= 1 << (i & 7)
+        return got
+
+    def claim(self, i: int) -> bool:
+        """Take chunk ``i`` to fetch it (always, unshared); False while another process is."""
+        shared = self.shared
+        if shared is None or shared.left:
+            return True
+        try:
+            return shared.claim(i)
+        except OSError:
+            return False  # as if another process held it: waited for, never written twice
+
+    def marked_elsewhere(self, i: int) -> bool:
+        shared = self.shared
+        if shared is None or shared.left:
+            return False
+        try:
+            return shared.marked(i)
+        except OSError:
+            return False
+
+    def landed(self, i: int) -> None:
+        """Chunk ``i`` (claimed) is written and checked: mark it for the other processes."""
+        shared = self.shared
+        if shared is not None:
+            with contextlib.suppress(OSError):
+                shared.mark(i)
+                shared.release(i)
+
+    def release(self, i: int) -> None:
+        """Let go of chunk ``i`` without marking it (its fetch failed)."""
+        shared = self.shared
+        if shared is not None:
+            with contextlib.suppress(OSError):
+                shared.release(i)
+
+    def may_rewrite(self, i: int) -> bool:
+        """Whether chunk ``i``, found bad, may be fetched again into this file: only when no
+        other process uses the file (another may have checked those bytes by its own index
+        and be serving them). Then its mark is cleared."""
+        shared = self.shared
+        if shared is None or shared.left:
+            return True
+        try:
+            with shared.alone() as alone:
+                if alone:
+                    shared.unmark(i)
+                return alone
+        except OSError:
+            return False
+
     def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
         if self.scratch and not self._published:
             with contextlib.suppress(OSError):
                 self.path.unlink()

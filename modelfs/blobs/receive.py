@@ -35,13 +35,13 @@ class RangeReceiver:
     ``landed(i, data, offset, view)``: chunk ``i`` is checked and written (``data``
     None) or held in memory (``data``); ``view`` is its bytes if it came in one piece.
     ``mismatch(i)``: chunk ``i`` does not match the index. ``disk_failed(error)``:
-    the cache could not be written. ``writable()``: whether to write the cache.
+    the cache could not be written. ``writable(i)``: whether to write chunk ``i`` to the cache.
     """
 
     layout: ChunkLayout
     index: BlobChunks | None
     partial: PartialFile | None
-    writable: Callable[[], bool]
+    writable: Callable[[int], bool]
     landed: Callable[[int, bytes | None, int, memoryview | None], None]
     mismatch: Callable[[int], None]
     disk_failed: Callable[[ModelfsError], None]
@@ -68,9 +68,9 @@ class RangeReceiver:
             offset += n
             view = view[n:]
 
-    def _write(self, offset: int, view: memoryview) -> bool:
+    def _write(self, i: int, offset: int, view: memoryview) -> bool:
         """Write to the partial file if it can be; False if it cannot (reported)."""
-        if self.partial is None or not self.writable():
+        if self.partial is None or not self.writable(i):
             return False
         try:
             self.partial.write(offset, view)
@@ -83,7 +83,7 @@ class RangeReceiver:
         if self.index is not None and not self.index.verify(i, view):
             self.mismatch(i)
             return
-        if self._write(offset, view):
+        if self._write(i, offset, view):
             self.landed(i, None, offset, view)
         else:
             self.landed(i, bytes(view), offset, view)
@@ -93,14 +93,14 @@ class RangeReceiver:
         if a is None:
             if offset != cstart:
                 return  # a range always starts at a chunk's start: never reached
-            memory = self.partial is None or not self.writable()
+            memory = self.partial is None or not self.writable(i)
             hasher = self.index.hasher() if self.index is not None else None
             a = self._assemblies[i] = _Assembly(hasher, bytearray() if memory else None)
         if a.hasher is not None:
             a.hasher.update(view)
         if a.buffer is not None:
             a.buffer += view
-        elif not a.broken and not self._write(offset, view):
+        elif not a.broken and not self._write(i, offset, view):
             a.broken = True
         if offset + len(view) < cend:
             return

@@ -57,11 +57,16 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 class Mount:
     def __init__(
-        self, root: Path, *, options: tuple[str, ...] = (), env: dict[str, str] | None = None
+        self,
+        root: Path,
+        *,
+        options: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        cache: Path | None = None,
     ):
         self.root = root
         self.mountpoint = root / "mnt"
-        self.cache = root / "cache"
+        self.cache = cache or root / "cache"
         self.log_path = root / "modelfs.log"
         self.options = options
         self.env = dict(env or os.environ)

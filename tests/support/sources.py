@@ -10,6 +10,7 @@ that are not the blob's, a request that never ends.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,6 +67,8 @@ class FakeSource:
     manifests: dict[tuple[Repo, Digest], bytes] = field(default_factory=dict)
     referrer_lists: dict[tuple[Repo, Digest], list[Referrer]] = field(default_factory=dict)
     referrer_requests: list[tuple[Repo, Digest]] = field(default_factory=list)
+    # Seconds each piece takes to arrive (a slow registry: requests of two readers overlap).
+    piece_delay: float = 0.0
 
     def put_chunksums(self, name: Name, digest: Digest, body: bytes, location: str | None) -> None:
         """Answer chunksums of ``digest`` in ``name``'s repository with ``body``."""
@@ -166,6 +169,8 @@ class FakeSource:
                 piece = bytearray(data[offset : offset + size])
                 if fault is not None and kind == "corrupt" and offset <= fault.at < offset + size:
                     piece[fault.at - offset] ^= 0xFF
+                if self.piece_delay:
+                    time.sleep(self.piece_delay)
                 on_piece(offset, memoryview(piece))
                 offset += size
                 n += 1

@@ -39,6 +39,7 @@ RANK = {
     "registry.bulk": 3,
     "registry.client": 4,
     "blobs.blobwatch": 2,
+    "blobs.sharing": 2,
     "blobs.blobcache": 4,
     "blobs.partial": 5,
     "blobs.fetchcontext": 5,

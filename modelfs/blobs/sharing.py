@@ -1,0 +1,184 @@
+"""One partial blob shared by the modelfs processes of one cache (docs/concurrency.md).
+
+Two mounts of one cache, or a mount and a ``pull``, fill one partial data file
+together and fetch each chunk once between them. The blob's lock file
+(``partial/sha256-<hex>.lock``) carries what they share, guarded by
+open-file-description record locks (``F_OFD_SETLK``), which the kernel drops when
+the file is closed, so when a process dies:
+
+- byte ``JOIN``: held while a process joins, so that the first one sets up the rest
+  before anyone else reads it;
+- byte ``MEMBER``: every process using the partial holds a read lock on it. Getting a
+  write lock on it means nobody else uses the partial (to start it afresh, to
+  overwrite a chunk, to discard it: ``BlobCache.lock_blob``);
+- bytes ``KEY``: how the chunks are laid out and checked (``PartialFile.share_key``),
+  written by the first member. Only processes with the same key share the file;
+  another fills a private one;
+- byte ``CHUNKS + i``: chunk ``i``. Its content is 1 once a member wrote the chunk
+  and checked it by its own rules; a write lock on it means a member is fetching it.
+  No member writes a chunk another has marked, or one another has locked.
+
+What another member marked is not trusted as such: a member with a chunk index
+re-hashes each such chunk against its own before its first use, exactly as a
+chunk a previous run left (``PartialFile.needs_recheck``); members without one
+share a key only with members fetching from the same repository (the ``origin``
+rule of the chunk state, docs/on-disk-format.md).
+
+All methods block (they are quick: the locks are tried, not waited for, except
+``JOIN``, which is held for a moment); async callers use a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+
+JOIN = 0
+MEMBER = 1
+KEY = 64
+KEY_BYTES = 64
+CHUNKS = 4096
+
+
+class _Flock(ctypes.Structure):
+    _fields_ = [
+        ("l_type", ctypes.c_short),
+        ("l_whence", ctypes.c_short),
+        ("l_start", ctypes.c_int64),
+        ("l_len", ctypes.c_int64),
+        ("l_pid", ctypes.c_int),
+    ]
+
+
+def _lock(fd: int, kind: int, start: int, length: int = 1, wait: bool = False) -> bool:
+    """An OFD record lock on ``[start, start+length)``: True if held, False if another holds it."""
+    arg = bytes(_Flock(kind, os.SEEK_SET, start, length, 0))
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def lock_exclusive(fd: int) -> bool:
+    """A write lock on ``MEMBER`` of a lock file: nobody else uses the partial."""
+    return _lock(fd, fcntl.F_WRLCK, MEMBER)
+
+
+class SharedPartial:
+    """This process's membership of one blob's shared partial (see the module docstring)."""
+
+    def __init__(self, fd: int, count: int, alone: bool) -> None:
+        self.fd = fd
+        self.count = count
+        # Whether this process was the first member: it sets the chunk marks up.
+        self.first = alone
+        self.left = False
+
+    @classmethod
+    def join(cls, path: os.PathLike[str] | str, key: str, count: int) -> SharedPartial | None:
+        """Join the blob's partial (holding ``JOIN`` until ``joined``); None: another key uses it."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _lock(fd, fcntl.F_WRLCK, JOIN, wait=True)
+            # Waits out a process holding the partial alone for a moment (to remove it, or
+            # to overwrite a chunk).
+            _lock(fd, fcntl.F_RDLCK, MEMBER, wait=True)
+            raw_key = key.encode().ljust(KEY_BYTES)[:KEY_BYTES]
+            if _lock(fd, fcntl.F_WRLCK, MEMBER):
+                # Converted in place: no other member. What the file says is from processes
+                # gone (or about a partial since removed): start it over.
+                os.ftruncate(fd, CHUNKS)
+                os.pwrite(fd, raw_key, KEY)
+                os.ftruncate(fd, CHUNKS + count)
+                _lock(fd, fcntl.F_RDLCK, MEMBER)
+                return cls(fd, count, alone=True)
+            if os.pread(fd, KEY_BYTES, KEY) != raw_key:
+                os.close(fd)
+                return None
+            return cls(fd, count, alone=False)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def joined(self) -> None:
+        """Let the next process join (the first member has set the chunk marks up)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                _lock(self.fd, fcntl.F_UNLCK, JOIN)
+
+    def leave(self) -> None:
+        """Stop being a member: drop every lock this process holds on it (the fd stays open
+        until ``close``, so that a late call never reaches a reused descriptor)."""
+        if not self.left:
+            self.left = True
+            with contextlib.suppress(OSError):
+                _lock(self.fd, fcntl.F_UNLCK, 0, 0)  # length 0: to the end of the file
+
+    def close(self) -> None:
+        self.left = True
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)  # drops every lock this process held on it
+            self.fd = -1
+
+    # -- chunk marks --------------------------------------------------------------------------
+
+    def marks(self) -> bytes:
+        """One byte per chunk, 1 where a member marked the chunk written and checked."""
+        data = os.pread(self.fd, self.count, CHUNKS)
+        return data.ljust(self.count, b"\0")
+
+    def marked(self, i: int) -> bool:
+        return os.pread(self.fd, 1, CHUNKS + i) == b"\x01"
+
+    def mark(self, i: int) -> None:
+        if not self.left:
+            os.pwrite(self.fd, b"\x01", CHUNKS + i)
+
+    def unmark(self, i: int) -> None:
+        if not self.left:
+            os.pwrite(self.fd, b"\0", CHUNKS + i)
+
+    def set_marks(self, present: bytes | bytearray) -> None:
+        """The first member: mark what its chunk state says is present (a bitmap)."""
+        out = bytes(1 if present[i >> 3] & (1 << (i & 7)) else 0 for i in range(self.count))
+        os.pwrite(self.fd, out, CHUNKS)
+
+    def marks_bitmap(self) -> bytearray:
+        """The marks as a chunk-state bitmap (chunk i is bit ``i & 7`` of byte ``i >> 3``)."""
+        out = bytearray((self.count + 7) // 8)
+        for i, b in enumerate(self.marks()):
+            if b == 1:
+                out[i >> 3] |= 1 << (i & 7)
+        return out
+
+    # -- fetching claims ----------------------------------------------------------------------
+
+    def claim(self, i: int) -> bool:
+        """Take chunk ``i`` to fetch it: False if another member is fetching it."""
+        return not self.left and _lock(self.fd, fcntl.F_WRLCK, CHUNKS + i)
+
+    def release(self, i: int) -> None:
+        if not self.left:
+            _lock(self.fd, fcntl.F_UNLCK, CHUNKS + i)
+
+    # -- alone --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[bool]:
+        """Yield whether this is the only member; while True, nobody can join."""
+        if self.left or not _lock(self.fd, fcntl.F_WRLCK, MEMBER):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            _lock(self.fd, fcntl.F_RDLCK, MEMBER)
