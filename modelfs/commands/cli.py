@@ -66,6 +66,7 @@ def _settings(args: argparse.Namespace, extra_insecure: tuple[str, ...] = ()):
         ca_file=ca_file,
         key_path=Path(key) if key else None,
         mirrors=file.mirrors,
+        origin_credentials=file.origin_credentials,
     )
     return config, file
 

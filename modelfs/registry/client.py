@@ -124,6 +124,8 @@ class RegistryConfig:
     docker_config: Path | None = None
     # host -> base URLs tried in order for reads before the host itself.
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Mirror base URLs whose requests carry the origin's credentials (config ``credentials``).
+    origin_credentials: frozenset[str] = frozenset()
     # A client for other users of an allow_other mount: no stored credentials, no Ollama key.
     anonymous: bool = False
 
@@ -342,6 +344,13 @@ class Registry:
         up = [m.rstrip("/") for m in mirrors if self._mirror_down_until.get(m, 0.0) <= now]
         return [*up, self.base_url(name)]
 
+    def auth_host(self, base: str, name: Name) -> str:
+        """Whose credentials a read of ``name`` at ``base`` carries: the host it talks to, but
+        the origin's for a mirror configured with ``credentials = "origin"``."""
+        if base.rstrip("/") in self.config.origin_credentials:
+            return name.host.lower()
+        return _netloc(base)
+
     def _mirror_failed(self, base: str, name: Name, e: ModelfsError) -> None:
         if isinstance(e, ModelNotFound):
             # A mirror without the model is normal (it may not have it yet): ask the next one.
@@ -400,10 +409,12 @@ class Registry:
         *,
         headers: dict[str, str] | None = None,
         content: bytes | AsyncIterator[bytes] | None = None,
+        auth_host: str | None = None,
     ) -> httpx.Response:
         """One control request with auth, answering one 401. The response is streamed:
-        the caller reads or closes it."""
-        host = _netloc(url)
+        the caller reads or closes it. ``auth_host``: whose credentials it carries (by
+        default the host of ``url``)."""
+        host = auth_host or _netloc(url)
         for attempt in range(2):
             sent = self.auth.header(host, scopes)
             hdrs = dict(headers or {})
@@ -474,7 +485,12 @@ class Registry:
 
         async def fetch() -> bytes:
             r = await self._send(
-                "GET", url, pull_scopes(name), what, headers={"Accept": MANIFEST_ACCEPT}
+                "GET",
+                url,
+                pull_scopes(name),
+                what,
+                headers={"Accept": MANIFEST_ACCEPT},
+                auth_host=self.auth_host(base, name),
             )
             try:
                 if r.status_code == 404:
@@ -665,7 +681,7 @@ class Registry:
         on_whole: WholeSink | None = None,
     ) -> None:
         url = self.blob_url(name, digest, base)
-        host = _netloc(url)
+        host = self.auth_host(base, name)
         scopes = pull_scopes(name)
         for attempt in range(2):
             sent = self.auth.header(host, scopes)

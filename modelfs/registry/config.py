@@ -16,7 +16,14 @@ tls = true               # https, although loopback hosts default to http
 [[mirror]]               # reads of registry.ollama.ai try these in order, then the origin
 host = "registry.ollama.ai"
 endpoints = ["http://mirror.lan:5000"]
+credentials = "origin"   # send these mirrors what registry.ollama.ai gets (default "mirror")
 ```
+
+``credentials``: whose credentials requests to the mirror carry. ``"mirror"`` (the default): the
+mirror's own (stored under its ``host:port``), as for any host. ``"origin"``: the origin's (its
+stored login, a token from its realm, the Ollama key's signature for a realm on the origin's
+host): for a mirror that passes requests and challenges through to the origin (mirror/README.md),
+which is then trusted with the origin's tokens.
 
 ``MODELFS_CONFIG`` names another file. A missing file is an empty configuration; a file
 that does not parse is a one-line error naming it. A mount reads it again on SIGHUP
@@ -42,6 +49,8 @@ class FileConfig:
     insecure_hosts: tuple[str, ...] = ()
     tls_hosts: tuple[str, ...] = ()
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Mirror base URLs whose requests carry the origin's credentials (``credentials = "origin"``).
+    origin_credentials: frozenset[str] = frozenset()
     # Cache bounds as written ("200G", "10%"); a mount parses them (blobs.eviction.parse_size).
     cache_max: str | None = None
     min_free: str | None = None
@@ -112,12 +121,19 @@ def load_config(path: Path | None = None) -> FileConfig:
         if entry.get("tls"):
             tls.append(entry["host"])
     mirrors: dict[str, tuple[str, ...]] = {}
+    origin_credentials: set[str] = set()
     entries = doc.get("mirror", [])
     if not isinstance(entries, list):
         raise bad("[[mirror]] must be an array of tables")
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("host"), str):
             raise bad('each [[mirror]] needs host = "name[:port]"')
+        extra = set(entry) - {"host", "endpoints", "credentials"}
+        if extra:
+            raise bad(f"unknown [[mirror]] setting {sorted(extra)[0]!r}")
+        credentials = entry.get("credentials", "mirror")
+        if credentials not in ("mirror", "origin"):
+            raise bad(f'mirror of {entry["host"]}: credentials must be "mirror" or "origin"')
         endpoints = entry.get("endpoints")
         if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
             raise bad(f"mirror of {entry['host']}: endpoints must be a list of URLs")
@@ -127,6 +143,8 @@ def load_config(path: Path | None = None) -> FileConfig:
                 raise bad(f"mirror of {entry['host']}: {e!r} is not an http(s) URL")
         host = entry["host"].lower()
         mirrors[host] = (*mirrors.get(host, ()), *(e.rstrip("/") for e in endpoints))
+        if credentials == "origin":
+            origin_credentials.update(e.rstrip("/") for e in endpoints)
     return FileConfig(
         path=path,
         ca_file=_expand(ca_file, path.parent) if ca_file else None,
@@ -134,5 +152,6 @@ def load_config(path: Path | None = None) -> FileConfig:
         insecure_hosts=tuple(insecure),
         tls_hosts=tuple(tls),
         mirrors=mirrors,
+        origin_credentials=frozenset(origin_credentials),
         **bounds,
     )

@@ -22,11 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 from support.httpserver import QuietHandler, Served
 from support.nginx import NginxMirror
 from support.ollama_front import CDN
 from support.proxy import Proxy, Record
 from support.registry import RegistryProcess, image_manifest
+
+from modelfs.formats.digest import Digest
+from modelfs.formats.names import parse_name
+from modelfs.registry.client import Registry, RegistryConfig
+from modelfs.registry.config import load_config
 
 SLICE_BYTES = 4 << 20  # `slice 4m` in mirror/nginx.conf: modelfs's chunk size
 BLOB_BYTES = 5 * SLICE_BYTES + 1234  # six slices, the last one short
@@ -511,4 +517,68 @@ def test_a_redirect_to_another_host_is_followed_by_the_mirror_and_cached(
     finally:
         redirector.stop()
         cdn.stop()
+        counter.stop()
+
+
+# -- (e) credentials, on the modelfs side -------------------------------------------------------
+
+
+@pytest.mark.parametrize("credentials", ["origin", "mirror"])
+async def test_modelfs_sends_the_origins_credentials_only_to_a_mirror_configured_for_it(
+    token_registry, nginx_factory, blob, tmp_path, caplog, credentials
+):
+    """A private repository read through the mirror: with ``credentials = "origin"`` modelfs
+    gets its token from the origin's realm with the origin's login and sends it to the mirror,
+    which passes it through; by default it sends the mirror nothing it holds for the origin,
+    is refused, and reads from the origin instead."""
+    issuer, registry = token_registry.issuer, token_registry.registry
+    repo = "private/weights"
+    push = issuer.fetch(f"repository:{repo}:pull,push", user="alice", password="secret")
+    digest = push_blob(registry.host, repo, blob, bearer(push))
+    counter = Proxy(registry.host).start()  # counts what reaches the registry through nginx
+    try:
+        mirror = nginx_factory(counter.host)
+        docker = tmp_path / "docker.json"
+        login = base64.b64encode(b"alice:secret").decode()
+        docker.write_text(json.dumps({"auths": {registry.host: {"auth": login}}}))
+        endpoint = f"http://{mirror.host}"
+        path = tmp_path / "config.toml"
+        path.write_text(
+            f'[[mirror]]\nhost = "{registry.host}"\nendpoints = ["{endpoint}"]\n'
+            f'credentials = "{credentials}"\n'
+        )
+        file = load_config(path)
+        client = Registry(
+            RegistryConfig(
+                docker_config=docker,
+                mirrors=file.mirrors,
+                origin_credentials=file.origin_credentials,
+            )
+        )
+        name = parse_name(f"{registry.host}/{repo}:latest")
+        got = bytearray()
+        span = (SLICE_BYTES, 3 * SLICE_BYTES)
+        try:
+            await client.read_range(
+                name,
+                Digest.parse(digest),
+                *span,
+                1 << 20,
+                lambda _offset, view: got.extend(view),
+                limiter=trio.CapacityLimiter(1),
+            )
+        finally:
+            await client.aclose()
+        assert bytes(got) == blob[span[0] : span[1]]
+        through_mirror = slices_fetched(counter.records())
+        refused = [
+            r for r in caplog.records if "mirror" in r.getMessage() and "failed" in r.message
+        ]
+        if credentials == "origin":
+            assert through_mirror == [1, 2]
+            assert refused == []
+        else:
+            assert through_mirror == [], "the mirror served a private blob without a token"
+            assert refused and "401" in refused[0].message
+    finally:
         counter.stop()

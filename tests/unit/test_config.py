@@ -76,6 +76,26 @@ endpoints = []
     }
 
 
+def test_only_mirrors_that_ask_for_it_get_the_origins_credentials(tmp_path):
+    path = write(
+        tmp_path,
+        """
+[[mirror]]
+host = "registry.ollama.ai"
+endpoints = ["http://m1.lan:5000/", "http://m2.lan"]
+credentials = "origin"
+[[mirror]]
+host = "registry.ollama.ai"
+endpoints = ["http://m3.lan"]
+[[mirror]]
+host = "docker.io"
+endpoints = ["http://m4.lan"]
+credentials = "mirror"
+""",
+    )
+    assert load_config(path).origin_credentials == {"http://m1.lan:5000", "http://m2.lan"}
+
+
 def test_registry_flags_false_add_nothing(tmp_path):
     path = write(
         tmp_path,
@@ -170,6 +190,14 @@ def test_load_config_reads_xdg(tmp_path, monkeypatch):
         (
             '[[mirror]]\nhost = "a.lan"\nendpoints = ["https://"]',
             "mirror of a.lan: 'https://' is not an http(s) URL",
+        ),
+        (
+            '[[mirror]]\nhost = "a.lan"\nendpoints = []\ncredentials = "yes"',
+            'mirror of a.lan: credentials must be "mirror" or "origin"',
+        ),
+        (
+            '[[mirror]]\nhost = "a.lan"\nendpoints = []\ntoken = "x"',
+            "unknown [[mirror]] setting 'token'",
         ),
     ],
 )
