@@ -10,7 +10,6 @@ runs real processes (two mounts, a mount and a pull) against a real registry.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import trio
@@ -40,18 +39,6 @@ from modelfs.formats.manifest import Layer
 from modelfs.formats.names import Name
 
 CHUNKS = (SIZE + CB - 1) // CB
-
-
-@pytest.fixture
-def data() -> bytes:
-    return os.urandom(SIZE)
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> BlobCache:
-    c = BlobCache(tmp_path / "cache")
-    c.prepare()
-    return c
 
 
 async def read_backward(blobs: Blobs, name: Name, layer: Layer, chunks: BlobChunks | None) -> bytes:
