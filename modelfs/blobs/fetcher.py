@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.blobfetch import BlobFetch, FetchKey, fetch_key
+from modelfs.blobs.blobfetch import ELSEWHERE_POLL_SECONDS, BlobFetch, FetchKey, fetch_key
 from modelfs.blobs.fetchcontext import BlobSource, FetchContext, FetchSettings, Verify
+from modelfs.blobs.sharing import claim_small
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError
 from modelfs.flight import Flight
 from modelfs.formats.chunks import BlobChunks
@@ -178,15 +180,35 @@ class Fetcher(FetchContext):
         anonymous: bool,
     ) -> None:
         try:
-            data = await self._fetch_whole_small(name, layer, anonymous)
+            delay, most = ELSEWHERE_POLL_SECONDS
+            while True:
+                claim = await self._claim_small(layer)
+                if claim is not None:
+                    break
+                # Another process of this cache is fetching it: wait for it to publish it.
+                await trio.sleep(delay)
+                delay = min(delay * 2, most)
+                data = await self.in_thread(self._published_small, layer)
+                if data is not None:
+                    flight.finish(value=data)
+                    return
             try:
-                await self.in_thread(self.cache.store_bytes, data, layer.digest)
-            except (CacheFull, CacheError) as e:
-                self.stats.cache_write_failures += 1
-                log.warning("blob %s: not cached (%s); served from memory", layer.digest.short, e)
-            else:
-                self.stats.published += 1
-                await self.published(layer.digest)
+                data = await self.in_thread(self._published_small, layer)
+                if data is None:
+                    data = await self._fetch_whole_small(name, layer, anonymous)
+                    try:
+                        await self.in_thread(self.cache.store_bytes, data, layer.digest)
+                    except (CacheFull, CacheError) as e:
+                        self.stats.cache_write_failures += 1
+                        log.warning(
+                            "blob %s: not cached (%s); served from memory", layer.digest.short, e
+                        )
+                    else:
+                        self.stats.published += 1
+                        await self.published(layer.digest)
+            finally:
+                if claim >= 0:
+                    os.close(claim)
             flight.finish(value=data)
         except ModelfsError as e:
             flight.finish(e)
@@ -199,6 +221,25 @@ class Fetcher(FetchContext):
         finally:
             if self._small.get(key) is flight:
                 del self._small[key]
+
+    async def _claim_small(self, layer: Layer) -> int | None:
+        """The small blob's claim across processes (``sharing.claim_small``): an fd to close
+        when done, -1 if the cache cannot hold one (fetched here anyway), None while another
+        process of this cache is fetching it."""
+        try:
+            return await self.in_thread(claim_small, self.cache.lock_path(layer.digest))  # type: ignore[return-value]
+        except OSError:
+            return -1
+
+    def _published_small(self, layer: Layer) -> bytes | None:
+        """Worker thread: the small blob's bytes if it is in ``blobs/`` (published, so checked)."""
+        if not self.cache.has_blob(layer.digest, layer.size):
+            return None
+        try:
+            data = self.cache.blob_path(layer.digest).read_bytes()
+        except OSError:
+            return None
+        return data if len(data) == layer.size else None
 
     async def _fetch_whole_small(self, name: Name, layer: Layer, anonymous: bool) -> bytes:
         buf = bytearray(layer.size)

@@ -11,6 +11,9 @@ the file is closed, so when a process dies:
 - byte ``MEMBER``: every process using the partial holds a read lock on it. Getting a
   write lock on it means nobody else uses the partial (to start it afresh, to
   overwrite a chunk, to discard it: ``BlobCache.lock_blob``);
+- byte ``SMALL``: a blob of at most one chunk has no partial file: a process fetching one
+  whole holds a write lock on it until the blob is published or the fetch failed
+  (``claim_small``); another waits for that, then reads the published blob;
 - bytes ``KEY``: how the chunks are laid out and checked (``PartialFile.share_key``),
   written by the first member. Only processes with the same key share the file;
   another fills a private one;
@@ -39,6 +42,7 @@ from collections.abc import Iterator
 
 JOIN = 0
 MEMBER = 1
+SMALL = 2  # a write lock: a process is fetching this blob whole (at most one chunk)
 KEY = 64
 KEY_BYTES = 64
 CHUNKS = 4096
@@ -64,6 +68,20 @@ def _lock(fd: int, kind: int, start: int, length: int = 1, wait: bool = False) -
             return False
         raise
     return True
+
+
+def claim_small(path: os.PathLike[str] | str) -> int | None:
+    """Take a small blob's lock file to fetch it: its fd (closing it lets go), or None while
+    another process is fetching it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if _lock(fd, fcntl.F_WRLCK, SMALL):
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
 
 
 def lock_exclusive(fd: int) -> bool:

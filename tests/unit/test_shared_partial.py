@@ -226,3 +226,21 @@ async def test_a_chunk_another_process_stops_fetching_is_fetched_here(
         await published(cache, layer)
     assert got == [data]
     assert honest.requested_bytes(layer.digest) == SIZE
+
+
+async def test_two_processes_fetch_a_small_blob_once(cache: BlobCache) -> None:
+    small = os.urandom(CB // 2)  # at most one chunk: fetched whole, no partial file
+    source, layer = serving(small)
+    source.piece_delay = 0.2  # the first process is still fetching when the second asks
+    got: list[bytes] = []
+    async with blob_layer(cache, source) as (_fa, a), blob_layer(cache, source) as (_fb, b):
+
+        async def one(blobs: Blobs) -> None:
+            got.append(await read(blobs, NAME, layer, None, CB))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, a)
+            nursery.start_soon(one, b)
+    assert got == [small, small]
+    assert source.requested_bytes(layer.digest) == len(small)
+    assert cache.blob_path(layer.digest).read_bytes() == small
