@@ -56,9 +56,32 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
-    echo "setup: llama-cpp-python builds llama.cpp from source the first time (~5-7 min on" \
-        "2 cores); pip's cache keeps the wheel for the next setup" >&2
+# llama-cpp-python (the tests' inference engine) is built from source into .cache/wheels, once.
+# Not with -march=native (llama.cpp's default): on CPUs that report AMX, a native build runs AMX
+# tile instructions, which some virtual machines refuse with SIGILL. AVX2/FMA/F16C instead, as
+# on any x86-64 server of the last decade; and not from pip's wheel cache, which keys a build by
+# its source only and would hand back a native build made earlier.
+LLAMA_VERSION=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_WHEELS=.cache/wheels/llama-cpp-python-$LLAMA_VERSION
+if ! ls "$LLAMA_WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "setup: building llama-cpp-python $LLAMA_VERSION from source, once (~5-7 min on 2 cores)" >&2
+    mkdir -p "$LLAMA_WHEELS"
+    LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    if [ "$(uname -m)" != x86_64 ]; then
+        LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON"
+    fi
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+        .venv/bin/python -m pip wheel -q --no-cache-dir --no-deps -w "$LLAMA_WHEELS" \
+        "llama-cpp-python==$LLAMA_VERSION" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+    if ! ls "$LLAMA_WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+        echo "setup: building llama-cpp-python failed" >&2
+        exit 1
+    fi
+fi
+if [ ! -e ".venv/.llama-wheel-$LLAMA_VERSION" ] || ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps \
+        "$LLAMA_WHEELS"/llama_cpp_python-*.whl 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+    touch ".venv/.llama-wheel-$LLAMA_VERSION"
 fi
 echo "setup: installing modelfs into .venv (pyfuse3 builds from source: ~30 s the first time)" >&2
 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install -q -e '.[test]' 2>&1 |
