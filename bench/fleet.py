@@ -57,6 +57,7 @@ CONFIGS = {
     "a": "origin, directly",
     "b": "docker-registry pull-through mirror",
     "c": "nginx mirror tier (mirror/nginx.conf)",
+    "s": "one cache shared by the N mounts, origin directly",
 }
 NGINX_HELPER = REPO / "tests" / "support" / "nginx.py"
 REPO_NAME = "library/fleet"
@@ -188,7 +189,8 @@ class Bench:
             )
             env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
             env["MODELFS_CONFIG"] = str(conf)
-            mounts = [Mount(root / f"m{i:02d}", env=env) for i in range(n)]
+            shared = root / "cache" if config == "s" else None
+            mounts = [Mount(root / f"m{i:02d}", env=env, cache=shared) for i in range(n)]
             self.front.reset()
             self.behind.reset()
             with ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
@@ -426,6 +428,10 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         if not all(r["finished"]):
             met = "**no** (unfinished)"
         rows.append((f"(b) N={n}: origin ≤ {bound}× the model", f"{x:.2f}×", met))
+    for n, r in by_n(runs.get("s", {})):
+        x = r["origin_model_blob_bytes"] / size
+        met = verdict(x, 1.0) if all(r["finished"]) else "**no** (unfinished)"
+        rows.append((f"(s) N={n} on one cache: origin ≤ 1× the model", f"{x:.3f}×", met))
     return rows
 
 
@@ -449,8 +455,8 @@ def render(results: dict) -> str:
         )
         + f": {results['machine']}. Model: a synthetic GGUF of {size >> 20} MiB "
         "(`tests/gguf_synth.py`), `modelfs create` + `modelfs push` to a docker-registry (the "
-        "origin). Every mount is its own daemon with its own cache, mount point and config "
-        "file, on loopback (no network namespaces: all processes share the loopback and the "
+        "origin). Every mount is its own daemon with its own cache (but in (s), where all "
+        "share one), mount point and config file, on loopback (no network namespaces: all processes share the loopback and the "
         "cores). All N mounts stream the whole `model.gguf` into sha256 at the same moment (one "
         "process each). Page cache dropped and caches, mirror and mounts fresh for every run.",
         "",
@@ -580,6 +586,14 @@ def notes(results: dict) -> list[str]:
             + ": one fetch per 4 MiB slice (`proxy_cache_lock`) however many mounts ask; the "
             "HEADs are its per-request permission check (`auth_request`), no body."
         )
+    if "s" in runs:
+        out.append(
+            "- **(s) one cache**: origin "
+            + origin_ratios("s")
+            + ": the daemons fill one partial file together (modelfs.blobs.sharing), each "
+            "chunk fetched by one of them and re-checked by the others against their own "
+            "chunk index; each still reads and hashes the whole model itself."
+        )
     busy = [
         sum(r["cpu_seconds"].values()) / r["fleet_seconds"]
         for c in runs.values()
@@ -619,8 +633,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=int, default=1024, help="the synthetic model's size")
     parser.add_argument("--n", default="1,4,16", help="fleet sizes, comma-separated")
-    parser.add_argument("--configs", default="a,b,c", help="of a (origin), b (docker-registry "
-                        "mirror), c (nginx mirror)")  # fmt: skip
+    parser.add_argument("--configs", default="a,b,c,s", help="of a (origin), b (docker-registry "
+                        "mirror), c (nginx mirror), s (one cache shared by all mounts)")  # fmt: skip
     parser.add_argument(
         "--lone", type=int, default=3, help="N=1 runs per configuration (the median is used)"
     )

@@ -36,6 +36,13 @@ def read_backward(path: Path, size: int) -> bytes:
 
 def served_once(proxy, model_hex: str, size: int) -> None:
     """The registry served every byte of the model blob exactly once."""
+    # The proxy records a request once its handler is done, which may be just after the
+    # client has the last byte.
+    wait_for(
+        lambda: sum(r.body_bytes for r in model_records(proxy, model_hex)) >= size,
+        "the proxy to record every request",
+        10,
+    )
     records = model_records(proxy, model_hex)
     spans = sorted(r.span for r in records if r.span is not None)
     for (_a, end), (start, _b) in itertools.pairwise(spans):
