@@ -742,6 +742,8 @@ class BlobFetch:
         source = self.index.source if self.index is not None else "index"
         if i not in self._mismatched:
             self._mismatched.add(i)
+            # Fetched again from the origin if a mirror sent them (it is set aside a while).
+            self.registry.distrust_mirrors(self.name, f"chunk {i} of blob {self.digest.short}")
             log.warning(
                 "blob %s: chunk %d (bytes %d-%d) from %s does not match the chunk index (%s); "
                 "fetching it once more",
@@ -825,6 +827,7 @@ class BlobFetch:
                     self.name.host,
                     got,
                 )
+                self.registry.distrust_mirrors(self.name, f"blob {self.digest.short}")
                 self.whole.reset()
                 await self.ctx.in_thread(partial.discard)
                 self.memory.clear()

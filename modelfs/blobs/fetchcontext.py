@@ -100,6 +100,9 @@ class BlobSource(Protocol):
 
     def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
         """Fetch the blob's bytes from ``url`` (where its chunksums say they are)."""
+
+    def distrust_mirrors(self, name: Name, what: str) -> None:
+        """Bytes of ``name`` did not match their digest: skip its mirrors for a while."""
         ...
 
     async def referrers(self, name: Name, subject: Digest, artifact_type: str) -> list[Referrer]:

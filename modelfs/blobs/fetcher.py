@@ -260,6 +260,7 @@ class Fetcher(FetchContext):
         actual = await self.in_thread(_sha256_hex, data)
         if actual != layer.digest.hex:
             self.stats.blob_mismatches += 1
+            registry.distrust_mirrors(name, f"blob {layer.digest.short}")
             log.warning(
                 "blob %s from %s does not match its digest; discarded", layer.digest, name.host
             )

@@ -351,6 +351,23 @@ class Registry:
             return name.host.lower()
         return _netloc(base)
 
+    def distrust_mirrors(self, name: Name, what: str) -> None:
+        """Bytes of ``name`` (``what``) did not match their digest: read from the origin for a
+        while. A mirror is trusted for nothing but bytes, and not for those once they fail."""
+        now = time.monotonic()
+        for base in self.config.mirrors.get(name.host.lower(), ()):
+            base = base.rstrip("/")
+            if self._mirror_down_until.get(base, 0.0) <= now:
+                log.warning(
+                    "%s of %s did not match; mirror %s may have sent them: reading from the "
+                    "origin for %.0fs",
+                    what,
+                    name,
+                    base,
+                    MIRROR_BACKOFF_SECONDS,
+                )
+            self._mirror_down_until[base] = now + MIRROR_BACKOFF_SECONDS
+
     def _mirror_failed(self, base: str, name: Name, e: ModelfsError) -> None:
         if isinstance(e, ModelNotFound):
             # A mirror without the model is normal (it may not have it yet): ask the next one.

@@ -67,6 +67,8 @@ class FakeSource:
     manifests: dict[tuple[Repo, Digest], bytes] = field(default_factory=dict)
     referrer_lists: dict[tuple[Repo, Digest], list[Referrer]] = field(default_factory=dict)
     referrer_requests: list[tuple[Repo, Digest]] = field(default_factory=list)
+    # What ``distrust_mirrors`` was told (bytes that did not match their digest).
+    distrusted: list[tuple[Repo, str]] = field(default_factory=list)
     # Seconds each piece takes to arrive (a slow registry: requests of two readers overlap).
     piece_delay: float = 0.0
 
@@ -80,6 +82,9 @@ class FakeSource:
 
     def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
         self.locations[(name.repository_key, digest)] = url
+
+    def distrust_mirrors(self, name: Name, what: str) -> None:
+        self.distrusted.append((name.repository_key, what))
 
     def publish(self, name: Name, subject: Digest, artifact: bytes) -> None:
         """List ``artifact`` (a manifest) as a referrer of ``subject`` in ``name``'s repository."""

@@ -14,13 +14,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 from support.hostile import build_manifest
 from support.sources import FakeSource
-from unit.conftest import CB, SIZE
 
 from modelfs.blobs import blobfetch
 from modelfs.blobs.blobcache import BlobCache
@@ -44,8 +44,22 @@ from modelfs.formats.manifest import (
 from modelfs.formats.names import Name, parse_name
 from modelfs.formats.referrers import ARTIFACT_TYPE, Referrer, build_index_artifact
 
+CB = 64 << 10
+SIZE = 10 * CB + 1234  # eleven chunks, the last one short
 NAME = parse_name("127.0.0.1:5000/library/model:tag")
 OTHER = parse_name("127.0.0.1:5001/evil/model:tag")
+
+
+@pytest.fixture
+def data() -> bytes:
+    return os.urandom(SIZE)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> BlobCache:
+    c = BlobCache(tmp_path / "cache")
+    c.prepare()
+    return c
 
 
 def layer_of(data: bytes, digest: Digest | None = None) -> Layer:

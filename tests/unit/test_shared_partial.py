@@ -14,6 +14,7 @@ import os
 import pytest
 import trio
 from support.sources import FakeSource
+from unit import test_blob_layer as blob_layer_tests
 from unit.test_blob_layer import (
     CB,
     NAME,
@@ -39,6 +40,10 @@ from modelfs.formats.manifest import Layer
 from modelfs.formats.names import Name
 
 CHUNKS = (SIZE + CB - 1) // CB
+
+# The blob layer tests' fixtures: a blob's random bytes, an empty cache.
+data = blob_layer_tests.data
+cache = blob_layer_tests.cache
 
 
 async def read_backward(blobs: Blobs, name: Name, layer: Layer, chunks: BlobChunks | None) -> bytes:
