@@ -543,6 +543,10 @@ def render(results: dict) -> str:
     if not rows:
         L.append("| (no run of (b) or (c)) | | |")
     L += ["", *notes(results), ""]
+    # A measurement made by hand (a ceiling), kept with the results it explains.
+    ceiling = REPO / "bench" / "FLEET-ceiling.md"
+    if ceiling.exists():
+        L += [ceiling.read_text().rstrip(), ""]
     return "\n".join(L)
 
 
