@@ -384,9 +384,11 @@ class BlobFetch:
                 mine: list[int] = []
                 for i in list(pending):
                     if partial.marked_elsewhere(i):
-                        flight = pending.pop(i)
+                        flight = pending[i]
                         if await self._take_elsewhere(i, flight):
+                            del pending[i]
                             continue
+                        del pending[i]
                         if i in self._private or partial.claim(i):
                             mine.append(i)
                         else:
@@ -400,13 +402,16 @@ class BlobFetch:
                 if mine:
                     self._spawn_runs(mine)
         finally:
-            # Shutting down, or the blob failed or was published: nobody gets these here.
+            # Published (readers read it whole), failed, closing, or checking a chunk failed.
             error = copy.copy(self.failure) if self.failure is not None else None
             for i, flight in pending.items():
                 if self.flights.get(i) is flight:
                     del self.flights[i]
                 flight.finish(
-                    None if self.published else error or Transient(f"{self.what}: closing")
+                    None
+                    if self.published
+                    else error
+                    or Transient(f"{self.what}: stopped waiting for chunk {i} from another process")
                 )
 
     async def _take_elsewhere(self, i: int, flight: Flight) -> bool:
