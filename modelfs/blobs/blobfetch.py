@@ -361,6 +361,9 @@ class BlobFetch:
         if partial is None or partial.shared is None:
             return
         got = partial.adopt(lo, hi, skip=lambda i: i in self.flights or i in self._private)
+        for i in got:
+            start, end = self.layout.span(i)
+            self.ctx.stats.bytes_from_processes += end - start
         if got:
             self.progress.changed(self._group)
             if not partial.indexed:
@@ -426,6 +429,8 @@ class BlobFetch:
                 return False
         partial.mark(i)
         partial.rechecked(i)
+        start, end = self.layout.span(i)
+        self.ctx.stats.bytes_from_processes += end - start
         if self.flights.get(i) is flight:
             del self.flights[i]
         flight.finish()

@@ -129,6 +129,8 @@ class Stats:
     published: int = 0
     # Checked blob bytes received, per registry host (lowercased) the requests went to.
     bytes_by_host: dict[str, int] = field(default_factory=dict)
+    # Blob bytes another modelfs process of the cache fetched that this one used instead.
+    bytes_from_processes: int = 0
     # Reads served from bytes already present, and reads that had to wait for a fetch.
     read_hits: int = 0
     read_misses: int = 0

@@ -100,11 +100,13 @@ def render(r: dict[str, Any]) -> str:
     if cache["min_free_percent"] is not None:
         keep += f" ({cache['min_free_percent']:g}% of {human_bytes(cache['filesystem_bytes'])})"
     lines.append(("bounds", f"max {bound}, {keep}"))
-    fetched = r["fetched_bytes"]
-    if not fetched:
-        lines.append(("fetched", "nothing yet"))
-    for i, (host, n) in enumerate(sorted(fetched.items())):
-        lines.append(("fetched" if i == 0 else "", f"{human_bytes(n)} from {host}"))
+    fetched = [f"{human_bytes(n)} from {host}" for host, n in sorted(r["fetched_bytes"].items())]
+    if r.get("from_processes_bytes"):
+        # Chunks another process sharing the cache fetched, taken from the partial file.
+        shared = human_bytes(r["from_processes_bytes"])
+        fetched.append(f"{shared} by other modelfs processes of the cache")
+    for i, text in enumerate(fetched or ["nothing yet"]):
+        lines.append(("fetched" if i == 0 else "", text))
     reads = r["reads"]
     lines.append(("reads", f"{reads['hit']} hits, {reads['miss']} misses (waited for a fetch)"))
     if not r["in_flight"]:

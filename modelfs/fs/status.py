@@ -122,6 +122,7 @@ class Snapshot:
     min_free_bytes: int  # what eviction keeps free: the bytes or the share, the larger
     min_free_percent: float | None
     fetched_bytes: dict[str, int]  # per registry host
+    from_processes_bytes: int  # fetched by another modelfs process of the cache, used here
     range_requests: int
     read_hits: int
     read_misses: int
@@ -156,6 +157,7 @@ class Snapshot:
                 "filesystem_bytes": self.disk.filesystem_bytes,
             },
             "fetched_bytes": dict(sorted(self.fetched_bytes.items())),
+            "from_processes_bytes": self.from_processes_bytes,
             "range_requests": self.range_requests,
             "reads": {"hit": self.read_hits, "miss": self.read_misses},
             "in_flight": [
@@ -218,6 +220,7 @@ class Live:
             min_free_bytes=bounds.need_free(disk.filesystem_bytes),
             min_free_percent=bounds.min_free_percent,
             fetched_bytes=dict(stats.bytes_by_host),
+            from_processes_bytes=stats.bytes_from_processes,
             range_requests=stats.requests,
             read_hits=stats.read_hits,
             read_misses=stats.read_misses,
@@ -400,6 +403,11 @@ def metric_families(s: Snapshot) -> list[Metric]:
             s.cache_write_failures,
         ),
         counter("modelfs_blobs_published", "Blobs checked whole and published", s.published),
+        counter(
+            "modelfs_from_processes_bytes",
+            "Blob bytes another modelfs process of this cache fetched, used here",
+            s.from_processes_bytes,
+        ),
     ]
     return out
 

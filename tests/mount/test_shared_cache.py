@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from mount.test_mount import TAG_DIR, model_records, wait_for
+from mount.test_status import status_json
 from support.mount import modelfs_cmd, sha256_path
 
 PIECE = 1 << 20
@@ -77,6 +78,12 @@ def test_two_mounts_of_one_cache_fetch_each_byte_once(
         t.join(300)
     assert got.get("a") == source and got.get("b") == source
     served_once(proxy, model_hex, len(source))
+    # Each daemon counts what it fetched and what it took from the other (modelfs status).
+    figures = [status_json(m, str(m.mountpoint)) for m in (a, b)]
+    fetched = sum(f["fetched_bytes"].get(proxy.host, 0) for f in figures)
+    taken = sum(f["from_processes_bytes"] for f in figures)
+    assert taken > 0, "neither mount used a chunk the other fetched"
+    assert fetched >= len(source)
     blob = cache / "blobs" / f"sha256-{model_hex}"
     wait_for(blob.exists, "the blob to be published")
     assert sha256_path(blob) == model_hex

@@ -53,6 +53,7 @@ def sample_snapshot(**changes: object) -> Snapshot:
         "min_free_bytes": 10_000_000_000,
         "min_free_percent": 10.0,
         "fetched_bytes": {"registry.ollama.ai": 2_000_000_000, "127.0.0.1:5000": 1_000_000},
+        "from_processes_bytes": 500_000_000,
         "range_requests": 70,
         "read_hits": 900,
         "read_misses": 12,
@@ -87,6 +88,7 @@ def test_the_json_names_every_figure():
             "filesystem_bytes": 10**11,
         },
         "fetched_bytes": {"127.0.0.1:5000": 1_000_000, "registry.ollama.ai": 2_000_000_000},
+        "from_processes_bytes": 500_000_000,
         "range_requests": 70,
         "reads": {"hit": 900, "miss": 12},
         "in_flight": [
@@ -117,6 +119,7 @@ def test_text_is_a_few_aligned_lines_per_mount():
         "  bounds     max 20.0 GB, keep 10.0 GB free (10% of 100.0 GB)\n"
         "  fetched    1.0 MB from 127.0.0.1:5000\n"
         "             2.0 GB from registry.ollama.ai\n"
+        "             500.0 MB by other modelfs processes of the cache\n"
         "  reads      900 hits, 12 misses (waited for a fetch)\n"
         "  in flight  b179c9523d0e  smollm2:135m  21.0 MB/98.4 MB\n"
         "  errors     EIO 1, ENOENT 3\n"
@@ -125,7 +128,12 @@ def test_text_is_a_few_aligned_lines_per_mount():
         "  metrics    http://127.0.0.1:9464/metrics"
     )
     quiet = sample_snapshot(
-        fetched_bytes={}, in_flight=(), cache_max_bytes=None, min_free_percent=None, metrics=None
+        fetched_bytes={},
+        from_processes_bytes=0,
+        in_flight=(),
+        cache_max_bytes=None,
+        min_free_percent=None,
+        metrics=None,
     )
     text = render(quiet.as_dict())
     assert "  fetched    nothing yet\n" in text
@@ -167,6 +175,7 @@ def test_prometheus_metrics_carry_the_snapshot_and_the_fetch_histogram():
     assert got[("modelfs_evictions_total", ())] == 4
     assert got[("modelfs_evicted_bytes_total", ())] == 8_000_000_000
     assert got[("modelfs_range_requests_total", ())] == 70
+    assert got[("modelfs_from_processes_bytes_total", ())] == 500_000_000
     assert got[("modelfs_start_time_seconds", ())] == 1_700_000_000.0
     assert got[("modelfs_fetch_seconds_count", host)] == 2
     assert got[("modelfs_fetch_seconds_sum", host)] == pytest.approx(3.02)
