@@ -525,6 +525,10 @@ class PartialFile:
                 self.needs_recheck[i >> 3] |= 1 << (i & 7)
         return got
 
+    def published_elsewhere(self) -> bool:
+        """Whether another process sharing this partial has published the blob (blocks)."""
+        return self.shared is not None and self.cache.has_blob(self.digest, self.size)
+
     def claim(self, i: int) -> bool:
         """Take chunk ``i`` to fetch it (always, unshared); False while another process is."""
         shared = self.shared

@@ -152,12 +152,27 @@ class WholeCheck:
                     if hi == lo:
                         return
                     start, end = self.layout.span(lo)[0], self.layout.span(hi - 1)[1]
-                    await self.ctx.background.run(ph.catch_up, partial.fd, lo, hi, start, end)
+                    going = await self.ctx.background.run(
+                        self._step, ph, partial, lo, hi, start, end
+                    )
+                    if not going:
+                        return
         except (ModelfsError, OSError) as e:
             # The check before publishing hashes whatever is left.
             log.debug("%s: hashing ahead stopped: %s", self.what, e)
         finally:
             self._running = False
+
+    @staticmethod
+    def _step(
+        ph: _PrefixHash, partial: PartialFile, lo: int, hi: int, start: int, end: int
+    ) -> bool:
+        """Background thread: hash chunks ``[lo, hi)``; False (and nothing hashed) if another
+        process sharing the partial has published the blob: its sha256 matched there."""
+        if partial.published_elsewhere():
+            return False
+        ph.catch_up(partial.fd, lo, hi, start, end)
+        return True
 
     async def digest(self, partial: PartialFile) -> Digest:
         """The blob's sha256: what the prefix hash has not covered yet is hashed now."""

@@ -696,7 +696,7 @@ async def test_a_blob_verified_whole_keeps_an_index_and_is_lazy_when_read_again(
 
 
 async def test_a_local_index_that_lies_is_distrusted_never_served(
-    cache: BlobCache, data: bytes
+    cache: BlobCache, data: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     source, layer = serving(data)
     wrong = bytearray(data)
@@ -706,12 +706,18 @@ async def test_a_local_index_that_lies_is_distrusted_never_served(
     async with blob_layer(cache, source) as (_fetcher, blobs):
         handle = await open_plain(blobs, layer)
         try:
-            with pytest.raises(DigestMismatch):
-                await handle.read_all(50_000)  # the read that met the lie twice
-            assert await handle.read_all(50_000) == data  # then checked whole
+            try:
+                first: bytes | None = await handle.read_all(50_000)
+            except DigestMismatch:
+                # The read waiting for the chunk when it met the lie twice; when readahead met
+                # it first, the read came later and was served checked whole.
+                first = None
+            assert first in (None, data)
+            assert await handle.read_all(50_000) == data  # checked whole
         finally:
             await handle.close()
         await published(cache, layer)
+    assert "not trusting the local-index for this blob" in caplog.text
 
 
 # -- a chunk index published beside the model (referrers) ----------------------------------
