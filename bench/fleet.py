@@ -596,7 +596,9 @@ def notes(results: dict) -> list[str]:
             + origin_ratios("s")
             + ": the daemons fill one partial file together (modelfs.blobs.sharing), each "
             "chunk fetched by one of them and re-checked by the others against their own "
-            "chunk index; each still reads and hashes the whole model itself."
+            "chunk index. Each still reads the whole model through its own mount, and hashes "
+            "it until one of them has published it (in lockstep, as here, that is nearly all "
+            "of it)."
         )
     busy = [
         sum(r["cpu_seconds"].values()) / r["fleet_seconds"]
