@@ -5,17 +5,26 @@ blob, then a cold `cat` through a fresh mount for each mount option set given wi
 (default: the defaults, and `push=no`), with the daemon's CPU seconds. Prints a table and, with
 --json FILE, appends the medians as one JSON line. Needs root.
 
+With --ceilings DIR (../shared/tools/ceilings), each round also times, interleaved with the rest:
+netsim.py's minimal lazy verified file through FUSE (`--mode push --hash`, cold `cat`), its
+fetcher alone without FUSE (one process, then four at once), and four fresh modelfs mounts read
+at once (each with its own cache): the ceilings of the cold-read and fleet targets, side by side.
+
   .venv/bin/python bench/cold.py --mib 1024 --variant "" --variant push=no
+  .venv/bin/python bench/cold.py --mib 1024 --variant "" --ceilings ../shared/tools/ceilings
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,13 +54,105 @@ def cold_read(model: Model, root: Path, options: tuple[str, ...]) -> tuple[float
         shutil.rmtree(root, ignore_errors=True)
 
 
+def netsim_fuse(netsim: Path, model: Model, root: Path) -> float:
+    """Seconds of a cold ``cat`` of netsim's lazily fetched, verified, pushed file."""
+    mnt = root / "mnt"
+    mnt.mkdir(parents=True)
+    argv = [sys.executable, str(netsim), model.url, str(model.size), str(mnt)]
+    argv += ["--mode", "push", "--hash", "1", "--partial", str(root / "partial")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("netsim did not mount")
+            time.sleep(0.05)
+        drop_caches()
+        return timed(["cat", str(mnt / "file")])
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def netsim_alone(netsim: Path, model: Model, root: Path, n: int) -> list[float]:
+    """Seconds of each of ``n`` netsim fetchers (no FUSE, one sha256 per chunk) run at once."""
+    root.mkdir(parents=True)
+    drop_caches()
+
+    def one(i: int) -> float:
+        argv = [sys.executable, str(netsim), model.url, str(model.size), "-", "--nofuse"]
+        return timed([*argv, "--hash", "1", "--partial", str(root / f"partial-{i}")])
+
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(one, range(n)))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mounts_at_once(model: Model, root: Path, n: int) -> list[float]:
+    """Seconds of each of ``n`` fresh mounts (a cache each) read cold at once with ``cat``."""
+    mounts = [Mount(root / f"m{i}") for i in range(n)]
+    try:
+        for m in mounts:
+            m.start()
+        drop_caches()
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda m: timed(["cat", str(model.path(m))]), mounts))
+    finally:
+        for m in mounts:
+            m.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ceiling_rounds(netsim: Path, model: Model, work: Path, i: int, out: dict) -> None:
+    """One round of the ceilings (--ceilings), appended to ``out``'s lists."""
+    out.setdefault("netsim_fuse_s", []).append(netsim_fuse(netsim, model, work / f"nf{i}"))
+    out.setdefault("netsim_alone_1_s", []).extend(netsim_alone(netsim, model, work / f"n1{i}", 1))
+    out.setdefault("netsim_alone_4_s", []).extend(netsim_alone(netsim, model, work / f"n4{i}", 4))
+    out.setdefault("modelfs_1_s", []).extend(mounts_at_once(model, work / f"m1{i}", 1))
+    out.setdefault("modelfs_4_s", []).extend(mounts_at_once(model, work / f"m4{i}", 4))
+
+
+def print_ceilings(model: Model, curl_s: float, c: dict[str, list[float]]) -> dict[str, float]:
+    gbs = model.size / GB
+    fuse = median(c["netsim_fuse_s"])
+    print(
+        f"netsim through FUSE (push, sha256 per chunk): {gbs / fuse:.2f} GB/s ({fuse:.2f} s) "
+        f"= {curl_s / fuse:.2f}x curl"
+    )
+    one, four = median(c["netsim_alone_1_s"]), max(c["netsim_alone_4_s"])
+    print(
+        f"netsim fetcher alone, no FUSE: 1 process {one:.2f} s; 4 at once, slowest "
+        f"{four:.2f} s = {four / one:.2f}x a lone one (each of "
+        + ", ".join(f"{s:.2f}" for s in c["netsim_alone_4_s"])
+        + " s)"
+    )
+    m1, m4 = median(c["modelfs_1_s"]), max(c["modelfs_4_s"])
+    print(
+        f"modelfs, fresh mounts with a cache each: 1 mount {m1:.2f} s; 4 at once, slowest "
+        f"{m4:.2f} s = {m4 / m1:.2f}x a lone one (each of "
+        + ", ".join(f"{s:.2f}" for s in c["modelfs_4_s"])
+        + " s)"
+    )
+    return {"netsim_fuse_s": fuse, "netsim_4_over_1": four / one, "modelfs_4_over_1": m4 / m1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--variant", action="append", help="mount options, comma separated")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ceilings", type=Path, help="../shared/tools/ceilings: time those too")
     args = parser.parse_args()
+    netsim = args.ceilings / "netsim.py" if args.ceilings else None
+    ceilings: dict[str, list[float]] = {}
     variants = args.variant if args.variant is not None else ["", "push=no"]
     work = Path(tempfile.mkdtemp(prefix="modelfs-cold-"))
     reg = RegistryProcess(work / "registry").start()
@@ -66,6 +167,8 @@ def main() -> None:
             for j, v in enumerate(variants):
                 opts = tuple(o for o in v.split(",") if o)
                 runs[v].append(cold_read(model, work / f"r{i}-{j}", opts))
+            if netsim is not None:
+                ceiling_rounds(netsim, model, work, i, ceilings)
     finally:
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -80,6 +183,8 @@ def main() -> None:
             f"cold cat [{v or 'default'}]: {model.size / s / GB:.2f} GB/s ({s:.2f} s) "
             f"= {c / s:.2f}x curl; daemon CPU {cpu:.2f} s"
         )
+    if netsim is not None:
+        out["ceilings"] = {**ceilings, **print_ceilings(model, c, ceilings)}
     if args.json:
         with args.json.open("a") as f:
             f.write(json.dumps(out) + "\n")
