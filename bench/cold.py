@@ -113,8 +113,8 @@ def mounts_at_once(model: Model, root: Path, n: int) -> list[float]:
 def ceiling_rounds(netsim: Path, model: Model, work: Path, i: int, out: dict) -> None:
     """One round of the ceilings (--ceilings), appended to ``out``'s lists."""
     out.setdefault("netsim_fuse_s", []).append(netsim_fuse(netsim, model, work / f"nf{i}"))
-    out.setdefault("netsim_alone_1_s", []).extend(netsim_alone(netsim, model, work / f"n1{i}", 1))
-    out.setdefault("netsim_alone_4_s", []).extend(netsim_alone(netsim, model, work / f"n4{i}", 4))
+    out.setdefault("netsim_1_s", []).extend(netsim_alone(netsim, model, work / f"n1{i}", 1))
+    out.setdefault("netsim_4_s", []).extend(netsim_alone(netsim, model, work / f"n4{i}", 4))
     out.setdefault("modelfs_1_s", []).extend(mounts_at_once(model, work / f"m1{i}", 1))
     out.setdefault("modelfs_4_s", []).extend(mounts_at_once(model, work / f"m4{i}", 4))
 
@@ -126,21 +126,20 @@ def print_ceilings(model: Model, curl_s: float, c: dict[str, list[float]]) -> di
         f"netsim through FUSE (push, sha256 per chunk): {gbs / fuse:.2f} GB/s ({fuse:.2f} s) "
         f"= {curl_s / fuse:.2f}x curl"
     )
-    one, four = median(c["netsim_alone_1_s"]), max(c["netsim_alone_4_s"])
-    print(
-        f"netsim fetcher alone, no FUSE: 1 process {one:.2f} s; 4 at once, slowest "
-        f"{four:.2f} s = {four / one:.2f}x a lone one (each of "
-        + ", ".join(f"{s:.2f}" for s in c["netsim_alone_4_s"])
-        + " s)"
-    )
-    m1, m4 = median(c["modelfs_1_s"]), max(c["modelfs_4_s"])
-    print(
-        f"modelfs, fresh mounts with a cache each: 1 mount {m1:.2f} s; 4 at once, slowest "
-        f"{m4:.2f} s = {m4 / m1:.2f}x a lone one (each of "
-        + ", ".join(f"{s:.2f}" for s in c["modelfs_4_s"])
-        + " s)"
-    )
-    return {"netsim_fuse_s": fuse, "netsim_4_over_1": four / one, "modelfs_4_over_1": m4 / m1}
+    ratios = {}
+    for key, label in (
+        ("netsim", "netsim fetcher alone, no FUSE"),
+        ("modelfs", "modelfs, fresh mounts with a cache each"),
+    ):
+        one, fours = median(c[f"{key}_1_s"]), c[f"{key}_4_s"]
+        ratios[f"{key}_4_over_1"] = max(fours) / one
+        print(
+            f"{label}: 1 {one:.2f} s; 4 at once, slowest {max(fours):.2f} s = "
+            f"{max(fours) / one:.2f}x a lone one (each of "
+            + ", ".join(f"{x:.2f}" for x in fours)
+            + " s)"
+        )
+    return {"netsim_fuse_s": fuse, **ratios}
 
 
 def main() -> None:

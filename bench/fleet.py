@@ -47,11 +47,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
-from gguf_synth import write_synthetic_gguf  # noqa: E402
 from support.mount import Mount, drop_caches, run_modelfs, sha256_path  # noqa: E402
 from support.proxy import Proxy  # noqa: E402
 from support.registry import PullThrough, RegistryProcess  # noqa: E402
+
+from bench import synthetic  # noqa: E402  (the same file bench.py uses, in .cache/)
 
 CONFIGS = {
     "a": "origin, directly",
@@ -79,15 +81,6 @@ print(h.hexdigest(), r.ru_utime + r.ru_stime)
 
 def log(msg: str) -> None:
     print(f"fleet: {msg}", file=sys.stderr, flush=True)
-
-
-def synthetic(mib: int) -> Path:
-    """The same file bench.py uses (seed 11), written once into the git-ignored .cache/."""
-    path = REPO / ".cache" / "bench" / f"synthetic-{mib}m.gguf"
-    if not path.exists() or path.stat().st_size != mib << 20:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_synthetic_gguf(path, mib << 20, seed=11)
-    return path
 
 
 def git_revision() -> dict[str, object]:

@@ -286,15 +286,10 @@ class BlobFetch:
             mine: list[int] = []
             theirs: list[int] = []
             for i in new:
-                if i in self._private:
+                if i in self._private or partial.claim_unmarked(i):
                     mine.append(i)
-                elif not partial.claim(i):
-                    theirs.append(i)
-                elif partial.marked_elsewhere(i):
-                    partial.release(i)  # landed there since it was looked for
-                    theirs.append(i)
                 else:
-                    mine.append(i)
+                    theirs.append(i)
             if theirs:
                 self._group.spawn(
                     f"wait for {self.what} chunks {theirs[0]}-{theirs[-1]} from another process",
@@ -396,12 +391,9 @@ class BlobFetch:
                             mine.append(i)
                         else:
                             pending[i] = flight  # another process refetches it meanwhile
-                    elif partial.claim(i):
-                        if partial.marked_elsewhere(i):
-                            partial.release(i)  # landed just now: taken on the next look
-                        else:
-                            del pending[i]
-                            mine.append(i)
+                    elif partial.claim_unmarked(i):  # marked just now: taken on the next look
+                        del pending[i]
+                        mine.append(i)
                 if mine:
                     self._spawn_runs(mine)
         finally:
@@ -646,11 +638,8 @@ class BlobFetch:
         for i in range(self.chunks):
             if i in asked or i in self.flights or self.has(i) or i in self._private:
                 continue
-            if not partial.claim(i):
-                continue  # another process is fetching it into the shared partial
-            if partial.marked_elsewhere(i):
-                partial.release(i)  # another process has it: taken when read (``_adopt``)
-                continue
+            if not partial.claim_unmarked(i):
+                continue  # another process fetches it, or has it: taken when read (``_adopt``)
             claimed[i] = self.flights[i] = Flight()
         self._stream = WholeStream(claimed)
         if self._first_answer is not None:

@@ -514,11 +514,12 @@ class PartialFile:
         missing = [i for i in range(lo, hi) if not self.has(i) and not skip(i)]
         if not missing:
             return []
+        first = missing[0]
         try:
-            marks = shared.marks()
+            marks = shared.marks(first, missing[-1] + 1)
         except OSError:
             return []
-        got = [i for i in missing if marks[i] == 1]
+        got = [i for i in missing if marks[i - first] == 1]
         for i in got:
             self.mark(i)
             if self.indexed:
@@ -538,6 +539,16 @@ class PartialFile:
             return shared.claim(i)
         except OSError:
             return False  # as if another process held it: waited for, never written twice
+
+    def claim_unmarked(self, i: int) -> bool:
+        """Take chunk ``i`` to fetch it: False while another process is fetching it, or once
+        one has marked it (then it is taken from the file, not fetched)."""
+        if not self.claim(i):
+            return False
+        if self.marked_elsewhere(i):
+            self.release(i)
+            return False
+        return True
 
     def marked_elsewhere(self, i: int) -> bool:
         shared = self.shared

@@ -149,10 +149,10 @@ class SharedPartial:
 
     # -- chunk marks --------------------------------------------------------------------------
 
-    def marks(self) -> bytes:
-        """One byte per chunk, 1 where a member marked the chunk written and checked."""
-        data = os.pread(self.fd, self.count, CHUNKS)
-        return data.ljust(self.count, b"\0")
+    def marks(self, lo: int = 0, hi: int | None = None) -> bytes:
+        """One byte per chunk of ``[lo, hi)``, 1 where a member marked it written and checked."""
+        n = (self.count if hi is None else hi) - lo
+        return os.pread(self.fd, n, CHUNKS + lo).ljust(n, b"\0")
 
     def marked(self, i: int) -> bool:
         return os.pread(self.fd, 1, CHUNKS + i) == b"\x01"
