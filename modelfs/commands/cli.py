@@ -138,7 +138,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         for o in args.o or []:
             argv += ["-o", o]
         if args.debug:
-            argv.append("--debug")
+            argv.insert(0, "--debug")  # an option of modelfs itself, before the command
         log_path = Path(args.log) if args.log else cache_root / ".modelfs" / "modelfs.log"
         mountctl.start_daemon(argv, log_path)
         return 0
