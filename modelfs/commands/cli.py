@@ -279,11 +279,18 @@ def cmd_unlink(args: argparse.Namespace) -> int:
 
     name = _name(args.name)
     cache = _cache(args)
+    if args.all_tags and not args.remote:
+        raise UsageError("--all-tags goes with --remote")
     if args.remote:
-        from modelfs.commands.push import delete_remote
+        from modelfs.commands.remote_delete import delete_remote
 
-        digest = _with_registry(args, lambda registry: delete_remote(cache, registry, name))
-        print(f"deleted {name} on {name.host} ({digest})")
+        done = _with_registry(
+            args, lambda registry: delete_remote(registry, name, all_tags=args.all_tags)
+        )
+        if done.manifest_deleted:
+            print(f"deleted {name} on {name.host} (manifest {done.digest})")
+        else:
+            print(f"deleted {name} on {name.host} (the tag only; manifest {done.digest} stays)")
         if cache.read_manifest(name) is None:
             return 0
     result = cache.unlink(name)
@@ -641,7 +648,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("name")
     sp.add_argument(
-        "--remote", action="store_true", help="also delete the manifest on the registry"
+        "--remote",
+        action="store_true",
+        help="first delete the tag on the registry, and only that tag: where the registry "
+        "can delete a tag only with its manifest and other tags name it, nothing is deleted",
+    )
+    sp.add_argument(
+        "--all-tags",
+        action="store_true",
+        help="with --remote: delete the tag's manifest on the registry, and with it every tag "
+        "that names it",
     )
     cache_arg(sp)
     registry_args(sp)
