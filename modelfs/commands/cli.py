@@ -1,7 +1,8 @@
 """The ``modelfs`` command: mount, umount, create, push, pull, unlink, ls.
 
 Known errors print ``modelfs: <message>`` and exit 1; a traceback only with
-``--debug``. Usage errors exit 2.
+``--debug``. Usage errors exit 2. Output to a reader that has left (``| head``) ends the
+command quietly with 141, the status SIGPIPE gives other commands.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -761,6 +763,30 @@ def mount_helper_argv(argv: list[str], commands: set[str]) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Output still buffered goes now: a reader that left shows here, not at exit.
+            if sys.stdout is not None:  # None when started with fd 1 closed
+                sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """Whoever read our output has left (``modelfs show NAME | head -2``): end quietly, with
+    the status of a command that SIGPIPE ended, as cat, git or ollama do. Python ignores
+    SIGPIPE (its sockets need that), so the closed pipe arrives as BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):
+        # Output left in stdout's buffer would fail again when Python flushes it at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -801,8 +827,9 @@ def _command_names(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The error a user should see from a group: a KeyboardInterrupt, else a modelfs error."""
-    for kind in (KeyboardInterrupt, ModelfsError):
+    """The error a user should see from a group: a KeyboardInterrupt, else a modelfs error,
+    else a closed pipe."""
+    for kind in (KeyboardInterrupt, ModelfsError, BrokenPipeError):
         match = group.subgroup(lambda e, kind=kind: isinstance(e, kind))
         while isinstance(match, BaseExceptionGroup):
             match = match.exceptions[0]
