@@ -260,7 +260,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     name = _name(args.name)
 
-    _with_registry(args, lambda registry: pull(_cache(args), registry, name, Progress("pulling")))
+    progress = Progress("pulling")
+    try:
+        _with_registry(args, lambda registry: pull(_cache(args), registry, name, progress))
+    finally:
+        progress.end()
     return 0
 
 
