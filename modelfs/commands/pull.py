@@ -15,6 +15,7 @@ from modelfs.blobs.fetchcontext import FetchSettings
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs
 from modelfs.commands.progress import Progress
+from modelfs.errors import ManifestInvalid
 from modelfs.formats.manifest import Layer, Manifest, parse_manifest
 from modelfs.formats.names import Name
 from modelfs.registry.client import Registry
@@ -36,6 +37,10 @@ async def pull(
     await trio.to_thread.run_sync(cache.prepare)
     raw = await registry.get_manifest(name)
     manifest = parse_manifest(raw)
+    if name.digest is not None and manifest.digest != name.digest:
+        raise ManifestInvalid(
+            f"invalid manifest: {name} resolved to {manifest.digest}, not the pinned digest"
+        )
     await trio.to_thread.run_sync(
         lambda: (
             cache.write_manifest(name, raw, pending=True)
