@@ -102,12 +102,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     mountpoint = Path(args.mountpoint).absolute()
     args.o = list(args.o or [])
-    if args.cache_max:
-        args.o.append(f"cache_max={args.cache_max}")
-    if args.min_free:
-        args.o.append(f"min_free={args.min_free}")
-    if args.metrics:
-        args.o.append(f"metrics={args.metrics}")
+    for flag, key in (
+        ("--cache-max", "cache_max"),
+        ("--min-free", "min_free"),
+        ("--metrics", "metrics"),
+    ):
+        value = getattr(args, key)
+        if value is not None:
+            args.o.append(_flag_option(flag, key, value))
     options = daemon.parse_mount_options(args.o)
     # -o insecure_registry=H (as fstab would say it) adds to --insecure-registry.
     from_options: tuple[str, ...] = tuple(options.pop("insecure_hosts", ()))  # type: ignore[arg-type]
@@ -169,6 +171,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
             if pid.read_text().strip() == str(os.getpid()):
                 pid.unlink()
     return 0
+
+
+def _flag_option(flag: str, key: str, value: str) -> str:
+    """``--cache-max 1G`` as the ``-o`` option it stands for, checked, errors naming the flag."""
+    from modelfs.fs import daemon
+
+    # The daemon gets it back as -o: a comma would smuggle in another option.
+    try:
+        if "," in value:
+            raise UsageError(f"-o {key} takes one value, not {value!r}")
+        daemon.parse_mount_options([f"{key}={value}"])
+    except UsageError as e:
+        raise UsageError(str(e).replace(f"-o {key}", flag, 1)) from None
+    return f"{key}={value}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
