@@ -126,6 +126,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         **options,
     )
     daemon.cache_bounds(opts, file)  # a bound the file gets wrong fails here, before mounting
+    mountctl.runtime_dir()  # one another user could have made fails here, before mounting
     if not args.foreground:
         note = mountctl.prepare_mountpoint(mountpoint)
         if note:
@@ -153,7 +154,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         mountctl.signal_ready(ready_fd, message)
         ready_fd = None
         if message is None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ModelfsError):
                 mountctl.write_pidfile(mountpoint)
 
     try:
@@ -166,10 +167,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ready(str(e))
         raise
     finally:
-        with contextlib.suppress(OSError):
-            pid = mountctl.pidfile(mountpoint)
-            if pid.read_text().strip() == str(os.getpid()):
-                pid.unlink()
+        mountctl.remove_pidfile(mountpoint)
     return 0
 
 

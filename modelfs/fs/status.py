@@ -258,11 +258,12 @@ def open_control(path: Path) -> trio.socket.SocketType:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bound = False
     try:
+        # Private from its first moment: bind gives the file the socket's own mode (Linux),
+        # and never follows a symlink at the path (it fails, "Address already in use").
+        os.fchmod(sock.fileno(), SOCKET_MODE)
         with unix_address(path) as address:
             sock.bind(address)
         bound = True
-        # Bound, then made private: the runtime directory (0700) covers the moment between.
-        os.chmod(path, SOCKET_MODE)
         sock.listen(16)
     except BaseException:
         sock.close()
@@ -415,11 +416,13 @@ def metric_families(s: Snapshot) -> list[Metric]:
 def start_control(nursery: trio.Nursery, live: Live) -> None:
     """Answer ``modelfs status`` for this mount, in ``nursery``; without a socket (the runtime
     directory cannot be written), say so and mount all the same."""
-    path = control_socket(live.mountpoint)
+    path = None
     try:
+        path = control_socket(live.mountpoint)
         sock = open_control(path)
-    except OSError as e:
-        log.warning("no control socket at %s (%s): modelfs status cannot see this mount", path, e)
+    except (OSError, MountError) as e:
+        where = f" at {path}" if path is not None else ""
+        log.warning("no control socket%s (%s): modelfs status cannot see this mount", where, e)
         return
     spawn(nursery, "control socket", serve_control, sock, path, live.take, level=logging.WARNING)
 

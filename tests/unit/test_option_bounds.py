@@ -6,6 +6,7 @@ large open EIO with a traceback in the log; ``streams=1000000``, ``stall_seconds
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,9 +113,21 @@ def test_a_bad_mount_flag_is_one_line_naming_it_with_exit_2(
 
 def test_the_fstab_form_checks_its_options_too(tmp_path):
     """mount.fuse3 runs ``modelfs SOURCE MNT -o …``: the same line, the same exit code."""
-    (tmp_path / "mnt").mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "modelfs", "modelfs", str(tmp_path / "mnt"), "-o",
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        result = run_fstab_form(tmp_path, mnt)
+    finally:
+        if os.path.ismount(mnt):  # a value that was taken: the daemon mounted
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("modelfs: -o chunk_kb takes a power of two"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def run_fstab_form(tmp_path: Path, mnt: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelfs", "modelfs", str(mnt), "-o",
          f"ro,cache={tmp_path / 'cache'},chunk_kb=0"],
         capture_output=True,
         text=True,
@@ -123,9 +136,6 @@ def test_the_fstab_form_checks_its_options_too(tmp_path):
              "PYTHONPATH": ":".join(sys.path)},
         check=False,
     )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("modelfs: -o chunk_kb takes a power of two"), result.stderr
-    assert result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.mark.parametrize(
