@@ -165,7 +165,7 @@ def _chunk_kb(val: str) -> int:
 
 
 def _size(
-    key: str, val: str, *, lowest: int = 0, percent: bool = False
+    label: str, val: str, *, lowest: int = 0, percent: bool = False
 ) -> tuple[int, float | None]:
     try:
         n, share = parse_size(val, percent=percent)
@@ -173,7 +173,7 @@ def _size(
         n, share = -1, None
     if share is None and not lowest <= n <= MAX_SIZE_BYTES:
         what = "a size (500M, 10G)" + (" or a percentage (10%)" if percent else "")
-        raise UsageError(f"-o {key} takes {what}, not {val!r}")
+        raise UsageError(f"{label} takes {what}, not {val!r}")
     return n, share
 
 
@@ -218,7 +218,7 @@ def parse_mount_options(values: list[str]) -> dict[str, object]:
                 out["stall_seconds"] = _seconds(key, val, 0, MAX_STALL_SECONDS, zero=False)
             elif key == "min_rate":
                 # 0 would make a silent registry never a stall.
-                out["min_bytes_per_second"] = _size(key, val, lowest=1)[0]
+                out["min_bytes_per_second"] = _size("-o min_rate", val, lowest=1)[0]
                 if out["min_bytes_per_second"] > MAX_RATE_BYTES:  # type: ignore[operator]
                     raise UsageError(f"-o min_rate takes at most 1G (a second), not {val!r}")
             elif key == "lookup_ttl":
@@ -241,9 +241,9 @@ def parse_mount_options(values: list[str]) -> dict[str, object]:
                     raise UsageError(f"-o {key} takes yes or no, not {val!r}")
                 out["push_pages" if key == "push" else key] = val == "yes"
             elif key == "cache_max":
-                out["cache_max"] = _size(key, val)[0]
+                out["cache_max"] = _size("-o cache_max", val)[0]
             elif key == "min_free":
-                out["min_free"], out["min_free_percent"] = _size(key, val, percent=True)
+                out["min_free"], out["min_free_percent"] = _size("-o min_free", val, percent=True)
             elif key == "fuse_debug" and not eq:
                 out["fuse_debug"] = True
             elif key == "metrics":
@@ -448,9 +448,9 @@ def cache_bounds(options: MountOptions, file: FileConfig) -> CacheBounds:
     min_free, min_free_percent = options.min_free, options.min_free_percent
     try:
         if "cache_max" not in options.fixed_bounds and file.cache_max is not None:
-            max_bytes = parse_size(file.cache_max)[0]
+            max_bytes = _size("cache_max", file.cache_max)[0]
         if "min_free" not in options.fixed_bounds and file.min_free is not None:
-            min_free, min_free_percent = parse_size(file.min_free, percent=True)
+            min_free, min_free_percent = _size("min_free", file.min_free, percent=True)
     except UsageError as e:
         raise UsageError(f"the configuration {file.path}: {e}") from None
     return CacheBounds(max_bytes, min_free, min_free_percent)

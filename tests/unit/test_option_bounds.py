@@ -159,3 +159,19 @@ def run_fstab_form(tmp_path: Path, mnt: Path) -> subprocess.CompletedProcess[str
 )
 def test_values_at_the_edges_of_their_ranges_are_taken(opt, expected):
     assert parse_mount_options([opt]) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "text"), [("cache_max", "inf"), ("cache_max", "1e400"), ("min_free", "nan%")]
+)
+def test_a_bound_in_the_configuration_file_is_checked_alike(tmp_path, key, text):
+    """config.toml's cache_max / min_free, read at mount and again on SIGHUP: one line naming
+    the file and the key, not an OverflowError (which on reload ended the signal watcher)."""
+    from modelfs.errors import UsageError
+    from modelfs.fs.daemon import MountOptions, cache_bounds
+    from modelfs.registry.config import FileConfig
+
+    file = FileConfig(path=tmp_path / "config.toml", **{key: text})
+    with pytest.raises(UsageError) as raised:
+        cache_bounds(MountOptions(mountpoint=tmp_path, cache_root=tmp_path), file)
+    assert str(raised.value).startswith(f"the configuration {file.path}: {key} takes a size")
