@@ -110,20 +110,25 @@ def runtime_dir(*, create: bool = True) -> Path:
     else:
         path = Path(f"/tmp/modelfs-{os.getuid()}")
     if create:
-        if base:
-            # The user's own runtime directory: its parents are theirs to make.
-            with contextlib.suppress(FileExistsError):
-                os.makedirs(path.parent, mode=RUNTIME_DIR_MODE)
         try:
+            if base:
+                # The user's own runtime directory: its parents are theirs to make.
+                os.makedirs(path.parent, mode=RUNTIME_DIR_MODE, exist_ok=True)
             os.mkdir(path, RUNTIME_DIR_MODE)
             os.chmod(path, RUNTIME_DIR_MODE)  # whatever the umask
         except FileExistsError:
             pass
+        except OSError as e:
+            raise MountError(
+                f"cannot make the runtime directory {path}: {e.strerror or e}"
+            ) from None
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        if create:
-            raise
+    except OSError as e:
+        if create or not isinstance(e, FileNotFoundError):
+            raise MountError(
+                f"cannot use the runtime directory {path}: {e.strerror or e}"
+            ) from None
         return path
     _check_runtime_dir(path, st)
     return path

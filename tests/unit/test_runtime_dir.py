@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from modelfs.commands.status import every_mount
 from modelfs.errors import MountError
 from modelfs.fs import mountctl, status
 
@@ -52,6 +53,7 @@ def test_a_runtime_dir_that_is_not_private_is_refused_in_one_line(run_dir: Path,
         mountctl.runtime_dir,
         lambda: mountctl.write_pidfile("/mnt/x"),
         lambda: status.control_socket("/mnt/x"),
+        every_mount,  # modelfs status: asks no socket the other user may have put there
     ):
         with pytest.raises(MountError) as raised:
             attempt()
@@ -116,3 +118,8 @@ def test_a_symlink_at_the_socket_path_is_not_followed(run_dir: Path):
     with pytest.raises(OSError):
         status.open_control(path)
     assert not aim.exists() and path.is_symlink()
+
+
+def test_status_does_not_make_the_runtime_dir(run_dir: Path):
+    assert every_mount() == []
+    assert not run_dir.exists()
