@@ -108,12 +108,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     mountpoint = Path(args.mountpoint).absolute()
     args.o = list(args.o or [])
-    if args.cache_max:
-        args.o.append(f"cache_max={args.cache_max}")
-    if args.min_free:
-        args.o.append(f"min_free={args.min_free}")
-    if args.metrics:
-        args.o.append(f"metrics={args.metrics}")
+    for flag, key in (
+        ("--cache-max", "cache_max"),
+        ("--min-free", "min_free"),
+        ("--metrics", "metrics"),
+    ):
+        value = getattr(args, key)
+        if value is not None:
+            args.o.append(_flag_option(flag, key, value))
     options = daemon.parse_mount_options(args.o)
     # -o insecure_registry=H (as fstab would say it) adds to --insecure-registry.
     from_options: tuple[str, ...] = tuple(options.pop("insecure_hosts", ()))  # type: ignore[arg-type]
@@ -130,6 +132,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         **options,
     )
     daemon.cache_bounds(opts, file)  # a bound the file gets wrong fails here, before mounting
+    mountctl.runtime_dir()  # one another user could have made fails here, before mounting
     if not args.foreground:
         note = mountctl.prepare_mountpoint(mountpoint, allow_non_empty=args.allow_non_empty)
         if note:
@@ -157,7 +160,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         mountctl.signal_ready(ready_fd, message)
         ready_fd = None
         if message is None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ModelfsError):
                 mountctl.write_pidfile(mountpoint)
 
     try:
@@ -170,11 +173,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ready(str(e))
         raise
     finally:
-        with contextlib.suppress(OSError):
-            pid = mountctl.pidfile(mountpoint)
-            if pid.read_text().strip() == str(os.getpid()):
-                pid.unlink()
+        mountctl.remove_pidfile(mountpoint)
     return 0
+
+
+def _flag_option(flag: str, key: str, value: str) -> str:
+    """``--cache-max 1G`` as the ``-o`` option it stands for, checked, errors naming the flag."""
+    from modelfs.fs import daemon
+
+    # The daemon gets it back as -o: a comma would smuggle in another option.
+    try:
+        if "," in value:
+            raise UsageError(f"-o {key} takes one value, not {value!r}")
+        daemon.parse_mount_options([f"{key}={value}"])
+    except UsageError as e:
+        raise UsageError(str(e).replace(f"-o {key}", flag, 1)) from None
+    return f"{key}={value}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

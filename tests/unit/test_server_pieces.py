@@ -147,7 +147,7 @@ def test_cache_bounds_come_from_the_file_unless_o_sets_them(tmp_path: Path) -> N
     assert fixed.max_bytes == 1 << 30 and fixed.min_free_percent == 5.0
     defaults = cache_bounds(options(), FileConfig())
     assert (defaults.max_bytes, defaults.min_free_percent) == (None, 10.0)
-    with pytest.raises(UsageError, match=r"config\.toml: 'lots' is not a size"):
+    with pytest.raises(UsageError, match=r"config\.toml: cache_max takes a size .*, not 'lots'"):
         cache_bounds(options(), FileConfig(path=path, cache_max="lots"))
     path.write_text("cache_max = [1]\n")
     with pytest.raises(UsageError, match="cache_max must be a size"):
