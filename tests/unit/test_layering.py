@@ -61,6 +61,7 @@ RANK = {
     "fs.mountctl": 14,
     "fs.status": 14,
     "commands.progress": 1,
+    "commands.terminal": 1,
     "commands.inventory": 6,
     "commands.create": 6,
     "commands.push": 6,
