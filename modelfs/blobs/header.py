@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 Read = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 MAX_HEADER_PARSES = 2
+# Chunks of a blob checked only whole that a header read keeps in memory: the parser reads
+# forward and buffers what it has read, so it never needs more than the one it is in (and
+# the one before, at a chunk's edge).
+KEPT_UNCHECKED_CHUNKS = 2
 PARSE_SLOT_WAIT_SECONDS = READ_WAIT_SECONDS
 # One limiter per trio run (per daemon or CLI process).
 _parse_slots: RunVar[trio.CapacityLimiter] = RunVar("modelfs_header_parse_slots")
@@ -127,7 +131,8 @@ async def _parse_now(read: Read, chunk_bytes: int) -> tuple[GGUFInfo, set[int]]:
 
 
 class _UncheckedChunks:
-    """Chunks of a blob read from its registry into memory, unchecked, for its header only."""
+    """Chunks of a blob read from its registry into memory, unchecked, for its header only;
+    the last KEPT_UNCHECKED_CHUNKS of them, so a huge header costs no more than a small one."""
 
     def __init__(self, blobs: Blobs, name: Name, layer: Layer, anonymous: bool) -> None:
         self.fetcher = blobs.fetcher
@@ -166,6 +171,8 @@ class _UncheckedChunks:
         )
         self.fetcher.stats.fetched(self.name.host, len(buf))
         data = self.chunks[i] = bytes(buf)
+        while len(self.chunks) > KEPT_UNCHECKED_CHUNKS:
+            del self.chunks[next(iter(self.chunks))]  # the oldest: dicts keep insertion order
         return data
 
 

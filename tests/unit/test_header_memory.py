@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import tracemalloc
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -17,8 +18,11 @@ import trio
 import modelfs.blobs.header as mh
 import modelfs.formats.gguf as mg
 from modelfs.errors import GGUFInvalid, Transient
+from modelfs.formats.digest import Digest
 from modelfs.formats.gguf import GGUFInfo, read_gguf_header
+from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
 from modelfs.formats.modelfacts import model_facts
+from modelfs.formats.names import parse_name
 
 HEADER_BYTES = 56 << 20  # the probe's size
 # What a parse may allocate at its peak: the 32 MiB a header may keep, plus read buffers.
@@ -156,3 +160,43 @@ async def test_only_a_few_headers_are_parsed_at_once_and_a_waiter_gives_up_in_ti
         release.set()
     assert most == mh.MAX_HEADER_PARSES
     assert parsed == ["llama"] * callers
+
+
+async def test_a_header_read_unchecked_keeps_only_the_chunk_it_is_in() -> None:
+    """A blob checked only whole has its header read from the registry into memory: a 40 MiB
+    header (a vocabulary of 512 KiB strings, each walked) must not be held whole."""
+    chunk_bytes = 4 << 20
+    token = gguf_string(b"\xff" * (512 << 10))
+    array = struct.pack("<IIQ", mg.TYPE_ARRAY, mg.TYPE_STRING, 80) + token * 80
+    data = header_of([gguf_string(b"tokenizer.ggml.tokens") + array])
+    data += bytes(-len(data) % chunk_bytes + chunk_bytes)
+    fetched: list[int] = []
+
+    async def read_range(_registry, _name, _digest, start, stop, _chunk, on_piece) -> None:
+        fetched.append(start // chunk_bytes)
+        on_piece(start, memoryview(data)[start:stop])
+
+    fetcher = SimpleNamespace(
+        registry_for=lambda anonymous: None,
+        settings=SimpleNamespace(chunk_bytes=chunk_bytes, attempts=1),
+        read_range=read_range,
+        stats=SimpleNamespace(fetched=lambda host, n: None),
+    )
+    layer = Layer(Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
+    unchecked = mh._UncheckedChunks(
+        SimpleNamespace(fetcher=fetcher),  # type: ignore[arg-type]
+        parse_name("127.0.0.1:5000/library/m:1"),
+        layer,
+        False,
+    )
+    tracemalloc.start()
+    try:
+        info, touched = await mh._parse(unchecked.read, chunk_bytes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.metadata["tokenizer.ggml.tokens"] == mg.GGUFArray(mg.TYPE_STRING, 80, None)
+    assert len(touched) == 11 and sorted(fetched) == sorted(set(fetched)), "a chunk was refetched"
+    assert peak < 6 * chunk_bytes, (
+        f"reading a {len(data) >> 20} MiB header unchecked held {peak >> 20} MiB at its peak"
+    )
