@@ -13,11 +13,12 @@ the parser reaches it, never ahead:
   before all of it is here, so they are read from the registry into memory and
   the answer says so (``checked`` is False). Nothing unchecked reaches the cache.
 
-A parse holds at most ``MAX_KEPT_BYTES`` of what it parsed plus the chunks it read
-(``formats/gguf``), and at most ``MAX_HEADER_PARSES`` run at once in a process: a
-hostile registry's headers cost the daemon a bounded amount of memory however many
-files are asked about at once. A request waits for a parse slot at most
-``PARSE_SLOT_WAIT_SECONDS``, then fails as a transient error (EIO in the mount).
+A parse holds at most ``MAX_KEPT_BYTES`` of what it parsed plus a read block or two
+(``formats/gguf``) and, read unchecked, the last ``KEPT_UNCHECKED_CHUNKS`` chunks; at
+most ``MAX_HEADER_PARSES`` run at once in a process. So a hostile registry's headers
+cost the daemon a bounded amount of memory however many files are asked about at
+once. A request waits for a parse slot at most ``PARSE_SLOT_WAIT_SECONDS``, then
+fails as a transient error (EIO in the mount).
 """
 
 from __future__ import annotations

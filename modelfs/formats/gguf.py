@@ -64,12 +64,12 @@ MAX_TENSOR_OFFSET_BYTES = (1 << 63) - 1
 KEPT_ARRAY_ITEMS = 64
 # Likewise a string value longer than this is skipped unread (``GGUFSkippedString``): the
 # longest real ones, chat templates, are tens of KiB. Decoded, a kept string may take up to
-# four times its bytes (one character outside Latin-1 widens every one).
+# four times its bytes (one character outside the BMP makes every one four bytes wide).
 KEPT_STRING_BYTES = 1 << 20
 # What a parsed header may hold in memory (keys, values, tensor infos, as Python sizes them),
 # whatever the header's size: so a parse costs at most this plus a read block or two. Real
-# headers keep a few MiB at most (a few hundred keys, a few thousand tensors; the charges
-# below are what CPython takes, rounded up).
+# headers are charged well under a MiB (SmolLM2: 0.14 MB for 33 keys and 272 tensors; a
+# thousand-tensor model a few hundred KB); the charges below are what CPython takes, rounded up.
 MAX_KEPT_BYTES = 32 << 20
 _KEPT_BYTES_PER_KEY = 120  # its dict entry and value object, on top of the key itself
 _KEPT_BYTES_PER_TENSOR = 400  # a TensorInfo, its shape and ints, list and set entries
