@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
-from support.mount import modelfs_cmd
 
 DEADLINE_SECONDS = 30.0
 # What `modelfs create` may take to refuse an input: the interpreter and its imports.
@@ -25,35 +24,50 @@ ADDRESS_SPACE_BYTES = 2 << 30
 SPARSE_BYTES = 1 << 30
 
 
+# Runs modelfs and, as it exits, writes its peak RSS (VmHWM, KiB) to $PEAK_FILE. VmHWM is the
+# peak of the process's own memory since exec; ru_maxrss would also count the pages of the
+# (large) test process it was forked from.
+REPORT_PEAK = """
+import atexit, os, runpy, sys
+
+def report_peak():
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["PEAK_FILE"], "w") as out:
+        out.write(kib)
+
+atexit.register(report_peak)
+runpy.run_module("modelfs", run_name="__main__")
+"""
+
+
 def run_bounded(*args: str, cwd: Path) -> tuple[int, str, int]:
     """Run modelfs with a deadline; its exit code, stderr and peak RSS (KiB)."""
-    err_path = cwd / f"stderr-{time.monotonic_ns()}"
+    err_path = cwd / "stderr"
+    peak_path = cwd / "peak"
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_BYTES, ADDRESS_SPACE_BYTES))
 
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            modelfs_cmd(*args),
+            [sys.executable, "-c", REPORT_PEAK, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
             cwd=cwd,
+            env={**os.environ, "PEAK_FILE": str(peak_path)},
             preexec_fn=limit,  # setrlimit only, in the child
         )
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        # wait4: this child's own resource usage (RUSAGE_CHILDREN would mix in every child).
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
+        try:
+            code = proc.wait(timeout=DEADLINE_SECONDS)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            os.wait4(proc.pid, 0)
-            raise AssertionError(f"modelfs {' '.join(args)} hung for {DEADLINE_SECONDS:.0f} s")
-        time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err_path.read_text(errors="replace"), usage.ru_maxrss
+            proc.wait()
+            raise AssertionError(
+                f"modelfs {' '.join(args)} hung for {DEADLINE_SECONDS:.0f} s"
+            ) from None
+    return code, err_path.read_text(errors="replace"), int(peak_path.read_text())
 
 
 @pytest.fixture
