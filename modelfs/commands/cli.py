@@ -470,15 +470,16 @@ def cmd_show(args: argparse.Namespace) -> int:
                 if row.file.startswith(stem) and row.file.endswith(".gguf")
             )
 
-        print(
-            show.as_modelfile(
-                report,
-                paths.get(show.WEIGHTS_FILE),
-                blob_files("adapter"),
-                blob_files("projector"),
-            ),
-            end="",
+        text = show.as_modelfile(
+            report, paths.get(show.WEIGHTS_FILE), blob_files("adapter"), blob_files("projector")
         )
+        if sys.stdout.isatty():
+            # On a terminal, escaped as the text report is; redirected, exactly what
+            # `create -f` reads back.
+            from modelfs.commands.terminal import printable
+
+            text = printable(text, keep="\n\t")
+        print(text, end="")
     elif args.json:
         print(json.dumps(show.as_json(report, args.ctx), indent=2))
     else:

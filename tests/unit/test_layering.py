@@ -62,6 +62,7 @@ RANK = {
     "fs.metricsserver": 6,
     "fs.status": 14,
     "commands.progress": 1,
+    "commands.terminal": 1,
     "commands.inventory": 6,
     "commands.create": 6,
     "commands.push": 6,
