@@ -1,0 +1,127 @@
+"""Where a registry password goes: only where it was given, over what it was given for.
+
+Every server here is a real one on loopback that records the headers it receives
+(support/recorder.py); 127.0.0.2 and 127.0.0.3 stand for other hosts. The client is modelfs's
+own registry client, as a mount or a pull uses it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import trio
+from support.recorder import Recorded, Recorder, Reply, basic, ranged
+from support.tls import TLSMaterial
+
+from modelfs.formats.digest import Digest
+from modelfs.formats.names import Name, parse_name
+from modelfs.registry.client import Registry, RegistryConfig
+
+REPO = "library/weights"
+BLOB = bytes(range(256)) * 1024
+PIECE_BYTES = 64 << 10
+UNAUTHORIZED = Reply(401, {"WWW-Authenticate": 'Basic realm="modelfs-test"'})
+
+
+def docker_config(tmp_path: Path, logins: dict[str, tuple[str, str]]) -> Path:
+    """A Docker config holding ``host → (user, password)``, as ``docker login`` writes it."""
+    path = tmp_path / "docker.json"
+    auths = {
+        host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+        for host, (user, password) in logins.items()
+    }
+    path.write_text(json.dumps({"auths": auths}))
+    return path
+
+
+async def read_blob(client: Registry, name: Name) -> bytes:
+    got = bytearray()
+    await client.read_range(
+        name,
+        Digest.of_bytes(BLOB),
+        0,
+        len(BLOB),
+        PIECE_BYTES,
+        lambda _offset, view: got.extend(view),
+        limiter=trio.CapacityLimiter(1),
+    )
+    return bytes(got)
+
+
+# -- redirects ---------------------------------------------------------------------------------
+
+
+def https_registry_redirecting_to_http(password: str, tls: TLSMaterial, body: Reply) -> Recorder:
+    """A registry on https://127.0.0.1:PORT with Basic auth whose answers, once the password
+    came, are redirects to http://127.0.0.1:PORT: the same netloc in clear, as https://host to
+    http://host (:443 to :80) in the wild. The same port serves plain http with ``body``."""
+
+    def answer(req: Recorded) -> Reply:
+        if req.scheme == "http":
+            return body if body.status else ranged(BLOB, req)
+        if req.headers.get("Authorization") != password:
+            return UNAUTHORIZED
+        return Reply(307, {"Location": f"http://{registry.host}{req.path}"})
+
+    registry = Recorder(answer, tls=tls)
+    return registry
+
+
+def tls_client(tmp_path: Path, registry: Recorder, tls: TLSMaterial) -> Registry:
+    return Registry(
+        RegistryConfig(
+            tls_hosts=(registry.host,),
+            ca_file=str(tls.ca_cert),
+            docker_config=docker_config(tmp_path, {registry.host: ("alice", "secret")}),
+        )
+    )
+
+
+async def test_a_blob_redirect_from_https_to_http_on_the_same_host_gets_no_password(
+    tmp_path: Path, tls_material: TLSMaterial
+) -> None:
+    """The registry redirects a blob from https to http on the same host and port: the bytes
+    are fetched there (they are checked against their digest anyway), the password is not
+    sent there."""
+    password = basic("alice", "secret")
+    with https_registry_redirecting_to_http(password, tls_material, Reply(0)) as registry:
+        where = registry.host
+        client = tls_client(tmp_path, registry, tls_material)
+        try:
+            got = await read_blob(client, parse_name(f"{registry.host}/{REPO}:latest"))
+        finally:
+            await client.aclose()
+    assert got == BLOB
+    assert password in registry.authorizations("https")
+    clear = registry.authorizations("http")
+    assert clear, "the redirect was not followed"
+    assert clear == [None] * len(clear), (
+        f"the password of alice for https://{where} went in clear to http://{where} "
+        "after a redirect"
+    )
+
+
+async def test_a_manifest_redirect_from_https_to_http_on_the_same_host_gets_no_password(
+    tmp_path: Path, tls_material: TLSMaterial
+) -> None:
+    """The same for a control request (a manifest, through httpx): the rule holds on both
+    HTTP paths."""
+    password = basic("alice", "secret")
+    manifest = b'{"schemaVersion": 2}'
+    body = Reply(200, {"Content-Type": "application/json"}, manifest)
+    with https_registry_redirecting_to_http(password, tls_material, body) as registry:
+        where = registry.host
+        client = tls_client(tmp_path, registry, tls_material)
+        try:
+            got = await client.get_manifest(parse_name(f"{registry.host}/{REPO}:latest"))
+        finally:
+            await client.aclose()
+    assert got == manifest
+    assert password in registry.authorizations("https")
+    clear = registry.authorizations("http")
+    assert clear, "the redirect was not followed"
+    assert clear == [None] * len(clear), (
+        f"the password of alice for https://{where} went in clear to http://{where}"
+    )
