@@ -124,8 +124,9 @@ class RegistryConfig:
     docker_config: Path | None = None
     # host -> base URLs tried in order for reads before the host itself.
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Mirror base URLs whose requests carry the origin's credentials (config ``credentials``).
-    origin_credentials: frozenset[str] = frozenset()
+    # (host, mirror base URL) pairs whose reads carry the host's credentials (config
+    # ``credentials = "origin"``), per pair: a mirror shared by two hosts is not both.
+    origin_credentials: frozenset[tuple[str, str]] = frozenset()
     # A client for other users of an allow_other mount: no stored credentials, no Ollama key.
     anonymous: bool = False
 
@@ -346,8 +347,8 @@ class Registry:
 
     def auth_host(self, base: str, name: Name) -> str:
         """Whose credentials a read of ``name`` at ``base`` carries: the host it talks to, but
-        the origin's for a mirror configured with ``credentials = "origin"``."""
-        if base.rstrip("/") in self.config.origin_credentials:
+        the origin's for a mirror configured with ``credentials = "origin"`` for this host."""
+        if (name.host.lower(), base.rstrip("/")) in self.config.origin_credentials:
             return name.host.lower()
         return _netloc(base)
 

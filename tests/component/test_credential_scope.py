@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -18,6 +20,7 @@ from support.tls import TLSMaterial
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name, parse_name
 from modelfs.registry.client import Registry, RegistryConfig
+from modelfs.registry.config import load_config
 
 REPO = "library/weights"
 BLOB = bytes(range(256)) * 1024
@@ -125,3 +128,60 @@ async def test_a_manifest_redirect_from_https_to_http_on_the_same_host_gets_no_p
     assert clear == [None] * len(clear), (
         f"the password of alice for https://{where} went in clear to http://{where}"
     )
+
+
+# -- credentials = "origin", per (host, mirror endpoint) ---------------------------------------
+
+
+def basic_protected(password: str) -> Callable[[Recorded], Reply]:
+    """A registry (or mirror) that serves BLOB to ``password`` only."""
+
+    def answer(req: Recorded) -> Reply:
+        if req.headers.get("Authorization") != password:
+            return UNAUTHORIZED
+        return ranged(BLOB, req)
+
+    return answer
+
+
+def mirror_config(tmp_path: Path, text: str) -> RegistryConfig:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    file = load_config(path)
+    return RegistryConfig(mirrors=file.mirrors, origin_credentials=file.origin_credentials)
+
+
+async def test_a_mirror_shared_by_two_hosts_gets_only_the_credentials_its_entry_allows(
+    tmp_path: Path,
+) -> None:
+    """One mirror endpoint listed for two hosts, with ``credentials = "origin"`` only in the
+    first host's entry: reads of the first carry its password to the mirror; reads of the
+    second do not carry the second's password there (it reads from its own host instead)."""
+    a_password, b_password = basic("ann", "a-secret"), basic("bob", "b-secret")
+    with (
+        Recorder(basic_protected(a_password)) as mirror,
+        Recorder(basic_protected(a_password), address="127.0.0.2") as origin_a,
+        Recorder(basic_protected(b_password), address="127.0.0.3") as origin_b,
+    ):
+        config = mirror_config(
+            tmp_path,
+            f'[[mirror]]\nhost = "{origin_a.host}"\nendpoints = ["{mirror.url}"]\n'
+            'credentials = "origin"\n'
+            f'[[mirror]]\nhost = "{origin_b.host}"\nendpoints = ["{mirror.url}"]\n',
+        )
+        logins = {origin_a.host: ("ann", "a-secret"), origin_b.host: ("bob", "b-secret")}
+        client = Registry(replace(config, docker_config=docker_config(tmp_path, logins)))
+        try:
+            # The first host's read first: a mirror that refuses a read rests for 30 s.
+            got_a = await read_blob(client, parse_name(f"{origin_a.host}/{REPO}:latest"))
+            got_b = await read_blob(client, parse_name(f"{origin_b.host}/{REPO}:latest"))
+        finally:
+            await client.aclose()
+        assert got_a == got_b == BLOB
+        assert b_password not in mirror.authorizations(), (
+            "a read of the second host sent its password to the mirror that only the first "
+            "host's entry lends credentials to"
+        )
+        assert b_password in origin_b.authorizations(), "the second host's read was not served"
+        assert a_password in mirror.authorizations(), "the first host's entry lends it none"
+        assert origin_a.requests == [], "the mirror did not serve the first host's read"

@@ -1,9 +1,13 @@
-"""The pure decisions about where a credential may go: origins (redirects) and token realms."""
+"""The pure decisions about where a credential may go: origins (redirects), whose credentials
+a mirror gets, token realms."""
 
 from __future__ import annotations
 
 import pytest
 
+from modelfs.formats.names import parse_name
+from modelfs.registry.client import Registry, RegistryConfig
+from modelfs.registry.config import load_config
 from modelfs.registry.origins import origin_of, same_origin
 
 
@@ -38,3 +42,35 @@ def test_another_scheme_host_or_port_is_another_origin(a: str, b: str, why: str)
 def test_origin_fills_in_the_default_port() -> None:
     assert origin_of("https://R.example/x") == ("https", "r.example", 443)
     assert origin_of("http://r.example:8080") == ("http", "r.example", 8080)
+
+
+# -- credentials = "origin": per (host, mirror endpoint) -------------------------------------
+
+
+async def test_origin_credentials_are_for_the_host_whose_entry_asks_for_them(tmp_path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        """
+[[mirror]]
+host = "a.example"
+endpoints = ["http://mirror.lan:5000/"]
+credentials = "origin"
+[[mirror]]
+host = "b.example"
+endpoints = ["http://mirror.lan:5000"]
+"""
+    )
+    file = load_config(path)
+    client = Registry(
+        RegistryConfig(mirrors=file.mirrors, origin_credentials=file.origin_credentials)
+    )
+    try:
+        mirror = "http://mirror.lan:5000"
+        assert client.auth_host(mirror, parse_name("a.example/x/y:1")) == "a.example"
+        assert client.auth_host(mirror, parse_name("b.example/x/y:1")) == "mirror.lan:5000", (
+            "a read of b.example sends the mirror b.example's credentials, which only "
+            "a.example's entry asked for"
+        )
+        assert client.auth_host("https://b.example", parse_name("b.example/x/y:1")) == "b.example"
+    finally:
+        await client.aclose()
