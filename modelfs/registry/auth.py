@@ -12,8 +12,11 @@ It makes no HTTP requests itself: the registry client hands it a ``TokenFetch`` 
 HTTP-library errors stay translated in one place (``registry``).
 
 Where credentials go: Basic credentials for a registry go to that registry and to the
-token realm it names (as ``docker login`` credentials do). An Ollama key signature goes
-only to a realm on the registry's own host; a realm elsewhere gets an anonymous request.
+token realm it names itself (as ``docker login`` credentials do), never over plain http when
+they were given for https. A realm named by anyone else (a mirror passing the registry's
+challenges through, ``credentials = "origin"``) gets them only on the registry's own host.
+An Ollama key signature goes only to a realm on the registry's own host; a realm elsewhere
+gets an anonymous request.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelfs.errors import ModelfsError, Unauthorized, registry_words
+from modelfs.registry.origins import origin_of, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +297,24 @@ def store_docker_credentials(host: str, user: str, password: str, path: Path | N
     return path
 
 
+def password_may_go(realm: str, given_for: str, asked_by: str) -> bool:
+    """Whether a password given for ``given_for`` (a registry's base URL) may go with a token
+    request to ``realm``, named in a 401 from ``asked_by`` (a base URL).
+
+    The registry itself names its token service, which may be on another host (Docker Hub's
+    is auth.docker.io): the password goes there, as ``docker login`` credentials do. A realm
+    named by anyone else (a mirror passing challenges through, which modelfs trusts with
+    tokens but not to say where passwords go) must be on the registry's own host name. And a
+    password given for https never travels over plain http."""
+    realm_scheme, realm_host, _ = origin_of(realm)
+    scheme, host, _ = origin_of(given_for)
+    if scheme == "https" and realm_scheme != "https":
+        return False
+    if same_origin(asked_by, given_for):
+        return True
+    return realm_host == host
+
+
 def basic_header(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -359,8 +381,23 @@ class Authenticator:
     def forget(self, host: str, scopes: tuple[str, ...]) -> None:
         self._tokens.pop((host, scopes), None)
 
-    async def answer(self, host: str, scopes: tuple[str, ...], www_authenticate: str | None) -> str:
-        """Get an Authorization value for a 401 with this challenge; raise Unauthorized if none."""
+    async def answer(
+        self,
+        host: str,
+        scopes: tuple[str, ...],
+        www_authenticate: str | None,
+        *,
+        given_for: str | None = None,
+        asked_by: str | None = None,
+    ) -> str:
+        """Get an Authorization value for a 401 with this challenge; raise Unauthorized if none.
+
+        ``given_for``: the base URL ``host``'s credentials are for (default ``https://host``);
+        ``asked_by``: the base URL whose 401 this is, when not ``given_for`` itself (a mirror
+        sent the origin's credentials). They decide where a password may go (``password_may_go``).
+        """
+        given_for = given_for or f"https://{host}"
+        asked_by = asked_by or given_for
         challenge = parse_challenge(www_authenticate)
         if challenge is None:
             raise Unauthorized(f"registry {host} refused access (401) without saying how to log in")
@@ -386,26 +423,39 @@ class Authenticator:
                 "which modelfs does not speak"
             )
         wanted = merge_scopes(challenge.scopes, scopes)
-        value, seconds = await self._token(host, challenge, wanted)
+        value, seconds = await self._token(host, challenge, wanted, given_for, asked_by)
         self._tokens[(host, scopes)] = _Token(
             value, time.monotonic() + max(1.0, seconds - TOKEN_MARGIN_SECONDS)
         )
         return value
 
     async def _token(
-        self, host: str, challenge: Challenge, scopes: tuple[str, ...]
+        self,
+        host: str,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        given_for: str,
+        asked_by: str,
     ) -> tuple[str, float]:
         realm = urllib.parse.urlsplit(challenge.realm)
         if realm.scheme not in ("http", "https") or not realm.netloc:
             raise Unauthorized(f"registry {host} named an unusable token realm {challenge.realm!r}")
         creds = self._credentials(host)
+        withheld = creds is not None and not password_may_go(challenge.realm, given_for, asked_by)
+        if withheld:
+            creds = None
+        query = [("service", challenge.params.get("service", ""))]
+        query += [("scope", s) for s in scopes]
+        url = _with_query(challenge.realm, query)
         headers: dict[str, str] = {}
         if creds is not None:
-            query = [("service", challenge.params.get("service", ""))]
-            query += [("scope", s) for s in scopes]
-            url = _with_query(challenge.realm, query)
             headers["Authorization"] = basic_header(*creds)
             how = f"the credentials of {creds[0]!r}"
+        elif withheld:
+            how = (
+                f"no credentials (the password for {given_for} does not go to "
+                f"{realm.scheme}://{realm.netloc}, named by {asked_by})"
+            )
         elif realm.netloc.lower() == host.lower() and not self.config.anonymous:
             url = ollama_token_url(
                 Challenge(challenge.scheme, {**challenge.params, "scope": " ".join(scopes)})
@@ -413,22 +463,21 @@ class Authenticator:
             headers["Authorization"] = self.key.sign(ollama_signed_data(url))
             how = f"the key {self.key.path}"
             self.signed_hosts.add(host)
+        elif self.config.anonymous:
+            how = "no credentials (a request for another user of the mount)"
         else:
-            query = [("service", challenge.params.get("service", ""))]
-            query += [("scope", s) for s in scopes]
-            url = _with_query(challenge.realm, query)
-            how = (
-                "no credentials (a request for another user of the mount)"
-                if self.config.anonymous
-                else f"no credentials (the token realm is on {realm.netloc}, not {host})"
-            )
+            how = f"no credentials (the token realm is on {realm.netloc}, not {host})"
         status, body = await self._fetch(url, headers)
         if status != 200:
             said = registry_words(body)
             raise Unauthorized(
                 f"registry {host} refused a token for {' '.join(scopes) or 'access'} "
                 f"with {how} ({status}{': ' + said if said else ''})"
-                + (f"; to log in: modelfs login {host}" if creds is None and not headers else "")
+                + (
+                    f"; to log in: modelfs login {host}"
+                    if creds is None and not headers and not withheld
+                    else ""
+                )
             )
         try:
             doc = json.loads(body)

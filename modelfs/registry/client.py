@@ -233,6 +233,12 @@ def _netloc(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc.lower()
 
 
+def _base(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: what a credential is given for, or a 401 came from."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
 def pull_scopes(name: Name) -> tuple[str, ...]:
     return (f"repository:{name.repository}:pull",)
 
@@ -345,12 +351,22 @@ class Registry:
         up = [m.rstrip("/") for m in mirrors if self._mirror_down_until.get(m, 0.0) <= now]
         return [*up, self.base_url(name)]
 
+    def _lends_origin_credentials(self, base: str, name: Name) -> bool:
+        return (name.host.lower(), base.rstrip("/")) in self.config.origin_credentials
+
     def auth_host(self, base: str, name: Name) -> str:
         """Whose credentials a read of ``name`` at ``base`` carries: the host it talks to, but
         the origin's for a mirror configured with ``credentials = "origin"`` for this host."""
-        if (name.host.lower(), base.rstrip("/")) in self.config.origin_credentials:
+        if self._lends_origin_credentials(base, name):
             return name.host.lower()
         return _netloc(base)
+
+    def given_for(self, base: str, name: Name) -> str:
+        """The base URL the credentials of a read of ``name`` at ``base`` were given for: the
+        origin's for a mirror that lends them, else ``base`` itself."""
+        if self._lends_origin_credentials(base, name):
+            return _base(self.base_url(name))
+        return _base(base)
 
     def distrust_mirrors(self, name: Name, what: str) -> None:
         """Bytes of ``name`` (``what``) did not match their digest: read from the origin for a
@@ -409,14 +425,23 @@ class Registry:
             raise _translate(e, what, _netloc(url)) from None
 
     async def _answer(
-        self, host: str, scopes: tuple[str, ...], sent: str | None, challenge: str | None
+        self,
+        host: str,
+        scopes: tuple[str, ...],
+        sent: str | None,
+        challenge: str | None,
+        *,
+        given_for: str,
+        asked_by: str,
     ) -> None:
-        """Get credentials for a 401; concurrent requests that met it share one answer."""
+        """Get credentials for a 401 (from ``asked_by``, for credentials given for
+        ``given_for``: see ``Authenticator.answer``); concurrent requests that met it share
+        one answer."""
         async with self._auth_locks.hold((host, scopes)):
             now = self.auth.header(host, scopes)
             if now is not None and now != sent:
                 return  # another task already answered this challenge
-            await self.auth.answer(host, scopes, challenge)
+            await self.auth.answer(host, scopes, challenge, given_for=given_for, asked_by=asked_by)
 
     async def _send(
         self,
@@ -427,12 +452,13 @@ class Registry:
         *,
         headers: dict[str, str] | None = None,
         content: bytes | AsyncIterator[bytes] | None = None,
-        auth_host: str | None = None,
+        given_for: str | None = None,
     ) -> httpx.Response:
         """One control request with auth, answering one 401. The response is streamed:
-        the caller reads or closes it. ``auth_host``: whose credentials it carries (by
-        default the host of ``url``)."""
-        host = auth_host or _netloc(url)
+        the caller reads or closes it. ``given_for``: the base URL whose credentials it
+        carries (by default that of ``url``)."""
+        given_for = given_for or _base(url)
+        host = _netloc(given_for)
         for attempt in range(2):
             sent = self.auth.header(host, scopes)
             hdrs = dict(headers or {})
@@ -453,7 +479,10 @@ class Registry:
                 raise Unauthorized(f"{what}: {refused}", 401)
             challenge = r.headers.get("WWW-Authenticate")
             await r.aclose()
-            await self._answer(host, scopes, sent, challenge)
+            # Who asked: the server that answered 401, which a redirect may have made another.
+            await self._answer(
+                host, scopes, sent, challenge, given_for=given_for, asked_by=_base(str(r.url))
+            )
             if content is not None and not isinstance(content, bytes):
                 # A streamed body cannot be sent twice: the caller starts over with the new token.
                 raise Transient(f"{what}: the registry asked for credentials again; retrying")
@@ -508,7 +537,7 @@ class Registry:
                 pull_scopes(name),
                 what,
                 headers={"Accept": MANIFEST_ACCEPT},
-                auth_host=self.auth_host(base, name),
+                given_for=self.given_for(base, name),
             )
             try:
                 if r.status_code == 404:
@@ -700,6 +729,7 @@ class Registry:
     ) -> None:
         url = self.blob_url(name, digest, base)
         host = self.auth_host(base, name)
+        given_for = self.given_for(base, name)
         scopes = pull_scopes(name)
         for attempt in range(2):
             sent = self.auth.header(host, scopes)
@@ -720,7 +750,10 @@ class Registry:
                 if attempt:
                     said = self.auth.refused(host, sent) or "registry refused access (401)"
                     raise Unauthorized(f"{what}: {said}", 401) from None
-                await self._answer(host, scopes, sent, e.challenge)
+                # The bulk path raises NeedsAuth only for a 401 from ``url``'s own origin.
+                await self._answer(
+                    host, scopes, sent, e.challenge, given_for=given_for, asked_by=_base(url)
+                )
             except StatusError as e:
                 if e.status == 404:
                     raise ModelNotFound(f"{what}: not found on {host}") from None

@@ -23,7 +23,8 @@ credentials = "origin"   # send these mirrors what registry.ollama.ai gets (defa
 mirror listed for two hosts gets the first one's credentials only if its own entry says so). ``"mirror"`` (the default): the
 mirror's own (stored under its ``host:port``), as for any host. ``"origin"``: the origin's (its
 stored login, a token from its realm, the Ollama key's signature for a realm on the origin's
-host): for a mirror that passes requests and challenges through to the origin (mirror/README.md),
+host; the login goes with a token request only to a realm on the origin's own host name, since
+the mirror names it): for a mirror that passes requests and challenges through to the origin (mirror/README.md),
 which is then trusted with the origin's tokens.
 
 ``MODELFS_CONFIG`` names another file. A missing file is an empty configuration; a file

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import trio
 from support.recorder import Recorded, Recorder, Reply, basic, ranged
 from support.tls import TLSMaterial
@@ -185,3 +186,64 @@ async def test_a_mirror_shared_by_two_hosts_gets_only_the_credentials_its_entry_
         assert b_password in origin_b.authorizations(), "the second host's read was not served"
         assert a_password in mirror.authorizations(), "the first host's entry lends it none"
         assert origin_a.requests == [], "the mirror did not serve the first host's read"
+
+
+# -- token realms named by a mirror --------------------------------------------------------------
+
+
+def token_realm(token: str) -> Callable[[Recorded], Reply]:
+    """A token realm that hands ``token`` to anyone who asks."""
+    return lambda _req: Reply(
+        200, {"Content-Type": "application/json"}, json.dumps({"token": token}).encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("realm_address", "gets_the_password"),
+    [("127.0.0.3", False), ("127.0.0.1", True)],
+    ids=["realm-on-a-third-host", "realm-on-the-origins-host"],
+)
+async def test_a_token_realm_a_mirror_names_gets_the_origins_password_only_on_its_host(
+    tmp_path: Path, realm_address: str, gets_the_password: bool
+) -> None:
+    """``credentials = "origin"``, and the mirror's 401 names a token realm: on a third host
+    the realm gets an anonymous token request, none of the origin's password; on the
+    origin's own host (a token service beside the registry, passed through by the mirror) it
+    gets the password, as it would from the origin itself."""
+    password = basic("alice", "o-secret")
+
+    def mirror_answer(req: Recorded) -> Reply:
+        if req.headers.get("Authorization") != "Bearer realm-token":
+            challenge = (
+                f'Bearer realm="{realm.url}/token",service="svc",scope="repository:{REPO}:pull"'
+            )
+            return Reply(401, {"WWW-Authenticate": challenge})
+        return ranged(BLOB, req)
+
+    with (
+        Recorder(token_realm("realm-token"), address=realm_address) as realm,
+        Recorder(mirror_answer, address="127.0.0.2") as mirror,
+        Recorder(basic_protected(password)) as origin,
+    ):
+        config = mirror_config(
+            tmp_path,
+            f'[[mirror]]\nhost = "{origin.host}"\nendpoints = ["{mirror.url}"]\n'
+            'credentials = "origin"\n',
+        )
+        logins = {origin.host: ("alice", "o-secret")}
+        client = Registry(replace(config, docker_config=docker_config(tmp_path, logins)))
+        try:
+            got = await read_blob(client, parse_name(f"{origin.host}/{REPO}:latest"))
+        finally:
+            await client.aclose()
+        assert got == BLOB
+        assert realm.requests, "the realm the mirror named was not asked for a token"
+        assert origin.requests == [], "the mirror did not serve the read"
+        sent = set(realm.authorizations())
+        if gets_the_password:
+            assert sent == {password}
+        else:
+            assert sent == {None}, (
+                f"the origin's password went to the token realm on {realm_address}, "
+                "a host the mirror named"
+            )

@@ -3,9 +3,15 @@ a mirror gets, token realms."""
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+
 import pytest
 
+from modelfs.errors import Unauthorized
 from modelfs.formats.names import parse_name
+from modelfs.registry.auth import AuthConfig, Authenticator, password_may_go
 from modelfs.registry.client import Registry, RegistryConfig
 from modelfs.registry.config import load_config
 from modelfs.registry.origins import origin_of, same_origin
@@ -74,3 +80,92 @@ endpoints = ["http://mirror.lan:5000"]
         assert client.auth_host("https://b.example", parse_name("b.example/x/y:1")) == "b.example"
     finally:
         await client.aclose()
+
+
+# -- token realms: where a password may go with a token request -------------------------------
+
+ORIGIN = "https://registry.example:5000"
+MIRROR = "http://mirror.lan:8080"
+
+
+@pytest.mark.parametrize(
+    ("realm", "given_for", "asked_by", "may", "why"),
+    [
+        ("https://auth.example/token", ORIGIN, ORIGIN, True, "the registry names its realm"),
+        ("https://registry.example/token", ORIGIN, ORIGIN, True, "its own host, another port"),
+        ("http://auth.example/token", ORIGIN, ORIGIN, False, "https password over http"),
+        ("http://registry.example:5000/t", ORIGIN, ORIGIN, False, "even on its own host"),
+        ("http://auth.lan/token", "http://registry.lan", "http://registry.lan", True, "http"),
+        ("https://registry.example/token", ORIGIN, MIRROR, True, "a mirror, the origin's host"),
+        ("https://registry.example:5001/t", ORIGIN, MIRROR, True, "its token port, by a mirror"),
+        ("https://auth.example/token", ORIGIN, MIRROR, False, "a third host, named by a mirror"),
+        ("https://mirror.lan/token", ORIGIN, MIRROR, False, "the mirror's own host"),
+        ("https://registry.example.evil/t", ORIGIN, MIRROR, False, "a longer host name"),
+        ("http://registry.example/token", ORIGIN, MIRROR, False, "by a mirror, over http"),
+        ("https://auth.example/token", ORIGIN, "https://cdn.example", False, "a redirect's host"),
+    ],
+)
+def test_where_a_password_may_go_with_a_token_request(
+    realm: str, given_for: str, asked_by: str, may: bool, why: str
+) -> None:
+    assert password_may_go(realm, given_for, asked_by) is may, why
+
+
+class RecordingRealm:
+    """A token endpoint for the Authenticator: records what it was sent, answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    async def __call__(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        self.calls.append((url, dict(headers)))
+        body = {"token": "T"} if self.status == 200 else {"details": "no"}
+        return self.status, json.dumps(body).encode()
+
+
+def authenticator(tmp_path: Path, realm: RecordingRealm) -> Authenticator:
+    docker = tmp_path / "docker.json"
+    login = base64.b64encode(b"alice:pw").decode()
+    docker.write_text(json.dumps({"auths": {"registry.example:5000": {"auth": login}}}))
+    return Authenticator(realm, AuthConfig(key_path=tmp_path / "key", docker_config=docker))
+
+
+CHALLENGE = 'Bearer realm="https://auth.example/token",service="s",scope="repository:a/b:pull"'
+
+
+async def test_a_realm_a_mirror_names_elsewhere_gets_an_anonymous_request(tmp_path) -> None:
+    realm = RecordingRealm()
+    a = authenticator(tmp_path, realm)
+    scopes = ("repository:a/b:pull",)
+    value = await a.answer(
+        "registry.example:5000", scopes, CHALLENGE, given_for=ORIGIN, asked_by=MIRROR
+    )
+    assert value == "Bearer T"
+    [(url, headers)] = realm.calls
+    assert headers == {}, "the origin's password went to a realm a mirror named"
+    assert url.startswith("https://auth.example/token?")
+    assert not (tmp_path / "key").exists(), "no signature either"
+
+
+async def test_a_realm_the_registry_names_itself_gets_its_password(tmp_path) -> None:
+    realm = RecordingRealm()
+    a = authenticator(tmp_path, realm)
+    await a.answer("registry.example:5000", ("repository:a/b:pull",), CHALLENGE, given_for=ORIGIN)
+    [(_, headers)] = realm.calls
+    assert headers == {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
+
+
+async def test_a_refusal_after_withholding_the_password_says_why_not_to_log_in(tmp_path) -> None:
+    a = authenticator(tmp_path, RecordingRealm(401))
+    with pytest.raises(Unauthorized) as e:
+        await a.answer(
+            "registry.example:5000",
+            ("repository:a/b:pull",),
+            CHALLENGE,
+            given_for=ORIGIN,
+            asked_by=MIRROR,
+        )
+    message = str(e.value)
+    assert "does not go to https://auth.example" in message and MIRROR in message
+    assert "modelfs login" not in message, "logging in again would change nothing"
