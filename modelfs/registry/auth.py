@@ -297,6 +297,12 @@ def store_docker_credentials(host: str, user: str, password: str, path: Path | N
     return path
 
 
+def over_what_it_was_given_for(given_for: str, to: str) -> bool:
+    """Whether a secret given for ``given_for`` (a password, a key signature) may travel to
+    ``to``: not over plain http when it was given for https."""
+    return origin_of(given_for)[0] != "https" or origin_of(to)[0] == "https"
+
+
 def password_may_go(realm: str, given_for: str, asked_by: str) -> bool:
     """Whether a password given for ``given_for`` (a registry's base URL) may go with a token
     request to ``realm``, named in a 401 from ``asked_by`` (a base URL).
@@ -306,13 +312,11 @@ def password_may_go(realm: str, given_for: str, asked_by: str) -> bool:
     named by anyone else (a mirror passing challenges through, which modelfs trusts with
     tokens but not to say where passwords go) must be on the registry's own host name. And a
     password given for https never travels over plain http."""
-    realm_scheme, realm_host, _ = origin_of(realm)
-    scheme, host, _ = origin_of(given_for)
-    if scheme == "https" and realm_scheme != "https":
+    if not over_what_it_was_given_for(given_for, realm):
         return False
     if same_origin(asked_by, given_for):
         return True
-    return realm_host == host
+    return origin_of(realm)[1] == origin_of(given_for)[1]
 
 
 def basic_header(user: str, password: str) -> str:
@@ -350,13 +354,26 @@ class Authenticator:
         # Hosts whose tokens came from a signature with the Ollama key (for the push hint).
         self.signed_hosts: set[str] = set()
 
-    def header(self, host: str, scopes: tuple[str, ...]) -> str | None:
-        """The Authorization value to send now, if any (a cached token or Basic credentials)."""
+    def header(
+        self,
+        host: str,
+        scopes: tuple[str, ...],
+        *,
+        given_for: str | None = None,
+        to: str | None = None,
+    ) -> str | None:
+        """The Authorization value to send now to ``to`` (a base URL; default ``given_for``,
+        that of ``host``'s credentials), if any: a cached token, or Basic credentials where
+        they may travel (a mirror lending the origin's gets them over https only if the
+        origin is https)."""
         token = self._tokens.get((host, scopes))
         if token is not None:
             if time.monotonic() < token.expires_monotonic:
                 return token.header
             del self._tokens[(host, scopes)]
+        given_for = given_for or f"https://{host}"
+        if not over_what_it_was_given_for(given_for, to or given_for):
+            return None
         return self._basic.get(host)
 
     def _credentials(self, host: str) -> tuple[str, str] | None:
@@ -407,6 +424,11 @@ class Authenticator:
                 raise Unauthorized(
                     f"registry {host} needs a username and password: run `modelfs login {host}`"
                 )
+            if not over_what_it_was_given_for(given_for, asked_by):
+                raise Unauthorized(
+                    f"{asked_by} asks for the password of {creds[0]!r} for {given_for}: "
+                    "not sent over plain http"
+                )
             value = basic_header(*creds)
             if self._basic.get(host) == value:
                 raise Unauthorized(
@@ -456,7 +478,11 @@ class Authenticator:
                 f"no credentials (the password for {given_for} does not go to "
                 f"{realm.scheme}://{realm.netloc}, named by {asked_by})"
             )
-        elif realm.netloc.lower() == host.lower() and not self.config.anonymous:
+        elif (
+            realm.netloc.lower() == host.lower()
+            and over_what_it_was_given_for(given_for, challenge.realm)
+            and not self.config.anonymous
+        ):
             url = ollama_token_url(
                 Challenge(challenge.scheme, {**challenge.params, "scope": " ".join(scopes)})
             )

@@ -438,7 +438,7 @@ class Registry:
         ``given_for``: see ``Authenticator.answer``); concurrent requests that met it share
         one answer."""
         async with self._auth_locks.hold((host, scopes)):
-            now = self.auth.header(host, scopes)
+            now = self.auth.header(host, scopes, given_for=given_for, to=asked_by)
             if now is not None and now != sent:
                 return  # another task already answered this challenge
             await self.auth.answer(host, scopes, challenge, given_for=given_for, asked_by=asked_by)
@@ -460,7 +460,7 @@ class Registry:
         given_for = given_for or _base(url)
         host = _netloc(given_for)
         for attempt in range(2):
-            sent = self.auth.header(host, scopes)
+            sent = self.auth.header(host, scopes, given_for=given_for, to=_base(url))
             hdrs = dict(headers or {})
             if sent:
                 hdrs["Authorization"] = sent
@@ -732,7 +732,7 @@ class Registry:
         given_for = self.given_for(base, name)
         scopes = pull_scopes(name)
         for attempt in range(2):
-            sent = self.auth.header(host, scopes)
+            sent = self.auth.header(host, scopes, given_for=given_for, to=_base(url))
             try:
                 await trio.to_thread.run_sync(
                     self.bulk.read_range,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -247,3 +248,57 @@ async def test_a_token_realm_a_mirror_names_gets_the_origins_password_only_on_it
                 f"the origin's password went to the token realm on {realm_address}, "
                 "a host the mirror named"
             )
+
+
+# -- https credentials and an http mirror ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("origin_first", [False, True], ids=["mirror-asks-first", "origin-first"])
+async def test_an_http_mirror_lent_an_https_origins_credentials_never_gets_its_password(
+    tmp_path: Path, tls_material: TLSMaterial, origin_first: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``credentials = "origin"`` for an https registry with Basic auth and a plain-http
+    mirror: the mirror may get tokens, but the password (given for https) is neither sent
+    when the mirror asks for it first nor later, once the origin itself has taken it; the
+    read goes to the origin over https, and the log says why."""
+    password = basic("alice", "secret")
+    mirror_has_it = not origin_first
+
+    def mirror_answer(req: Recorded) -> Reply:
+        if not mirror_has_it:
+            return Reply(404)  # not there yet: ask the origin, without resting the mirror
+        return basic_protected(password)(req)
+
+    with (
+        Recorder(mirror_answer) as mirror,
+        Recorder(basic_protected(password), tls=tls_material) as origin,
+    ):
+        config = mirror_config(
+            tmp_path,
+            f'[[mirror]]\nhost = "{origin.host}"\nendpoints = ["{mirror.url}"]\n'
+            'credentials = "origin"\n',
+        )
+        config = replace(
+            config,
+            tls_hosts=(origin.host,),
+            ca_file=str(tls_material.ca_cert),
+            docker_config=docker_config(tmp_path, {origin.host: ("alice", "secret")}),
+        )
+        client = Registry(config)
+        name = parse_name(f"{origin.host}/{REPO}:latest")
+        try:
+            got = [await read_blob(client, name)]
+            if origin_first:  # the origin has taken the password: now the mirror asks
+                mirror_has_it = True
+                got.append(await read_blob(client, name))
+        finally:
+            await client.aclose()
+        assert len(mirror.requests) >= 1 + origin_first, "the mirror was not asked"
+        assert password not in mirror.authorizations(), (
+            "the password of alice for an https registry went in clear to an http mirror"
+        )
+        assert got == [BLOB] * len(got)
+        assert password in origin.authorizations("https")
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert f"mirror {mirror.url} failed" in warning
+        assert "not sent over plain http" in warning, warning

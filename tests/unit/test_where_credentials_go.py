@@ -169,3 +169,28 @@ async def test_a_refusal_after_withholding_the_password_says_why_not_to_log_in(t
     message = str(e.value)
     assert "does not go to https://auth.example" in message and MIRROR in message
     assert "modelfs login" not in message, "logging in again would change nothing"
+
+
+async def test_a_key_signature_for_an_https_registry_never_goes_over_http(tmp_path) -> None:
+    realm = RecordingRealm()
+    a = Authenticator(realm, AuthConfig(key_path=tmp_path / "key"))
+    challenge = 'Bearer realm="http://registry.ollama.ai/v2/token",service="ollama.com"'
+    await a.answer(
+        "registry.ollama.ai",
+        ("repository:library/m:pull",),
+        challenge,
+        given_for="https://registry.ollama.ai",
+    )
+    [(_, headers)] = realm.calls
+    assert headers == {}, "a signature with the Ollama key went over plain http"
+    assert not (tmp_path / "key").exists()
+
+
+def test_basic_credentials_of_an_https_registry_are_not_offered_to_http(tmp_path) -> None:
+    a = authenticator(tmp_path, RecordingRealm())
+    a._basic["registry.example:5000"] = "Basic x"
+    scopes = ("repository:a/b:pull",)
+    assert a.header("registry.example:5000", scopes, given_for=ORIGIN) == "Basic x"
+    assert a.header("registry.example:5000", scopes, given_for=ORIGIN, to=MIRROR) is None
+    https_mirror = "https://mirror.lan"
+    assert a.header("registry.example:5000", scopes, given_for=ORIGIN, to=https_mirror)
