@@ -303,6 +303,16 @@ def over_what_it_was_given_for(given_for: str, to: str) -> bool:
     return origin_of(given_for)[0] != "https" or origin_of(to)[0] == "https"
 
 
+def in_clear_on_its_host(given_for: str, to: str) -> bool:
+    """Whether ``to`` is the host of ``given_for`` reached over plain http although its
+    credentials are for https (an upload ``Location`` from a registry behind a TLS proxy that
+    forgot ``X-Forwarded-Proto``): nothing of them goes there, not even a token."""
+    return (
+        not over_what_it_was_given_for(given_for, to)
+        and origin_of(given_for)[1] == origin_of(to)[1]
+    )
+
+
 def password_may_go(realm: str, given_for: str, asked_by: str) -> bool:
     """Whether a password given for ``given_for`` (a registry's base URL) may go with a token
     request to ``realm``, named in a 401 from ``asked_by`` (a base URL).

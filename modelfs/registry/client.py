@@ -57,7 +57,7 @@ from modelfs.formats.referrers import (
     parse_referrers,
     referrers_tag,
 )
-from modelfs.registry.auth import AuthConfig, Authenticator
+from modelfs.registry.auth import AuthConfig, Authenticator, in_clear_on_its_host
 from modelfs.registry.bulk import (
     Aborted,
     BodyError,
@@ -368,6 +368,13 @@ class Registry:
             return _base(self.base_url(name))
         return _base(base)
 
+    def handed_out_given_for(self, name: Name, url: str) -> str | None:
+        """Whose credentials a URL the registry of ``name`` handed out (an upload ``Location``)
+        carries: on the registry's own host and port, the registry's, as given (so an https
+        registry's never go to an http location); elsewhere (None), those of the URL's host."""
+        base = self.base_url(name)
+        return _base(base) if _netloc(url) == _netloc(base) else None
+
     def distrust_mirrors(self, name: Name, what: str) -> None:
         """Bytes of ``name`` (``what``) did not match their digest: read from the origin for a
         while. A mirror is trusted for nothing but bytes, and not for those once they fail."""
@@ -459,8 +466,13 @@ class Registry:
         carries (by default that of ``url``)."""
         given_for = given_for or _base(url)
         host = _netloc(given_for)
+        in_clear = in_clear_on_its_host(given_for, url)
         for attempt in range(2):
-            sent = self.auth.header(host, scopes, given_for=given_for, to=_base(url))
+            sent = (
+                None
+                if in_clear
+                else self.auth.header(host, scopes, given_for=given_for, to=_base(url))
+            )
             hdrs = dict(headers or {})
             if sent:
                 hdrs["Authorization"] = sent
@@ -471,6 +483,13 @@ class Registry:
                 raise _translate(e, what, host) from None
             if r.status_code != 401:
                 return r
+            if in_clear:
+                await r.aclose()
+                raise Unauthorized(
+                    f"{what}: {_base(url)} asks for credentials over plain http; those of "
+                    f"{host} are for {given_for}, and are not sent there",
+                    401,
+                )
             if attempt:
                 refused = self.auth.refused(host, sent)
                 if refused is None:
@@ -807,7 +826,14 @@ class Registry:
                 if location:
                     loc = urllib.parse.urljoin(str(r.url), location)
                     with contextlib.suppress(ModelfsError):
-                        await self._closed(await self._send("DELETE", loc, push_scopes(name), what))
+                        deleted = await self._send(
+                            "DELETE",
+                            loc,
+                            push_scopes(name),
+                            what,
+                            given_for=self.handed_out_given_for(name, loc),
+                        )
+                        await self._closed(deleted)
             return False
 
         return await retrying(what, once)
@@ -860,13 +886,20 @@ class Registry:
                     "Content-Type": "application/octet-stream",
                     "Content-Length": str(size),
                 },
+                given_for=self.handed_out_given_for(name, location),
             )
             await self._raise_for(r, what)
             await self._closed(r)
             location = urllib.parse.urljoin(str(r.url), r.headers.get("Location", location))
             url = str(httpx.URL(location).copy_merge_params({"digest": str(digest)}))
             r = await self._send(
-                "PUT", url, scopes, what, headers={"Content-Length": "0"}, content=b""
+                "PUT",
+                url,
+                scopes,
+                what,
+                headers={"Content-Length": "0"},
+                content=b"",
+                given_for=self.handed_out_given_for(name, url),
             )
             await self._raise_for(r, what)
             await self._closed(r)

@@ -19,6 +19,7 @@ import trio
 from support.recorder import Recorded, Recorder, Reply, basic, ranged
 from support.tls import TLSMaterial
 
+from modelfs.errors import Unauthorized
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name, parse_name
 from modelfs.registry.client import Registry, RegistryConfig
@@ -302,3 +303,44 @@ async def test_an_http_mirror_lent_an_https_origins_credentials_never_gets_its_p
         [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert f"mirror {mirror.url} failed" in warning
         assert "not sent over plain http" in warning, warning
+
+
+# -- locations the registry hands out ---------------------------------------------------------------
+
+
+async def test_an_upload_location_over_plain_http_gets_no_credentials(
+    tmp_path: Path, tls_material: TLSMaterial
+) -> None:
+    """An https registry (behind a proxy that forgot X-Forwarded-Proto, say) answers the start
+    of an upload with ``Location: http://<its own host:port>/…``: modelfs sends that location
+    neither the password nor a token, and the push fails saying why."""
+    password = basic("alice", "secret")
+
+    def answer(req: Recorded) -> Reply:
+        if req.headers.get("Authorization") != password:
+            return UNAUTHORIZED
+        if req.method == "POST":
+            return Reply(202, {"Location": f"http://{registry.host}/v2/{REPO}/blobs/uploads/1"})
+        return Reply(201 if req.method == "PUT" else 202, {"Location": req.path})
+
+    layer = tmp_path / "layer"
+    layer.write_bytes(BLOB)
+    with Recorder(answer, tls=tls_material) as registry:
+        client = tls_client(tmp_path, registry, tls_material)
+        refused: Unauthorized | None = None
+        try:
+            await client.upload_blob(
+                parse_name(f"{registry.host}/{REPO}:latest"),
+                Digest.of_bytes(BLOB),
+                layer,
+                len(BLOB),
+            )
+        except Unauthorized as e:
+            refused = e
+        finally:
+            await client.aclose()
+    assert password in registry.authorizations("https")
+    clear = registry.authorizations("http")
+    assert clear, "the upload location was not tried"
+    assert clear == [None] * len(clear), "credentials went in clear to the upload location"
+    assert refused is not None and "plain http" in str(refused), refused

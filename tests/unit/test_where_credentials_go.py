@@ -11,7 +11,12 @@ import pytest
 
 from modelfs.errors import Unauthorized
 from modelfs.formats.names import parse_name
-from modelfs.registry.auth import AuthConfig, Authenticator, password_may_go
+from modelfs.registry.auth import (
+    AuthConfig,
+    Authenticator,
+    in_clear_on_its_host,
+    password_may_go,
+)
 from modelfs.registry.client import Registry, RegistryConfig
 from modelfs.registry.config import load_config
 from modelfs.registry.origins import origin_of, same_origin
@@ -194,3 +199,18 @@ def test_basic_credentials_of_an_https_registry_are_not_offered_to_http(tmp_path
     assert a.header("registry.example:5000", scopes, given_for=ORIGIN, to=MIRROR) is None
     https_mirror = "https://mirror.lan"
     assert a.header("registry.example:5000", scopes, given_for=ORIGIN, to=https_mirror)
+
+
+@pytest.mark.parametrize(
+    ("given_for", "to", "in_clear"),
+    [
+        ("https://r.example", "http://r.example", True),
+        ("https://r.example:5000", "http://r.example:5000", True),
+        ("https://r.example", "http://r.example:8080", True),
+        ("https://r.example", "https://r.example", False),
+        ("http://r.lan", "http://r.lan", False),
+        ("https://r.example", "http://mirror.lan", False),  # a mirror: its own rule
+    ],
+)
+def test_the_registrys_own_host_in_clear(given_for: str, to: str, in_clear: bool) -> None:
+    assert in_clear_on_its_host(given_for, to) is in_clear
