@@ -1,17 +1,20 @@
 """The ``modelfs`` command: mount, umount, create, push, pull, unlink, ls.
 
 Known errors print ``modelfs: <message>`` and exit 1; a traceback only with
-``--debug``. Usage errors exit 2.
+``--debug``. Usage errors exit 2. Output to a reader that has left (``| head``) ends the
+command quietly with 141, the status SIGPIPE gives other commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import io
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -55,6 +58,9 @@ def _settings(args: argparse.Namespace, extra_insecure: tuple[str, ...] = ()):
     from modelfs.registry.config import load_config
 
     config_file = getattr(args, "config", None)
+    if config_file and not Path(config_file).is_file():
+        # Named on purpose: a missing file is a mistake, not the defaults.
+        raise UsageError(f"--config {config_file}: no such file")
     file = load_config(Path(config_file) if config_file else None)
     ca_file = getattr(args, "ca_file", None) or file.ca_file
     if ca_file and not Path(ca_file).is_file():
@@ -125,7 +131,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     )
     daemon.cache_bounds(opts, file)  # a bound the file gets wrong fails here, before mounting
     if not args.foreground:
-        note = mountctl.prepare_mountpoint(mountpoint)
+        note = mountctl.prepare_mountpoint(mountpoint, allow_non_empty=args.allow_non_empty)
         if note:
             print(f"modelfs: {note}", file=sys.stderr)
         argv = ["mount", str(mountpoint), "--cache", str(cache_root)]
@@ -138,7 +144,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         for o in args.o or []:
             argv += ["-o", o]
         if args.debug:
-            argv.append("--debug")
+            argv.insert(0, "--debug")  # an option of modelfs itself, before the command
         log_path = Path(args.log) if args.log else cache_root / ".modelfs" / "modelfs.log"
         mountctl.start_daemon(argv, log_path)
         return 0
@@ -156,7 +162,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     try:
         if ready_fd is None:
-            note = mountctl.prepare_mountpoint(mountpoint)
+            note = mountctl.prepare_mountpoint(mountpoint, allow_non_empty=args.allow_non_empty)
             if note:
                 log.warning("%s", note)
         trio.run(daemon.run, opts, ready)
@@ -184,6 +190,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\n\n".join(status.render(r) for r in reports))
     else:
         print("no modelfs mounts are running", file=sys.stderr)
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from modelfs.commands import status
+
+    reports = status.every_mount()
+    if not reports:
+        print("no modelfs mounts are running", file=sys.stderr)
+        return 0
+    print(status.table(reports))
     return 0
 
 
@@ -259,9 +276,26 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from modelfs.commands.pull import pull
 
     name = _name(args.name)
+    if name.digest is not None and not _names_a_tag(args.name):
+        # The registry's tags are not ours to guess, and "latest" would overwrite the
+        # local model of that name with another one.
+        raise UsageError(
+            f"{args.name}: name the tag to keep it under, "
+            f"e.g. {name.with_tag('TAG').display_shortest()}@{name.digest}"
+        )
 
-    _with_registry(args, lambda registry: pull(_cache(args), registry, name, Progress("pulling")))
+    progress = Progress("pulling")
+    try:
+        _with_registry(args, lambda registry: pull(_cache(args), registry, name, progress))
+    finally:
+        progress.end()
     return 0
+
+
+def _names_a_tag(text: str) -> bool:
+    """Whether the name as typed has a tag (``m:v1@sha256:…``), not the default one."""
+    body = text.partition("@")[0].rpartition("://")[2]
+    return body.rfind(":") > body.rfind("/")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -279,11 +313,18 @@ def cmd_unlink(args: argparse.Namespace) -> int:
 
     name = _name(args.name)
     cache = _cache(args)
+    if args.all_tags and not args.remote:
+        raise UsageError("--all-tags goes with --remote")
     if args.remote:
-        from modelfs.commands.push import delete_remote
+        from modelfs.commands.remote_delete import delete_remote
 
-        digest = _with_registry(args, lambda registry: delete_remote(cache, registry, name))
-        print(f"deleted {name} on {name.host} ({digest})")
+        done = _with_registry(
+            args, lambda registry: delete_remote(registry, name, all_tags=args.all_tags)
+        )
+        if done.manifest_deleted:
+            print(f"deleted {name} on {name.host} (manifest {done.digest})")
+        else:
+            print(f"deleted {name} on {name.host} (the tag only; manifest {done.digest} stays)")
         if cache.read_manifest(name) is None:
             return 0
     result = cache.unlink(name)
@@ -292,6 +333,23 @@ def cmd_unlink(args: argparse.Namespace) -> int:
     for kept in result.kept:
         print(kept, file=sys.stderr)
     return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    """``rm A B…``: each model in turn; one that fails does not stop the others."""
+    names = [_name(text) for text in args.names]  # all valid before any is removed
+    failed = 0
+    for text in args.names:
+        one = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "names"})
+        one.name = text
+        try:
+            cmd_unlink(one)
+        except ModelfsError as e:
+            if len(names) == 1 or args.debug or isinstance(e, UsageError):
+                raise
+            print(f"modelfs: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
@@ -331,6 +389,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     from modelfs.formats.names import PartKind, check_part
     from modelfs.registry.auth import store_docker_credentials
 
+    if args.password_stdin and not args.username:
+        raise UsageError("--password-stdin needs --username (-u)")
     host = check_part(PartKind.HOST, args.host.removeprefix("https://").removeprefix("http://"))
     user = args.username or input("Username: ")
     if args.password_stdin:
@@ -350,6 +410,19 @@ def cmd_login(args: argparse.Namespace) -> int:
     trio.run(main)
     path = store_docker_credentials(host, user, password, _docker_config_file())
     print(f"logged in to {host} as {user} (credentials in {path})")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from modelfs.formats.names import PartKind, check_part
+    from modelfs.registry.auth import remove_docker_credentials
+
+    host = check_part(PartKind.HOST, args.host.removeprefix("https://").removeprefix("http://"))
+    path = _docker_config_file()
+    if remove_docker_credentials(host, path):
+        print(f"removed the credentials for {host} from {path}")
+    else:
+        print(f"not logged in to {host} (no credentials for it in {path})")
     return 0
 
 
@@ -494,12 +567,29 @@ def _interrupted_reply_filter(record: logging.LogRecord) -> bool:
     return True
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with ``invalid choice 'unmount' (did you mean 'umount'?)`` for a command
+    it does not know."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            raise argparse.ArgumentError(None, unknown_command(value, list(action.choices)))
+        super()._check_value(action, value)
+
+
+def unknown_command(word: str, commands: list[str]) -> str:
+    close = difflib.get_close_matches(word, commands, n=1)
+    if close:
+        return f"invalid choice {word!r} (did you mean {close[0]!r}?)"
+    return f"invalid choice {word!r} (commands: {', '.join(commands)}; see modelfs help)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="modelfs",
         description="Mount a model registry as a lazily fetched, verified local filesystem.",
     )
-    p.add_argument("--version", action="version", version=f"modelfs {__version__}")
+    p.add_argument("-v", "--version", action="version", version=f"modelfs {__version__}")
     p.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -540,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache_arg(sp)
     registry_args(sp)
     sp.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
+    sp.add_argument(
+        "--allow-non-empty",
+        action="store_true",
+        help="mount over a directory that has files (they are hidden until unmounted)",
+    )
     sp.add_argument(
         "-o",
         action="append",
@@ -637,15 +732,24 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
 
     sp = sub.add_parser(
-        "unlink", aliases=["rm"], help="remove a model from the cache (rm: Ollama's word for it)"
+        "unlink", aliases=["rm"], help="remove models from the cache (rm: Ollama's word for it)"
     )
-    sp.add_argument("name")
+    sp.add_argument("names", nargs="+", metavar="NAME")
     sp.add_argument(
-        "--remote", action="store_true", help="also delete the manifest on the registry"
+        "--remote",
+        action="store_true",
+        help="first delete the tag on the registry, and only that tag: where the registry "
+        "can delete a tag only with its manifest and other tags name it, nothing is deleted",
+    )
+    sp.add_argument(
+        "--all-tags",
+        action="store_true",
+        help="with --remote: delete the tag's manifest on the registry, and with it every tag "
+        "that names it",
     )
     cache_arg(sp)
     registry_args(sp)
-    sp.set_defaults(func=cmd_unlink)
+    sp.set_defaults(func=cmd_rm)
 
     sp = sub.add_parser("cp", help="give a cached model another name (as ollama cp does)")
     sp.add_argument("source", metavar="SRC")
@@ -681,10 +785,44 @@ def build_parser() -> argparse.ArgumentParser:
     registry_args(sp)
     sp.set_defaults(func=cmd_show)
 
-    sp = sub.add_parser("ls", help="list cached models and how much of each is present")
+    sp = sub.add_parser(
+        "ps", help="running mounts, one line each (modelfs status MNT for the full figures)"
+    )
+    sp.set_defaults(func=cmd_ps)
+
+    sp = sub.add_parser(
+        "logout", help="remove a registry's stored credentials (as docker logout does)"
+    )
+    sp.add_argument("host")
+    sp.set_defaults(func=cmd_logout)
+
+    sp = sub.add_parser("help", help="this help, or a command's: modelfs help pull")
+    sp.add_argument("topic", nargs="?", metavar="COMMAND")
+    sp.set_defaults(func=lambda args: _help(p, sub, args.topic))
+
+    sp = sub.add_parser(
+        "ls", aliases=["list"], help="list cached models and how much of each is present"
+    )
     cache_arg(sp)
     sp.set_defaults(func=cmd_ls)
+    # --debug after the command too (`modelfs pull --debug NAME`); SUPPRESS keeps one given
+    # before the command when it is not repeated.
+    for command in {id(c): c for c in sub.choices.values()}.values():
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return p
+
+
+def _help(parser: argparse.ArgumentParser, sub: Any, topic: str | None) -> int:
+    """``modelfs help [COMMAND]``: the help ``modelfs [COMMAND] --help`` prints."""
+    if topic is None:
+        parser.print_help()
+    elif topic in sub.choices:
+        sub.choices[topic].print_help()
+    else:
+        parser.error(unknown_command(topic, list(sub.choices)))
+    return 0
 
 
 # mount(8) options that become modelfs flags when mount.fuse3 runs us (an fstab line).
@@ -697,18 +835,33 @@ HELPER_FLAG_OPTIONS = {
 }
 
 
-def mount_helper_argv(argv: list[str], commands: set[str]) -> list[str] | None:
-    """``modelfs SOURCE MOUNTPOINT [-o OPTS]…`` (how mount.fuse3 runs the program of an fstab
+# The names mount(8) runs a helper by for ``-t modelfs`` / ``-t fuse.modelfs`` (a link to modelfs).
+HELPER_PROGRAMS = {"mount.modelfs", "mount.fuse.modelfs"}
+
+
+def mount_helper_argv(
+    argv: list[str], commands: set[str], program: str = "modelfs"
+) -> list[str] | None:
+    """``modelfs SOURCE MOUNTPOINT -o OPTS`` (how mount.fuse3 runs the program of an fstab
     line of type ``fuse.modelfs``) as the ``mount`` command it means; None for other argv.
+
+    Only that exact shape is a helper call, with ``-o`` present (mount.fuse3 always passes it:
+    it adds ``dev``/``suid`` or their ``no`` forms), or any ``SOURCE MOUNTPOINT [-o OPTS]``
+    when run as ``mount.modelfs``/``mount.fuse.modelfs``: a mistyped command
+    (``modelfs unmount DIR``) must not mount anything.
 
     ``cache=``, ``config=``, ``key=``, ``ca_file=`` and ``log=`` become their flags, ``debug``
     ``--debug``; every other option goes to ``mount -o`` (which ignores mount(8)'s standard
     ones), with ``blobs_view=no`` unless the line says otherwise: a bind mount inside the
-    mount would make umount(8) fail with "target is busy". SOURCE is only a label.
+    mount would make umount(8) fail with "target is busy". SOURCE is only a label. As
+    mount(8) does, the mount goes over whatever the directory holds.
     """
+    as_helper = Path(program).name in HELPER_PROGRAMS
     if len(argv) < 2 or argv[0] in commands or argv[0].startswith("-"):
         return None
     _source, mountpoint, *rest = argv
+    if not as_helper and not any(a == "-o" or (a.startswith("-o") and len(a) > 2) for a in rest):
+        return None
     options: list[str] = []
     i = 0
     while i < len(rest):
@@ -738,17 +891,41 @@ def mount_helper_argv(argv: list[str], commands: set[str]) -> list[str] | None:
     if not any(o.partition("=")[0] == "blobs_view" for o in kept):
         kept.append("blobs_view=no")
     out = ["--debug"] if debug else []
-    out += ["mount", mountpoint, *flags]
+    out += ["mount", mountpoint, *flags, "--allow-non-empty"]
     if kept:
         out += ["-o", ",".join(kept)]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Output still buffered goes now: a reader that left shows here, not at exit.
+            if sys.stdout is not None:  # None when started with fd 1 closed
+                sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """Whoever read our output has left (``modelfs show NAME | head -2``): end quietly, with
+    the status of a command that SIGPIPE ended, as cat, git or ollama do. Python ignores
+    SIGPIPE (its sockets need that), so the closed pipe arrives as BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):
+        # Output left in stdout's buffer would fail again when Python flushes it at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        helper = mount_helper_argv(argv, _command_names(parser))
+        helper = mount_helper_argv(argv, _command_names(parser), sys.argv[0])
     except UsageError as e:
         parser.exit(2, f"modelfs: {e}\n")
     args = parser.parse_args(helper if helper is not None else argv)
@@ -785,8 +962,9 @@ def _command_names(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The error a user should see from a group: a KeyboardInterrupt, else a modelfs error."""
-    for kind in (KeyboardInterrupt, ModelfsError):
+    """The error a user should see from a group: a KeyboardInterrupt, else a modelfs error,
+    else a closed pipe."""
+    for kind in (KeyboardInterrupt, ModelfsError, BrokenPipeError):
         match = group.subgroup(lambda e, kind=kind: isinstance(e, kind))
         while isinstance(match, BaseExceptionGroup):
             match = match.exceptions[0]

@@ -12,8 +12,6 @@ cache first, and an OCI manifest whose layers are the Ollama model's own blobs
 re-labelled. The weights are the same blob, so a registry that has the Ollama model
 receives only the config and the manifest, and one GGUF serves ``ollama pull`` and
 ``docker model pull``. The cached model itself is not changed.
-
-``delete_remote`` deletes a manifest on the registry (``unlink --remote``).
 """
 
 from __future__ import annotations
@@ -25,8 +23,7 @@ import trio
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.commands.progress import Progress, human_bytes
-from modelfs.errors import CacheError, DigestInvalid, ModelNotFound, RegistryError, UsageError
-from modelfs.formats.digest import Digest
+from modelfs.errors import CacheError, ModelNotFound, UsageError
 from modelfs.formats.dockermodel import docker_model, is_docker_model, weights_layer
 from modelfs.formats.gguf import read_gguf_file
 from modelfs.formats.manifest import Layer, Manifest, parse_manifest
@@ -159,16 +156,3 @@ def _cached_at(cache: BlobCache, name: Name) -> datetime:
     if seconds is None:
         return datetime.now(UTC).replace(microsecond=0)
     return datetime.fromtimestamp(seconds, UTC)
-
-
-async def delete_remote(cache: BlobCache, registry: Registry, name: Name) -> Digest:
-    """Delete ``name``'s manifest on its registry; the digest deleted."""
-    given = await registry.manifest_digest(name)
-    if given is None:
-        raise ModelNotFound(f"model {name} not found on {name.host}")
-    try:
-        digest = Digest.parse(given)
-    except DigestInvalid:
-        raise RegistryError(f"{name.host} gave an invalid manifest digest {given!r}") from None
-    await registry.delete_manifest(name, digest)
-    return digest

@@ -364,7 +364,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             for r in registries:
                 r.abort_transfers()
             nursery.cancel_scope.cancel()
-            ops.pusher.close()
+            ops.close_notifications()
             with contextlib.suppress(Exception):
                 fuse_ops.close(unmount=unmount_on_exit)
             log.info("unmounted %s", mountpoint)

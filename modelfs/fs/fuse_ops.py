@@ -26,7 +26,6 @@ import trio
 from modelfs.errors import ModelfsError, errno_for
 from modelfs.formats.digest import Digest
 from modelfs.fs.tree import Attr, Caller, Tree, TreeError
-from modelfs.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,14 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 BLKSIZE_BYTES = 128 << 10
 # Chunks waiting to be pushed into the page cache (4 MiB each): past this, pushes are dropped.
 PUSH_QUEUE_CHUNKS = 8
+# Why the kernel may refuse an invalidation in normal operation: it forgot the entry or
+# inode (ENOENT), the session is not (or no longer) there (EINVAL from libfuse, ENOTCONN,
+# ENODEV, EBADF), the kernel has no such notification (ENOSYS).
+REFUSALS_EXPECTED = frozenset(
+    {errno.ENOENT, errno.EINVAL, errno.ENOTCONN, errno.ENODEV, errno.EBADF, errno.ENOSYS}
+)
+# How long closing waits for an invalidation blocked in the kernel.
+CLOSE_WAIT_SECONDS = 2.0
 
 
 def boundary(fn: F) -> F:
@@ -91,6 +98,7 @@ class Operations(pyfuse3.Operations):
         # the trio thread, so a plain Counter needs no lock.
         self.errors: Counter[int] = errors if errors is not None else Counter()
         self.pusher = Pusher()
+        self.invalidator = Invalidator()
         self.tree = tree
         self.nursery = nursery
         self.cache_root = cache_root
@@ -239,9 +247,9 @@ class Operations(pyfuse3.Operations):
     # -- notifications --------------------------------------------------------------------------
 
     def invalidate(self, digest: Digest) -> None:
-        """Drop a discarded blob's pages from the kernel cache (never from inside a handler)."""
+        """Drop a discarded blob's pages from the kernel cache (queued: safe from a handler)."""
         for inode in self.tree.inodes_of(digest):
-            spawn(self.nursery, f"invalidate inode {inode}", self._invalidate, inode)
+            self.invalidator.inode(inode)
 
     def store(self, inode: int, offset: int, data: memoryview) -> None:
         """Queue checked bytes for the kernel's page cache (from a fetch thread).
@@ -254,7 +262,7 @@ class Operations(pyfuse3.Operations):
 
     def blob_published(self, digest: Digest) -> None:
         """Make the kernel look up again the entries that now become symlinks to the blob."""
-        # Queued to pyfuse3's own thread: safe even from inside a handler.
+        # Queued to the invalidation thread: safe even from inside a handler.
         self._invalidate_entries(self.tree.blob_published(digest))
 
     def blob_removed(self, digest: Digest) -> None:
@@ -267,16 +275,83 @@ class Operations(pyfuse3.Operations):
 
     def _invalidate_entries(self, entries: list[tuple[int, str]]) -> None:
         for parent, name in entries:
-            pyfuse3.invalidate_entry_async(parent, name.encode("ascii"), ignore_enoent=True)
+            self.invalidator.entry(parent, name.encode("ascii"))
 
-    async def _invalidate(self, inode: int) -> None:
+    def close_notifications(self) -> None:
+        """Before the session closes: nothing more goes to the kernel."""
+        self.pusher.close()
+        self.invalidator.close()
+
+
+class Invalidator:
+    """One thread that tells the kernel to forget entries and inodes, in the order asked.
+
+    Not pyfuse3's ``invalidate_entry_async``: its thread logs every refusal but ENOENT as
+    an ERROR with a traceback, and goes on submitting after the session is gone (libfuse
+    answers EINVAL then). A refusal is normal here: the kernel forgot the entry or inode
+    meanwhile (ENOENT), or the session is ending; it is logged at debug level. Nothing is
+    submitted once ``close`` has begun, and ``close`` waits (boundedly) for the call in
+    flight, so that none runs while the session is destroyed. A call runs in this thread
+    because it can block: an entry's invalidation waits for lookups in its directory,
+    which the trio thread may be the one to answer.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, bytes | None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def entry(self, parent: int, name: bytes) -> None:
+        """Queue: the kernel forgets ``name`` in directory ``parent`` (looks it up again)."""
+        self._put((parent, name))
+
+    def inode(self, inode: int) -> None:
+        """Queue: the kernel forgets ``inode``'s cached attributes and pages."""
+        self._put((inode, None))
+
+    def _put(self, item: tuple[int, bytes | None]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="modelfs-invalidate", daemon=True
+                )
+                self._thread.start()
+            self._queue.put(item)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if not self._closed:
+                self._submit(*item)
+
+    def _submit(self, target: int, name: bytes | None) -> None:
+        what = f"inode {target}" if name is None else f"entry {name!r} of inode {target}"
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+            if name is None:
+                pyfuse3.invalidate_inode(target)
+            else:
+                pyfuse3.invalidate_entry(target, name)
         except OSError as e:
-            if e.errno != errno.ENOENT:
-                log.warning("could not invalidate inode %d: %s", inode, e)
+            if e.errno in REFUSALS_EXPECTED:
+                log.debug("kernel did not invalidate %s: %s", what, os.strerror(e.errno))
+            else:
+                log.warning("could not invalidate %s: %s", what, e)
         except Exception:
-            log.exception("could not invalidate inode %d", inode)
+            log.exception("could not invalidate %s", what)
+
+    def close(self) -> None:
+        """Submit nothing more; wait at most ``CLOSE_WAIT_SECONDS`` for the call in flight."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put(None)
+        thread.join(CLOSE_WAIT_SECONDS)
+        if thread.is_alive():
+            log.debug("an invalidation is still blocked in the kernel at close")
 
 
 class Pusher:

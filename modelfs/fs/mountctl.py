@@ -132,8 +132,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def prepare_mountpoint(mountpoint: Path) -> str | None:
-    """Check the mountpoint; detach a dead modelfs mount. Returns a note for the user, if any."""
+def prepare_mountpoint(mountpoint: Path, *, allow_non_empty: bool = False) -> str | None:
+    """Check the mountpoint; detach a dead modelfs mount. Returns a note for the user, if any.
+
+    A directory with files is refused unless ``allow_non_empty``: the mount would hide them.
+    """
     note = None
     if is_stale(mountpoint):
         result = _run_fusermount(["-u", "-z", str(mountpoint)])
@@ -143,12 +146,27 @@ def prepare_mountpoint(mountpoint: Path) -> str | None:
                 f"{result.stderr.strip() or 'fusermount3 failed'}"
             )
         note = f"detached a dead mount at {mountpoint} (its daemon had died)"
+    if not mountpoint.exists():
+        raise MountError(f"mountpoint {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise MountError(f"mountpoint {mountpoint} is not a directory")
     entry = find_mount(mountpoint)
     if entry is not None and entry.fstype == FSTYPE:
         raise MountError(f"{mountpoint} is already a modelfs mount")
+    if not allow_non_empty and _has_entries(mountpoint):
+        raise MountError(
+            f"mountpoint {mountpoint} is not empty (the mount would hide its files); "
+            "use --allow-non-empty to mount over them"
+        )
     return note
+
+
+def _has_entries(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False  # unreadable to us: the mount itself will say what is wrong
 
 
 def open_log(path: str | os.PathLike[str]) -> int:

@@ -33,6 +33,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -272,6 +273,31 @@ def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] |
 def store_docker_credentials(host: str, user: str, password: str, path: Path | None = None) -> Path:
     """Write credentials for ``host`` the way ``docker login`` does: base64 ``auth``, file 0600."""
     path = path or docker_config_path()
+    doc, auths = _docker_config_for_update(path)
+    key = DOCKER_HUB_KEY if host.lower() in DOCKER_HUB_HOSTS else host
+    auths[key] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+    _write_docker_config(path, doc)
+    return path
+
+
+def remove_docker_credentials(host: str, path: Path | None = None) -> bool:
+    """Remove every ``auths`` entry that holds ``host``'s credentials, the way ``docker
+    logout`` does; the rest of the file is kept. False if there were none."""
+    path = path or docker_config_path()
+    if not path.exists():
+        return False
+    doc, auths = _docker_config_for_update(path)
+    wanted = {_auth_key_form(k) for k in _auth_keys(host.lower())}
+    keys = [k for k in auths if _auth_key_form(k) in wanted]
+    if not keys:
+        return False
+    for key in keys:
+        del auths[key]
+    _write_docker_config(path, doc)
+    return True
+
+
+def _docker_config_for_update(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         doc = json.loads(path.read_text())
         if not isinstance(doc, dict):
@@ -283,8 +309,10 @@ def store_docker_credentials(host: str, user: str, password: str, path: Path | N
     auths = doc.setdefault("auths", {})
     if not isinstance(auths, dict):
         raise ModelfsError(f"cannot update {path}: 'auths' is not an object")
-    key = DOCKER_HUB_KEY if host.lower() in DOCKER_HUB_HOSTS else host
-    auths[key] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return doc, auths
+
+
+def _write_docker_config(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -294,7 +322,6 @@ def store_docker_credentials(host: str, user: str, password: str, path: Path | N
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return path
 
 
 def over_what_it_was_given_for(given_for: str, to: str) -> bool:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import logging
 import platform
+import re
 import ssl
 import sys
 import time
@@ -33,6 +35,7 @@ import trio
 
 from modelfs import __version__
 from modelfs.errors import (
+    DigestInvalid,
     ManifestInvalid,
     ModelfsError,
     ModelNotFound,
@@ -89,6 +92,10 @@ TOKEN_BODY_BYTES = 64 << 10
 # A mirror that failed is skipped for this long before it is tried again.
 MIRROR_BACKOFF_SECONDS = 30.0
 MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
+# A tag list: each page read up to this size, and at most this many pages followed.
+MAX_TAGS_BYTES = 4 << 20
+MAX_TAG_PAGES = 100
+_NEXT_REL = re.compile(r'rel\s*=\s*"?next"?', re.IGNORECASE)
 
 
 def _user_agent() -> str:
@@ -237,6 +244,30 @@ def _base(url: str) -> str:
     """``scheme://host[:port]`` of ``url``: what a credential is given for, or a 401 came from."""
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def _parse_tags(body: bytes, what: str) -> list[str]:
+    """The tags of a ``tags/list`` answer (``{"name": ..., "tags": [...] or null}``)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise RegistryError(f"{what}: the answer is not JSON") from None
+    tags = doc.get("tags") if isinstance(doc, dict) else None
+    if tags is None and isinstance(doc, dict):
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise RegistryError(f"{what}: the answer is not a list of tags")
+    return tags
+
+
+def _next_page(url: str, link: str | None) -> str | None:
+    """The next page of a paged list from its ``Link`` header (RFC 8288), None if last."""
+    for part in (link or "").split(","):
+        target, _, params = part.partition(";")
+        target = target.strip()
+        if target.startswith("<") and target.endswith(">") and _NEXT_REL.search(params):
+            return urllib.parse.urljoin(url, target[1:-1])
+    return None
 
 
 def pull_scopes(name: Name) -> tuple[str, ...]:
@@ -937,23 +968,92 @@ class Registry:
 
     async def manifest_digest(self, name: Name) -> str | None:
         """The digest the registry gives for ``name``'s manifest (HEAD), None if it has none."""
+        headers = await self._head_manifest(name, self.manifest_url(name))
+        return None if headers is None else headers.get("Docker-Content-Digest")
+
+    async def _head_manifest(self, name: Name, url: str) -> httpx.Headers | None:
+        """HEAD of the manifest at ``url``: its headers, None on 404."""
         what = f"manifest of {name}"
 
-        async def once() -> str | None:
+        async def once() -> httpx.Headers | None:
             r = await self._closed(
                 await self._send(
-                    "HEAD",
-                    self.manifest_url(name),
-                    pull_scopes(name),
-                    what,
-                    headers={"Accept": MANIFEST_ACCEPT},
+                    "HEAD", url, pull_scopes(name), what, headers={"Accept": MANIFEST_ACCEPT}
                 )
             )
             if r.status_code == 404:
                 return None
             if r.status_code >= 400:
                 raise _status_error(r.status_code, what, b"", r.headers.get("Retry-After"))
-            return r.headers.get("Docker-Content-Digest")
+            return r.headers
+
+        return await retrying(what, once)
+
+    async def tag_digest(self, name: Name, tag: str) -> Digest | None:
+        """The manifest ``tag`` of ``name``'s repository names at the registry itself (not a
+        mirror), None if there is no such tag: from HEAD's ``Docker-Content-Digest``, or
+        from the manifest's own bytes when the registry gives no digest."""
+        url = self.manifest_url(name, urllib.parse.quote(tag, safe=""))
+        headers = await self._head_manifest(name, url)
+        if headers is None:
+            return None
+        given = headers.get("Docker-Content-Digest")
+        if given is None:
+            what = f"manifest of {name.repository}:{tag}"
+            raw = await self._get_document(name, url, what, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES)
+            return None if raw is None else Digest.of_bytes(raw)
+        try:
+            return Digest.parse(given)
+        except DigestInvalid:
+            raise RegistryError(
+                f"{name.host} gave an invalid manifest digest {given[:100]!r} for tag {tag}"
+            ) from None
+
+    async def tags(self, name: Name) -> list[str]:
+        """Every tag of ``name``'s repository at the registry itself (``tags/list``), following
+        the pages a registry may split it into (``Link: <...>; rel="next"``, on the same
+        host only); [] for a repository the registry does not know."""
+        url = f"{self.base_url(name)}/v2/{name.repository}/tags/list"
+        origin = _netloc(url)
+        what = f"tags of {name.repository}"
+        found: list[str] = []
+        for _ in range(MAX_TAG_PAGES):
+            answer = await self._get_small(name, url, what, "application/json", MAX_TAGS_BYTES)
+            if answer is None:
+                return found
+            body, headers = answer
+            found += _parse_tags(body, f"{what} on {name.host}")
+            next_url = _next_page(url, headers.get("Link"))
+            if next_url is None:
+                return found
+            if _netloc(next_url) != origin:
+                raise RegistryError(f"{what}: {name.host} sent the next page to another host")
+            url = next_url
+        raise RegistryError(f"{what}: {name.host} sent more than {MAX_TAG_PAGES} pages")
+
+    async def delete_tag(self, name: Name) -> bool:
+        """Delete the tag ``name.tag`` alone, leaving its manifest to the tags that still name
+        it (OCI distribution spec 1.1: DELETE of ``/manifests/<tag>``). False when the
+        registry cannot: the spec lets it answer 400 or 405, and docker-registry 2.8 does
+        (400 DIGEST_INVALID with deletes enabled, 405 UNSUPPORTED without)."""
+        what = f"delete of tag {name}"
+
+        async def once() -> bool:
+            r = await self._send(
+                "DELETE",
+                self.manifest_url(name, urllib.parse.quote(name.tag, safe="")),
+                delete_scopes(name),
+                what,
+            )
+            if r.status_code in (400, 405):
+                await self._closed(r)
+                return False
+            if r.status_code == 404:
+                await r.aclose()
+                raise ModelNotFound(f"model {name} not found on {name.host}")
+            await self._raise_for(r, what)
+            await self._closed(r)
+            return True
 
         return await retrying(what, once)
 

@@ -63,12 +63,14 @@ class Mount:
         options: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         cache: Path | None = None,
+        debug: bool = False,
     ):
         self.root = root
         self.mountpoint = root / "mnt"
         self.cache = cache or root / "cache"
         self.log_path = root / "modelfs.log"
         self.options = options
+        self.debug = debug  # the daemon logs at debug level (``modelfs --debug mount``)
         self.env = dict(env or os.environ)
         # Keep pid files of test mounts out of /run.
         self.env.setdefault("XDG_RUNTIME_DIR", str(root / "run"))
@@ -79,6 +81,7 @@ class Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         (self.root / "run").mkdir(exist_ok=True)
         args = [
+            *(["--debug"] if self.debug else []),
             "mount",
             str(self.mountpoint),
             "--cache",

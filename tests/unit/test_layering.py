@@ -65,6 +65,7 @@ RANK = {
     "commands.inventory": 6,
     "commands.create": 6,
     "commands.push": 6,
+    "commands.remote_delete": 6,
     "commands.index": 6,
     "commands.pull": 11,
     "commands.show": 12,
