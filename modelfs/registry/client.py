@@ -72,6 +72,7 @@ from modelfs.registry.bulk import (
     StatusError,
     WholeSink,
 )
+from modelfs.registry.origins import same_origin
 from modelfs.registry.retry import retrying
 
 __all__ = ["PieceSink", "Registry", "RegistryConfig", "WholeSink"]
@@ -1012,7 +1013,7 @@ class Registry:
     async def tags(self, name: Name) -> list[str]:
         """Every tag of ``name``'s repository at the registry itself (``tags/list``), following
         the pages a registry may split it into (``Link: <...>; rel="next"``, on the same
-        host only); [] for a repository the registry does not know."""
+        scheme, host and port only); [] for a repository the registry does not know."""
         url = f"{self.base_url(name)}/v2/{name.repository}/tags/list"
         origin = _netloc(url)
         what = f"tags of {name.repository}"
@@ -1028,6 +1029,12 @@ class Registry:
                 return found
             if _netloc(next_url) != origin:
                 raise RegistryError(f"{what}: {name.host} sent the next page to another host")
+            if not same_origin(next_url, url):
+                # Its credentials would follow in clear: the page is the registry's own host.
+                raise RegistryError(
+                    f"{what}: {name.host} sent the next page over "
+                    f"{urllib.parse.urlsplit(next_url).scheme}, not {urllib.parse.urlsplit(url).scheme}"
+                )
             url = next_url
         raise RegistryError(f"{what}: {name.host} sent more than {MAX_TAG_PAGES} pages")
 

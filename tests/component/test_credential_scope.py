@@ -19,7 +19,7 @@ import trio
 from support.recorder import Recorded, Recorder, Reply, basic, ranged
 from support.tls import TLSMaterial
 
-from modelfs.errors import Unauthorized
+from modelfs.errors import RegistryError, Unauthorized
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name, parse_name
 from modelfs.registry.client import Registry, RegistryConfig
@@ -344,3 +344,32 @@ async def test_an_upload_location_over_plain_http_gets_no_credentials(
     assert clear, "the upload location was not tried"
     assert clear == [None] * len(clear), "credentials went in clear to the upload location"
     assert refused is not None and "plain http" in str(refused), refused
+
+
+async def test_a_tag_list_page_over_plain_http_gets_no_credentials(
+    tmp_path: Path, tls_material: TLSMaterial
+) -> None:
+    """An https registry whose tag list links its next page over plain http on its own host:
+    the page is not fetched (its credentials would follow in clear), and the listing fails
+    saying so."""
+    password = basic("alice", "secret")
+
+    def answer(req: Recorded) -> Reply:
+        if req.headers.get("Authorization") != password:
+            return UNAUTHORIZED
+        page = f'<http://{registry.host}/v2/{REPO}/tags/list?last=a>; rel="next"'
+        body = json.dumps({"name": REPO, "tags": ["a"]}).encode()
+        return Reply(200, {"Content-Type": "application/json", "Link": page}, body)
+
+    with Recorder(answer, tls=tls_material) as registry:
+        client = tls_client(tmp_path, registry, tls_material)
+        refused: RegistryError | None = None
+        try:
+            await client.tags(parse_name(f"{registry.host}/{REPO}:latest"))
+        except RegistryError as e:
+            refused = e
+        finally:
+            await client.aclose()
+    assert password in registry.authorizations("https")
+    assert password not in registry.authorizations("http"), "the password went in clear"
+    assert refused is not None and "over http" in str(refused), refused
