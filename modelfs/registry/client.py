@@ -709,7 +709,7 @@ class Registry:
 
     def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
         """Fetch ``digest``'s bytes from ``url`` (a chunksums ``Content-Location``) as if the
-        registry redirected there: no Authorization to another host, reused until refused,
+        registry redirected there: no Authorization to another origin, reused until refused,
         then the blob is resolved at the registry again. Only http and https."""
         if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
             log.warning("blob %s: ignoring a Content-Location that is not http(s)", digest.short)
