@@ -59,14 +59,17 @@ async def read_blob(client: Registry, name: Name) -> bytes:
 # -- redirects ---------------------------------------------------------------------------------
 
 
-def https_registry_redirecting_to_http(password: str, tls: TLSMaterial, body: Reply) -> Recorder:
+def https_registry_redirecting_to_http(
+    password: str, tls: TLSMaterial, body: Reply | None = None
+) -> Recorder:
     """A registry on https://127.0.0.1:PORT with Basic auth whose answers, once the password
     came, are redirects to http://127.0.0.1:PORT: the same netloc in clear, as https://host to
-    http://host (:443 to :80) in the wild. The same port serves plain http with ``body``."""
+    http://host (:443 to :80) in the wild. The same port serves plain http with ``body`` (by
+    default the blob, ranges and all)."""
 
     def answer(req: Recorded) -> Reply:
         if req.scheme == "http":
-            return body if body.status else ranged(BLOB, req)
+            return body or ranged(BLOB, req)
         if req.headers.get("Authorization") != password:
             return UNAUTHORIZED
         return Reply(307, {"Location": f"http://{registry.host}{req.path}"})
@@ -92,7 +95,7 @@ async def test_a_blob_redirect_from_https_to_http_on_the_same_host_gets_no_passw
     are fetched there (they are checked against their digest anyway), the password is not
     sent there."""
     password = basic("alice", "secret")
-    with https_registry_redirecting_to_http(password, tls_material, Reply(0)) as registry:
+    with https_registry_redirecting_to_http(password, tls_material) as registry:
         where = registry.host
         client = tls_client(tmp_path, registry, tls_material)
         try:
