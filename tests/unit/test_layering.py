@@ -35,6 +35,7 @@ RANK = {
     "registry.retry": 1,
     "registry.streams": 1,
     "registry.config": 1,
+    "registry.origins": 1,
     "registry.auth": 3,
     "registry.bulk": 3,
     "registry.client": 4,
