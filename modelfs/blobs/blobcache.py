@@ -36,6 +36,11 @@ from modelfs.formats.names import Name, from_parts, safe_join
 log = logging.getLogger(__name__)
 
 STATE_DIRNAME = ".modelfs"
+# modelfs's own state (partials, lock files, chunk states, indexes, logs) is private to the
+# cache's owner whatever the umask: another local user must not read which models are being
+# fetched, nor open a lock file and hold its locks (docs/on-disk-format.md).
+STATE_DIR_MODE = 0o700
+STATE_FILE_MODE = 0o600
 # Manifests live at <host>/<namespace>/<model>/<tag> under manifests/ (and .modelfs/manifests/).
 MANIFEST_DEPTH = 4
 # What a digest looks like in bytes that are not a manifest we can parse (either spelling).
@@ -195,13 +200,16 @@ class BlobCache:
         self.index_dir = self.state_dir / "indexes"
 
     def prepare(self) -> None:
-        """Create the layout; clear temp files left by processes that are gone."""
+        """Create the layout, make ``.modelfs/`` private (an existing cache too); clear temp
+        files left by processes that are gone."""
         try:
-            for d in (self.blobs_dir, self.manifests_dir, self.partial_dir, self.pending_dir):
+            for d in (self.blobs_dir, self.manifests_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            for d in (self.partial_dir, self.pending_dir, self.tmp_dir):
+                self.private_mkdir(d)
         except OSError as e:
             raise os_error(e, f"creating the cache at {self.root}") from None
+        self.tighten_state()
         if not os.access(self.root, os.W_OK):
             raise CacheError(f"the cache {self.root} is not writable")
         for entry in self.tmp_dir.iterdir():
@@ -210,16 +218,63 @@ class BlobCache:
                 with contextlib.suppress(OSError):
                     entry.unlink()
 
+    # -- modelfs's own state: private ---------------------------------------------------------
+
+    def is_state(self, path: Path) -> bool:
+        """Whether ``path`` is modelfs's own state (under ``.modelfs/``), private to the owner."""
+        return path == self.state_dir or self.state_dir in path.parents
+
+    def private_mkdir(self, path: Path) -> None:
+        """Create ``path`` (and its parents up to ``.modelfs/``) mode 0700 whatever the umask."""
+        missing = []
+        p = path
+        while not p.is_dir():
+            missing.append(p)
+            if p == self.state_dir or self.state_dir not in p.parents:
+                break
+            p = p.parent
+        for d in reversed(missing):
+            if not d.parent.is_dir():
+                d.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(mode=STATE_DIR_MODE)
+            except FileExistsError:
+                continue
+            os.chmod(d, STATE_DIR_MODE)
+
+    def tighten_state(self) -> None:
+        """Take group and other permissions off everything under ``.modelfs/``: a cache made by
+        an older modelfs, or under a umask of 022, left its lock files open to every user."""
+
+        def tighten(path: str, mode: int) -> None:
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) & ~mode:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+
+        tighten(str(self.state_dir), STATE_DIR_MODE)
+        for top, dirs, files in os.walk(self.state_dir):
+            for d in dirs:
+                tighten(os.path.join(top, d), STATE_DIR_MODE)
+            for f in files:
+                tighten(os.path.join(top, f), STATE_FILE_MODE)
+
     # -- temp files and atomic writes ---------------------------------------------------------
 
     def temp_path(self) -> Path:
         return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
 
     def atomic_write(self, target: Path, data: bytes, mode: int = 0o644) -> None:
-        """Write ``data`` to ``target`` so that a crash leaves either the old file or the new one."""
+        """Write ``data`` to ``target`` so that a crash leaves either the old file or the new one.
+
+        ``mode`` is for ``blobs/`` and ``manifests/`` (Ollama's); state is always 0600."""
         tmp = self.temp_path()
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if self.is_state(target):
+                mode = STATE_FILE_MODE
+                self.private_mkdir(target.parent)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
                 view = memoryview(data)
@@ -367,7 +422,7 @@ class BlobCache:
         Closing the fd lets it go."""
         path = self.lock_path(digest)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
         except OSError as e:
             raise os_error(e, f"locking blob {digest.short}") from None
         try:
@@ -466,8 +521,8 @@ class BlobCache:
         """Record that the mount fetched ``name`` (or refresh when it was last used)."""
         path = safe_join(self.lazy_dir, *(p.lower() for p in name.parts))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
+            self.private_mkdir(path.parent)
+            path.touch(mode=STATE_FILE_MODE)
         except OSError as e:
             raise os_error(e, f"marking {name} as fetched by the mount") from None
 

@@ -36,7 +36,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from modelfs.blobs.blobcache import BlobCache, fsync_dir, os_error
+from modelfs.blobs.blobcache import STATE_FILE_MODE, BlobCache, fsync_dir, os_error
 from modelfs.blobs.sharing import SharedPartial
 from modelfs.errors import CacheError
 from modelfs.formats.chunks import BlobChunks, ChunkLayout
@@ -311,7 +311,7 @@ class PartialFile:
 
     def _open_data(self) -> None:
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
             st = os.fstat(self.fd)
             bitmap = None
             if st.st_size == self.size:
@@ -485,7 +485,7 @@ class PartialFile:
         with contextlib.suppress(OSError):
             fsync_dir(self.cache.partial_dir)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
         except OSError as e:
             raise os_error(e, f"recreating the partial file of blob {self.digest.short}") from None
         try:

@@ -46,6 +46,9 @@ SMALL = 2  # a write lock: a process is fetching this blob whole (at most one ch
 KEY = 64
 KEY_BYTES = 64
 CHUNKS = 4096
+# Private to the cache's owner (as all of ``.modelfs/``): another user who could open a lock
+# file could hold its locks.
+LOCK_FILE_MODE = 0o600
 
 
 class _Flock(ctypes.Structure):
@@ -73,7 +76,7 @@ def _lock(fd: int, kind: int, start: int, length: int = 1, wait: bool = False) -
 def claim_small(path: os.PathLike[str] | str) -> int | None:
     """Take a small blob's lock file to fetch it: its fd (closing it lets go), or None while
     another process is fetching it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
     try:
         if _lock(fd, fcntl.F_WRLCK, SMALL):
             return fd
@@ -102,7 +105,7 @@ class SharedPartial:
     @classmethod
     def join(cls, path: os.PathLike[str] | str, key: str, count: int) -> SharedPartial | None:
         """Join the blob's partial (holding ``JOIN`` until ``joined``); None: another key uses it."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
         try:
             _lock(fd, fcntl.F_WRLCK, JOIN, wait=True)
             # Waits out a process holding the partial alone for a moment (to remove it, or

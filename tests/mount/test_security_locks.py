@@ -1,0 +1,168 @@
+"""The lock files of a shared cache, attacked through real mounts (issue: security).
+
+modelfs processes of one cache coordinate through open-file-description locks on
+``.modelfs/partial/sha256-<hex>.lock``. Another local user must not be able to open those
+files at all (uid 65534, with ``setpriv``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mount.test_mount import TAG_DIR
+from support import lock_holder
+
+from modelfs.blobs import sharing
+from modelfs.blobs.fetchcontext import READ_WAIT_SECONDS
+
+OTHER_UID = 65534  # nobody
+# A holder lets go after this long: a read that waited for it took longer than the bound.
+HOLD_SECONDS = READ_WAIT_SECONDS + 30
+
+
+@pytest.fixture
+def shared_root() -> Iterator[Path]:
+    """A root (mount and cache) another user can reach, as a cache in a home directory is:
+    pytest's own temp dirs are 0700. Removed after the mounts in it (a fixture set up first)."""
+    root = Path(tempfile.mkdtemp(prefix="modelfs-locks-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The shipped unit's UMask=0022 (the daemon inherits the umask of ``modelfs mount``)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def holders() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=30)
+
+
+def hold(procs: list[subprocess.Popen[str]], path: Path, *spans: int | str, **kw: object) -> str:
+    proc, line = lock_holder.start(path, *spans, seconds=HOLD_SECONDS, **kw)  # type: ignore[arg-type]
+    procs.append(proc)
+    return line
+
+
+def layer_digests(tag: Path) -> dict[str, str]:
+    """Media type -> digest hex of the model's layers (from its manifest.json)."""
+    manifest = json.loads((tag / "manifest.json").read_bytes())
+    return {layer["mediaType"]: layer["digest"].split(":")[1] for layer in manifest["layers"]}
+
+
+def system_hex(tag: Path) -> str:
+    return next(d for t, d in layer_digests(tag).items() if t.endswith(".system"))
+
+
+class _Flock(ctypes.Structure):
+    _fields_ = [
+        ("l_type", ctypes.c_short),
+        ("l_whence", ctypes.c_short),
+        ("l_start", ctypes.c_int64),
+        ("l_len", ctypes.c_int64),
+        ("l_pid", ctypes.c_int),
+    ]
+
+
+def claimed_chunks(lock: Path, count: int) -> int:
+    """How many of the first ``count`` chunk bytes of a lock file another process has locked."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        n = 0
+        for i in range(count):
+            probe = _Flock(fcntl.F_RDLCK, os.SEEK_SET, sharing.CHUNKS + i, 1, 0)
+            raw = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, bytes(probe))
+            n += _Flock.from_buffer_copy(raw).l_type != fcntl.F_UNLCK
+        return n
+    finally:
+        os.close(fd)
+
+
+def timed_read(path: Path, what: str, out: dict[str, object]) -> None:
+    began = time.monotonic()
+    try:
+        out[what] = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        out[what] = e
+    out[f"{what} seconds"] = time.monotonic() - began
+
+
+# -- 1. modelfs's own state is private -----------------------------------------------------
+
+
+def test_another_user_cannot_open_the_lock_files_or_any_state(
+    proxy, mount_factory, smollm2_pushed, model_hex, shared_root, umask_022, holders
+) -> None:
+    proxy.set_faults([{"path": model_hex, "trickle_bps": 4 << 20}])  # stays partial a while
+    m = mount_factory(root=shared_root)
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    with open(tag / "model.gguf", "rb") as f:
+        assert len(f.read(1 << 20)) == 1 << 20
+    lock = m.cache / ".modelfs" / "partial" / f"sha256-{model_hex}.lock"
+    assert lock.exists()
+    # What the attack did: open the lock file read-only and hold a read lock on it.
+    line = hold(holders, lock, sharing.MEMBER, read=True, uid=OTHER_UID)
+    assert line.startswith("cannot open"), f"another user opened {lock.name}: {line}"
+    for path in (m.cache / ".modelfs", lock.parent, lock.with_suffix(".state"), lock):
+        r = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={OTHER_UID}",
+                f"--regid={OTHER_UID}",
+                "--clear-groups",
+                "ls" if path.is_dir() else "cat",
+                str(path),
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+        assert r.returncode != 0 and b"Permission denied" in r.stderr, (path, r)
+    state = m.cache / ".modelfs"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for top, dirs, files in os.walk(state):
+        for n in dirs + files:
+            mode = stat.S_IMODE(os.lstat(Path(top) / n).st_mode)
+            assert not mode & 0o077, f"{Path(top) / n} is {oct(mode)} under a umask of 022"
+    # Ollama's layout keeps its modes: another user may read published blobs.
+    assert stat.S_IMODE((m.cache / "blobs").stat().st_mode) & 0o005 == 0o005
+
+
+def test_an_existing_cache_is_tightened_when_mounted(mount_factory, shared_root, umask_022) -> None:
+    cache = shared_root / "cache"
+    index = cache / ".modelfs" / "indexes" / f"sha256-{'ab' * 32}.json"
+    index.parent.mkdir(parents=True)
+    index.write_text("{}")
+    for p in (cache / ".modelfs", index.parent):
+        p.chmod(0o755)
+    index.chmod(0o644)
+    mount_factory(root=shared_root)
+    assert stat.S_IMODE((cache / ".modelfs").stat().st_mode) == 0o700
+    assert stat.S_IMODE(index.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(index.stat().st_mode) == 0o600
