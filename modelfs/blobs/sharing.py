@@ -27,8 +27,12 @@ chunk a previous run left (``PartialFile.needs_recheck``); members without one
 share a key only with members fetching from the same repository (the ``origin``
 rule of the chunk state, docs/on-disk-format.md).
 
-All methods block (they are quick: the locks are tried, not waited for, except
-``JOIN``, which is held for a moment); async callers use a worker thread.
+Every lock is tried, never waited for (``F_OFD_SETLK``, not ``F_OFD_SETLKW``): a thread
+blocked in ``fcntl`` cannot be cancelled, and the other end may be a process that never
+lets go (stopped, or hostile). A lock another process holds is ``Busy``; the caller polls
+under a deadline (``flight.poll``) and then does without it: it fetches privately.
+
+All methods block (they are quick); async callers use a worker thread.
 """
 
 from __future__ import annotations
@@ -61,11 +65,12 @@ class _Flock(ctypes.Structure):
     ]
 
 
-def _lock(fd: int, kind: int, start: int, length: int = 1, wait: bool = False) -> bool:
-    """An OFD record lock on ``[start, start+length)``: True if held, False if another holds it."""
+def _lock(fd: int, kind: int, start: int, length: int = 1) -> bool:
+    """An OFD record lock on ``[start, start+length)``, tried: True if held, False if another
+    holds it. Never waits (see the module docstring)."""
     arg = bytes(_Flock(kind, os.SEEK_SET, start, length, 0))
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES):
             return False
@@ -73,10 +78,19 @@ def _lock(fd: int, kind: int, start: int, length: int = 1, wait: bool = False) -
     return True
 
 
+class Busy(Exception):
+    """Another process holds the lock file's ``JOIN`` or ``MEMBER`` byte: try again later, or
+    do without sharing."""
+
+
+def _open(path: os.PathLike[str] | str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
+
+
 def claim_small(path: os.PathLike[str] | str) -> int | None:
     """Take a small blob's lock file to fetch it: its fd (closing it lets go), or None while
     another process is fetching it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
+    fd = _open(path)
     try:
         if _lock(fd, fcntl.F_WRLCK, SMALL):
             return fd
@@ -104,13 +118,13 @@ class SharedPartial:
 
     @classmethod
     def join(cls, path: os.PathLike[str] | str, key: str, count: int) -> SharedPartial | None:
-        """Join the blob's partial (holding ``JOIN`` until ``joined``); None: another key uses it."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
+        """Join the blob's partial (holding ``JOIN`` until ``joined``); None: another key uses
+        it. Raises ``Busy`` while another process joins it or holds it alone (to remove it, to
+        overwrite a chunk: a moment, unless that process is stopped or hostile)."""
+        fd = _open(path)
         try:
-            _lock(fd, fcntl.F_WRLCK, JOIN, wait=True)
-            # Waits out a process holding the partial alone for a moment (to remove it, or
-            # to overwrite a chunk).
-            _lock(fd, fcntl.F_RDLCK, MEMBER, wait=True)
+            if not _lock(fd, fcntl.F_WRLCK, JOIN) or not _lock(fd, fcntl.F_RDLCK, MEMBER):
+                raise Busy(f"{path} is held by another process")
             raw_key = key.encode().ljust(KEY_BYTES)[:KEY_BYTES]
             if _lock(fd, fcntl.F_WRLCK, MEMBER):
                 # Converted in place: no other member. What the file says is from processes

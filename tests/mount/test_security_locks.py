@@ -2,7 +2,10 @@
 
 modelfs processes of one cache coordinate through open-file-description locks on
 ``.modelfs/partial/sha256-<hex>.lock``. Another local user must not be able to open those
-files at all (uid 65534, with ``setpriv``).
+files at all (uid 65534, with ``setpriv``); a process of the owner's that holds their locks
+without letting go — a helper process (tests/support/lock_holder.py), or a real ``modelfs
+pull`` stopped with SIGSTOP — delays a read by at most the claim wait, never past the read
+bound, and never keeps the daemon from stopping.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mount.test_mount import TAG_DIR
+from mount.test_mount import TAG_DIR, wait_for
 from support import lock_holder
+from support.mount import modelfs_cmd, sha256_path
 
 from modelfs.blobs import sharing
-from modelfs.blobs.fetchcontext import READ_WAIT_SECONDS
+from modelfs.blobs.fetchcontext import CLAIM_WAIT_SECONDS, READ_WAIT_SECONDS
 
 OTHER_UID = 65534  # nobody
 # A holder lets go after this long: a read that waited for it took longer than the bound.
@@ -166,3 +172,111 @@ def test_an_existing_cache_is_tightened_when_mounted(mount_factory, shared_root,
     assert stat.S_IMODE((cache / ".modelfs").stat().st_mode) == 0o700
     assert stat.S_IMODE(index.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(index.stat().st_mode) == 0o600
+
+
+# -- 2. no wait is unbounded, whoever holds the other end ------------------------------------
+
+
+def test_lock_files_held_by_another_process_delay_reads_only_within_the_bound(
+    proxy, mount_factory, smollm2_pushed, source, model_hex, holders
+) -> None:
+    m = mount_factory()
+    m.expect_log(r"held its lock file for")  # INFO, but named: it is the point of the test
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    partial = m.cache / ".modelfs" / "partial"
+    small = system_hex(tag)
+    # A process of the owner's holds the model's lock file alone (joining it, and as the
+    # only member), and the small blob's claim, and never lets go.
+    assert (
+        hold(holders, partial / f"sha256-{model_hex}.lock", sharing.JOIN, sharing.MEMBER) == "held"
+    )
+    assert hold(holders, partial / f"sha256-{small}.lock", sharing.SMALL) == "held"
+    out: dict[str, object] = {}
+    readers = [
+        threading.Thread(target=timed_read, args=(tag / "model.gguf", "model", out)),
+        threading.Thread(target=timed_read, args=(tag / "system", "system", out)),
+    ]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(HOLD_SECONDS + 60)
+    assert out["model"] == model_hex, out
+    assert out["system"] == hashlib.sha256(b"You are helpful.").hexdigest(), out
+    for what in ("model", "system"):
+        took = out[f"{what} seconds"]
+        assert isinstance(took, float) and took < READ_WAIT_SECONDS, (
+            f"reading {what} waited {took:.0f}s for another process's locks"
+        )
+    # Fetched privately, checked and published all the same.
+    wait_for((m.cache / "blobs" / f"sha256-{model_hex}").exists, "the model to be published")
+    assert sha256_path(m.cache / "blobs" / f"sha256-{model_hex}") == model_hex
+
+
+def test_a_killed_reader_leaves_and_the_daemon_stops_while_another_process_holds_the_locks(
+    proxy, mount_factory, smollm2_pushed, model_hex, holders
+) -> None:
+    m = mount_factory()
+    m.expect_log(r"held its lock file for")
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    lock = m.cache / ".modelfs" / "partial" / f"sha256-{model_hex}.lock"
+    assert hold(holders, lock, sharing.JOIN) == "held"
+    reader = subprocess.Popen(["cat", str(tag / "model.gguf")], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(1)  # let the read reach the daemon: nothing to wait on from here
+        assert reader.poll() is None, "the read did not wait for the lock at all"
+        reader.kill()
+        began = time.monotonic()
+        reader.wait(READ_WAIT_SECONDS)
+        took = time.monotonic() - began
+        assert took < CLAIM_WAIT_SECONDS + 10, f"a killed reader stayed {took:.0f}s"
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(HOLD_SECONDS)
+    # A second reader waits again; the daemon stops at once all the same.
+    waiting = subprocess.Popen(
+        ["cat", str(tag / "model.gguf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1)
+        pid = m.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        began = time.monotonic()
+        while time.monotonic() - began < 10 and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists(), "SIGTERM did not end the daemon in 10s"
+    finally:
+        waiting.kill()
+        waiting.wait(60)
+
+
+def test_a_stopped_pull_holding_chunk_claims_does_not_fail_a_mounts_reads(
+    proxy, mount_factory, smollm2_pushed, source, model_hex, tmp_path
+) -> None:
+    cache = tmp_path / "cache"
+    m = mount_factory(root=tmp_path / "m", cache=cache)
+    m.expect_log(r"made no progress")
+    proxy.set_faults([{"path": model_hex, "trickle_bps": 2 << 20}])
+    name = smollm2_pushed.replace(smollm2_pushed.split("/")[0], proxy.host, 1)
+    pull = subprocess.Popen(
+        modelfs_cmd("pull", name, "--cache", str(cache)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    lock = cache / ".modelfs" / "partial" / f"sha256-{model_hex}.lock"
+    try:
+        wait_for(lambda: claimed_chunks(lock, 8) > 0, "the pull to claim chunks", 60)
+        pull.send_signal(signal.SIGSTOP)
+        claimed = claimed_chunks(lock, 64)
+        proxy.clear_faults()
+        out: dict[str, object] = {}
+        timed_read(m.mountpoint / proxy.host / TAG_DIR / "model.gguf", "model", out)
+        assert out["model"] == model_hex, (
+            f"with a stopped pull holding {claimed} chunk claims the mount read {out['model']!r}"
+        )
+        assert out["model seconds"] < READ_WAIT_SECONDS + CLAIM_WAIT_SECONDS
+    finally:
+        pull.kill()
+        pull.send_signal(signal.SIGCONT)
+        pull.wait(60)
