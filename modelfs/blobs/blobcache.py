@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfs.blobs.sharing import lock_exclusive
+from modelfs.blobs.sharing import lock_exclusive, unlink_locked
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
 from modelfs.formats.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
 from modelfs.formats.digest import Digest
@@ -48,6 +48,9 @@ _DIGEST_BYTES_RE = re.compile(rb"sha256[:-]([0-9a-f]{64})", re.IGNORECASE)
 SCAN_READ_BYTES = 1 << 20
 # A digest split across two reads is found if this much of the previous read is kept.
 _SCAN_OVERLAP_BYTES = len(b"sha256:") + 64 - 1
+# What partial/ holds: sha256-<hex>, .state, .lock, .<pid>-<n>.scratch.
+_PARTIAL_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})(?:\.state|\.lock|\.\d+-\d+\.scratch)?$")
+_SCRATCH_NAME_RE = re.compile(r"sha256-[0-9a-f]{64}\.(\d+)-\d+\.scratch$")
 
 
 def default_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -212,6 +215,7 @@ class BlobCache:
         self.tighten_state()
         if not os.access(self.root, os.W_OK):
             raise CacheError(f"the cache {self.root} is not writable")
+        self.sweep_partials()
         for entry in self.tmp_dir.iterdir():
             pid = entry.name.partition("-")[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
@@ -439,6 +443,68 @@ class BlobCache:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
+    def remove_partial(self, digest: Digest) -> bool:
+        """Remove the blob's partial (data, state and lock file) unless a modelfs process uses
+        it; True if nothing of it is left."""
+        lock = self.lock_blob(digest)
+        if lock is None:
+            return False
+        try:
+            self.discard_partial(digest)
+            with contextlib.suppress(OSError):
+                unlink_locked(lock, self.lock_path(digest))
+        finally:
+            os.close(lock)
+        return True
+
+    def partial_digests(self) -> dict[Digest, int]:
+        """Every blob with something in ``partial/`` (data, state, lock or scratch files), and
+        the bytes those files take on disk."""
+        out: dict[Digest, int] = {}
+        try:
+            entries = list(os.scandir(self.partial_dir))
+        except OSError:
+            return out
+        for entry in entries:
+            m = _PARTIAL_NAME_RE.match(entry.name)
+            if m is None:
+                continue
+            digest = Digest(m.group(1))
+            with contextlib.suppress(OSError):
+                out[digest] = out.get(digest, 0) + entry.stat(follow_symlinks=False).st_blocks * 512
+        return out
+
+    def sweep_partials(self, references: References | None = None) -> int:
+        """Remove what ``partial/`` holds for blobs already published or named by no manifest
+        (left by a process killed, or in use during ``unlink``), and scratch files of
+        processes gone; never what a modelfs process uses. Returns the bytes freed."""
+        freed = 0
+        try:
+            names = os.listdir(self.partial_dir)
+        except OSError:
+            return 0
+        for n in names:
+            m = _SCRATCH_NAME_RE.match(n)
+            if m is not None and not _pid_alive(int(m.group(1))):
+                path = self.partial_dir / n
+                with contextlib.suppress(OSError):
+                    freed += path.stat().st_blocks * 512
+                    path.unlink()
+        found = self.partial_digests()
+        if not found:
+            return freed
+        if references is None:
+            references = self.referenced_blobs()
+        for digest, size in found.items():
+            if digest in references and not self.has_blob(digest):
+                continue
+            try:
+                if self.remove_partial(digest):
+                    freed += size
+            except CacheError as e:
+                log.debug("cannot remove the partial of blob %s: %s", digest.short, e)
+        return freed
+
     # -- manifests --------------------------------------------------------------------------
 
     def _base(self, pending: bool) -> Path:
@@ -641,12 +707,8 @@ class BlobCache:
                 pass
             except OSError as e:
                 raise os_error(e, f"removing blob {layer.digest.short}") from None
-            lock = self.lock_blob(layer.digest)
-            if lock is not None:
-                try:
-                    self.discard_partial(layer.digest)
-                finally:
-                    os.close(lock)
+            # A partial another modelfs process uses stays: the next sweep removes it.
+            self.remove_partial(layer.digest)
         return UnlinkResult(
             tuple(removed), freed, tuple(KeptBlobs(u, tuple(d)) for u, d in kept.items())
         )

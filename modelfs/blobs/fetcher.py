@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -23,7 +22,7 @@ import trio
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.blobfetch import ELSEWHERE_POLL_SECONDS, BlobFetch, FetchKey, fetch_key
 from modelfs.blobs.fetchcontext import BlobSource, FetchContext, FetchSettings, Verify
-from modelfs.blobs.sharing import claim_small
+from modelfs.blobs.sharing import claim_small, release_small
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError
 from modelfs.flight import Flight, poll
 from modelfs.formats.chunks import BlobChunks
@@ -219,7 +218,8 @@ class Fetcher(FetchContext):
                         await self.published(layer.digest)
             finally:
                 if claim >= 0:
-                    os.close(claim)
+                    # Published or failed: the lock file goes, unless another process uses it.
+                    release_small(claim, self.cache.lock_path(layer.digest), remove=True)
             flight.finish(value=data)
         except ModelfsError as e:
             flight.finish(e)

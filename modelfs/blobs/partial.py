@@ -635,7 +635,9 @@ class PartialFile:
 
     def close(self) -> None:
         if self.shared is not None:
-            self.shared.close()
+            # Published (by this process or another) or gone: its lock file goes with it.
+            done = self._published or self.cache.has_blob(self.digest, self.size)
+            self.shared.close(self.cache.lock_path(self.digest) if done else None)
         if self.scratch and not self._published:
             with contextlib.suppress(OSError):
                 self.path.unlink()

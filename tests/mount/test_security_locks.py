@@ -280,3 +280,57 @@ def test_a_stopped_pull_holding_chunk_claims_does_not_fail_a_mounts_reads(
         pull.kill()
         pull.send_signal(signal.SIGCONT)
         pull.wait(60)
+
+
+# -- 3. lock files do not outlive their blob ------------------------------------------------
+
+
+def test_nothing_of_a_published_blob_is_left_in_partial(
+    proxy, mount_factory, smollm2_pushed, source, model_hex
+) -> None:
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    assert (tag / "system").read_text() == "You are helpful."
+    assert sha256_path(tag / "model.gguf") == model_hex
+    partial = m.cache / ".modelfs" / "partial"
+    wait_for((m.cache / "blobs" / f"sha256-{model_hex}").exists, "the model to be published")
+    # Closed once no handle reads it and its tasks ended: the lock file goes with it.
+    wait_for(lambda: not any(partial.iterdir()), "partial/ to be empty", 30)
+
+
+def test_a_partial_held_during_rm_is_counted_then_removed_once_let_go(
+    proxy, mount_factory, smollm2_pushed, model_hex, tmp_path, holders
+) -> None:
+    proxy.set_faults([{"path": model_hex, "trickle_bps": 4 << 20}])
+    cache = tmp_path / "cache"
+    m = mount_factory(root=tmp_path / "a", cache=cache)
+    with open(m.mountpoint / proxy.host / TAG_DIR / "model.gguf", "rb") as f:
+        assert len(f.read(1 << 20)) == 1 << 20
+    data = cache / ".modelfs" / "partial" / f"sha256-{model_hex}"
+    lock = data.with_name(data.name + ".lock")
+    # Another process of the owner's uses the partial (a pull, a second mount) during rm.
+    assert hold(holders, lock, sharing.MEMBER, read=True) == "held"
+    m.stop()
+    name = smollm2_pushed.replace(smollm2_pushed.split("/")[0], proxy.host, 1)
+    rm = subprocess.run(
+        modelfs_cmd("rm", name, "--cache", str(cache)), capture_output=True, text=True, timeout=60
+    )
+    assert rm.returncode == 0, rm.stderr
+    assert data.exists(), "rm removed a partial another process was filling"
+    du = subprocess.run(
+        modelfs_cmd("du", "--cache", str(cache)), capture_output=True, text=True, timeout=60
+    )
+    assert "(partial, no model)" in du.stdout, f"du does not count the partial:\n{du.stdout}"
+    ls = subprocess.run(
+        modelfs_cmd("ls", "--cache", str(cache)), capture_output=True, text=True, timeout=60
+    )
+    assert "(partial, no model)" in ls.stdout, f"ls does not show the partial:\n{ls.stdout}"
+    for p in holders:
+        p.kill()
+        p.communicate(timeout=30)
+    holders.clear()
+    # The next modelfs process of the cache (here a mount; a running mount's evictor does the
+    # same every 30 s) removes what no manifest names and nobody uses.
+    mount_factory(root=tmp_path / "b", cache=cache)
+    left = sorted(p.name for p in data.parent.iterdir())
+    assert left == [], f"left in partial/ after rm: {left}"
