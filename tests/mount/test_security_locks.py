@@ -111,6 +111,15 @@ def claimed_chunks(lock: Path, count: int) -> int:
         os.close(fd)
 
 
+def waits_in_the_mount(pid: int) -> bool:
+    """Whether process ``pid`` is blocked in a FUSE request (waiting for the daemon)."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+    return "fuse" in wchan or "request_wait_answer" in wchan
+
+
 def timed_read(path: Path, what: str, out: dict[str, object]) -> None:
     began = time.monotonic()
     try:
@@ -220,10 +229,10 @@ def test_a_killed_reader_leaves_and_the_daemon_stops_while_another_process_holds
     tag = m.mountpoint / proxy.host / TAG_DIR
     lock = m.cache / ".modelfs" / "partial" / f"sha256-{model_hex}.lock"
     assert hold(holders, lock, sharing.JOIN) == "held"
+    os.stat(tag / "model.gguf")  # looked up: the reader's wait is its open, in the daemon
     reader = subprocess.Popen(["cat", str(tag / "model.gguf")], stdout=subprocess.DEVNULL)
     try:
-        time.sleep(1)  # let the read reach the daemon: nothing to wait on from here
-        assert reader.poll() is None, "the read did not wait for the lock at all"
+        wait_for(lambda: waits_in_the_mount(reader.pid), "the reader to wait for the lock", 10)
         reader.kill()
         began = time.monotonic()
         reader.wait(READ_WAIT_SECONDS)
@@ -238,7 +247,7 @@ def test_a_killed_reader_leaves_and_the_daemon_stops_while_another_process_holds
         ["cat", str(tag / "model.gguf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        time.sleep(1)
+        wait_for(lambda: waits_in_the_mount(waiting.pid), "the reader to wait for the lock", 10)
         pid = m.pid()
         assert pid is not None
         os.kill(pid, signal.SIGTERM)
