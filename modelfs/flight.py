@@ -7,12 +7,15 @@
 - ``Flight``: the outcome of work that runs in a nursery of its own (a chunk, a
   small blob), which any number of readers wait on, each with its own deadline:
   a reader that gives up does not cancel what the others wait for.
+
+And ``poll``: waiting for what another process holds (a lock, a chunk claim), which
+no event announces: tried again with backoff, never past a deadline.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
@@ -21,6 +24,10 @@ import trio
 from modelfs.errors import ModelfsError, Transient
 
 K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+# How often ``poll`` tries again: from the first delay, doubling to the last.
+POLL_SECONDS = (0.005, 0.05)
 
 
 class KeyedLock(Generic[K]):
@@ -78,3 +85,24 @@ class Flight:
             # Each waiter raises its own copy: one exception object must not collect
             # several tasks' tracebacks.
             raise copy.copy(self.error)
+
+
+async def poll(
+    attempt: Callable[[], Awaitable[T | None]],
+    seconds: float,
+    backoff: tuple[float, float] = POLL_SECONDS,
+) -> T | None:
+    """``attempt()`` until it returns something (not None), trying again with backoff; None
+    once ``seconds`` have passed. For what another process holds: there is no event to wait
+    on, and a blocking lock call could wait for ever (its holder may be stopped, or hostile)."""
+    deadline = trio.current_time() + seconds
+    delay, most = backoff
+    while True:
+        got = await attempt()
+        if got is not None:
+            return got
+        left = deadline - trio.current_time()
+        if left <= 0:
+            return None
+        await trio.sleep(min(delay, left))
+        delay = min(delay * 2, most)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfs.blobs.sharing import lock_exclusive
+from modelfs.blobs.sharing import lock_exclusive, unlink_locked
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
 from modelfs.formats.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
 from modelfs.formats.digest import Digest
@@ -36,6 +36,11 @@ from modelfs.formats.names import Name, from_parts, safe_join
 log = logging.getLogger(__name__)
 
 STATE_DIRNAME = ".modelfs"
+# modelfs's own state (partials, lock files, chunk states, indexes, logs) is private to the
+# cache's owner whatever the umask: another local user must not read which models are being
+# fetched, nor open a lock file and hold its locks (docs/on-disk-format.md).
+STATE_DIR_MODE = 0o700
+STATE_FILE_MODE = 0o600
 # Manifests live at <host>/<namespace>/<model>/<tag> under manifests/ (and .modelfs/manifests/).
 MANIFEST_DEPTH = 4
 # What a digest looks like in bytes that are not a manifest we can parse (either spelling).
@@ -43,6 +48,9 @@ _DIGEST_BYTES_RE = re.compile(rb"sha256[:-]([0-9a-f]{64})", re.IGNORECASE)
 SCAN_READ_BYTES = 1 << 20
 # A digest split across two reads is found if this much of the previous read is kept.
 _SCAN_OVERLAP_BYTES = len(b"sha256:") + 64 - 1
+# What partial/ holds: sha256-<hex>, .state, .lock, .<pid>-<n>.scratch.
+_PARTIAL_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})(?:\.state|\.lock|\.\d+-\d+\.scratch)?$")
+_SCRATCH_NAME_RE = re.compile(r"sha256-[0-9a-f]{64}\.(\d+)-\d+\.scratch$")
 
 
 def default_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -195,20 +203,65 @@ class BlobCache:
         self.index_dir = self.state_dir / "indexes"
 
     def prepare(self) -> None:
-        """Create the layout; clear temp files left by processes that are gone."""
+        """Create the layout, make ``.modelfs/`` private (an existing cache too); clear temp
+        files left by processes that are gone."""
         try:
-            for d in (self.blobs_dir, self.manifests_dir, self.partial_dir, self.pending_dir):
+            for d in (self.blobs_dir, self.manifests_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            for d in (self.partial_dir, self.pending_dir, self.tmp_dir):
+                self.private_mkdir(d)
         except OSError as e:
             raise os_error(e, f"creating the cache at {self.root}") from None
+        self.tighten_state()
         if not os.access(self.root, os.W_OK):
             raise CacheError(f"the cache {self.root} is not writable")
+        self.sweep_partials()
         for entry in self.tmp_dir.iterdir():
             pid = entry.name.partition("-")[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     entry.unlink()
+
+    # -- modelfs's own state: private ---------------------------------------------------------
+
+    def is_state(self, path: Path) -> bool:
+        """Whether ``path`` is modelfs's own state (under ``.modelfs/``), private to the owner."""
+        return path == self.state_dir or self.state_dir in path.parents
+
+    def private_mkdir(self, path: Path) -> None:
+        """Create ``path`` (and its parents up to ``.modelfs/``) mode 0700 whatever the umask."""
+        missing = []
+        p = path
+        while not p.is_dir():
+            missing.append(p)
+            if p == self.state_dir or self.state_dir not in p.parents:
+                break
+            p = p.parent
+        for d in reversed(missing):
+            if not d.parent.is_dir():
+                d.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(mode=STATE_DIR_MODE)
+            except FileExistsError:
+                continue
+            os.chmod(d, STATE_DIR_MODE)
+
+    def tighten_state(self) -> None:
+        """Take group and other permissions off everything under ``.modelfs/``: a cache made by
+        an older modelfs, or under a umask of 022, left its lock files open to every user."""
+
+        def tighten(path: str, mode: int) -> None:
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) & ~mode:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+
+        tighten(str(self.state_dir), STATE_DIR_MODE)
+        for top, dirs, files in os.walk(self.state_dir):
+            for d in dirs:
+                tighten(os.path.join(top, d), STATE_DIR_MODE)
+            for f in files:
+                tighten(os.path.join(top, f), STATE_FILE_MODE)
 
     # -- temp files and atomic writes ---------------------------------------------------------
 
@@ -216,10 +269,16 @@ class BlobCache:
         return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
 
     def atomic_write(self, target: Path, data: bytes, mode: int = 0o644) -> None:
-        """Write ``data`` to ``target`` so that a crash leaves either the old file or the new one."""
+        """Write ``data`` to ``target`` so that a crash leaves either the old file or the new one.
+
+        ``mode`` is for ``blobs/`` and ``manifests/`` (Ollama's); state is always 0600."""
         tmp = self.temp_path()
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if self.is_state(target):
+                mode = STATE_FILE_MODE
+                self.private_mkdir(target.parent)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
                 view = memoryview(data)
@@ -367,7 +426,7 @@ class BlobCache:
         Closing the fd lets it go."""
         path = self.lock_path(digest)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
         except OSError as e:
             raise os_error(e, f"locking blob {digest.short}") from None
         try:
@@ -383,6 +442,68 @@ class BlobCache:
         for p in (self.state_path(digest), self.partial_path(digest)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+    def remove_partial(self, digest: Digest) -> bool:
+        """Remove the blob's partial (data, state and lock file) unless a modelfs process uses
+        it; True if nothing of it is left."""
+        lock = self.lock_blob(digest)
+        if lock is None:
+            return False
+        try:
+            self.discard_partial(digest)
+            with contextlib.suppress(OSError):
+                unlink_locked(lock, self.lock_path(digest))
+        finally:
+            os.close(lock)
+        return True
+
+    def partial_digests(self) -> dict[Digest, int]:
+        """Every blob with something in ``partial/`` (data, state, lock or scratch files), and
+        the bytes those files take on disk."""
+        out: dict[Digest, int] = {}
+        try:
+            entries = list(os.scandir(self.partial_dir))
+        except OSError:
+            return out
+        for entry in entries:
+            m = _PARTIAL_NAME_RE.match(entry.name)
+            if m is None:
+                continue
+            digest = Digest(m.group(1))
+            with contextlib.suppress(OSError):
+                out[digest] = out.get(digest, 0) + entry.stat(follow_symlinks=False).st_blocks * 512
+        return out
+
+    def sweep_partials(self, references: References | None = None) -> int:
+        """Remove what ``partial/`` holds for blobs already published or named by no manifest
+        (left by a process killed, or in use during ``unlink``), and scratch files of
+        processes gone; never what a modelfs process uses. Returns the bytes freed."""
+        freed = 0
+        try:
+            names = os.listdir(self.partial_dir)
+        except OSError:
+            return 0
+        for n in names:
+            m = _SCRATCH_NAME_RE.match(n)
+            if m is not None and not _pid_alive(int(m.group(1))):
+                path = self.partial_dir / n
+                with contextlib.suppress(OSError):
+                    freed += path.stat().st_blocks * 512
+                    path.unlink()
+        found = self.partial_digests()
+        if not found:
+            return freed
+        if references is None:
+            references = self.referenced_blobs()
+        for digest, size in found.items():
+            if digest in references and not self.has_blob(digest):
+                continue
+            try:
+                if self.remove_partial(digest):
+                    freed += size
+            except CacheError as e:
+                log.debug("cannot remove the partial of blob %s: %s", digest.short, e)
+        return freed
 
     # -- manifests --------------------------------------------------------------------------
 
@@ -466,8 +587,8 @@ class BlobCache:
         """Record that the mount fetched ``name`` (or refresh when it was last used)."""
         path = safe_join(self.lazy_dir, *(p.lower() for p in name.parts))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
+            self.private_mkdir(path.parent)
+            path.touch(mode=STATE_FILE_MODE)
         except OSError as e:
             raise os_error(e, f"marking {name} as fetched by the mount") from None
 
@@ -586,12 +707,8 @@ class BlobCache:
                 pass
             except OSError as e:
                 raise os_error(e, f"removing blob {layer.digest.short}") from None
-            lock = self.lock_blob(layer.digest)
-            if lock is not None:
-                try:
-                    self.discard_partial(layer.digest)
-                finally:
-                    os.close(lock)
+            # A partial another modelfs process uses stays: the next sweep removes it.
+            self.remove_partial(layer.digest)
         return UnlinkResult(
             tuple(removed), freed, tuple(KeptBlobs(u, tuple(d)) for u, d in kept.items())
         )

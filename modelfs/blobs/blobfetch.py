@@ -29,13 +29,13 @@ import trio
 
 from modelfs.blobs.blobcache import pread_cached
 from modelfs.blobs.fetchcontext import FetchContext, Verify
-from modelfs.blobs.partial import PartialFile, PartialGone
+from modelfs.blobs.partial import PartialBusy, PartialFile, PartialGone
 from modelfs.blobs.progress import Progress
 from modelfs.blobs.receive import RangeReceiver
 from modelfs.blobs.wholecheck import WholeCheck
 from modelfs.blobs.wholestream import WholeStream
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
-from modelfs.flight import Flight
+from modelfs.flight import Flight, poll
 from modelfs.formats.chunks import BlobChunks, ChunkLayout, serialize_chunk_index
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer
@@ -52,7 +52,7 @@ EVICTED_RETRIES = 3
 VERIFY_BYTES_PER_SECOND = 100 << 20
 # How often a reader of a blob another fetch holds the partial of looks again.
 PARTIAL_BUSY_POLL_SECONDS = 0.5
-# How often a chunk another process is fetching into the shared partial is looked for
+# How often what another process holds (its chunk claims, the lock file) is looked at again
 # (doubling from the first to the last).
 ELSEWHERE_POLL_SECONDS = (0.005, 0.05)
 # Tries to join a partial that another process publishes or removes meanwhile.
@@ -125,6 +125,11 @@ class BlobFetch:
         # Chunks another process marked in the shared partial that failed this fetch's
         # check while that process used the file: fetched into memory, never written over.
         self._private: set[int] = set()
+        # When a chunk was last taken from another process, and last waited for: another
+        # process that made no progress for ``claim_wait_seconds`` is stalled (stopped?) and
+        # its chunks are fetched here, privately (``_wait_elsewhere``).
+        self._progress_at = 0.0
+        self._waited_at = -float("inf")
         self._wait_publish_seconds = PARTIAL_BUSY_POLL_SECONDS
         self.progress = Progress(ctx, self.what)
         self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable)
@@ -178,15 +183,35 @@ class BlobFetch:
 
     async def _open(self) -> None:
         for _ in range(OPEN_TRIES):
-            if await self.ctx.in_thread(self.ctx.cache.has_blob, self.digest, self.size):
-                self.published = True
-                return
             try:
-                await self.ctx.in_thread(self._open_partial)
+                opened = await poll(
+                    self._try_open, self.ctx.settings.claim_wait_seconds, ELSEWHERE_POLL_SECONDS
+                )
+                if opened is None:
+                    # Another process holds the lock file (a moment, normally): do without it.
+                    log.info(
+                        "%s: another modelfs process has held its lock file for %.0fs; "
+                        "fetching it privately",
+                        self.what,
+                        self.ctx.settings.claim_wait_seconds,
+                    )
+                    await self.ctx.in_thread(self._open_partial, True)
                 return
             except PartialGone:
                 continue  # published or removed by another process meanwhile: look again
         raise CacheError(f"{self.what}: its partial file keeps going away; try again")
+
+    async def _try_open(self) -> bool | None:
+        """Published, or the partial joined: True; None while another process holds its lock."""
+        self.ctx.check_stopping(self.what)
+        if await self.ctx.in_thread(self.ctx.cache.has_blob, self.digest, self.size):
+            self.published = True
+            return True
+        try:
+            await self.ctx.in_thread(self._open_partial)
+        except PartialBusy:
+            return None
+        return True
 
     def _kick(self) -> None:
         """What an opened blob does at once: publish what an earlier run completed, or hash
@@ -196,14 +221,14 @@ class BlobFetch:
         else:
             self._advance_whole()
 
-    def _open_partial(self, quiet: bool = False) -> None:
+    def _open_partial(self, private: bool = False) -> None:
         """Worker thread: join the blob's partial file (shared with other modelfs processes of
-        this cache: ``sharing``), or take a scratch file."""
+        this cache: ``sharing``), or take a scratch file (always, ``private``)."""
         cache = self.ctx.cache
         # A fetch of the same digest vouched for by another manifest in this process holds
         # the partial: fill a private scratch file instead, so neither waits for nor trusts
         # the other (other processes share it chunk by chunk, each checking what it uses).
-        scratch = self.digest in self.ctx.partials_held
+        scratch = private or self.digest in self.ctx.partials_held
         if not scratch:
             self.ctx.partials_held.add(self.digest)
             self.holds_partial = True
@@ -360,6 +385,7 @@ class BlobFetch:
             start, end = self.layout.span(i)
             self.ctx.stats.bytes_from_processes += end - start
         if got:
+            self._progress_at = trio.current_time()
             self.progress.changed(self._group)
             if not partial.indexed:
                 self._advance_whole()
@@ -368,34 +394,53 @@ class BlobFetch:
 
     async def _wait_elsewhere(self, chunks: list[int]) -> None:
         """Wait for chunks another process is fetching into the shared partial; take them
-        when it marks them, fetch them here if it lets go without (it failed or died)."""
+        when it marks them, fetch them here if it lets go without (it failed or died), and
+        fetch them here privately (into memory, never into the file) if it holds them without
+        progress (``_stalled_elsewhere``) or for twice ``claim_wait_seconds`` in all."""
         partial = self.partial
         assert partial is not None
         pending = {i: self.flights[i] for i in chunks if i in self.flights}
-        delay, most = ELSEWHERE_POLL_SECONDS
-        try:
-            while pending:
-                await trio.sleep(delay)
-                delay = min(delay * 2, most)
-                if self.closing or self.failure is not None or self.published:
-                    break
-                mine: list[int] = []
-                for i in list(pending):
-                    if partial.marked_elsewhere(i):
-                        flight = pending[i]
-                        if await self._take_elsewhere(i, flight):
-                            del pending[i]
-                            continue
+
+        def over() -> bool:
+            return self.closing or self.failure is not None or self.published or self.ctx.stopping
+
+        async def look() -> bool | None:
+            if over():
+                return True
+            mine: list[int] = []
+            for i in list(pending):
+                if partial.marked_elsewhere(i):
+                    flight = pending[i]
+                    if await self._take_elsewhere(i, flight):
                         del pending[i]
-                        if i in self._private or partial.claim(i):
-                            mine.append(i)
-                        else:
-                            pending[i] = flight  # another process refetches it meanwhile
-                    elif partial.claim_unmarked(i):  # marked just now: taken on the next look
-                        del pending[i]
+                        continue
+                    del pending[i]
+                    if i in self._private or partial.claim(i):
                         mine.append(i)
-                if mine:
-                    self._spawn_runs(mine)
+                    else:
+                        pending[i] = flight  # another process refetches it meanwhile
+                elif partial.claim_unmarked(i):  # marked just now: taken on the next look
+                    del pending[i]
+                    mine.append(i)
+            if mine:
+                self._spawn_runs(mine)
+            if not pending or self._stalled_elsewhere():
+                return True
+            return None
+
+        try:
+            await poll(look, 2 * self.ctx.settings.claim_wait_seconds, ELSEWHERE_POLL_SECONDS)
+            if pending and not over():
+                log.info(
+                    "%s: chunks %s: the modelfs process fetching them made no progress; "
+                    "fetching them here, privately",
+                    self.what,
+                    ", ".join(map(str, sorted(pending))),
+                )
+                self._private.update(pending)
+                taken = list(pending)
+                pending.clear()
+                self._spawn_runs(taken)  # their flights stay: these runs finish them
         finally:
             # Published (readers read it whole), failed, closing, or checking a chunk failed.
             error = copy.copy(self.failure) if self.failure is not None else None
@@ -409,6 +454,16 @@ class BlobFetch:
                     or Transient(f"{self.what}: stopped waiting for chunk {i} from another process")
                 )
 
+    def _stalled_elsewhere(self) -> bool:
+        """Whether no chunk was taken from another process for ``claim_wait_seconds`` of
+        waiting for one (its holder is stopped, or slower than the read bound allows)."""
+        now = trio.current_time()
+        wait = self.ctx.settings.claim_wait_seconds
+        if now - self._waited_at > wait:
+            self._progress_at = now  # nobody waited meanwhile: this wait starts the clock
+        self._waited_at = now
+        return now - self._progress_at >= wait
+
     async def _take_elsewhere(self, i: int, flight: Flight) -> bool:
         """Chunk ``i``, marked by another process, becomes present here once it passes this
         fetch's own check. False: it must be fetched here (the flight stays)."""
@@ -421,6 +476,7 @@ class BlobFetch:
                 return False
         partial.mark(i)
         partial.rechecked(i)
+        self._progress_at = trio.current_time()
         start, end = self.layout.span(i)
         self.ctx.stats.bytes_from_processes += end - start
         if self.flights.get(i) is flight:
@@ -885,7 +941,7 @@ class BlobFetch:
                 if await self.ctx.in_thread(self.ctx.cache.has_blob, self.digest, self.size):
                     self.published = True
                     return
-                await self.ctx.in_thread(self._open_partial, True)
+                await self.ctx.in_thread(self._open_partial)
                 if self.partial is None:
                     now = trio.current_time()
                     busy_since = now if busy_since is None else busy_since
@@ -898,6 +954,9 @@ class BlobFetch:
                     continue
                 if self.partial.complete:
                     self._start_finalize()
+            if self._private and not self.flights:
+                # Chunks only in memory cannot be checked whole: finish in a private file.
+                await self._go_private()
             await self._recheck(0, self.chunks)
             waits, new = self._claim(0, self.chunks)
             self._start_runs(new)
@@ -911,6 +970,23 @@ class BlobFetch:
                 if wait_seconds is not None:
                     limit = wait_seconds + self.size / VERIFY_BYTES_PER_SECOND
                 await finalizing.wait(limit, f"{self.what}: checking the whole blob")
+
+    async def _go_private(self) -> None:
+        """Some chunks are only in memory (the shared partial's copy of them is another
+        process's, held or failing this fetch's check): go on in a scratch file with a copy
+        of the chunks on disk, and fetch those into it, so that the blob can be checked whole.
+        Only while no fetch of this blob runs (no flights)."""
+        partial = self.partial
+        assert partial is not None
+        await self.ctx.in_thread(partial.go_private)
+        for i in self._private:
+            self.memory.pop(i, None)
+        log.info(
+            "%s: %d chunks are another modelfs process's; finishing it in a private file",
+            self.what,
+            len(self._private),
+        )
+        self._private.clear()
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -91,6 +92,7 @@ class Evictor:
         self._touched: dict[Name, float] = {}
         self._stuck = False
         self._blind = False  # warned that an unreadable manifest stops eviction
+        self._swept_at = -CHECK_SECONDS
         self.evicted: list[Name] = []
         # Bytes freed by evictions. Added to from the worker thread ``_evict`` runs in (one
         # at a time, under ``lock``): a plain int add, which the GIL keeps whole enough for a
@@ -150,6 +152,12 @@ class Evictor:
     def _evict(self, busy: set[Digest]) -> list[Name]:
         evicted: list[Name] = []
         usage, free, total = self._state()
+        now = time.monotonic()
+        if self.bounds.over(usage, free, total) or now - self._swept_at >= CHECK_SECONDS:
+            # Partials no manifest names (a model removed while another process fetched it).
+            self._swept_at = now
+            if self.cache.sweep_partials():
+                usage, free, total = self._state()
         if not self.bounds.over(usage, free, total):
             self._stuck = False
             return evicted

@@ -18,7 +18,7 @@ import trio
 
 from modelfs.background import BACKGROUND_NICE, BackgroundThread
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.errors import ModelfsError
+from modelfs.errors import ModelfsError, Transient
 from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
@@ -40,6 +40,11 @@ STATE_FLUSH_SECONDS = 1.0
 MEMORY_CHUNKS = 4
 # A reader waiting for bytes gets EIO after this long, whatever the fetch behind it is doing.
 READ_WAIT_SECONDS = 60.0
+# Another modelfs process of the cache holding what this one needs (the blob's lock file
+# while joining it, a small blob's or a chunk's claim) without progress for this long: this
+# process fetches those bytes itself, privately. A quarter of the read bound, so that a
+# reader gets its bytes, not EIO, whatever the other process does.
+CLAIM_WAIT_SECONDS = 15.0
 DISK_THREADS = 4
 
 
@@ -60,6 +65,7 @@ class FetchSettings:
     attempts: int = DEFAULT_ATTEMPTS
     state_flush_seconds: float = STATE_FLUSH_SECONDS
     read_wait_seconds: float = READ_WAIT_SECONDS
+    claim_wait_seconds: float = CLAIM_WAIT_SECONDS
     memory_chunks: int = MEMORY_CHUNKS
     # pull: write to disk as bytes land, so publishing (fsync) does not wait for it all.
     # A mount leaves writeback to the kernel: a reader waits for the network, not the disk.
@@ -190,6 +196,17 @@ class FetchContext:
         # Blobs whose partial file this process holds the lock of (one fetch at a time).
         self.partials_held: set[Digest] = set()
         self.stats = Stats()
+        # Set at shutdown: waits on other processes (their locks and claims) end at once.
+        self.stopping = False
+
+    def stop_waiting(self) -> None:
+        """At shutdown: every wait on another process ends now (its readers get EIO), so the
+        FUSE session can end whatever other processes of the cache hold."""
+        self.stopping = True
+
+    def check_stopping(self, what: str) -> None:
+        if self.stopping:
+            raise Transient(f"{what}: the mount is stopping")
 
     def registry_for(self, anonymous: bool) -> BlobSource:
         return client_for(self.registry, self.anonymous_registry, anonymous)

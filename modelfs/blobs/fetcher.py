@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -23,9 +22,9 @@ import trio
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.blobfetch import ELSEWHERE_POLL_SECONDS, BlobFetch, FetchKey, fetch_key
 from modelfs.blobs.fetchcontext import BlobSource, FetchContext, FetchSettings, Verify
-from modelfs.blobs.sharing import claim_small
+from modelfs.blobs.sharing import claim_small, release_small
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError
-from modelfs.flight import Flight
+from modelfs.flight import Flight, poll
 from modelfs.formats.chunks import BlobChunks
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer
@@ -180,18 +179,29 @@ class Fetcher(FetchContext):
         anonymous: bool,
     ) -> None:
         try:
-            delay, most = ELSEWHERE_POLL_SECONDS
-            while True:
+
+            async def attempt() -> int | bytes | None:
+                self.check_stopping(f"blob {layer.digest.short}")
                 claim = await self._claim_small(layer)
                 if claim is not None:
-                    break
+                    return claim
                 # Another process of this cache is fetching it: wait for it to publish it.
-                await trio.sleep(delay)
-                delay = min(delay * 2, most)
-                data = await self.in_thread(self._published_small, layer)
-                if data is not None:
-                    flight.finish(value=data)
-                    return
+                return await self.in_thread(self._published_small, layer)  # type: ignore[return-value]
+
+            got = await poll(attempt, self.settings.claim_wait_seconds, ELSEWHERE_POLL_SECONDS)
+            if isinstance(got, bytes):
+                flight.finish(value=got)
+                return
+            claim = -1 if got is None else got
+            if got is None:
+                # Stopped, or never letting go: this process fetches it too (checked, and
+                # published by rename, so neither can spoil the other's).
+                log.info(
+                    "blob %s: another modelfs process has been fetching it for %.0fs; "
+                    "fetching it here too",
+                    layer.digest.short,
+                    self.settings.claim_wait_seconds,
+                )
             try:
                 data = await self.in_thread(self._published_small, layer)
                 if data is None:
@@ -208,7 +218,8 @@ class Fetcher(FetchContext):
                         await self.published(layer.digest)
             finally:
                 if claim >= 0:
-                    os.close(claim)
+                    # Published or failed: the lock file goes, unless another process uses it.
+                    release_small(claim, self.cache.lock_path(layer.digest), remove=True)
             flight.finish(value=data)
         except ModelfsError as e:
             flight.finish(e)

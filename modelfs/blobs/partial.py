@@ -36,8 +36,8 @@ import logging
 import os
 from collections.abc import Callable
 
-from modelfs.blobs.blobcache import BlobCache, fsync_dir, os_error
-from modelfs.blobs.sharing import SharedPartial
+from modelfs.blobs.blobcache import STATE_FILE_MODE, BlobCache, fsync_dir, os_error
+from modelfs.blobs.sharing import Busy, SharedPartial
 from modelfs.errors import CacheError
 from modelfs.formats.chunks import BlobChunks, ChunkLayout
 from modelfs.formats.digest import Digest, hash_file_into
@@ -131,6 +131,13 @@ class PartialGone(CacheError):
 
     def __init__(self, digest: Digest) -> None:
         super().__init__(f"the partial file of blob {digest.short} went away while opening it")
+
+
+class PartialBusy(CacheError):
+    """Another process holds the blob's lock file (joining it, or holding it alone)."""
+
+    def __init__(self, digest: Digest) -> None:
+        super().__init__(f"another modelfs process holds the lock file of blob {digest.short}")
 
 
 class PartialFile:
@@ -245,6 +252,8 @@ class PartialFile:
                 shared = SharedPartial.join(
                     self.cache.lock_path(self.digest), self.share_key(), self.chunks
                 )
+            except Busy:
+                raise PartialBusy(self.digest) from None
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP):
                     raise os_error(
@@ -311,7 +320,7 @@ class PartialFile:
 
     def _open_data(self) -> None:
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
             st = os.fstat(self.fd)
             bitmap = None
             if st.st_size == self.size:
@@ -485,7 +494,7 @@ class PartialFile:
         with contextlib.suppress(OSError):
             fsync_dir(self.cache.partial_dir)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
         except OSError as e:
             raise os_error(e, f"recreating the partial file of blob {self.digest.short}") from None
         try:
@@ -589,9 +598,46 @@ class PartialFile:
         except OSError:
             return False
 
+    def go_private(self) -> None:
+        """Go on in a private scratch file holding a copy of the chunks this process has, and
+        leave the shared partial: another process holds chunks it does not finish (stopped?),
+        which this one may not write (docs/concurrency.md). Only while no fetch of this
+        process writes the file."""
+        shared = self.shared
+        if shared is None:
+            return
+        old = self.fd
+        self._to_scratch()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise os_error(e, f"creating a scratch file for blob {self.digest.short}") from None
+        try:
+            os.ftruncate(fd, self.size)
+            for i in range(self.chunks):
+                if self.has(i):
+                    start, end = self.layout.span(i)
+                    while start < end:
+                        n = os.copy_file_range(old, fd, end - start, start, start)
+                        if n <= 0:
+                            raise OSError(errno.EIO, "short copy")
+                        start += n
+        except OSError as e:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            raise os_error(e, f"copying blob {self.digest.short} to a scratch file") from None
+        shared.close()
+        self.shared = None
+        self.sharing = False
+        self.fd = fd
+        self._retired_fds.append(old)
+
     def close(self) -> None:
         if self.shared is not None:
-            self.shared.close()
+            # Published (by this process or another) or gone: its lock file goes with it.
+            done = self._published or self.cache.has_blob(self.digest, self.size)
+            self.shared.close(self.cache.lock_path(self.digest) if done else None)
         if self.scratch and not self._published:
             with contextlib.suppress(OSError):
                 self.path.unlink()

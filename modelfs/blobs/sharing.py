@@ -27,8 +27,17 @@ chunk a previous run left (``PartialFile.needs_recheck``); members without one
 share a key only with members fetching from the same repository (the ``origin``
 rule of the chunk state, docs/on-disk-format.md).
 
-All methods block (they are quick: the locks are tried, not waited for, except
-``JOIN``, which is held for a moment); async callers use a worker thread.
+Every lock is tried, never waited for (``F_OFD_SETLK``, not ``F_OFD_SETLKW``): a thread
+blocked in ``fcntl`` cannot be cancelled, and the other end may be a process that never
+lets go (stopped, or hostile). A lock another process holds is ``Busy``; the caller polls
+under a deadline (``flight.poll``) and then does without it: it fetches privately.
+
+The lock file lives as long as its blob is being fetched: it is unlinked when the blob is
+published or removed, by a process holding ``MEMBER`` alone (``unlink_locked``), and a
+process that took its locks checks that the path still names the file it locked
+(``_same_file``), else opens it again.
+
+All methods block (they are quick); async callers use a worker thread.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ SMALL = 2  # a write lock: a process is fetching this blob whole (at most one ch
 KEY = 64
 KEY_BYTES = 64
 CHUNKS = 4096
+# Private to the cache's owner (as all of ``.modelfs/``): another user who could open a lock
+# file could hold its locks.
+LOCK_FILE_MODE = 0o600
 
 
 class _Flock(ctypes.Structure):
@@ -58,11 +70,12 @@ class _Flock(ctypes.Structure):
     ]
 
 
-def _lock(fd: int, kind: int, start: int, length: int = 1, wait: bool = False) -> bool:
-    """An OFD record lock on ``[start, start+length)``: True if held, False if another holds it."""
+def _lock(fd: int, kind: int, start: int, length: int = 1) -> bool:
+    """An OFD record lock on ``[start, start+length)``, tried: True if held, False if another
+    holds it. Never waits (see the module docstring)."""
     arg = bytes(_Flock(kind, os.SEEK_SET, start, length, 0))
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES):
             return False
@@ -70,18 +83,68 @@ def _lock(fd: int, kind: int, start: int, length: int = 1, wait: bool = False) -
     return True
 
 
-def claim_small(path: os.PathLike[str] | str) -> int | None:
-    """Take a small blob's lock file to fetch it: its fd (closing it lets go), or None while
-    another process is fetching it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+class Busy(Exception):
+    """Another process holds the lock file's ``JOIN`` or ``MEMBER`` byte (or keeps replacing
+    the file): try again later, or do without sharing."""
+
+
+def _same_file(fd: int, path: os.PathLike[str] | str) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not unlinked, not replaced)."""
     try:
-        if _lock(fd, fcntl.F_WRLCK, SMALL):
-            return fd
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _open(path: os.PathLike[str] | str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
+
+
+# Opening again a lock file another process unlinked right after it was opened here.
+REOPEN_TRIES = 3
+
+
+def claim_small(path: os.PathLike[str] | str) -> int | None:
+    """Take a small blob's lock file to fetch it: its fd (``release_small`` lets go), or None
+    while another process is fetching it."""
+    for _ in range(REOPEN_TRIES):
+        fd = _open(path)
+        try:
+            if not _lock(fd, fcntl.F_WRLCK, SMALL):
+                os.close(fd)
+                return None
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # unlinked by the process that published it: look at the new one
     return None
+
+
+def release_small(fd: int, path: os.PathLike[str] | str, remove: bool) -> None:
+    """Let go of a small blob's claim; ``remove``: the blob is published (or failed), so its
+    lock file goes too, unless another process uses it."""
+    try:
+        if remove:
+            with contextlib.suppress(OSError):
+                unlink_locked(fd, path)
+    finally:
+        os.close(fd)
+
+
+def unlink_locked(fd: int, path: os.PathLike[str] | str) -> bool:
+    """Unlink the lock file open as ``fd`` if no other process uses it: holding ``MEMBER``
+    alone, so that nobody joins it meanwhile (one who opened it before finds, once it holds
+    ``MEMBER``, that the path no longer names it). True if it was unlinked."""
+    if not _lock(fd, fcntl.F_WRLCK, MEMBER):
+        return False
+    if not _same_file(fd, path):
+        return False
+    os.unlink(path)
+    return True
 
 
 def lock_exclusive(fd: int) -> bool:
@@ -101,30 +164,35 @@ class SharedPartial:
 
     @classmethod
     def join(cls, path: os.PathLike[str] | str, key: str, count: int) -> SharedPartial | None:
-        """Join the blob's partial (holding ``JOIN`` until ``joined``); None: another key uses it."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            _lock(fd, fcntl.F_WRLCK, JOIN, wait=True)
-            # Waits out a process holding the partial alone for a moment (to remove it, or
-            # to overwrite a chunk).
-            _lock(fd, fcntl.F_RDLCK, MEMBER, wait=True)
-            raw_key = key.encode().ljust(KEY_BYTES)[:KEY_BYTES]
-            if _lock(fd, fcntl.F_WRLCK, MEMBER):
-                # Converted in place: no other member. What the file says is from processes
-                # gone (or about a partial since removed): start it over.
-                os.ftruncate(fd, CHUNKS)
-                os.pwrite(fd, raw_key, KEY)
-                os.ftruncate(fd, CHUNKS + count)
-                _lock(fd, fcntl.F_RDLCK, MEMBER)
-                return cls(fd, count, alone=True)
-            if os.pread(fd, KEY_BYTES, KEY) != raw_key:
-                os.close(fd)
-                return None
-            return cls(fd, count, alone=False)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise
+        """Join the blob's partial (holding ``JOIN`` until ``joined``); None: another key uses
+        it. Raises ``Busy`` while another process joins it or holds it alone (to remove it, to
+        overwrite a chunk: a moment, unless that process is stopped or hostile)."""
+        for _ in range(REOPEN_TRIES):
+            fd = _open(path)
+            try:
+                if not _lock(fd, fcntl.F_WRLCK, JOIN) or not _lock(fd, fcntl.F_RDLCK, MEMBER):
+                    raise Busy(f"{path} is held by another process")
+                if not _same_file(fd, path):
+                    os.close(fd)  # unlinked since it was opened (its blob was published)
+                    continue
+                raw_key = key.encode().ljust(KEY_BYTES)[:KEY_BYTES]
+                if _lock(fd, fcntl.F_WRLCK, MEMBER):
+                    # Converted in place: no other member. What the file says is from processes
+                    # gone (or about a partial since removed): start it over.
+                    os.ftruncate(fd, CHUNKS)
+                    os.pwrite(fd, raw_key, KEY)
+                    os.ftruncate(fd, CHUNKS + count)
+                    _lock(fd, fcntl.F_RDLCK, MEMBER)
+                    return cls(fd, count, alone=True)
+                if os.pread(fd, KEY_BYTES, KEY) != raw_key:
+                    os.close(fd)
+                    return None
+                return cls(fd, count, alone=False)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+        raise Busy(f"{path} keeps being replaced")
 
     def joined(self) -> None:
         """Let the next process join (the first member has set the chunk marks up)."""
@@ -140,8 +208,13 @@ class SharedPartial:
             with contextlib.suppress(OSError):
                 _lock(self.fd, fcntl.F_UNLCK, 0, 0)  # length 0: to the end of the file
 
-    def close(self) -> None:
+    def close(self, path: os.PathLike[str] | str | None = None) -> None:
+        """Close the lock file; ``path``: the blob is published or removed, so the lock file
+        goes too if no other process uses it (``unlink_locked``)."""
         self.left = True
+        if self.fd >= 0 and path is not None:
+            with contextlib.suppress(OSError):
+                unlink_locked(self.fd, path)
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)  # drops every lock this process held on it

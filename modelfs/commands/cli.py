@@ -381,17 +381,23 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 def cmd_du(args: argparse.Namespace) -> int:
-    from modelfs.commands.inventory import disk_usage
+    from modelfs.commands.inventory import UNNAMED_ROW, disk_usage, unnamed_partial_bytes
     from modelfs.commands.progress import human_bytes
 
     only = _name(args.name) if args.name else None
-    rows, total = disk_usage(_cache(args), only)
+    cache = _cache(args)
+    rows, total = disk_usage(cache, only)
     if only is not None and not rows:
         raise ModelNotFound(f"model {only} is not in the cache")
-    width = max([len("NAME"), *(len(r.display) for r in rows)])
+    unnamed = unnamed_partial_bytes(cache) if only is None else 0
+    width = max([len("NAME"), len(UNNAMED_ROW), *(len(r.display) for r in rows)])
     print(f"{'NAME':<{width}}  {'ON DISK':>9}")
     for r in rows:
         print(f"{r.display:<{width}}  {human_bytes(r.disk_bytes):>9}")
+    if unnamed:
+        # Partial blobs of removed models that another modelfs process still held.
+        print(f"{UNNAMED_ROW:<{width}}  {human_bytes(unnamed):>9}")
+        total += unnamed
     if only is None:
         print(f"{'total':<{width}}  {human_bytes(total):>9}  (blobs shared by models counted once)")
     return 0
@@ -488,14 +494,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from modelfs.commands.inventory import inventory
+    from modelfs.commands.inventory import UNNAMED_ROW, inventory, unnamed_partial_bytes
     from modelfs.commands.progress import human_bytes
 
-    rows = inventory(_cache(args))
-    if not rows:
+    cache = _cache(args)
+    rows = inventory(cache)
+    unnamed = unnamed_partial_bytes(cache)
+    if not rows and not unnamed:
         print("no models in the cache", file=sys.stderr)
         return 0
-    width = max(len("NAME"), *(len(r.display) for r in rows))
+    width = max(len("NAME"), len(UNNAMED_ROW), *(len(r.display) for r in rows))
     print(f"{'NAME':<{width}}  {'ID':<12}  {'SIZE':>9}  {'VERIFY':<15}  PRESENT")
     for r in rows:
         pct = 100 * r.present_bytes / r.size_bytes if r.size_bytes else 100.0
@@ -503,6 +511,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"{r.display:<{width}}  {r.digest.short:<12}  {human_bytes(r.size_bytes):>9}  "
             f"{r.verify:<15}  {pct:5.1f}% ({human_bytes(r.present_bytes)})"
         )
+    if unnamed:
+        # Partial blobs of removed models that another modelfs process still held.
+        print(f"{UNNAMED_ROW:<{width}}  {'-':<12}  {'-':>9}  {'-':<15}  {human_bytes(unnamed)}")
     return 0
 
 

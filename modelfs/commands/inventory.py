@@ -83,6 +83,10 @@ def _verification(cache: BlobCache, manifest: Manifest) -> str:
     return "-"
 
 
+# ``modelfs du``'s row for partial blobs no model names.
+UNNAMED_ROW = "(partial, no model)"
+
+
 @dataclass(frozen=True)
 class DiskRow:
     name: Name
@@ -117,3 +121,17 @@ def disk_usage(cache: BlobCache, only: Name | None = None) -> tuple[list[DiskRow
             total += seen[layer.digest]
         rows.append(DiskRow(model.name, model.name.display_shortest(), total))
     return rows, sum(seen.values())
+
+
+def unnamed_partial_bytes(cache: BlobCache) -> int:
+    """Bytes in ``partial/`` for blobs no manifest names (a fetch another process still holds
+    after ``unlink``; removed once it lets go)."""
+    named = {layer.digest for model in cache.iter_models() for layer in _layers(model.path)}
+    return sum(n for d, n in cache.partial_digests().items() if d not in named)
+
+
+def _layers(path: Path) -> tuple[Layer, ...]:
+    try:
+        return parse_manifest(path.read_bytes()).blobs
+    except (OSError, ManifestInvalid):
+        return ()

@@ -411,7 +411,16 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             async def reload() -> None:
                 await _reload(options, registry, anonymous, evictor)
 
-            spawn(nursery, "signals", _watch_signals, signalled, mountpoint, registries, reload)
+            spawn(
+                nursery,
+                "signals",
+                _watch_signals,
+                signalled,
+                mountpoint,
+                registries,
+                reload,
+                fetcher.stop_waiting,
+            )
             if options.links:
                 spawn(
                     nursery,
@@ -428,6 +437,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             # serve returns when the kernel ends the session (umount) or on terminate.
             unmount_on_exit = signalled.is_set()
         finally:
+            fetcher.stop_waiting()
             with trio.CancelScope(shield=True):
                 await fetcher.save_all()
             # Worker threads blocked on a registry's socket cannot be cancelled: end their
@@ -574,6 +584,7 @@ async def _watch_signals(
     mountpoint: Path,
     registries: list[Registry],
     reload: Callable[[], Awaitable[None]],
+    stop_waiting: Callable[[], None],
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
@@ -588,7 +599,9 @@ async def _watch_signals(
                 await trio.to_thread.run_sync(mountctl.unbind_blobs_view, mountpoint)
             except MountError as e:
                 log.warning("%s", e)
-            # Handlers waiting on stuck transfers must answer before the session can end.
+            # Handlers waiting on stuck transfers, or on other processes of the cache, must
+            # answer before the session can end.
+            stop_waiting()
             for r in registries:
                 r.abort_transfers()
             fuse_ops.terminate()
