@@ -27,6 +27,8 @@ RANK = {
     "formats.gguf": 1,
     "formats.modelfacts": 2,
     "formats.manifest": 2,
+    "formats.relpath": 1,
+    "formats.tarindex": 2,
     "formats.chunks": 3,
     "formats.chunksums": 4,
     "formats.referrers": 3,
