@@ -29,6 +29,7 @@ RANK = {
     "formats.manifest": 2,
     "formats.relpath": 1,
     "formats.tarindex": 2,
+    "formats.safetensors": 2,
     "formats.chunks": 3,
     "formats.chunksums": 4,
     "formats.referrers": 3,
