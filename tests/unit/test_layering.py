@@ -30,6 +30,8 @@ RANK = {
     "formats.relpath": 1,
     "formats.tarindex": 2,
     "formats.safetensors": 2,
+    "formats.artifacts": 3,
+    "formats.files": 4,
     "formats.chunks": 3,
     "formats.chunksums": 4,
     "formats.referrers": 3,
