@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from modelfs.formats.dockermodel import go_json, go_time
+from modelfs.formats.files import BlobBytes, ModelTree, files_of
+from modelfs.formats.manifest import parse_manifest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -302,6 +304,25 @@ def ollama_tensors(folder: Path) -> Artifact:
     }
     art.manifest = json.dumps(doc, separators=(",", ":")).encode()
     return art
+
+
+MAX_ROUNDS = 10
+
+
+def lay_out(art: Artifact, **kwargs: object) -> tuple[ModelTree, int, int]:
+    """``files_of`` of the artifact, fulfilling its byte requests from the artifact's blobs:
+    the tree, the rounds of requests it took and the bytes they asked for."""
+    manifest = parse_manifest(art.manifest)
+    known = BlobBytes()
+    asked = 0
+    for rounds in range(MAX_ROUNDS):
+        found = files_of(manifest, known, **kwargs)  # type: ignore[arg-type]
+        if isinstance(found, ModelTree):
+            return found, rounds, asked
+        for r in found.reads:
+            known.add(r.digest, r.offset, art.read(r.digest, r.offset, r.length))
+            asked += r.length
+    raise AssertionError(f"files_of still needed bytes after {MAX_ROUNDS} rounds")
 
 
 # -- pushing ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ RANK = {
     "formats.safetensors": 2,
     "formats.artifacts": 3,
     "formats.files": 4,
+    "formats.folderfacts": 5,
     "formats.chunks": 3,
     "formats.chunksums": 4,
     "formats.referrers": 3,

@@ -10,35 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from support.modelformats import Artifact, dmr_v01, dmr_v02, modelpack, ollama_tensors, walk
+from support.modelformats import (
+    Artifact,
+    dmr_v01,
+    dmr_v02,
+    lay_out,
+    modelpack,
+    ollama_tensors,
+    walk,
+)
 
 from modelfs.formats.artifacts import Kind
 from modelfs.formats.files import (
     SIDE_CONFIG,
     SIDE_MANIFEST,
-    BlobBytes,
     ModelTree,
-    files_of,
     read_file,
 )
 from modelfs.formats.manifest import parse_manifest
-
-MAX_ROUNDS = 10
-
-
-def lay_out(art: Artifact, **kwargs) -> tuple[ModelTree, int, int]:
-    """The tree, the rounds of byte requests it took and the bytes they asked for."""
-    manifest = parse_manifest(art.manifest)
-    known = BlobBytes()
-    asked = 0
-    for rounds in range(MAX_ROUNDS):
-        found = files_of(manifest, known, **kwargs)
-        if isinstance(found, ModelTree):
-            return found, rounds, asked
-        for r in found.reads:
-            known.add(r.digest, r.offset, art.read(r.digest, r.offset, r.length))
-            asked += r.length
-    raise AssertionError(f"files_of still needed bytes after {MAX_ROUNDS} rounds")
 
 
 def materialize(tree: ModelTree, art: Artifact, dest: Path) -> Path:
