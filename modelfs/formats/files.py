@@ -58,6 +58,10 @@ SIDE_CONFIG = f"{SIDE_DIR}/{CONFIG_FILENAME}"
 SIDE_MANIFEST = f"{SIDE_DIR}/{MANIFEST_FILENAME}"
 # A tensor blob's header is a few hundred bytes: this much usually brings all of it at once.
 TENSOR_HEAD_READ_BYTES = 4096
+# One tensor's header (with a quantization's scale and bias) is well under a KiB; these
+# bounds keep a hostile manifest of 4096 tensor layers from asking for gigabytes of "headers".
+MAX_TENSOR_BLOB_HEADER_BYTES = 1 << 20
+MAX_TENSOR_HEADERS_BYTES = 64 << 20
 MEDIA_TYPE_SAFETENSORS_INDEX = "application/json"
 
 
@@ -338,6 +342,7 @@ def _tensor_sources(
 ) -> list[SourceTensor]:
     sources: list[SourceTensor] = []
     seen: set[Digest] = set()
+    total = 0
     for i, layer in enumerate(manifest.layers):
         if layer.media_type != a.OLLAMA_TENSOR or layer.digest in seen:
             continue
@@ -350,6 +355,13 @@ def _tensor_sources(
         n = header_length(head, where)
         if 8 + n > layer.size:
             raise ManifestInvalid(f"{where}: the safetensors header runs past the blob")
+        if n > MAX_TENSOR_BLOB_HEADER_BYTES:
+            raise ManifestInvalid(f"{where}: a {n}-byte header is not one tensor's")
+        total += n
+        if total > MAX_TENSOR_HEADERS_BYTES:
+            raise ManifestInvalid(
+                f"invalid model: the tensor headers add up to over {MAX_TENSOR_HEADERS_BYTES} bytes"
+            )
         full = known.get(layer.digest, 0, 8 + n)
         if full is None:
             needs.append(ByteRequest(layer.digest, 0, 8 + n))

@@ -337,3 +337,22 @@ def test_pieces_cover_exactly_the_range_asked():
     got = [(type(p).__name__, at, n) for p, at, n in f.pieces(2, 14)]
     assert got == [("Generated", 2, 2), ("Extent", 0, 10), ("Extent", 0, 2)]
     assert list(f.pieces(19, 5)) == [] and list(f.pieces(25, 1)) == []
+
+
+def test_tensor_headers_are_bounded_per_blob_and_in_total(monkeypatch):
+    import modelfs.formats.files as files
+
+    big = tensor_blob("w", 4, pad_to=(1 << 20) + 8)
+    m, by_digest = tensor_manifest({"w": big})
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    with pytest.raises(ManifestInvalid, match="is not one tensor's"):
+        files_of(m, known)
+    monkeypatch.setattr(files, "MAX_TENSOR_HEADERS_BYTES", 200)
+    m, by_digest = tensor_manifest({f"t{i}": tensor_blob(f"t{i}", 4, pad_to=64) for i in range(4)})
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    with pytest.raises(ManifestInvalid, match="add up to"):
+        files_of(m, known)
