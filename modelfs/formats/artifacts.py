@@ -40,6 +40,13 @@ _CNCF_LAYER = re.compile(
     r"(?P<kind>weight|weight\.config|doc|code|dataset)\.v1\.(?P<enc>[a-z0-9.+-]+)"
 )
 
+# KitOps ModelKits (kitops-ml/kitops pkg/lib/constants/mediaType.go): tars of Kitfile paths
+KITOPS_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
+_KITOPS_LAYER = re.compile(
+    r"application/vnd\.kitops\.modelkit\.(?:model|modelpart|dataset|code|docs)\.v1\."
+    r"(?P<enc>tar(?:\+[a-z0-9]+)?)"
+)
+
 # Ollama's safetensors format
 OLLAMA_TENSOR = OLLAMA_LAYER_PREFIX + "tensor"
 OLLAMA_JSON = OLLAMA_LAYER_PREFIX + "json"
@@ -55,6 +62,7 @@ class Kind(enum.Enum):
     DMR_V01 = "dmr-v0.1"
     DMR_V02 = "dmr-v0.2"
     MODELPACK = "modelpack"
+    KITOPS = "kitops"
 
 
 def kind_of(manifest: Manifest) -> Kind:
@@ -71,6 +79,8 @@ def kind_of(manifest: Manifest) -> Kind:
         return Kind.MODELPACK
     if manifest.config.media_type == DMR_CONFIG_V01:
         return Kind.DMR_V01
+    if manifest.config.media_type == KITOPS_CONFIG:
+        return Kind.KITOPS
     return Kind.OLLAMA
 
 
@@ -84,6 +94,12 @@ def cncf_layer(media_type: str) -> tuple[str, str] | None:
     if enc in ("gguf", "safetensors"):
         enc = "raw"
     return m["kind"], enc
+
+
+def kitops_encoding(media_type: str) -> str | None:
+    """ "tar" or "tar+gzip" … of a KitOps ModelKit layer type; None for any other type."""
+    m = _KITOPS_LAYER.fullmatch(media_type)
+    return None if m is None else m["enc"]
 
 
 def filepath_of(layer: Layer) -> str | None:

@@ -318,12 +318,17 @@ def _dmr_v01(manifest: Manifest, placer: _Placer, known: BlobBytes, needs: list)
 def _by_path(
     manifest: Manifest, placer: _Placer, known: BlobBytes, needs: list, skipped: list
 ) -> set[int]:
-    """DMR v0.2 and ModelPack: one file per raw layer at its path, tar layers' members."""
+    """DMR v0.2, ModelPack, KitOps: one file per raw layer at its path, tar layers' members."""
     placed: set[int] = set()
     for i, layer in enumerate(manifest.layers):
         where = f"layer {i}"
         cncf = a.cncf_layer(layer.media_type)
-        enc = cncf[1] if cncf else ("raw" if layer.media_type.startswith(a.DMR) else None)
+        if cncf is not None:
+            enc: str | None = cncf[1]
+        elif (kit := a.kitops_encoding(layer.media_type)) is not None:
+            enc = kit
+        else:
+            enc = "raw" if layer.media_type.startswith(a.DMR) else None
         if enc == "tar":
             for f in _tar_members(layer, known, where, needs):
                 placer.add(f, where)

@@ -356,3 +356,51 @@ def test_tensor_headers_are_bounded_per_blob_and_in_total(monkeypatch):
         known.add(d, 0, b)
     with pytest.raises(ManifestInvalid, match="add up to"):
         files_of(m, known)
+
+
+def test_kitops_tar_layers_are_served_member_by_member():
+    import io
+    import tarfile
+
+    def tar(members: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    model = tar({"models/w.safetensors": b"W" * 3000})
+    docs = tar({"README.md": b"# hi"})
+    blobs = {Digest.of_bytes(b): b for b in (model, docs)}
+    kit = "application/vnd.kitops.modelkit."
+    m = manifest(
+        [
+            {
+                "mediaType": kit + "model.v1.tar",
+                "digest": str(Digest.of_bytes(model)),
+                "size": len(model),
+            },
+            {
+                "mediaType": kit + "docs.v1.tar",
+                "digest": str(Digest.of_bytes(docs)),
+                "size": len(docs),
+            },
+            layer(7, kit + "dataset.v1.tar+gzip"),
+        ],
+        config_type="application/vnd.kitops.modelkit.config.v1+json",
+    )
+    first = files_of(m)
+    assert isinstance(first, Needs)
+    known = BlobBytes()
+    for r in first.reads:
+        known.add(r.digest, r.offset, blobs[r.digest][r.offset : r.offset + r.length])
+    tree = tree_of(m, known)
+    assert tree.kind is Kind.KITOPS
+    assert paths(tree) == [SIDE_CONFIG, SIDE_MANIFEST, "README.md", "models/w.safetensors"]
+    read = lambda d, o, n: blobs[d][o : o + n]  # noqa: E731
+    assert read_file(tree.file("models/w.safetensors"), read) == b"W" * 3000
+    assert [why for _layer, why in tree.skipped] == [
+        "a compressed tar (tar+gzip) cannot be read in place"
+    ]
