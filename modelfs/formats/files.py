@@ -187,6 +187,16 @@ class ModelTree:
     def file(self, path: str) -> ModelFile | None:
         return next((f for f in self.files if f.path == path), None)
 
+    def children(self, directory: str = "") -> dict[str, ModelFile | None]:
+        """A directory's entries by name, sorted: a file, or None for a subdirectory."""
+        prefix = directory + "/" if directory else ""
+        out: dict[str, ModelFile | None] = {}
+        for f in self.files:
+            if f.path.startswith(prefix):
+                head, sep, _rest = f.path[len(prefix) :].partition("/")
+                out[head] = None if sep else f
+        return dict(sorted(out.items()))
+
     @property
     def directories(self) -> frozenset[str]:
         """Every directory the files imply ("" is the model's own)."""

@@ -404,3 +404,20 @@ def test_kitops_tar_layers_are_served_member_by_member():
     assert [why for _layer, why in tree.skipped] == [
         "a compressed tar (tar+gzip) cannot be read in place"
     ]
+
+
+def test_children_list_a_directory_of_the_tree():
+    m = manifest(
+        [
+            layer(1, DMR + "model.file", path="1_Pooling/config.json"),
+            layer(2, DMR + "model.file", path="a/b/c.json"),
+            layer(3, DMR + "safetensors", path="model.safetensors"),
+        ]
+    )
+    tree = tree_of(m)
+    top = tree.children()
+    assert list(top) == [".modelfs", "1_Pooling", "a", "model.safetensors"]
+    assert top["a"] is None and top["model.safetensors"].path == "model.safetensors"
+    assert list(tree.children("a")) == ["b"]
+    assert list(tree.children("a/b")) == ["c.json"]
+    assert tree.children("nope") == {}
