@@ -105,7 +105,7 @@ class ModelFile:
             pos += piece.length
         return starts
 
-    @property
+    @cached_property
     def size(self) -> int:
         return sum(p.length for p in self.extents)
 
@@ -222,8 +222,7 @@ def _whole(layer: Layer, path: str, meta: a.FileMetadata | None = None) -> Model
 class _Placer:
     """The model's files by path; refuses clashes between them."""
 
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
+    def __init__(self) -> None:
         self.files: dict[str, ModelFile] = {}
         self._dirs: set[str] = set()
 
@@ -418,7 +417,7 @@ def files_of(
     if kind is a.Kind.OLLAMA:
         return _classic(manifest)
     known = known or BlobBytes()
-    placer = _Placer(manifest)
+    placer = _Placer()
     needs: list[ByteRequest] = []
     skipped: list[tuple[Layer, str]] = []
     if kind is a.Kind.DMR_V01:
