@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from gguf_synth import smollm2_gguf_path, write_synthetic_gguf
 from support import nspawn
+from support.minilm import minilm_folder
 from support.mount import Mount, run_modelfs
 from support.ollama_front import CDN, OllamaFront
 from support.proxy import Proxy
@@ -28,6 +29,12 @@ SMOLLM2_NAME = "library/smollm2:135m"
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     return smollm2_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """all-MiniLM-L6-v2 as a Hugging Face folder (support/minilm.py); do not write to it."""
+    return minilm_folder()
 
 
 @pytest.fixture(scope="session")

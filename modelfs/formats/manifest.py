@@ -10,7 +10,7 @@ other module sees it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelfs.errors import DigestInvalid, ManifestInvalid
 from modelfs.formats.digest import Digest
@@ -36,6 +36,11 @@ MAX_LAYERS = 4096
 # Far above any real model, far below where sums of sizes could overflow a signed 64-bit offset.
 MAX_BLOB_BYTES = 1 << 48
 MAX_MEDIA_TYPE_CHARS = 255
+# Annotations and Ollama's descriptor ``name`` are kept for the formats that need them
+# (file paths, file metadata); bounded so a hostile manifest cannot make them huge.
+MAX_ANNOTATIONS = 64
+MAX_ANNOTATION_CHARS = 64 << 10
+MAX_LAYER_NAME_CHARS = 4096
 
 # Layer media type -> (file stem, extension) in a tag directory.
 _LAYER_FILES: dict[str, tuple[str, str]] = {
@@ -70,6 +75,16 @@ class Layer:
     digest: Digest
     media_type: str
     size: int
+    # What the descriptor says about the file besides its bytes: OCI annotations (file path,
+    # file metadata) and Ollama's non-standard ``name``. Not part of a layer's identity.
+    annotations: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    name: str | None = field(default=None, compare=False)
+
+    def annotation(self, key: str) -> str | None:
+        for k, v in self.annotations:
+            if k == key:
+                return v
+        return None
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,8 @@ class Manifest:
     media_type: str
     config: Layer
     layers: tuple[Layer, ...]
+    artifact_type: str | None = None
+    annotations: tuple[tuple[str, str], ...] = ()
 
     @property
     def blobs(self) -> tuple[Layer, ...]:
@@ -120,7 +137,35 @@ def _layer(obj: object, where: str) -> Layer:
         digest = Digest.parse(obj.get("digest"))
     except DigestInvalid as e:
         raise ManifestInvalid(f"invalid manifest: {where}: {e}") from None
-    return Layer(digest=digest, media_type=media_type, size=size)
+    name = obj.get("name")
+    if name is not None and (
+        not isinstance(name, str) or not name or len(name) > MAX_LAYER_NAME_CHARS
+    ):
+        raise ManifestInvalid(f"invalid manifest: {where} name is not a usable string")
+    return Layer(
+        digest=digest,
+        media_type=media_type,
+        size=size,
+        annotations=_annotations(obj.get("annotations"), where),
+        name=name,
+    )
+
+
+def _annotations(obj: object, where: str) -> tuple[tuple[str, str], ...]:
+    if obj is None:
+        return ()
+    if not isinstance(obj, dict):
+        raise ManifestInvalid(f"invalid manifest: {where} annotations is not an object")
+    if len(obj) > MAX_ANNOTATIONS:
+        raise ManifestInvalid(f"invalid manifest: {where} has {len(obj)} annotations")
+    out = []
+    for key, value in obj.items():
+        if not isinstance(value, str) or len(key) + len(value) > MAX_ANNOTATION_CHARS:
+            raise ManifestInvalid(
+                f"invalid manifest: {where} annotation {key[:80]!r} is not a string"
+            )
+        out.append((key, value))
+    return tuple(sorted(out))
 
 
 def parse_manifest(raw: bytes) -> Manifest:
@@ -151,6 +196,11 @@ def parse_manifest(raw: bytes) -> Manifest:
     if len(layers_doc) > MAX_LAYERS:
         raise ManifestInvalid(f"invalid manifest: {len(layers_doc)} layers (limit {MAX_LAYERS})")
     layers = tuple(_layer(obj, f"layer {i}") for i, obj in enumerate(layers_doc))
+    artifact_type = doc.get("artifactType")
+    if artifact_type is not None and (
+        not isinstance(artifact_type, str) or len(artifact_type) > MAX_MEDIA_TYPE_CHARS
+    ):
+        raise ManifestInvalid("invalid manifest: artifactType is not a media type")
     sizes: dict[Digest, int] = {}
     for layer in (config, *layers):
         if sizes.setdefault(layer.digest, layer.size) != layer.size:
@@ -165,6 +215,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         media_type=media_type,
         config=config,
         layers=layers,
+        artifact_type=artifact_type,
+        annotations=_annotations(doc.get("annotations"), "the manifest"),
     )
 
 

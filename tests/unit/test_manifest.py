@@ -199,3 +199,48 @@ def test_arbitrary_json_never_crashes(value):
         mutated[key] = value
         with contextlib.suppress(ManifestInvalid):
             parse_manifest(raw(mutated))
+
+
+def test_annotations_name_and_artifact_type_are_kept_for_the_formats_that_need_them():
+    d = doc(
+        [
+            {
+                "mediaType": "application/vnd.cncf.model.weight.v1.raw",
+                "digest": str(D1),
+                "size": 5,
+                "annotations": {"org.cncf.model.filepath": "a/b.safetensors", "z": "1"},
+            },
+            {
+                "mediaType": "application/vnd.ollama.image.tensor",
+                "digest": str(D2),
+                "size": 9,
+                "name": "model.embed.weight",
+            },
+        ]
+    )
+    d["artifactType"] = "application/vnd.cncf.model.manifest.v1+json"
+    d["annotations"] = {"org.cncf.modctl.modelfile": "MODEL b.safetensors"}
+    m = parse_manifest(raw(d))
+    assert m.layers[0].annotation("org.cncf.model.filepath") == "a/b.safetensors"
+    assert m.layers[0].annotation("missing") is None
+    assert m.layers[1].name == "model.embed.weight"
+    assert m.artifact_type == "application/vnd.cncf.model.manifest.v1+json"
+    assert dict(m.annotations) == {"org.cncf.modctl.modelfile": "MODEL b.safetensors"}
+    # What a descriptor says about the file is not part of the layer's identity.
+    assert m.layers[0] == Layer(D1, "application/vnd.cncf.model.weight.v1.raw", 5)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"annotations": ["not", "a", "map"]},
+        {"annotations": {"k": 1}},
+        {"annotations": {f"k{i}": "v" for i in range(100)}},
+        {"name": 7},
+        {"name": ""},
+    ],
+)
+def test_malformed_annotations_or_name_refuse_the_manifest(extra):
+    layer = {"mediaType": MEDIA_TYPE_MODEL, "digest": str(D1), "size": 5, **extra}
+    with pytest.raises(ManifestInvalid):
+        parse_manifest(raw(doc([layer])))

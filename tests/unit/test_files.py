@@ -1,0 +1,423 @@
+"""modelfs.formats.files: each artifact kind's paths, the clash and escape rules, the side files,
+the byte requests, and reads across extents."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from modelfs.errors import ManifestInvalid
+from modelfs.formats.artifacts import Kind, rfc3339_ns
+from modelfs.formats.digest import Digest
+from modelfs.formats.files import (
+    SIDE_CONFIG,
+    SIDE_MANIFEST,
+    BlobBytes,
+    ByteRequest,
+    Extent,
+    Generated,
+    ModelFile,
+    ModelTree,
+    Needs,
+    files_of,
+    read_file,
+)
+from modelfs.formats.manifest import layer_filenames, parse_manifest
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+DMR = "application/vnd.docker.ai."
+V01, V02 = DMR + "model.config.v0.1+json", DMR + "model.config.v0.2+json"
+CNCF = "application/vnd.cncf.model."
+PATH = "org.cncf.model.filepath"
+META = "org.cncf.model.file.metadata+json"
+
+
+def dg(i: int) -> str:
+    return f"sha256:{i:064x}"
+
+
+def layer(i: int, media_type: str, size: int = 10, path: str | None = None, **extra) -> dict:
+    d = {"mediaType": media_type, "digest": dg(i), "size": size, **extra}
+    if path is not None:
+        d.setdefault("annotations", {})[PATH] = path
+    return d
+
+
+def manifest(layers, config_type=V02, **extra):
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI,
+        "config": {"mediaType": config_type, "digest": dg(999), "size": 50},
+        "layers": layers,
+        **extra,
+    }
+    return parse_manifest(json.dumps(doc).encode())
+
+
+def tree_of(m, known=None) -> ModelTree:
+    found = files_of(m, known)
+    assert isinstance(found, ModelTree), found
+    return found
+
+
+def paths(tree: ModelTree) -> list[str]:
+    return sorted(f.path for f in tree.files)
+
+
+def test_dmr_v02_files_sit_at_their_paths_with_nested_directories():
+    m = manifest(
+        [
+            layer(1, DMR + "model.file", path="1_Pooling/config.json"),
+            layer(2, DMR + "model.file", path="config.json"),
+            layer(3, DMR + "safetensors", 1000, path="model.safetensors"),
+        ]
+    )
+    tree = tree_of(m)
+    assert tree.kind is Kind.DMR_V02
+    assert paths(tree) == [
+        SIDE_CONFIG,
+        SIDE_MANIFEST,
+        "1_Pooling/config.json",
+        "config.json",
+        "model.safetensors",
+    ]
+    assert tree.directories == {"", "1_Pooling", ".modelfs"}
+    f = tree.file("model.safetensors")
+    assert f.extents == (Extent(Digest(f"{3:064x}"), 0, 1000),) and f.size == 1000
+    # config.json is the model's; the artifact's config is beside it.
+    assert tree.file("config.json").layer.digest == Digest(f"{2:064x}")
+    assert tree.file(SIDE_CONFIG).layer.digest == Digest(f"{999:064x}")
+
+
+@pytest.mark.parametrize(
+    ("given", "cleaned"),
+    [("../../config.json", "config.json"), ("./a/./b.json", "a/b.json"), ("a//b", "a/b")],
+)
+def test_paths_are_cleaned_as_docker_cleans_them(given, cleaned):
+    tree = tree_of(manifest([layer(1, DMR + "safetensors", path=given)]))
+    assert tree.file(cleaned) is not None
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "a/../../b", "..", "x/../..", "a\0b"])
+def test_an_escaping_path_refuses_the_manifest(bad):
+    with pytest.raises(ManifestInvalid, match="layer 0"):
+        files_of(manifest([layer(1, DMR + "safetensors", path=bad)]))
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "why"),
+    [
+        ("model.safetensors", "./model.safetensors", "two files have the path"),
+        ("a", "a/b", "a file's directory is another file"),
+        ("a/b", "a", "directory of others"),
+    ],
+)
+def test_two_layers_on_one_path_refuse_the_manifest(first, second, why):
+    m = manifest(
+        [layer(1, DMR + "safetensors", path=first), layer(2, DMR + "model.file", path=second)]
+    )
+    with pytest.raises(ManifestInvalid, match=why):
+        files_of(m)
+
+
+def test_mode_and_mtime_from_the_file_metadata_annotation_and_older_cnai_names():
+    meta = json.dumps(
+        {"name": "x", "mode": 0o100755, "mtime": "2025-11-02T10:20:30.123456789+01:00"}
+    )
+    m = manifest(
+        [
+            layer(1, CNCF + "weight.v1.raw", annotations={PATH: "w.safetensors", META: meta}),
+            layer(
+                2,
+                "application/vnd.cnai.model.weight.config.v1.raw",
+                annotations={"org.cnai.model.filepath": "c.json", META: "not json"},
+            ),
+        ],
+        config_type=CNCF + "config.v1+json",
+    )
+    tree = tree_of(m)
+    assert tree.kind is Kind.MODELPACK
+    w = tree.file("w.safetensors")
+    assert w.mode == 0o755
+    assert w.mtime_ns == rfc3339_ns("2025-11-02T09:20:30.123456789Z") == 1762075230123456789
+    assert (tree.file("c.json").mode, tree.file("c.json").mtime_ns) == (None, None)
+
+
+def test_the_models_own_files_win_the_side_names():
+    m = manifest(
+        [
+            layer(1, DMR + "safetensors", path="model.safetensors"),
+            layer(2, DMR + "model.file", path=".modelfs/config.json"),
+        ]
+    )
+    tree = tree_of(m)
+    assert tree.file(SIDE_CONFIG).layer.digest == Digest(f"{2:064x}")
+    assert tree.file(SIDE_MANIFEST) is not None
+    clash = manifest(
+        [layer(1, DMR + "safetensors", path="w"), layer(2, DMR + "model.file", path=".modelfs")]
+    )
+    assert paths(tree_of(clash)) == [".modelfs", "w"]
+
+
+def test_dmr_v01_names_are_the_unpackers():
+    m = manifest(
+        [
+            layer(1, DMR + "gguf.v3", 100),
+            layer(2, DMR + "gguf.v3", 200),
+            layer(3, DMR + "gguf.v3", 300, path="ignored-for-gguf.gguf"),
+            layer(4, DMR + "mmproj"),
+            layer(5, DMR + "chat.template.jinja"),
+            layer(6, DMR + "license"),
+            layer(7, "application/vnd.ollama.image.params"),
+            layer(8, DMR + "model.file", path="tokenizer_config.json"),
+        ],
+        config_type=V01,
+    )
+    tree = tree_of(m)
+    assert tree.kind is Kind.DMR_V01
+    assert paths(tree) == [
+        SIDE_CONFIG,
+        SIDE_MANIFEST,
+        "license",
+        "model-00001-of-00003.gguf",
+        "model-00002-of-00003.gguf",
+        "model-00003-of-00003.gguf",
+        "model.mmproj",
+        "params.json",
+        "template.jinja",
+        "tokenizer_config.json",
+    ]
+    # Shards in manifest order.
+    assert [tree.file(f"model-0000{i}-of-00003.gguf").size for i in (1, 2, 3)] == [100, 200, 300]
+
+
+def test_dmr_v01_safetensors_take_their_annotation_else_the_fixed_names():
+    plain = manifest(
+        [layer(1, DMR + "safetensors"), layer(2, DMR + "safetensors")], config_type=V01
+    )
+    assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"} <= set(
+        paths(tree_of(plain))
+    )
+    one = manifest([layer(1, DMR + "safetensors", path="sub/w.safetensors")], config_type=V01)
+    assert "sub/w.safetensors" in paths(tree_of(one))
+
+
+def test_classic_ollama_models_keep_their_names():
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": dg(9),
+            "size": 5,
+        },
+        "layers": [
+            layer(1, "application/vnd.ollama.image.model", 1000),
+            layer(2, "application/vnd.ollama.image.template"),
+            layer(3, "application/vnd.ollama.image.params"),
+        ],
+    }
+    m = parse_manifest(json.dumps(doc).encode())
+    tree = tree_of(m)
+    assert tree.kind is Kind.OLLAMA
+    expected = [name for name, _ in layer_filenames(m)] + ["manifest.json"]
+    assert [f.path for f in tree.files] == expected
+    assert [f.path for f in tree.files] == [
+        "model.gguf",
+        "template",
+        "params.json",
+        "config.json",
+        "manifest.json",
+    ]
+    assert read_file(tree.file("manifest.json"), None) == m.raw
+
+
+def test_compressed_tar_layers_are_listed_as_skipped():
+    m = manifest(
+        [layer(1, CNCF + "weight.v1.raw", path="w"), layer(2, CNCF + "doc.v1.tar+gzip")],
+        config_type=CNCF + "config.v1+json",
+    )
+    tree = tree_of(m)
+    assert paths(tree) == [SIDE_CONFIG, SIDE_MANIFEST, "w"]
+    ((skipped, why),) = tree.skipped
+    assert skipped.digest == Digest(f"{2:064x}") and "tar+gzip" in why
+
+
+# -- Ollama tensor layers ----------------------------------------------------------------------
+
+
+def tensor_blob(name: str, nbytes: int, pad_to: int = 0) -> bytes:
+    header = json.dumps(
+        {name: {"dtype": "U8", "shape": [nbytes], "data_offsets": [0, nbytes]}}
+    ).encode()
+    header += b" " * max(-len(header) % 8, pad_to - len(header))
+    return struct.pack("<Q", len(header)) + header + b"\x07" * nbytes
+
+
+def tensor_manifest(blobs: dict[str, bytes], extra_layers=()) -> tuple:
+    layers = [
+        {
+            "mediaType": "application/vnd.ollama.image.tensor",
+            "digest": str(Digest.of_bytes(b)),
+            "size": len(b),
+            "name": name,
+        }
+        for name, b in blobs.items()
+    ]
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": dg(9),
+            "size": 5,
+        },
+        "layers": [*layers, *extra_layers],
+    }
+    by_digest = {Digest.of_bytes(b): b for b in blobs.values()}
+    return parse_manifest(json.dumps(doc).encode()), by_digest
+
+
+def test_tensor_headers_are_asked_for_in_one_round_and_a_long_header_in_a_second():
+    blobs = {"b": tensor_blob("b", 10), "a": tensor_blob("a", 5, pad_to=6000)}
+    m, by_digest = tensor_manifest(blobs)
+    first = files_of(m)
+    assert isinstance(first, Needs)
+    assert sorted(first.reads, key=lambda r: r.length) == sorted(
+        [ByteRequest(d, 0, min(len(b), 4096)) for d, b in by_digest.items()],
+        key=lambda r: r.length,
+    )
+    known = BlobBytes()
+    for r in first.reads:
+        known.add(r.digest, r.offset, by_digest[r.digest][r.offset : r.offset + r.length])
+    second = files_of(m, known)
+    long_digest = Digest.of_bytes(blobs["a"])
+    assert second == Needs((ByteRequest(long_digest, 0, len(blobs["a"]) - 5),))
+    known.add(long_digest, 0, blobs["a"][: len(blobs["a"]) - 5])
+    tree = files_of(m, known)
+    f = tree.file("model.safetensors")
+    data = read_file(f, lambda d, o, n: by_digest[d][o : o + n])
+    assert data.endswith(b"\x07" * 15)
+    # A read across the generated header and the first tensor's extent.
+    header = f.extents[0]
+    assert isinstance(header, Generated)
+    piece = read_file(f, lambda d, o, n: by_digest[d][o : o + n], header.length - 3, 6)
+    assert piece == data[header.length - 3 : header.length + 3]
+
+
+def test_json_layers_sit_at_their_name_and_an_escaping_name_is_refused():
+    blobs = {"w": tensor_blob("w", 4)}
+    good = {"mediaType": "application/vnd.ollama.image.json", "digest": dg(5), "size": 3}
+    m, by_digest = tensor_manifest(blobs, [dict(good, name="tokenizer.json")])
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    tree = files_of(m, known)
+    assert [f.path for f in tree.files][:2] == ["model.safetensors", "tokenizer.json"]
+    bad, _ = tensor_manifest(blobs, [dict(good, name="../../../etc/x/../../..")])
+    with pytest.raises(ManifestInvalid, match="leaves"):
+        files_of(bad, known)
+
+
+def test_a_tensor_blob_that_is_not_safetensors_refuses_the_model():
+    m, by_digest = tensor_manifest({"w": struct.pack("<Q", 1 << 50) + b"{}" * 10})
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    with pytest.raises(ManifestInvalid, match="safetensors header"):
+        files_of(m, known)
+
+
+def test_pieces_cover_exactly_the_range_asked():
+    d = Digest("a" * 64)
+    f = ModelFile("x", (Generated(b"HEAD"), Extent(d, 100, 10), Extent(d, 50, 5)), "")
+    assert f.size == 19
+    got = [(type(p).__name__, at, n) for p, at, n in f.pieces(2, 14)]
+    assert got == [("Generated", 2, 2), ("Extent", 0, 10), ("Extent", 0, 2)]
+    assert list(f.pieces(19, 5)) == [] and list(f.pieces(25, 1)) == []
+
+
+def test_tensor_headers_are_bounded_per_blob_and_in_total(monkeypatch):
+    import modelfs.formats.files as files
+
+    big = tensor_blob("w", 4, pad_to=(1 << 20) + 8)
+    m, by_digest = tensor_manifest({"w": big})
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    with pytest.raises(ManifestInvalid, match="is not one tensor's"):
+        files_of(m, known)
+    monkeypatch.setattr(files, "MAX_TENSOR_HEADERS_BYTES", 200)
+    m, by_digest = tensor_manifest({f"t{i}": tensor_blob(f"t{i}", 4, pad_to=64) for i in range(4)})
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    with pytest.raises(ManifestInvalid, match="add up to"):
+        files_of(m, known)
+
+
+def test_kitops_tar_layers_are_served_member_by_member():
+    import io
+    import tarfile
+
+    def tar(members: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    model = tar({"models/w.safetensors": b"W" * 3000})
+    docs = tar({"README.md": b"# hi"})
+    blobs = {Digest.of_bytes(b): b for b in (model, docs)}
+    kit = "application/vnd.kitops.modelkit."
+    m = manifest(
+        [
+            {
+                "mediaType": kit + "model.v1.tar",
+                "digest": str(Digest.of_bytes(model)),
+                "size": len(model),
+            },
+            {
+                "mediaType": kit + "docs.v1.tar",
+                "digest": str(Digest.of_bytes(docs)),
+                "size": len(docs),
+            },
+            layer(7, kit + "dataset.v1.tar+gzip"),
+        ],
+        config_type="application/vnd.kitops.modelkit.config.v1+json",
+    )
+    first = files_of(m)
+    assert isinstance(first, Needs)
+    known = BlobBytes()
+    for r in first.reads:
+        known.add(r.digest, r.offset, blobs[r.digest][r.offset : r.offset + r.length])
+    tree = tree_of(m, known)
+    assert tree.kind is Kind.KITOPS
+    assert paths(tree) == [SIDE_CONFIG, SIDE_MANIFEST, "README.md", "models/w.safetensors"]
+    read = lambda d, o, n: blobs[d][o : o + n]  # noqa: E731
+    assert read_file(tree.file("models/w.safetensors"), read) == b"W" * 3000
+    assert [why for _layer, why in tree.skipped] == [
+        "a compressed tar (tar+gzip) cannot be read in place"
+    ]
+
+
+def test_children_list_a_directory_of_the_tree():
+    m = manifest(
+        [
+            layer(1, DMR + "model.file", path="1_Pooling/config.json"),
+            layer(2, DMR + "model.file", path="a/b/c.json"),
+            layer(3, DMR + "safetensors", path="model.safetensors"),
+        ]
+    )
+    tree = tree_of(m)
+    top = tree.children()
+    assert list(top) == [".modelfs", "1_Pooling", "a", "model.safetensors"]
+    assert top["a"] is None and top["model.safetensors"].path == "model.safetensors"
+    assert list(tree.children("a")) == ["b"]
+    assert list(tree.children("a/b")) == ["c.json"]
+    assert tree.children("nope") == {}
