@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.errors import CacheError, ManifestInvalid, NameInvalid, UsageError
+from modelfs.errors import CacheError, GGUFInvalid, ManifestInvalid, NameInvalid, UsageError
 from modelfs.formats.chunks import (
     CHUNK_BYTES,
     BlobChunks,
@@ -26,7 +26,7 @@ from modelfs.formats.chunks import (
     serialize_chunk_index,
 )
 from modelfs.formats.digest import Digest
-from modelfs.formats.gguf import ollama_config, read_gguf_file
+from modelfs.formats.gguf import GGUFInfo, ollama_config, read_gguf_file
 from modelfs.formats.manifest import (
     MEDIA_TYPE_ADAPTER,
     MEDIA_TYPE_CHUNK_INDEX,
@@ -47,6 +47,7 @@ from modelfs.formats.modelfile import (
     MAX_MODELFILE_BYTES,
     Modelfile,
     ModelfileInvalid,
+    parameters_from_json,
     parse_modelfile,
 )
 from modelfs.formats.names import Name, parse_name
@@ -72,7 +73,11 @@ def parse_params(value: str) -> bytes:
         raise UsageError(f"--params is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise UsageError("--params must be a JSON object, e.g. '{\"temperature\":0.2}'")
-    return json.dumps(doc, separators=(",", ":")).encode()
+    # The names and types a Modelfile's PARAMETER lines may give, checked the same way.
+    kept, ignored = parameters_from_json(doc, "--params")
+    for key in ignored:
+        log.warning("--params: %s is deprecated and ignored by Ollama: left out", key)
+    return json.dumps(kept, separators=(",", ":")).encode()
 
 
 def create_model(
@@ -133,6 +138,8 @@ def create_from_modelfile(
     base: Manifest | None = None
     if weights is None:
         base = _base_model(cache, mf.from_, where)
+    else:
+        _gguf_header(weights, f"{where} {mf.from_}")
     projectors = []
     for extra in mf.more_from:
         path = _local_path(extra, base_dir, where)
@@ -140,7 +147,7 @@ def create_from_modelfile(
             raise ModelfileInvalid(
                 f"{where} {extra}: a second FROM must be a GGUF file (a projector)"
             )
-        if read_gguf_file(path).architecture != "clip":
+        if _gguf_header(path, f"{where} {extra}").architecture != "clip":
             raise ModelfileInvalid(
                 f"{where} {extra}: a second FROM must be a projector (a GGUF of architecture clip)"
             )
@@ -150,7 +157,8 @@ def create_from_modelfile(
         path = _local_path(adapter, base_dir, f"{modelfile}: ADAPTER")
         if path is None:
             raise ModelfileInvalid(f"{modelfile}: ADAPTER {adapter}: no such file")
-        read_gguf_file(path)  # a GGUF LoRA adapter; safetensors adapters are not converted
+        # A GGUF LoRA adapter; safetensors adapters are not converted.
+        _gguf_header(path, f"{modelfile}: ADAPTER {adapter}")
         adapters.append(path)
     params = mf.params_json()
     if base is not None and params is not None:
@@ -201,6 +209,14 @@ def _local_path(text: str, base_dir: Path, where: str) -> Path | None:
     if text.startswith((".", "/", "~")) or text.lower().endswith(".gguf"):
         raise ModelfileInvalid(f"{where} {text}: no such file")
     return None
+
+
+def _gguf_header(path: Path, where: str) -> GGUFInfo:
+    """The header of a GGUF file a Modelfile names; if it is none, the error says where."""
+    try:
+        return read_gguf_file(path)
+    except GGUFInvalid as e:
+        raise ModelfileInvalid(f"{where}: {e}") from None
 
 
 def _base_model(cache: BlobCache, text: str, where: str) -> Manifest:

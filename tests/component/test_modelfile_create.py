@@ -172,11 +172,69 @@ def test_a_bad_modelfile_is_one_line_naming_what_is_wrong(workdir: Path, text: s
     result = run_modelfs(
         "create", "local/x:y", "-f", str(workdir / "Bad"), "--cache", str(cache), check=False
     )
-    assert result.returncode in (1, 2), result.stderr
+    assert result.returncode == 1, result.stderr  # as every error in what a file says
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert message in lines[0], lines[0]
     assert not (cache / "manifests").exists() or not list((cache / "manifests").rglob("y"))
+
+
+def test_from_a_file_that_is_not_gguf_names_the_modelfile_and_the_line(workdir: Path):
+    """`FROM ./Modelfile` (an easy slip): one line naming the Modelfile, its line and what the
+    file starts with, with the exit status of every other Modelfile error."""
+    (workdir / "Bad").write_text("# points at itself\nFROM ./Bad\n")
+    cache = workdir / "cache"
+    bad = workdir / "Bad"
+    result = run_modelfs("create", "local/x:y", "-f", str(bad), "--cache", str(cache), check=False)
+    assert one_line_error(result) == (
+        f'modelfs: {bad} line 2: FROM ./Bad: not a GGUF file (it starts with "# po", not "GGUF")'
+    )
+    (workdir / "Text").write_text("FROM ./Text\n")
+    result = run_modelfs(
+        "create", "local/x:y", "-f", str(workdir / "Text"), "--cache", str(cache), check=False
+    )
+    assert one_line_error(result).endswith(
+        'line 1: FROM ./Text: not a GGUF file (it starts with "FROM", not "GGUF")'
+    )
+    assert not (cache / "manifests").exists()
+
+
+def test_a_params_typo_is_refused_as_the_same_typo_in_a_modelfile(workdir: Path):
+    cache = str(workdir / "cache")
+    flag = run_modelfs(
+        "create",
+        "local/x:flag",
+        "--gguf",
+        str(workdir / "smol.gguf"),
+        "--params",
+        '{"temprature": 1}',
+        "--cache",
+        cache,
+        check=False,
+    )
+    assert one_line_error(flag) == (
+        "modelfs: --params: temprature: unknown parameter (did you mean temperature?)"
+    )
+    (workdir / "Typo").write_text("FROM ./smol.gguf\nPARAMETER temprature 1\n")
+    modelfile = run_modelfs(
+        "create", "local/x:file", "-f", str(workdir / "Typo"), "--cache", cache, check=False
+    )
+    assert one_line_error(modelfile).endswith(
+        "line 2: PARAMETER temprature: unknown parameter (did you mean temperature?)"
+    )
+    wrong_type = run_modelfs(
+        "create",
+        "local/x:type",
+        "--gguf",
+        str(workdir / "smol.gguf"),
+        "--params",
+        '{"num_ctx": "big"}',
+        "--cache",
+        cache,
+        check=False,
+    )
+    assert one_line_error(wrong_type) == 'modelfs: --params: num_ctx: "big" is not a whole number'
+    assert not (workdir / "cache" / "manifests").exists()
 
 
 def test_flags_and_a_modelfile_do_not_mix_and_a_modelfile_is_the_default(
