@@ -19,6 +19,7 @@ from pathlib import Path
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import CacheError, GGUFInvalid, ManifestInvalid, NameInvalid, UsageError
+from modelfs.formats.chattemplates import ollama_template
 from modelfs.formats.chunks import (
     CHUNK_BYTES,
     BlobChunks,
@@ -278,8 +279,11 @@ def _write_model(
     on_progress: Callable[[int, int], None] | None,
 ) -> Manifest:
     # Every input is read (and a GGUF refused) before anything is copied.
+    template, params = parts.template, parts.params
     if parts.weights is not None:
         info = read_gguf_file(parts.weights)
+        if template is None:
+            template, params = _template_from_gguf(info, params)
     else:
         assert parts.base is not None
         weights_layer = parts.base.layers_of_type(MEDIA_TYPE_MODEL)[0]
@@ -316,14 +320,14 @@ def _write_model(
         index = serialize_chunk_index(chunk_bytes, indexed)
         layers = [layer for layer in layers if layer.media_type != MEDIA_TYPE_CHUNK_INDEX]
         layers.insert(1, _store(cache, index, MEDIA_TYPE_CHUNK_INDEX))
-    if parts.template is not None:
-        layers.append(_store(cache, parts.template, MEDIA_TYPE_TEMPLATE))
+    if template is not None:
+        layers.append(_store(cache, template, MEDIA_TYPE_TEMPLATE))
     if parts.system is not None:
         layers.append(_store(cache, parts.system, MEDIA_TYPE_SYSTEM))
     for text in parts.licenses:
         layers.append(_store(cache, text, MEDIA_TYPE_LICENSE))
-    if parts.params is not None:
-        layers.append(_store(cache, parts.params, MEDIA_TYPE_PARAMS))
+    if params is not None:
+        layers.append(_store(cache, params, MEDIA_TYPE_PARAMS))
     if parts.messages is not None:
         layers.append(_store(cache, parts.messages, MEDIA_TYPE_MESSAGES))
     config_doc = {
@@ -344,6 +348,29 @@ def _write_model(
     cache.unmark_lazy(name)  # created on purpose: pinned
     log.info("created %s (%s)", name, manifest.digest)
     return manifest
+
+
+def _template_from_gguf(info: GGUFInfo, params: bytes | None) -> tuple[bytes | None, bytes | None]:
+    """The template layer ``ollama create`` takes from a GGUF's chat template when none is
+    given, and the params with its stop words under the given ones (formats/chattemplates)."""
+    jinja = info.chat_template
+    if jinja is None:
+        return None, params
+    known = ollama_template(jinja)
+    if known is None:
+        log.warning(
+            "the GGUF's chat template is none of those Ollama knows, so the model has no "
+            "template (Ollama prompts it with {{ .Prompt }} alone); give one with --template "
+            "or TEMPLATE"
+        )
+        return None, params
+    log.info("template: Ollama's %s, from the GGUF's chat template", known.name)
+    if not known.stop:
+        return known.template, params
+    merged: dict[str, object] = {"stop": list(known.stop)}
+    if params is not None:
+        merged.update(json.loads(params))  # the given parameters win, as Ollama merges them
+    return known.template, Modelfile(from_="", parameters=merged).params_json()
 
 
 def _base_index_entries(

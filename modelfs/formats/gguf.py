@@ -172,6 +172,12 @@ class GGUFInfo:
         return arch if isinstance(arch, str) else None
 
     @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template (``tokenizer.chat_template``), as Ollama's KV reads it."""
+        template = self.metadata.get("tokenizer.chat_template")
+        return template if isinstance(template, str) and template else None
+
+    @property
     def parameter_count(self) -> int:
         return sum(math.prod(t.shape) for t in self.tensors)
 

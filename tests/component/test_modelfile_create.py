@@ -237,6 +237,65 @@ def test_a_params_typo_is_refused_as_the_same_typo_in_a_modelfile(workdir: Path)
     assert not (workdir / "cache" / "manifests").exists()
 
 
+# What ollama create writes for SmolLM2's chat template: its table's chatml, and its stop words.
+CHATML_GO = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+    "{{ end }}<|im_start|>assistant\n"
+)
+CHATML_STOP = '"stop":["\\u003c|im_start|\\u003e","\\u003c|im_end|\\u003e"]'
+
+
+def layer_blobs(cache: Path, name: str) -> dict[str, bytes]:
+    m = manifest_of(cache, name)
+    return {x["mediaType"].rsplit(".", 1)[-1]: blob(cache, x["digest"]) for x in m["layers"]}
+
+
+def test_create_from_a_gguf_takes_its_chat_template_as_ollama_create_does(
+    workdir: Path, small_gguf: Path
+):
+    """`show` said the GGUF has a chat template, yet `create --gguf` made no template layer.
+    Now, as ollama create: the Go template of Ollama's table entry nearest the GGUF's Jinja,
+    with that entry's stop words under the given parameters."""
+    cache = workdir / "cache"
+    c = ("--cache", str(cache))
+    gguf = ("--gguf", str(workdir / "smol.gguf"))
+    run_modelfs("create", "local/smol:plain", *gguf, *c)
+    blobs = layer_blobs(cache, "local/smol:plain")
+    assert blobs["template"].decode() == CHATML_GO
+    assert blobs["params"].decode() == "{" + CHATML_STOP + "}\n"
+    doc = json.loads(run_modelfs("show", "local/smol:plain", "--json", *c).stdout)
+    assert doc["template"] == CHATML_GO
+
+    run_modelfs("create", "local/smol:params", *gguf, "--params", '{"temperature":0.5}', *c)
+    params = layer_blobs(cache, "local/smol:params")["params"].decode()
+    assert params == "{" + CHATML_STOP + ',"temperature":0.5}\n'
+
+    # A Modelfile without TEMPLATE: the same layers, its PARAMETERs merged the same way.
+    (workdir / "Plain").write_text("FROM ./smol.gguf\nPARAMETER temperature 0.5\n")
+    run_modelfs("create", "local/smol:file", "-f", str(workdir / "Plain"), *c)
+    assert layer_blobs(cache, "local/smol:file") == layer_blobs(cache, "local/smol:params")
+
+    # A template given is the template, and the given parameters are left as they were.
+    (workdir / "mine.tmpl").write_text(TEMPLATE)
+    run_modelfs(
+        "create",
+        "local/smol:own",
+        *gguf,
+        "--template",
+        str(workdir / "mine.tmpl"),
+        "--params",
+        '{"temperature":0.5}',
+        *c,
+    )
+    own = layer_blobs(cache, "local/smol:own")
+    assert own["template"].decode() == TEMPLATE and own["params"] == b'{"temperature":0.5}'
+
+    # A chat template near none Ollama knows (the synthetic GGUF's): no template, and a word.
+    odd = run_modelfs("create", "local/odd:1", "--gguf", str(small_gguf), *c)
+    assert "template" not in layer_blobs(cache, "local/odd:1")
+    assert "none of those Ollama knows" in odd.stderr, odd.stderr
+
+
 def test_flags_and_a_modelfile_do_not_mix_and_a_modelfile_is_the_default(
     workdir: Path, tmp_path: Path
 ):
