@@ -89,13 +89,13 @@ def _vocabulary(seed: int, count: int) -> list[str]:
 
 
 def _metadata(
-    arch: str, seed: int, vocab_tokens: int, file_type: int, alignment: int
+    arch: str, seed: int, vocab_tokens: int, file_type: int, alignment: int, name: str | None
 ) -> tuple[bytes, int]:
     """The key/value section and its number of keys."""
     tokens = _vocabulary(seed, vocab_tokens)
     kvs = [
         _kv_str("general.architecture", arch),
-        _kv_str("general.name", f"synthetic-{seed}"),
+        _kv_str("general.name", f"synthetic-{seed}" if name is None else name),
         _kv_u32("general.file_type", file_type),
         _kv_u32("general.quantization_version", 2),
         _kv_u32(f"{arch}.context_length", 2048),
@@ -176,12 +176,15 @@ def write_synthetic_gguf(
     arch: str = "llama",
     file_type: int = 2,
     alignment: int = DEFAULT_ALIGNMENT_BYTES,
+    name: str | None = None,
 ) -> None:
     """Write a valid GGUF file of exactly ``total_bytes``; same arguments, same bytes.
 
+    ``name`` is its ``general.name`` (default ``synthetic-<seed>``).
+
     Raises ValueError if ``total_bytes`` cannot hold the header plus one byte of data.
     """
-    metadata, kv_count = _metadata(arch, seed, vocab_tokens, file_type, alignment)
+    metadata, kv_count = _metadata(arch, seed, vocab_tokens, file_type, alignment, name)
     # The header's size does not depend on the dimensions (they are fixed-width),
     # so lay out with placeholder sizes first, then for real.
     header_bytes = _align_up(

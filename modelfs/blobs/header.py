@@ -12,6 +12,13 @@ the parser reaches it, never ahead:
 - a blob that can only be checked whole cannot have its first chunks checked
   before all of it is here, so they are read from the registry into memory and
   the answer says so (``checked`` is False). Nothing unchecked reaches the cache.
+
+A parse holds at most ``MAX_KEPT_BYTES`` of what it parsed plus a read block or two
+(``formats/gguf``) and, read unchecked, the last ``KEPT_UNCHECKED_CHUNKS`` chunks; at
+most ``MAX_HEADER_PARSES`` run at once in a process. So a hostile registry's headers
+cost the daemon a bounded amount of memory however many files are asked about at
+once. A request waits for a parse slot at most ``PARSE_SLOT_WAIT_SECONDS``, then
+fails as a transient error (EIO in the mount).
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
+from trio.lowlevel import RunVar
 
 from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.fetchcontext import READ_WAIT_SECONDS
 from modelfs.blobs.reader import Blobs
-from modelfs.errors import GGUFInvalid
+from modelfs.errors import GGUFInvalid, Transient
 from modelfs.formats.gguf import GGUFInfo, read_gguf_file, read_gguf_header
 from modelfs.formats.manifest import Layer, Manifest
 from modelfs.formats.modelfacts import XATTR_HEADER_CHECKED, ModelFacts, model_facts
@@ -36,6 +45,15 @@ from modelfs.registry.retry import retrying
 log = logging.getLogger(__name__)
 
 Read = Callable[[int, int], Awaitable[bytes | bytearray]]
+
+MAX_HEADER_PARSES = 2
+# Chunks of a blob checked only whole that a header read keeps in memory: the parser reads
+# forward and buffers what it has read, so it never needs more than the one it is in (and
+# the one before, at a chunk's edge).
+KEPT_UNCHECKED_CHUNKS = 2
+PARSE_SLOT_WAIT_SECONDS = READ_WAIT_SECONDS
+# One limiter per trio run (per daemon or CLI process).
+_parse_slots: RunVar[trio.CapacityLimiter] = RunVar("modelfs_header_parse_slots")
 
 
 @dataclass(frozen=True)
@@ -69,8 +87,36 @@ async def read_model_header(
     return ModelHeader(info, model_facts(info, layer.size), how, how != "deferred", len(touched))
 
 
+def parse_slots() -> trio.CapacityLimiter:
+    """This process's header parse slots (MAX_HEADER_PARSES)."""
+    try:
+        return _parse_slots.get()
+    except LookupError:
+        slots = trio.CapacityLimiter(MAX_HEADER_PARSES)
+        _parse_slots.set(slots)
+        return slots
+
+
 async def _parse(read: Read, chunk_bytes: int) -> tuple[GGUFInfo, set[int]]:
-    """Run the (synchronous, CPU-bound) header parser in a thread, its reads on trio."""
+    """Run the (synchronous, CPU-bound) header parser in a thread, its reads on trio,
+    once one of the process's parse slots is free."""
+    slots = parse_slots()
+    acquired = False
+    with trio.move_on_after(PARSE_SLOT_WAIT_SECONDS):
+        await slots.acquire()
+        acquired = True
+    if not acquired:
+        raise Transient(
+            f"{MAX_HEADER_PARSES} GGUF headers were being read for "
+            f"{PARSE_SLOT_WAIT_SECONDS:.0f} s; try again"
+        )
+    try:
+        return await _parse_now(read, chunk_bytes)
+    finally:
+        slots.release()
+
+
+async def _parse_now(read: Read, chunk_bytes: int) -> tuple[GGUFInfo, set[int]]:
     touched: set[int] = set()
 
     def read_sync(offset: int, size: int) -> bytes | bytearray:
@@ -86,7 +132,8 @@ async def _parse(read: Read, chunk_bytes: int) -> tuple[GGUFInfo, set[int]]:
 
 
 class _UncheckedChunks:
-    """Chunks of a blob read from its registry into memory, unchecked, for its header only."""
+    """Chunks of a blob read from its registry into memory, unchecked, for its header only;
+    the last KEPT_UNCHECKED_CHUNKS of them, so a huge header costs no more than a small one."""
 
     def __init__(self, blobs: Blobs, name: Name, layer: Layer, anonymous: bool) -> None:
         self.fetcher = blobs.fetcher
@@ -125,6 +172,8 @@ class _UncheckedChunks:
         )
         self.fetcher.stats.fetched(self.name.host, len(buf))
         data = self.chunks[i] = bytes(buf)
+        while len(self.chunks) > KEPT_UNCHECKED_CHUNKS:
+            del self.chunks[next(iter(self.chunks))]  # the oldest: dicts keep insertion order
         return data
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import io
 import logging
 import logging.handlers
@@ -58,6 +59,9 @@ def _settings(args: argparse.Namespace, extra_insecure: tuple[str, ...] = ()):
     from modelfs.registry.config import load_config
 
     config_file = getattr(args, "config", None)
+    if config_file and not Path(config_file).is_file():
+        # Named on purpose: a missing file is a mistake, not the defaults.
+        raise UsageError(f"--config {config_file}: no such file")
     file = load_config(Path(config_file) if config_file else None)
     ca_file = getattr(args, "ca_file", None) or file.ca_file
     if ca_file and not Path(ca_file).is_file():
@@ -105,12 +109,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     mountpoint = Path(args.mountpoint).absolute()
     args.o = list(args.o or [])
-    if args.cache_max:
-        args.o.append(f"cache_max={args.cache_max}")
-    if args.min_free:
-        args.o.append(f"min_free={args.min_free}")
-    if args.metrics:
-        args.o.append(f"metrics={args.metrics}")
+    for flag, key in (
+        ("--cache-max", "cache_max"),
+        ("--min-free", "min_free"),
+        ("--metrics", "metrics"),
+    ):
+        value = getattr(args, key)
+        if value is not None:
+            args.o.append(_flag_option(flag, key, value))
     options = daemon.parse_mount_options(args.o)
     # -o insecure_registry=H (as fstab would say it) adds to --insecure-registry.
     from_options: tuple[str, ...] = tuple(options.pop("insecure_hosts", ()))  # type: ignore[arg-type]
@@ -127,8 +133,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         **options,
     )
     daemon.cache_bounds(opts, file)  # a bound the file gets wrong fails here, before mounting
+    mountctl.runtime_dir()  # one another user could have made fails here, before mounting
     if not args.foreground:
-        note = mountctl.prepare_mountpoint(mountpoint)
+        note = mountctl.prepare_mountpoint(mountpoint, allow_non_empty=args.allow_non_empty)
         if note:
             print(f"modelfs: {note}", file=sys.stderr)
         argv = ["mount", str(mountpoint), "--cache", str(cache_root)]
@@ -154,12 +161,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         mountctl.signal_ready(ready_fd, message)
         ready_fd = None
         if message is None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ModelfsError):
                 mountctl.write_pidfile(mountpoint)
 
     try:
         if ready_fd is None:
-            note = mountctl.prepare_mountpoint(mountpoint)
+            note = mountctl.prepare_mountpoint(mountpoint, allow_non_empty=args.allow_non_empty)
             if note:
                 log.warning("%s", note)
         trio.run(daemon.run, opts, ready)
@@ -167,11 +174,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ready(str(e))
         raise
     finally:
-        with contextlib.suppress(OSError):
-            pid = mountctl.pidfile(mountpoint)
-            if pid.read_text().strip() == str(os.getpid()):
-                pid.unlink()
+        mountctl.remove_pidfile(mountpoint)
     return 0
+
+
+def _flag_option(flag: str, key: str, value: str) -> str:
+    """``--cache-max 1G`` as the ``-o`` option it stands for, checked, errors naming the flag."""
+    from modelfs.fs import daemon
+
+    # The daemon gets it back as -o: a comma would smuggle in another option.
+    try:
+        if "," in value:
+            raise UsageError(f"-o {key} takes one value, not {value!r}")
+        daemon.parse_mount_options([f"{key}={value}"])
+    except UsageError as e:
+        raise UsageError(str(e).replace(f"-o {key}", flag, 1)) from None
+    return f"{key}={value}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -187,6 +205,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\n\n".join(status.render(r) for r in reports))
     else:
         print("no modelfs mounts are running", file=sys.stderr)
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from modelfs.commands import status
+
+    reports = status.every_mount()
+    if not reports:
+        print("no modelfs mounts are running", file=sys.stderr)
+        return 0
+    print(status.table(reports))
     return 0
 
 
@@ -262,9 +291,26 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from modelfs.commands.pull import pull
 
     name = _name(args.name)
+    if name.digest is not None and not _names_a_tag(args.name):
+        # The registry's tags are not ours to guess, and "latest" would overwrite the
+        # local model of that name with another one.
+        raise UsageError(
+            f"{args.name}: name the tag to keep it under, "
+            f"e.g. {name.with_tag('TAG').display_shortest()}@{name.digest}"
+        )
 
-    _with_registry(args, lambda registry: pull(_cache(args), registry, name, Progress("pulling")))
+    progress = Progress("pulling")
+    try:
+        _with_registry(args, lambda registry: pull(_cache(args), registry, name, progress))
+    finally:
+        progress.end()
     return 0
+
+
+def _names_a_tag(text: str) -> bool:
+    """Whether the name as typed has a tag (``m:v1@sha256:…``), not the default one."""
+    body = text.partition("@")[0].rpartition("://")[2]
+    return body.rfind(":") > body.rfind("/")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -304,6 +350,23 @@ def cmd_unlink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rm(args: argparse.Namespace) -> int:
+    """``rm A B…``: each model in turn; one that fails does not stop the others."""
+    names = [_name(text) for text in args.names]  # all valid before any is removed
+    failed = 0
+    for text in args.names:
+        one = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "names"})
+        one.name = text
+        try:
+            cmd_unlink(one)
+        except ModelfsError as e:
+            if len(names) == 1 or args.debug or isinstance(e, UsageError):
+                raise
+            print(f"modelfs: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
 def cmd_cp(args: argparse.Namespace) -> int:
     source, target = _name(args.source), _name(args.target)
     cache = _cache(args)
@@ -341,6 +404,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     from modelfs.formats.names import PartKind, check_part
     from modelfs.registry.auth import store_docker_credentials
 
+    if args.password_stdin and not args.username:
+        raise UsageError("--password-stdin needs --username (-u)")
     host = check_part(PartKind.HOST, args.host.removeprefix("https://").removeprefix("http://"))
     user = args.username or input("Username: ")
     if args.password_stdin:
@@ -360,6 +425,19 @@ def cmd_login(args: argparse.Namespace) -> int:
     trio.run(main)
     path = store_docker_credentials(host, user, password, _docker_config_file())
     print(f"logged in to {host} as {user} (credentials in {path})")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from modelfs.formats.names import PartKind, check_part
+    from modelfs.registry.auth import remove_docker_credentials
+
+    host = check_part(PartKind.HOST, args.host.removeprefix("https://").removeprefix("http://"))
+    path = _docker_config_file()
+    if remove_docker_credentials(host, path):
+        print(f"removed the credentials for {host} from {path}")
+    else:
+        print(f"not logged in to {host} (no credentials for it in {path})")
     return 0
 
 
@@ -393,15 +471,16 @@ def cmd_show(args: argparse.Namespace) -> int:
                 if row.file.startswith(stem) and row.file.endswith(".gguf")
             )
 
-        print(
-            show.as_modelfile(
-                report,
-                paths.get(show.WEIGHTS_FILE),
-                blob_files("adapter"),
-                blob_files("projector"),
-            ),
-            end="",
+        text = show.as_modelfile(
+            report, paths.get(show.WEIGHTS_FILE), blob_files("adapter"), blob_files("projector")
         )
+        if sys.stdout.isatty():
+            # On a terminal, escaped as the text report is; redirected, exactly what
+            # `create -f` reads back.
+            from modelfs.commands.terminal import printable
+
+            text = printable(text, keep="\n\t")
+        print(text, end="")
     elif args.json:
         print(json.dumps(show.as_json(report, args.ctx), indent=2))
     else:
@@ -504,12 +583,29 @@ def _interrupted_reply_filter(record: logging.LogRecord) -> bool:
     return True
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with ``invalid choice 'unmount' (did you mean 'umount'?)`` for a command
+    it does not know."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            raise argparse.ArgumentError(None, unknown_command(value, list(action.choices)))
+        super()._check_value(action, value)
+
+
+def unknown_command(word: str, commands: list[str]) -> str:
+    close = difflib.get_close_matches(word, commands, n=1)
+    if close:
+        return f"invalid choice {word!r} (did you mean {close[0]!r}?)"
+    return f"invalid choice {word!r} (commands: {', '.join(commands)}; see modelfs help)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="modelfs",
         description="Mount a model registry as a lazily fetched, verified local filesystem.",
     )
-    p.add_argument("--version", action="version", version=f"modelfs {__version__}")
+    p.add_argument("-v", "--version", action="version", version=f"modelfs {__version__}")
     p.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -550,6 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache_arg(sp)
     registry_args(sp)
     sp.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
+    sp.add_argument(
+        "--allow-non-empty",
+        action="store_true",
+        help="mount over a directory that has files (they are hidden until unmounted)",
+    )
     sp.add_argument(
         "-o",
         action="append",
@@ -647,9 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
 
     sp = sub.add_parser(
-        "unlink", aliases=["rm"], help="remove a model from the cache (rm: Ollama's word for it)"
+        "unlink", aliases=["rm"], help="remove models from the cache (rm: Ollama's word for it)"
     )
-    sp.add_argument("name")
+    sp.add_argument("names", nargs="+", metavar="NAME")
     sp.add_argument(
         "--remote",
         action="store_true",
@@ -664,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache_arg(sp)
     registry_args(sp)
-    sp.set_defaults(func=cmd_unlink)
+    sp.set_defaults(func=cmd_rm)
 
     sp = sub.add_parser("cp", help="give a cached model another name (as ollama cp does)")
     sp.add_argument("source", metavar="SRC")
@@ -700,10 +801,44 @@ def build_parser() -> argparse.ArgumentParser:
     registry_args(sp)
     sp.set_defaults(func=cmd_show)
 
-    sp = sub.add_parser("ls", help="list cached models and how much of each is present")
+    sp = sub.add_parser(
+        "ps", help="running mounts, one line each (modelfs status MNT for the full figures)"
+    )
+    sp.set_defaults(func=cmd_ps)
+
+    sp = sub.add_parser(
+        "logout", help="remove a registry's stored credentials (as docker logout does)"
+    )
+    sp.add_argument("host")
+    sp.set_defaults(func=cmd_logout)
+
+    sp = sub.add_parser("help", help="this help, or a command's: modelfs help pull")
+    sp.add_argument("topic", nargs="?", metavar="COMMAND")
+    sp.set_defaults(func=lambda args: _help(p, sub, args.topic))
+
+    sp = sub.add_parser(
+        "ls", aliases=["list"], help="list cached models and how much of each is present"
+    )
     cache_arg(sp)
     sp.set_defaults(func=cmd_ls)
+    # --debug after the command too (`modelfs pull --debug NAME`); SUPPRESS keeps one given
+    # before the command when it is not repeated.
+    for command in {id(c): c for c in sub.choices.values()}.values():
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return p
+
+
+def _help(parser: argparse.ArgumentParser, sub: Any, topic: str | None) -> int:
+    """``modelfs help [COMMAND]``: the help ``modelfs [COMMAND] --help`` prints."""
+    if topic is None:
+        parser.print_help()
+    elif topic in sub.choices:
+        sub.choices[topic].print_help()
+    else:
+        parser.error(unknown_command(topic, list(sub.choices)))
+    return 0
 
 
 # mount(8) options that become modelfs flags when mount.fuse3 runs us (an fstab line).
@@ -716,18 +851,33 @@ HELPER_FLAG_OPTIONS = {
 }
 
 
-def mount_helper_argv(argv: list[str], commands: set[str]) -> list[str] | None:
-    """``modelfs SOURCE MOUNTPOINT [-o OPTS]…`` (how mount.fuse3 runs the program of an fstab
+# The names mount(8) runs a helper by for ``-t modelfs`` / ``-t fuse.modelfs`` (a link to modelfs).
+HELPER_PROGRAMS = {"mount.modelfs", "mount.fuse.modelfs"}
+
+
+def mount_helper_argv(
+    argv: list[str], commands: set[str], program: str = "modelfs"
+) -> list[str] | None:
+    """``modelfs SOURCE MOUNTPOINT -o OPTS`` (how mount.fuse3 runs the program of an fstab
     line of type ``fuse.modelfs``) as the ``mount`` command it means; None for other argv.
+
+    Only that exact shape is a helper call, with ``-o`` present (mount.fuse3 always passes it:
+    it adds ``dev``/``suid`` or their ``no`` forms), or any ``SOURCE MOUNTPOINT [-o OPTS]``
+    when run as ``mount.modelfs``/``mount.fuse.modelfs``: a mistyped command
+    (``modelfs unmount DIR``) must not mount anything.
 
     ``cache=``, ``config=``, ``key=``, ``ca_file=`` and ``log=`` become their flags, ``debug``
     ``--debug``; every other option goes to ``mount -o`` (which ignores mount(8)'s standard
     ones), with ``blobs_view=no`` unless the line says otherwise: a bind mount inside the
-    mount would make umount(8) fail with "target is busy". SOURCE is only a label.
+    mount would make umount(8) fail with "target is busy". SOURCE is only a label. As
+    mount(8) does, the mount goes over whatever the directory holds.
     """
+    as_helper = Path(program).name in HELPER_PROGRAMS
     if len(argv) < 2 or argv[0] in commands or argv[0].startswith("-"):
         return None
     _source, mountpoint, *rest = argv
+    if not as_helper and not any(a == "-o" or (a.startswith("-o") and len(a) > 2) for a in rest):
+        return None
     options: list[str] = []
     i = 0
     while i < len(rest):
@@ -757,7 +907,7 @@ def mount_helper_argv(argv: list[str], commands: set[str]) -> list[str] | None:
     if not any(o.partition("=")[0] == "blobs_view" for o in kept):
         kept.append("blobs_view=no")
     out = ["--debug"] if debug else []
-    out += ["mount", mountpoint, *flags]
+    out += ["mount", mountpoint, *flags, "--allow-non-empty"]
     if kept:
         out += ["-o", ",".join(kept)]
     return out
@@ -791,7 +941,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        helper = mount_helper_argv(argv, _command_names(parser))
+        helper = mount_helper_argv(argv, _command_names(parser), sys.argv[0])
     except UsageError as e:
         parser.exit(2, f"modelfs: {e}\n")
     args = parser.parse_args(helper if helper is not None else argv)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +58,41 @@ from modelfs.formats.names import Name, parse_name
 log = logging.getLogger(__name__)
 
 
-def _read_text(path: Path, what: str) -> bytes:
+# A template, params or license file: as big as a Modelfile may be.
+MAX_TEXT_FILE_BYTES = MAX_MODELFILE_BYTES
+_READ_BYTES = 1 << 20
+
+
+def _read_text(path: Path, what: str, limit: int = MAX_TEXT_FILE_BYTES) -> bytes:
+    """A small input file, whole: refused unless it is a regular file of at most ``limit``
+    bytes, before anything is read (``/dev/zero``, a FIFO or a huge sparse file given by
+    mistake is one line, not a hang or gigabytes of memory)."""
     try:
-        return path.read_bytes()
+        # O_NONBLOCK: opening a FIFO that no one writes must not block.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise CacheError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{what} {path} is not a regular file")
+        if info.st_size > limit:
+            raise UsageError(
+                f"{what} {path} is {info.st_size / (1 << 20):.1f} MiB, "
+                f"over the {limit >> 20} MiB limit"
+            )
+        parts: list[bytes] = []
+        size = 0
+        while part := os.read(fd, min(_READ_BYTES, limit + 1 - size)):
+            parts.append(part)
+            size += len(part)
+            if size > limit:  # it grew since fstat
+                raise UsageError(f"{what} {path} is over the {limit >> 20} MiB limit")
+        return b"".join(parts)
+    except OSError as e:
+        raise CacheError(f"cannot read {what} {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def parse_params(value: str) -> bytes:
@@ -127,10 +159,7 @@ def create_from_modelfile(
     the base's, PARAMETER values are merged into its params (the Modelfile's win), ADAPTER
     files are added. A second FROM that is a CLIP GGUF becomes the projector.
     """
-    raw = _read_text(modelfile, "Modelfile")
-    if len(raw) > MAX_MODELFILE_BYTES:
-        raise ModelfileInvalid(f"{modelfile} is larger than {MAX_MODELFILE_BYTES >> 20} MiB")
-    mf = parse_modelfile(raw)
+    mf = parse_modelfile(_read_text(modelfile, "Modelfile", MAX_MODELFILE_BYTES))
     where = f"{modelfile} line {mf.from_line}: FROM"
     if mf.drafts:
         raise ModelfileInvalid(f"{modelfile}: DRAFT models are not supported by modelfs create")

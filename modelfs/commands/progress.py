@@ -91,3 +91,10 @@ class Progress:
 
     def message(self, text: str) -> None:
         self._write(text, True)
+
+    def end(self) -> None:
+        """End a bar left open (Ctrl-C), so a message after it starts on a line of its own."""
+        if self._open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open_line = False

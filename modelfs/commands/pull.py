@@ -15,6 +15,7 @@ from modelfs.blobs.fetchcontext import FetchSettings
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs
 from modelfs.commands.progress import Progress
+from modelfs.errors import ManifestInvalid
 from modelfs.formats.manifest import Layer, Manifest, parse_manifest
 from modelfs.formats.names import Name
 from modelfs.registry.client import Registry
@@ -22,6 +23,8 @@ from modelfs.registry.client import Registry
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 0.2
+# Interrupted: a blob being published (its whole digest checked) is waited for this long.
+INTERRUPTED_PUBLISH_WAIT_SECONDS = 2.0
 
 
 async def pull(
@@ -34,6 +37,10 @@ async def pull(
     await trio.to_thread.run_sync(cache.prepare)
     raw = await registry.get_manifest(name)
     manifest = parse_manifest(raw)
+    if name.digest is not None and manifest.digest != name.digest:
+        raise ManifestInvalid(
+            f"invalid manifest: {name} resolved to {manifest.digest}, not the pinned digest"
+        )
     await trio.to_thread.run_sync(
         lambda: (
             cache.write_manifest(name, raw, pending=True)
@@ -49,9 +56,18 @@ async def pull(
             settings or FetchSettings(early_writeback=True, serves_readers=False),
         )
         blobs = Blobs(fetcher)
-        async with trio.open_nursery() as each:
-            for layer in manifest.blobs:
-                each.start_soon(_pull_blob, cache, blobs, name, manifest, layer, progress)
+        try:
+            async with trio.open_nursery() as each:
+                for layer in manifest.blobs:
+                    each.start_soon(_pull_blob, cache, blobs, name, manifest, layer, progress)
+        except BaseException:
+            # Ctrl-C or a failure: the worker threads reading bodies cannot be cancelled and
+            # would read on to the end of their ranges; end their transfers so the pull stops
+            # now, and save which chunks are checked, so the next pull resumes from them.
+            registry.abort_transfers()
+            with trio.CancelScope(shield=True):
+                await fetcher.save_all(INTERRUPTED_PUBLISH_WAIT_SECONDS)
+            raise
         nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(cache.write_manifest, name, raw)
     # Pulled on purpose: pinned, never evicted to keep the cache within its bounds.

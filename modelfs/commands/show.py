@@ -23,6 +23,7 @@ from modelfs.blobs.header import ModelHeader, read_model_header
 from modelfs.blobs.reader import Blobs
 from modelfs.commands.inventory import present_bytes
 from modelfs.commands.progress import human_bytes
+from modelfs.commands.terminal import printable
 from modelfs.errors import GGUFInvalid
 from modelfs.formats.gguf import human_number
 from modelfs.formats.manifest import Layer, Manifest, layer_filenames, parse_manifest
@@ -210,11 +211,19 @@ VERIFY_TEXT = {
 
 
 def _rows(pairs: list[tuple[str, str]]) -> list[str]:
+    pairs = [(printable(k), printable(v)) for k, v in pairs]
     width = max(len(k) for k, _ in pairs)
     return [f"    {k:<{width}}    {v}" for k, v in pairs]
 
 
+def _lines(text: str) -> list[str]:
+    """A multi-line text from the registry, one escaped and indented line per line."""
+    return [f"    {printable(line)}" for line in text.splitlines()]
+
+
 def as_text(report: ModelReport, ctx: int | None = None) -> str:
+    """The report for a terminal: every string from the registry or the header escaped
+    (``commands.terminal``), so none can move the cursor, hide text or forge a line."""
     out = []
     header = report.header
     if header is not None:
@@ -233,15 +242,17 @@ def as_text(report: ModelReport, ctx: int | None = None) -> str:
             pairs.insert(0, ("name", f.name))
         out += ["  Model", *_rows(pairs), ""]
     elif report.header_error:
-        out += ["  Model", f"    {report.header_error}", ""]
+        out += ["  Model", f"    {printable(report.header_error)}", ""]
     out.append("  Layers")
-    width = max(len(r.file) for r in report.layers)
-    mt_width = max(len(r.layer.media_type) for r in report.layers)
-    for r in report.layers:
+    files = [printable(r.file) for r in report.layers]
+    media_types = [printable(r.layer.media_type) for r in report.layers]
+    width = max(len(f) for f in files)
+    mt_width = max(len(m) for m in media_types)
+    for r, file, media_type in zip(report.layers, files, media_types, strict=True):
         out.append(
-            f"    {r.file:<{width}}  {r.layer.media_type:<{mt_width}}  "
+            f"    {file:<{width}}  {media_type:<{mt_width}}  "
             f"{human_bytes(r.layer.size):>9}  cached {human_bytes(r.cached_bytes):>9}  "
-            f"{r.verification}"
+            f"{printable(r.verification)}"
         )
     out.append("")
     if header is not None:
@@ -253,7 +264,7 @@ def as_text(report: ModelReport, ctx: int | None = None) -> str:
         )
         out += [
             "  Verification",
-            f"    {WEIGHTS_FILE}: {how}",
+            f"    {WEIGHTS_FILE}: {printable(how)}",
             f"    header: {human_bytes(header.info.header_bytes)} in {header.chunks_read} "
             f"chunk(s), {checked}",
             "",
@@ -285,11 +296,11 @@ def as_text(report: ModelReport, ctx: int | None = None) -> str:
         out += _rows([(k, json.dumps(v)) for k, v in report.params.items()])
         out.append("")
     if system := report.texts.get("system"):
-        out += ["  System", *[f"    {line}" for line in system.splitlines()], ""]
+        out += ["  System", *_lines(system), ""]
     for text in report.licenses:
-        lines = text.strip().splitlines()
+        lines = _lines(text.strip())
         shown = lines[:2] + (["    ..."] if len(lines) > 2 else [])
-        out += ["  License", *[f"    {line}" for line in shown], ""]
+        out += ["  License", *shown, ""]
     return "\n".join(out)
 
 

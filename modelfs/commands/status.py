@@ -66,7 +66,7 @@ def mount_status(mountpoint: str | os.PathLike[str]) -> dict[str, Any]:
 def every_mount() -> list[dict[str, Any]]:
     """The figures of every mount of this user whose daemon answers, by mountpoint."""
     try:
-        sockets = sorted(runtime_dir().glob("*.sock"))
+        sockets = sorted(runtime_dir(create=False).glob("*.sock"))
     except OSError:
         return []
     found = []
@@ -127,3 +127,24 @@ def render(r: dict[str, Any]) -> str:
         lines.append(("metrics", f"http://{r['metrics']}/metrics"))
     body = "\n".join(f"  {label:<{LABEL_WIDTH}} {text}".rstrip() for label, text in lines)
     return f"{r['mountpoint']}\n{body}"
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    """``modelfs ps``: one line per running mount."""
+    header = ("MOUNTPOINT", "PID", "UP", "CACHE", "FETCHED", "IN FLIGHT")
+    rows = [
+        (
+            str(r["mountpoint"]),
+            str(r["pid"]),
+            human_seconds(r["uptime_seconds"]),
+            f"{r['cache_root']} ({human_bytes(r['cache']['bytes'])})",
+            human_bytes(sum(r["fetched_bytes"].values())),
+            str(len(r["in_flight"])),
+        )
+        for r in reports
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from modelfs.formats.digest import Digest
-from modelfs.formats.gguf import GGUFArray, GGUFInfo
+from modelfs.formats.gguf import GGUFArray, GGUFInfo, GGUFSkippedString
 from modelfs.formats.manifest import (
     MEDIA_TYPE_LICENSE,
     MEDIA_TYPE_MODEL,
@@ -252,9 +252,12 @@ def _go_scalar(value: object) -> str | None:
 
 def gguf_metadata(info: GGUFInfo) -> dict[str, str]:
     """``config.gguf``: every header key as a string; arrays of over 50 items left out,
-    shorter ones joined with ", " (format/gguf.go ``extractGGUFMetadata``). Sorted by key."""
+    shorter ones joined with ", " (format/gguf.go ``extractGGUFMetadata``); strings over a
+    MiB, which modelfs does not keep, left out too. Sorted by key."""
     out: dict[str, str] = {}
     for key, value in info.metadata.items():
+        if isinstance(value, GGUFSkippedString):
+            continue  # over a MiB: not kept (modelfs.formats.gguf.KEPT_STRING_BYTES)
         if isinstance(value, GGUFArray):
             if value.count > MAX_GGUF_ARRAY_ITEMS or value.values is None:
                 continue

@@ -6,7 +6,8 @@ blob: architecture, parameter count, file type. It never reads tensor data.
 
 It is a small pure-Python reader on purpose (no gguf-py, no numpy): a GGUF file
 is usually untrusted input fetched from somewhere, so every count, length and
-offset is bounded here and every problem becomes ``GGUFInvalid`` with a
+offset is bounded here, and so is what a parse holds in memory (MAX_KEPT_BYTES,
+whatever the header's size), and every problem becomes ``GGUFInvalid`` with a
 one-line message, never a crash, a hang or a giant allocation. Reads go through
 a ``read(offset, size)`` callable so the same code serves a local file, a
 pread on a cached blob, or bytes in memory.
@@ -19,6 +20,7 @@ import math
 import os
 import stat
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,6 +62,18 @@ MAX_TENSOR_OFFSET_BYTES = (1 << 63) - 1
 # Arrays longer than this (vocabularies, merges, scores) are skipped, not kept:
 # nothing modelfs derives from a header needs their contents.
 KEPT_ARRAY_ITEMS = 64
+# Likewise a string value longer than this is skipped unread (``GGUFSkippedString``): the
+# longest real ones, chat templates, are tens of KiB. Decoded, a kept string may take up to
+# four times its bytes (one character outside the BMP makes every one four bytes wide).
+KEPT_STRING_BYTES = 1 << 20
+# What a parsed header may hold in memory (keys, values, tensor infos, as Python sizes them),
+# whatever the header's size: so a parse costs at most this plus a read block or two. Real
+# headers are charged well under a MiB (SmolLM2: 0.14 MB for 33 keys and 272 tensors; a
+# thousand-tensor model a few hundred KB); the charges below are what CPython takes, rounded up.
+MAX_KEPT_BYTES = 32 << 20
+_KEPT_BYTES_PER_KEY = 120  # its dict entry and value object, on top of the key itself
+_KEPT_BYTES_PER_TENSOR = 400  # a TensorInfo, its shape and ints, list and set entries
+_KEPT_BYTES_PER_ITEM = 40  # an item of a kept array
 # Header reads are batched into blocks this big so a 50k-token vocabulary costs
 # a handful of reads, not one per token.
 READ_BLOCK_BYTES = 1 << 20
@@ -148,6 +162,13 @@ class GGUFArray:
 
 
 @dataclass(frozen=True)
+class GGUFSkippedString:
+    """A metadata string longer than KEPT_STRING_BYTES: its length, not its text."""
+
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class TensorInfo:
     """One tensor's entry in the header; ``offset`` is relative to the start of tensor data."""
 
@@ -192,7 +213,7 @@ class GGUFInfo:
 class _Cursor:
     """Sequential little-endian reads over ``read(offset, size)``, buffered in big blocks."""
 
-    __slots__ = ("_base", "_buf", "_i", "_read", "units_left")
+    __slots__ = ("_base", "_buf", "_i", "_read", "kept_left", "units_left")
 
     def __init__(self, read: Callable[[int, int], bytes]) -> None:
         self._read = read
@@ -200,12 +221,22 @@ class _Cursor:
         self._base = 0  # file offset of _buf[0]
         self._i = 0  # read position inside _buf
         self.units_left = MAX_HEADER_WORK_UNITS
+        self.kept_left = MAX_KEPT_BYTES
 
     def spend(self, units: int) -> None:
         """Pay for entries about to be parsed; see MAX_HEADER_WORK_UNITS."""
         self.units_left -= units
         if self.units_left < 0:
             raise GGUFInvalid("GGUF header has too many entries (keys, tensors, array items)")
+
+    def keep(self, nbytes: int) -> None:
+        """Pay for memory the parsed header will hold; see MAX_KEPT_BYTES."""
+        self.kept_left -= nbytes
+        if self.kept_left < 0:
+            raise GGUFInvalid(
+                f"GGUF header holds more than {MAX_KEPT_BYTES >> 20} MiB of metadata "
+                "(keys, strings, tensor infos)"
+            )
 
     @property
     def pos(self) -> int:
@@ -336,14 +367,14 @@ def _read_value(cur: _Cursor, vtype: int, depth: int, key: str) -> object:
         value = cur.unpack(st)[0]
         return bool(value) if vtype == TYPE_BOOL else value
     if vtype == TYPE_STRING:
-        # Lenient on values (a stray byte in a chat template must not make a model unusable).
-        return cur.string(MAX_STRING_BYTES, "string").decode("utf-8", "replace")
+        return _read_string_value(cur)
     if vtype == TYPE_ARRAY:
         cur.spend(_UNITS_PER_ARRAY)
         item_type, count = _read_array_head(cur, depth + 1, key)
         if count > KEPT_ARRAY_ITEMS:
             _skip_items(cur, item_type, count, depth + 1, key)
             return GGUFArray(item_type, count, None)
+        cur.keep(count * _KEPT_BYTES_PER_ITEM)
         st = _SCALAR_STRUCTS.get(item_type)
         if st is not None:
             cur.spend(count * _UNITS_PER_KEPT_SCALAR)
@@ -355,6 +386,20 @@ def _read_value(cur: _Cursor, vtype: int, depth: int, key: str) -> object:
             values = [_read_value(cur, item_type, depth + 1, key) for _ in range(count)]
         return GGUFArray(item_type, count, values)
     raise GGUFInvalid(f"GGUF key {key!r} has unknown value type {vtype}")
+
+
+def _read_string_value(cur: _Cursor) -> str | GGUFSkippedString:
+    at = cur.pos
+    n = cur.u64()
+    if n > MAX_STRING_BYTES:
+        raise GGUFInvalid(f"GGUF string at byte {at} is {n} bytes long (limit {MAX_STRING_BYTES})")
+    if n > KEPT_STRING_BYTES:
+        cur.skip(n)
+        return GGUFSkippedString(n)
+    # Lenient on values (a stray byte in a chat template must not make a model unusable).
+    text = cur.take(n).decode("utf-8", "replace")
+    cur.keep(sys.getsizeof(text))
+    return text
 
 
 def _skip_items(cur: _Cursor, item_type: int, count: int, depth: int, key: str) -> None:
@@ -420,6 +465,7 @@ def read_gguf_header(read: Callable[[int, int], bytes]) -> GGUFInfo:
         key = _decode_name(cur.string(MAX_NAME_BYTES, "key"), "key", at)
         if key in metadata:
             raise GGUFInvalid(f"GGUF key {key!r} appears twice")
+        cur.keep(sys.getsizeof(key) + _KEPT_BYTES_PER_KEY)
         metadata[key] = _read_value(cur, cur.u32(), 0, key)
 
     tensors: list[TensorInfo] = []
@@ -429,6 +475,7 @@ def read_gguf_header(read: Callable[[int, int], bytes]) -> GGUFInfo:
         name = _decode_name(cur.string(MAX_NAME_BYTES, "tensor name"), "tensor name", at)
         if name in names:
             raise GGUFInvalid(f"GGUF tensor {name!r} appears twice")
+        cur.keep(sys.getsizeof(name) + _KEPT_BYTES_PER_TENSOR)
         names.add(name)
         n_dims = cur.u32()
         if n_dims > MAX_DIMS:

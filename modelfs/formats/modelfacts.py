@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from modelfs.formats.gguf import GGUFArray, GGUFInfo
+from modelfs.formats.gguf import GGUFArray, GGUFInfo, GGUFSkippedString
 
 KV_CACHE_ELEMENT_BYTES = 2  # llama.cpp's default cache type, f16
 XATTR_PREFIX = "user.modelfs.gguf."
@@ -123,7 +123,7 @@ def model_facts(info: GGUFInfo, file_bytes: int) -> ModelFacts:
         head_count=heads,
         head_count_kv=heads_kv,
         tensor_count=len(info.tensors),
-        chat_template=isinstance(meta.get("tokenizer.chat_template"), str),
+        chat_template=isinstance(meta.get("tokenizer.chat_template"), str | GGUFSkippedString),
         weights_bytes=max(0, file_bytes - info.header_bytes),
         kv_bytes_per_token=kv_per_token,
     )

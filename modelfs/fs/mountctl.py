@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ UMOUNT_WAIT_SECONDS = 30.0
 FSTYPE = "fuse.modelfs"
 # The daemon's log names every model its owner reads: it is the owner's alone.
 LOG_FILE_MODE = 0o600
+RUNTIME_DIR_MODE = 0o700
+PID_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -89,31 +92,129 @@ def _run_fusermount(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def runtime_dir() -> Path:
+def runtime_dir(*, create: bool = True) -> Path:
+    """The directory of this user's pid files and control sockets, checked to be private.
+
+    ``$XDG_RUNTIME_DIR/modelfs``, else ``/run/modelfs`` for root, else ``/tmp/modelfs-<uid>``.
+    The last sits in a directory every user can write: another user may have made it first,
+    or put a symlink there, to have the daemon write its pid file or bind its socket where
+    they choose. So whichever it is, it is used only if it is a directory (not a symlink)
+    owned by this user with mode 0700; otherwise a ``MountError`` says what is wrong.
+    Missing, it is created (with ``create``) or returned as it is (nothing runs there).
+    """
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base:
-        return Path(base) / "modelfs"
-    if os.geteuid() == 0:
-        return Path("/run/modelfs")
-    return Path(f"/tmp/modelfs-{os.getuid()}")
+        path = Path(base) / "modelfs"
+    elif os.geteuid() == 0:
+        path = Path("/run/modelfs")
+    else:
+        path = Path(f"/tmp/modelfs-{os.getuid()}")
+    if create:
+        try:
+            if base:
+                # The user's own runtime directory: its parents are theirs to make.
+                os.makedirs(path.parent, mode=RUNTIME_DIR_MODE, exist_ok=True)
+            os.mkdir(path, RUNTIME_DIR_MODE)
+            os.chmod(path, RUNTIME_DIR_MODE)  # whatever the umask
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise MountError(
+                f"cannot make the runtime directory {path}: {e.strerror or e}"
+            ) from None
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        if create or not isinstance(e, FileNotFoundError):
+            raise MountError(
+                f"cannot use the runtime directory {path}: {e.strerror or e}"
+            ) from None
+        return path
+    _check_runtime_dir(path, st)
+    return path
+
+
+def _check_runtime_dir(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        why = "is a symlink" if stat.S_ISLNK(st.st_mode) else "is not a directory"
+    elif st.st_uid != os.geteuid():
+        why = f"belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
+    elif stat.S_IMODE(st.st_mode) != RUNTIME_DIR_MODE:
+        why = f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
+    else:
+        return
+    raise MountError(
+        f"the runtime directory {path} {why}: remove it, or set XDG_RUNTIME_DIR to a directory "
+        "of your own"
+    )
+
+
+@contextlib.contextmanager
+def _runtime_dir_fd() -> Iterator[int]:
+    """The runtime directory, open and checked again through the descriptor itself: the pid
+    file is written, read and removed relative to it, never through a path someone swapped."""
+    path = runtime_dir()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _check_runtime_dir(path, os.fstat(fd))
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def pidfile(mountpoint: str | os.PathLike[str]) -> Path:
     key = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
-    return runtime_dir() / f"{key}.pid"
+    return runtime_dir(create=False) / f"{key}.pid"
 
 
 def write_pidfile(mountpoint: str | os.PathLike[str]) -> Path:
+    """Write this process's pid as the daemon of ``mountpoint``: a new file renamed into place,
+    so that whatever was at the name (a symlink included) is replaced, never written through."""
     path = pidfile(mountpoint)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(f"{os.getpid()}\n")
+    temp = f".{path.name}.{os.getpid()}.tmp"
+    with _runtime_dir_fd() as dir_fd:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, PID_FILE_MODE, dir_fd=dir_fd)
+        try:
+            with open(fd, "w", closefd=False) as f:
+                f.write(f"{os.getpid()}\n")
+        finally:
+            os.close(fd)
+        try:
+            os.replace(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            os.unlink(temp, dir_fd=dir_fd)
+            raise
     return path
+
+
+def _read_pid(dir_fd: int, name: str) -> int | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 64).decode().strip())
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def remove_pidfile(mountpoint: str | os.PathLike[str]) -> None:
+    """Remove the pid file of ``mountpoint`` if it names this process."""
+    name = pidfile(mountpoint).name
+    with contextlib.suppress(OSError, MountError), _runtime_dir_fd() as dir_fd:
+        if _read_pid(dir_fd, name) == os.getpid():
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def _daemon_pid(mountpoint: str | os.PathLike[str]) -> int | None:
     try:
-        return int(pidfile(mountpoint).read_text().strip())
-    except (OSError, ValueError):
+        name = pidfile(mountpoint).name
+        with _runtime_dir_fd() as dir_fd:
+            return _read_pid(dir_fd, name)
+    except (OSError, MountError):
         return None
 
 
@@ -132,8 +233,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def prepare_mountpoint(mountpoint: Path) -> str | None:
-    """Check the mountpoint; detach a dead modelfs mount. Returns a note for the user, if any."""
+def prepare_mountpoint(mountpoint: Path, *, allow_non_empty: bool = False) -> str | None:
+    """Check the mountpoint; detach a dead modelfs mount. Returns a note for the user, if any.
+
+    A directory with files is refused unless ``allow_non_empty``: the mount would hide them.
+    """
     note = None
     if is_stale(mountpoint):
         result = _run_fusermount(["-u", "-z", str(mountpoint)])
@@ -143,12 +247,27 @@ def prepare_mountpoint(mountpoint: Path) -> str | None:
                 f"{result.stderr.strip() or 'fusermount3 failed'}"
             )
         note = f"detached a dead mount at {mountpoint} (its daemon had died)"
+    if not mountpoint.exists():
+        raise MountError(f"mountpoint {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise MountError(f"mountpoint {mountpoint} is not a directory")
     entry = find_mount(mountpoint)
     if entry is not None and entry.fstype == FSTYPE:
         raise MountError(f"{mountpoint} is already a modelfs mount")
+    if not allow_non_empty and _has_entries(mountpoint):
+        raise MountError(
+            f"mountpoint {mountpoint} is not empty (the mount would hide its files); "
+            "use --allow-non-empty to mount over them"
+        )
     return note
+
+
+def _has_entries(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False  # unreadable to us: the mount itself will say what is wrong
 
 
 def open_log(path: str | os.PathLike[str]) -> int:

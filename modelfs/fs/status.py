@@ -13,8 +13,9 @@ Two ways out:
   as one JSON document (``serve_control``, a task of the daemon's nursery);
 - with ``-o metrics=HOST:PORT``, Prometheus text at ``/metrics`` (``Metrics``): a
   registry of the daemon's own, a collector that takes a snapshot at each scrape
-  (on the trio thread, through the trio token: the HTTP server is a thread) and
-  a histogram of range-request latency, observed as each request ends.
+  (on the trio thread, through the trio token: the HTTP server is a thread, its
+  connections bounded in number and time by ``metricsserver``) and a histogram of
+  range-request latency, observed as each request ends.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -46,7 +47,7 @@ from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.eviction import Evictor
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.errors import MountError, UsageError
-from modelfs.fs import mountctl
+from modelfs.fs import metricsserver, mountctl
 from modelfs.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -258,11 +259,12 @@ def open_control(path: Path) -> trio.socket.SocketType:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bound = False
     try:
+        # Private from its first moment: bind gives the file the socket's own mode (Linux),
+        # and never follows a symlink at the path (it fails, "Address already in use").
+        os.fchmod(sock.fileno(), SOCKET_MODE)
         with unix_address(path) as address:
             sock.bind(address)
         bound = True
-        # Bound, then made private: the runtime directory (0700) covers the moment between.
-        os.chmod(path, SOCKET_MODE)
         sock.listen(16)
     except BaseException:
         sock.close()
@@ -415,11 +417,13 @@ def metric_families(s: Snapshot) -> list[Metric]:
 def start_control(nursery: trio.Nursery, live: Live) -> None:
     """Answer ``modelfs status`` for this mount, in ``nursery``; without a socket (the runtime
     directory cannot be written), say so and mount all the same."""
-    path = control_socket(live.mountpoint)
+    path = None
     try:
+        path = control_socket(live.mountpoint)
         sock = open_control(path)
-    except OSError as e:
-        log.warning("no control socket at %s (%s): modelfs status cannot see this mount", path, e)
+    except (OSError, MountError) as e:
+        where = f" at {path}" if path is not None else ""
+        log.warning("no control socket%s (%s): modelfs status cannot see this mount", where, e)
         return
     spawn(nursery, "control socket", serve_control, sock, path, live.take, level=logging.WARNING)
 
@@ -466,7 +470,9 @@ class Metrics:
     def serve(self, host: str, port: int) -> str:
         """Serve ``/metrics`` at ``host:port`` from a thread; the address actually bound."""
         try:
-            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+            self._server, self._thread = metricsserver.start(
+                host, port, make_wsgi_app(self.registry)
+            )
         except OSError as e:
             raise MountError(
                 f"cannot serve metrics at {_joined(host, port)}: {e.strerror or e}"

@@ -193,9 +193,10 @@ class Tree:
         # None: every file is served by the daemon (see ``enable_links``).
         self.link_base: str | None = None
         self._published: set[Digest] = set()
-        # user.modelfs.gguf.* of each GGUF blob whose header has been read (bounded by the
-        # models this mount has shown; a few hundred bytes each).
-        self._gguf_facts: dict[Digest, dict[str, bytes]] = {}
+        # user.modelfs.gguf.* of each GGUF file whose header has been read, keyed as its
+        # inode is (``_facts_key``): what one manifest's header says is never another's
+        # (bounded by the models this mount has shown; a few hundred bytes each).
+        self._gguf_facts: dict[Digest | UnpublishedKey, dict[str, bytes]] = {}
         # How long the kernel may keep a link: short unless removals are watched (blobwatch).
         self.link_entry_seconds = LINK_ENTRY_SECONDS
         self._inodes = itertools.count(ROOT_INODE + 1)
@@ -653,8 +654,8 @@ class Tree:
         """The facts of a GGUF file's header: read once per blob (at most the chunks it
         spans), never on listxattr (``ls -l`` asks for xattrs; it must not fetch)."""
         assert node.layer is not None and node.source is not None and node.manifest is not None
-        digest = node.layer.digest
-        known = self._gguf_facts.get(digest)
+        key = self._facts_key(node)
+        known = self._gguf_facts.get(key)
         if known is None:
             try:
                 header = await read_model_header(
@@ -664,8 +665,21 @@ class Tree:
             except GGUFInvalid as e:
                 log.info("%s has no GGUF facts: %s", node.name, e)
                 known = {}
-            self._gguf_facts[digest] = known
+            self._gguf_facts[key] = known
         return known
+
+    def _facts_key(self, node: Node) -> Digest | UnpublishedKey:
+        """What a GGUF file's facts are kept under: as its inode is keyed (``_file_node``).
+
+        Until the blob is published its header is only what this manifest's chunk index
+        (or the registry it came from, unchecked) vouches for; another manifest naming the
+        same digest may carry other bytes, so it gets facts of its own.
+        """
+        assert node.layer is not None
+        if node.link is not None or node.layer.digest in self._published:
+            return node.layer.digest
+        assert node.source is not None and node.manifest is not None
+        return _unpublished_key(node.layer, node.source, node.manifest)
 
     def listxattr(self, inode: int) -> list[str]:
         node = self.node(inode)
@@ -673,7 +687,7 @@ class Tree:
         if node.layer is not None:
             names.append(XATTR_VERIFY)
         if _is_gguf(node):
-            known = self._gguf_facts.get(node.layer.digest)  # type: ignore[union-attr]
+            known = self._gguf_facts.get(self._facts_key(node))
             names += GGUF_XATTR_NAMES if known is None else list(known)
         return names
 

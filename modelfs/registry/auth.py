@@ -12,8 +12,11 @@ It makes no HTTP requests itself: the registry client hands it a ``TokenFetch`` 
 HTTP-library errors stay translated in one place (``registry``).
 
 Where credentials go: Basic credentials for a registry go to that registry and to the
-token realm it names (as ``docker login`` credentials do). An Ollama key signature goes
-only to a realm on the registry's own host; a realm elsewhere gets an anonymous request.
+token realm it names itself (as ``docker login`` credentials do), never over plain http when
+they were given for https. A realm named by anyone else (a mirror passing the registry's
+challenges through, ``credentials = "origin"``) gets them only on the registry's own host.
+An Ollama key signature goes only to a realm on the registry's own host; a realm elsewhere
+gets an anonymous request.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelfs.errors import ModelfsError, Unauthorized, registry_words
+from modelfs.registry.origins import origin_of, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +273,31 @@ def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] |
 def store_docker_credentials(host: str, user: str, password: str, path: Path | None = None) -> Path:
     """Write credentials for ``host`` the way ``docker login`` does: base64 ``auth``, file 0600."""
     path = path or docker_config_path()
+    doc, auths = _docker_config_for_update(path)
+    key = DOCKER_HUB_KEY if host.lower() in DOCKER_HUB_HOSTS else host
+    auths[key] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+    _write_docker_config(path, doc)
+    return path
+
+
+def remove_docker_credentials(host: str, path: Path | None = None) -> bool:
+    """Remove every ``auths`` entry that holds ``host``'s credentials, the way ``docker
+    logout`` does; the rest of the file is kept. False if there were none."""
+    path = path or docker_config_path()
+    if not path.exists():
+        return False
+    doc, auths = _docker_config_for_update(path)
+    wanted = {_auth_key_form(k) for k in _auth_keys(host.lower())}
+    keys = [k for k in auths if _auth_key_form(k) in wanted]
+    if not keys:
+        return False
+    for key in keys:
+        del auths[key]
+    _write_docker_config(path, doc)
+    return True
+
+
+def _docker_config_for_update(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         doc = json.loads(path.read_text())
         if not isinstance(doc, dict):
@@ -279,8 +309,10 @@ def store_docker_credentials(host: str, user: str, password: str, path: Path | N
     auths = doc.setdefault("auths", {})
     if not isinstance(auths, dict):
         raise ModelfsError(f"cannot update {path}: 'auths' is not an object")
-    key = DOCKER_HUB_KEY if host.lower() in DOCKER_HUB_HOSTS else host
-    auths[key] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return doc, auths
+
+
+def _write_docker_config(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -290,7 +322,38 @@ def store_docker_credentials(host: str, user: str, password: str, path: Path | N
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return path
+
+
+def over_what_it_was_given_for(given_for: str, to: str) -> bool:
+    """Whether a secret given for ``given_for`` (a password, a key signature) may travel to
+    ``to``: not over plain http when it was given for https."""
+    return origin_of(given_for)[0] != "https" or origin_of(to)[0] == "https"
+
+
+def in_clear_on_its_host(given_for: str, to: str) -> bool:
+    """Whether ``to`` is the host of ``given_for`` reached over plain http although its
+    credentials are for https (an upload ``Location`` from a registry behind a TLS proxy that
+    forgot ``X-Forwarded-Proto``): nothing of them goes there, not even a token."""
+    return (
+        not over_what_it_was_given_for(given_for, to)
+        and origin_of(given_for)[1] == origin_of(to)[1]
+    )
+
+
+def password_may_go(realm: str, given_for: str, asked_by: str) -> bool:
+    """Whether a password given for ``given_for`` (a registry's base URL) may go with a token
+    request to ``realm``, named in a 401 from ``asked_by`` (a base URL).
+
+    The registry itself names its token service, which may be on another host (Docker Hub's
+    is auth.docker.io): the password goes there, as ``docker login`` credentials do. A realm
+    named by anyone else (a mirror passing challenges through, which modelfs trusts with
+    tokens but not to say where passwords go) must be on the registry's own host name. And a
+    password given for https never travels over plain http."""
+    if not over_what_it_was_given_for(given_for, realm):
+        return False
+    if same_origin(asked_by, given_for):
+        return True
+    return origin_of(realm)[1] == origin_of(given_for)[1]
 
 
 def basic_header(user: str, password: str) -> str:
@@ -328,13 +391,26 @@ class Authenticator:
         # Hosts whose tokens came from a signature with the Ollama key (for the push hint).
         self.signed_hosts: set[str] = set()
 
-    def header(self, host: str, scopes: tuple[str, ...]) -> str | None:
-        """The Authorization value to send now, if any (a cached token or Basic credentials)."""
+    def header(
+        self,
+        host: str,
+        scopes: tuple[str, ...],
+        *,
+        given_for: str | None = None,
+        to: str | None = None,
+    ) -> str | None:
+        """The Authorization value to send now to ``to`` (a base URL; default ``given_for``,
+        that of ``host``'s credentials), if any: a cached token, or Basic credentials where
+        they may travel (a mirror lending the origin's gets them over https only if the
+        origin is https)."""
         token = self._tokens.get((host, scopes))
         if token is not None:
             if time.monotonic() < token.expires_monotonic:
                 return token.header
             del self._tokens[(host, scopes)]
+        given_for = given_for or f"https://{host}"
+        if not over_what_it_was_given_for(given_for, to or given_for):
+            return None
         return self._basic.get(host)
 
     def _credentials(self, host: str) -> tuple[str, str] | None:
@@ -359,8 +435,23 @@ class Authenticator:
     def forget(self, host: str, scopes: tuple[str, ...]) -> None:
         self._tokens.pop((host, scopes), None)
 
-    async def answer(self, host: str, scopes: tuple[str, ...], www_authenticate: str | None) -> str:
-        """Get an Authorization value for a 401 with this challenge; raise Unauthorized if none."""
+    async def answer(
+        self,
+        host: str,
+        scopes: tuple[str, ...],
+        www_authenticate: str | None,
+        *,
+        given_for: str | None = None,
+        asked_by: str | None = None,
+    ) -> str:
+        """Get an Authorization value for a 401 with this challenge; raise Unauthorized if none.
+
+        ``given_for``: the base URL ``host``'s credentials are for (default ``https://host``);
+        ``asked_by``: the base URL whose 401 this is, when not ``given_for`` itself (a mirror
+        sent the origin's credentials). They decide where a password may go (``password_may_go``).
+        """
+        given_for = given_for or f"https://{host}"
+        asked_by = asked_by or given_for
         challenge = parse_challenge(www_authenticate)
         if challenge is None:
             raise Unauthorized(f"registry {host} refused access (401) without saying how to log in")
@@ -369,6 +460,11 @@ class Authenticator:
             if creds is None:
                 raise Unauthorized(
                     f"registry {host} needs a username and password: run `modelfs login {host}`"
+                )
+            if not over_what_it_was_given_for(given_for, asked_by):
+                raise Unauthorized(
+                    f"{asked_by} asks for the password of {creds[0]!r} for {given_for}: "
+                    "not sent over plain http"
                 )
             value = basic_header(*creds)
             if self._basic.get(host) == value:
@@ -386,49 +482,65 @@ class Authenticator:
                 "which modelfs does not speak"
             )
         wanted = merge_scopes(challenge.scopes, scopes)
-        value, seconds = await self._token(host, challenge, wanted)
+        value, seconds = await self._token(host, challenge, wanted, given_for, asked_by)
         self._tokens[(host, scopes)] = _Token(
             value, time.monotonic() + max(1.0, seconds - TOKEN_MARGIN_SECONDS)
         )
         return value
 
     async def _token(
-        self, host: str, challenge: Challenge, scopes: tuple[str, ...]
+        self,
+        host: str,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        given_for: str,
+        asked_by: str,
     ) -> tuple[str, float]:
         realm = urllib.parse.urlsplit(challenge.realm)
         if realm.scheme not in ("http", "https") or not realm.netloc:
             raise Unauthorized(f"registry {host} named an unusable token realm {challenge.realm!r}")
         creds = self._credentials(host)
+        withheld = creds is not None and not password_may_go(challenge.realm, given_for, asked_by)
+        if withheld:
+            creds = None
+        query = [("service", challenge.params.get("service", ""))]
+        query += [("scope", s) for s in scopes]
+        url = _with_query(challenge.realm, query)
         headers: dict[str, str] = {}
         if creds is not None:
-            query = [("service", challenge.params.get("service", ""))]
-            query += [("scope", s) for s in scopes]
-            url = _with_query(challenge.realm, query)
             headers["Authorization"] = basic_header(*creds)
             how = f"the credentials of {creds[0]!r}"
-        elif realm.netloc.lower() == host.lower() and not self.config.anonymous:
+        elif withheld:
+            how = (
+                f"no credentials (the password for {given_for} does not go to "
+                f"{realm.scheme}://{realm.netloc}, named by {asked_by})"
+            )
+        elif (
+            realm.netloc.lower() == host.lower()
+            and over_what_it_was_given_for(given_for, challenge.realm)
+            and not self.config.anonymous
+        ):
             url = ollama_token_url(
                 Challenge(challenge.scheme, {**challenge.params, "scope": " ".join(scopes)})
             )
             headers["Authorization"] = self.key.sign(ollama_signed_data(url))
             how = f"the key {self.key.path}"
             self.signed_hosts.add(host)
+        elif self.config.anonymous:
+            how = "no credentials (a request for another user of the mount)"
         else:
-            query = [("service", challenge.params.get("service", ""))]
-            query += [("scope", s) for s in scopes]
-            url = _with_query(challenge.realm, query)
-            how = (
-                "no credentials (a request for another user of the mount)"
-                if self.config.anonymous
-                else f"no credentials (the token realm is on {realm.netloc}, not {host})"
-            )
+            how = f"no credentials (the token realm is on {realm.netloc}, not {host})"
         status, body = await self._fetch(url, headers)
         if status != 200:
             said = registry_words(body)
             raise Unauthorized(
                 f"registry {host} refused a token for {' '.join(scopes) or 'access'} "
                 f"with {how} ({status}{': ' + said if said else ''})"
-                + (f"; to log in: modelfs login {host}" if creds is None and not headers else "")
+                + (
+                    f"; to log in: modelfs login {host}"
+                    if creds is None and not headers and not withheld
+                    else ""
+                )
             )
         try:
             doc = json.loads(body)

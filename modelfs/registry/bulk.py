@@ -4,7 +4,8 @@ Chosen by measurement (docs/architecture.md): httpx's async client reads 64 KiB 
 time and tops out near 0.7 GB/s here; ``readinto`` into a reused buffer keeps up with
 curl. This module owns, for that path:
 - keep-alive connections (``Pool``), through ``HTTP(S)_PROXY`` unless ``NO_PROXY`` says not;
-- following redirects, never sending the registry's Authorization to another host;
+- following redirects, never sending the registry's Authorization to another origin (scheme,
+  host and port: not to another host, not to another port, not from https to http);
 - reusing the final URL of a redirected blob (a presigned CDN URL) for every later range
   until it is refused (401/403/404/410) or ``REDIRECT_REUSE_SECONDS`` pass, then resolving
   it again once; one thread resolves a blob while the others wait for its answer;
@@ -36,6 +37,8 @@ import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+from modelfs.registry.origins import same_origin
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +406,7 @@ class BulkClient:
         self, url: str, headers: dict[str, str], t: _Transfer
     ) -> tuple[str, _Conn, http.client.HTTPResponse]:
         """GET ``url``, following redirects; the final URL with its response (headers read)."""
-        origin = urllib.parse.urlsplit(url).netloc
+        origin = url
         headers = dict(headers)
         for _hop in range(MAX_REDIRECTS + 1):
             c, resp = self._open(url, headers, t)
@@ -424,8 +427,9 @@ class BulkClient:
             if scheme not in REDIRECT_SCHEMES:
                 # Not a network blob: a registry sending us to file:, gopher: … is refused.
                 raise RedirectError(f"redirect to a {scheme or 'schemeless'} URL refused")
-            if urllib.parse.urlsplit(url).netloc != origin:
-                # Credentials are for the registry, never for the host it sends us to.
+            if not same_origin(url, origin):
+                # Credentials are for the registry, never for the host it sends us to, nor for
+                # its plain-http side or another of its ports.
                 headers.pop("Authorization", None)
         raise RedirectError(f"more than {MAX_REDIRECTS} redirects")
 
@@ -473,7 +477,7 @@ class BulkClient:
         with_auth = dict(headers)
         if authorization:
             with_auth["Authorization"] = authorization
-        origin = urllib.parse.urlsplit(url).netloc
+        origin = url  # the registry's blob URL: its origin is what the Authorization is for
         refreshed = False
         while True:
             final = self.redirects.get(url)
@@ -491,9 +495,9 @@ class BulkClient:
                         c, resp, target, origin, start, end, piece_bytes, on_piece, on_whole, t
                     )
                     return
-            same_host = urllib.parse.urlsplit(final).netloc == origin
-            target, c, resp = self._follow(final, with_auth if same_host else headers, t)
-            if not same_host and resp.status in EXPIRED_STATUSES and not refreshed:
+            same = same_origin(final, origin)
+            target, c, resp = self._follow(final, with_auth if same else headers, t)
+            if not same and resp.status in EXPIRED_STATUSES and not refreshed:
                 # The presigned URL expired: resolve the blob at the registry once more.
                 with contextlib.suppress(OSError, http.client.HTTPException):
                     resp.read(ERROR_BODY_BYTES)
@@ -571,7 +575,7 @@ class BulkClient:
                 body = resp.read(ERROR_BODY_BYTES)
             except (OSError, http.client.HTTPException):
                 body = b""
-            if resp.status == 401 and urllib.parse.urlsplit(url).netloc == origin:
+            if resp.status == 401 and same_origin(url, origin):
                 raise NeedsAuth(resp.getheader("WWW-Authenticate"))
             raise StatusError(resp.status, body, resp.getheader("Retry-After"), url)
         # A 200 that says which range it carries is a 206 by another name (old Dragonfly

@@ -60,7 +60,7 @@ from modelfs.formats.referrers import (
     parse_referrers,
     referrers_tag,
 )
-from modelfs.registry.auth import AuthConfig, Authenticator
+from modelfs.registry.auth import AuthConfig, Authenticator, in_clear_on_its_host
 from modelfs.registry.bulk import (
     Aborted,
     BodyError,
@@ -72,6 +72,7 @@ from modelfs.registry.bulk import (
     StatusError,
     WholeSink,
 )
+from modelfs.registry.origins import same_origin
 from modelfs.registry.retry import retrying
 
 __all__ = ["PieceSink", "Registry", "RegistryConfig", "WholeSink"]
@@ -131,8 +132,9 @@ class RegistryConfig:
     docker_config: Path | None = None
     # host -> base URLs tried in order for reads before the host itself.
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Mirror base URLs whose requests carry the origin's credentials (config ``credentials``).
-    origin_credentials: frozenset[str] = frozenset()
+    # (host, mirror base URL) pairs whose reads carry the host's credentials (config
+    # ``credentials = "origin"``), per pair: a mirror shared by two hosts is not both.
+    origin_credentials: frozenset[tuple[str, str]] = frozenset()
     # A client for other users of an allow_other mount: no stored credentials, no Ollama key.
     anonymous: bool = False
 
@@ -237,6 +239,12 @@ def _reason(exc: BaseException) -> str:
 
 def _netloc(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc.lower()
+
+
+def _base(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: what a credential is given for, or a 401 came from."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
 def _parse_tags(body: bytes, what: str) -> list[str]:
@@ -375,12 +383,29 @@ class Registry:
         up = [m.rstrip("/") for m in mirrors if self._mirror_down_until.get(m, 0.0) <= now]
         return [*up, self.base_url(name)]
 
+    def _lends_origin_credentials(self, base: str, name: Name) -> bool:
+        return (name.host.lower(), base.rstrip("/")) in self.config.origin_credentials
+
     def auth_host(self, base: str, name: Name) -> str:
         """Whose credentials a read of ``name`` at ``base`` carries: the host it talks to, but
-        the origin's for a mirror configured with ``credentials = "origin"``."""
-        if base.rstrip("/") in self.config.origin_credentials:
+        the origin's for a mirror configured with ``credentials = "origin"`` for this host."""
+        if self._lends_origin_credentials(base, name):
             return name.host.lower()
         return _netloc(base)
+
+    def given_for(self, base: str, name: Name) -> str:
+        """The base URL the credentials of a read of ``name`` at ``base`` were given for: the
+        origin's for a mirror that lends them, else ``base`` itself."""
+        if self._lends_origin_credentials(base, name):
+            return _base(self.base_url(name))
+        return _base(base)
+
+    def handed_out_given_for(self, name: Name, url: str) -> str | None:
+        """Whose credentials a URL the registry of ``name`` handed out (an upload ``Location``)
+        carries: on the registry's own host and port, the registry's, as given (so an https
+        registry's never go to an http location); elsewhere (None), those of the URL's host."""
+        base = self.base_url(name)
+        return _base(base) if _netloc(url) == _netloc(base) else None
 
     def distrust_mirrors(self, name: Name, what: str) -> None:
         """Bytes of ``name`` (``what``) did not match their digest: read from the origin for a
@@ -439,14 +464,23 @@ class Registry:
             raise _translate(e, what, _netloc(url)) from None
 
     async def _answer(
-        self, host: str, scopes: tuple[str, ...], sent: str | None, challenge: str | None
+        self,
+        host: str,
+        scopes: tuple[str, ...],
+        sent: str | None,
+        challenge: str | None,
+        *,
+        given_for: str,
+        asked_by: str,
     ) -> None:
-        """Get credentials for a 401; concurrent requests that met it share one answer."""
+        """Get credentials for a 401 (from ``asked_by``, for credentials given for
+        ``given_for``: see ``Authenticator.answer``); concurrent requests that met it share
+        one answer."""
         async with self._auth_locks.hold((host, scopes)):
-            now = self.auth.header(host, scopes)
+            now = self.auth.header(host, scopes, given_for=given_for, to=asked_by)
             if now is not None and now != sent:
                 return  # another task already answered this challenge
-            await self.auth.answer(host, scopes, challenge)
+            await self.auth.answer(host, scopes, challenge, given_for=given_for, asked_by=asked_by)
 
     async def _send(
         self,
@@ -457,14 +491,20 @@ class Registry:
         *,
         headers: dict[str, str] | None = None,
         content: bytes | AsyncIterator[bytes] | None = None,
-        auth_host: str | None = None,
+        given_for: str | None = None,
     ) -> httpx.Response:
         """One control request with auth, answering one 401. The response is streamed:
-        the caller reads or closes it. ``auth_host``: whose credentials it carries (by
-        default the host of ``url``)."""
-        host = auth_host or _netloc(url)
+        the caller reads or closes it. ``given_for``: the base URL whose credentials it
+        carries (by default that of ``url``)."""
+        given_for = given_for or _base(url)
+        host = _netloc(given_for)
+        in_clear = in_clear_on_its_host(given_for, url)
         for attempt in range(2):
-            sent = self.auth.header(host, scopes)
+            sent = (
+                None
+                if in_clear
+                else self.auth.header(host, scopes, given_for=given_for, to=_base(url))
+            )
             hdrs = dict(headers or {})
             if sent:
                 hdrs["Authorization"] = sent
@@ -475,6 +515,13 @@ class Registry:
                 raise _translate(e, what, host) from None
             if r.status_code != 401:
                 return r
+            if in_clear:
+                await r.aclose()
+                raise Unauthorized(
+                    f"{what}: {_base(url)} asks for credentials over plain http; those of "
+                    f"{host} are for {given_for}, and are not sent there",
+                    401,
+                )
             if attempt:
                 refused = self.auth.refused(host, sent)
                 if refused is None:
@@ -483,7 +530,10 @@ class Registry:
                 raise Unauthorized(f"{what}: {refused}", 401)
             challenge = r.headers.get("WWW-Authenticate")
             await r.aclose()
-            await self._answer(host, scopes, sent, challenge)
+            # Who asked: the server that answered 401, which a redirect may have made another.
+            await self._answer(
+                host, scopes, sent, challenge, given_for=given_for, asked_by=_base(str(r.url))
+            )
             if content is not None and not isinstance(content, bytes):
                 # A streamed body cannot be sent twice: the caller starts over with the new token.
                 raise Transient(f"{what}: the registry asked for credentials again; retrying")
@@ -538,7 +588,7 @@ class Registry:
                 pull_scopes(name),
                 what,
                 headers={"Accept": MANIFEST_ACCEPT},
-                auth_host=self.auth_host(base, name),
+                given_for=self.given_for(base, name),
             )
             try:
                 if r.status_code == 404:
@@ -659,7 +709,7 @@ class Registry:
 
     def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
         """Fetch ``digest``'s bytes from ``url`` (a chunksums ``Content-Location``) as if the
-        registry redirected there: no Authorization to another host, reused until refused,
+        registry redirected there: no Authorization to another origin, reused until refused,
         then the blob is resolved at the registry again. Only http and https."""
         if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
             log.warning("blob %s: ignoring a Content-Location that is not http(s)", digest.short)
@@ -730,9 +780,10 @@ class Registry:
     ) -> None:
         url = self.blob_url(name, digest, base)
         host = self.auth_host(base, name)
+        given_for = self.given_for(base, name)
         scopes = pull_scopes(name)
         for attempt in range(2):
-            sent = self.auth.header(host, scopes)
+            sent = self.auth.header(host, scopes, given_for=given_for, to=_base(url))
             try:
                 await trio.to_thread.run_sync(
                     self.bulk.read_range,
@@ -750,7 +801,10 @@ class Registry:
                 if attempt:
                     said = self.auth.refused(host, sent) or "registry refused access (401)"
                     raise Unauthorized(f"{what}: {said}", 401) from None
-                await self._answer(host, scopes, sent, e.challenge)
+                # The bulk path raises NeedsAuth only for a 401 from ``url``'s own origin.
+                await self._answer(
+                    host, scopes, sent, e.challenge, given_for=given_for, asked_by=_base(url)
+                )
             except StatusError as e:
                 if e.status == 404:
                     raise ModelNotFound(f"{what}: not found on {host}") from None
@@ -804,7 +858,14 @@ class Registry:
                 if location:
                     loc = urllib.parse.urljoin(str(r.url), location)
                     with contextlib.suppress(ModelfsError):
-                        await self._closed(await self._send("DELETE", loc, push_scopes(name), what))
+                        deleted = await self._send(
+                            "DELETE",
+                            loc,
+                            push_scopes(name),
+                            what,
+                            given_for=self.handed_out_given_for(name, loc),
+                        )
+                        await self._closed(deleted)
             return False
 
         return await retrying(what, once)
@@ -857,13 +918,20 @@ class Registry:
                     "Content-Type": "application/octet-stream",
                     "Content-Length": str(size),
                 },
+                given_for=self.handed_out_given_for(name, location),
             )
             await self._raise_for(r, what)
             await self._closed(r)
             location = urllib.parse.urljoin(str(r.url), r.headers.get("Location", location))
             url = str(httpx.URL(location).copy_merge_params({"digest": str(digest)}))
             r = await self._send(
-                "PUT", url, scopes, what, headers={"Content-Length": "0"}, content=b""
+                "PUT",
+                url,
+                scopes,
+                what,
+                headers={"Content-Length": "0"},
+                content=b"",
+                given_for=self.handed_out_given_for(name, url),
             )
             await self._raise_for(r, what)
             await self._closed(r)
@@ -945,7 +1013,7 @@ class Registry:
     async def tags(self, name: Name) -> list[str]:
         """Every tag of ``name``'s repository at the registry itself (``tags/list``), following
         the pages a registry may split it into (``Link: <...>; rel="next"``, on the same
-        host only); [] for a repository the registry does not know."""
+        scheme, host and port only); [] for a repository the registry does not know."""
         url = f"{self.base_url(name)}/v2/{name.repository}/tags/list"
         origin = _netloc(url)
         what = f"tags of {name.repository}"
@@ -961,6 +1029,12 @@ class Registry:
                 return found
             if _netloc(next_url) != origin:
                 raise RegistryError(f"{what}: {name.host} sent the next page to another host")
+            if not same_origin(next_url, url):
+                # Its credentials would follow in clear: the page is the registry's own host.
+                raise RegistryError(
+                    f"{what}: {name.host} sent the next page over "
+                    f"{urllib.parse.urlsplit(next_url).scheme}, not {urllib.parse.urlsplit(url).scheme}"
+                )
             url = next_url
         raise RegistryError(f"{what}: {name.host} sent more than {MAX_TAG_PAGES} pages")
 

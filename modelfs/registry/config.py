@@ -19,10 +19,12 @@ endpoints = ["http://mirror.lan:5000"]
 credentials = "origin"   # send these mirrors what registry.ollama.ai gets (default "mirror")
 ```
 
-``credentials``: whose credentials requests to the mirror carry. ``"mirror"`` (the default): the
+``credentials``: whose credentials requests to the mirror carry, for reads of that host (a
+mirror listed for two hosts gets the first one's credentials only if its own entry says so). ``"mirror"`` (the default): the
 mirror's own (stored under its ``host:port``), as for any host. ``"origin"``: the origin's (its
 stored login, a token from its realm, the Ollama key's signature for a realm on the origin's
-host): for a mirror that passes requests and challenges through to the origin (mirror/README.md),
+host; the login goes with a token request only to a realm on the origin's own host name, since
+the mirror names it): for a mirror that passes requests and challenges through to the origin (mirror/README.md),
 which is then trusted with the origin's tokens.
 
 ``MODELFS_CONFIG`` names another file. A missing file is an empty configuration; a file
@@ -49,8 +51,9 @@ class FileConfig:
     insecure_hosts: tuple[str, ...] = ()
     tls_hosts: tuple[str, ...] = ()
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Mirror base URLs whose requests carry the origin's credentials (``credentials = "origin"``).
-    origin_credentials: frozenset[str] = frozenset()
+    # (host, mirror base URL) pairs whose reads carry the host's credentials
+    # (``credentials = "origin"``): the same endpoint listed for another host does not.
+    origin_credentials: frozenset[tuple[str, str]] = frozenset()
     # Cache bounds as written ("200G", "10%"); a mount parses them (blobs.eviction.parse_size).
     cache_max: str | None = None
     min_free: str | None = None
@@ -121,7 +124,7 @@ def load_config(path: Path | None = None) -> FileConfig:
         if entry.get("tls"):
             tls.append(entry["host"])
     mirrors: dict[str, tuple[str, ...]] = {}
-    origin_credentials: set[str] = set()
+    origin_credentials: set[tuple[str, str]] = set()
     entries = doc.get("mirror", [])
     if not isinstance(entries, list):
         raise bad("[[mirror]] must be an array of tables")
@@ -144,7 +147,7 @@ def load_config(path: Path | None = None) -> FileConfig:
         host = entry["host"].lower()
         mirrors[host] = (*mirrors.get(host, ()), *(e.rstrip("/") for e in endpoints))
         if credentials == "origin":
-            origin_credentials.update(e.rstrip("/") for e in endpoints)
+            origin_credentials.update((host, e.rstrip("/")) for e in endpoints)
     return FileConfig(
         path=path,
         ca_file=_expand(ca_file, path.parent) if ca_file else None,

@@ -1,6 +1,7 @@
 """The HTTP server machinery the test servers share: stoppable with nothing left behind.
 
     server = StoppableServer(Handler, owner).start("fake-thing")   # on 127.0.0.1, a free port
+    # StoppableServer(Handler, owner, address="127.0.0.3"): loopback standing for another host
     ... Handler reads self.server.owner; request_body(self) for the body, de-chunked ...
     server.stop()   # no serving thread, handler thread or socket is left
 
@@ -30,7 +31,10 @@ class StoppableServer(http.server.ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(
-        self, handler: type[http.server.BaseHTTPRequestHandler], owner: object = None
+        self,
+        handler: type[http.server.BaseHTTPRequestHandler],
+        owner: object = None,
+        address: str = "127.0.0.1",
     ) -> None:
         self.owner = owner
         # Set when stopping begins, for handlers that loop on their own (tunnels).
@@ -39,7 +43,8 @@ class StoppableServer(http.server.ThreadingHTTPServer):
         self._workers: set[threading.Thread] = set()
         self._conns_lock = threading.Lock()
         self._serving: threading.Thread | None = None
-        super().__init__(("127.0.0.1", 0), handler)
+        # Any 127.0.0.0/8 address is this machine: another one stands for another host.
+        super().__init__((address, 0), handler)
 
     @property
     def port(self) -> int:

@@ -93,7 +93,10 @@ endpoints = ["http://m4.lan"]
 credentials = "mirror"
 """,
     )
-    assert load_config(path).origin_credentials == {"http://m1.lan:5000", "http://m2.lan"}
+    assert load_config(path).origin_credentials == {
+        ("registry.ollama.ai", "http://m1.lan:5000"),
+        ("registry.ollama.ai", "http://m2.lan"),
+    }
 
 
 def test_registry_flags_false_add_nothing(tmp_path):

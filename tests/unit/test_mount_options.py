@@ -31,7 +31,7 @@ def test_options_mount8_passes_are_ignored():
     [
         ("links=maybe", "links takes yes or no"),
         ("verify=sometimes", "verify takes strict or deferred"),
-        ("streams=many", "needs a number"),
+        ("streams=many", "streams takes a whole number"),
         ("bogus", "unknown mount option"),
     ],
 )

@@ -28,6 +28,7 @@ COMMANDS = {"mount", "umount", "ls", "show", "create"}
                 "/mnt/models",
                 "--cache",
                 "/var/cache/modelfs",
+                "--allow-non-empty",
                 "-o",
                 "ro,allow_other,dev,suid,blobs_view=no",
             ],
@@ -46,29 +47,57 @@ COMMANDS = {"mount", "umount", "ls", "show", "create"}
                 "/ca",
                 "--log",
                 "/l",
+                "--allow-non-empty",
                 "-o",
                 "ro,blobs_view=no",
             ],
         ),
-        (["modelfs", "/m", "-n", "-s"], ["mount", "/m", "-o", "blobs_view=no"]),
-        (["modelfs", "/m", "-o", "blobs_view=yes"], ["mount", "/m", "-o", "blobs_view=yes"]),
+        (
+            ["modelfs", "/m", "-n", "-s", "-o", "dev"],
+            ["mount", "/m", "--allow-non-empty", "-o", "dev,blobs_view=no"],
+        ),
+        (
+            ["modelfs", "/m", "-o", "blobs_view=yes"],
+            ["mount", "/m", "--allow-non-empty", "-o", "blobs_view=yes"],
+        ),
         (["registry", "/m", "-o", "x-systemd.automount,verify=deferred"], None),
     ],
 )
 def test_mount_helper_argv(argv: list[str], expected: list[str] | None) -> None:
     got = mount_helper_argv(argv, COMMANDS)
     if expected is None:  # any source works; options pass through
-        assert got == ["mount", "/m", "-o", "x-systemd.automount,verify=deferred,blobs_view=no"]
+        assert got == [
+            "mount",
+            "/m",
+            "--allow-non-empty",
+            "-o",
+            "x-systemd.automount,verify=deferred,blobs_view=no",
+        ]
     else:
         assert got == expected
 
 
-def test_commands_and_flags_are_not_helper_calls() -> None:
+def test_commands_typos_and_flags_are_not_helper_calls() -> None:
     assert mount_helper_argv(["mount", "/m"], COMMANDS) is None
     assert mount_helper_argv(["--debug", "ls"], COMMANDS) is None
     assert mount_helper_argv(["ls"], COMMANDS) is None
+    # Without -o it is not how mount.fuse3 calls a helper: a mistyped command, never a mount.
+    assert mount_helper_argv(["unmount", "/m"], COMMANDS) is None
+    assert mount_helper_argv(["pul", "smolchat"], COMMANDS) is None
+    assert mount_helper_argv(["modelfs", "/m", "--bogus"], COMMANDS) is None
     with pytest.raises(UsageError, match="unexpected argument '--bogus'"):
-        mount_helper_argv(["modelfs", "/m", "--bogus"], COMMANDS)
+        mount_helper_argv(["modelfs", "/m", "-o", "ro", "--bogus"], COMMANDS)
+
+
+def test_run_as_mount_modelfs_any_source_mountpoint_is_a_helper_call() -> None:
+    for program in ("/sbin/mount.modelfs", "/usr/sbin/mount.fuse.modelfs"):
+        assert mount_helper_argv(["models", "/m"], COMMANDS, program) == [
+            "mount",
+            "/m",
+            "--allow-non-empty",
+            "-o",
+            "blobs_view=no",
+        ]
 
 
 def test_the_parser_knows_every_command_the_helper_check_uses() -> None:
@@ -118,7 +147,7 @@ def test_cache_bounds_come_from_the_file_unless_o_sets_them(tmp_path: Path) -> N
     assert fixed.max_bytes == 1 << 30 and fixed.min_free_percent == 5.0
     defaults = cache_bounds(options(), FileConfig())
     assert (defaults.max_bytes, defaults.min_free_percent) == (None, 10.0)
-    with pytest.raises(UsageError, match=r"config\.toml: 'lots' is not a size"):
+    with pytest.raises(UsageError, match=r"config\.toml: cache_max takes a size .*, not 'lots'"):
         cache_bounds(options(), FileConfig(path=path, cache_max="lots"))
     path.write_text("cache_max = [1]\n")
     with pytest.raises(UsageError, match="cache_max must be a size"):

@@ -1,0 +1,31 @@
+"""Origins: the (scheme, host, port) a credential is given for, and where it may go.
+
+A password or token given for ``https://registry:443`` belongs to that origin: not to
+``http://registry:80`` (the same host name, read by anyone on the path), nor to another port
+of it, nor to a host a redirect names. The same host name is not the same origin; comparing
+netloc text misses all of that (``https://h`` and ``http://h`` have the same netloc).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: str) -> Origin:
+    """``(scheme, host, port)`` of ``url``, lowercased, with the scheme's default port filled in."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or DEFAULT_PORTS.get(scheme, 0)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` have the same scheme, host and port."""
+    return origin_of(a) == origin_of(b)
