@@ -7,10 +7,10 @@ tried are those that should hold it: with ``source`` (``push NAME --from OTHER``
 being the cached OTHER or NAME if that is cached) OTHER's first, then every repository on
 the same registry whose manifest in the cache names the blob (where it was pulled from or
 pushed to), at most ``MAX_MOUNT_SOURCES`` of them. The registry answers 201 when it
-mounted the blob, 202 with an upload session when it would not (that session is
-cancelled and the next repository tried, or the blob uploaded). A re-run after an
-interruption uploads only what the registry still lacks (a HEAD per blob before anything
-is sent).
+mounted the blob, 202 with an upload session when it would not: that session is cancelled
+before the next repository is tried, and the last one's is where the blob is uploaded.
+A re-run after an interruption uploads only what the registry still lacks (a HEAD per
+blob before anything is sent).
 
 With ``format="docker"`` (``push NAME --format docker``) the model goes up as a Docker
 Model Runner artifact (formats/dockermodel.py): a Docker config blob, written to the
@@ -113,7 +113,7 @@ async def _send_blobs(
             progress.skip(key, layer.size, "already on the registry")
             present += layer.size
             continue
-        source = await _mount(registry, name, layer.digest, mount_from, found_in)
+        source, session = await _mount(registry, name, layer.digest, mount_from, found_in)
         if source is not None:
             progress.skip(key, layer.size, f"mounted from {source.repository}")
             mounted += layer.size
@@ -125,6 +125,7 @@ async def _send_blobs(
             cache.blob_path(layer.digest),
             layer.size,
             lambda n, key=key, size=layer.size: progress.update(key, n, size),
+            session=session,
         )
         progress.done(key, layer.size, "uploaded")
         uploaded += layer.size
@@ -137,26 +138,34 @@ async def _mount(
     digest: Digest,
     mount_from: Name | None,
     found_in: dict[Digest, list[Name]],
-) -> Name | None:
+) -> tuple[Name | None, str | None]:
     """Offer the registry a cross-repository mount of ``digest`` from each likely repository
-    in turn; the one it mounted from, or None (then the blob is uploaded)."""
+    in turn: the one it mounted from, or None and the upload session the last offer opened
+    (used for the upload, as docker push does; the others' sessions are cancelled)."""
     sources = [mount_from] if mount_from is not None else []
     sources += [
         s
         for s in found_in.get(digest, ())
         if mount_from is None or s.repository != mount_from.repository
     ]
-    for source in sources[:MAX_MOUNT_SOURCES]:
+    sources = sources[:MAX_MOUNT_SOURCES]
+    session: str | None = None
+    for source in sources:
+        if session:
+            await registry.cancel_upload(name, session, f"mount of {digest.short} to {name}")
         try:
-            if await registry.mount_blob(name, digest, source):
-                return source
+            session = await registry.offer_mount(name, digest, source)
         except RegistryError as e:
             if source is mount_from:
                 raise
             # A guess from the cache, say a repository these credentials cannot read (401,
             # 403): not a reason to fail the push, the blob is uploaded instead.
             log.debug("no mount of %s from %s: %s", digest.short, source.repository, e)
-    return None
+            session = ""
+            continue
+        if session is None:
+            return source, None
+    return None, session or None
 
 
 def _repositories_naming(cache: BlobCache, name: Name) -> dict[Digest, list[Name]]:

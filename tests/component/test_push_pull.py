@@ -140,6 +140,30 @@ def test_push_mounts_a_blob_the_registry_has_in_another_repository(tmp_path, pro
     assert sha256(fresh / "blobs" / f"sha256-{gguf_hex}") == gguf_hex
 
 
+def test_push_uploads_into_the_session_a_refused_mount_opened(tmp_path, proxy, small_gguf):
+    """A mount the registry answers 202 opened an upload session: with no repository left to
+    try, the blob goes up in that session (as docker push does), not in a second one."""
+    cache = str(tmp_path / "c")
+    never = f"{proxy.host}/mountsrc/never-pushed:1"
+    target = f"{proxy.host}/mountdst/lone:1"
+    for name in (never, target):  # the same blobs: each one's only candidate is `never`
+        run_modelfs("create", name, "--gguf", str(small_gguf), "--cache", cache)
+    proxy.reset()
+    run_modelfs("push", target, "--cache", cache)
+    records = proxy.records()
+    posts = [x for x in records if x.method == "POST" and "/mountdst/lone/" in x.path]
+    blobs = {x.path.rsplit("/", 1)[1] for x in records if x.method == "HEAD"}
+    assert len(blobs) >= 3 and [x.status for x in posts] == [202] * len(blobs), posts
+    assert all("mount=" in x.path and "from=mountsrc%2Fnever-pushed" in x.path for x in posts)
+    patches = [x for x in records if x.method == "PATCH"]
+    assert len(patches) == len(blobs) and not [x for x in records if x.method == "DELETE"]
+    assert proxy.upload_bytes() >= small_gguf.stat().st_size
+    fresh = tmp_path / "fresh"
+    run_modelfs("pull", target, "--cache", str(fresh))
+    gguf_hex = sha256(small_gguf)
+    assert sha256(fresh / "blobs" / f"sha256-{gguf_hex}") == gguf_hex
+
+
 def test_unlink_removes_only_unshared_blobs(tmp_path, smollm2_gguf):
     cache = tmp_path / "c"
     run_modelfs(
