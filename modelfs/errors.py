@@ -84,6 +84,11 @@ class UsageError(ModelfsError):
     """A command was called with arguments that do not fit together."""
 
 
+class InputInvalid(ModelfsError):
+    """A file or value given to a command is refused for what it says (a Modelfile line, a model
+    parameter); the message names where. The command line itself was fine: exit 1, not 2."""
+
+
 class MountError(ModelfsError):
     """Mounting or unmounting failed."""
 
@@ -102,6 +107,7 @@ ERRNO: dict[type[ModelfsError], int] = {
     CacheFull: errno.ENOSPC,
     CacheError: errno.EIO,
     UsageError: errno.EINVAL,
+    InputInvalid: errno.EINVAL,
     MountError: errno.EIO,
 }
 

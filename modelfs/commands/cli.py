@@ -1,7 +1,8 @@
 """The ``modelfs`` command: mount, umount, create, push, pull, unlink, ls.
 
-Known errors print ``modelfs: <message>`` and exit 1; a traceback only with
-``--debug``. Usage errors exit 2. Output to a reader that has left (``| head``) ends the
+Known errors print ``modelfs: <message>`` and exit 1 (among them what a Modelfile or a
+``--params`` value says, ``InputInvalid``); a traceback only with ``--debug``. Usage errors
+(a command line that does not fit together) exit 2. Output to a reader that has left (``| head``) ends the
 command quietly with 141, the status SIGPIPE gives other commands.
 """
 

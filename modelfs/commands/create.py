@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.errors import CacheError, ManifestInvalid, NameInvalid, UsageError
+from modelfs.errors import CacheError, GGUFInvalid, ManifestInvalid, NameInvalid, UsageError
+from modelfs.formats.chattemplates import ollama_template
 from modelfs.formats.chunks import (
     CHUNK_BYTES,
     BlobChunks,
@@ -28,7 +29,7 @@ from modelfs.formats.chunks import (
     serialize_chunk_index,
 )
 from modelfs.formats.digest import Digest
-from modelfs.formats.gguf import ollama_config, read_gguf_file
+from modelfs.formats.gguf import GGUFInfo, ollama_config, read_gguf_file
 from modelfs.formats.manifest import (
     MEDIA_TYPE_ADAPTER,
     MEDIA_TYPE_CHUNK_INDEX,
@@ -49,6 +50,7 @@ from modelfs.formats.modelfile import (
     MAX_MODELFILE_BYTES,
     Modelfile,
     ModelfileInvalid,
+    parameters_from_json,
     parse_modelfile,
 )
 from modelfs.formats.names import Name, parse_name
@@ -104,7 +106,11 @@ def parse_params(value: str) -> bytes:
         raise UsageError(f"--params is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise UsageError("--params must be a JSON object, e.g. '{\"temperature\":0.2}'")
-    return json.dumps(doc, separators=(",", ":")).encode()
+    # The names and types a Modelfile's PARAMETER lines may give, checked the same way.
+    kept, ignored = parameters_from_json(doc, "--params")
+    for key in ignored:
+        log.warning("--params: %s is deprecated and ignored by Ollama: left out", key)
+    return json.dumps(kept, separators=(",", ":")).encode()
 
 
 def create_model(
@@ -162,6 +168,8 @@ def create_from_modelfile(
     base: Manifest | None = None
     if weights is None:
         base = _base_model(cache, mf.from_, where)
+    else:
+        _gguf_header(weights, f"{where} {mf.from_}")
     projectors = []
     for extra in mf.more_from:
         path = _local_path(extra, base_dir, where)
@@ -169,7 +177,7 @@ def create_from_modelfile(
             raise ModelfileInvalid(
                 f"{where} {extra}: a second FROM must be a GGUF file (a projector)"
             )
-        if read_gguf_file(path).architecture != "clip":
+        if _gguf_header(path, f"{where} {extra}").architecture != "clip":
             raise ModelfileInvalid(
                 f"{where} {extra}: a second FROM must be a projector (a GGUF of architecture clip)"
             )
@@ -179,7 +187,8 @@ def create_from_modelfile(
         path = _local_path(adapter, base_dir, f"{modelfile}: ADAPTER")
         if path is None:
             raise ModelfileInvalid(f"{modelfile}: ADAPTER {adapter}: no such file")
-        read_gguf_file(path)  # a GGUF LoRA adapter; safetensors adapters are not converted
+        # A GGUF LoRA adapter; safetensors adapters are not converted.
+        _gguf_header(path, f"{modelfile}: ADAPTER {adapter}")
         adapters.append(path)
     params = mf.params_json()
     if base is not None and params is not None:
@@ -230,6 +239,14 @@ def _local_path(text: str, base_dir: Path, where: str) -> Path | None:
     if text.startswith((".", "/", "~")) or text.lower().endswith(".gguf"):
         raise ModelfileInvalid(f"{where} {text}: no such file")
     return None
+
+
+def _gguf_header(path: Path, where: str) -> GGUFInfo:
+    """The header of a GGUF file a Modelfile names; if it is none, the error says where."""
+    try:
+        return read_gguf_file(path)
+    except GGUFInvalid as e:
+        raise ModelfileInvalid(f"{where}: {e}") from None
 
 
 def _base_model(cache: BlobCache, text: str, where: str) -> Manifest:
@@ -291,8 +308,11 @@ def _write_model(
     on_progress: Callable[[int, int], None] | None,
 ) -> Manifest:
     # Every input is read (and a GGUF refused) before anything is copied.
+    template, params = parts.template, parts.params
     if parts.weights is not None:
         info = read_gguf_file(parts.weights)
+        if template is None:
+            template, params = _template_from_gguf(info, params)
     else:
         assert parts.base is not None
         weights_layer = parts.base.layers_of_type(MEDIA_TYPE_MODEL)[0]
@@ -329,14 +349,14 @@ def _write_model(
         index = serialize_chunk_index(chunk_bytes, indexed)
         layers = [layer for layer in layers if layer.media_type != MEDIA_TYPE_CHUNK_INDEX]
         layers.insert(1, _store(cache, index, MEDIA_TYPE_CHUNK_INDEX))
-    if parts.template is not None:
-        layers.append(_store(cache, parts.template, MEDIA_TYPE_TEMPLATE))
+    if template is not None:
+        layers.append(_store(cache, template, MEDIA_TYPE_TEMPLATE))
     if parts.system is not None:
         layers.append(_store(cache, parts.system, MEDIA_TYPE_SYSTEM))
     for text in parts.licenses:
         layers.append(_store(cache, text, MEDIA_TYPE_LICENSE))
-    if parts.params is not None:
-        layers.append(_store(cache, parts.params, MEDIA_TYPE_PARAMS))
+    if params is not None:
+        layers.append(_store(cache, params, MEDIA_TYPE_PARAMS))
     if parts.messages is not None:
         layers.append(_store(cache, parts.messages, MEDIA_TYPE_MESSAGES))
     config_doc = {
@@ -357,6 +377,29 @@ def _write_model(
     cache.unmark_lazy(name)  # created on purpose: pinned
     log.info("created %s (%s)", name, manifest.digest)
     return manifest
+
+
+def _template_from_gguf(info: GGUFInfo, params: bytes | None) -> tuple[bytes | None, bytes | None]:
+    """The template layer ``ollama create`` takes from a GGUF's chat template when none is
+    given, and the params with its stop words under the given ones (formats/chattemplates)."""
+    jinja = info.chat_template
+    if jinja is None:
+        return None, params
+    known = ollama_template(jinja)
+    if known is None:
+        log.warning(
+            "the GGUF's chat template is none of those Ollama knows, so the model has no "
+            "template (Ollama prompts it with {{ .Prompt }} alone); give one with --template "
+            "or TEMPLATE"
+        )
+        return None, params
+    log.info("template: Ollama's %s, from the GGUF's chat template", known.name)
+    if not known.stop:
+        return known.template, params
+    merged: dict[str, object] = {"stop": list(known.stop)}
+    if params is not None:
+        merged.update(json.loads(params))  # the given parameters win, as Ollama merges them
+    return known.template, Modelfile(from_="", parameters=merged).params_json()
 
 
 def _base_index_entries(

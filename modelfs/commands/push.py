@@ -1,8 +1,14 @@
 """``modelfs push``: upload a cached model's blobs the registry lacks, then its manifest.
 
-With ``source`` (``push NAME --from OTHER``) the model is the cached OTHER (or NAME if
-that is cached), and blobs are first offered as a cross-repository mount from OTHER's
-repository, so the registry links what it already has instead of receiving it again.
+A blob the registry lacks in NAME's repository is first offered as a cross-repository
+mount (``POST /v2/NAME/blobs/uploads/?mount=DIGEST&from=REPO``), as ``docker push`` does,
+so the registry links what it already has instead of receiving it again. The repositories
+tried are those that should hold it: with ``source`` (``push NAME --from OTHER``, the model
+being the cached OTHER or NAME if that is cached) OTHER's first, then every repository on
+the same registry whose manifest in the cache names the blob (where it was pulled from or
+pushed to), at most ``MAX_MOUNT_SOURCES`` of them. The registry answers 201 when it
+mounted the blob, 202 with an upload session when it would not: that session is cancelled
+before the next repository is tried, and the last one's is where the blob is uploaded.
 A re-run after an interruption uploads only what the registry still lacks (a HEAD per
 blob before anything is sent).
 
@@ -23,7 +29,8 @@ import trio
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.commands.progress import Progress, human_bytes
-from modelfs.errors import CacheError, ModelNotFound, UsageError
+from modelfs.errors import CacheError, ModelfsError, ModelNotFound, RegistryError, UsageError
+from modelfs.formats.digest import Digest
 from modelfs.formats.dockermodel import docker_model, is_docker_model, weights_layer
 from modelfs.formats.gguf import read_gguf_file
 from modelfs.formats.manifest import Layer, Manifest, parse_manifest
@@ -33,6 +40,9 @@ from modelfs.registry.client import Registry
 log = logging.getLogger(__name__)
 
 PUSH_FORMATS = ("ollama", "docker")
+# Repositories offered a mount of one blob before it is uploaded: each costs a request (and
+# with token auth a token), and a cached manifest is a good guess, not a promise.
+MAX_MOUNT_SOURCES = 3
 
 
 async def push(
@@ -70,8 +80,9 @@ async def push(
         log.warning(
             "%s is on another registry than %s: uploading instead of mounting", source, name
         )
+    found_in = await trio.to_thread.run_sync(_repositories_naming, cache, name)
     uploaded, mounted, present = await _send_blobs(
-        cache, registry, name, manifest.blobs, progress, mount_from
+        cache, registry, name, manifest.blobs, progress, mount_from, found_in
     )
     await registry.put_manifest(name, manifest.raw, manifest.media_type)
     parts = [f"{human_bytes(uploaded)} uploaded"]
@@ -90,6 +101,7 @@ async def _send_blobs(
     blobs: tuple[Layer, ...],
     progress: Progress,
     mount_from: Name | None,
+    found_in: dict[Digest, list[Name]],
 ) -> tuple[int, int, int]:
     """Put on the registry every blob it lacks; bytes (uploaded, mounted, already there)."""
     uploaded = mounted = present = 0
@@ -101,8 +113,9 @@ async def _send_blobs(
             progress.skip(key, layer.size, "already on the registry")
             present += layer.size
             continue
-        if mount_from is not None and await registry.mount_blob(name, layer.digest, mount_from):
-            progress.skip(key, layer.size, f"mounted from {mount_from.repository}")
+        source, session = await _mount(registry, name, layer.digest, mount_from, found_in)
+        if source is not None:
+            progress.skip(key, layer.size, f"mounted from {source.repository}")
             mounted += layer.size
             continue
         progress.start(key, layer.size)
@@ -112,10 +125,70 @@ async def _send_blobs(
             cache.blob_path(layer.digest),
             layer.size,
             lambda n, key=key, size=layer.size: progress.update(key, n, size),
+            session=session,
         )
         progress.done(key, layer.size, "uploaded")
         uploaded += layer.size
     return uploaded, mounted, present
+
+
+async def _mount(
+    registry: Registry,
+    name: Name,
+    digest: Digest,
+    mount_from: Name | None,
+    found_in: dict[Digest, list[Name]],
+) -> tuple[Name | None, str | None]:
+    """Offer the registry a cross-repository mount of ``digest`` from each likely repository
+    in turn: the one it mounted from, or None and the upload session the last offer opened
+    (used for the upload, as docker push does; the others' sessions are cancelled)."""
+    sources = [mount_from] if mount_from is not None else []
+    sources += [
+        s
+        for s in found_in.get(digest, ())
+        if mount_from is None or s.repository != mount_from.repository
+    ]
+    sources = sources[:MAX_MOUNT_SOURCES]
+    session: str | None = None
+    for source in sources:
+        if session:
+            await registry.cancel_upload(name, session, f"mount of {digest.short} to {name}")
+        try:
+            session = await registry.offer_mount(name, digest, source)
+        except RegistryError as e:
+            if source is mount_from:
+                raise
+            # A guess from the cache, say a repository these credentials cannot read (401,
+            # 403): not a reason to fail the push, the blob is uploaded instead.
+            log.debug("no mount of %s from %s: %s", digest.short, source.repository, e)
+            session = ""
+            continue
+        if session is None:
+            return source, None
+    return None, session or None
+
+
+def _repositories_naming(cache: BlobCache, name: Name) -> dict[Digest, list[Name]]:
+    """For each blob, the other repositories on ``name``'s registry whose manifests in the
+    cache name it (complete models first): where the registry should already have it."""
+    found: dict[Digest, list[Name]] = {}
+    host = name.host.lower()
+    for model in cache.iter_models():
+        other = model.name
+        if other.host.lower() != host or other.repository == name.repository:
+            continue
+        try:
+            raw = cache.read_manifest(other, pending=not model.complete)
+            manifest = parse_manifest(raw) if raw is not None else None
+        except (ModelfsError, OSError):
+            continue  # not a model this push can say anything about
+        if manifest is None:
+            continue
+        for layer in manifest.blobs:
+            repos = found.setdefault(layer.digest, [])
+            if all(r.repository != other.repository for r in repos):
+                repos.append(other)
+    return found
 
 
 async def _as_docker(

@@ -193,6 +193,12 @@ class GGUFInfo:
         return arch if isinstance(arch, str) else None
 
     @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template (``tokenizer.chat_template``), as Ollama's KV reads it."""
+        template = self.metadata.get("tokenizer.chat_template")
+        return template if isinstance(template, str) and template else None
+
+    @property
     def parameter_count(self) -> int:
         return sum(math.prod(t.shape) for t in self.tensors)
 
@@ -418,6 +424,17 @@ def _bad_version(version: int) -> GGUFInvalid:
     return GGUFInvalid(f"GGUF version {version} is not supported")
 
 
+def _not_gguf(magic: bytes) -> GGUFInvalid:
+    """What a file starts with instead of GGUF's magic: text as text (a Modelfile, a README),
+    anything else as hex bytes."""
+    magic = bytes(magic)
+    if all(0x20 <= b < 0x7F for b in magic):
+        shown = '"' + magic.decode("ascii") + '"'
+    else:
+        shown = "bytes " + magic.hex(" ")
+    return GGUFInvalid(f'not a GGUF file (it starts with {shown}, not "GGUF")')
+
+
 def read_gguf_header(read: Callable[[int, int], bytes]) -> GGUFInfo:
     """Parse the header of a GGUF file; ``read(offset, size)`` returns up to size bytes there."""
     cur = _Cursor(read)
@@ -428,10 +445,10 @@ def read_gguf_header(read: Callable[[int, int], bytes]) -> GGUFInfo:
         if not magic:
             raise GGUFInvalid("not a GGUF file (empty)") from None
         if not GGUF_MAGIC.startswith(magic):
-            raise GGUFInvalid(f"not a GGUF file (magic {bytes(magic)!r})") from None
+            raise _not_gguf(magic) from None
         raise
     if magic != GGUF_MAGIC:
-        raise GGUFInvalid(f"not a GGUF file (magic {bytes(magic)!r})")
+        raise _not_gguf(magic)
     version = cur.u32()
     if version not in SUPPORTED_VERSIONS:
         raise _bad_version(version)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from fractions import Fraction
 
-from modelfs.errors import UsageError
+from modelfs.errors import InputInvalid
 
 # Bounds on hostile input. Real Modelfiles are a few KiB and a few dozen commands;
 # the biggest are long templates or licenses (tens of KiB) and few-shot MESSAGE lists.
@@ -125,8 +125,13 @@ _BOOL_WORDS = {
 }
 
 
-class ModelfileInvalid(UsageError):
+class ModelfileInvalid(InputInvalid):
     """A Modelfile Ollama would refuse (or silently misread); the message names the line."""
+
+
+class ParametersInvalid(InputInvalid):
+    """Model parameters given as JSON (``create --params``) that a PARAMETER line could not
+    give; the message names the parameter."""
 
 
 @dataclass(frozen=True)
@@ -554,10 +559,60 @@ def _parameter_type(c: _Command) -> type:
         raise _invalid(c.line, f"PARAMETER {c.key}: not a parameter (write it as {command})")
     kind = PARAMETER_TYPES.get(c.key)
     if kind is None:
-        close = difflib.get_close_matches(c.key, PARAMETER_TYPES, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise _invalid(c.line, f"PARAMETER {c.key}: unknown parameter{hint}")
+        raise _invalid(c.line, f"PARAMETER {c.key}: {_unknown_parameter(c.key)}")
     return kind
+
+
+def _unknown_parameter(name: str) -> str:
+    close = difflib.get_close_matches(name, PARAMETER_TYPES, n=1)
+    return "unknown parameter" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+_FLOAT32_MAX_VALUE = 3.4028234663852886e38
+
+
+def parameters_from_json(
+    doc: Mapping[str, object], where: str = "params"
+) -> tuple[dict[str, object], tuple[str, ...]]:
+    """Model parameters given as a JSON object (``modelfs create --params``), checked by the
+    table PARAMETER lines are: the same names, and values of the types Ollama stores (a
+    finite number for a float, a whole number for an int, true or false, a list of strings
+    for stop). Returns the parameters, the deprecated ones left out as Ollama leaves them
+    out, and the names left out; raises ParametersInvalid naming ``where`` and the name."""
+    kept: dict[str, object] = {}
+    ignored: list[str] = []
+    for name, value in doc.items():
+        if name in DEPRECATED_PARAMETERS:
+            ignored.append(name)
+            continue
+        kind = PARAMETER_TYPES.get(name)
+        if kind is None:
+            shown = name if _PARAM_NAME.fullmatch(name) and name else _show(name)
+            raise ParametersInvalid(f"{where}: {shown}: {_unknown_parameter(name)}")
+        problem = _json_type_problem(kind, value)
+        if problem:
+            text = json.dumps(value, ensure_ascii=False)
+            text = text[:MAX_SHOWN_CHARS] + ("…" if len(text) > MAX_SHOWN_CHARS else "")
+            raise ParametersInvalid(f"{where}: {name}: {text} {problem}")
+        kept[name] = value
+    return kept, tuple(ignored)
+
+
+def _json_type_problem(kind: type, value: object) -> str | None:
+    """Why a JSON value cannot be a parameter of this type, or None."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is bool:
+        return None if isinstance(value, bool) else "is not true or false"
+    if kind is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return None if ok else 'is not a list of strings (e.g. ["</s>"])'
+    if kind is int:
+        if not number or (isinstance(value, float) and not value.is_integer()):
+            return "is not a whole number"  # PARAMETER's words; inf and nan are not whole either
+        return None if -(1 << 63) <= int(value) < (1 << 63) else "is out of range (64-bit integer)"
+    if not number or not math.isfinite(value):  # type: ignore[arg-type]
+        return "is not a finite number"
+    return None if abs(value) <= _FLOAT32_MAX_VALUE else "is out of range (32-bit float)"  # type: ignore[operator]
 
 
 def _typed_value(c: _Command, kind: type) -> object:

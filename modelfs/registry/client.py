@@ -838,12 +838,24 @@ class Registry:
 
     async def mount_blob(self, name: Name, digest: Digest, source: Name) -> bool:
         """Ask the registry to link ``digest`` from ``source``'s repository (cross-repo mount);
-        True when it did, False when an upload is needed."""
+        True when it did, False when an upload is needed (the session it opened cancelled)."""
+        session = await self.offer_mount(name, digest, source)
+        if session is None:
+            return True
+        if session:
+            await self.cancel_upload(name, session, f"mount of {digest.short} to {name}")
+        return False
+
+    async def offer_mount(self, name: Name, digest: Digest, source: Name) -> str | None:
+        """Ask the registry to link ``digest`` from ``source``'s repository (cross-repo mount,
+        ``POST /v2/NAME/blobs/uploads/?mount=&from=``). None when it did (201); otherwise (202)
+        the upload session it opened instead, its URL ("" if it gave none), which the caller
+        uploads into (``upload_blob(session=...)``) or cancels (``cancel_upload``)."""
         what = f"mount of {digest.short} from {source.repository} to {name}"
         query = urllib.parse.urlencode({"mount": str(digest), "from": source.repository})
         url = f"{self.base_url(name)}/v2/{name.repository}/blobs/uploads/?{query}"
 
-        async def once() -> bool:
+        async def once() -> str | None:
             r = await self._send("POST", url, push_scopes(name, source), what)
             if r.status_code == 401:
                 await r.aclose()
@@ -851,24 +863,24 @@ class Registry:
             await self._raise_for(r, what)
             await self._closed(r)
             if r.status_code == 201:
-                return True
-            if r.status_code == 202:
-                # The registry opened an upload instead; leave it to expire.
-                location = r.headers.get("Location")
-                if location:
-                    loc = urllib.parse.urljoin(str(r.url), location)
-                    with contextlib.suppress(ModelfsError):
-                        deleted = await self._send(
-                            "DELETE",
-                            loc,
-                            push_scopes(name),
-                            what,
-                            given_for=self.handed_out_given_for(name, loc),
-                        )
-                        await self._closed(deleted)
-            return False
+                return None
+            location = r.headers.get("Location") if r.status_code == 202 else None
+            return urllib.parse.urljoin(str(r.url), location) if location else ""
 
         return await retrying(what, once)
+
+    async def cancel_upload(self, name: Name, session: str, what: str) -> None:
+        """Cancel an upload session we will not use (DELETE); a failure only leaves it to
+        expire on the registry."""
+        with contextlib.suppress(ModelfsError):
+            deleted = await self._send(
+                "DELETE",
+                session,
+                push_scopes(name),
+                what,
+                given_for=self.handed_out_given_for(name, session),
+            )
+            await self._closed(deleted)
 
     async def upload_blob(
         self,
@@ -877,10 +889,15 @@ class Registry:
         path: Path,
         size: int,
         on_progress: Callable[[int], None] | None = None,
+        *,
+        session: str | None = None,
     ) -> None:
-        """Upload one blob (POST, one streamed PATCH, PUT ?digest=); retried whole on Transient."""
+        """Upload one blob (POST, one streamed PATCH, PUT ?digest=); retried whole on Transient.
+        ``session``: an upload session already open (a mount's 202), used instead of the first
+        POST; a retry opens its own."""
         what = f"upload of {digest.short} to {name}"
         scopes = push_scopes(name)
+        opened = [session] if session else []
 
         async def body() -> AsyncIterator[bytes]:
             sent = 0
@@ -896,7 +913,7 @@ class Registry:
                         on_progress(sent)
                     yield piece
 
-        async def once() -> None:
+        async def start() -> str:
             r = await self._send(
                 "POST", f"{self.base_url(name)}/v2/{name.repository}/blobs/uploads/", scopes, what
             )
@@ -905,9 +922,12 @@ class Registry:
                 raise Unauthorized(self.auth.push_hint(name.host, name.namespace), 401)
             await self._raise_for(r, what)
             await self._closed(r)
-            location = urllib.parse.urljoin(str(r.url), r.headers.get("Location", ""))
             if not r.headers.get("Location"):
                 raise RegistryError(f"{what}: registry gave no upload location")
+            return urllib.parse.urljoin(str(r.url), r.headers["Location"])
+
+        async def once() -> None:
+            location = opened.pop() if opened else await start()
             r = await self._send(
                 "PATCH",
                 location,

@@ -294,6 +294,34 @@ def test_push_from_mounts_blobs_across_repositories(
     assert blob_of(small_gguf, dst) == small_gguf.read_bytes()
 
 
+def test_push_uploads_a_blob_it_may_not_mount_from_a_cached_repository(
+    token_registry: TokenRegistry, small_gguf: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A push offers mounts from the repositories whose cached manifests name a blob; one these
+    credentials may no longer read (the registry answers the mount 401) is no reason to fail:
+    the blob is uploaded."""
+    reg, issuer = token_registry.registry, token_registry.issuer
+    src = tmp_path / "src"
+    docker_login(env, reg.host, "alice", "secret")
+    theirs = f"{reg.host}/team/small:1"
+    create(theirs, small_gguf, src, env)
+    run_modelfs("push", theirs, "--cache", str(src), env=env)
+    issuer.policy = {"alice": {"alice/*": ["*"]}}  # team/ is no longer alice's to read
+    mine = f"{reg.host}/alice/small:1"
+    run_modelfs(
+        "create", mine, "--gguf", str(small_gguf), "--system", "mine", "--cache", str(src), env=env
+    )
+    issuer.clear_requests()
+    result = run_modelfs("push", mine, "--cache", str(src), env=env)
+    asked = {s for r in issuer.requests for s in r.scopes}
+    assert "repository:team/small:pull" in asked, "no mount from team/small was offered"
+    assert "mounted from" not in result.stderr and "pushed" in result.stderr, result.stderr
+    assert "modelfs: " not in result.stderr.replace("modelfs: pushed", ""), result.stderr
+    dst = tmp_path / "dst"
+    run_modelfs("pull", mine, "--cache", str(dst), env=env)
+    assert blob_of(small_gguf, dst) == small_gguf.read_bytes()
+
+
 def test_unlink_remote_deletes_the_manifest(
     fresh_registry: RegistryProcess, small_gguf: Path, tmp_path: Path, env: dict[str, str]
 ) -> None:

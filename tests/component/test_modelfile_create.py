@@ -172,11 +172,128 @@ def test_a_bad_modelfile_is_one_line_naming_what_is_wrong(workdir: Path, text: s
     result = run_modelfs(
         "create", "local/x:y", "-f", str(workdir / "Bad"), "--cache", str(cache), check=False
     )
-    assert result.returncode in (1, 2), result.stderr
+    assert result.returncode == 1, result.stderr  # as every error in what a file says
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert message in lines[0], lines[0]
     assert not (cache / "manifests").exists() or not list((cache / "manifests").rglob("y"))
+
+
+def test_from_a_file_that_is_not_gguf_names_the_modelfile_and_the_line(workdir: Path):
+    """`FROM ./Modelfile` (an easy slip): one line naming the Modelfile, its line and what the
+    file starts with, with the exit status of every other Modelfile error."""
+    (workdir / "Bad").write_text("# points at itself\nFROM ./Bad\n")
+    cache = workdir / "cache"
+    bad = workdir / "Bad"
+    result = run_modelfs("create", "local/x:y", "-f", str(bad), "--cache", str(cache), check=False)
+    assert one_line_error(result) == (
+        f'modelfs: {bad} line 2: FROM ./Bad: not a GGUF file (it starts with "# po", not "GGUF")'
+    )
+    (workdir / "Text").write_text("FROM ./Text\n")
+    result = run_modelfs(
+        "create", "local/x:y", "-f", str(workdir / "Text"), "--cache", str(cache), check=False
+    )
+    assert one_line_error(result).endswith(
+        'line 1: FROM ./Text: not a GGUF file (it starts with "FROM", not "GGUF")'
+    )
+    assert not (cache / "manifests").exists()
+
+
+def test_a_params_typo_is_refused_as_the_same_typo_in_a_modelfile(workdir: Path):
+    cache = str(workdir / "cache")
+    flag = run_modelfs(
+        "create",
+        "local/x:flag",
+        "--gguf",
+        str(workdir / "smol.gguf"),
+        "--params",
+        '{"temprature": 1}',
+        "--cache",
+        cache,
+        check=False,
+    )
+    assert one_line_error(flag) == (
+        "modelfs: --params: temprature: unknown parameter (did you mean temperature?)"
+    )
+    (workdir / "Typo").write_text("FROM ./smol.gguf\nPARAMETER temprature 1\n")
+    modelfile = run_modelfs(
+        "create", "local/x:file", "-f", str(workdir / "Typo"), "--cache", cache, check=False
+    )
+    assert one_line_error(modelfile).endswith(
+        "line 2: PARAMETER temprature: unknown parameter (did you mean temperature?)"
+    )
+    wrong_type = run_modelfs(
+        "create",
+        "local/x:type",
+        "--gguf",
+        str(workdir / "smol.gguf"),
+        "--params",
+        '{"num_ctx": "big"}',
+        "--cache",
+        cache,
+        check=False,
+    )
+    assert one_line_error(wrong_type) == 'modelfs: --params: num_ctx: "big" is not a whole number'
+    assert not (workdir / "cache" / "manifests").exists()
+
+
+# What ollama create writes for SmolLM2's chat template: its table's chatml, and its stop words.
+CHATML_GO = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+    "{{ end }}<|im_start|>assistant\n"
+)
+CHATML_STOP = '"stop":["\\u003c|im_start|\\u003e","\\u003c|im_end|\\u003e"]'
+
+
+def layer_blobs(cache: Path, name: str) -> dict[str, bytes]:
+    m = manifest_of(cache, name)
+    return {x["mediaType"].rsplit(".", 1)[-1]: blob(cache, x["digest"]) for x in m["layers"]}
+
+
+def test_create_from_a_gguf_takes_its_chat_template_as_ollama_create_does(
+    workdir: Path, small_gguf: Path
+):
+    """`show` said the GGUF has a chat template, yet `create --gguf` made no template layer.
+    Now, as ollama create: the Go template of Ollama's table entry nearest the GGUF's Jinja,
+    with that entry's stop words under the given parameters."""
+    cache = workdir / "cache"
+    c = ("--cache", str(cache))
+    gguf = ("--gguf", str(workdir / "smol.gguf"))
+    run_modelfs("create", "local/smol:plain", *gguf, *c)
+    blobs = layer_blobs(cache, "local/smol:plain")
+    assert blobs["template"].decode() == CHATML_GO
+    assert blobs["params"].decode() == "{" + CHATML_STOP + "}\n"
+    doc = json.loads(run_modelfs("show", "local/smol:plain", "--json", *c).stdout)
+    assert doc["template"] == CHATML_GO
+
+    run_modelfs("create", "local/smol:params", *gguf, "--params", '{"temperature":0.5}', *c)
+    params = layer_blobs(cache, "local/smol:params")["params"].decode()
+    assert params == "{" + CHATML_STOP + ',"temperature":0.5}\n'
+
+    # A Modelfile without TEMPLATE: the same layers, its PARAMETERs merged the same way.
+    (workdir / "Plain").write_text("FROM ./smol.gguf\nPARAMETER temperature 0.5\n")
+    run_modelfs("create", "local/smol:file", "-f", str(workdir / "Plain"), *c)
+    assert layer_blobs(cache, "local/smol:file") == layer_blobs(cache, "local/smol:params")
+
+    # A template given is the template, and the given parameters are left as they were.
+    (workdir / "mine.tmpl").write_text(TEMPLATE)
+    run_modelfs(
+        "create",
+        "local/smol:own",
+        *gguf,
+        "--template",
+        str(workdir / "mine.tmpl"),
+        "--params",
+        '{"temperature":0.5}',
+        *c,
+    )
+    own = layer_blobs(cache, "local/smol:own")
+    assert own["template"].decode() == TEMPLATE and own["params"] == b'{"temperature":0.5}'
+
+    # A chat template near none Ollama knows (the synthetic GGUF's): no template, and a word.
+    odd = run_modelfs("create", "local/odd:1", "--gguf", str(small_gguf), *c)
+    assert "template" not in layer_blobs(cache, "local/odd:1")
+    assert "none of those Ollama knows" in odd.stderr, odd.stderr
 
 
 def test_flags_and_a_modelfile_do_not_mix_and_a_modelfile_is_the_default(

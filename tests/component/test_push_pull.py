@@ -106,6 +106,64 @@ def test_push_skips_blobs_the_registry_has(tmp_path, registry, smollm2_pushed, s
     assert "uploaded" in r.stderr  # the new system prompt and config
 
 
+def test_push_mounts_a_blob_the_registry_has_in_another_repository(tmp_path, proxy, small_gguf):
+    """As docker push does, without --from: a blob the registry lacks in the target repository
+    is offered as a cross-repository mount from the repositories whose cached manifests name it;
+    one that answers 202 (it does not have the blob) is cancelled and the next one tried."""
+    cache = str(tmp_path / "c")
+    pushed = f"{proxy.host}/mountsrc/b-pushed:1"
+    run_modelfs("create", pushed, "--gguf", str(small_gguf), "--system", "one", "--cache", cache)
+    run_modelfs("push", pushed, "--cache", cache)
+    assert proxy.upload_bytes() >= small_gguf.stat().st_size  # the proxy sees what is sent
+    # Made here and never pushed: the registry has nothing of it, yet it is tried first.
+    local = f"{proxy.host}/mountsrc/a-local:1"
+    run_modelfs("create", local, "--gguf", str(small_gguf), "--cache", cache)
+    target = f"{proxy.host}/mountdst/second:1"
+    run_modelfs("create", target, "--gguf", str(small_gguf), "--system", "two", "--cache", cache)
+    proxy.reset()
+    r = run_modelfs("push", target, "--cache", cache)
+    gguf_hex = sha256(small_gguf)
+    offers = [
+        (x.status, x.path.rpartition("from=")[2])
+        for x in proxy.records()
+        if x.method == "POST" and f"mount=sha256%3A{gguf_hex}" in x.path
+    ]
+    assert offers == [(202, "mountsrc%2Fa-local"), (201, "mountsrc%2Fb-pushed")], offers
+    assert any(x.method == "DELETE" and x.status < 300 for x in proxy.records()), (
+        "the upload session the 202 opened was left open"
+    )
+    sent = proxy.upload_bytes()
+    assert sent < 64 << 10, f"the {small_gguf.stat().st_size} B GGUF was uploaded again ({sent} B)"
+    assert "mounted from mountsrc/b-pushed" in r.stderr, r.stderr
+    fresh = tmp_path / "fresh"
+    run_modelfs("pull", target, "--cache", str(fresh))
+    assert sha256(fresh / "blobs" / f"sha256-{gguf_hex}") == gguf_hex
+
+
+def test_push_uploads_into_the_session_a_refused_mount_opened(tmp_path, proxy, small_gguf):
+    """A mount the registry answers 202 opened an upload session: with no repository left to
+    try, the blob goes up in that session (as docker push does), not in a second one."""
+    cache = str(tmp_path / "c")
+    never = f"{proxy.host}/mountsrc/never-pushed:1"
+    target = f"{proxy.host}/mountdst/lone:1"
+    for name in (never, target):  # the same blobs: each one's only candidate is `never`
+        run_modelfs("create", name, "--gguf", str(small_gguf), "--cache", cache)
+    proxy.reset()
+    run_modelfs("push", target, "--cache", cache)
+    records = proxy.records()
+    posts = [x for x in records if x.method == "POST" and "/mountdst/lone/" in x.path]
+    blobs = {x.path.rsplit("/", 1)[1] for x in records if x.method == "HEAD"}
+    assert len(blobs) >= 3 and [x.status for x in posts] == [202] * len(blobs), posts
+    assert all("mount=" in x.path and "from=mountsrc%2Fnever-pushed" in x.path for x in posts)
+    patches = [x for x in records if x.method == "PATCH"]
+    assert len(patches) == len(blobs) and not [x for x in records if x.method == "DELETE"]
+    assert proxy.upload_bytes() >= small_gguf.stat().st_size
+    fresh = tmp_path / "fresh"
+    run_modelfs("pull", target, "--cache", str(fresh))
+    gguf_hex = sha256(small_gguf)
+    assert sha256(fresh / "blobs" / f"sha256-{gguf_hex}") == gguf_hex
+
+
 def test_unlink_removes_only_unshared_blobs(tmp_path, smollm2_gguf):
     cache = tmp_path / "c"
     run_modelfs(

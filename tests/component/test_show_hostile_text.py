@@ -20,6 +20,11 @@ import pytest
 from gguf_synth import write_synthetic_gguf
 from support.mount import modelfs_cmd, run_modelfs
 
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_PARAMS, Layer, build_manifest, parse_manifest
+from modelfs.formats.names import parse_name
+
 DEADLINE_SECONDS = 60.0
 
 TITLE = "\x1b]0;pwned\x07"
@@ -32,6 +37,20 @@ NAME = f"smol{TITLE}{HIDE}{FORGED}\r"
 ARCH = "llama\x1b[2J\u202e"
 SYSTEM = f"Be nice.\x1b[1A\x1b[2K{TITLE}\nSecond line\x9b31m"
 PARAM_KEY = f"stop{HIDE}"
+
+
+def swap_params(cache_root: Path, name: str, params: bytes) -> None:
+    """Give the cached model ``name`` another params blob, as a registry could serve it."""
+    cache = BlobCache(cache_root)
+    model = parse_name(name)
+    manifest = parse_manifest(cache.read_manifest(model) or b"")
+    digest = Digest.of_bytes(params)
+    cache.store_bytes(params, digest)
+    layers = [
+        Layer(digest, MEDIA_TYPE_PARAMS, len(params)) if x.media_type == MEDIA_TYPE_PARAMS else x
+        for x in manifest.layers
+    ]
+    cache.write_manifest(model, build_manifest(manifest.config, layers))
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +72,14 @@ def hostile_model(registry, tmp_path_factory: pytest.TempPathFactory) -> tuple[s
         "--system",
         SYSTEM,
         "--params",
-        json.dumps({PARAM_KEY: "x", "temperature": 0.5}),
+        json.dumps({"temperature": 0.5}),
         "--license",
         str(license_file),
         "--cache",
         str(src),
     )
+    # create refuses a parameter name it does not know; a registry may serve anything.
+    swap_params(src, name, json.dumps({PARAM_KEY: "x", "temperature": 0.5}).encode())
     run_modelfs("push", name, "--cache", str(src))
     shutil.rmtree(src)
     return name, gguf

@@ -47,6 +47,7 @@ class Record:
     range: str | None
     status: int
     body_bytes: int
+    request_bytes: int = 0  # of the request's body (a push's PATCH carries the blob)
 
     @property
     def span(self) -> tuple[int, int] | None:
@@ -116,6 +117,10 @@ class Proxy:
 
     def blob_records(self) -> list[Record]:
         return [r for r in self.records() if "/blobs/" in r.path and r.method == "GET"]
+
+    def upload_bytes(self) -> int:
+        """Request body bytes sent to blob uploads (what a push sent of its blobs)."""
+        return sum(r.request_bytes for r in self.records() if "/blobs/uploads/" in r.path)
 
     def blob_bytes(self, digest_hex: str | None = None) -> int:
         """Body bytes of blob requests (of one blob, with ``digest_hex``)."""
@@ -254,6 +259,7 @@ def _serve(upstream: str) -> None:
                 record["status"] = rule["status"]
                 return
             body = self._request_body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
+            record["request_bytes"] = len(body or b"")
             headers: dict[str, str] = {}
             for k, v in self.headers.items():
                 if k.lower() in ("host", "connection", "transfer-encoding", "content-length"):
@@ -279,6 +285,12 @@ def _serve(upstream: str) -> None:
                 if k.lower() not in ("connection", "transfer-encoding"):
                     if k.lower() == "content-range" and rule and rule.get("content_range"):
                         v = str(rule["content_range"])
+                    if k.lower() == "location":
+                        # docker-registry's upload sessions are absolute URLs to itself: point
+                        # them here, so a push's PATCH and PUT are seen (and counted) too.
+                        upstream = "http://{}:{}".format(*state.upstream)
+                        if v.startswith(upstream + "/") and self.headers.get("Host"):
+                            v = f"http://{self.headers['Host']}{v[len(upstream) :]}"
                     self.send_header(k, v)
             if resp.getheader("Content-Length") is None and method != "HEAD":
                 self.send_header("Connection", "close")

@@ -268,7 +268,12 @@ def test_derived_fields_and_config_leave_out_what_is_absent() -> None:
 
 def test_empty_and_foreign_files() -> None:
     refused(b"", r"^not a GGUF file \(empty\)$")
-    refused(b"PK\x03\x04" + bytes(100), r"^not a GGUF file \(magic b'PK\\x03\\x04'\)$")
+    # What it starts with instead, said so a user can tell what the file is: no Python repr.
+    refused(
+        b"PK\x03\x04" + bytes(100),
+        r'^not a GGUF file \(it starts with bytes 50 4b 03 04, not "GGUF"\)$',
+    )
+    refused(b"FROM ./x.gguf\n", r'^not a GGUF file \(it starts with "FROM", not "GGUF"\)$')
     refused(b"\x7fEL", "not a GGUF file")
     refused(b"GG", "^GGUF header truncated at byte 2$")
     refused(b"GGUF\x03\x00", "^GGUF header truncated at byte 6$")

@@ -25,6 +25,7 @@ RANK = {
     "formats.digest": 1,
     "formats.names": 1,
     "formats.gguf": 1,
+    "formats.chattemplates": 1,
     "formats.modelfacts": 2,
     "formats.manifest": 2,
     "formats.relpath": 1,

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelfs.errors import UsageError
+from modelfs.errors import InputInvalid, UsageError
 from modelfs.formats.modelfile import (
     DEPRECATED_PARAMETERS,
     MAX_COMMANDS,
@@ -26,8 +26,10 @@ from modelfs.formats.modelfile import (
     PARAMETER_TYPES,
     Modelfile,
     ModelfileInvalid,
+    ParametersInvalid,
     _scan,
     format_modelfile,
+    parameters_from_json,
     parse_modelfile,
 )
 
@@ -544,9 +546,39 @@ def test_a_syntax_error_is_reported_before_a_bad_value_above_it() -> None:
     assert error_of("FROM x\nPARAMETER top_k many\nBAD\n").startswith("Modelfile line 3:")
 
 
-def test_modelfile_invalid_is_a_usage_error() -> None:
-    with pytest.raises(UsageError):
+def test_modelfile_invalid_is_invalid_input_not_a_usage_error() -> None:
+    # What a file says is refused with exit 1, as a bad GGUF is; exit 2 is for command lines.
+    with pytest.raises(InputInvalid) as caught:
         parse_modelfile("SYSTEM no from\n")
+    assert not isinstance(caught.value, UsageError)
+
+
+def test_json_parameters_are_checked_as_parameter_lines_are() -> None:
+    """`create --params` and PARAMETER lines: the same names, the same types, the same hint."""
+    line = error_of("FROM x\nPARAMETER temprature 1\n")
+    assert line.endswith("PARAMETER temprature: unknown parameter (did you mean temperature?)")
+    with pytest.raises(ParametersInvalid) as caught:
+        parameters_from_json({"temprature": 1}, "--params")
+    assert (
+        str(caught.value) == "--params: temprature: unknown parameter (did you mean temperature?)"
+    )
+    refused = {
+        "temperature": "hot",
+        "top_k": 2.5,
+        "num_ctx": True,
+        "use_mmap": 1,
+        "stop": "</s>",
+        "seed": 1 << 63,
+        "top_p": float("inf"),
+        "min_p": 1e39,
+    }
+    for name, value in refused.items():
+        with pytest.raises(ParametersInvalid, match=f"^--params: {name}: "):
+            parameters_from_json({name: value}, "--params")
+    given = {"temperature": 1, "num_ctx": 2048.0, "stop": ["a"], "use_mmap": False, "mirostat": 2}
+    kept, ignored = parameters_from_json(given)
+    assert kept == {"temperature": 1, "num_ctx": 2048.0, "stop": ["a"], "use_mmap": False}
+    assert ignored == ("mirostat",)
 
 
 # -- encodings and bounds ----------------------------------------------------------------------
