@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl nginx)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl nginx tmux)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -50,11 +50,11 @@ async def index(
     """Publish a chunk index of ``name``; the artifact's digest (None: nothing to index)."""
     manifest = parse_manifest(await registry.get_manifest(name))
     if manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX):
-        progress.message(f"{name} carries its own chunk index: nothing to publish")
+        progress.result(f"{name} carries its own chunk index: nothing to publish")
         return None
     large = [layer for layer in manifest.layers if layer.size > CHUNK_BYTES]
     if not large:
-        progress.message(f"{name} has no layer over {human_bytes(CHUNK_BYTES)}: nothing to index")
+        progress.result(f"{name} has no layer over {human_bytes(CHUNK_BYTES)}: nothing to index")
         return None
     await trio.to_thread.run_sync(cache.prepare)
     blobs = []
@@ -85,7 +85,7 @@ async def index(
             reference=referrers_tag(manifest.digest),
         )
     chunks = sum(len(b.hashes) for b in blobs)
-    progress.message(
+    progress.result(
         f"published a chunk index of {name} ({chunks} chunks, {human_bytes(len(raw_index))}) "
         f"beside {manifest.digest} as {digest}"
     )
