@@ -660,12 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-max",
         metavar="SIZE",
         help="evict models fetched through the mount (least recently used first) to keep blobs "
-        "under SIZE (500M, 20G); created and pulled models are never evicted",
+        "under SIZE (20G; 500MB = 500,000,000 bytes, 500MiB or 500M = 500 * 2^20, as sizes "
+        "are printed in MB = 10^6 bytes); created and pulled models are never evicted",
     )
     sp.add_argument(
         "--min-free",
         metavar="SIZE|PCT",
-        help="evict likewise to keep this much of the cache's filesystem free (default 10%%)",
+        help="evict likewise to keep this much of the cache's filesystem free (default 10%%; "
+        "SIZE as for --cache-max)",
     )
     sp.add_argument(
         "--metrics",

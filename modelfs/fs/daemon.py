@@ -172,7 +172,7 @@ def _size(
     except (UsageError, OverflowError):
         n, share = -1, None
     if share is None and not lowest <= n <= MAX_SIZE_BYTES:
-        what = "a size (500M, 10G)" + (" or a percentage (10%)" if percent else "")
+        what = "a size (500MB, 500MiB, 10G)" + (" or a percentage (10%)" if percent else "")
         raise UsageError(f"{label} takes {what}, not {val!r}")
     return n, share
 

@@ -293,3 +293,8 @@ def test_ctrl_c_stops_a_slow_pull_at_once_and_the_next_pull_resumes(
         f"the second pull fetched {again} bytes of a {total}-byte model of which "
         f"{kept} were kept: it did not resume"
     )
+
+
+def test_mount_help_says_what_a_size_unit_means() -> None:
+    text = " ".join(run_modelfs("mount", "--help").stdout.split())
+    assert "500MB = 500,000,000 bytes" in text and "500MiB or 500M = 500 * 2^20" in text, text
