@@ -388,6 +388,13 @@ def cmd_du(args: argparse.Namespace) -> int:
     rows, total = disk_usage(_cache(args), only)
     if only is not None and not rows:
         raise ModelNotFound(f"model {only} is not in the cache")
+    if args.json:
+        import json
+
+        from modelfs.commands.inventory import du_json
+
+        print(json.dumps(du_json(rows, total), indent=2))
+        return 0
     width = max([len("NAME"), *(len(r.display) for r in rows)])
     print(f"{'NAME':<{width}}  {'ON DISK':>9}")
     for r in rows:
@@ -491,6 +498,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from modelfs.commands.progress import human_bytes
 
     rows = inventory(_cache(args))
+    if args.json:
+        import json
+
+        from modelfs.commands.inventory import ls_json
+
+        print(json.dumps(ls_json(rows), indent=2))
+        return 0
     if not rows:
         print("no models in the cache", file=sys.stderr)
         return 0
@@ -775,6 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("du", help="bytes the cache's models take on disk, shared blobs once")
     sp.add_argument("name", nargs="?")
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="the same as JSON: models (name, display, disk_bytes) and total_bytes",
+    )
     cache_arg(sp)
     sp.set_defaults(func=cmd_du)
 
@@ -818,6 +837,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser(
         "ls", aliases=["list"], help="list cached models and how much of each is present"
+    )
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="the same as JSON: a list of models (name, display, digest, size_bytes, "
+        "present_bytes, complete, verify)",
     )
     cache_arg(sp)
     sp.set_defaults(func=cmd_ls)
