@@ -179,13 +179,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _flag_option(flag: str, key: str, value: str) -> str:
     """``--cache-max 1G`` as the ``-o`` option it stands for, checked, errors naming the flag."""
-    from modelfs.fs import daemon
+    from modelfs.fs.mount_options import parse_mount_options
 
     # The daemon gets it back as -o: a comma would smuggle in another option.
     try:
         if "," in value:
             raise UsageError(f"-o {key} takes one value, not {value!r}")
-        daemon.parse_mount_options([f"{key}={value}"])
+        parse_mount_options([f"{key}={value}"])
     except UsageError as e:
         raise UsageError(str(e).replace(f"-o {key}", flag, 1)) from None
     return f"{key}={value}"
@@ -653,7 +653,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="configuration file (default: $MODELFS_CONFIG, else ~/.config/modelfs/config.toml)",
         )
 
-    sp = sub.add_parser("mount", help="mount registries at MOUNTPOINT")
+    from modelfs.fs.mount_options import mount_options_help
+
+    sp = sub.add_parser(
+        "mount",
+        help="mount registries at MOUNTPOINT",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="mount options (-o OPT[,OPT...]; also in fstab):\n"
+        + "\n".join(f"  {line}" for line in mount_options_help().splitlines()),
+    )
     sp.add_argument("mountpoint")
     cache_arg(sp)
     registry_args(sp)
@@ -667,8 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         action="append",
         metavar="OPT[,OPT]",
-        help="verify=strict|deferred, links=yes|no, allow_other, lookup_ttl=S, streams=N, "
-        "cache_max=SIZE, min_free=SIZE|PCT, read_ahead_kb=N, max_background=N",
+        help="mount options, listed below",
     )
     sp.add_argument(
         "--cache-max",

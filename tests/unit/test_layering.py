@@ -59,6 +59,7 @@ RANK = {
     "fs.fuse_ops": 13,
     "fs.daemon": 14,
     "fs.mountctl": 14,
+    "fs.mount_options": 14,
     "fs.metricsserver": 6,
     "fs.status": 14,
     "commands.progress": 1,
