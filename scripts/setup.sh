@@ -90,3 +90,5 @@ CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install -q -e '.[tes
     echo "setup: modelfs did not install into .venv" >&2
     exit 1
 }
+# `modelfs <TAB>` and `man modelfs`: generated from the CLI's parser, never failing setup.
+bash scripts/shell-support.sh .venv/bin/modelfs /

@@ -24,6 +24,7 @@ import trio
 
 from modelfs import __version__
 from modelfs.blobs.blobcache import BlobCache, default_root
+from modelfs.commands.completion import DIRECTORY, FILE, SHELLS, completion_script, manpage
 from modelfs.errors import ModelfsError, ModelNotFound, UsageError
 from modelfs.formats.names import Name, parse_name
 
@@ -626,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--cache",
             metavar="DIR",
             help="cache root (default: $OLLAMA_MODELS, else ~/.ollama/models)",
-        )
+        ).complete = DIRECTORY  # type: ignore[attr-defined]
 
     def registry_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -640,18 +641,18 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PEM",
             help="trust this CA for registries' certificates (default: the system store; "
             "SSL_CERT_FILE also works)",
-        )
+        ).complete = FILE  # type: ignore[attr-defined]
         sp.add_argument(
             "--key",
             metavar="FILE",
             help="Ollama ed25519 key (default: $MODELFS_KEY, else ~/.ollama/id_ed25519, "
             "created if missing)",
-        )
+        ).complete = FILE  # type: ignore[attr-defined]
         sp.add_argument(
             "--config",
             metavar="FILE",
             help="configuration file (default: $MODELFS_CONFIG, else ~/.config/modelfs/config.toml)",
-        )
+        ).complete = FILE  # type: ignore[attr-defined]
 
     from modelfs.fs.mount_options import mount_options_help
 
@@ -662,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="mount options (-o OPT[,OPT...]; also in fstab):\n"
         + "\n".join(f"  {line}" for line in mount_options_help().splitlines()),
     )
-    sp.add_argument("mountpoint")
+    sp.add_argument("mountpoint").complete = DIRECTORY  # type: ignore[attr-defined]
     cache_arg(sp)
     registry_args(sp)
     sp.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
@@ -695,12 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (also -o metrics=HOST:PORT)",
     )
-    sp.add_argument("--log", metavar="FILE", help="daemon log file")
+    sp.add_argument("--log", metavar="FILE", help="daemon log file").complete = FILE  # type: ignore[attr-defined]
     sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_mount)
 
     sp = sub.add_parser("umount", help="unmount a modelfs mount")
-    sp.add_argument("mountpoint")
+    sp.add_argument("mountpoint").complete = DIRECTORY  # type: ignore[attr-defined]
     sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
     sp.set_defaults(func=cmd_umount)
 
@@ -718,13 +719,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("name")
     source = sp.add_mutually_exclusive_group()
-    source.add_argument("--gguf", metavar="FILE")
+    source.add_argument("--gguf", metavar="FILE").complete = FILE  # type: ignore[attr-defined]
     source.add_argument(
         "-f",
         "--file",
         metavar="MODELFILE",
         help="an Ollama Modelfile (default: ./Modelfile when there is no --gguf)",
-    )
+    ).complete = FILE  # type: ignore[attr-defined]
     sp.add_argument("--template", metavar="FILE")
     sp.add_argument("--system", metavar="TEXT")
     sp.add_argument("--params", metavar="JSON|FILE")
@@ -769,7 +770,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
 
     sp = sub.add_parser(
-        "unlink", aliases=["rm"], help="remove models from the cache (rm: Ollama's word for it)"
+        "unlink",
+        aliases=["rm"],
+        help="remove models from the cache (also modelfs rm, Ollama's word for it)",
     )
     sp.add_argument("names", nargs="+", metavar="NAME")
     sp.add_argument(
@@ -843,7 +846,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=lambda args: _help(p, sub, args.topic))
 
     sp = sub.add_parser(
-        "ls", aliases=["list"], help="list cached models and how much of each is present"
+        "completion",
+        help='shell completion for modelfs: eval "$(modelfs completion bash)" (setup installs it)',
+    )
+    sp.add_argument("shell", choices=SHELLS)
+    sp.set_defaults(func=lambda args: _print(completion_script(p, args.shell)))
+
+    sp = sub.add_parser(
+        "manpage", help="the manual page modelfs(1) as roff (setup installs it: man modelfs)"
+    )
+    sp.set_defaults(func=lambda args: _print(manpage(p, __version__)))
+
+    sp = sub.add_parser(
+        "ls",
+        aliases=["list"],
+        help="list cached models and how much of each is present (also modelfs list)",
     )
     sp.add_argument(
         "--json",
@@ -860,6 +877,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
     return p
+
+
+def _print(text: str) -> int:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
 
 
 def _help(parser: argparse.ArgumentParser, sub: Any, topic: str | None) -> int:

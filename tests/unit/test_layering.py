@@ -71,6 +71,7 @@ RANK = {
     "commands.pull": 11,
     "commands.show": 12,
     "commands.status": 15,
+    "commands.completion": 15,
     "commands.cli": 15,
     "__main__": 16,
     "__init__": 0,
