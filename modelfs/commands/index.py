@@ -101,6 +101,7 @@ async def _chunk_hashes(
     hashes: list[bytes] = []
     whole = hashlib.sha256()
     received = 0
+    arrived = 0  # bytes in, of whole chunks or not: what the progress shows
 
     def on_piece(offset: int, view: memoryview) -> None:
         # Worker thread. Pieces are whole chunks, in order; a retry resumes after the last.
@@ -110,14 +111,28 @@ async def _chunk_hashes(
         hashes.append(blake3.blake3(view).digest())
         whole.update(view)
         received += len(view)
-        progress.update(layer.digest.short, received, layer.size)
+
+    def on_bytes(n: int) -> None:
+        # Worker thread: on a slow link a whole chunk takes long; show the bytes as they come.
+        nonlocal arrived
+        arrived += n
+        progress.update(layer.digest.short, min(arrived, layer.size), layer.size)
 
     limiter = trio.CapacityLimiter(1)
 
     async def once() -> None:
+        nonlocal arrived
+        arrived = received
         if received < layer.size:
             await registry.read_range(
-                name, layer.digest, received, layer.size, READ_BYTES, on_piece, limiter=limiter
+                name,
+                layer.digest,
+                received,
+                layer.size,
+                READ_BYTES,
+                on_piece,
+                limiter=limiter,
+                on_bytes=on_bytes,
             )
 
     await retrying(f"blob {layer.digest.short}", once)

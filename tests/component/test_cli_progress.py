@@ -151,3 +151,28 @@ def test_pull_piped_says_how_far_it_is_now_and_then_and_the_result_on_stdout(
     assert len(moving) <= 12, f"a line per update is not a log a person reads:\n{r.stderr}"
     assert r.stdout == f"pulled {name} ({r.stdout.split('(')[1]}"
     assert "pulled" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def small_noindex_pushed(
+    registry: RegistryProcess, small_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The 8 MiB model without a chunk index, as Ollama pushes models: ``index`` has work."""
+    work = tmp_path_factory.mktemp("progress-noindex")
+    name = f"{registry.host}/library/progress:noindex"
+    run_modelfs("create", name, "--gguf", str(small_gguf), "--no-chunk-index", "--cache", str(work))
+    run_modelfs("push", name, "--cache", str(work))
+    shutil.rmtree(work)
+    return "library/progress:noindex"
+
+
+def test_index_piped_shows_bytes_between_chunks_and_the_result_on_stdout(
+    proxy: Proxy, small_noindex_pushed: str, tmp_path: Path
+) -> None:
+    name = f"{proxy.host}/{small_noindex_pushed}"
+    proxy.set_faults([{"path": "/blobs/", "method": "GET", "trickle_bps": TRICKLE_BPS}])
+    r = run_modelfs("index", name, "--insecure-registry", proxy.host, "--cache", str(tmp_path))
+    moving = [line for line in r.stderr.splitlines() if "%" in line]
+    assert any(0 < (shown_bytes(line) or 0) < CHUNK_BYTES for line in moving), r.stderr
+    assert r.stdout.startswith(f"published a chunk index of {name} "), r.stdout
+    assert "published" not in r.stderr
