@@ -83,6 +83,7 @@ def fit(head: str, done: int, total: int, rate: float | None, columns: int) -> s
         return f"{head} {_cells(done, total, min(BAR_CELLS, spare))} {figures}"
     for line in (
         f"{head} {figures.lstrip()}",
+        " ".join([head, pct.lstrip(), sizes, *more]),
         " ".join([head, pct.lstrip(), human_bytes(done), *more]),
     ):
         if len(line) <= room:
