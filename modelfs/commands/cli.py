@@ -277,12 +277,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     name = _name(args.name)
     source = _name(args.source) if args.source else None
 
-    _with_registry(
-        args,
-        lambda registry: push(
-            _cache(args), registry, name, Progress("pushing"), source=source, format=args.format
-        ),
-    )
+    progress = Progress("pushing")
+    try:
+        _with_registry(
+            args,
+            lambda registry: push(
+                _cache(args), registry, name, progress, source=source, format=args.format
+            ),
+        )
+    finally:
+        progress.end()  # an error or Ctrl-C starts on a line of its own
     return 0
 
 
@@ -319,7 +323,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     name = _name(args.name)
 
-    _with_registry(args, lambda registry: index(_cache(args), registry, name, Progress("indexing")))
+    progress = Progress("indexing")
+    try:
+        _with_registry(args, lambda registry: index(_cache(args), registry, name, progress))
+    finally:
+        progress.end()  # an error or Ctrl-C starts on a line of its own
     return 0
 
 

@@ -123,3 +123,18 @@ def test_a_log_gets_a_line_now_and_then(clock):
     assert log.getvalue().splitlines()[-1].startswith("pulling abc 1.0 MB done")
     assert out.getvalue() == "pulled x\n"
     assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
+
+
+def test_what_follows_an_open_bar_starts_on_a_line_of_its_own(clock, monkeypatch):
+    """An error or Ctrl-C in the middle of a blob: ``modelfs: …`` must not be glued to the bar."""
+    monkeypatch.setattr(progress, "terminal_columns", lambda stream: 80)
+    tty = Terminal()
+    p = Progress("pushing", tty, io.StringIO())
+    p.start("abc", 1000)
+    clock[0] += 1.0
+    p.update("abc", 500, 1000)
+    assert not tty.getvalue().endswith("\n")
+    p.end()
+    assert tty.getvalue().endswith("\n")
+    p.end()
+    assert not tty.getvalue().endswith("\n\n"), "a second end() added an empty line"
