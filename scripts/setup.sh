@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl nginx)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl nginx tmux)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -90,3 +90,5 @@ CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install -q -e '.[tes
     echo "setup: modelfs did not install into .venv" >&2
     exit 1
 }
+# `modelfs <TAB>` and `man modelfs`: generated from the CLI's parser, never failing setup.
+bash scripts/shell-support.sh .venv/bin/modelfs /

@@ -131,6 +131,10 @@ class BlobFetch:
         self._progress_at = 0.0
         self._waited_at = -float("inf")
         self._wait_publish_seconds = PARTIAL_BUSY_POLL_SECONDS
+        # Body bytes received: of requests that ended, and one counter per request under
+        # way (each written only by its worker thread, so no update is lost).
+        self._arrived_bytes = 0
+        self._arriving: list[list[int]] = []
         self.progress = Progress(ctx, self.what)
         self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable)
 
@@ -281,6 +285,12 @@ class BlobFetch:
         if self.published:
             return self.size
         return self.partial.present_bytes if self.partial is not None else 0
+
+    @property
+    def arrived_bytes(self) -> int:
+        """Body bytes received for this blob so far, those of chunks not yet whole and checked
+        included: what a progress display shows moving between chunks."""
+        return self._arrived_bytes + sum(counter[0] for counter in self._arriving)
 
     @property
     def finalizing(self) -> Flight | None:
@@ -659,8 +669,14 @@ class BlobFetch:
                     trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
             return True
 
+        arriving = [0]
+
+        def on_bytes(n: int) -> None:
+            arriving[0] += n  # worker thread
+
         # Fixed chunks arrive as one piece each; a registry's ranges in bounded pieces.
         piece_bytes = layout.chunk_bytes if layout.fixed else min(layout.largest_bytes, PIECE_BYTES)
+        self._arriving.append(arriving)
         try:
             await self.ctx.read_range(
                 self.registry,
@@ -671,8 +687,11 @@ class BlobFetch:
                 piece_bytes,
                 receiver.on_piece,
                 on_whole,
+                on_bytes,
             )
         finally:
+            self._arriving.remove(arriving)
+            self._arrived_bytes += arriving[0]
             for stream in started:
                 self._whole_ended(stream)
 

@@ -31,12 +31,19 @@ MIN_CHECK_INTERVAL_SECONDS = 1.0
 TOUCH_SECONDS = 30.0
 DEFAULT_MIN_FREE_PERCENT = 10.0
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# What a size's unit means: ``500MB`` is 500,000,000 bytes, as docker and ollama print
+# sizes (and as modelfs does); ``500MiB`` and the bare letter ``500M`` are 500 * 2**20, as
+# ``docker run --memory 500m`` and dd read them.
+_DECIMAL = {"KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}
+_BINARY = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_UNITS = {"": 1, "B": 1, **_DECIMAL, **_BINARY, **{f"{k}IB": v for k, v in _BINARY.items()}}
+SIZE_UNITS_HELP = "500MB = 500,000,000 bytes; 500MiB or 500M = 500 * 2^20"
 
 
 def parse_size(text: str, *, percent: bool = False) -> tuple[int, float | None]:
-    """``500M``, ``10G``, ``1234`` → (bytes, None); with ``percent``, ``10%`` → (0, 10.0)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    """``500MB`` (decimal), ``500MiB`` or ``500M`` (binary), ``1234`` → (bytes, None); with
+    ``percent``, ``10%`` → (0, 10.0)."""
+    t = text.strip().upper()
     try:
         if t.endswith("%"):
             if not percent:
@@ -45,13 +52,16 @@ def parse_size(text: str, *, percent: bool = False) -> tuple[int, float | None]:
             if not 0 <= share < 100:
                 raise ValueError
             return 0, share
-        unit = t[-1:] if t[-1:] in _UNITS and not t[-1:].isdigit() else ""
-        number = float(t[: len(t) - len(unit)])
-        if number < 0:
+        number = t.rstrip("KMGTIB")
+        unit = t[len(number) :]
+        if unit not in _UNITS or not number.strip():
             raise ValueError
-        return int(number * _UNITS[unit]), None
-    except (ValueError, IndexError):
-        what = "a size (500M, 10G)" + (" or a percentage (10%)" if percent else "")
+        value = float(number)
+        if not value >= 0:  # also NaN
+            raise ValueError
+        return int(value * _UNITS[unit]), None
+    except (ValueError, IndexError, OverflowError):
+        what = "a size (500MB, 500MiB, 10G)" + (" or a percentage (10%)" if percent else "")
         raise UsageError(f"{text!r} is not {what}") from None
 
 

@@ -84,7 +84,8 @@ class BlobSource(Protocol):
     call. Pieces delivered before a failure stay delivered. Failures are modelfs
     errors: ``Transient`` ones are retried. A source that answers with the whole blob
     instead asks ``on_whole(length)`` (worker thread) whether to deliver all of it, from
-    offset 0.
+    offset 0. ``on_bytes(n)`` (worker thread) is told of bytes as they arrive, before they
+    make a piece: what a progress display counts.
     """
 
     async def read_range(
@@ -98,6 +99,7 @@ class BlobSource(Protocol):
         *,
         limiter: trio.CapacityLimiter,
         on_whole: Callable[[int | None], bool] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None: ...
 
     async def chunksums(self, name: Name, digest: Digest) -> Chunksums | None:
@@ -224,6 +226,7 @@ class FetchContext:
         piece_bytes: int,
         on_piece: Callable[[int, memoryview], None],
         on_whole: Callable[[int | None], bool] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         """One range request, under a stream slot of ``name``'s host, counted and timed.
 
@@ -242,6 +245,7 @@ class FetchContext:
                 on_piece,
                 limiter=self.streams.threads,
                 on_whole=on_whole,
+                on_bytes=on_bytes,
             )
             if self.stats.on_range_seconds is not None:
                 self.stats.on_range_seconds(name.host.lower(), trio.current_time() - began)

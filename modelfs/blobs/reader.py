@@ -168,7 +168,8 @@ class Blobs:
         """Fetch ``layer`` whole, check it and publish it into ``blobs/`` (``pull``).
 
         Waits as long as it takes (no reader is waiting on a deadline);
-        ``on_progress(bytes_present)`` is called every ``progress_seconds``.
+        ``on_progress(bytes)`` is called every ``progress_seconds`` with the bytes present
+        and arriving.
         """
         if self.fetcher.is_small(layer):
             await self.fetcher.fetch_small(name, layer, wait=False)
@@ -275,6 +276,12 @@ class Blobs:
 
 
 async def _report(bf: BlobFetch, on_progress: Callable[[int], None], seconds: float) -> None:
+    """Tell ``on_progress`` the bytes of the blob here, counting those of chunks still
+    arriving (a chunk is 4 MiB or more: on a slow link, minutes between whole chunks)."""
+    present, arrived = bf.present_bytes, bf.arrived_bytes
     while True:
-        on_progress(bf.present_bytes)
+        moving = present + bf.arrived_bytes - arrived
+        # Bytes fetched again (a retried or rejected chunk) are counted twice: never past
+        # the blob's size, never behind what is checked and present.
+        on_progress(max(bf.present_bytes, min(bf.size, moving)))
         await trio.sleep(seconds)

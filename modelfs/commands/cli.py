@@ -25,6 +25,7 @@ import trio
 
 from modelfs import __version__
 from modelfs.blobs.blobcache import BlobCache, default_root
+from modelfs.commands.completion import DIRECTORY, FILE, SHELLS, completion_script, manpage
 from modelfs.errors import ModelfsError, ModelNotFound, UsageError
 from modelfs.formats.names import Name, parse_name
 
@@ -180,13 +181,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _flag_option(flag: str, key: str, value: str) -> str:
     """``--cache-max 1G`` as the ``-o`` option it stands for, checked, errors naming the flag."""
-    from modelfs.fs import daemon
+    from modelfs.fs.mount_options import parse_mount_options
 
     # The daemon gets it back as -o: a comma would smuggle in another option.
     try:
         if "," in value:
             raise UsageError(f"-o {key} takes one value, not {value!r}")
-        daemon.parse_mount_options([f"{key}={value}"])
+        parse_mount_options([f"{key}={value}"])
     except UsageError as e:
         raise UsageError(str(e).replace(f"-o {key}", flag, 1)) from None
     return f"{key}={value}"
@@ -277,12 +278,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     name = _name(args.name)
     source = _name(args.source) if args.source else None
 
-    _with_registry(
-        args,
-        lambda registry: push(
-            _cache(args), registry, name, Progress("pushing"), source=source, format=args.format
-        ),
-    )
+    progress = Progress("pushing")
+    try:
+        _with_registry(
+            args,
+            lambda registry: push(
+                _cache(args), registry, name, progress, source=source, format=args.format
+            ),
+        )
+    finally:
+        progress.end()  # an error or Ctrl-C starts on a line of its own
     return 0
 
 
@@ -319,7 +324,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     name = _name(args.name)
 
-    _with_registry(args, lambda registry: index(_cache(args), registry, name, Progress("indexing")))
+    progress = Progress("indexing")
+    try:
+        _with_registry(args, lambda registry: index(_cache(args), registry, name, progress))
+    finally:
+        progress.end()  # an error or Ctrl-C starts on a line of its own
     return 0
 
 
@@ -391,6 +400,13 @@ def cmd_du(args: argparse.Namespace) -> int:
     if only is not None and not rows:
         raise ModelNotFound(f"model {only} is not in the cache")
     unnamed = unnamed_partial_bytes(cache) if only is None else 0
+    if args.json:
+        import json
+
+        from modelfs.commands.inventory import du_json
+
+        print(json.dumps(du_json(rows, total, unnamed), indent=2))
+        return 0
     width = max([len("NAME"), len(UNNAMED_ROW), *(len(r.display) for r in rows)])
     print(f"{'NAME':<{width}}  {'ON DISK':>9}")
     for r in rows:
@@ -501,6 +517,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     cache = _cache(args)
     rows = inventory(cache)
     unnamed = unnamed_partial_bytes(cache)
+    if args.json:
+        import json
+
+        from modelfs.commands.inventory import ls_json
+
+        print(json.dumps(ls_json(rows), indent=2))
+        return 0
     if not rows and not unnamed:
         print("no models in the cache", file=sys.stderr)
         return 0
@@ -625,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--cache",
             metavar="DIR",
             help="cache root (default: $OLLAMA_MODELS, else ~/.ollama/models)",
-        )
+        ).complete = DIRECTORY  # type: ignore[attr-defined]
 
     def registry_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -639,21 +662,29 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PEM",
             help="trust this CA for registries' certificates (default: the system store; "
             "SSL_CERT_FILE also works)",
-        )
+        ).complete = FILE  # type: ignore[attr-defined]
         sp.add_argument(
             "--key",
             metavar="FILE",
             help="Ollama ed25519 key (default: $MODELFS_KEY, else ~/.ollama/id_ed25519, "
             "created if missing)",
-        )
+        ).complete = FILE  # type: ignore[attr-defined]
         sp.add_argument(
             "--config",
             metavar="FILE",
             help="configuration file (default: $MODELFS_CONFIG, else ~/.config/modelfs/config.toml)",
-        )
+        ).complete = FILE  # type: ignore[attr-defined]
 
-    sp = sub.add_parser("mount", help="mount registries at MOUNTPOINT")
-    sp.add_argument("mountpoint")
+    from modelfs.fs.mount_options import mount_options_help
+
+    sp = sub.add_parser(
+        "mount",
+        help="mount registries at MOUNTPOINT",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="mount options (-o OPT[,OPT...]; also in fstab):\n"
+        + "\n".join(f"  {line}" for line in mount_options_help().splitlines()),
+    )
+    sp.add_argument("mountpoint").complete = DIRECTORY  # type: ignore[attr-defined]
     cache_arg(sp)
     registry_args(sp)
     sp.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
@@ -666,31 +697,32 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         action="append",
         metavar="OPT[,OPT]",
-        help="verify=strict|deferred, links=yes|no, allow_other, lookup_ttl=S, streams=N, "
-        "cache_max=SIZE, min_free=SIZE|PCT, read_ahead_kb=N, max_background=N",
+        help="mount options, listed below",
     )
     sp.add_argument(
         "--cache-max",
         metavar="SIZE",
         help="evict models fetched through the mount (least recently used first) to keep blobs "
-        "under SIZE (500M, 20G); created and pulled models are never evicted",
+        "under SIZE (20G; 500MB = 500,000,000 bytes, 500MiB or 500M = 500 * 2^20, as sizes "
+        "are printed in MB = 10^6 bytes); created and pulled models are never evicted",
     )
     sp.add_argument(
         "--min-free",
         metavar="SIZE|PCT",
-        help="evict likewise to keep this much of the cache's filesystem free (default 10%%)",
+        help="evict likewise to keep this much of the cache's filesystem free (default 10%%; "
+        "SIZE as for --cache-max)",
     )
     sp.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (also -o metrics=HOST:PORT)",
     )
-    sp.add_argument("--log", metavar="FILE", help="daemon log file")
+    sp.add_argument("--log", metavar="FILE", help="daemon log file").complete = FILE  # type: ignore[attr-defined]
     sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_mount)
 
     sp = sub.add_parser("umount", help="unmount a modelfs mount")
-    sp.add_argument("mountpoint")
+    sp.add_argument("mountpoint").complete = DIRECTORY  # type: ignore[attr-defined]
     sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
     sp.set_defaults(func=cmd_umount)
 
@@ -708,13 +740,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("name")
     source = sp.add_mutually_exclusive_group()
-    source.add_argument("--gguf", metavar="FILE")
+    source.add_argument("--gguf", metavar="FILE").complete = FILE  # type: ignore[attr-defined]
     source.add_argument(
         "-f",
         "--file",
         metavar="MODELFILE",
         help="an Ollama Modelfile (default: ./Modelfile when there is no --gguf)",
-    )
+    ).complete = FILE  # type: ignore[attr-defined]
     sp.add_argument("--template", metavar="FILE")
     sp.add_argument("--system", metavar="TEXT")
     sp.add_argument("--params", metavar="JSON|FILE")
@@ -759,7 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
 
     sp = sub.add_parser(
-        "unlink", aliases=["rm"], help="remove models from the cache (rm: Ollama's word for it)"
+        "unlink",
+        aliases=["rm"],
+        help="remove models from the cache (also modelfs rm, Ollama's word for it)",
     )
     sp.add_argument("names", nargs="+", metavar="NAME")
     sp.add_argument(
@@ -786,6 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("du", help="bytes the cache's models take on disk, shared blobs once")
     sp.add_argument("name", nargs="?")
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="the same as JSON: models (name, display, disk_bytes) and total_bytes",
+    )
     cache_arg(sp)
     sp.set_defaults(func=cmd_du)
 
@@ -828,7 +867,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=lambda args: _help(p, sub, args.topic))
 
     sp = sub.add_parser(
-        "ls", aliases=["list"], help="list cached models and how much of each is present"
+        "completion",
+        help='shell completion for modelfs: eval "$(modelfs completion bash)" (setup installs it)',
+    )
+    sp.add_argument("shell", choices=SHELLS)
+    sp.set_defaults(func=lambda args: _print(completion_script(p, args.shell)))
+
+    sp = sub.add_parser(
+        "manpage", help="the manual page modelfs(1) as roff (setup installs it: man modelfs)"
+    )
+    sp.set_defaults(func=lambda args: _print(manpage(p, __version__)))
+
+    sp = sub.add_parser(
+        "ls",
+        aliases=["list"],
+        help="list cached models and how much of each is present (also modelfs list)",
+    )
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="the same as JSON: a list of models (name, display, digest, size_bytes, "
+        "present_bytes, complete, verify)",
     )
     cache_arg(sp)
     sp.set_defaults(func=cmd_ls)
@@ -839,6 +898,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
     return p
+
+
+def _print(text: str) -> int:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
 
 
 def _help(parser: argparse.ArgumentParser, sub: Any, topic: str | None) -> int:

@@ -50,11 +50,11 @@ async def index(
     """Publish a chunk index of ``name``; the artifact's digest (None: nothing to index)."""
     manifest = parse_manifest(await registry.get_manifest(name))
     if manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX):
-        progress.message(f"{name} carries its own chunk index: nothing to publish")
+        progress.result(f"{name} carries its own chunk index: nothing to publish")
         return None
     large = [layer for layer in manifest.layers if layer.size > CHUNK_BYTES]
     if not large:
-        progress.message(f"{name} has no layer over {human_bytes(CHUNK_BYTES)}: nothing to index")
+        progress.result(f"{name} has no layer over {human_bytes(CHUNK_BYTES)}: nothing to index")
         return None
     await trio.to_thread.run_sync(cache.prepare)
     blobs = []
@@ -85,7 +85,7 @@ async def index(
             reference=referrers_tag(manifest.digest),
         )
     chunks = sum(len(b.hashes) for b in blobs)
-    progress.message(
+    progress.result(
         f"published a chunk index of {name} ({chunks} chunks, {human_bytes(len(raw_index))}) "
         f"beside {manifest.digest} as {digest}"
     )
@@ -101,6 +101,7 @@ async def _chunk_hashes(
     hashes: list[bytes] = []
     whole = hashlib.sha256()
     received = 0
+    arrived = 0  # bytes in, of whole chunks or not: what the progress shows
 
     def on_piece(offset: int, view: memoryview) -> None:
         # Worker thread. Pieces are whole chunks, in order; a retry resumes after the last.
@@ -110,14 +111,28 @@ async def _chunk_hashes(
         hashes.append(blake3.blake3(view).digest())
         whole.update(view)
         received += len(view)
-        progress.update(layer.digest.short, received, layer.size)
+
+    def on_bytes(n: int) -> None:
+        # Worker thread: on a slow link a whole chunk takes long; show the bytes as they come.
+        nonlocal arrived
+        arrived += n
+        progress.update(layer.digest.short, min(arrived, layer.size), layer.size)
 
     limiter = trio.CapacityLimiter(1)
 
     async def once() -> None:
+        nonlocal arrived
+        arrived = received
         if received < layer.size:
             await registry.read_range(
-                name, layer.digest, received, layer.size, READ_BYTES, on_piece, limiter=limiter
+                name,
+                layer.digest,
+                received,
+                layer.size,
+                READ_BYTES,
+                on_piece,
+                limiter=limiter,
+                on_bytes=on_bytes,
             )
 
     await retrying(f"blob {layer.digest.short}", once)

@@ -5,6 +5,9 @@ How reads are checked is what the mount last used for the model's largest blob t
 complete (its partial state says), else what the cache alone can tell: ``complete``, the
 manifest's own ``index``, a ``local-index``; ``-`` when it carries neither and the mount has
 not read it yet (a published index or the registry's chunksums are found on the first read).
+
+``ls --json`` and ``du --json`` print ``ls_json``/``du_json``: their keys are an interface
+(scripts read them; README lists them), added to, never renamed.
 """
 
 from __future__ import annotations
@@ -52,6 +55,22 @@ def inventory(cache: BlobCache) -> list[ModelRow]:
             )
         )
     return rows
+
+
+def ls_json(rows: list[ModelRow]) -> list[dict[str, object]]:
+    """``modelfs ls --json``: one object per model, bytes as integers."""
+    return [
+        {
+            "name": str(r.name),
+            "display": r.display,
+            "digest": str(r.digest),
+            "size_bytes": r.size_bytes,
+            "present_bytes": r.present_bytes,
+            "complete": r.complete,
+            "verify": r.verify,
+        }
+        for r in rows
+    ]
 
 
 def present_bytes(cache: BlobCache, layer: Layer) -> int:
@@ -135,3 +154,15 @@ def _layers(path: Path) -> tuple[Layer, ...]:
         return parse_manifest(path.read_bytes()).blobs
     except (OSError, ManifestInvalid):
         return ()
+
+
+def du_json(rows: list[DiskRow], total: int, unnamed: int) -> dict[str, object]:
+    """``modelfs du --json``: bytes on disk per model, partials no model names (another process
+    still held them at ``unlink``), and in all with shared blobs once."""
+    return {
+        "models": [
+            {"name": str(r.name), "display": r.display, "disk_bytes": r.disk_bytes} for r in rows
+        ],
+        "unnamed_partial_bytes": unnamed,
+        "total_bytes": total + unnamed,
+    }

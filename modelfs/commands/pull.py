@@ -72,7 +72,7 @@ async def pull(
     await trio.to_thread.run_sync(cache.write_manifest, name, raw)
     # Pulled on purpose: pinned, never evicted to keep the cache within its bounds.
     await trio.to_thread.run_sync(cache.unmark_lazy, name)
-    progress.message(f"pulled {name} ({manifest.digest})")
+    progress.result(f"pulled {name} ({manifest.digest})")
     return manifest
 
 

@@ -90,7 +90,7 @@ async def push(
         parts.append(f"{human_bytes(mounted)} mounted")
     parts.append(f"{human_bytes(present)} already there")
     what = " as a Docker model" if format == "docker" else ""
-    progress.message(f"pushed {name}{what} ({manifest.digest}): {', '.join(parts)}")
+    progress.result(f"pushed {name}{what} ({manifest.digest}): {', '.join(parts)}")
     return manifest
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -27,15 +26,18 @@ import trio
 from modelfs.blobs import blobwatch
 from modelfs.blobs.blobcache import BLOBS_VIEW_DIRNAME, BlobCache
 from modelfs.blobs.completion import Completion
-from modelfs.blobs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor, parse_size
+from modelfs.blobs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor
 from modelfs.blobs.fetchcontext import MAX_STREAMS, FetchSettings
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs, BlobsSettings
-from modelfs.errors import ModelfsError, MountError, NameInvalid, UsageError
-from modelfs.formats.chunks import CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
+from modelfs.errors import ModelfsError, MountError, UsageError
+from modelfs.formats.chunks import CHUNK_BYTES
 from modelfs.formats.digest import Digest
-from modelfs.formats.names import PartKind, check_part
 from modelfs.fs import fuse_ops, mountctl, status
+
+# parse_mount_options: where callers found it before it had a module of its own.
+from modelfs.fs.mount_options import parse_mount_options as parse_mount_options
+from modelfs.fs.mount_options import size_option
 from modelfs.fs.resolver import LOOKUP_TTL_SECONDS, Resolver
 from modelfs.fs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Access, Tree
 from modelfs.registry.client import Registry, RegistryConfig
@@ -47,39 +49,6 @@ log = logging.getLogger(__name__)
 FUSE_MAX_TASKS = 64
 READ_AHEAD_KB = 4096
 MAX_BACKGROUND = 64
-# Options mount(8) and mount.fuse3 pass on their own: accepted, and meaningless for a
-# read-only network filesystem.
-IGNORED_MOUNT_OPTIONS = frozenset(
-    {
-        "rw",
-        "ro",
-        "dev",
-        "nodev",
-        "suid",
-        "nosuid",
-        "exec",
-        "noexec",
-        "auto",
-        "noauto",
-        "user",
-        "nouser",
-        "users",
-        "_netdev",
-        "nofail",
-        "defaults",
-        "atime",
-        "noatime",
-        "relatime",
-        "strictatime",
-        "nodiratime",
-        "sync",
-        "async",
-        "owner",
-        "group",
-        "comment",
-        "default_permissions",  # added with allow_other anyway
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -118,139 +87,6 @@ class MountOptions:
     settings_loader: Callable[[], tuple[RegistryConfig, FileConfig]] | None = None
     # Cache bounds set with -o (cache_max, min_free): they win over the file's.
     fixed_bounds: frozenset[str] = frozenset()
-
-
-# What each number may be: out of range, a daemon starts but misbehaves (chunk_kb=0 makes
-# every large read EIO, streams=10**6 a million threads, stall_seconds=nan no stall ever).
-MAX_STALL_SECONDS = 3600.0
-MAX_LOOKUP_TTL_SECONDS = 86400.0
-MAX_STREAMS_PER_HOST = 32
-MAX_READ_AHEAD_KB = 1 << 20
-MAX_BACKGROUND_REQUESTS = 65535  # the kernel's field is 16 bits
-MAX_RATE_BYTES = 1 << 30  # per second
-MAX_SIZE_BYTES = 1 << 60
-
-
-def _seconds(key: str, val: str, lowest: float, highest: float, *, zero: bool) -> float:
-    """A finite number of seconds in range (above ``lowest``, or equal to it with ``zero``)."""
-    try:
-        n = float(val)
-    except ValueError:
-        n = math.nan
-    if not (math.isfinite(n) and (lowest <= n if zero else lowest < n) and n <= highest):
-        at_least = f"from {lowest:g}" if zero else f"above {lowest:g}"
-        raise UsageError(f"-o {key} takes seconds {at_least} to {highest:g}, not {val!r}")
-    return n
-
-
-def _whole(key: str, val: str, lowest: int, highest: int) -> int:
-    try:
-        n = int(val)
-    except ValueError:
-        n = lowest - 1
-    if not lowest <= n <= highest:
-        raise UsageError(f"-o {key} takes a whole number from {lowest} to {highest}, not {val!r}")
-    return n
-
-
-def _chunk_kb(val: str) -> int:
-    low, high = MIN_CHUNK_BYTES >> 10, MAX_CHUNK_BYTES >> 10
-    try:
-        kb = int(val)
-    except ValueError:
-        kb = 0
-    if not low <= kb <= high or kb & (kb - 1):
-        raise UsageError(f"-o chunk_kb takes a power of two from {low} to {high}, not {val!r}")
-    return kb
-
-
-def _size(
-    label: str, val: str, *, lowest: int = 0, percent: bool = False
-) -> tuple[int, float | None]:
-    try:
-        n, share = parse_size(val, percent=percent)
-    except (UsageError, OverflowError):
-        n, share = -1, None
-    if share is None and not lowest <= n <= MAX_SIZE_BYTES:
-        what = "a size (500M, 10G)" + (" or a percentage (10%)" if percent else "")
-        raise UsageError(f"{label} takes {what}, not {val!r}")
-    return n, share
-
-
-def _hosts(key: str, val: str) -> tuple[str, ...]:
-    # fstab's -o takes commas itself: hosts are separated by '+' there.
-    hosts = tuple(h.strip().lower() for h in val.replace("+", " ").split())
-    if not hosts:
-        raise UsageError(f"-o {key} needs at least one HOST[:PORT]")
-    return tuple(_host(key, h) for h in hosts)
-
-
-def _host(key: str, text: str) -> str:
-    try:
-        return check_part(PartKind.HOST, text)
-    except NameInvalid:
-        raise UsageError(f"-o {key} takes HOST[:PORT], not {text!r}") from None
-
-
-def parse_mount_options(values: list[str]) -> dict[str, object]:
-    """``-o a,b=c`` values → keyword arguments for MountOptions. An unknown option, or a value
-    out of its range, is a ``UsageError`` naming the option."""
-    out: dict[str, object] = {}
-    for value in values:
-        for opt in value.split(","):
-            opt = opt.strip()
-            if not opt:
-                continue
-            key, eq, val = opt.partition("=")
-            if key in IGNORED_MOUNT_OPTIONS or key.startswith("x-"):
-                continue
-            if key == "verify":
-                if val not in ("strict", "deferred"):
-                    raise UsageError(f"-o verify takes strict or deferred, not {val!r}")
-                out["deferred"] = val == "deferred"
-            elif key == "allow_other" and not eq:
-                out["allow_other"] = True
-            elif key == "share_credentials" and not eq:
-                out["share_credentials"] = True
-            elif key == "registries":
-                out["registries"] = (*out.get("registries", ()), *_hosts(key, val))  # type: ignore[misc]
-            elif key == "stall_seconds":
-                out["stall_seconds"] = _seconds(key, val, 0, MAX_STALL_SECONDS, zero=False)
-            elif key == "min_rate":
-                # 0 would make a silent registry never a stall.
-                out["min_bytes_per_second"] = _size("-o min_rate", val, lowest=1)[0]
-                if out["min_bytes_per_second"] > MAX_RATE_BYTES:  # type: ignore[operator]
-                    raise UsageError(f"-o min_rate takes at most 1G (a second), not {val!r}")
-            elif key == "lookup_ttl":
-                out["lookup_ttl_seconds"] = _seconds(key, val, 0, MAX_LOOKUP_TTL_SECONDS, zero=True)
-            elif key == "streams":
-                out["max_streams"] = _whole(key, val, 1, MAX_STREAMS_PER_HOST)
-            elif key == "read_ahead_kb":
-                out["read_ahead_kb"] = _whole(key, val, 0, MAX_READ_AHEAD_KB) if val else None
-            elif key == "max_background":
-                out["max_background"] = (
-                    _whole(key, val, 0, MAX_BACKGROUND_REQUESTS) if val else None
-                )
-            elif key == "chunk_kb":
-                out["chunk_bytes"] = _chunk_kb(val) << 10
-            elif key == "insecure_registry":
-                host = _host(key, val.strip())
-                out["insecure_hosts"] = (*out.get("insecure_hosts", ()), host)  # type: ignore[misc]
-            elif key in ("links", "push", "blobs_view"):
-                if val not in ("yes", "no"):
-                    raise UsageError(f"-o {key} takes yes or no, not {val!r}")
-                out["push_pages" if key == "push" else key] = val == "yes"
-            elif key == "cache_max":
-                out["cache_max"] = _size("-o cache_max", val)[0]
-            elif key == "min_free":
-                out["min_free"], out["min_free_percent"] = _size("-o min_free", val, percent=True)
-            elif key == "fuse_debug" and not eq:
-                out["fuse_debug"] = True
-            elif key == "metrics":
-                out["metrics"] = status.parse_address(val)
-            else:
-                raise UsageError(f"unknown mount option {opt!r}")
-    return out
 
 
 def _mount_dev(mountpoint: Path) -> str | None:
@@ -458,9 +294,9 @@ def cache_bounds(options: MountOptions, file: FileConfig) -> CacheBounds:
     min_free, min_free_percent = options.min_free, options.min_free_percent
     try:
         if "cache_max" not in options.fixed_bounds and file.cache_max is not None:
-            max_bytes = _size("cache_max", file.cache_max)[0]
+            max_bytes = size_option("cache_max", file.cache_max)[0]
         if "min_free" not in options.fixed_bounds and file.min_free is not None:
-            min_free, min_free_percent = _size("min_free", file.min_free, percent=True)
+            min_free, min_free_percent = size_option("min_free", file.min_free, percent=True)
     except UsageError as e:
         raise UsageError(f"the configuration {file.path}: {e}") from None
     return CacheBounds(max_bytes, min_free, min_free_percent)

@@ -59,6 +59,8 @@ READ_SLICE_BYTES = 256 << 10
 # given): True to take the whole body as it comes (worker thread).
 WholeSink = Callable[[int | None], bool]
 PieceSink = Callable[[int, memoryview], None]
+# Told the body bytes as they arrive (worker thread), before they make a whole piece.
+ArrivalSink = Callable[[int], None]
 
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -195,15 +197,22 @@ class Pool:
 class _Transfer:
     """One request being served, as the watchdog sees it."""
 
-    __slots__ = ("aborted", "conn", "mark", "stalled", "total", "window_start")
+    __slots__ = ("aborted", "conn", "mark", "on_bytes", "stalled", "total", "window_start")
 
     def __init__(self) -> None:
         self.conn: http.client.HTTPConnection | None = None
         self.total = 0  # bytes of body received (written by the worker thread only)
+        self.on_bytes: ArrivalSink | None = None
         self.mark = 0  # ``total`` when the current window started (watchdog only)
         self.window_start = time.monotonic()
         self.stalled: str | None = None
         self.aborted = False
+
+    def received(self, n: int) -> None:
+        """``n`` more bytes of body arrived (worker thread)."""
+        self.total += n
+        if self.on_bytes is not None:
+            self.on_bytes(n)
 
     def check(self) -> None:
         """Raise if the watchdog ended this transfer (called by the worker thread)."""
@@ -442,15 +451,18 @@ class BulkClient:
         piece_bytes: int,
         on_piece: PieceSink,
         on_whole: WholeSink | None = None,
+        on_bytes: ArrivalSink | None = None,
     ) -> None:
         """Stream bytes ``[start, end)`` of the blob at ``url`` to ``on_piece``.
 
         A server that answers the range with the whole blob (200: a pull-through mirror that
         has not stored it yet copies it from its origin for every such request) is asked
         through ``on_whole(length)`` whether the whole body is wanted; if so, every byte of
-        it goes to ``on_piece`` from offset 0, else only ``[start, end)``.
+        it goes to ``on_piece`` from offset 0, else only ``[start, end)``. ``on_bytes(n)`` is
+        told of body bytes as they arrive, a piece being up to ``piece_bytes`` long.
         """
         with self.watchdog.watching() as t:
+            t.on_bytes = on_bytes
             try:
                 self._read_range(t, url, authorization, start, end, piece_bytes, on_piece, on_whole)
             except (OSError, http.client.HTTPException):
@@ -547,7 +559,7 @@ class BulkClient:
                 if not got:
                     break
                 filled += got
-                t.total += got
+                t.received(got)
             if filled:
                 on_piece(offset, view[:filled])
                 offset += filled
@@ -605,7 +617,7 @@ class BulkClient:
                 t.check()
                 raise BodyError(f"body ended before byte {start}")
             skip -= got
-            t.total += got
+            t.received(got)
         offset = start
         while offset < end:
             want = min(piece_bytes, end - offset)
@@ -616,7 +628,7 @@ class BulkClient:
                     t.check()
                     raise BodyError(f"body ended at byte {offset + filled} of {start}-{end - 1}")
                 filled += got
-                t.total += got
+                t.received(got)
             on_piece(offset, view[:want])
             offset += want
         # Whatever is left (a server sending more than asked) is not ours to read.

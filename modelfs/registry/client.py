@@ -63,6 +63,7 @@ from modelfs.formats.referrers import (
 from modelfs.registry.auth import AuthConfig, Authenticator, in_clear_on_its_host
 from modelfs.registry.bulk import (
     Aborted,
+    ArrivalSink,
     BodyError,
     BulkClient,
     BulkSettings,
@@ -75,7 +76,7 @@ from modelfs.registry.bulk import (
 from modelfs.registry.origins import same_origin
 from modelfs.registry.retry import retrying
 
-__all__ = ["PieceSink", "Registry", "RegistryConfig", "WholeSink"]
+__all__ = ["ArrivalSink", "PieceSink", "Registry", "RegistryConfig", "WholeSink"]
 
 log = logging.getLogger(__name__)
 
@@ -742,6 +743,7 @@ class Registry:
         *,
         limiter: trio.CapacityLimiter,
         on_whole: WholeSink | None = None,
+        on_bytes: ArrivalSink | None = None,
     ) -> None:
         """Stream blob bytes ``[start, end)`` to ``on_piece`` in pieces of ``piece_bytes``.
 
@@ -749,20 +751,41 @@ class Registry:
         during the call. Pieces delivered before a failure stay delivered: a caller
         retries only what is missing. Raises Transient when the body is cut short or
         stalls (less than ``min_bytes_per_second`` over ``stall_seconds``). ``on_whole``: see
-        ``BulkClient.read_range`` (a mirror answering with the whole blob).
+        ``BulkClient.read_range`` (a mirror answering with the whole blob); ``on_bytes(n)``, body
+        bytes as they arrive (worker thread).
         """
         what = f"blob {digest.short} of {name}"
         bases = self.read_bases(name)
         for base in bases[:-1]:
             try:
                 await self._read_range_at(
-                    base, name, digest, start, end, piece_bytes, on_piece, what, limiter, on_whole
+                    base,
+                    name,
+                    digest,
+                    start,
+                    end,
+                    piece_bytes,
+                    on_piece,
+                    what,
+                    limiter,
+                    on_whole,
+                    on_bytes,
                 )
                 return
             except ModelfsError as e:
                 self._mirror_failed(base, name, e)
         await self._read_range_at(
-            bases[-1], name, digest, start, end, piece_bytes, on_piece, what, limiter, on_whole
+            bases[-1],
+            name,
+            digest,
+            start,
+            end,
+            piece_bytes,
+            on_piece,
+            what,
+            limiter,
+            on_whole,
+            on_bytes,
         )
 
     async def _read_range_at(
@@ -777,6 +800,7 @@ class Registry:
         what: str,
         limiter: trio.CapacityLimiter,
         on_whole: WholeSink | None = None,
+        on_bytes: ArrivalSink | None = None,
     ) -> None:
         url = self.blob_url(name, digest, base)
         host = self.auth_host(base, name)
@@ -794,6 +818,7 @@ class Registry:
                     piece_bytes,
                     on_piece,
                     on_whole,
+                    on_bytes,
                     limiter=limiter,
                 )
                 return

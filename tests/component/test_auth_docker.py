@@ -288,7 +288,7 @@ def test_push_from_mounts_blobs_across_repositories(
     copy = f"{host}/bob/copy:two"
     result = run_modelfs("push", copy, "--from", first, "--cache", str(src), env=env)
     assert "mounted from alice/small" in result.stderr
-    assert "pushed" in result.stderr and "0 B uploaded" in result.stderr
+    assert "pushed" in result.stdout and "0 B uploaded" in result.stdout
     dst = tmp_path / "dst"
     run_modelfs("pull", copy, "--cache", str(dst), env=env)
     assert blob_of(small_gguf, dst) == small_gguf.read_bytes()
@@ -372,7 +372,7 @@ def test_anonymous_token_for_public_pulls_and_cross_repo_mount_with_tokens(
     copy = f"{reg.host}/alice/small:copy"
     issuer.clear_requests()
     result = run_modelfs("push", copy, "--from", first, "--cache", str(src), env=env)
-    assert "mounted from library/small" in result.stderr and "0 B uploaded" in result.stderr
+    assert "mounted from library/small" in result.stderr and "0 B uploaded" in result.stdout
     # The push token covered both repositories: push on the target, pull on the source.
     asked = {s for r in issuer.requests for s in r.scopes}
     assert "repository:library/small:pull" in asked, asked

@@ -293,3 +293,51 @@ def test_ctrl_c_stops_a_slow_pull_at_once_and_the_next_pull_resumes(
         f"the second pull fetched {again} bytes of a {total}-byte model of which "
         f"{kept} were kept: it did not resume"
     )
+
+
+def test_mount_help_says_what_a_size_unit_means() -> None:
+    text = " ".join(run_modelfs("mount", "--help").stdout.split())
+    assert "500MB = 500,000,000 bytes" in text and "500MiB or 500M = 500 * 2^20" in text, text
+
+
+# A value each option takes, for the check that what mount --help lists is what mount reads.
+OPTION_SAMPLES = {
+    "registries": "a.lan+b.lan:5000",
+    "insecure_registry": "reg.lan:5000",
+    "stall_seconds": "30",
+    "min_rate": "64K",
+    "lookup_ttl": "30",
+    "streams": "4",
+    "chunk_kb": "4096",
+    "read_ahead_kb": "4096",
+    "max_background": "64",
+    "cache_max": "500MB",
+    "min_free": "10%",
+    "metrics": "127.0.0.1:9100",
+}
+
+
+def test_mount_help_lists_every_option_mount_reads() -> None:
+    """Before: 9 of the options, in a hand-written line that did not follow new ones."""
+    from modelfs.blobs.fetchcontext import MAX_STREAMS
+    from modelfs.errors import UsageError
+    from modelfs.fs.mount_options import MOUNT_OPTIONS, parse_mount_options
+
+    text = run_modelfs("mount", "--help").stdout
+    listed = text.split("mount options (-o OPT[,OPT...]; also in fstab):\n", 1)[1].splitlines()
+    usages = [line.split()[0] for line in listed if line.startswith("  ")]
+    assert usages == [o.usage for o in MOUNT_OPTIONS]
+    assert len(usages) >= 19
+    for usage in usages:
+        key, eq, values = usage.partition("=")
+        if not eq:
+            opt = key
+        elif "|" in values and key not in OPTION_SAMPLES:
+            opt = f"{key}={values.split('|')[0]}"
+        else:
+            opt = f"{key}={OPTION_SAMPLES[key]}"
+        assert parse_mount_options([opt]), f"mount --help lists {usage} but -o {opt} is refused"
+    streams = next(line for line in listed if line.split()[:1] == ["streams=N"])
+    assert f"(default {MAX_STREAMS})" in streams, streams
+    with pytest.raises(UsageError):
+        parse_mount_options(["allow_other=1"])

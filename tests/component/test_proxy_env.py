@@ -67,7 +67,7 @@ def test_pull_goes_through_the_http_proxy(tmp_path, registry, smollm2_pushed, fo
     r = run_modelfs(
         "pull", smollm2_pushed, "--cache", str(cache), env=proxy_env(http_proxy=forward_proxy.url)
     )
-    assert "pulled" in r.stderr
+    assert "pulled" in r.stdout
     assert_pulled(cache, smollm2_pushed)
 
     seen = forward_proxy.requests
@@ -101,7 +101,7 @@ def test_no_proxy_bypasses_the_proxy(tmp_path, registry, smollm2_pushed, forward
         str(cache),
         env=proxy_env(http_proxy=forward_proxy.url, no_proxy=no_proxy),
     )
-    assert "pulled" in r.stderr
+    assert "pulled" in r.stdout
     assert_pulled(cache, smollm2_pushed)
     assert forward_proxy.requests == []
 
@@ -115,7 +115,7 @@ def test_proxy_credentials_from_the_url_are_sent(tmp_path, smollm2_pushed, auth_
         str(cache),
         env=proxy_env(http_proxy=auth_proxy.url_with_credentials),
     )
-    assert "pulled" in r.stderr
+    assert "pulled" in r.stdout
     assert_pulled(cache, smollm2_pushed)
     seen = auth_proxy.requests
     assert any("/blobs/" in r.target for r in seen), seen
@@ -192,7 +192,7 @@ def tunnelled_pull(tmp_path, reg, ca_cert, forward_proxy):
         # http_proxy too: an https origin must use only the https one.
         env=proxy_env(https_proxy=proxy_url, http_proxy=f"http://127.0.0.1:{free_port()}"),
     )
-    assert "pulled" in r.stderr
+    assert "pulled" in r.stdout
     assert_pulled(cache, name)
     model = parse_manifest(BlobCache(cache).read_manifest(parse_name(name)) or b"")
     assert sha256_path(gguf) == model.layers_of_type(MEDIA_TYPE_MODEL)[0].digest.hex

@@ -60,7 +60,13 @@ async def push_as(
     reg = Registry()
     try:
         manifest = await push(
-            cache, reg, name, Progress("pushing", out), source=source, format=fmt, created=CREATED
+            cache,
+            reg,
+            name,
+            Progress("pushing", out, out),
+            source=source,
+            format=fmt,
+            created=CREATED,
         )
     finally:
         await reg.aclose()
@@ -151,7 +157,7 @@ async def test_docker_tag_pulls_back_into_a_fresh_cache(tmp_path, registry, smol
 
     fresh = tmp_path / "fresh"
     r = run_modelfs("pull", name, "--cache", str(fresh))
-    assert "pulled" in r.stderr
+    assert "pulled" in r.stdout
     bc = BlobCache(fresh)
     raw = bc.read_manifest(parse_name(name))
     assert raw == pushed.raw

@@ -64,7 +64,7 @@ def test_create_refuses_a_file_that_is_not_gguf(tmp_path):
 def test_pull_gets_the_whole_model_and_ollama_can_find_it(tmp_path, smollm2_pushed, smollm2_gguf):
     cache = tmp_path / "c"
     r = run_modelfs("pull", smollm2_pushed, "--cache", str(cache))
-    assert "pulled" in r.stderr
+    assert "pulled" in r.stdout
     bc = BlobCache(cache)
     raw = bc.read_manifest(parse_name(smollm2_pushed))
     assert raw is not None

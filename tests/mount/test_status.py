@@ -136,3 +136,17 @@ def test_a_metrics_port_in_use_fails_the_mount(tmp_path):
         )
     assert one_line_error(result).startswith(f"modelfs: cannot serve metrics at 127.0.0.1:{port}: ")
     assert not os.path.ismount(mnt), "mounted although its metrics port was taken"
+
+
+def test_cache_bounds_in_decimal_units_read_back_as_typed(mount_factory, tmp_path):
+    """``-o cache_max=500MB`` is 500,000,000 bytes (``524.3 MB`` before: read as MiB), and a
+    config.toml bound reads the same way; status prints them as they were typed."""
+    config = tmp_path / "config.toml"
+    config.write_text('min_free = "1GB"\n')
+    env = {**os.environ, "MODELFS_CONFIG": str(config)}
+    m = mount_factory("cache_max=500MB", env=env)
+    cache = status_json(m, str(m.mountpoint))["cache"]
+    assert cache["max_bytes"] == 500_000_000
+    assert cache["min_free_bytes"] == 1_000_000_000
+    text = run_modelfs("status", str(m.mountpoint), env=m.env).stdout
+    assert "max 500.0 MB, keep 1.0 GB free" in text, text

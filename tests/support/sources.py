@@ -144,6 +144,7 @@ class FakeSource:
         *,
         limiter: trio.CapacityLimiter,
         on_whole: Callable[[int | None], bool] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         request = Request(name.repository_key, digest, start, end)
         self.requests.append(request)
@@ -176,6 +177,8 @@ class FakeSource:
                     piece[fault.at - offset] ^= 0xFF
                 if self.piece_delay:
                     time.sleep(self.piece_delay)
+                if on_bytes is not None:
+                    on_bytes(size)
                 on_piece(offset, memoryview(piece))
                 offset += size
                 n += 1
