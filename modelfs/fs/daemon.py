@@ -316,7 +316,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
 
         fetcher.on_published = published
         # modelfs status and -o metrics read their figures from these objects.
-        live = status.Live(mountpoint, cache, fetcher, evictor, ops.errors)
+        live = status.Live(mountpoint, cache, fetcher, evictor, ops.errors, ops.recent_errors)
         if metrics is not None:
             metrics.attach(live)
 

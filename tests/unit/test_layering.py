@@ -56,6 +56,7 @@ RANK = {
     "blobs.eviction": 9,
     "fs.resolver": 6,
     "fs.tree": 12,
+    "fs.errorlog": 12,
     "fs.fuse_ops": 13,
     "fs.daemon": 14,
     "fs.mountctl": 14,
