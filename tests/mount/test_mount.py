@@ -11,6 +11,7 @@ import random
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,35 @@ def test_cached_partial_model_is_listed_and_readable_offline(
         with pytest.raises(OSError) as info:
             os.pread(f.fileno(), 10, len(source) - 10)  # a chunk never fetched: no network now
         assert info.value.errno == errno.EIO
+
+
+def test_a_model_directory_lists_the_tags_the_registry_lists(
+    proxy, registry, mount_factory, smollm2_pushed, smollm2_noindex_pushed
+):
+    m = mount_factory()  # an empty cache: the tags can only come from the registry
+    with urllib.request.urlopen(f"{registry.url}/v2/library/smollm2/tags/list") as r:
+        listed = json.load(r)["tags"]
+    assert {"135m", "noindex"} <= set(listed)
+    model = m.mountpoint / proxy.host / "library" / "smollm2"
+    assert sorted(os.listdir(model)) == sorted(listed)
+    assert (model / "noindex" / "model.gguf").stat().st_size > 0
+    assert proxy.blob_bytes() == 0, "listing tags fetched blob bytes"
+
+
+def test_names_the_registry_does_not_have_are_enoent_and_remembered(
+    proxy, mount_factory, smollm2_pushed
+):
+    m = mount_factory()
+    # Not a registry host: no dot, no port, not localhost (and not in the cache).
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.mountpoint / "wat")
+    host = m.mountpoint / proxy.host
+    # A misspelt namespace: the registry answers NAME_UNKNOWN for library's cousin.
+    for _ in range(3):
+        with pytest.raises(FileNotFoundError):
+            os.stat(host / "librar" / "smollm2")
+    asked = [r for r in proxy.records() if r.path.endswith("/librar/smollm2/tags/list")]
+    assert len(asked) == 1, f"the registry's 'no such repository' was not remembered: {asked}"
+    with pytest.raises(FileNotFoundError):
+        os.listdir(host / "library" / "nosuchmodel")
+    assert os.path.isdir(host / "library" / "smollm2" / "135m")
