@@ -310,6 +310,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             fetcher.store = ops.store
 
         async def published(digest: Digest) -> None:
+            evictor.published_here.add(digest)
             ops.blob_published(digest)
             await completion.blob_published(digest)
             evictor.kick()

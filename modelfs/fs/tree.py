@@ -512,19 +512,22 @@ class Tree:
         self._dir_listings[fh] = (inode, names)
         return fh
 
-    async def _known_parts(self) -> list[tuple[str, ...]]:
-        """The name parts of every model in the cache and every tag this mount resolved."""
+    async def _known_parts(self, *, resolved: bool = True) -> list[tuple[str, ...]]:
+        """The name parts of every model in the cache (and every tag this mount resolved)."""
 
         def from_cache() -> list[tuple[str, ...]]:
             return [m.name.parts for m in self.cache.iter_models()]
 
         known: list[tuple[str, ...]] = list(await self._in_thread(from_cache))  # type: ignore[call-overload]
-        return known + [n.parts for n in self.nodes.values() if n.resolved is not None]
+        if resolved:
+            known += [n.parts for n in self.nodes.values() if n.resolved is not None]
+        return known
 
     async def _listing(self, node: Node, caller: Caller = OWNER) -> list[str]:
-        """Child names of a non-tag directory: from the cache, and what this mount resolved;
-        a model directory's also the tags the registry lists."""
-        known = await self._known_parts()
+        """Child names of a non-tag directory: the models in the cache (a model this mount
+        shows is recorded there, and one ``modelfs rm`` removed is not listed again); a
+        model directory's also the tags the registry lists."""
+        known = await self._known_parts(resolved=False)
         seen: dict[str, str] = {}
         depth = node.level
         prefix = [p.lower() for p in node.parts]
@@ -599,6 +602,10 @@ class Tree:
         handle = None
         if node.layer is not None:
             assert node.source is not None and node.manifest is not None
+            # Removed from the cache since its lookup (modelfs rm)? Then recorded again.
+            await self.completion.ensure_recorded(
+                node.source, node.manifest, anonymous=caller.anonymous
+            )
             handle = await self.blobs.open(
                 node.source, node.manifest, node.layer, anonymous=caller.anonymous
             )

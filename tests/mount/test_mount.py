@@ -373,3 +373,46 @@ def test_names_the_registry_does_not_have_are_enoent_and_remembered(
     with pytest.raises(FileNotFoundError):
         os.listdir(host / "library" / "nosuchmodel")
     assert os.path.isdir(host / "library" / "smollm2" / "135m")
+
+
+def test_rm_while_the_mount_reads_stays_removed_and_frees_the_blob(
+    proxy, mount_factory, smollm2_pushed, source
+):
+    m = mount_factory()
+    name = f"{proxy.host}/library/smollm2:135m"
+    library = m.mountpoint / proxy.host / "library"
+    tag = library / "smollm2" / "135m"
+
+    def views() -> tuple[str, str, int]:
+        ls = run_modelfs("ls", "--cache", str(m.cache))
+        du = run_modelfs("du", "--cache", str(m.cache)).stdout.splitlines()[-1]
+        status = json.loads(run_modelfs("status", str(m.mountpoint), "--json", env=m.env).stdout)
+        return ls.stdout + ls.stderr, du, status["cache"]["bytes"]
+
+    with open(tag / "model.gguf", "rb") as f:
+        assert f.read(8 << 20) == source[: 8 << 20]
+        run_modelfs("rm", name, "--cache", str(m.cache))
+        # Open files keep reading: the bytes come from the network again where needed.
+        assert f.read(1 << 20) == source[8 << 20 : 9 << 20]
+        assert os.listdir(library) == [], "the mount listed the removed model again"
+    ls, du, _ = views()
+    assert ls == "no models in the cache\n"
+    assert du.split()[1:3] == ["0", "B"], du
+
+    # Nothing reads the blob any more: its bytes are freed (empty lock files stay).
+    def freed() -> bool:
+        return views()[2] < (64 << 10)
+
+    wait_for(freed, "the removed model's partial blob to be freed")
+    partial = [p.name for p in (m.cache / ".modelfs" / "partial").iterdir() if p.suffix != ".lock"]
+    assert partial == []
+    assert os.listdir(library) == []
+
+    # Read through the mount again: fetched again, the model is in the cache again, and
+    # rm removes it again.
+    assert (tag / "system").read_text() == "You are helpful."
+    ls, du, used = views()
+    assert "library/smollm2:135m" in ls
+    assert du.split()[1:] != ["0", "B"] and used > 0
+    run_modelfs("rm", name, "--cache", str(m.cache))
+    assert os.listdir(library) == []

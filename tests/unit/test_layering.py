@@ -54,6 +54,7 @@ RANK = {
     "blobs.header": 11,
     "blobs.completion": 9,
     "blobs.eviction": 9,
+    "blobs.orphans": 5,
     "fs.resolver": 6,
     "fs.tree": 12,
     "fs.errorlog": 12,
