@@ -136,7 +136,7 @@ class Resolver:
             except trio.TooSlowError:
                 log.info("tags of %s: no answer in %.0fs", name.repository, TAG_LIST_SECONDS)
                 answer = None
-            except (Transient, RegistryError, ManifestInvalid) as e:
+            except ModelfsError as e:
                 log.info("cannot list the tags of %s: %s", name.repository, e)
                 answer = None
             if len(self._tag_lists) >= MAX_TAG_ANSWERS:
