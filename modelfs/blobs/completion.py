@@ -69,6 +69,30 @@ class Completion:
             # Only look: a lookup must not fetch blob bytes, even small ones.
             await self._check(manifest.digest, fetch_missing=False)
 
+    async def ensure_recorded(
+        self, name: Name, manifest: Manifest, *, anonymous: bool = False
+    ) -> None:
+        """Before a file of ``name`` is opened: if its manifest left the cache meanwhile
+        (``modelfs rm``), record it again, so that what the reads fetch belongs to a model
+        again (listed, counted, evictable) rather than to none."""
+
+        def recorded() -> bool:
+            # Any manifest of the name: another version pulled meanwhile is not a removal.
+            return (
+                self.cache.find_manifest(name) is not None
+                or self.cache.find_manifest(name, pending=True) is not None
+            )
+
+        try:
+            if await self.fetcher.in_thread(recorded):
+                return
+        except ModelfsError as e:
+            log.warning("cannot read the manifest of %s: %s", name, e)
+            return
+        log.info("%s was removed from the cache: recording it again for this read", name)
+        self.tracked.pop(manifest.digest, None)
+        await self.track(name, manifest, anonymous=anonymous)
+
     async def blob_published(self, digest: Digest) -> None:
         for mdigest, (_name, manifest) in list(self.tracked.items()):
             if any(layer.digest == digest for layer in manifest.blobs):

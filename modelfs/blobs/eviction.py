@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
+from modelfs.blobs import orphans
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import ModelfsError, UsageError
 from modelfs.formats.digest import Digest
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 30.0
 MIN_CHECK_INTERVAL_SECONDS = 1.0
+# While bytes no model names are still read (their file open after modelfs rm), the next
+# look comes this soon: a blob's fetch ends a little after its last file closes.
+ORPHAN_RECHECK_SECONDS = 2.0
 # Refresh a model's last-used time at most this often (it is a file's mtime).
 TOUCH_SECONDS = 30.0
 DEFAULT_MIN_FREE_PERCENT = 10.0
@@ -108,6 +112,9 @@ class Evictor:
         # at a time, under ``lock``): a plain int add, which the GIL keeps whole enough for a
         # counter that only ever grows and is only read for status and metrics.
         self.evicted_bytes = 0
+        # Blobs this daemon published: freed if no model names them (``orphans``).
+        self.published_here: set[Digest] = set()
+        self._orphans_waiting = False
 
     def kick(self) -> None:
         """Check soon (a blob was published, a file closed)."""
@@ -136,7 +143,9 @@ class Evictor:
 
     async def run(self) -> None:
         while True:
-            with trio.move_on_after(CHECK_SECONDS):
+            with trio.move_on_after(
+                ORPHAN_RECHECK_SECONDS if self._orphans_waiting else CHECK_SECONDS
+            ):
                 await self._kick.wait()
             self._kick = trio.Event()
             try:
@@ -152,6 +161,12 @@ class Evictor:
     async def check(self) -> None:
         async with self.lock:
             busy = self.in_use()
+            # Bytes of models removed while this mount read them, first: they count against
+            # the bounds, and no eviction would ever free them.
+            collected: orphans.Collected = await self.in_thread(  # type: ignore[assignment]
+                orphans.collect, self.cache, busy, self.published_here
+            )
+            self._orphans_waiting = collected.waiting
             evicted: list[Name] = await self.in_thread(self._evict, busy)  # type: ignore[assignment]
         self.evicted += evicted
 

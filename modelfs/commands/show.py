@@ -3,9 +3,12 @@
 Reads the manifest from the cache, else from the registry; the small blobs
 (template, system prompt, params, licenses, messages) whole; the weights blob
 only as far as its GGUF header (``blobs/header``): a cold ``show`` of a 5 GB
-model moves a few megabytes. What it fetches lands in the cache as a mount's
-reads would (checked, the manifest recorded as pending and the model evictable),
-so nothing is fetched twice.
+model moves a few megabytes. ``show`` of a model the cache does not have leaves
+nothing behind: while it runs, its manifest is recorded as pending and the model
+evictable (as a mount's reads would: a ``show`` killed midway leaves a partial
+model ``rm`` and eviction can remove), and at the end the model is removed again
+with every blob and partial blob no other model names. A model already in the
+cache (complete, or partly read through a mount) keeps what ``show`` fetched.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from modelfs.blobs.reader import Blobs
 from modelfs.commands.inventory import present_bytes
 from modelfs.commands.progress import human_bytes
 from modelfs.commands.terminal import printable
-from modelfs.errors import GGUFInvalid
+from modelfs.errors import GGUFInvalid, ModelfsError
 from modelfs.formats.gguf import human_number
 from modelfs.formats.manifest import Layer, Manifest, layer_filenames, parse_manifest
 from modelfs.formats.modelfile import format_modelfile
@@ -86,11 +89,37 @@ async def show(
     await trio.to_thread.run_sync(cache.prepare)
     loaded = await trio.to_thread.run_sync(cache.load_manifest, name)
     if loaded is not None:
-        manifest, source = loaded[0], "cache"
-    else:
-        manifest = parse_manifest(await registry.get_manifest(name))
-        source = name.host
-        await trio.to_thread.run_sync(_record, cache, name, manifest)
+        return await _report(cache, registry, name, loaded[0], "cache", settings)
+    manifest = parse_manifest(await registry.get_manifest(name))
+    await trio.to_thread.run_sync(_record, cache, name, manifest)
+    try:
+        report = await _report(cache, registry, name, manifest, name.host, settings)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_forget, cache, name, manifest)
+    # What the report said was cached is gone again: a blob that was complete is read whole
+    # next time (checked against its digest as it arrives).
+    layers = []
+    for row in report.layers:
+        cached = await trio.to_thread.run_sync(present_bytes, cache, row.layer)
+        how = (
+            "whole"
+            if row.verification == "complete" and cached < row.layer.size
+            else row.verification
+        )
+        layers.append(LayerRow(row.file, row.layer, cached, how))
+    report.layers = layers
+    return report
+
+
+async def _report(
+    cache: BlobCache,
+    registry: Registry,
+    name: Name,
+    manifest: Manifest,
+    source: str,
+    settings: FetchSettings | None,
+) -> ModelReport:
     async with trio.open_nursery() as nursery:
         fetcher = Fetcher(cache, registry, nursery, settings or FetchSettings())
         blobs = Blobs(fetcher)
@@ -123,6 +152,20 @@ def _record(cache: BlobCache, name: Name, manifest: Manifest) -> None:
     if cache.read_manifest(name, pending=True) != manifest.raw:
         cache.write_manifest(name, manifest.raw, pending=True)
     cache.mark_lazy(name)
+
+
+def _forget(cache: BlobCache, name: Name, manifest: Manifest) -> None:
+    """Undo ``_record``: remove the pending manifest ``show`` wrote, and the blobs and partial
+    blobs no other model names. Not if the model became complete meanwhile, or another
+    manifest took the name (a pull, a mount reading another version)."""
+    if cache.read_manifest(name) is not None:
+        return
+    if cache.read_manifest(name, pending=True) != manifest.raw:
+        return
+    try:
+        cache.unlink(name)
+    except ModelfsError as e:
+        log.warning("could not remove what show fetched of %s: %s", name, e)
 
 
 async def _read_text(blobs: Blobs, name: Name, manifest: Manifest, layer: Layer) -> str:

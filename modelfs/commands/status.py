@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,16 @@ def render(r: dict[str, Any]) -> str:
         done = f"{human_bytes(b['present_bytes'])}/{human_bytes(b['size_bytes'])}"
         lines.append(("in flight" if i == 0 else "", f"{b['digest']}  {b['name']}  {done}"))
     lines.append(("errors", ", ".join(f"{name} {n}" for name, n in r["errors"].items())))
+    # Newest first: the cause of what the user just met leads.
+    for i, e in enumerate(reversed(r.get("recent_errors", []))):
+        when = time.strftime("%H:%M:%S", time.localtime(e["at"]))
+        times = f" (x{e['count']})" if e["count"] > 1 else ""
+        lines.append(
+            (
+                "last error" if i == 0 else "",
+                f"{when} {e['operation']} {e['errno']}: {e['message']}{times}",
+            )
+        )
     failures = r["digest_failures"]
     lines.append(
         ("mismatches", f"{failures['chunk']} chunks, {failures['blob']} whole blobs (discarded)")

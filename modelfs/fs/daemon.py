@@ -217,13 +217,14 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             fetcher.store = ops.store
 
         async def published(digest: Digest) -> None:
+            evictor.published_here.add(digest)
             ops.blob_published(digest)
             await completion.blob_published(digest)
             evictor.kick()
 
         fetcher.on_published = published
         # modelfs status and -o metrics read their figures from these objects.
-        live = status.Live(mountpoint, cache, fetcher, evictor, ops.errors)
+        live = status.Live(mountpoint, cache, fetcher, evictor, ops.errors, ops.recent_errors)
         if metrics is not None:
             metrics.attach(live)
 

@@ -25,6 +25,7 @@ import trio
 
 from modelfs.errors import ModelfsError, errno_for
 from modelfs.formats.digest import Digest
+from modelfs.fs.errorlog import RecentErrors
 from modelfs.fs.tree import Attr, Caller, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ REFUSALS_EXPECTED = frozenset(
 )
 # How long closing waits for an invalidation blocked in the kernel.
 CLOSE_WAIT_SECONDS = 2.0
+# Answers that are not failures: "no such attribute" is how getxattr says an xattr is not
+# set (``ls -l`` asks every file for ACLs and SELinux labels).
+NOT_ERRORS = frozenset({errno.ENODATA})
+# Answers too common to be worth a cause in ``modelfs status``: a shell probing names.
+NO_CAUSE = frozenset({errno.ENOENT, errno.ENODATA})
 
 
 def boundary(fn: F) -> F:
@@ -49,28 +55,36 @@ def boundary(fn: F) -> F:
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError as e:
-            _count_error(self, e.errno)
+            _count_error(self, fn.__name__, e.errno, "")
             raise
         except TreeError as e:
             err = e.errno
+            cause = "" if err in NO_CAUSE else e.message
         except ModelfsError as e:
             err = errno_for(e)
+            cause = e.message
             log.info("%s: %s", fn.__name__, e)
-        except Exception:
+        except Exception as e:
             log.exception("unexpected error in FUSE handler %s", fn.__name__)
             err = errno.EIO
-        _count_error(self, err)
+            cause = f"unexpected {type(e).__name__} (traceback in the log)"
+        _count_error(self, fn.__name__, err, cause)
         raise pyfuse3.FUSEError(err) from None
 
     return handler  # type: ignore[return-value]
 
 
-def _count_error(owner: object, err: int) -> None:
-    # Errors answered, by errno, in the counter the daemon gave (``Operations.errors``);
-    # an owner without one (a unit test's) counts nothing.
+def _count_error(owner: object, operation: str, err: int, cause: str) -> None:
+    # Errors answered, by errno, in the counter the daemon gave (``Operations.errors``), and
+    # their causes in ``Operations.recent_errors``; an owner without them counts nothing.
+    if err in NOT_ERRORS:
+        return
     errors: Counter[int] | None = getattr(owner, "errors", None)
     if errors is not None:
         errors[err] += 1
+    recent: RecentErrors | None = getattr(owner, "recent_errors", None)
+    if recent is not None and cause:
+        recent.add(operation, err, cause)
 
 
 def _decode(name: bytes) -> str:
@@ -97,6 +111,8 @@ class Operations(pyfuse3.Operations):
         # Errors answered to the kernel, by errno (read by ``modelfs status``); handlers run on
         # the trio thread, so a plain Counter needs no lock.
         self.errors: Counter[int] = errors if errors is not None else Counter()
+        # The last distinct errors with the reason each was answered (``modelfs status``).
+        self.recent_errors = RecentErrors()
         self.pusher = Pusher()
         self.invalidator = Invalidator()
         self.tree = tree

@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 
 LOOKUP_TTL_SECONDS = 30.0
 NEGATIVE_TTL_SECONDS = 5.0
+# A model directory's listing asks the registry for its tags: at most this many pages, for at
+# most this long (then the listing shows what the cache knows).
+TAG_LIST_PAGES = 10
+TAG_LIST_SECONDS = 10.0
+# What the registry said of a repository's tags: the list, "no such repository", or None
+# (it could not say).
+TagAnswer = tuple[str, ...] | ModelNotFound | None
+# Past this many remembered tag answers, the stale ones are dropped (a shell probing names).
+MAX_TAG_ANSWERS = 1024
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,9 @@ class Resolver:
         self._positive: dict[tuple[object, ...], Resolved] = {}
         self._negative: dict[tuple[object, ...], tuple[float, ModelNotFound]] = {}
         self._resolving: KeyedLock[tuple[object, ...]] = KeyedLock()
+        # ("tags", anonymous, repository key) -> (when, the tags listed, None: no list, or
+        # the registry's "no such repository").
+        self._tag_lists: dict[tuple[object, ...], tuple[float, TagAnswer]] = {}
 
     async def _thread(self, fn: Callable[..., object], *args: object) -> object:
         if self._in_thread is not None:
@@ -98,6 +110,48 @@ class Resolver:
             self._positive[key] = resolved
             self._negative.pop(key, None)
             return resolved
+
+    async def repository_tags(
+        self, name: Name, *, anonymous: bool = False
+    ) -> tuple[str, ...] | None:
+        """The tags the registry lists for ``name``'s repository; None when it cannot say (it
+        has no listing, cannot be reached, refuses us): the caller shows what the cache knows.
+        ``ModelNotFound`` when the registry says there is no such repository. A list is kept
+        for ``lookup_ttl_seconds``, any other answer for ``negative_ttl_seconds``."""
+        key = ("tags", anonymous, *name.repository_key)
+        hit = self._fresh_tags(key)
+        if hit is not None:
+            return _answer(hit)
+        async with self._resolving.hold(key):
+            hit = self._fresh_tags(key)
+            if hit is not None:
+                return _answer(hit)
+            answer: TagAnswer
+            try:
+                with trio.fail_after(TAG_LIST_SECONDS):
+                    listed = await self._registry(anonymous).repository_tags(name, TAG_LIST_PAGES)
+                answer = None if listed is None else tuple(listed)
+            except ModelNotFound as e:
+                answer = e
+            except trio.TooSlowError:
+                log.info("tags of %s: no answer in %.0fs", name.repository, TAG_LIST_SECONDS)
+                answer = None
+            except ModelfsError as e:
+                log.info("cannot list the tags of %s: %s", name.repository, e)
+                answer = None
+            if len(self._tag_lists) >= MAX_TAG_ANSWERS:
+                for stale in [k for k in self._tag_lists if self._fresh_tags(k) is None]:
+                    del self._tag_lists[stale]
+            self._tag_lists[key] = (trio.current_time(), answer)
+            return _answer((answer,))
+
+    def _fresh_tags(self, key: tuple[object, ...]) -> tuple[TagAnswer] | None:
+        known = self._tag_lists.get(key)
+        if known is None:
+            return None
+        at, answer = known
+        ttl = self.lookup_ttl_seconds if isinstance(answer, tuple) else self.negative_ttl_seconds
+        return (answer,) if trio.current_time() - at < ttl else None
 
     def _fresh(self, key: tuple[object, ...]) -> Resolved | None:
         """A fresh answer for ``key``, raising a fresh negative one; None if there is none."""
@@ -154,3 +208,10 @@ class Resolver:
             return None
         log.info("using the cached manifest of %s (%s)", name, why)
         return Resolved(name, manifest, trio.current_time())
+
+
+def _answer(hit: tuple[TagAnswer]) -> tuple[str, ...] | None:
+    (answer,) = hit
+    if isinstance(answer, ModelNotFound):
+        raise ModelNotFound(answer.message)
+    return answer

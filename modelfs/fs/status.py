@@ -48,6 +48,7 @@ from modelfs.blobs.eviction import Evictor
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.errors import MountError, UsageError
 from modelfs.fs import metricsserver, mountctl
+from modelfs.fs.errorlog import RecentError, RecentErrors
 from modelfs.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Snapshot:
     evicted_bytes: int
     cache_write_failures: int
     published: int
+    recent_errors: tuple[RecentError, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON of ``modelfs status --json`` (errno names as keys, EIO always there)."""
@@ -171,6 +173,16 @@ class Snapshot:
                 for b in self.in_flight
             ],
             "errors": errors,
+            "recent_errors": [
+                {
+                    "at": e.at,
+                    "operation": e.operation,
+                    "errno": errno.errorcode.get(e.errno, str(e.errno)),
+                    "message": e.message,
+                    "count": e.count,
+                }
+                for e in self.recent_errors
+            ],
             "digest_failures": {"chunk": self.chunk_mismatches, "blob": self.blob_mismatches},
             "evictions": {"count": self.evictions, "bytes": self.evicted_bytes},
             "cache_write_failures": self.cache_write_failures,
@@ -187,6 +199,7 @@ class Live:
     fetcher: Fetcher
     evictor: Evictor
     errors: Counter[int]
+    recent_errors: RecentErrors = field(default_factory=RecentErrors)
     started: float = field(default_factory=time.time)
     metrics: str | None = None
     # Uptime by the monotonic clock: a clock step does not change it.
@@ -233,6 +246,7 @@ class Live:
             evicted_bytes=self.evictor.evicted_bytes,
             cache_write_failures=stats.cache_write_failures,
             published=stats.published,
+            recent_errors=self.recent_errors.entries(),
         )
 
     async def take(self) -> Snapshot:

@@ -42,7 +42,7 @@ from modelfs.blobs.blobcache import (
 from modelfs.blobs.completion import Completion
 from modelfs.blobs.header import label_blob_file, read_model_header
 from modelfs.blobs.reader import BlobHandle, Blobs
-from modelfs.errors import GGUFInvalid, ModelfsError, NameInvalid
+from modelfs.errors import GGUFInvalid, ModelfsError, ModelNotFound, NameInvalid
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import (
     GGUF_MEDIA_TYPES,
@@ -53,7 +53,7 @@ from modelfs.formats.manifest import (
 )
 from modelfs.formats.modelfacts import XATTR_NAMES as GGUF_XATTR_NAMES
 from modelfs.formats.modelfacts import XATTR_PREFIX as GGUF_XATTR_PREFIX
-from modelfs.formats.names import Name, PartKind, check_part, from_parts
+from modelfs.formats.names import DEFAULT_TAG, Name, PartKind, check_part, from_parts
 from modelfs.fs.resolver import Resolved, Resolver
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,10 @@ class Tree:
             raise TreeError(errno.ENOENT, f"not a valid {kind.name.lower()}: {name!r}") from None
         if parent.level == 0:
             self._check_reach(name, caller)
+            await self._check_host(name)
         parts = (*parent.parts, name)
+        if len(parts) == len(LEVEL_KINDS) - 1:
+            await self._check_repository(parts, caller)
         key = (parent.inode, name.lower())
         inode = self._dirs.get(key)
         node = self.nodes.get(inode) if inode is not None else None
@@ -299,6 +302,31 @@ class Tree:
         self.nodes[node.inode] = node
         self._dirs[key] = node.inode
         return node
+
+    async def _check_host(self, host: str) -> None:
+        """ENOENT for a name that cannot be a registry host: one with neither a dot nor a port
+        that is not localhost (Docker's rule for a name's first part), unless this mount was
+        told of it (``-o registries``) or has models of it."""
+        lowered = host.lower()
+        if "." in host or ":" in host or lowered == "localhost":
+            return
+        if self.access.registries is not None and lowered in self.access.registries:
+            return
+        if any(parts[0].lower() == lowered for parts in await self._known_parts()):
+            return
+        raise TreeError(errno.ENOENT, f"{host!r} is not a registry host")
+
+    async def _check_repository(self, parts: tuple[str, ...], caller: Caller) -> None:
+        """ENOENT for a model directory the registry says does not exist (404 NAME_UNKNOWN),
+        unless the cache or this mount knows a model of it; no network for those."""
+        prefix = [p.lower() for p in parts]
+        if any(
+            [p.lower() for p in known[: len(parts)]] == prefix
+            for known in await self._known_parts()
+        ):
+            return
+        name = from_parts(*parts, DEFAULT_TAG)
+        await self.resolver.repository_tags(name, anonymous=caller.anonymous)
 
     def _check_reach(self, host: str, caller: Caller) -> None:
         if not self.access.may_reach(host, caller):
@@ -480,19 +508,27 @@ class Tree:
             names = list(node.files)
             await self._check_published([layer for layer, _m in node.files.values() if layer])
         else:
-            names = await self._listing(node)
+            names = await self._listing(node, caller)
         fh = next(self._fhs)
         self._dir_listings[fh] = (inode, names)
         return fh
 
-    async def _listing(self, node: Node) -> list[str]:
-        """Child names of a non-tag directory: from the cache, and what this mount resolved."""
+    async def _known_parts(self, *, resolved: bool = True) -> list[tuple[str, ...]]:
+        """The name parts of every model in the cache (and every tag this mount resolved)."""
 
         def from_cache() -> list[tuple[str, ...]]:
             return [m.name.parts for m in self.cache.iter_models()]
 
         known: list[tuple[str, ...]] = list(await self._in_thread(from_cache))  # type: ignore[call-overload]
-        known += [n.parts for n in self.nodes.values() if n.resolved is not None]
+        if resolved:
+            known += [n.parts for n in self.nodes.values() if n.resolved is not None]
+        return known
+
+    async def _listing(self, node: Node, caller: Caller = OWNER) -> list[str]:
+        """Child names of a non-tag directory: the models in the cache (a model this mount
+        shows is recorded there, and one ``modelfs rm`` removed is not listed again); a
+        model directory's also the tags the registry lists."""
+        known = await self._known_parts(resolved=False)
         seen: dict[str, str] = {}
         depth = node.level
         prefix = [p.lower() for p in node.parts]
@@ -500,6 +536,15 @@ class Tree:
             if [p.lower() for p in parts[:depth]] == prefix:
                 child = parts[depth]
                 seen.setdefault(child.lower(), child)
+        if depth == len(LEVEL_KINDS) - 1 and self.access.may_reach(node.parts[0], caller):
+            try:
+                listed = await self.resolver.repository_tags(
+                    from_parts(*node.parts, DEFAULT_TAG), anonymous=caller.anonymous
+                )
+            except ModelNotFound:
+                listed = None
+            for tag in listed or ():
+                seen.setdefault(tag.lower(), tag)
         return sorted(seen.values())
 
     def readdir(self, fh: int, start: int) -> tuple[int, list[tuple[str, int]]]:
@@ -558,6 +603,10 @@ class Tree:
         handle = None
         if node.layer is not None:
             assert node.source is not None and node.manifest is not None
+            # Removed from the cache since its lookup (modelfs rm)? Then recorded again.
+            await self.completion.ensure_recorded(
+                node.source, node.manifest, anonymous=caller.anonymous
+            )
             handle = await self.blobs.open(
                 node.source, node.manifest, node.layer, anonymous=caller.anonymous
             )

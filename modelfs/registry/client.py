@@ -262,6 +262,23 @@ def _parse_tags(body: bytes, what: str) -> list[str]:
     return tags
 
 
+async def _says_name_unknown(r: httpx.Response) -> bool:
+    """Whether an error answer's body carries Docker's ``NAME_UNKNOWN`` (read boundedly)."""
+    body = b""
+    try:
+        async for part in r.aiter_bytes():
+            body += part
+            if len(body) >= ERROR_BODY_BYTES:
+                break
+        doc = json.loads(body)
+    except (httpx.HTTPError, OSError, ValueError):
+        return False
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    return isinstance(errors, list) and any(
+        isinstance(e, dict) and e.get("code") == "NAME_UNKNOWN" for e in errors
+    )
+
+
 def _next_page(url: str, link: str | None) -> str | None:
     """The next page of a paged list from its ``Link`` header (RFC 8288), None if last."""
     for part in (link or "").split(","):
@@ -641,9 +658,11 @@ class Registry:
         limit: int,
         *,
         absent: tuple[int, ...] = (404,),
+        unknown_repository: bool = False,
     ) -> tuple[bytes, httpx.Headers] | None:
         """A small answer of ``name``'s repository, read whole within the control deadline and
-        ``limit`` bytes, with its headers; None when the status is one of ``absent``."""
+        ``limit`` bytes, with its headers; None when the status is one of ``absent``. With
+        ``unknown_repository``, a 404 that says ``NAME_UNKNOWN`` is ``ModelNotFound``."""
 
         async def once() -> tuple[bytes, httpx.Headers] | None:
             with trio.move_on_after(self.config.control_seconds):
@@ -654,6 +673,8 @@ class Registry:
             r = await self._send("GET", url, pull_scopes(name), what, headers={"Accept": accept})
             try:
                 if r.status_code in absent:
+                    if unknown_repository and r.status_code == 404 and await _says_name_unknown(r):
+                        raise ModelNotFound(f"{name.host} has no repository {name.repository}")
                     return None
                 await self._raise_for(r, what)
                 body = bytearray()
@@ -1082,6 +1103,35 @@ class Registry:
                 )
             url = next_url
         raise RegistryError(f"{what}: {name.host} sent more than {MAX_TAG_PAGES} pages")
+
+    async def repository_tags(self, name: Name, max_pages: int = MAX_TAG_PAGES) -> list[str] | None:
+        """The tags the registry lists for ``name``'s repository, from at most ``max_pages``
+        pages (a listing, not an inventory: what lies beyond is left out); None when it lists
+        none (no ``tags/list``). ``ModelNotFound`` when the registry says the repository does
+        not exist (404 ``NAME_UNKNOWN``)."""
+        url = f"{self.base_url(name)}/v2/{name.repository}/tags/list"
+        origin = _netloc(url)
+        what = f"tags of {name.repository}"
+        found: list[str] = []
+        for page in range(max_pages):
+            answer = await self._get_small(
+                name,
+                url,
+                what,
+                "application/json",
+                MAX_TAGS_BYTES,
+                absent=(404, 405, 501),
+                unknown_repository=page == 0,
+            )
+            if answer is None:
+                return found if page else None
+            body, headers = answer
+            found += _parse_tags(body, f"{what} on {name.host}")
+            next_url = _next_page(url, headers.get("Link"))
+            if next_url is None or _netloc(next_url) != origin:
+                break
+            url = next_url
+        return found
 
     async def delete_tag(self, name: Name) -> bool:
         """Delete the tag ``name.tag`` alone, leaving its manifest to the tags that still name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from gguf_synth import write_synthetic_gguf
 from support.mount import one_line_error, run_modelfs
 from support.proxy import Proxy
 
+from modelfs.blobs.blobcache import BlobCache
 from modelfs.formats.chunks import CHUNK_BYTES
 from modelfs.formats.gguf import read_gguf_file
+from modelfs.formats.names import parse_name
 
 
 @pytest.fixture
@@ -69,19 +72,55 @@ def test_cold_show_fetches_the_header_only_and_matches_gguf_py(
     assert weights["media_type"] == "application/vnd.ollama.image.model"
     assert weights["size_bytes"] == smollm2_gguf.stat().st_size
     assert weights["verification"] == "index"
-    # The one chunk the header spans was fetched, checked and kept, as a mount keeps it.
-    assert weights["cached_bytes"] == CHUNK_BYTES
+    # The one chunk the header spans was fetched, and (the model not being in the cache)
+    # not kept.
     assert model_bytes_fetched(via, weights["digest"]) == CHUNK_BYTES
+    assert weights["cached_bytes"] == 0
     assert doc["parameters"] == {"temperature": 0.2}
     assert doc["system"] == "You are helpful."
 
-    # Shown again: nothing of the model is fetched again, the manifest comes from the cache.
+
+def test_show_of_a_model_not_in_the_cache_leaves_nothing_behind(
+    smollm2_pushed: str, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    doc = show_json(smollm2_pushed, cache)
+    assert doc["model"]["architecture"] == "llama" and doc["manifest_from"] != "cache"
+    ls = run_modelfs("ls", "--cache", str(cache))
+    assert ls.stdout == "", f"show left a model listed by ls:\n{ls.stdout}"
+    left = [
+        p.relative_to(cache)
+        for d in ("blobs", "manifests", ".modelfs/manifests", ".modelfs/partial")
+        for p in (cache / d).rglob("*")
+        if p.is_file() and p.suffix != ".lock"  # empty: which process works on a blob
+    ]
+    assert left == [], f"show left files in the cache: {left}"
+    assert "total" in (du := run_modelfs("du", "--cache", str(cache)).stdout)
+    assert du.splitlines()[-1].split()[1:3] == ["0", "B"], du
+
+
+def test_show_of_a_model_in_the_cache_keeps_what_it_fetched(
+    via: Proxy, registry, smollm2_pushed: str, tmp_path: Path
+) -> None:
+    # The model partly in the cache (its manifest pending, as a mount's reads leave it).
+    name = parse_name(smollm2_pushed.replace(registry.host, via.host, 1))
+    request = urllib.request.Request(
+        f"{registry.url}/v2/{name.repository}/manifests/{name.tag}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request) as r:
+        raw = r.read()
+    cache = tmp_path / "cache"
+    blobs = BlobCache(cache)
+    blobs.prepare()
+    blobs.write_manifest(name, raw, pending=True)
+    doc = show_json(str(name), cache)
+    assert doc["manifest_from"] == "cache"
+    weights = next(layer for layer in doc["layers"] if layer["file"] == "model.gguf")
+    assert weights["cached_bytes"] == CHUNK_BYTES
     via.reset()
-    again = show_json(name, cache)
-    assert again["model"] == model and again["manifest_from"] == "cache"
-    assert model_bytes_fetched(via, weights["digest"]) == 0
-    ls = run_modelfs("ls", "--cache", str(cache)).stdout
-    assert "4.2 MB" in ls and "index" in ls
+    assert show_json(str(name), cache)["model"] == doc["model"]
+    assert model_bytes_fetched(via, weights["digest"]) == 0, "a second show fetched again"
 
 
 def test_text_output_names_the_facts(smollm2_pushed: str, tmp_path: Path) -> None:

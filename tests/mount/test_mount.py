@@ -11,6 +11,7 @@ import random
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,78 @@ def test_cached_partial_model_is_listed_and_readable_offline(
         with pytest.raises(OSError) as info:
             os.pread(f.fileno(), 10, len(source) - 10)  # a chunk never fetched: no network now
         assert info.value.errno == errno.EIO
+
+
+def test_a_model_directory_lists_the_tags_the_registry_lists(
+    proxy, registry, mount_factory, smollm2_pushed, smollm2_noindex_pushed
+):
+    m = mount_factory()  # an empty cache: the tags can only come from the registry
+    with urllib.request.urlopen(f"{registry.url}/v2/library/smollm2/tags/list") as r:
+        listed = json.load(r)["tags"]
+    assert {"135m", "noindex"} <= set(listed)
+    model = m.mountpoint / proxy.host / "library" / "smollm2"
+    assert sorted(os.listdir(model)) == sorted(listed)
+    assert (model / "noindex" / "model.gguf").stat().st_size > 0
+    assert proxy.blob_bytes() == 0, "listing tags fetched blob bytes"
+
+
+def test_names_the_registry_does_not_have_are_enoent_and_remembered(
+    proxy, mount_factory, smollm2_pushed
+):
+    m = mount_factory()
+    # Not a registry host: no dot, no port, not localhost (and not in the cache).
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.mountpoint / "wat")
+    host = m.mountpoint / proxy.host
+    # A misspelt namespace: the registry answers NAME_UNKNOWN for library's cousin.
+    for _ in range(3):
+        with pytest.raises(FileNotFoundError):
+            os.stat(host / "librar" / "smollm2")
+    asked = [r for r in proxy.records() if r.path.endswith("/librar/smollm2/tags/list")]
+    assert len(asked) == 1, f"the registry's 'no such repository' was not remembered: {asked}"
+    with pytest.raises(FileNotFoundError):
+        os.listdir(host / "library" / "nosuchmodel")
+    assert os.path.isdir(host / "library" / "smollm2" / "135m")
+
+
+def test_rm_while_the_mount_reads_stays_removed_and_frees_the_blob(
+    proxy, mount_factory, smollm2_pushed, source
+):
+    m = mount_factory()
+    name = f"{proxy.host}/library/smollm2:135m"
+    library = m.mountpoint / proxy.host / "library"
+    tag = library / "smollm2" / "135m"
+
+    def views() -> tuple[str, str, int]:
+        ls = run_modelfs("ls", "--cache", str(m.cache))
+        du = run_modelfs("du", "--cache", str(m.cache)).stdout.splitlines()[-1]
+        status = json.loads(run_modelfs("status", str(m.mountpoint), "--json", env=m.env).stdout)
+        return ls.stdout + ls.stderr, du, status["cache"]["bytes"]
+
+    with open(tag / "model.gguf", "rb") as f:
+        assert f.read(8 << 20) == source[: 8 << 20]
+        run_modelfs("rm", name, "--cache", str(m.cache))
+        # Open files keep reading: the bytes come from the network again where needed.
+        assert f.read(1 << 20) == source[8 << 20 : 9 << 20]
+        assert os.listdir(library) == [], "the mount listed the removed model again"
+    ls, du, _ = views()
+    assert ls == "no models in the cache\n"
+    assert du.split()[1:3] == ["0", "B"], du
+
+    # Nothing reads the blob any more: its bytes are freed (empty lock files stay).
+    def freed() -> bool:
+        return views()[2] < (64 << 10)
+
+    wait_for(freed, "the removed model's partial blob to be freed")
+    partial = [p.name for p in (m.cache / ".modelfs" / "partial").iterdir() if p.suffix != ".lock"]
+    assert partial == []
+    assert os.listdir(library) == []
+
+    # Read through the mount again: fetched again, the model is in the cache again, and
+    # rm removes it again.
+    assert (tag / "system").read_text() == "You are helpful."
+    ls, du, used = views()
+    assert "library/smollm2:135m" in ls
+    assert du.split()[1:] != ["0", "B"] and used > 0
+    run_modelfs("rm", name, "--cache", str(m.cache))
+    assert os.listdir(library) == []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import subprocess
 import urllib.request
 from typing import Any
 
+import pytest
 from mount.test_mount import TAG_DIR, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from support.mount import one_line_error, run_modelfs, sha256_path
@@ -150,3 +153,43 @@ def test_cache_bounds_in_decimal_units_read_back_as_typed(mount_factory, tmp_pat
     assert cache["min_free_bytes"] == 1_000_000_000
     text = run_modelfs("status", str(m.mountpoint), env=m.env).stdout
     assert "max 500.0 MB, keep 1.0 GB free" in text, text
+
+
+def test_status_gives_the_cause_of_eio_and_eacces(mount_factory, basic_registry, tmp_path):
+    # A registry port nobody listens on, and a registry that wants credentials we lack: the
+    # reader sees only EIO and EACCES; status must say why.
+    nobody = tmp_path / "no-credentials"
+    nobody.mkdir()
+    m = mount_factory(env={**os.environ, "DOCKER_CONFIG": str(nobody)})
+    m.expect_log(r"needs a username and password")
+    closed = f"127.0.0.1:{free_port()}"
+    with pytest.raises(OSError) as unreachable:
+        os.stat(m.mountpoint / closed / "library" / "m" / "latest")
+    assert unreachable.value.errno == errno.EIO
+    with pytest.raises(OSError) as refused:
+        os.stat(m.mountpoint / basic_registry.host / "library" / "m" / "latest")
+    assert refused.value.errno == errno.EACCES
+
+    recent = status_json(m, str(m.mountpoint))["recent_errors"]
+    causes = {(e["operation"], e["errno"]): e["message"] for e in recent}
+    assert f"cannot connect to {closed}" in causes.get(("lookup", "EIO"), ""), recent
+    assert causes.get(("lookup", "EACCES")) == (
+        f"registry {basic_registry.host} needs a username and password: "
+        f"run `modelfs login {basic_registry.host}`"
+    ), recent
+    text = run_modelfs("status", str(m.mountpoint), env=m.env).stdout
+    assert "last error" in text
+    assert f"lookup EACCES: {causes[('lookup', 'EACCES')]}" in text
+    assert f"lookup EIO: {causes[('lookup', 'EIO')]}" in text
+
+
+def test_missing_xattrs_are_not_counted_as_errors(proxy, mount_factory, smollm2_pushed):
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / TAG_DIR
+    listing = subprocess.run(["ls", "-la", str(tag)], capture_output=True, text=True, check=True)
+    assert "model.gguf" in listing.stdout
+    with pytest.raises(OSError) as info:
+        os.getxattr(tag / "model.gguf", "user.not.there")
+    assert info.value.errno == errno.ENODATA
+    errors = status_json(m, str(m.mountpoint))["errors"]
+    assert errors == {"EIO": 0}, f"a missing xattr was counted as an error: {errors}"

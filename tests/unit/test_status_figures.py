@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import stat
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -24,14 +25,16 @@ from modelfs.blobs.fetchcontext import FetchSettings
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs, BlobsSettings
 from modelfs.commands.status import query, render
-from modelfs.errors import CacheFull, MountError, UsageError
+from modelfs.errors import CacheFull, MountError, Transient, UsageError
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
 from modelfs.formats.names import parse_name
 from modelfs.fs import status
 from modelfs.fs.daemon import parse_mount_options
+from modelfs.fs.errorlog import RecentError, RecentErrors
 from modelfs.fs.fuse_ops import boundary
 from modelfs.fs.status import DiskUse, InFlight, Live, Metrics, Snapshot
+from modelfs.fs.tree import TreeError
 
 CB = 64 << 10
 NAME = parse_name("Registry.Example:5000/library/model:tag")
@@ -65,6 +68,10 @@ def sample_snapshot(**changes: object) -> Snapshot:
         "evicted_bytes": 8_000_000_000,
         "cache_write_failures": 0,
         "published": 9,
+        "recent_errors": (
+            RecentError(1_700_000_100.0, "lookup", errno.EACCES, "registry r needs a login", 1),
+            RecentError(1_700_000_120.0, "read", errno.EIO, "cannot connect to r", 3),
+        ),
     }
     values.update(changes)
     return Snapshot(**values)  # type: ignore[arg-type]
@@ -100,6 +107,22 @@ def test_the_json_names_every_figure():
             }
         ],
         "errors": {"EIO": 1, "ENOENT": 3},
+        "recent_errors": [
+            {
+                "at": 1_700_000_100.0,
+                "operation": "lookup",
+                "errno": "EACCES",
+                "message": "registry r needs a login",
+                "count": 1,
+            },
+            {
+                "at": 1_700_000_120.0,
+                "operation": "read",
+                "errno": "EIO",
+                "message": "cannot connect to r",
+                "count": 3,
+            },
+        ],
         "digest_failures": {"chunk": 2, "blob": 1},
         "evictions": {"count": 4, "bytes": 8_000_000_000},
         "cache_write_failures": 0,
@@ -112,6 +135,9 @@ def test_eio_is_always_in_the_json_errors():
 
 
 def test_text_is_a_few_aligned_lines_per_mount():
+    def clock(at: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(at))
+
     assert render(sample_snapshot().as_dict()) == (
         "/mnt/models\n"
         "  daemon     pid 4242, modelfs 0.1.0, up 2m05s\n"
@@ -123,6 +149,8 @@ def test_text_is_a_few_aligned_lines_per_mount():
         "  reads      900 hits, 12 misses (waited for a fetch)\n"
         "  in flight  b179c9523d0e  smollm2:135m  21.0 MB/98.4 MB\n"
         "  errors     EIO 1, ENOENT 3\n"
+        f"  last error {clock(1_700_000_120.0)} read EIO: cannot connect to r (x3)\n"
+        f"             {clock(1_700_000_100.0)} lookup EACCES: registry r needs a login\n"
         "  mismatches 2 chunks, 1 whole blobs (discarded)\n"
         "  evictions  4 models, 8.0 GB freed\n"
         "  metrics    http://127.0.0.1:9464/metrics"
@@ -313,6 +341,7 @@ async def test_the_blob_layer_counts_hits_misses_bytes_per_host_and_range_times(
 class Handlers:
     def __init__(self) -> None:
         self.errors: Counter[int] = Counter()
+        self.recent_errors = RecentErrors(keep=2)
 
     @boundary
     async def raises(self, exc: BaseException) -> None:
@@ -337,3 +366,21 @@ async def test_the_fuse_boundary_counts_errors_by_errno(exc, err):
     with pytest.raises(pyfuse3.FUSEError):
         await handlers.raises(exc)
     assert handlers.errors == Counter({err: 1})
+
+
+async def test_the_fuse_boundary_keeps_causes_and_does_not_count_enodata():
+    handlers = Handlers()
+    for _ in range(2):
+        with pytest.raises(pyfuse3.FUSEError):
+            await handlers.raises(Transient("manifest of m: cannot connect to r"))
+    with pytest.raises(pyfuse3.FUSEError):
+        await handlers.raises(TreeError(errno.ENODATA))
+    with pytest.raises(pyfuse3.FUSEError):
+        await handlers.raises(TreeError(errno.ENOENT, "not a valid host: 'a b'"))
+    assert handlers.errors == Counter({errno.EIO: 2, errno.ENOENT: 1})
+    [only] = handlers.recent_errors.entries()
+    assert (only.operation, only.errno, only.count) == ("raises", errno.EIO, 2)
+    assert only.message == "manifest of m: cannot connect to r"
+    for n in range(3):
+        handlers.recent_errors.add("read", errno.EIO, f"cause {n}")
+    assert [e.message for e in handlers.recent_errors.entries()] == ["cause 1", "cause 2"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from modelfs.errors import RegistryError
+from modelfs.errors import ModelNotFound, RegistryError
 from modelfs.formats.names import parse_name
 from modelfs.registry.client import Registry
 
@@ -72,3 +72,30 @@ async def test_a_repository_the_registry_does_not_know_has_no_tags() -> None:
 async def test_a_tag_list_that_is_not_one_is_an_error(body: bytes) -> None:
     with pytest.raises(RegistryError, match="tags of library/m"):
         await tags_from(lambda request: httpx.Response(200, content=body))
+
+
+async def listing_from(handler, max_pages: int = 10) -> list[str] | None:
+    registry = Registry()
+    await registry._client.aclose()
+    registry._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    try:
+        return await registry.repository_tags(NAME, max_pages)
+    finally:
+        await registry.aclose()
+
+
+async def test_a_mount_listing_reads_at_most_its_pages() -> None:
+    handler, seen = paging(2)
+    assert await listing_from(handler, max_pages=2) == TAGS[:4]
+    assert len(seen) == 2
+
+
+async def test_name_unknown_is_model_not_found_and_other_404s_are_no_listing() -> None:
+    def unknown(request: httpx.Request) -> httpx.Response:
+        body = {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known"}]}
+        return httpx.Response(404, json=body)
+
+    with pytest.raises(ModelNotFound, match=r"registry\.test has no repository library/m"):
+        await listing_from(unknown)
+    assert await listing_from(lambda r: httpx.Response(404, text="404 page not found")) is None
+    assert await listing_from(lambda r: httpx.Response(405)) is None
