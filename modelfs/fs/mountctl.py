@@ -345,7 +345,8 @@ def unbind_blobs_view(mountpoint: str | os.PathLike[str]) -> None:
         result = subprocess.run(
             ["umount", "-l", str(target)], capture_output=True, text=True, timeout=30, check=False
         )
-        if result.returncode != 0:
+        # Someone else may have unmounted it meanwhile (systemd stopping its .mount unit).
+        if result.returncode != 0 and find_mount(target) is not None:
             log_line = result.stderr.strip().splitlines()
             raise MountError(
                 f"cannot unmount {target}: {log_line[-1] if log_line else 'umount failed'}"
