@@ -179,8 +179,6 @@ class UnlinkResult:
 # Published blobs are read-only: the mount links to them, and a write through a
 # link must not change a verified blob (Ollama replaces blobs by rename, never in place).
 BLOB_MODE = 0o444
-# The directory at a mount's root where the daemon binds a read-only view of blobs/.
-BLOBS_VIEW_DIRNAME = ".blobs"
 XATTR_DIGEST = "user.modelfs.digest"
 XATTR_MEDIA_TYPE = "user.modelfs.media_type"
 # How reads of a file are checked (computed on request; not set on blob files).

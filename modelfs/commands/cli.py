@@ -943,9 +943,8 @@ def mount_helper_argv(
 
     ``cache=``, ``config=``, ``key=``, ``ca_file=`` and ``log=`` become their flags, ``debug``
     ``--debug``; every other option goes to ``mount -o`` (which ignores mount(8)'s standard
-    ones), with ``blobs_view=no`` unless the line says otherwise: a bind mount inside the
-    mount would make umount(8) fail with "target is busy". SOURCE is only a label. As
-    mount(8) does, the mount goes over whatever the directory holds.
+    ones). SOURCE is only a label. As mount(8) does, the mount goes over whatever the
+    directory holds.
     """
     as_helper = Path(program).name in HELPER_PROGRAMS
     if len(argv) < 2 or argv[0] in commands or argv[0].startswith("-"):
@@ -978,9 +977,6 @@ def mount_helper_argv(
             debug = True
         elif opt:
             kept.append(opt)
-    # A plain umount(8) must work on an fstab mount: no bind mount inside it unless asked.
-    if not any(o.partition("=")[0] == "blobs_view" for o in kept):
-        kept.append("blobs_view=no")
     out = ["--debug"] if debug else []
     out += ["mount", mountpoint, *flags, "--allow-non-empty"]
     if kept:

@@ -24,7 +24,7 @@ from pathlib import Path
 import trio
 
 from modelfs.blobs import blobwatch
-from modelfs.blobs.blobcache import BLOBS_VIEW_DIRNAME, BlobCache
+from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.completion import Completion
 from modelfs.blobs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor
 from modelfs.blobs.fetchcontext import MAX_STREAMS, FetchSettings
@@ -39,7 +39,7 @@ from modelfs.fs import fuse_ops, mountctl, status
 from modelfs.fs.mount_options import parse_mount_options as parse_mount_options
 from modelfs.fs.mount_options import size_option
 from modelfs.fs.resolver import LOOKUP_TTL_SECONDS, Resolver
-from modelfs.fs.tree import LEVEL_KINDS, LINK_ENTRY_SECONDS, Access, Tree
+from modelfs.fs.tree import LINK_ENTRY_SECONDS, Access, Tree
 from modelfs.registry.client import Registry, RegistryConfig
 from modelfs.registry.config import FileConfig
 from modelfs.tasks import spawn
@@ -285,6 +285,14 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             ops.close_notifications()
             with contextlib.suppress(Exception):
                 fuse_ops.close(unmount=unmount_on_exit)
+            if options.links:
+                # However the mount ended (umount(8), fusermount3 -u, a signal), its links
+                # went with it: the view they pointed into goes too.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await trio.to_thread.run_sync(mountctl.unbind_blobs_view, mountpoint)
+                    except MountError as e:
+                        log.warning("%s", e)
             log.info("unmounted %s", mountpoint)
 
 
@@ -379,10 +387,12 @@ async def enable_links(
     Every byte read through FUSE costs a round trip through this process, and CPU
     a small machine is short of; a symlink to the
     verified blob in ``blobs/`` reads and mmaps at the disk's speed and keeps
-    working if the daemon dies. As root, the links point at ``<mnt>/.blobs``, a
-    read-only bind mount of ``blobs/``, so that writing through a link is EROFS
-    like every other write here; otherwise they point at the cache's own
-    ``blobs/``, whose files are mode 0444.
+    working if the daemon dies. As root, the links point into a read-only bind
+    mount of ``blobs/`` outside the mount (``mountctl.blobs_view_path``), so that
+    writing through a link is EROFS like every other write here, and nothing is
+    mounted inside the mount (``umount MNT`` works); otherwise they point at the
+    cache's own ``blobs/``, whose files are mode 0444. The daemon unbinds the
+    view as it exits.
     """
     # Watch before the first link exists, so that no removal goes unseen.
     try:
@@ -401,8 +411,9 @@ async def enable_links(
             os.close(watch)
         raise
     if why is None:
-        tree.enable_links("../" * len(LEVEL_KINDS) + BLOBS_VIEW_DIRNAME + "/")
-        log.debug("complete blobs link to %s/%s", mountpoint, BLOBS_VIEW_DIRNAME)
+        view = mountctl.blobs_view_path(mountpoint)
+        tree.enable_links(f"{view}/")
+        log.debug("complete blobs link to %s, a read-only view of %s", view, cache.blobs_dir)
     else:
         tree.enable_links(os.path.abspath(cache.blobs_dir) + "/")
         log.debug("complete blobs link to %s (no read-only view: %s)", cache.blobs_dir, why)
@@ -431,11 +442,6 @@ async def _watch_signals(
             log.info("signal %s: unmounting", signal.Signals(signum).name)
             mountctl.notify_systemd(f"STOPPING=1\nSTATUS=unmounting {mountpoint}")
             signalled.set()
-            # While the mount still serves: detaching the view looks up <mnt>/.blobs.
-            try:
-                await trio.to_thread.run_sync(mountctl.unbind_blobs_view, mountpoint)
-            except MountError as e:
-                log.warning("%s", e)
             # Handlers waiting on stuck transfers, or on other processes of the cache, must
             # answer before the session can end.
             stop_waiting()

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfs.blobs.blobcache import BLOBS_VIEW_DIRNAME
 from modelfs.errors import MountError
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -377,21 +376,46 @@ def notify_systemd(state: str) -> None:
         s.sendall(state.encode())
 
 
-# -- the read-only view of blobs/ inside a mount (see daemon.enable_links) --------------------
+# -- the read-only view of blobs/ that links point into (see daemon.enable_links) --------------
+
+# Where a mount made as root binds its read-only view of the cache's blobs/: outside the mount,
+# so that umount(8) and fusermount3 -u find nothing mounted inside it, and traversable by every
+# user, so that links work for the other users of an allow_other mount whatever the modes of the
+# cache's parent directories (/root/.ollama).
+BLOBS_VIEWS_DIR = Path("/run/modelfs-blobs")
+BLOBS_VIEWS_DIR_MODE = 0o755
+
+
+def blobs_view_path(mountpoint: str | os.PathLike[str]) -> Path:
+    """Where the read-only view of blobs/ for the mount at ``mountpoint`` is bound."""
+    key = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    return BLOBS_VIEWS_DIR / key
 
 
 def bind_blobs_view(blobs_dir: Path, mountpoint: Path) -> str | None:
-    """Bind ``blobs_dir`` read-only at ``<mountpoint>/.blobs``; None if done, else why not.
+    """Bind ``blobs_dir`` read-only at ``blobs_view_path(mountpoint)``; None if done, else why not.
 
-    Blocks on lookups in the mount: call it from a thread while the mount serves.
+    A view left by a daemon that was killed is replaced (it may be of another cache).
     """
-    target = os.path.join(os.path.abspath(mountpoint), BLOBS_VIEW_DIRNAME)
     if os.geteuid() != 0:
         return "binding needs root"
+    target = blobs_view_path(mountpoint)
+    try:
+        unbind_blobs_view(mountpoint)
+        BLOBS_VIEWS_DIR.mkdir(mode=BLOBS_VIEWS_DIR_MODE, exist_ok=True)
+        st = os.lstat(BLOBS_VIEWS_DIR)
+        # Only root may place what links resolve through.
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            return f"{BLOBS_VIEWS_DIR} is not a directory only root can write"
+        if stat.S_IMODE(st.st_mode) != BLOBS_VIEWS_DIR_MODE:
+            os.chmod(BLOBS_VIEWS_DIR, BLOBS_VIEWS_DIR_MODE)  # a umask of 077 made it
+        target.mkdir(mode=BLOBS_VIEWS_DIR_MODE, exist_ok=True)
+    except (OSError, MountError) as e:
+        return str(e)
     for args in (
-        ["mount", "--bind", "-o", "ro", str(blobs_dir), target],
+        ["mount", "--bind", "-o", "ro", str(blobs_dir), str(target)],
         # util-linux before 2.27 ignores ro on a bind: remount it.
-        ["mount", "-o", "remount,bind,ro", target],
+        ["mount", "-o", "remount,bind,ro", str(target)],
     ):
         entry = find_mount(target)
         if entry is not None and "ro" in entry.options:
@@ -401,27 +425,35 @@ def bind_blobs_view(blobs_dir: Path, mountpoint: Path) -> str | None:
         except (OSError, subprocess.TimeoutExpired) as e:
             return str(e)
         if result.returncode != 0:
-            unbind_blobs_view(mountpoint)
+            with contextlib.suppress(MountError):
+                unbind_blobs_view(mountpoint)
             return result.stderr.strip() or f"mount exited with {result.returncode}"
     entry = find_mount(target)
     if entry is not None and "ro" in entry.options:
         return None
-    unbind_blobs_view(mountpoint)
+    with contextlib.suppress(MountError):
+        unbind_blobs_view(mountpoint)
     return "the bind mount did not become read-only"
 
 
 def unbind_blobs_view(mountpoint: str | os.PathLike[str]) -> None:
-    """Detach ``<mountpoint>/.blobs`` if it is mounted (a no-op otherwise)."""
-    target = os.path.join(os.path.abspath(mountpoint), BLOBS_VIEW_DIRNAME)
+    """Detach the mount's view of blobs/ if it is bound, and remove its directory.
+
+    Lazily: a model opened or mapped through a link keeps reading after the view is gone.
+    """
+    target = blobs_view_path(mountpoint)
     while find_mount(target) is not None:
         result = subprocess.run(
-            ["umount", "-l", target], capture_output=True, text=True, timeout=30, check=False
+            ["umount", "-l", str(target)], capture_output=True, text=True, timeout=30, check=False
         )
-        if result.returncode != 0:
+        # Someone else may have unmounted it meanwhile (systemd stopping its .mount unit).
+        if result.returncode != 0 and find_mount(target) is not None:
             log_line = result.stderr.strip().splitlines()
             raise MountError(
                 f"cannot unmount {target}: {log_line[-1] if log_line else 'umount failed'}"
             )
+    with contextlib.suppress(OSError):
+        target.rmdir()
 
 
 def umount(mountpoint: Path, *, lazy: bool = False) -> None:
@@ -433,8 +465,6 @@ def umount(mountpoint: Path, *, lazy: bool = False) -> None:
     if entry.fstype != FSTYPE:
         raise MountError(f"{path} is not a modelfs mount (it is {entry.fstype})")
     pid = _daemon_pid(path)
-    if not is_stale(path):
-        unbind_blobs_view(path)
     args = ["-u", "-z", path] if lazy else ["-u", path]
     result = _run_fusermount(args)
     if result.returncode != 0:
@@ -452,3 +482,7 @@ def umount(mountpoint: Path, *, lazy: bool = False) -> None:
         deadline = time.monotonic() + UMOUNT_WAIT_SECONDS
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+    if pid is None or not _alive(pid):
+        # A daemon that died (a dead mount) left its view of blobs/ bound; a live one (--lazy)
+        # unbinds it as it exits.
+        unbind_blobs_view(path)

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import trio
 
 from modelfs.blobs.blobcache import (
-    BLOBS_VIEW_DIRNAME,
     XATTR_DIGEST,
     XATTR_MEDIA_TYPE,
     XATTR_VERIFY,
@@ -144,8 +143,6 @@ class Node:
     open_count: int = 0
     # symlinks to a published blob: the link's target
     link: str | None = None
-    # the root's .blobs directory: a mount point, nothing of its own
-    mount_point: bool = False
 
     @property
     def level(self) -> int:
@@ -244,11 +241,9 @@ class Tree:
         parent = self.node(parent_inode)
         if not parent.is_dir:
             raise TreeError(errno.ENOTDIR)
-        if name in (".", "..") or parent.mount_point:
+        if name in (".", ".."):
             raise TreeError(errno.ENOENT)
-        if parent.inode == ROOT_INODE and name == BLOBS_VIEW_DIRNAME:
-            node = self._blobs_dir()
-        elif parent.level < len(LEVEL_KINDS):
+        if parent.level < len(LEVEL_KINDS):
             node = await self._lookup_dir(parent, name, caller)
         else:
             node = await self._lookup_file(parent, name, caller)
@@ -355,16 +350,6 @@ class Tree:
         node.resolved = resolved
         return resolved
 
-    def _blobs_dir(self) -> Node:
-        key = (ROOT_INODE, BLOBS_VIEW_DIRNAME)
-        inode = self._dirs.get(key)
-        node = self.nodes.get(inode) if inode is not None else None
-        if node is None:
-            node = Node(next(self._inodes), ROOT_INODE, BLOBS_VIEW_DIRNAME, True, mount_point=True)
-            self.nodes[node.inode] = node
-            self._dirs[key] = node.inode
-        return node
-
     async def _lookup_file(self, parent: Node, name: str, caller: Caller) -> Node:
         await self._resolve_tag(parent, caller)
         entry = parent.files.get(name)
@@ -384,8 +369,8 @@ class Tree:
 
         Readers of a complete, verified blob then read (and mmap) the cache file
         directly: at disk speed, and unaffected if the daemon dies. ``base`` is
-        the link target's prefix: ``../../../../.blobs/`` (a read-only bind mount
-        of ``blobs/`` inside the mount) or the cache's absolute ``blobs/`` path.
+        the link target's prefix, an absolute path: a read-only bind mount of
+        ``blobs/`` outside the mount, or the cache's own ``blobs/``.
         """
         self.link_base = base
 
@@ -501,9 +486,7 @@ class Tree:
         node = self.node(inode)
         if not node.is_dir:
             raise TreeError(errno.ENOTDIR)
-        if node.mount_point:
-            names = []
-        elif node.level == len(LEVEL_KINDS):
+        if node.level == len(LEVEL_KINDS):
             await self._resolve_tag(node, caller)
             names = list(node.files)
             await self._check_published([layer for layer, _m in node.files.values() if layer])

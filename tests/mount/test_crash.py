@@ -20,6 +20,7 @@ from support.proxy import Proxy
 from modelfs.blobs.partial import present_bytes_in_state
 from modelfs.formats.chunks import CHUNK_BYTES
 from modelfs.formats.digest import Digest
+from modelfs.fs.mountctl import blobs_view_path, find_mount
 
 
 def test_corrupted_partial_data_is_detected_and_refetched(
@@ -101,6 +102,7 @@ def test_umount_of_a_dead_mount(proxy, mount_factory, smollm2_pushed, model_hex,
     assert not os.path.ismount(m.mountpoint)
     with open("/proc/self/mountinfo") as f:
         assert str(m.mountpoint) not in f.read(), "something of the dead mount is still mounted"
+    assert find_mount(blobs_view_path(m.mountpoint)) is None, "the dead mount's view is still bound"
 
 
 def test_kill_9_push_then_rerun_uploads_only_what_is_missing(

@@ -1,4 +1,5 @@
-"""Complete blobs appear as symlinks into a read-only view of the cache's blobs/."""
+"""Complete blobs appear as symlinks into a read-only view of the cache's blobs/, bound outside
+the mount (as root)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ import pytest
 from mount.test_mount import TAG_DIR, wait_for
 from support.mount import run_modelfs, sha256_path
 
-from modelfs.fs.mountctl import find_mount
+from modelfs.fs.mountctl import blobs_view_path, find_mount
 
-LINK_PREFIX = "../../../../.blobs/"
 SMOLLM2 = "library/smollm2:135m"
 
 
@@ -35,7 +35,11 @@ def test_complete_blob_becomes_a_read_only_link(
     assert sha256_path(model) == model_hex
     wait_for((m.cache / "blobs" / f"sha256-{model_hex}").exists, "the blob to be published")
     wait_for(model.is_symlink, "model.gguf to become a link once its blob is complete")
-    assert os.readlink(model) == f"{LINK_PREFIX}sha256-{model_hex}"
+    view = blobs_view_path(m.mountpoint)
+    assert os.readlink(model) == f"{view}/sha256-{model_hex}"
+    entry = find_mount(view)
+    assert entry is not None and "ro" in entry.options, "links do not lead into a read-only view"
+    assert os.stat(model).st_ino == os.stat(m.cache / "blobs" / f"sha256-{model_hex}").st_ino
     assert os.stat(model).st_size == len(source)
     # The model's bytes only: the model's small blobs may still be on their way (the
     # manifest is written once they are).
@@ -65,7 +69,9 @@ def test_complete_blob_becomes_a_read_only_link(
     assert not (tag / "manifest.json").is_symlink()
 
     m.stop()
-    assert mounts_under(m.mountpoint) == [], "the read-only view outlived the mount"
+    assert mounts_under(m.mountpoint) == []
+    assert find_mount(view) is None, "the read-only view outlived the mount"
+    assert not view.exists()
 
 
 def test_links_survive_the_daemon(
@@ -83,12 +89,19 @@ def test_links_survive_the_daemon(
         os.listdir(m.mountpoint)
     assert info.value.errno == errno.ENOTCONN
 
-    m2 = mount_factory(root=tmp_path / "a")  # detaches the dead mount and its view
+    view = blobs_view_path(m.mountpoint)
+    assert find_mount(view) is not None, (
+        "a killed daemon's view is left until the next mount or umount"
+    )
+
+    m2 = mount_factory(root=tmp_path / "a")  # detaches the dead mount, binds its view anew
     tag = m2.mountpoint / proxy.host / TAG_DIR
     wait_for((tag / "model.gguf").is_symlink, "a cached blob to be a link from the start")
     assert sha256_path(tag / "model.gguf") == model_hex
+    assert len([p for p in mounts_under(view.parent) if p == str(view)]) == 1
     m2.stop()
     assert mounts_under(m2.mountpoint) == []
+    assert find_mount(view) is None
 
 
 def test_links_no_serves_every_byte_through_the_daemon(
@@ -99,7 +112,7 @@ def test_links_no_serves_every_byte_through_the_daemon(
     assert sha256_path(tag / "model.gguf") == model_hex
     wait_for((m.cache / "blobs" / f"sha256-{model_hex}").exists, "the blob to be published")
     assert not (tag / "model.gguf").is_symlink()
-    assert find_mount(m.mountpoint / ".blobs") is None
+    assert find_mount(blobs_view_path(m.mountpoint)) is None
     assert sha256_path(tag / "model.gguf") == model_hex
 
 

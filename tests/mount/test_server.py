@@ -13,6 +13,8 @@ from pathlib import Path
 from mount.test_mount import TAG_DIR, wait_for
 from support.mount import modelfs_cmd, run_modelfs, sha256_path
 
+from modelfs.fs.mountctl import blobs_view_path, find_mount
+
 MOUNT_SECONDS = 60
 
 
@@ -48,12 +50,14 @@ def test_mount_helper_call_mounts_and_returns_once_live(
         model = mnt / registry.host / TAG_DIR / "model.gguf"
         assert sha256_path(model) == model_hex
         assert (cache / "blobs").is_dir(), "cache= was not the cache"
-        # Complete: a link into the cache's own blobs/, no bind mount inside the mount...
+        # Complete: a link into the read-only view of blobs/, bound outside the mount...
         wait_for(model.is_symlink, "model.gguf to become a link")
-        assert os.readlink(model) == str(cache / "blobs" / f"sha256-{model_hex}")
-        # ...so that umount(8), as systemd and people call it, works.
+        view = blobs_view_path(mnt)
+        assert os.readlink(model) == f"{view}/sha256-{model_hex}"
+        # ...so that umount(8), as systemd and people call it, works; the view goes after it.
         umount = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, check=False)
         assert umount.returncode == 0, umount.stderr
+        wait_for(lambda: find_mount(view) is None, "the daemon to unbind the view as it exits")
     finally:
         if os.path.ismount(mnt):
             run_modelfs("umount", str(mnt), env=env, check=False)

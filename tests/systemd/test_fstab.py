@@ -14,6 +14,8 @@ from collections.abc import Callable
 from support.nspawn import Container
 from support.registry import RegistryProcess
 
+from modelfs.fs.mountctl import BLOBS_VIEWS_DIR
+
 POINT = "/mnt/fstab"
 CACHE = "/var/cache/modelfs"
 FSTAB = f"modelfs {POINT} fuse.modelfs ro,_netdev,nofail,allow_other,cache={CACHE} 0 0\n"
@@ -64,9 +66,20 @@ def test_mount_a_mounts_the_fstab_line_and_umount_unmounts_it(
     assert "ro" in mount.options.split(","), mount
     assert params(c, registry.host) == PARAMS
     assert any(c.path(f"{CACHE}/blobs").iterdir()), f"cache={CACHE} was not used"
+    # Links lead into the read-only view of blobs/, bound outside the mount: umount still works.
+    link = f"{POINT}/{registry.host}/{TAG_DIR}/params.json"
+    c.wait_for(
+        "params.json to become a link into the read-only view",
+        lambda: c.run("readlink", link, check=False).stdout.startswith(f"{BLOBS_VIEWS_DIR}/"),
+        EXIT_SECONDS,
+    )
+    assert c.sh(f"echo x >> {link}", check=False).returncode != 0, "a write through a link"
+    assert params(c, registry.host) == PARAMS
     c.run("umount", POINT)
     assert c.mount_at(POINT) is None, c.mounts()
     c.wait_for("the daemon exited after umount", lambda: not daemons(c), EXIT_SECONDS)
+    views = [m for m in c.mounts() if m.point.startswith(f"{BLOBS_VIEWS_DIR}/")]
+    assert not views, f"the read-only view of blobs/ outlived the mount: {views}"
     assert_log_clean(c)
 
 

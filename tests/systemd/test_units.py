@@ -16,6 +16,8 @@ from support.nspawn import Container, daemon_problems, install_units, journal
 from support.proxy import Proxy
 from support.registry import RegistryProcess
 
+from modelfs.fs.mountctl import BLOBS_VIEWS_DIR
+
 UNIT = "modelfs@mnt-models.service"
 MNT = "/mnt/models"
 TAG_DIR = "library/smollm2/135m"
@@ -138,6 +140,8 @@ def test_stop_leaves_no_mount_and_no_process(
     assert c.show(UNIT, "ExecMainStatus") == "0", "the daemon did not exit 0 on SIGTERM"
     assert c.mount_at(MNT) is None, f"{MNT} is still mounted after stop: {c.mounts()}"
     assert not any(m.point.startswith(f"{MNT}/") for m in c.mounts()), c.mounts()
+    views = [m for m in c.mounts() if m.point.startswith(f"{BLOBS_VIEWS_DIR}/")]
+    assert not views, f"the read-only view of blobs/ outlived the mount: {views}"
     assert not c.path(f"/proc/{daemon}").exists(), "the daemon outlived systemctl stop"
     assert_no_daemon_problems(c)
 

@@ -30,7 +30,7 @@ COMMANDS = {"mount", "umount", "ls", "show", "create"}
                 "/var/cache/modelfs",
                 "--allow-non-empty",
                 "-o",
-                "ro,allow_other,dev,suid,blobs_view=no",
+                "ro,allow_other,dev,suid",
             ],
         ),
         (
@@ -49,12 +49,12 @@ COMMANDS = {"mount", "umount", "ls", "show", "create"}
                 "/l",
                 "--allow-non-empty",
                 "-o",
-                "ro,blobs_view=no",
+                "ro",
             ],
         ),
         (
             ["modelfs", "/m", "-n", "-s", "-o", "dev"],
-            ["mount", "/m", "--allow-non-empty", "-o", "dev,blobs_view=no"],
+            ["mount", "/m", "--allow-non-empty", "-o", "dev"],
         ),
         (
             ["modelfs", "/m", "-o", "blobs_view=yes"],
@@ -71,7 +71,7 @@ def test_mount_helper_argv(argv: list[str], expected: list[str] | None) -> None:
             "/m",
             "--allow-non-empty",
             "-o",
-            "x-systemd.automount,verify=deferred,blobs_view=no",
+            "x-systemd.automount,verify=deferred",
         ]
     else:
         assert got == expected
@@ -95,8 +95,6 @@ def test_run_as_mount_modelfs_any_source_mountpoint_is_a_helper_call() -> None:
             "mount",
             "/m",
             "--allow-non-empty",
-            "-o",
-            "blobs_view=no",
         ]
 
 
