@@ -45,6 +45,17 @@ from modelfs.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
+
+class _Arriving:
+    """Body bytes one range request has received so far. Equal only to itself: two requests
+    under way with the same count are still two counters."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 # How often a read ensures its chunks again when those held in memory were dropped meanwhile.
 EVICTED_RETRIES = 3
 # A reader waiting for a whole-blob check waits READ_WAIT_SECONDS plus the time hashing
@@ -134,7 +145,7 @@ class BlobFetch:
         # Body bytes received: of requests that ended, and one counter per request under
         # way (each written only by its worker thread, so no update is lost).
         self._arrived_bytes = 0
-        self._arriving: list[list[int]] = []
+        self._arriving: list[_Arriving] = []
         self.progress = Progress(ctx, self.what)
         self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable)
 
@@ -290,7 +301,7 @@ class BlobFetch:
     def arrived_bytes(self) -> int:
         """Body bytes received for this blob so far, those of chunks not yet whole and checked
         included: what a progress display shows moving between chunks."""
-        return self._arrived_bytes + sum(counter[0] for counter in self._arriving)
+        return self._arrived_bytes + sum(counter.n for counter in self._arriving)
 
     @property
     def finalizing(self) -> Flight | None:
@@ -669,10 +680,10 @@ class BlobFetch:
                     trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
             return True
 
-        arriving = [0]
+        arriving = _Arriving()
 
         def on_bytes(n: int) -> None:
-            arriving[0] += n  # worker thread
+            arriving.n += n  # worker thread
 
         # Fixed chunks arrive as one piece each; a registry's ranges in bounded pieces.
         piece_bytes = layout.chunk_bytes if layout.fixed else min(layout.largest_bytes, PIECE_BYTES)
@@ -690,8 +701,8 @@ class BlobFetch:
                 on_bytes,
             )
         finally:
-            self._arriving.remove(arriving)
-            self._arrived_bytes += arriving[0]
+            self._arriving.remove(arriving)  # this request's counter: compared by identity
+            self._arrived_bytes += arriving.n
             for stream in started:
                 self._whole_ended(stream)
 
