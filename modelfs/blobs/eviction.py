@@ -21,6 +21,7 @@ from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import ModelfsError, UsageError
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
+from modelfs.tasks import Failures
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,11 @@ class Evictor:
         in_use: Callable[[], set[Digest]],
         in_thread: Callable[..., Awaitable[object]],
         lock: trio.Lock | None = None,
+        failures: Failures | None = None,
     ) -> None:
         self.cache = cache
+        # Unexpected failures (a bug, a disk that misbehaves): counted for status, logged once.
+        self.failures = failures or Failures()
         # Shared with Completion: a manifest is never written while its blobs are evicted.
         self.lock = lock or trio.Lock()
         self.bounds = bounds
@@ -111,6 +115,9 @@ class Evictor:
             await self.in_thread(self._mark_if_not_pinned, name)
         except ModelfsError as e:
             log.debug("cannot record the use of %s: %s", name, e)
+        except Exception as e:
+            # Only the order of eviction depends on it: never the lookup that called.
+            self.failures.record("recording the use of a model", e)
 
     def _mark_if_not_pinned(self, name: Name) -> None:
         # Complete in the cache without a mark: created or pulled on purpose, so pinned.
@@ -123,6 +130,8 @@ class Evictor:
         return any(n.equal_fold(name) for _t, n in self.cache.lazy_models())
 
     async def run(self) -> None:
+        """Check at each kick, and every ``CHECK_SECONDS``. Run under ``tasks.supervise``: an
+        unexpected error ends this pass, and the run started again checks at once."""
         while True:
             with trio.move_on_after(CHECK_SECONDS):
                 await self._kick.wait()
@@ -134,6 +143,9 @@ class Evictor:
             except OSError as e:
                 # statvfs or a scan of the cache failed: try again at the next check.
                 log.warning("cache eviction: %s", e)
+            except Exception:
+                self.kick()
+                raise
             # Kicks come with every close: one scan of the cache per interval is enough.
             await trio.sleep(MIN_CHECK_INTERVAL_SECONDS)
 

@@ -47,7 +47,7 @@ from modelfs.blobs.eviction import Evictor
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.errors import MountError, UsageError
 from modelfs.fs import mountctl
-from modelfs.tasks import spawn
+from modelfs.tasks import Failures, supervise
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,9 @@ class Snapshot:
     evicted_bytes: int
     cache_write_failures: int
     published: int
+    # What of the daemon's own work failed unexpectedly and was started again: what →
+    # (times, the last error).
+    failures: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON of ``modelfs status --json`` (errno names as keys, EIO always there)."""
@@ -174,6 +177,10 @@ class Snapshot:
             "evictions": {"count": self.evictions, "bytes": self.evicted_bytes},
             "cache_write_failures": self.cache_write_failures,
             "published": self.published,
+            "failures": {
+                what: {"count": count, "last": last}
+                for what, (count, last) in sorted(self.failures.items())
+            },
         }
 
 
@@ -186,6 +193,7 @@ class Live:
     fetcher: Fetcher
     evictor: Evictor
     errors: Counter[int]
+    failures: Failures = field(default_factory=Failures)
     started: float = field(default_factory=time.time)
     metrics: str | None = None
     # Uptime by the monotonic clock: a clock step does not change it.
@@ -232,6 +240,10 @@ class Live:
             evicted_bytes=self.evictor.evicted_bytes,
             cache_write_failures=stats.cache_write_failures,
             published=stats.published,
+            failures={
+                what: (count, self.failures.last[what])
+                for what, count in self.failures.counts.items()
+            },
         )
 
     async def take(self) -> Snapshot:
@@ -403,6 +415,12 @@ def metric_families(s: Snapshot) -> list[Metric]:
             s.cache_write_failures,
         ),
         counter("modelfs_blobs_published", "Blobs checked whole and published", s.published),
+        labelled(
+            "modelfs_task_failures",
+            "Unexpected failures of the daemon's own work, each followed by a restart",
+            "task",
+            {what: count for what, (count, _last) in s.failures.items()},
+        ),
         counter(
             "modelfs_from_processes_bytes",
             "Blob bytes another modelfs process of this cache fetched, used here",
@@ -412,16 +430,23 @@ def metric_families(s: Snapshot) -> list[Metric]:
     return out
 
 
-def start_control(nursery: trio.Nursery, live: Live) -> None:
+def start_control(nursery: trio.Nursery, live: Live, failures: Failures | None = None) -> None:
     """Answer ``modelfs status`` for this mount, in ``nursery``; without a socket (the runtime
-    directory cannot be written), say so and mount all the same."""
+    directory cannot be written), say so and mount all the same. Bound here, before the task
+    runs, so that status works as soon as the mount is reported ready; bound again if serving
+    ever fails."""
     path = control_socket(live.mountpoint)
     try:
-        sock = open_control(path)
+        first = [open_control(path)]
     except OSError as e:
         log.warning("no control socket at %s (%s): modelfs status cannot see this mount", path, e)
         return
-    spawn(nursery, "control socket", serve_control, sock, path, live.take, level=logging.WARNING)
+
+    async def serve() -> None:
+        sock = first.pop() if first else open_control(path)
+        await serve_control(sock, path, live.take)
+
+    supervise(nursery, "control socket", serve, failures=failures or live.failures)
 
 
 def serve_metrics(stack: AsyncExitStack, host: str, port: int) -> Metrics:
