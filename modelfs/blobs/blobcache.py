@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelfs.blobs.sharing import lock_exclusive
-from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
+from modelfs.errors import (
+    CacheError,
+    CacheFull,
+    DigestInvalid,
+    DigestMismatch,
+    ManifestInvalid,
+    NameInvalid,
+)
 from modelfs.formats.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -383,6 +390,36 @@ class BlobCache:
         for p in (self.state_path(digest), self.partial_path(digest)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+    def partial_digests(self) -> set[Digest]:
+        """Blobs with a partial data or state file."""
+        found = set()
+        try:
+            names = os.listdir(self.partial_dir)
+        except OSError:
+            return set()
+        for entry in names:
+            stem = entry.removesuffix(".state")
+            if stem.startswith("sha256-") and "." not in stem:
+                with contextlib.suppress(DigestInvalid):
+                    found.add(Digest.parse(stem))
+        return found
+
+    def discard_unused_partial(self, digest: Digest) -> int | None:
+        """Discard ``digest``'s partial if no modelfs process uses it; the bytes it took on disk,
+        or None when it is in use (or already gone)."""
+        lock = self.lock_blob(digest)
+        if lock is None:
+            return None
+        try:
+            taken = 0
+            for p in (self.state_path(digest), self.partial_path(digest)):
+                with contextlib.suppress(OSError):
+                    taken += p.stat().st_blocks * 512
+            self.discard_partial(digest)
+        finally:
+            os.close(lock)
+        return taken
 
     # -- manifests --------------------------------------------------------------------------
 

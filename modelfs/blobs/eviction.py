@@ -159,8 +159,30 @@ class Evictor:
         st = os.statvfs(self.cache.root)
         return self.cache.usage_bytes(), st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
+    def _discard_unnamed_partials(self, busy: set[Digest]) -> None:
+        """Discard partial blobs no manifest names and no process uses: what a model removed
+        while the mount was reading it leaves (``unlink`` cannot discard a partial in use).
+        Nothing else would: eviction removes models, and these belong to none."""
+        partials = self.cache.partial_digests() - busy
+        if not partials:
+            return
+        named = self.cache.referenced_blobs()  # fails closed: unreadable manifests name all
+        for digest in sorted(partials, key=str):
+            if digest in named:
+                continue
+            freed = self.cache.discard_unused_partial(digest)
+            if freed is None:
+                continue
+            self.evicted_bytes += freed
+            log.info(
+                "discarded the partial blob %s, which no model names (%d bytes freed)",
+                digest.short,
+                freed,
+            )
+
     def _evict(self, busy: set[Digest]) -> list[Name]:
         evicted: list[Name] = []
+        self._discard_unnamed_partials(busy)
         usage, free, total = self._state()
         if not self.bounds.over(usage, free, total):
             self._stuck = False

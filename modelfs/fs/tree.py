@@ -557,6 +557,11 @@ class Tree:
         handle = None
         if node.layer is not None:
             assert node.source is not None and node.manifest is not None
+            if node.layer.digest not in self._published:
+                # The blob will be fetched. If the model was removed since its lookup
+                # (modelfs rm, eviction), its manifest must come back once the blobs are
+                # complete: blobs no manifest names are never evicted.
+                await self.completion.track(node.source, node.manifest, anonymous=caller.anonymous)
             handle = await self.blobs.open(
                 node.source, node.manifest, node.layer, anonymous=caller.anonymous
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -130,6 +131,8 @@ def test_two_models_read_at_the_same_moment_then_a_third_stay_within_the_bound(
     for t in readers:
         t.join(300)
     assert got == {t: same_moment_models[t][1] for t in ("m0", "m1")}, "wrong bytes read"
+    for tag in ("m0", "m1"):
+        wait_for(manifest_of(m, proxy, "moment", tag).exists, f"{tag} to be complete")
     marks = m.cache / ".modelfs" / "lazy" / proxy.host.lower() / "library" / "moment"
     # Two lookups at once mark their models within one tick of the filesystem's clock about
     # as often as not; make it certain: both were used at the same instant.
@@ -157,3 +160,66 @@ def test_two_models_read_at_the_same_moment_then_a_third_stay_within_the_bound(
     assert manifest_of(m, proxy, "moment", "m2").exists()
     assert s["errors"] == {"EIO": 0}, "a lookup or read failed"
     assert s["failures"] == {}, "a loop of the daemon failed"
+
+
+def test_a_model_removed_while_it_is_read_leaves_no_partial_behind(
+    proxy, mount_factory, same_moment_models
+):
+    m = mount_factory("cache_max=1G,min_free=0")
+    name = f"{proxy.host}/library/moment:m0"
+    model = m.mountpoint / proxy.host / "library" / "moment" / "m0" / "model.gguf"
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        assert len(os.pread(fd, 4096, 0)) == 4096
+        wait_for(lambda: status_json(m)["cache"]["bytes"] > 0, "the first chunk in the cache")
+        # The mount holds the partial blob: rm removes the manifest and cannot discard it.
+        run_modelfs("rm", name, "--cache", str(m.cache))
+        assert status_json(m)["cache"]["bytes"] >= 4 << 20, "rm discarded a partial in use"
+    finally:
+        os.close(fd)
+    # No model names it any more: once the mount lets it go, it goes, and status agrees
+    # with du (which counts only what models name) but for the lock files (a few KiB).
+    wait_for(
+        lambda: status_json(m)["cache"]["bytes"] <= 64 << 10,
+        "the partial blob of the removed model to be discarded",
+        seconds=60,
+    )
+    assert not list((m.cache / ".modelfs" / "partial").glob("*.state"))
+    assert "total        0 B" in run_modelfs("du", "--cache", str(m.cache)).stdout
+
+
+def test_a_model_read_again_after_rm_is_back_in_the_cache_and_evictable(
+    proxy, mount_factory, same_moment_models
+):
+    m = mount_factory("cache_max=1G,min_free=0")
+    name, digest = same_moment_models["m1"]
+    model = m.mountpoint / proxy.host / "library" / "moment" / "m1" / "model.gguf"
+    assert sha256_path(model) == digest
+    wait_for(manifest_of(m, proxy, "moment", "m1").exists, "m1 to be complete in the cache")
+    blob = str(m.cache / "blobs" / f"sha256-{digest}")
+
+    def daemon_lets_go() -> bool:
+        fds = f"/proc/{m.pid()}/fd"
+        return all(os.readlink(f"{fds}/{fd}") != blob for fd in os.listdir(fds))
+
+    # Once the daemon has let the blob go (a kernel's release comes after close returns),
+    # reading it again after rm needs a fetch.
+    wait_for(daemon_lets_go, "the daemon to close the blob")
+    run_modelfs("rm", f"{proxy.host}/library/moment:m1", "--cache", str(m.cache))
+    # Read again at once (the mount still knows the tag: its lookup has not expired), through
+    # the daemon: none of it from the kernel's page cache.
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        h = hashlib.sha256()
+        while piece := os.read(fd, 1 << 20):
+            h.update(piece)
+    finally:
+        os.close(fd)
+    assert h.hexdigest() == digest
+    # Its blobs are back: so is its manifest, or they would be blobs no model names, which
+    # eviction never removes and du never counts.
+    wait_for(manifest_of(m, proxy, "moment", "m1").exists, "m1's manifest to be written again")
+    mark = m.cache / ".modelfs" / "lazy" / proxy.host.lower() / "library" / "moment" / "m1"
+    assert mark.exists(), "a model the mount fetched again is pinned, never evicted"
+    assert name.endswith("moment:m1")

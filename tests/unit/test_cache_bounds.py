@@ -127,3 +127,31 @@ def _one_blob_manifest(cache: BlobCache) -> bytes:
     config = b"{}"
     cache.store_bytes(config, Digest.of_bytes(config))
     return build_manifest(Layer(Digest.of_bytes(config), MEDIA_TYPE_DOCKER_CONFIG, len(config)), [])
+
+
+def test_partials_no_manifest_names_are_discarded_unless_in_use_or_named(tmp_path):
+    cache = BlobCache(tmp_path / "cache")
+    cache.prepare()
+    orphan, in_use, named = (Digest.of_bytes(bytes([i])) for i in range(3))
+    for digest in (orphan, in_use, named):
+        cache.partial_path(digest).write_bytes(b"x" * 8192)
+        cache.state_path(digest).write_bytes(b"{}")
+    config = b"{}"
+    cache.store_bytes(config, Digest.of_bytes(config))
+    cache.write_manifest(
+        M0,
+        build_manifest(
+            Layer(Digest.of_bytes(config), MEDIA_TYPE_DOCKER_CONFIG, len(config)),
+            [Layer(named, MEDIA_TYPE_MODEL, 1 << 20)],
+        ),
+        pending=True,
+    )
+    holder = cache.lock_blob(in_use)  # another modelfs process reading it
+    assert holder is not None
+    try:
+        evictor = Evictor(cache, CacheBounds(max_bytes=1 << 40), set, None)  # type: ignore[arg-type]
+        assert evictor._evict(set()) == []
+    finally:
+        os.close(holder)
+    assert cache.partial_digests() == {in_use, named}
+    assert evictor.evicted_bytes >= 8192
