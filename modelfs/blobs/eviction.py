@@ -4,8 +4,11 @@ Bounds: ``cache_max`` (bytes of blobs and partial blobs) and ``min_free`` (bytes
 the cache's filesystem, to leave free). Only models the mount fetched are candidates
 (``BlobCache.lazy_models``); models created or pulled on purpose are pinned. A model is evicted
 whole — its manifest first, then the blobs no other model uses, with their partial files — and
-never while any of its blobs is open or being fetched. Checks run after each publish, when a
-file is closed, and every ``CHECK_SECONDS``.
+never while any of its blobs is open or being fetched. Models used in the same instant go by
+name. Partial blobs no manifest names (their model was removed while the mount read it) are
+discarded at each check once no process uses them. Checks run after each publish, when a file is
+closed, and every ``CHECK_SECONDS``; ``run`` runs under ``tasks.supervise``, so an unexpected
+error ends one pass, never eviction.
 """
 
 from __future__ import annotations
