@@ -596,7 +596,11 @@ class BlobCache:
             safe_join(self.lazy_dir, *(p.lower() for p in name.parts)).unlink()
 
     def lazy_models(self) -> list[tuple[float, Name]]:
-        """(last used, name) of every model the mount fetched, least recently used first."""
+        """(last used, name) of every model the mount fetched, least recently used first.
+
+        Models used in the same instant (marks touched within one tick of the filesystem's
+        clock) come by name, so the order is the same at every check.
+        """
         out = []
         for host in _subdirs(self.lazy_dir):
             for ns in _subdirs(host):
@@ -607,7 +611,7 @@ class BlobCache:
                             out.append((tag.stat().st_mtime, name))
                         except (NameInvalid, OSError):
                             continue
-        return sorted(out)
+        return sorted(out, key=lambda used: (used[0], used[1].key))
 
     def usage_bytes(self) -> int:
         """Disk used by blobs and partial blobs (allocated blocks, so sparse files count right)."""

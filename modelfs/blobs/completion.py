@@ -132,8 +132,19 @@ class Completion:
         if self.tracked.pop(manifest.digest, None) is None:
             return
         self.anonymous.discard(manifest.digest)
+
+        def write() -> None:
+            if self.cache.read_manifest(name) == manifest.raw:
+                return  # completed meanwhile by someone else (modelfs pull): theirs to pin
+            # Fetched by the mount, so evictable, even if it was removed (which unmarks it)
+            # while its blobs were being fetched. Marked first: whoever sees the manifest
+            # sees the mark (eviction, which drops marks without a manifest, waits for the
+            # lock held here).
+            self.cache.mark_lazy(name)
+            self.cache.write_manifest(name, manifest.raw)
+
         try:
-            await self.fetcher.in_thread(self.cache.write_manifest, name, manifest.raw)
+            await self.fetcher.in_thread(write)
         except ModelfsError as e:
             log.warning("cannot write the manifest of %s: %s", name, e)
             self.tracked[manifest.digest] = (name, manifest)

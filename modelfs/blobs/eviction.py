@@ -4,8 +4,11 @@ Bounds: ``cache_max`` (bytes of blobs and partial blobs) and ``min_free`` (bytes
 the cache's filesystem, to leave free). Only models the mount fetched are candidates
 (``BlobCache.lazy_models``); models created or pulled on purpose are pinned. A model is evicted
 whole — its manifest first, then the blobs no other model uses, with their partial files — and
-never while any of its blobs is open or being fetched. Checks run after each publish, when a
-file is closed, and every ``CHECK_SECONDS``.
+never while any of its blobs is open or being fetched. Models used in the same instant go by
+name. Partial blobs no manifest names (their model was removed while the mount read it) are
+discarded at each check once no process uses them. Checks run after each publish, when a file is
+closed, and every ``CHECK_SECONDS``; ``run`` runs under ``tasks.supervise``, so an unexpected
+error ends one pass, never eviction.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import ModelfsError, UsageError
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
+from modelfs.tasks import Failures
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +99,11 @@ class Evictor:
         in_use: Callable[[], set[Digest]],
         in_thread: Callable[..., Awaitable[object]],
         lock: trio.Lock | None = None,
+        failures: Failures | None = None,
     ) -> None:
         self.cache = cache
+        # Unexpected failures (a bug, a disk that misbehaves): counted for status, logged once.
+        self.failures = failures or Failures()
         # Shared with Completion: a manifest is never written while its blobs are evicted.
         self.lock = lock or trio.Lock()
         self.bounds = bounds
@@ -130,6 +137,9 @@ class Evictor:
             await self.in_thread(self._mark_if_not_pinned, name)
         except ModelfsError as e:
             log.debug("cannot record the use of %s: %s", name, e)
+        except Exception as e:
+            # Only the order of eviction depends on it: never the lookup that called.
+            self.failures.record("recording the use of a model", e)
 
     def _mark_if_not_pinned(self, name: Name) -> None:
         # Complete in the cache without a mark: created or pulled on purpose, so pinned.
@@ -142,6 +152,8 @@ class Evictor:
         return any(n.equal_fold(name) for _t, n in self.cache.lazy_models())
 
     async def run(self) -> None:
+        """Check at each kick, and every ``CHECK_SECONDS``. Run under ``tasks.supervise``: an
+        unexpected error ends this pass, and the run started again checks at once."""
         while True:
             with trio.move_on_after(
                 ORPHAN_RECHECK_SECONDS if self._orphans_waiting else CHECK_SECONDS
@@ -155,6 +167,9 @@ class Evictor:
             except OSError as e:
                 # statvfs or a scan of the cache failed: try again at the next check.
                 log.warning("cache eviction: %s", e)
+            except Exception:
+                self.kick()
+                raise
             # Kicks come with every close: one scan of the cache per interval is enough.
             await trio.sleep(MIN_CHECK_INTERVAL_SECONDS)
 
@@ -181,7 +196,9 @@ class Evictor:
         if self.bounds.over(usage, free, total) or now - self._swept_at >= CHECK_SECONDS:
             # Partials no manifest names (a model removed while another process fetched it).
             self._swept_at = now
-            if self.cache.sweep_partials():
+            swept = self.cache.sweep_partials()
+            if swept:
+                self.evicted_bytes += swept
                 usage, free, total = self._state()
         if not self.bounds.over(usage, free, total):
             self._stuck = False

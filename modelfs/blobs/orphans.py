@@ -26,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.errors import DigestInvalid
+from modelfs.blobs.sharing import unlink_locked
 from modelfs.formats.digest import Digest
 
 log = logging.getLogger(__name__)
@@ -64,27 +64,23 @@ def collect(cache: BlobCache, busy: Collection[Digest], published_here: set[Dige
             waiting = True  # another modelfs process reads it
             continue
         try:
-            freed += _remove(cache, digest, digest in published_here)
+            bytes_freed = _remove(cache, digest, digest in published_here)
+            # Its lock file too, under the lock (a joiner checks the path still names it).
+            with contextlib.suppress(OSError):
+                unlink_locked(lock, cache.lock_path(digest))
         finally:
             os.close(lock)
+        freed += bytes_freed
         gone.append(digest)
-        log.info("freed blob %s: no model in the cache names it any more", digest.short)
+        if bytes_freed:
+            log.info("freed blob %s: no model in the cache names it any more", digest.short)
     # A blob a model names again is that model's (rm removes it); one gone needs no watch.
     published_here -= {d for d in published_here if d in references or not cache.has_blob(d)}
     return Collected(tuple(gone), freed, waiting)
 
 
 def _partials(cache: BlobCache) -> set[Digest]:
-    found = set()
-    try:
-        names = os.listdir(cache.partial_dir)
-    except OSError:
-        return found
-    for name in names:
-        # Data and state files; not locks (``.lock``), whose removal would race their users.
-        with contextlib.suppress(DigestInvalid):
-            found.add(Digest.parse(name.removesuffix(".state")))
-    return found
+    return set(cache.partial_digests())
 
 
 def _remove(cache: BlobCache, digest: Digest, published: bool) -> int:

@@ -194,7 +194,16 @@ class Blobs:
                 return None
             return cache.open_blob(layer.digest)
 
-        handle.fd = await self.fetcher.in_thread(open_if_complete)  # type: ignore[assignment]
+        fd: int | None = await self.fetcher.in_thread(open_if_complete)  # type: ignore[assignment]
+        if fd is None:
+            return
+        # Reads of one handle run at once (the kernel's readahead, page faults): the first
+        # to open the blob keeps its descriptor, the others close theirs, and one that
+        # finishes after the handle was closed closes its own.
+        if handle.fd is not None or handle.closed:
+            os.close(fd)
+            return
+        handle.fd = fd
 
     async def _close(self, handle: BlobHandle) -> None:
         if handle.closed:

@@ -134,6 +134,10 @@ def render(r: dict[str, Any]) -> str:
     lines.append(
         ("evictions", f"{evictions['count']} models, {human_bytes(evictions['bytes'])} freed")
     )
+    # Loops of the daemon that failed unexpectedly and were started again.
+    for i, (what, f) in enumerate(sorted(r.get("failures", {}).items())):
+        times = "once" if f["count"] == 1 else f"{f['count']} times"
+        lines.append(("failures" if i == 0 else "", f"{what}: {times}, last {f['last']}"))
     if r.get("metrics"):
         lines.append(("metrics", f"http://{r['metrics']}/metrics"))
     body = "\n".join(f"  {label:<{LABEL_WIDTH}} {text}".rstrip() for label, text in lines)

@@ -42,7 +42,7 @@ from modelfs.fs.resolver import LOOKUP_TTL_SECONDS, Resolver
 from modelfs.fs.tree import LINK_ENTRY_SECONDS, Access, Tree
 from modelfs.registry.client import Registry, RegistryConfig
 from modelfs.registry.config import FileConfig
-from modelfs.tasks import spawn
+from modelfs.tasks import Failures, keep_running, spawn, supervise
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +191,15 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             anonymous_registry=anonymous,
         )
         bounds = cache_bounds(options, file)
+        # Loops for the mount's life that failed and were started again (modelfs status).
+        failures = Failures()
         evictor = Evictor(
             cache,
             bounds,
             in_use=lambda: tree.open_digests() | fetcher.busy_digests(),
             in_thread=fetcher.in_thread,
             lock=completion.lock,
+            failures=failures,
         )
         tree = Tree(
             resolver,
@@ -209,7 +212,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             on_closed=evictor.kick,
             access=access_policy(options, lambda: registry.config, cache),
         )
-        spawn(nursery, "cache eviction", evictor.run, level=logging.WARNING)
+        supervise(nursery, "cache eviction", evictor.run, failures=failures)
         ops = fuse_ops.Operations(tree, nursery, str(cache.root))
         fetcher.on_discarded = ops.invalidate
         if options.push_pages:
@@ -224,7 +227,9 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
 
         fetcher.on_published = published
         # modelfs status and -o metrics read their figures from these objects.
-        live = status.Live(mountpoint, cache, fetcher, evictor, ops.errors, ops.recent_errors)
+        live = status.Live(
+            mountpoint, cache, fetcher, evictor, ops.errors, ops.recent_errors, failures
+        )
         if metrics is not None:
             metrics.attach(live)
 
@@ -240,7 +245,8 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
         try:
             tune_kernel(mountpoint, options.read_ahead_kb, options.max_background)
             log.info("mounted %s (cache %s)", mountpoint, cache.root)
-            status.start_control(nursery, live)  # before ready: status works once mount returns
+            # Before ready: status works once mount returns.
+            status.start_control(nursery, live, failures)
             ready(None)
             mountctl.notify_systemd(f"STATUS=serving {mountpoint} (cache {cache.root})")
             signalled = trio.Event()
@@ -248,15 +254,17 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             async def reload() -> None:
                 await _reload(options, registry, anonymous, evictor)
 
-            spawn(
+            supervise(
                 nursery,
-                "signals",
+                "watching signals",
                 _watch_signals,
                 signalled,
                 mountpoint,
                 registries,
                 reload,
                 fetcher.stop_waiting,
+                failures,
+                failures=failures,
             )
             if options.links:
                 spawn(
@@ -268,6 +276,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
                     cache,
                     mountpoint,
                     options.blobs_view,
+                    failures,
                     level=logging.WARNING,
                 )
             await fuse_ops.serve(FUSE_MAX_TASKS)
@@ -380,7 +389,12 @@ def access_policy(
 
 
 async def enable_links(
-    tree: Tree, ops: fuse_ops.Operations, cache: BlobCache, mountpoint: Path, view: bool = True
+    tree: Tree,
+    ops: fuse_ops.Operations,
+    cache: BlobCache,
+    mountpoint: Path,
+    view: bool = True,
+    failures: Failures | None = None,
 ) -> None:
     """Serve complete blobs as symlinks, so their bytes never pass through the daemon.
 
@@ -419,12 +433,23 @@ async def enable_links(
         log.debug("complete blobs link to %s (no read-only view: %s)", cache.blobs_dir, why)
     if watch is None:
         return
-    # Removals are seen as they happen: the kernel may keep links as long as other entries.
-    tree.link_entry_seconds = tree.lookup_ttl_seconds
-    try:
-        await blobwatch.watch_removals(watch, cache.blobs_dir, ops.blob_removed, ops.links_lost)
-    finally:
-        tree.link_entry_seconds = LINK_ENTRY_SECONDS
+    first: list[int] = [watch]
+
+    async def watch_blobs() -> None:
+        if first:
+            fd = first.pop()
+        else:
+            # Started again after a failure: removals may have gone unseen meanwhile.
+            fd = blobwatch.open_watch(cache.blobs_dir)
+            ops.links_lost()
+        # Removals are seen as they happen: the kernel may keep links as long as other entries.
+        tree.link_entry_seconds = tree.lookup_ttl_seconds
+        try:
+            await blobwatch.watch_removals(fd, cache.blobs_dir, ops.blob_removed, ops.links_lost)
+        finally:
+            tree.link_entry_seconds = LINK_ENTRY_SECONDS
+
+    await keep_running(f"watching {cache.blobs_dir}", watch_blobs, failures=failures or Failures())
 
 
 async def _watch_signals(
@@ -433,11 +458,16 @@ async def _watch_signals(
     registries: list[Registry],
     reload: Callable[[], Awaitable[None]],
     stop_waiting: Callable[[], None],
+    failures: Failures,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                await reload()
+                try:
+                    await reload()
+                except Exception as e:
+                    # Not a reason to stop listening: SIGTERM must still unmount.
+                    failures.record("reloading the configuration", e)
                 continue
             log.info("signal %s: unmounting", signal.Signals(signum).name)
             mountctl.notify_systemd(f"STOPPING=1\nSTATUS=unmounting {mountpoint}")

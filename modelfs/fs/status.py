@@ -49,7 +49,7 @@ from modelfs.blobs.fetcher import Fetcher
 from modelfs.errors import MountError, UsageError
 from modelfs.fs import metricsserver, mountctl
 from modelfs.fs.errorlog import RecentError, RecentErrors
-from modelfs.tasks import spawn
+from modelfs.tasks import Failures, supervise
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ class Snapshot:
     cache_write_failures: int
     published: int
     recent_errors: tuple[RecentError, ...] = ()
+    # What of the daemon's own work failed unexpectedly and was started again: what →
+    # (times, the last error).
+    failures: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON of ``modelfs status --json`` (errno names as keys, EIO always there)."""
@@ -187,6 +190,10 @@ class Snapshot:
             "evictions": {"count": self.evictions, "bytes": self.evicted_bytes},
             "cache_write_failures": self.cache_write_failures,
             "published": self.published,
+            "failures": {
+                what: {"count": count, "last": last}
+                for what, (count, last) in sorted(self.failures.items())
+            },
         }
 
 
@@ -200,6 +207,7 @@ class Live:
     evictor: Evictor
     errors: Counter[int]
     recent_errors: RecentErrors = field(default_factory=RecentErrors)
+    failures: Failures = field(default_factory=Failures)
     started: float = field(default_factory=time.time)
     metrics: str | None = None
     # Uptime by the monotonic clock: a clock step does not change it.
@@ -247,6 +255,10 @@ class Live:
             cache_write_failures=stats.cache_write_failures,
             published=stats.published,
             recent_errors=self.recent_errors.entries(),
+            failures={
+                what: (count, self.failures.last[what])
+                for what, count in self.failures.counts.items()
+            },
         )
 
     async def take(self) -> Snapshot:
@@ -419,6 +431,12 @@ def metric_families(s: Snapshot) -> list[Metric]:
             s.cache_write_failures,
         ),
         counter("modelfs_blobs_published", "Blobs checked whole and published", s.published),
+        labelled(
+            "modelfs_task_failures",
+            "Unexpected failures of the daemon's own work, each followed by a restart",
+            "task",
+            {what: count for what, (count, _last) in s.failures.items()},
+        ),
         counter(
             "modelfs_from_processes_bytes",
             "Blob bytes another modelfs process of this cache fetched, used here",
@@ -428,18 +446,25 @@ def metric_families(s: Snapshot) -> list[Metric]:
     return out
 
 
-def start_control(nursery: trio.Nursery, live: Live) -> None:
+def start_control(nursery: trio.Nursery, live: Live, failures: Failures | None = None) -> None:
     """Answer ``modelfs status`` for this mount, in ``nursery``; without a socket (the runtime
-    directory cannot be written), say so and mount all the same."""
+    directory cannot be written), say so and mount all the same. Bound here, before the task
+    runs, so that status works as soon as the mount is reported ready; bound again if serving
+    ever fails."""
     path = None
     try:
         path = control_socket(live.mountpoint)
-        sock = open_control(path)
+        first = [open_control(path)]
     except (OSError, MountError) as e:
         where = f" at {path}" if path is not None else ""
         log.warning("no control socket%s (%s): modelfs status cannot see this mount", where, e)
         return
-    spawn(nursery, "control socket", serve_control, sock, path, live.take, level=logging.WARNING)
+
+    async def serve() -> None:
+        sock = first.pop() if first else open_control(path)
+        await serve_control(sock, path, live.take)
+
+    supervise(nursery, "control socket", serve, failures=failures or live.failures)
 
 
 def serve_metrics(stack: AsyncExitStack, host: str, port: int) -> Metrics:

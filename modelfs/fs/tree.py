@@ -586,7 +586,8 @@ class Tree:
         handle = None
         if node.layer is not None:
             assert node.source is not None and node.manifest is not None
-            # Removed from the cache since its lookup (modelfs rm)? Then recorded again.
+            # Removed from the cache since its lookup (modelfs rm, eviction)? Then recorded
+            # again: blobs no manifest names are never evicted.
             await self.completion.ensure_recorded(
                 node.source, node.manifest, anonymous=caller.anonymous
             )

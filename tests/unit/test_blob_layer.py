@@ -9,6 +9,7 @@ before it is verified, what is published, what survives a restart.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -209,6 +210,32 @@ async def test_a_small_blob_is_fetched_whole_and_checked(cache: BlobCache) -> No
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await read(blobs, NAME, layer, None) == small
     assert cache.has_blob(layer.digest, layer.size)
+
+
+def descriptors_on(path: Path) -> int:
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return found
+
+
+async def test_concurrent_reads_of_a_small_blob_leave_no_descriptor_open(cache: BlobCache) -> None:
+    small = os.urandom(CB - 7)
+    source, layer = serving(small)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, None)
+        got: list[bytes] = []
+
+        async def read_some(offset: int) -> None:
+            got.append(bytes(await handle.read(offset, 4096)))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(read_some, i * 4096)
+        await handle.close()
+        assert sorted(got) == sorted(small[i * 4096 : (i + 1) * 4096] for i in range(8))
+        assert descriptors_on(cache.blob_path(layer.digest)) == 0, "a descriptor leaked"
 
 
 # -- a source that fails --------------------------------------------------------------------

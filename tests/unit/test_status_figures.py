@@ -72,6 +72,7 @@ def sample_snapshot(**changes: object) -> Snapshot:
             RecentError(1_700_000_100.0, "lookup", errno.EACCES, "registry r needs a login", 1),
             RecentError(1_700_000_120.0, "read", errno.EIO, "cannot connect to r", 3),
         ),
+        "failures": {"cache eviction": (2, "TypeError: '<' not supported")},
     }
     values.update(changes)
     return Snapshot(**values)  # type: ignore[arg-type]
@@ -127,6 +128,7 @@ def test_the_json_names_every_figure():
         "evictions": {"count": 4, "bytes": 8_000_000_000},
         "cache_write_failures": 0,
         "published": 9,
+        "failures": {"cache eviction": {"count": 2, "last": "TypeError: '<' not supported"}},
     }
 
 
@@ -153,6 +155,7 @@ def test_text_is_a_few_aligned_lines_per_mount():
         f"             {clock(1_700_000_100.0)} lookup EACCES: registry r needs a login\n"
         "  mismatches 2 chunks, 1 whole blobs (discarded)\n"
         "  evictions  4 models, 8.0 GB freed\n"
+        "  failures   cache eviction: 2 times, last TypeError: '<' not supported\n"
         "  metrics    http://127.0.0.1:9464/metrics"
     )
     quiet = sample_snapshot(
@@ -162,12 +165,14 @@ def test_text_is_a_few_aligned_lines_per_mount():
         cache_max_bytes=None,
         min_free_percent=None,
         metrics=None,
+        failures={},
     )
     text = render(quiet.as_dict())
     assert "  fetched    nothing yet\n" in text
     assert "  in flight  none\n" in text
     assert "  bounds     max none, keep 10.0 GB free\n" in text
     assert "metrics" not in text
+    assert "failures" not in text, "a line about failures when nothing failed"
 
 
 def samples_of(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -202,6 +207,7 @@ def test_prometheus_metrics_carry_the_snapshot_and_the_fetch_histogram():
     assert got[("modelfs_errors_total", (("errno", "ENOENT"),))] == 3
     assert got[("modelfs_evictions_total", ())] == 4
     assert got[("modelfs_evicted_bytes_total", ())] == 8_000_000_000
+    assert got[("modelfs_task_failures_total", (("task", "cache eviction"),))] == 2
     assert got[("modelfs_range_requests_total", ())] == 70
     assert got[("modelfs_from_processes_bytes_total", ())] == 500_000_000
     assert got[("modelfs_start_time_seconds", ())] == 1_700_000_000.0
