@@ -129,6 +129,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         registry=registry_config,
         settings_loader=lambda: _settings(args, from_options),
         fixed_bounds=frozenset(k for k in ("cache_max", "min_free") if k in options),
+        tuning_asked=frozenset(
+            k for k in ("read_ahead_kb", "max_background") if options.get(k) is not None
+        ),
         **options,
     )
     daemon.cache_bounds(opts, file)  # a bound the file gets wrong fails here, before mounting
