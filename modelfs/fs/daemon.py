@@ -357,12 +357,23 @@ async def run(options: MountOptions, ready: Callable[[str | None], None]) -> Non
 
     try:
         await _run(options, report)
-    except MountError as e:
-        report(str(e))
-        raise
     except BaseException as e:
-        report(f"the daemon failed: {type(e).__name__}: {e}")
+        # A failure inside the nursery arrives wrapped in a group: report the error itself.
+        cause = sole_error(e)
+        if isinstance(cause, ModelfsError):
+            report(str(cause))
+        else:
+            report(f"the daemon failed: {type(cause).__name__}: {cause}")
         raise
+
+
+def sole_error(error: BaseException) -> BaseException:
+    """The error a group stands for (a nursery wraps what fails in it in a group of one):
+    its first modelfs error, else its first error; ``error`` itself if not a group."""
+    while isinstance(error, BaseExceptionGroup):
+        known = error.subgroup(lambda e: isinstance(e, ModelfsError))
+        error = (known or error).exceptions[0]
+    return error
 
 
 async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> None:
