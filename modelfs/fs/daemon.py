@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -330,15 +331,18 @@ async def wait_for_fuse_init(mountpoint: Path) -> None:
     """Return once the kernel has taken this daemon's answer to FUSE INIT.
 
     The kernel holds every request on a new connection until then, so a statfs of the
-    mountpoint returns only after it; it runs in a thread, as the loop must answer it.
+    mountpoint returns only after it; it runs in a thread, as the loop must answer it. Any
+    answer will do (a filesystem without statfs says ENOSYS), but the kernel's own: the
+    connection gone (ENOTCONN) or INIT refused (ECONNREFUSED).
     """
     with trio.move_on_after(FUSE_INIT_SECONDS) as scope:
         try:
             await trio.to_thread.run_sync(os.statvfs, mountpoint, abandon_on_cancel=True)
         except OSError as e:
-            raise MountError(
-                f"{mountpoint} was mounted but does not answer: {e.strerror or e}"
-            ) from None
+            if e.errno in (errno.ENOTCONN, errno.ECONNREFUSED):
+                raise MountError(
+                    f"{mountpoint} was mounted but does not answer: {e.strerror}"
+                ) from None
     if scope.cancelled_caught:
         raise MountError(
             f"{mountpoint} was mounted but the kernel did not start it in {FUSE_INIT_SECONDS:.0f}s"
