@@ -5,7 +5,14 @@ put the defaults back."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+
+from mount.test_mount import TAG_DIR
+
+from modelfs.formats.chunks import CHUNK_BYTES
+from modelfs.formats.gguf import read_gguf_file
+from modelfs.fs.daemon import READ_AHEAD_KB
 
 
 def connection_files(mountpoint: Path) -> tuple[Path, Path]:
@@ -42,3 +49,33 @@ def test_read_ahead_kb_0_turns_readahead_off(mount_factory) -> None:
     m = mount_factory("read_ahead_kb=0")
     read_ahead, _ = connection_files(m.mountpoint)
     assert read_ahead.read_text().strip() == "0", "-o read_ahead_kb=0 left the readahead on"
+
+
+# How long the kernel's readahead after a read may go on fetching: it sends its READs within
+# milliseconds, and a 4 MiB chunk from the local registry lands well within this.
+READAHEAD_SETTLE_SECONDS = 3.0
+
+
+def test_the_default_readahead_keeps_a_gguf_header_read_to_its_chunk(
+    proxy, mount_factory, smollm2_pushed, model_hex
+) -> None:
+    """Reading a model's GGUF header (what llama.cpp and modelfs show do first) fetches the
+    chunk it lies in, and the kernel's readahead past it fetches no more: at 4096 KiB it went
+    on to fetch two more 4 MiB chunks, 12 MiB for a header of under 4."""
+    m = mount_factory()
+    read_ahead, _ = connection_files(m.mountpoint)
+    assert read_ahead.read_text().strip() == str(READ_AHEAD_KB)
+    info = read_gguf_file(m.mountpoint / proxy.host / TAG_DIR / "model.gguf")
+    assert info.architecture == "llama"
+
+    def fetched() -> int:
+        return sum(r.body_bytes for r in proxy.blob_records() if model_hex in r.path)
+
+    # Bounded: what the readahead fetches arrives within the window, or never.
+    deadline = time.monotonic() + READAHEAD_SETTLE_SECONDS
+    while time.monotonic() < deadline and fetched() <= CHUNK_BYTES:
+        time.sleep(0.05)
+    assert fetched() <= CHUNK_BYTES, (
+        f"reading the GGUF header fetched {fetched()} bytes of the model, "
+        f"{fetched() // CHUNK_BYTES} chunks, with the default read_ahead_kb={READ_AHEAD_KB}"
+    )
