@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modelfs.fs.daemon import MAX_BACKGROUND, READ_AHEAD_KB, tune_kernel
+from modelfs.fs.daemon import MAX_BACKGROUND, READ_AHEAD_KB, tune_kernel, wait_for_fuse_init
 
 FILE_INODE = 2
 
@@ -60,10 +60,12 @@ class Passthrough(pyfuse3.Operations):
 
 
 async def serve(mountpoint: str) -> None:
-    async with trio.open_nursery():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pyfuse3.main)
+        # Tuned before the kernel has taken FUSE INIT, the readahead would be reset to 128 KiB.
+        await wait_for_fuse_init(Path(mountpoint))
         tune_kernel(Path(mountpoint), READ_AHEAD_KB, MAX_BACKGROUND)
         print("ready", flush=True)
-        await pyfuse3.main()
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import trio
 from modelfs import __version__
 from modelfs.blobs.blobcache import BlobCache, default_root
 from modelfs.commands.completion import DIRECTORY, FILE, SHELLS, completion_script, manpage
+from modelfs.commands.terminal import printable
 from modelfs.errors import ModelfsError, ModelNotFound, UsageError
 from modelfs.formats.names import Name, parse_name
 
@@ -131,6 +132,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         registry=registry_config,
         settings_loader=lambda: _settings(args, from_options),
         fixed_bounds=frozenset(k for k in ("cache_max", "min_free") if k in options),
+        tuning_asked=frozenset(
+            k for k in ("read_ahead_kb", "max_background") if options.get(k) is not None
+        ),
         **options,
     )
     daemon.cache_bounds(opts, file)  # a bound the file gets wrong fails here, before mounting
@@ -138,7 +142,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not args.foreground:
         note = mountctl.prepare_mountpoint(mountpoint, allow_non_empty=args.allow_non_empty)
         if note:
-            print(f"modelfs: {note}", file=sys.stderr)
+            print(error_line(note), file=sys.stderr)
         argv = ["mount", str(mountpoint), "--cache", str(cache_root)]
         for h in insecure:
             argv += ["--insecure-registry", h]
@@ -371,7 +375,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
         except ModelfsError as e:
             if len(names) == 1 or args.debug or isinstance(e, UsageError):
                 raise
-            print(f"modelfs: {e}", file=sys.stderr)
+            print(error_line(e), file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
@@ -1014,12 +1018,13 @@ def _main(argv: list[str] | None) -> int:
     try:
         helper = mount_helper_argv(argv, _command_names(parser), sys.argv[0])
     except UsageError as e:
-        parser.exit(2, f"modelfs: {e}\n")
+        parser.exit(2, error_line(e) + "\n")
     args = parser.parse_args(helper if helper is not None else argv)
     if args.command != "mount" or not args.foreground:
+        stderr = logging.StreamHandler()
+        stderr.setFormatter(PrintableFormatter("modelfs: %(message)s"))
         logging.basicConfig(
-            level=logging.DEBUG if args.debug else logging.WARNING,
-            format="modelfs: %(message)s",
+            level=logging.DEBUG if args.debug else logging.WARNING, handlers=[stderr]
         )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -1029,16 +1034,30 @@ def _main(argv: list[str] | None) -> int:
             # A failure inside a nursery arrives wrapped: report the error itself.
             raise _first_error(group) from None
     except UsageError as e:
-        parser.exit(2, f"modelfs: {e}\n")
+        parser.exit(2, error_line(e) + "\n")
     except ModelfsError as e:
         if args.debug:
             raise
-        print(f"modelfs: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("modelfs: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def error_line(error: BaseException | str) -> str:
+    """``modelfs: <message>``, one line whatever the message quotes: a registry's own error
+    text, a model's name. Its control characters (escape sequences, newlines) are escaped."""
+    return f"modelfs: {printable(str(error))}"
+
+
+class PrintableFormatter(logging.Formatter):
+    """The CLI's log lines on the terminal, escaped as its error lines are (a traceback with
+    --debug is added after, as it is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def _command_names(parser: argparse.ArgumentParser) -> set[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -47,8 +48,11 @@ from modelfs.tasks import Failures, keep_running, spawn, supervise
 log = logging.getLogger(__name__)
 
 FUSE_MAX_TASKS = 64
-READ_AHEAD_KB = 4096
+# Past a GGUF header read, 4096 made the kernel fetch two more 4 MiB chunks; 2048 none.
+READ_AHEAD_KB = 2048
 MAX_BACKGROUND = 64
+# For the kernel to take the daemon's answer to FUSE INIT (answered by the daemon's own loop).
+FUSE_INIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,11 @@ class MountOptions:
     lookup_ttl_seconds: float = LOOKUP_TTL_SECONDS
     max_streams: int = MAX_STREAMS
     chunk_bytes: int = CHUNK_BYTES
-    read_ahead_kb: int | None = READ_AHEAD_KB
-    max_background: int | None = MAX_BACKGROUND
+    read_ahead_kb: int | None = READ_AHEAD_KB  # None: the kernel's (128); 0: no readahead
+    max_background: int | None = MAX_BACKGROUND  # None or 0: the kernel's (12)
+    # Tuning given with -o: not getting it is a warning (modelfs's defaults: info, as a user
+    # who is not root cannot write sysfs).
+    tuning_asked: frozenset[str] = frozenset()
     fuse_debug: bool = False
     links: bool = True  # complete blobs appear as symlinks into the cache
     # -o blobs_view=no: links point at the cache's blobs/ rather than a read-only bind mount of
@@ -95,11 +102,20 @@ def _mount_dev(mountpoint: Path) -> str | None:
     return entry.dev if entry is not None else None
 
 
-def tune_kernel(mountpoint: Path, read_ahead_kb: int | None, max_background: int | None) -> None:
-    """Raise the FUSE connection's readahead and background queue (sysfs; root only).
+def tune_kernel(
+    mountpoint: Path,
+    read_ahead_kb: int | None,
+    max_background: int | None,
+    asked: frozenset[str] = frozenset(),
+) -> None:
+    """Raise the FUSE connection's readahead and background queue (sysfs; root only), then
+    read them back.
 
     pyfuse3 has no API for these; without them the kernel reads a streaming file
-    128 KiB at a time with 12 requests in flight.
+    128 KiB at a time with 12 requests in flight. Call once the kernel has taken the
+    answer to FUSE INIT (``wait_for_fuse_init``): taking it sets the readahead to at most
+    the one INIT offered (the bdi's, 128 KiB), undoing an earlier write. A value that
+    cannot be set is logged at WARNING if ``asked`` names it (given with -o), else at INFO.
     """
     dev = _mount_dev(mountpoint)
     if dev is None:
@@ -119,17 +135,55 @@ def tune_kernel(mountpoint: Path, read_ahead_kb: int | None, max_background: int
             check=False,
             timeout=10,
         )
+    page_kb = os.sysconf("SC_PAGE_SIZE") >> 10
     settings = []
-    if read_ahead_kb:
-        settings.append((Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"), read_ahead_kb))
+    if read_ahead_kb is not None:
+        # The kernel keeps whole pages.
+        path = Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb")
+        settings.append(("read_ahead_kb", path, read_ahead_kb, read_ahead_kb // page_kb * page_kb))
     if max_background:
-        settings.append((Path(f"/sys/fs/fuse/connections/{minor}/max_background"), max_background))
-    for path, value in settings:
+        path = Path(f"/sys/fs/fuse/connections/{minor}/max_background")
+        settings.append(("max_background", path, max_background, max_background))
+    for key, path, value, expected in settings:
+        level = logging.WARNING if key in asked else logging.INFO
         try:
             path.write_text(f"{value}\n")
-            log.debug("set %s to %s", path, value)
+            now = path.read_text().strip()
         except OSError as e:
-            log.info("cannot set %s (%s); kernel defaults apply", path, e.strerror)
+            log.log(
+                level,
+                "cannot set %s to %s (%s); the kernel's default applies",
+                path,
+                value,
+                e.strerror or e,
+            )
+            continue
+        if now != str(expected):
+            log.log(level, "%s reads %s after setting it to %s", path, now, value)
+        else:
+            log.debug("set %s to %s", path, value)
+
+
+async def wait_for_fuse_init(mountpoint: Path) -> None:
+    """Return once the kernel has taken this daemon's answer to FUSE INIT.
+
+    The kernel holds every request on a new connection until then, so a statfs of the
+    mountpoint returns only after it; it runs in a thread, as the loop must answer it. Any
+    answer will do (a filesystem without statfs says ENOSYS), but the kernel's own: the
+    connection gone (ENOTCONN) or INIT refused (ECONNREFUSED).
+    """
+    with trio.move_on_after(FUSE_INIT_SECONDS) as scope:
+        try:
+            await trio.to_thread.run_sync(os.statvfs, mountpoint, abandon_on_cancel=True)
+        except OSError as e:
+            if e.errno in (errno.ENOTCONN, errno.ECONNREFUSED):
+                raise MountError(
+                    f"{mountpoint} was mounted but does not answer: {e.strerror}"
+                ) from None
+    if scope.cancelled_caught:
+        raise MountError(
+            f"{mountpoint} was mounted but the kernel did not start it in {FUSE_INIT_SECONDS:.0f}s"
+        )
 
 
 async def run(options: MountOptions, ready: Callable[[str | None], None]) -> None:
@@ -144,12 +198,23 @@ async def run(options: MountOptions, ready: Callable[[str | None], None]) -> Non
 
     try:
         await _run(options, report)
-    except MountError as e:
-        report(str(e))
-        raise
     except BaseException as e:
-        report(f"the daemon failed: {type(e).__name__}: {e}")
+        # A failure inside the nursery arrives wrapped in a group: report the error itself.
+        cause = sole_error(e)
+        if isinstance(cause, ModelfsError):
+            report(str(cause))
+        else:
+            report(f"the daemon failed: {type(cause).__name__}: {cause}")
         raise
+
+
+def sole_error(error: BaseException) -> BaseException:
+    """The error a group stands for (a nursery wraps what fails in it in a group of one):
+    its first modelfs error, else its first error; ``error`` itself if not a group."""
+    while isinstance(error, BaseExceptionGroup):
+        known = error.subgroup(lambda e: isinstance(e, ModelfsError))
+        error = (known or error).exceptions[0]
+    return error
 
 
 async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> None:
@@ -242,18 +307,28 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             fuse_options.add("debug")
         fuse_ops.mount(ops, str(mountpoint), fuse_options)
         unmount_on_exit = True
-        try:
-            tune_kernel(mountpoint, options.read_ahead_kb, options.max_background)
+        signalled = trio.Event()
+
+        async def reload() -> None:
+            await _reload(options, registry, anonymous, evictor)
+
+        async def started() -> None:
+            # Once the kernel has taken the answer to FUSE INIT, which serve gives: tuning
+            # written before is undone by it. Not behind spawn's guard: a mount the kernel
+            # never starts is a failed mount.
+            await wait_for_fuse_init(mountpoint)
+            await trio.to_thread.run_sync(
+                tune_kernel,
+                mountpoint,
+                options.read_ahead_kb,
+                options.max_background,
+                options.tuning_asked,
+            )
             log.info("mounted %s (cache %s)", mountpoint, cache.root)
             # Before ready: status works once mount returns.
             status.start_control(nursery, live, failures)
             ready(None)
             mountctl.notify_systemd(f"STATUS=serving {mountpoint} (cache {cache.root})")
-            signalled = trio.Event()
-
-            async def reload() -> None:
-                await _reload(options, registry, anonymous, evictor)
-
             supervise(
                 nursery,
                 "watching signals",
@@ -279,6 +354,9 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
                     failures,
                     level=logging.WARNING,
                 )
+
+        try:
+            nursery.start_soon(started, name="mount started")
             await fuse_ops.serve(FUSE_MAX_TASKS)
             # serve returns when the kernel ends the session (umount) or on terminate.
             unmount_on_exit = signalled.is_set()

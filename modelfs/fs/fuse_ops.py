@@ -15,9 +15,11 @@ import functools
 import logging
 import os
 import queue
+import sys
+import tempfile
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -418,15 +420,60 @@ class Pusher:
 # -- session lifetime (used by the daemon, so that only this module imports pyfuse3) ----------
 
 
-def mount(ops: Operations, mountpoint: str, options: set[str]) -> None:
-    """Mount: when this returns the kernel has the mount; requests wait for ``serve``."""
-    fuse_options = set(pyfuse3.default_options) | options
-    try:
-        pyfuse3.init(ops, mountpoint, fuse_options)
-    except RuntimeError as e:
-        from modelfs.errors import MountError
+# Of what libfuse says on stderr while mounting, the most a mount error quotes.
+LIBFUSE_SAID_BYTES = 4096
 
-        raise MountError(f"cannot mount {mountpoint}: {e}") from None
+
+def mount(ops: Operations, mountpoint: str, options: set[str]) -> None:
+    """Mount: when this returns the kernel has the mount; requests wait for ``serve``.
+
+    A failure is a ``MountError`` in libfuse's own words ("failed to open /dev/fuse:
+    Permission denied"): pyfuse3 only says which libfuse call failed.
+    """
+    fuse_options = set(pyfuse3.default_options) | options
+    with _stderr_said() as said:
+        try:
+            pyfuse3.init(ops, mountpoint, fuse_options)
+        except RuntimeError as e:
+            failure = str(e)
+        else:
+            return
+    from modelfs.errors import MountError
+
+    reason = "; ".join(line.removeprefix("fuse: ") for line in said) or failure
+    raise MountError(f"cannot mount {mountpoint}: {reason}")
+
+
+@contextlib.contextmanager
+def _stderr_said() -> Iterator[list[str]]:
+    """The lines written to file descriptor 2 meanwhile, passed on to it afterwards.
+
+    libfuse (and fusermount3, the helper it runs) tell why a mount failed only there;
+    pyfuse3 sets no log function to catch it with. Without a descriptor 2 or a
+    temporary file, nothing is caught.
+    """
+    said: list[str] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            caught = stack.enter_context(tempfile.TemporaryFile())
+            saved = os.dup(2)
+        except OSError:
+            caught = None
+        if caught is None:
+            yield said
+            return
+        stack.callback(os.close, saved)
+        sys.stderr.flush()
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            caught.seek(0)
+            text = caught.read(LIBFUSE_SAID_BYTES)
+            with contextlib.suppress(OSError):
+                os.write(2, text)
+            said += [ln.strip() for ln in text.decode(errors="replace").splitlines() if ln.strip()]
 
 
 async def serve(max_tasks: int) -> None:

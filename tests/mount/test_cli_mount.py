@@ -1,15 +1,23 @@
 """``modelfs mount`` refusing what would surprise: a directory with files (hidden by the mount
 unless --allow-non-empty), a directory that does not exist, a --config file that does not
-exist; and ``modelfs ps`` listing running mounts."""
+exist; a mount the kernel refuses, in libfuse's words; and ``modelfs ps`` listing running
+mounts."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.mount import PROBLEM_RE, run_modelfs
+from support.mount import PROBLEM_RE, one_line_error, run_modelfs
+
+REPO = Path(__file__).resolve().parents[2]
+NOBODY_UID = 65534
 
 
 @pytest.fixture
@@ -121,3 +129,66 @@ def test_ps_lists_running_mounts(mount_factory, tmp_path: Path) -> None:
     assert len(lines) == 2, lines
     row = lines[1].split()
     assert row[0] == str(m.mountpoint) and row[1] == str(m.pid()) and row[3] == str(m.cache)
+
+
+@pytest.fixture
+def nobody_home() -> Iterator[Path]:
+    """A directory of uid 65534 (nobody) in /tmp: pytest's tmp_path is root's, 0700."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed (util-linux)")
+    home = Path(tempfile.mkdtemp(prefix="modelfs-nobody-", dir="/tmp"))
+    try:
+        home.chmod(0o755)
+        (home / "run").mkdir(mode=0o700)
+        os.chown(home, NOBODY_UID, NOBODY_UID)
+        os.chown(home / "run", NOBODY_UID, NOBODY_UID)
+        yield home
+    finally:
+        shutil.rmtree(home)
+
+
+def test_a_mount_the_kernel_refuses_says_why_in_one_line(nobody_home: Path) -> None:
+    """A user without FUSE access (here /dev/fuse is root's alone, and the mountpoint is not
+    theirs, so fusermount3 refuses too where /dev/fuse is open to all)."""
+    site_packages = next(p for p in sys.path if p.endswith("site-packages") and "venv" in p)
+    python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no {python} for the second user to run modelfs with")
+    mnt = nobody_home / "mnt"
+    mnt.mkdir()  # root's
+    env = {
+        "HOME": str(nobody_home),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{REPO}:{site_packages}",
+        "XDG_RUNTIME_DIR": str(nobody_home / "run"),
+    }
+    as_nobody = [
+        "setpriv",
+        f"--reuid={NOBODY_UID}",
+        f"--regid={NOBODY_UID}",
+        "--clear-groups",
+        "--",
+        python,
+        "-m",
+        "modelfs",
+    ]
+    try:
+        result = subprocess.run(
+            [*as_nobody, "mount", str(mnt), "--cache", str(nobody_home / "cache")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        mounted = unmount(mnt, {**os.environ, "XDG_RUNTIME_DIR": str(nobody_home / "run")})
+    assert not mounted, "a user without FUSE access mounted"
+    line = one_line_error(result)
+    assert "ExceptionGroup" not in line and "nursery" not in line, line
+    assert line.startswith(f"modelfs: cannot mount {mnt}: "), line
+    reason = line.removeprefix(f"modelfs: cannot mount {mnt}: ")
+    # libfuse's words, not the name of the call that failed ("fuse_session_mount failed").
+    assert "Permission denied" in reason or "no write access" in reason, line
+    log = (nobody_home / "cache" / ".modelfs" / "modelfs.log").read_text()
+    assert reason.removeprefix("fusermount3: ") in log, log

@@ -7,11 +7,13 @@ the journal with levels."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mount.test_mount import TAG_DIR
@@ -47,6 +49,30 @@ def exec_start(settings: dict[str, list[str]]) -> list[str]:
     return shell_command(value)
 
 
+def unit_env(tmp_path: Path, settings: dict[str, list[str]]) -> dict[str, str]:
+    """The unit's environment, its paths under ``tmp_path``: the cache, an empty
+    config.toml, MODELFS_BIN running this modelfs, NOTIFY_SOCKET (not bound yet)."""
+    wrapper = tmp_path / "modelfs"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m modelfs "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    (tmp_path / "run").mkdir()
+    return {
+        **os.environ,
+        "OLLAMA_MODELS": str(tmp_path / "cache"),
+        "MODELFS_CONFIG": str(config),
+        "MODELFS_ARGS": next(
+            e.strip('"').partition("=")[2]
+            for e in settings["Environment"]
+            if e.strip('"').startswith("MODELFS_ARGS=")
+        ),
+        "MODELFS_BIN": str(wrapper),
+        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+    }
+
+
 def mount_id(mnt: Path) -> str | None:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
@@ -67,27 +93,9 @@ def test_the_template_unit_mounts_reloads_and_stops_as_systemd_runs_it(
     assert stop_post.startswith("-/bin/sh -c ") and "fusermount3 -uz" in stop_post
     assert settings["SyslogIdentifier"] == ["modelfs"]
     mnt.mkdir(parents=True)
-    wrapper = tmp_path / "modelfs"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m modelfs "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    config = tmp_path / "config.toml"
-    config.write_text("")
+    env = unit_env(tmp_path, settings)
     journal = tmp_path / "journal"
-    env = {
-        **os.environ,
-        "OLLAMA_MODELS": str(tmp_path / "cache"),
-        "MODELFS_CONFIG": str(config),
-        "MODELFS_ARGS": next(
-            e.strip('"').partition("=")[2]
-            for e in settings["Environment"]
-            if e.strip('"').startswith("MODELFS_ARGS=")
-        ),
-        "MODELFS_BIN": str(wrapper),
-        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
-    }
-    (tmp_path / "run").mkdir()
-    notify = tmp_path / "notify.sock"
-    env["NOTIFY_SOCKET"] = str(notify)
+    notify = Path(env["NOTIFY_SOCKET"])
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, open(journal, "wb") as out:
         sock.bind(str(notify))
@@ -137,3 +145,52 @@ def test_the_template_unit_mounts_reloads_and_stops_as_systemd_runs_it(
     assert any("<6>modelfs.fs.daemon: SIGHUP: reloaded the configuration" in ln for ln in lines)
     assert all(line.startswith("<") for line in lines), lines  # every line has its level
     assert not any(line[3:7].isdigit() for line in lines), "timestamps of our own in the journal"
+
+
+def test_the_unit_mounts_over_a_mount_point_with_files_and_they_are_back_after_stop(
+    tmp_path: Path, registry, smollm2_pushed
+) -> None:
+    """A server's mount point may hold a lost+found (a filesystem's root) or files left from
+    before: systemd mounts over them, as mount(8) does, and so does the unit."""
+    mnt = tmp_path / "mnt" / "models"
+    settings = unit_settings(mnt)
+    (mnt / "lost+found").mkdir(parents=True)
+    (mnt / "README.old").write_text("left from before\n")
+    env = unit_env(tmp_path, settings)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        open(tmp_path / "journal", "wb") as out,
+    ):
+        sock.bind(env["NOTIFY_SOCKET"])
+        daemon = subprocess.Popen(
+            exec_start(settings), env=env, stderr=out, stdin=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + READY_SECONDS
+            message = ""
+            while "READY=1" not in message and daemon.poll() is None:
+                assert time.monotonic() < deadline, "the unit did not say READY=1"
+                if select.select([sock], [], [], 0.5)[0]:
+                    message = sock.recv(1024).decode()
+            journal = (tmp_path / "journal").read_text()
+            assert daemon.poll() is None, (
+                f"the unit's daemon exited ({daemon.returncode}) on a mount point with files: "
+                f"{journal}"
+            )
+            assert os.path.ismount(mnt)
+            params = mnt / registry.host / TAG_DIR / "params.json"
+            assert params.read_text() == '{"temperature":0.2}'
+            # (Not a lookup: at the root, a name may be a registry's host.)
+            assert "README.old" not in os.listdir(mnt), "the mount did not cover the old files"
+            daemon.send_signal(signal.SIGTERM)  # systemctl stop
+            assert daemon.wait(60) == 0
+        finally:
+            if daemon.poll() is None:
+                subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+                daemon.kill()
+                daemon.wait()
+    assert not os.path.ismount(mnt)
+    assert (mnt / "README.old").read_text() == "left from before\n"
+    assert (mnt / "lost+found").is_dir()
+    lines = (tmp_path / "journal").read_text().splitlines()
+    assert not [ln for ln in lines if ln.startswith(("<0>", "<1>", "<2>", "<3>", "<4>"))], lines

@@ -6,6 +6,7 @@
         reg.trickle(4096, digest=victim_digest)          # 4 KiB/s, in small paced writes
         reg.redirect("file:///etc/passwd")               # every other blob: a hostile Location
         reg.hang(digest=some_digest)                     # accepted, never answered
+        reg.refuse(400, b"any error body")               # every manifest: this error
         ... point the client at reg.url ...
         assert not any("Authorization" in r.headers for r in reg.blob_requests())
 
@@ -164,6 +165,7 @@ class HostileRegistry(Served):
         self._trickle: dict[str | None, int] = {}
         self._redirect: dict[str | None, tuple[str, int]] = {}
         self._hang: set[str | None] = set()
+        self._refuse: dict[str | None, tuple[int, bytes]] = {}  # keyed by repo
         self._entries: list[_Entry] = []
         self._in_flight = 0
 
@@ -213,9 +215,16 @@ class HostileRegistry(Served):
         with self._lock:
             self._hang.add(digest)
 
+    def refuse(self, status: int, body: bytes, repo: str | None = None) -> None:
+        """Answer manifest requests (of ``repo``, or of every repo) with ``status`` and this
+        body, sent as JSON whatever it holds: a registry's own error text, hostile or not."""
+        with self._lock:
+            self._refuse[repo] = (status, bytes(body))
+
     def clear(self) -> None:
         """Forget every behaviour (not manifests, blobs or the request log)."""
         with self._lock:
+            self._refuse.clear()
             self._trickle.clear()
             self._redirect.clear()
             self._hang.clear()
@@ -280,6 +289,10 @@ class HostileRegistry(Served):
         with self._changed:
             self._in_flight -= 1
             self._changed.notify_all()
+
+    def _refusal(self, repo: str) -> tuple[int, bytes] | None:
+        with self._lock:
+            return self._refuse.get(repo, self._refuse.get(None))
 
     def _manifest(self, repo: str, reference: str) -> tuple[bool, tuple[bytes, str] | None]:
         """(whether ``repo`` has any manifest, (raw, media type) of ``reference`` or None)."""
@@ -399,6 +412,9 @@ class _Handler(QuietHandler):
         return self._blob(reference)
 
     def _manifest(self, repo: str, reference: str) -> None:
+        if (refusal := self.registry._refusal(repo)) is not None:
+            status, body = refusal
+            return self._send(status, body, {"Content-Type": "application/json"})
         known, found = self.registry._manifest(repo, reference)
         if found is None:
             if not known:

@@ -74,8 +74,10 @@ def assert_no_daemon_problems(container: Container) -> None:
 def test_start_returns_once_the_mount_is_readable(
     container_factory: Boot, registry: RegistryProcess, smollm2_pushed: str
 ) -> None:
-    # The unit as it ships: no env file, no config file (loopback registries are plain http).
+    # The unit as it ships: no env file, no config file (loopback registries are plain http),
+    # and a mount point that is a filesystem's root (a lost+found), as a server's may be.
     c = booted(container_factory)
+    c.sh(f"mkdir -p {MNT}/lost+found")
     start(c)
     # Right after start returns: no waiting, no retry.
     read = c.run("cat", tag_file(registry.host, "params.json"), check=False)
@@ -87,6 +89,8 @@ def test_start_returns_once_the_mount_is_readable(
     assert mount is not None and mount.fstype.startswith("fuse"), c.mounts()
     assert c.show(UNIT, "StatusText"), "the daemon told systemd no STATUS="
     assert_no_daemon_problems(c)
+    c.run("systemctl", "stop", UNIT)
+    assert c.path(f"{MNT}/lost+found").is_dir(), "lost+found is gone after stop"
 
 
 def test_a_killed_daemon_is_restarted_and_keeps_its_cache(
