@@ -1,0 +1,34 @@
+"""A model's files (``formats.files.ModelTree``) as the directories of its tag directory.
+
+Every kind but classic Ollama shows its ``ModelTree``: nested directories, each file at
+its path. A file that is one whole layer (``ModelFile.layer``) is served as a layer file
+always was (one inode per blob, a symlink once the blob is complete); any other file (a
+tar member, a safetensors file assembled from Ollama's tensor blobs, the manifest) is
+read through ``blobs.files.FileHandle`` with an inode of its own per manifest.
+"""
+
+from __future__ import annotations
+
+from modelfs.formats.files import ModelFile, ModelTree
+
+# A directory's entries by name: a file, or None for a subdirectory.
+Entries = dict[str, ModelFile | None]
+READ_ONLY_PERM = 0o444
+
+
+def directories(tree: ModelTree) -> dict[str, Entries]:
+    """Every directory of the model ("" is the tag directory) with its sorted entries."""
+    dirs: dict[str, Entries] = {"": {}}
+    for f in tree.files:
+        parts = f.path.split("/")
+        for i in range(len(parts) - 1):
+            parent, here = "/".join(parts[:i]), "/".join(parts[: i + 1])
+            dirs.setdefault(parent, {})[parts[i]] = None
+            dirs.setdefault(here, {})
+        dirs.setdefault("/".join(parts[:-1]), {})[parts[-1]] = f
+    return {d: dict(sorted(entries.items())) for d, entries in dirs.items()}
+
+
+def perm_of(file: ModelFile) -> int:
+    """Read-only; the artifact's execute bits kept (a script stays runnable)."""
+    return READ_ONLY_PERM | ((file.mode or 0) & 0o111)
