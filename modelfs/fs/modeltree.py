@@ -9,11 +9,18 @@ read through ``blobs.files.FileHandle`` with an inode of its own per manifest.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+
+from modelfs.flight import KeyedLock
 from modelfs.formats.files import ModelFile, ModelTree
 
 # A directory's entries by name: a file, or None for a subdirectory.
 Entries = dict[str, ModelFile | None]
 READ_ONLY_PERM = 0o444
+# Laid-out models kept (the most recently shown): a tag that re-resolves to the same
+# manifest, or another tag of it, is not laid out again.
+MAX_LAYOUTS = 64
 
 
 def directories(tree: ModelTree) -> dict[str, Entries]:
@@ -32,3 +39,27 @@ def directories(tree: ModelTree) -> dict[str, Entries]:
 def perm_of(file: ModelFile) -> int:
     """Read-only; the artifact's execute bits kept (a script stays runnable)."""
     return READ_ONLY_PERM | ((file.mode or 0) & 0o111)
+
+
+class Layouts:
+    """Each model's directories by key (repository, manifest digest): one layout at a time
+    per key, while other lookups of it wait for that one; the last ``max_layouts`` kept."""
+
+    def __init__(self, max_layouts: int = MAX_LAYOUTS) -> None:
+        self._done: OrderedDict[Hashable, dict[str, Entries]] = OrderedDict()
+        self._lock: KeyedLock[Hashable] = KeyedLock()
+        self.max_layouts = max_layouts
+
+    async def get(
+        self, key: Hashable, lay_out: Callable[[], Awaitable[ModelTree]]
+    ) -> dict[str, Entries]:
+        async with self._lock.hold(key):
+            found = self._done.get(key)
+            if found is None:
+                found = directories(await lay_out())
+                self._done[key] = found
+                while len(self._done) > self.max_layouts:
+                    self._done.popitem(last=False)
+            else:
+                self._done.move_to_end(key)
+            return found

@@ -57,7 +57,7 @@ from modelfs.formats.manifest import (
 from modelfs.formats.modelfacts import XATTR_NAMES as GGUF_XATTR_NAMES
 from modelfs.formats.modelfacts import XATTR_PREFIX as GGUF_XATTR_PREFIX
 from modelfs.formats.names import Name, PartKind, check_part, from_parts
-from modelfs.fs.modeltree import Entries, directories, perm_of
+from modelfs.fs.modeltree import Entries, Layouts, perm_of
 from modelfs.fs.resolver import Resolved, Resolver
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ class Tree:
         }
         self._dirs: dict[tuple[int, str], int] = {}  # (parent inode, lowercased name) -> inode
         self._model_dirs: dict[tuple[int, str], int] = {}  # (parent inode, name): inside a model
+        self._layouts = Layouts()
         # published blob digest, manifest digest (manifest.json), or UnpublishedKey -> inode
         self._blobs: dict[Digest | UnpublishedKey, int] = {}
         self._links: dict[Digest, int] = {}  # published blob digest -> symlink inode
@@ -356,8 +357,10 @@ class Tree:
                 }
                 node.files[MANIFEST_FILENAME] = (None, manifest)
             else:
-                model = await lay_out(self.blobs, name, manifest, anonymous=caller.anonymous)
-                node.model_dirs = directories(model)
+                node.model_dirs = await self._layouts.get(
+                    (name.repository_key, manifest.digest),
+                    lambda: lay_out(self.blobs, name, manifest, anonymous=caller.anonymous),
+                )
                 _fill(node, node.model_dirs[""], manifest)
             await self.completion.track(name, manifest, anonymous=caller.anonymous)
         node.resolved = resolved

@@ -108,3 +108,33 @@ def test_a_layout_read_that_fails_its_check_is_that_error_not_a_group():
 
     with pytest.raises(DigestMismatch):
         trio.run(main)
+
+
+def test_concurrent_lookups_of_one_manifest_lay_it_out_once():
+    from modelfs.fs.modeltree import Layouts
+
+    layouts = Layouts(max_layouts=1)
+    calls: list[str] = []
+    tree = ModelTree(Kind.DMR_V02, (ModelFile("a/b", (), ""),))
+
+    async def lay(key: str) -> ModelTree:
+        calls.append(key)
+        await trio.lowlevel.checkpoint()
+        return tree
+
+    async def main() -> None:
+        got = []
+
+        async def look(key: str) -> None:
+            got.append(await layouts.get(key, lambda: lay(key)))
+
+        async with trio.open_nursery() as n:
+            for _ in range(5):
+                n.start_soon(look, "m1")
+        assert calls == ["m1"] and all(g == got[0] for g in got)
+        assert set(got[0]) == {"", "a"}
+        await layouts.get("m2", lambda: lay("m2"))
+        await layouts.get("m1", lambda: lay("m1"))  # only one kept: m1 was dropped
+        assert calls == ["m1", "m2", "m1"]
+
+    trio.run(main)
