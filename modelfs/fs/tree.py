@@ -1,8 +1,9 @@
 """The mount's namespace: ``<host>/<namespace>/<model>/<tag>/<file>``, inodes, attributes, handles.
 
 Directories exist for any valid name part (like autofs, looking one up needs no
-network); looking up a tag resolves its manifest. A tag directory holds one
-file per layer (``manifest.layer_filenames``) plus ``manifest.json``.
+network); looking up a tag resolves its manifest. A classic Ollama model's tag
+directory holds one file per layer (``manifest.layer_filenames``) plus
+``manifest.json``; any other model's shows its files (``modeltree``).
 
 Inodes follow trust (docs/verification.md): until a blob is published, a file's
 inode is keyed by the blob digest *and* the repository and manifest that vouch

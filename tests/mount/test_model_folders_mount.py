@@ -196,3 +196,17 @@ def test_dmr_v01_config_tar_members_are_files(proxy, registry, mount_factory, mi
             assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
             assert int(os.stat(tag / p).st_mtime) == int((minilm / p).stat().st_mtime), p
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+def test_modelpack_tar_layers_show_their_members(proxy, registry, mount_factory, minilm):
+    art = modelpack(minilm, raw=False)
+    push(registry.host, "folders/minilm-modelpack-tar", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-modelpack-tar/latest"
+    assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    for p in walk(minilm):
+        assert os.stat(tag / p).st_size == (minilm / p).stat().st_size, p
+        if p != "model.safetensors":
+            assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
+    # A member of a 90 MB tar blob: a range of it, read through the blob's own handle.
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
