@@ -1,8 +1,9 @@
 """The mount's namespace: ``<host>/<namespace>/<model>/<tag>/<file>``, inodes, attributes, handles.
 
 Directories exist for any valid name part (like autofs, looking one up needs no
-network); looking up a tag resolves its manifest. A tag directory holds one
-file per layer (``manifest.layer_filenames``) plus ``manifest.json``.
+network); looking up a tag resolves its manifest. A classic Ollama model's tag
+directory holds one file per layer (``manifest.layer_filenames``) plus
+``manifest.json``; any other model's shows its files (``modeltree``).
 
 Inodes follow trust (docs/verification.md): until a blob is published, a file's
 inode is keyed by the blob digest *and* the repository and manifest that vouch
@@ -39,10 +40,13 @@ from modelfs.blobs.blobcache import (
     BlobCache,
 )
 from modelfs.blobs.completion import Completion
+from modelfs.blobs.files import FileHandle, lay_out
 from modelfs.blobs.header import label_blob_file, read_model_header
 from modelfs.blobs.reader import BlobHandle, Blobs
 from modelfs.errors import GGUFInvalid, ModelfsError, ModelNotFound, NameInvalid
+from modelfs.formats.artifacts import Kind, kind_of
 from modelfs.formats.digest import Digest
+from modelfs.formats.files import ModelFile
 from modelfs.formats.manifest import (
     GGUF_MEDIA_TYPES,
     MANIFEST_FILENAME,
@@ -53,6 +57,7 @@ from modelfs.formats.manifest import (
 from modelfs.formats.modelfacts import XATTR_NAMES as GGUF_XATTR_NAMES
 from modelfs.formats.modelfacts import XATTR_PREFIX as GGUF_XATTR_PREFIX
 from modelfs.formats.names import DEFAULT_TAG, Name, PartKind, check_part, from_parts
+from modelfs.fs.modeltree import Entries, Layouts, perm_of
 from modelfs.fs.resolver import Resolved, Resolver
 
 log = logging.getLogger(__name__)
@@ -117,12 +122,13 @@ class Attr:
     entry_seconds: float
     attr_seconds: float
     is_link: bool = False
+    perm: int = 0o444  # of a file
 
     @property
     def mode(self) -> int:
         if self.is_link:
             return stat.S_IFLNK | 0o777
-        return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | 0o444)
+        return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | self.perm)
 
 
 @dataclass
@@ -143,6 +149,15 @@ class Node:
     open_count: int = 0
     # symlinks to a published blob: the link's target
     link: str | None = None
+    # Models shown as their files (modeltree): a tag directory's directories by path; a
+    # directory's entries (``files`` holds those that are whole layers); a directory
+    # inside the model, its tag directory and path; a file, what the model says of it.
+    model_dirs: dict[str, Entries] | None = None
+    entries: Entries = field(default_factory=dict)
+    tag: Node | None = None
+    subpath: str = ""
+    depth: int = 0  # directories between the tag directory and this node
+    model_file: ModelFile | None = None
 
     @property
     def level(self) -> int:
@@ -152,7 +167,7 @@ class Node:
 @dataclass
 class _Open:
     node: Node
-    handle: BlobHandle | None  # None for manifest.json (served from memory)
+    handle: BlobHandle | FileHandle | None  # None for manifest.json (served from memory)
 
 
 class Tree:
@@ -183,6 +198,8 @@ class Tree:
             ROOT_INODE: Node(ROOT_INODE, ROOT_INODE, "", True, lookups=1)
         }
         self._dirs: dict[tuple[int, str], int] = {}  # (parent inode, lowercased name) -> inode
+        self._model_dirs: dict[tuple[int, str], int] = {}  # (parent inode, name): inside a model
+        self._layouts = Layouts()
         # published blob digest, manifest digest (manifest.json), or UnpublishedKey -> inode
         self._blobs: dict[Digest | UnpublishedKey, int] = {}
         self._links: dict[Digest, int] = {}  # published blob digest -> symlink inode
@@ -220,6 +237,17 @@ class Tree:
         if node.is_dir:
             entry = self.lookup_ttl_seconds if node.level == len(LEVEL_KINDS) else DIR_ENTRY_SECONDS
             return Attr(node.inode, True, 0, self.mtime_ns, entry, DIR_ENTRY_SECONDS)
+        if node.model_file is not None:
+            f = node.model_file
+            return Attr(
+                node.inode,
+                False,
+                f.size,
+                self.mtime_ns if f.mtime_ns is None else f.mtime_ns,
+                self.lookup_ttl_seconds,
+                FILE_ATTR_SECONDS,
+                perm=perm_of(f),
+            )
         size = node.layer.size if node.layer else len(node.manifest.raw)  # type: ignore[union-attr]
         return Attr(
             node.inode, False, size, self.mtime_ns, self.lookup_ttl_seconds, FILE_ATTR_SECONDS
@@ -264,12 +292,15 @@ class Tree:
         if node.lookups > 0 or node.open_count > 0:
             return
         del self.nodes[inode]
-        if node.is_dir:
+        if node.is_dir and node.tag is not None:
+            self._model_dirs.pop((node.parent, node.name), None)
+        elif node.is_dir:
             self._dirs.pop((node.parent, node.name.lower()), None)
         elif node.link is not None:
             assert node.layer is not None
-            if self._links.get(node.layer.digest) == inode:
-                del self._links[node.layer.digest]
+            key = _link_key(node.layer.digest, node.depth)
+            if self._links.get(key) == inode:  # type: ignore[call-overload]
+                del self._links[key]  # type: ignore[arg-type]
         else:
             for key in self._keys_of(node):
                 if self._blobs.get(key) == inode:
@@ -341,26 +372,103 @@ class Tree:
         self._check_reach(name.host, caller)
         resolved = await self.resolver.resolve(name, anonymous=caller.anonymous)
         if node.resolved is None or node.resolved.manifest.digest != resolved.manifest.digest:
-            node.files = {
-                fname: (layer, resolved.manifest)
-                for fname, layer in layer_filenames(resolved.manifest)
-            }
-            node.files[MANIFEST_FILENAME] = (None, resolved.manifest)
-            await self.completion.track(name, resolved.manifest, anonymous=caller.anonymous)
+            manifest = resolved.manifest
+            if kind_of(manifest) is Kind.OLLAMA:
+                node.model_dirs = None
+                node.entries = {}
+                node.files = {
+                    fname: (layer, manifest) for fname, layer in layer_filenames(manifest)
+                }
+                node.files[MANIFEST_FILENAME] = (None, manifest)
+            else:
+                node.model_dirs = await self._layouts.get(
+                    (name.repository_key, manifest.digest),
+                    lambda: lay_out(self.blobs, name, manifest, anonymous=caller.anonymous),
+                )
+                _fill(node, node.model_dirs[""], manifest)
+            await self.completion.track(name, manifest, anonymous=caller.anonymous)
         node.resolved = resolved
         return resolved
 
     async def _lookup_file(self, parent: Node, name: str, caller: Caller) -> Node:
-        await self._resolve_tag(parent, caller)
+        await self._resolve_in_model(parent, caller)
         entry = parent.files.get(name)
         if entry is None:
-            raise TreeError(errno.ENOENT)
-        layer, manifest = entry
-        if layer is not None:
-            await self._check_published([layer])
+            if name not in parent.entries:
+                raise TreeError(errno.ENOENT)
+            if parent.entries[name] is None:
+                return self._subdir_node(parent, name)
+        elif entry[0] is not None:
+            await self._check_published([entry[0]])
         if self._on_used is not None:
             await self._on_used(from_parts(*parent.parts))
-        return self._file_node(parent, name, layer, manifest)
+        return self._entry_node(parent, name)
+
+    async def _resolve_in_model(self, node: Node, caller: Caller) -> None:
+        """Resolve the tag a directory shows (after its TTL) and refresh its entries."""
+        tag = node.tag or node
+        resolved = await self._resolve_tag(tag, caller)
+        if node.tag is not None:
+            entries = (tag.model_dirs or {}).get(node.subpath)
+            if entries is None:  # the tag now names a model without this directory
+                node.files, node.entries = {}, {}
+                raise TreeError(errno.ENOENT, f"{node.subpath} is no longer in the model")
+            _fill(node, entries, resolved.manifest)
+
+    def _entry_node(self, parent: Node, name: str) -> Node:
+        """The node of a file (or subdirectory) ``parent`` lists, as the listing has it."""
+        entry = parent.files.get(name)
+        if entry is not None:
+            node = self._file_node(parent, name, *entry)
+            if node.model_file is None and node.link is None:
+                node.model_file = parent.entries.get(name)  # mode and mtime
+            return node
+        f = parent.entries.get(name)
+        if f is None:
+            return self._subdir_node(parent, name)
+        return self._assembled_node(parent, name, f)
+
+    def _subdir_node(self, parent: Node, name: str) -> Node:
+        tag = parent.tag or parent
+        subpath = f"{parent.subpath}/{name}" if parent.subpath else name
+        key = (parent.inode, name)
+        inode = self._model_dirs.get(key)
+        node = self.nodes.get(inode) if inode is not None else None
+        if node is None:
+            node = Node(
+                next(self._inodes),
+                parent.inode,
+                name,
+                True,
+                parts=parent.parts,
+                tag=tag,
+                subpath=subpath,
+                depth=parent.depth + 1,
+            )
+            self.nodes[node.inode] = node
+            self._model_dirs[key] = node.inode
+        entries = (tag.model_dirs or {}).get(subpath, {})
+        _fill(node, entries, tag.resolved.manifest)  # type: ignore[union-attr]
+        return node
+
+    def _assembled_node(self, parent: Node, name: str, f: ModelFile) -> Node:
+        """A file that is not one whole layer: an inode per manifest and path."""
+        manifest = (parent.tag or parent).resolved.manifest  # type: ignore[union-attr]
+        source = from_parts(*parent.parts)
+        return self._keyed_node(
+            self._blobs,  # type: ignore[arg-type]
+            _assembled_key(f, source, manifest),  # type: ignore[arg-type]
+            lambda inode: Node(
+                inode,
+                parent.inode,
+                name,
+                False,
+                source=source,
+                manifest=manifest,
+                model_file=f,
+                depth=parent.depth,
+            ),
+        )
 
     # -- symlinks to published blobs ----------------------------------------------------------
 
@@ -432,11 +540,15 @@ class Tree:
 
     def _link_node(self, parent: Node, name: str, layer: Layer) -> Node:
         assert self.link_base is not None
-        link = self.link_base + layer.digest.filename
+        # A relative link climbs out of the model's directories, too.
+        up = "" if self.link_base.startswith("/") else "../" * parent.depth
+        link = up + self.link_base + layer.digest.filename
         return self._keyed_node(
             self._links,
-            layer.digest,
-            lambda inode: Node(inode, parent.inode, name, False, layer=layer, link=link),
+            _link_key(layer.digest, parent.depth),  # type: ignore[arg-type]
+            lambda inode: Node(
+                inode, parent.inode, name, False, layer=layer, link=link, depth=parent.depth
+            ),
         )
 
     def _keyed_node(
@@ -453,6 +565,9 @@ class Tree:
 
     @staticmethod
     def _keys_of(node: Node) -> list[Digest | UnpublishedKey]:
+        if node.layer is None and node.model_file is not None:
+            assert node.source is not None and node.manifest is not None
+            return [_assembled_key(node.model_file, node.source, node.manifest)]  # type: ignore[list-item]
         if node.layer is None:
             return [node.manifest.digest]  # type: ignore[union-attr]
         assert node.source is not None and node.manifest is not None
@@ -487,8 +602,9 @@ class Tree:
         if not node.is_dir:
             raise TreeError(errno.ENOTDIR)
         if node.level == len(LEVEL_KINDS):
-            await self._resolve_tag(node, caller)
-            names = list(node.files)
+            await self._resolve_in_model(node, caller)
+            model = node.model_dirs is not None or node.tag is not None
+            names = list(node.entries) if model else list(node.files)
             await self._check_published([layer for layer, _m in node.files.values() if layer])
         else:
             names = await self._listing(node, caller)
@@ -560,11 +676,9 @@ class Tree:
                 self.nodes[node.inode] = node
                 self._dirs[key] = node.inode
             return self.attr(node)
-        entry = parent.files.get(name)
-        if entry is None:
+        if name not in parent.files and name not in parent.entries:
             return None
-        layer, manifest = entry
-        return self.attr(self._file_node(parent, name, layer, manifest))
+        return self.attr(self._entry_node(parent, name))
 
     def releasedir(self, fh: int) -> None:
         self._dir_listings.pop(fh, None)
@@ -583,7 +697,7 @@ class Tree:
             raise TreeError(errno.EISDIR)
         if node.link is not None:
             raise TreeError(errno.ELOOP)
-        handle = None
+        handle: BlobHandle | FileHandle | None = None
         if node.layer is not None:
             assert node.source is not None and node.manifest is not None
             # Removed from the cache since its lookup (modelfs rm, eviction)? Then recorded
@@ -593,6 +707,11 @@ class Tree:
             )
             handle = await self.blobs.open(
                 node.source, node.manifest, node.layer, anonymous=caller.anonymous
+            )
+        elif node.model_file is not None:
+            assert node.source is not None and node.manifest is not None
+            handle = FileHandle(
+                self.blobs, node.source, node.manifest, node.model_file, anonymous=caller.anonymous
             )
         node.open_count += 1
         fh = next(self._fhs)
@@ -636,7 +755,13 @@ class Tree:
 
     def open_digests(self) -> set[Digest]:
         """Blobs that have an open file in the mount."""
-        return {o.node.layer.digest for o in self._handles.values() if o.node.layer is not None}
+        out = set()
+        for o in self._handles.values():
+            if o.node.layer is not None:
+                out.add(o.node.layer.digest)
+            elif o.node.model_file is not None:
+                out.update(o.node.model_file.digests)
+        return out
 
     def inodes_of(self, digest: Digest) -> list[int]:
         """Every file inode (not link) serving ``digest``, whichever manifest it came by."""
@@ -663,6 +788,9 @@ class Tree:
                 XATTR_DIGEST: str(node.layer.digest).encode(),
                 XATTR_MEDIA_TYPE: node.layer.media_type.encode(),
             }
+        if node.model_file is not None:
+            media_type = node.model_file.media_type
+            return {XATTR_MEDIA_TYPE: media_type.encode()} if media_type else {}
         m = node.manifest
         assert m is not None
         return {XATTR_DIGEST: str(m.digest).encode(), XATTR_MEDIA_TYPE: m.media_type.encode()}
@@ -731,3 +859,22 @@ def _is_gguf(node: Node) -> bool:
 
 def _unpublished_key(layer: Layer, source: Name, manifest: Manifest) -> UnpublishedKey:
     return (layer.digest, source.repository_key, manifest.digest)
+
+
+def _assembled_key(f: ModelFile, source: Name, manifest: Manifest) -> tuple[object, ...]:
+    return ("file", f.path, source.repository_key, manifest.digest)
+
+
+def _link_key(digest: Digest, depth: int) -> Digest | tuple[Digest, int]:
+    """Links at another depth in a model's directories point elsewhere (relative links)."""
+    return digest if depth == 0 else (digest, depth)
+
+
+def _fill(node: Node, entries: Entries, manifest: Manifest) -> None:
+    """A model directory's entries; ``files`` keeps those served as whole layers."""
+    node.entries = entries
+    node.files = {
+        name: (f.layer, manifest)
+        for name, f in entries.items()
+        if f is not None and f.layer is not None
+    }

@@ -1,0 +1,215 @@
+"""Models of many files, pushed as each tool pushes them, mounted as the folder an engine loads."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mount.test_mount import wait_for
+from safetensors.numpy import load_file
+from support.modelformats import dmr_v01, dmr_v02, modelpack, ollama_tensors, push, walk
+
+from modelfs.fs.mountctl import blobs_view_path
+
+SIDE_FILES = [".modelfs/config.json", ".modelfs/manifest.json"]
+BUILDS = {"dmr-v0.2": dmr_v02, "modelpack-raw": modelpack}
+
+
+def mounted_paths(tag: Path) -> list[str]:
+    """What ``ls -R`` shows: every file under the tag directory, relative."""
+    out = []
+    for root, _dirs, files in os.walk(tag):
+        out += [os.path.relpath(os.path.join(root, f), tag) for f in files]
+    return sorted(out)
+
+
+def blob_hex(art, path: str, folder: Path) -> str:
+    data = (folder / path).read_bytes()
+    return next(d for d, b in art.blobs.items() if b == data).removeprefix("sha256:")
+
+
+def engine_loads(tag: Path) -> subprocess.CompletedProcess[str]:
+    """transformers' AutoConfig and AutoTokenizer on the mounted folder, offline."""
+    code = (
+        "import sys, transformers\n"
+        "c = transformers.AutoConfig.from_pretrained(sys.argv[1])\n"
+        "t = transformers.AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "print(c.num_hidden_layers, t('hello world')['input_ids'])\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", code, str(tag)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def assert_same_tensors(mounted: Path, source: Path) -> None:
+    got, want = load_file(str(mounted)), load_file(str(source))
+    assert sorted(got) == sorted(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and np.array_equal(got[name], tensor), name
+
+
+@pytest.mark.parametrize("kind", list(BUILDS))
+def test_a_folder_model_mounts_as_its_folder(proxy, registry, mount_factory, minilm, kind):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    art = BUILDS[kind](minilm)
+    push(registry.host, f"folders/minilm-{kind}", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / f"folders/minilm-{kind}/latest"
+
+    # ls -R: the folder's own paths, nested directories included, and the artifact's
+    # config and manifest out of the way under .modelfs/.
+    assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    assert "1_Pooling" in os.listdir(tag) and (tag / "1_Pooling").is_dir()
+    # ls -l: sizes, read-only modes and the files' own times, without fetching a byte of them.
+    weights_hex = blob_hex(art, "model.safetensors", minilm)
+    for p in walk(minilm):
+        st, src = os.lstat(tag / p), (minilm / p).stat()
+        assert stat.S_ISREG(st.st_mode), p
+        assert st.st_size == src.st_size, p
+        assert stat.S_IMODE(st.st_mode) == 0o444, p
+        assert int(st.st_mtime) == int(src.st_mtime), p
+    assert proxy.blob_bytes(weights_hex) == 0, "ls -l fetched weight bytes"
+    manifest = json.loads((tag / ".modelfs/manifest.json").read_bytes())
+    assert manifest["layers"][0]["annotations"]["org.cncf.model.filepath"]
+
+    for p in walk(minilm):
+        if p != "model.safetensors":
+            assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+    tokenizer = Tokenizer.from_file(str(tag / "tokenizer.json"))
+    want = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    assert tokenizer.encode("hello world").ids == want.encode("hello world").ids
+    loaded = engine_loads(tag)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
+
+
+def test_a_corrupted_byte_in_a_folder_model_is_eio(proxy, registry, mount_factory, minilm):
+    art = dmr_v02(minilm)
+    push(registry.host, "folders/minilm-flip", "latest", art)
+    m = mount_factory()
+    m.expect_log(r"does not match its digest")
+    tag = m.mountpoint / proxy.host / "folders/minilm-flip/latest"
+    proxy.set_faults([{"path": blob_hex(art, "tokenizer.json", minilm), "flip_at": 1000}])
+    with pytest.raises(OSError) as info:
+        (tag / "tokenizer.json").read_bytes()
+    assert info.value.errno == errno.EIO
+    proxy.clear_faults()
+    assert (tag / "tokenizer.json").read_bytes() == (minilm / "tokenizer.json").read_bytes()
+
+
+def test_a_complete_file_in_a_model_directory_links_to_its_blob(
+    proxy, registry, mount_factory, minilm
+):
+    art = dmr_v02(minilm)
+    push(registry.host, "folders/minilm-links", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-links/latest"
+    pooling = tag / "1_Pooling/config.json"
+    want = (minilm / "1_Pooling/config.json").read_bytes()
+    assert not pooling.is_symlink()
+    assert pooling.read_bytes() == want
+    hex_ = blob_hex(art, "1_Pooling/config.json", minilm)
+    wait_for((m.cache / "blobs" / f"sha256-{hex_}").exists, "the blob to be published")
+    wait_for(pooling.is_symlink, "1_Pooling/config.json to become a link")
+    # One directory deeper than a tag's own files: the link is absolute, into the read-only
+    # view of blobs/, all the same.
+    assert os.readlink(pooling) == f"{blobs_view_path(m.mountpoint)}/sha256-{hex_}"
+    assert pooling.read_bytes() == want
+
+
+def test_ollama_tensor_blobs_mount_as_one_safetensors_file(proxy, registry, mount_factory, minilm):
+    pytest.importorskip("transformers")
+    art = ollama_tensors(minilm)
+    push(registry.host, "folders/minilm-tensors", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-tensors/latest"
+    tops = sorted(p for p in walk(minilm) if "/" not in p and p.endswith(".json"))
+    assert mounted_paths(tag) == sorted([*tops, "model.safetensors", *SIDE_FILES])
+    st = os.stat(tag / "model.safetensors")
+    assert stat.S_IMODE(st.st_mode) == 0o444
+    # The laid-out file: a generated header, then every tensor read from its own blob.
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+    with open(tag / "model.safetensors", "rb") as f:
+        f.seek(st.st_size - 4096)
+        assert len(f.read()) == 4096
+    for p in tops:
+        assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
+    code = (
+        "import sys, transformers\n"
+        "print(transformers.AutoConfig.from_pretrained(sys.argv[1]).num_hidden_layers)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", code, str(tag)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() == "6"
+
+
+def test_a_corrupted_tensor_blob_is_eio_never_a_layout_of_its_bytes(
+    proxy, registry, mount_factory, minilm
+):
+    art = ollama_tensors(minilm)
+    push(registry.host, "folders/minilm-tensors-flip", "latest", art)
+    m = mount_factory()
+    m.expect_log(r"whole-blob sha256 is .* discarding the fetched data")
+    m.expect_log(r"does not match its digest")
+    tag = m.mountpoint / proxy.host / "folders/minilm-tensors-flip/latest"
+    # The largest tensor blob (the word embeddings) has no chunk index: its header is
+    # trusted only once the whole blob has matched its digest.
+    big = max(art.blobs, key=lambda d: len(art.blobs[d]))
+    proxy.set_faults([{"path": big.removeprefix("sha256:"), "flip_at": len(art.blobs[big]) - 9}])
+    with pytest.raises(OSError) as info:
+        os.listdir(tag)
+    assert info.value.errno == errno.EIO
+    proxy.clear_faults()
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+def test_dmr_v01_config_tar_members_are_files(proxy, registry, mount_factory, minilm):
+    art = dmr_v01(minilm)
+    push(registry.host, "folders/minilm-v01", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-v01/latest"
+    assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    for p in walk(minilm):
+        if p != "model.safetensors":  # a tar member: its bytes and its header's time
+            assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
+            assert int(os.stat(tag / p).st_mtime) == int((minilm / p).stat().st_mtime), p
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+def test_modelpack_tar_layers_show_their_members(proxy, registry, mount_factory, minilm):
+    art = modelpack(minilm, raw=False)
+    push(registry.host, "folders/minilm-modelpack-tar", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-modelpack-tar/latest"
+    assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    for p in walk(minilm):
+        assert os.stat(tag / p).st_size == (minilm / p).stat().st_size, p
+        if p != "model.safetensors":
+            assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
+    # A member of a 90 MB tar blob: a range of it, read through the blob's own handle.
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
