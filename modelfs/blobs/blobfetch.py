@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 from collections import OrderedDict
 
 import trio
@@ -1040,6 +1041,10 @@ class BlobFetch:
         if offset >= end:
             return b""
         partial = self.partial
+        if partial is None and self.published:
+            # Published before this fetch opened (by another process, or a pull, after the
+            # reader looked in blobs/): no partial to read, the blob file itself.
+            return await self.ctx.in_thread(self._read_published, offset, end - offset)  # type: ignore[return-value]
         touched = self.layout.covering(offset, end - offset)
         if partial is not None and (self.published or all(partial.has(i) for i in touched)):
             data = pread_cached(partial.fd, offset, end - offset)
@@ -1058,6 +1063,16 @@ class BlobFetch:
             else:
                 raise _Evicted(i)
         return bytes(out)
+
+    def _read_published(self, offset: int, size: int) -> bytes:
+        """Worker thread: bytes of the published blob file (removed since: evicted)."""
+        fd = self.ctx.cache.open_blob(self.digest)
+        if fd is None:
+            raise _Evicted(self.layout.covering(offset, max(size, 1)).start)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
 
 
 class _Evicted(ModelfsError):

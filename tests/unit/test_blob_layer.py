@@ -927,3 +927,26 @@ async def test_a_whole_blob_answer_never_overwrites_chunks_already_here(
         assert await handle.read_all() == data
         await handle.close()
         assert fetcher.stats.chunk_mismatches == 0
+
+
+async def test_a_blob_published_between_the_look_and_the_fetch_is_read_from_blobs(
+    cache, data, monkeypatch
+):
+    """A blob published (by another process, or a pull) after the reader looked in ``blobs/``
+    and before its fetch joined the partial: the fetch finds it published, with no partial;
+    reads come from the published file, not "chunks keep being evicted" (EIO)."""
+    source, layer = serving(data)
+    cache.store_bytes(data, layer.digest)  # published meanwhile, by someone else
+
+    async def looked_before_it_was_published(self: Blobs, handle: BlobHandle) -> None:
+        return None
+
+    monkeypatch.setattr(Blobs, "_open_published", looked_before_it_was_published)
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        handle = await open_blob(blobs, NAME, layer, index_of(data))
+        try:
+            assert handle.blob is not None and handle.blob.published
+            assert await handle.read_all(40_000) == data
+        finally:
+            await handle.close()
+    assert not [r for r in source.requests if r.digest == layer.digest], "fetched it again"
