@@ -20,8 +20,13 @@ from modelfs.formats.files import BlobBytes, ByteRequest, ModelTree, files_of
 from modelfs.formats.folderfacts import facts_of
 from modelfs.formats.manifest import Manifest
 from modelfs.formats.names import Name
-from modelfs.formats.safetensors import SafetensorsFacts
+from modelfs.formats.safetensors import XATTR_PREFIX, SafetensorsFacts
 from modelfs.registry.retry import retrying
+
+XATTR_HEADER_CHECKED = XATTR_PREFIX + "header_checked"
+# Listed before the headers are read (listing fetches nothing); each model has these.
+_ALWAYS = ("parameter_count", "tensor_count", "dtypes", "weights_bytes", "memory_bytes")
+XATTR_NAMES = (*(XATTR_PREFIX + key for key in _ALWAYS), XATTR_HEADER_CHECKED)
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,10 @@ class FolderFacts:
     checked: bool  # every byte the facts came from was checked against the blobs' digests
 
     def xattrs(self) -> dict[str, bytes]:
-        return {} if self.facts is None else self.facts.xattrs()
+        """The mount's ``user.modelfs.safetensors.*`` attributes of the model's directory."""
+        if self.facts is None:
+            return {}
+        return {**self.facts.xattrs(), XATTR_HEADER_CHECKED: b"yes" if self.checked else b"no"}
 
 
 async def read_folder_facts(
