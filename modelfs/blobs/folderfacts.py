@@ -3,8 +3,9 @@ facts ``formats.folderfacts`` finds in its ``config.json`` and weights files' he
 
 Only those bytes are read, as ``blobs.header`` reads a GGUF header: through the blob
 door (each range checked by the blob's chunk digests, and kept in the partial file as
-any read would be), or, for a blob that can only be checked whole, just the range asked
-for from its registry into memory, unchecked, and the answer says so (``checked``). A
+any read would be; a small blob fetched whole and checked), or, for a larger blob that can
+only be checked whole, just the range asked for from its registry into memory, unchecked,
+and the answer says so (``checked``). A
 header is small: fetching a whole tensor blob (Ollama's are up to gigabytes) to check
 the bytes ``show`` prints would move the model. Nothing unchecked reaches the cache.
 """
@@ -23,6 +24,9 @@ from modelfs.formats.names import Name
 from modelfs.formats.safetensors import XATTR_PREFIX, SafetensorsFacts
 from modelfs.registry.retry import retrying
 
+# A blob checkable only whole is fetched whole (and checked) for a range of it if it is at
+# most this big (config.json, a norm's weights); a larger one has the range read unchecked.
+WHOLE_CHECK_BYTES = 64 << 10
 XATTR_HEADER_CHECKED = XATTR_PREFIX + "header_checked"
 # Listed before the headers are read (listing fetches nothing); each model has these.
 _ALWAYS = ("parameter_count", "tensor_count", "dtypes", "weights_bytes", "memory_bytes")
@@ -64,7 +68,7 @@ async def read_folder_facts(
         if layer is None:
             raise ManifestInvalid(f"{name}: a header read of a blob not in the manifest")
         how = await blobs.verification(name, manifest, layer, anonymous=anonymous)
-        if how != "whole":
+        if how != "whole" or layer.size <= WHOLE_CHECK_BYTES:
             if how == "deferred":
                 checked = False
             return await checked_read(request)

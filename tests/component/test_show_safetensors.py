@@ -65,6 +65,8 @@ def test_show_reads_the_facts_from_config_and_headers_only(
     fetched = sum(r.body_bytes for r in via.blob_records())
     assert fetched < 1 << 20, fetched
     assert doc["header"]["bytes"] < 1 << 20
+    # No chunk index: the weights' header is read alone, unchecked, and the report says so.
+    assert doc["header"]["checked"] is False
 
     # show of a model the cache did not have leaves nothing behind.
     assert doc["manifest_from"] != "cache"

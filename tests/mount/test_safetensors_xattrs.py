@@ -4,11 +4,22 @@ listed without fetching, read from config.json and the weights' header only."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import struct
 
 import pytest
-from support.modelformats import dmr_v02, push
+from support.modelformats import Artifact, digest_of, dmr_v02, push
+
+from modelfs.formats.chunks import (
+    CHUNK_BYTES,
+    DEFAULT_CHUNK_ALGORITHM,
+    BlobChunks,
+    chunk_hash,
+    serialize_chunk_index,
+)
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_CHUNK_INDEX
 
 PREFIX = "user.modelfs.safetensors."
 
@@ -49,3 +60,50 @@ def test_safetensors_facts_as_xattrs_from_the_headers_only(proxy, registry, moun
         with pytest.raises(OSError) as info:
             os.getxattr(path, PREFIX + "architecture")
         assert info.value.errno == errno.ENODATA
+
+
+def with_chunk_index(art: Artifact) -> Artifact:
+    """The artifact with modelfs's chunk index as one more layer (as ``modelfs create`` adds)."""
+    doc = json.loads(art.manifest)
+    index = serialize_chunk_index(
+        CHUNK_BYTES,
+        [
+            BlobChunks(
+                Digest.parse(layer["digest"]),
+                layer["size"],
+                CHUNK_BYTES,
+                tuple(
+                    chunk_hash(DEFAULT_CHUNK_ALGORITHM, data[i : i + CHUNK_BYTES])
+                    for i in range(0, max(len(data), 1), CHUNK_BYTES)
+                ),
+                DEFAULT_CHUNK_ALGORITHM,
+            )
+            for layer in doc["layers"]
+            for data in [art.blobs[layer["digest"]]]
+        ],
+    )
+    out = Artifact(b"", art.media_type, dict(art.blobs))
+    index_digest = out.add(index)
+    doc["layers"].append(
+        {"mediaType": MEDIA_TYPE_CHUNK_INDEX, "digest": index_digest, "size": len(index)}
+    )
+    out.manifest = json.dumps(doc, separators=(",", ":")).encode()
+    assert digest_of(index) == index_digest
+    return out
+
+
+def test_with_a_chunk_index_the_header_chunk_is_checked_and_kept(
+    proxy, registry, mount_factory, minilm
+):
+    art = with_chunk_index(dmr_v02(minilm))
+    push(registry.host, "folders/minilm-indexed", "latest", art)
+    weights = (minilm / "model.safetensors").read_bytes()
+    weights_hex = digest_of(weights).removeprefix("sha256:")
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-indexed/latest"
+    assert (tag / "model.safetensors").stat().st_size == len(weights)
+    proxy.reset()
+    assert os.getxattr(tag, PREFIX + "parameter_count") == b"22713728"
+    assert os.getxattr(tag, PREFIX + "header_checked") == b"yes"
+    # The chunk the header lies in, checked against the index: not the 90 MB of weights.
+    assert proxy.blob_bytes(weights_hex) == CHUNK_BYTES
