@@ -13,15 +13,27 @@ blob through a ``BlobHandle`` opened on first use and closed with the file.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
 from modelfs.blobs.reader import BlobHandle, Blobs
 from modelfs.errors import DigestMismatch, ManifestInvalid, ModelfsError
 from modelfs.formats.digest import Digest
-from modelfs.formats.files import BlobBytes, ByteRequest, Extent, ModelFile, ModelTree, files_of
+from modelfs.formats.files import (
+    BlobBytes,
+    ByteRequest,
+    Extent,
+    ModelFile,
+    ModelTree,
+    Needs,
+    files_of,
+)
 from modelfs.formats.manifest import Layer, Manifest
 from modelfs.formats.names import Name
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +66,50 @@ async def lay_out(
     blobs: Blobs, name: Name, manifest: Manifest, *, anonymous: bool = False
 ) -> ModelTree:
     """The model's files, reading (checked) the blob ranges their layout needs."""
-    layers = layers_by_digest(manifest)
-    known = BlobBytes()
-    limiter = trio.CapacityLimiter(LAYOUT_READS_IN_FLIGHT)
+    read = checked_reads(blobs, name, manifest, anonymous=anonymous)
+    tree = await answer(name, BlobBytes(), lambda known: files_of(manifest, known), read)
+    for layer, why in tree.skipped:
+        log.info("%s: layer %s not shown: %s", name, layer.digest.short, why)
+    return tree
 
-    async def fetch(request: ByteRequest) -> None:
+
+ReadRange = Callable[[ByteRequest], Awaitable[bytes]]
+
+
+def checked_reads(
+    blobs: Blobs, name: Name, manifest: Manifest, *, anonymous: bool = False
+) -> ReadRange:
+    """Range reads through the blob door: each checked as any read of the blob is."""
+    layers = layers_by_digest(manifest)
+
+    async def read(request: ByteRequest) -> bytes:
         layer = layers.get(request.digest)
         if layer is None:
             raise ManifestInvalid(f"{name}: a layout read of a blob not in the manifest")
+        handle = await blobs.open(name, manifest, layer, anonymous=anonymous, readahead=False)
+        try:
+            return await _read_exact(handle, request.offset, request.length)
+        finally:
+            await handle.close()
+
+    return read
+
+
+async def answer(
+    name: Name, known: BlobBytes, ask: Callable[[BlobBytes], T | Needs], read: ReadRange
+) -> T:
+    """``ask(known)`` once it no longer ``Needs`` bytes: each round's ranges read in
+    parallel (``LAYOUT_READS_IN_FLIGHT`` at once) and added to ``known``."""
+    limiter = trio.CapacityLimiter(LAYOUT_READS_IN_FLIGHT)
+
+    async def fetch(request: ByteRequest) -> None:
         async with limiter:
-            handle = await blobs.open(name, manifest, layer, anonymous=anonymous, readahead=False)
-            try:
-                data = await _read_exact(handle, request.offset, request.length)
-            finally:
-                await handle.close()
+            data = await read(request)
         known.add(request.digest, request.offset, data)
 
     for _round in range(MAX_LAYOUT_ROUNDS):
-        found = files_of(manifest, known)
-        if isinstance(found, ModelTree):
-            for layer, why in found.skipped:
-                log.info("%s: layer %s not shown: %s", name, layer.digest.short, why)
+        found = ask(known)
+        if not isinstance(found, Needs):
             return found
         try:
             async with trio.open_nursery() as nursery:

@@ -3,7 +3,9 @@
 Reads the manifest from the cache, else from the registry; the small blobs
 (template, system prompt, params, licenses, messages) whole; the weights blob
 only as far as its GGUF header (``blobs/header``): a cold ``show`` of a 5 GB
-model moves a few megabytes. ``show`` of a model the cache does not have leaves
+model moves a few megabytes. A model of safetensors files (DMR, ModelPack, Ollama's
+tensor layers) is laid out as a mount shows it, and its facts read from its
+``config.json`` and its weights files' headers (``blobs.files.read_folder_facts``). ``show`` of a model the cache does not have leaves
 nothing behind: while it runs, its manifest is recorded as pending and the model
 evictable (as a mount's reads would: a ``show`` killed midway leaves a partial
 model ``rm`` and eviction can remove), and at the end the model is removed again
@@ -22,16 +24,19 @@ import trio
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.fetchcontext import FetchSettings
 from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.folderfacts import FolderFacts, read_folder_facts
 from modelfs.blobs.header import ModelHeader, read_model_header
 from modelfs.blobs.reader import Blobs
 from modelfs.commands.inventory import present_bytes
 from modelfs.commands.progress import human_bytes
 from modelfs.commands.terminal import printable
-from modelfs.errors import GGUFInvalid, ModelfsError
+from modelfs.errors import GGUFInvalid, ManifestInvalid, ModelfsError
+from modelfs.formats.artifacts import Kind, kind_of
 from modelfs.formats.gguf import human_number
 from modelfs.formats.manifest import Layer, Manifest, layer_filenames, parse_manifest
 from modelfs.formats.modelfile import format_modelfile
 from modelfs.formats.names import Name
+from modelfs.formats.safetensors import OLLAMA_QUANTIZED
 from modelfs.registry.client import Registry
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,9 @@ class ModelReport:
     header: ModelHeader | None = None
     header_error: str | None = None  # the weights are not a GGUF file modelfs can read
     texts: dict[str, str] = field(default_factory=dict)  # template, system, ... as written
+    # A model of files (not classic Ollama): its files and safetensors facts, or why not.
+    folder: FolderFacts | None = None
+    folder_error: str | None = None
     licenses: list[str] = field(default_factory=list)
 
     @property
@@ -131,6 +139,11 @@ async def _report(
                 report.header = await read_model_header(blobs, name, manifest, weights)
             except GGUFInvalid as e:
                 report.header_error = str(e)
+        elif kind_of(manifest) is not Kind.OLLAMA:
+            try:
+                report.folder = await read_folder_facts(blobs, name, manifest)
+            except ManifestInvalid as e:
+                report.folder_error = str(e)
         for file, layer in files:
             if file in TEXT_FILES or file.startswith(LICENSE_STEM):
                 text = await _read_text(blobs, name, manifest, layer)
@@ -204,7 +217,37 @@ def _contexts(report: ModelReport, ctx: int | None) -> list[int]:
     return out
 
 
+MEMORY_ESTIMATE = (
+    "the weights as stored in their dtypes, from the safetensors headers; "
+    "KV cache and an engine's buffers not counted"
+)
+
+
+def _folder_json(report: ModelReport) -> dict[str, object]:
+    folder = report.folder
+    if folder is None:
+        return {"header": {"error": report.folder_error}, "model": None, "memory": []}
+    facts = folder.facts
+    return {
+        "model": None if facts is None else {"format": "safetensors", **facts.as_dict()},
+        "header": {"bytes": folder.bytes_read, "checked": folder.checked},
+        "memory": (
+            []
+            if facts is None
+            else [{"weights_bytes": facts.memory_bytes, "estimate": MEMORY_ESTIMATE}]
+        ),
+        "files": [{"path": f.path, "size_bytes": f.size} for f in folder.tree.files],
+    }
+
+
 def as_json(report: ModelReport, ctx: int | None = None) -> dict[str, object]:
+    doc = _as_json(report, ctx)
+    if report.folder is not None or report.folder_error is not None:
+        doc.update(_folder_json(report))
+    return doc
+
+
+def _as_json(report: ModelReport, ctx: int | None = None) -> dict[str, object]:
     header = report.header
     return {
         "name": str(report.name),
@@ -286,6 +329,10 @@ def as_text(report: ModelReport, ctx: int | None = None) -> str:
         out += ["  Model", *_rows(pairs), ""]
     elif report.header_error:
         out += ["  Model", f"    {printable(report.header_error)}", ""]
+    elif report.folder is not None and report.folder.facts is not None:
+        out += _folder_model(report.folder)
+    elif report.folder_error:
+        out += ["  Model", f"    {printable(report.folder_error)}", ""]
     out.append("  Layers")
     files = [printable(r.file) for r in report.layers]
     media_types = [printable(r.layer.media_type) for r in report.layers]
@@ -298,6 +345,8 @@ def as_text(report: ModelReport, ctx: int | None = None) -> str:
             f"{printable(r.verification)}"
         )
     out.append("")
+    if report.folder is not None:
+        out += _folder_files(report.folder)
     if header is not None:
         how = VERIFY_TEXT.get(header.verification, header.verification)
         checked = (
@@ -345,6 +394,39 @@ def as_text(report: ModelReport, ctx: int | None = None) -> str:
         shown = lines[:2] + (["    ..."] if len(lines) > 2 else [])
         out += ["  License", *shown, ""]
     return "\n".join(out)
+
+
+def _folder_model(folder: FolderFacts) -> list[str]:
+    f = folder.facts
+    assert f is not None
+    pairs = [
+        ("architecture", f.architecture or "-"),
+        ("parameters", f"{human_number(f.parameter_count)} ({f.parameter_count:,})"),
+        ("dtypes", ", ".join(f.dtypes) or "-"),
+        ("context length", str(f.context_length or "-")),
+        ("tensors", str(f.tensor_count)),
+    ]
+    if f.ollama_quantized:
+        pairs.append(("quantization", OLLAMA_QUANTIZED))
+    return [
+        "  Model (safetensors)",
+        *_rows(pairs),
+        "",
+        f"  Memory (estimate: {MEMORY_ESTIMATE})",
+        f"    weights {human_bytes(f.memory_bytes)}",
+        "",
+    ]
+
+
+def _folder_files(folder: FolderFacts) -> list[str]:
+    out = ["  Files"]
+    paths = [printable(f.path) for f in folder.tree.files]
+    width = max((len(p) for p in paths), default=0)
+    for f, path in zip(folder.tree.files, paths, strict=True):
+        out.append(f"    {path:<{width}}  {human_bytes(f.size):>9}")
+    checked = "checked" if folder.checked else "NOT checked (blobs that can only be checked whole)"
+    out += [f"    headers and config.json: {human_bytes(folder.bytes_read)} read, {checked}", ""]
+    return out
 
 
 def as_modelfile(

@@ -177,6 +177,11 @@ class BlobBytes:
     def reader(self, digest: Digest) -> Callable[[int, int], bytes | None]:
         return lambda offset, length: self.get(digest, offset, length)
 
+    @property
+    def total_bytes(self) -> int:
+        """The bytes added (a range added twice counted twice)."""
+        return sum(len(d) for ranges in self._ranges.values() for d in ranges.values())
+
 
 @dataclass(frozen=True)
 class ModelTree:

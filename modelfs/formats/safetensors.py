@@ -24,7 +24,7 @@ import json
 import math
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from modelfs.errors import ManifestInvalid
 from modelfs.formats.digest import Digest
@@ -263,6 +263,27 @@ def combine(
 XATTR_PREFIX = "user.modelfs.safetensors."
 # config.json keys that give the context length, in the order transformers' configs use them.
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
+# Ollama's and MLX's quantized tensors: ``W`` packed (MLX: in U32) with ``W.scale`` and
+# ``W.bias`` (or ``.scales``/``.biases``) beside it. Hugging Face's own quantized
+# checkpoints (GPTQ, AWQ, bitsandbytes, FP8) name theirs otherwise (``qweight``,
+# ``weight_scale``, ...), and a layer's bias is ``L.bias`` beside ``L.weight``.
+_QUANT_SUFFIXES = (".scale", ".bias", ".scales", ".biases")
+_PACKED_DTYPES = frozenset({"U32"})
+OLLAMA_QUANTIZED = "quantized by Ollama/MLX, not Hugging Face's format"
+
+
+def ollama_quantized(tensors: Iterable[TensorInfo]) -> bool:
+    """Whether tensors are quantized as Ollama and MLX do it: a ``.scale``/``.bias`` of
+    another tensor, or weights packed in a dtype only they use (U32)."""
+    tensors = list(tensors)
+    names = {t.name for t in tensors}
+    for t in tensors:
+        if t.dtype in _PACKED_DTYPES:
+            return True
+        for suffix in _QUANT_SUFFIXES:
+            if t.name.endswith(suffix) and t.name[: -len(suffix)] in names:
+                return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -273,7 +294,20 @@ class SafetensorsFacts:
     tensor_count: int
     dtypes: tuple[str, ...]  # by the number of parameters in them, most first
     context_length: int | None
-    weights_bytes: int
+    weights_bytes: int  # the tensors' data as stored: what loading them takes, no KV cache
+    ollama_quantized: bool = False  # see ``ollama_quantized``
+
+    @property
+    def memory_bytes(self) -> int:
+        """The estimate ``show`` and the xattr give: the weights as stored (their dtypes'
+        bytes, from the headers); the KV cache and an engine's buffers are not counted."""
+        return self.weights_bytes
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["dtypes"] = list(self.dtypes)
+        out["memory_bytes"] = self.memory_bytes
+        return out
 
     def xattrs(self) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -289,6 +323,9 @@ class SafetensorsFacts:
             if value is not None:
                 out[XATTR_PREFIX + key] = str(value).encode()
         out[XATTR_PREFIX + "dtypes"] = ",".join(self.dtypes).encode()
+        out[XATTR_PREFIX + "memory_bytes"] = str(self.memory_bytes).encode()
+        if self.ollama_quantized:
+            out[XATTR_PREFIX + "quantized"] = OLLAMA_QUANTIZED.encode()
         return out
 
 
@@ -308,11 +345,11 @@ def safetensors_facts(
     """What the weights' headers and the model's ``config.json`` (if any) say about it."""
     per_dtype: dict[str, int] = {}
     count = nbytes = 0
-    for header in headers:
-        for t in header.tensors:
-            per_dtype[t.dtype] = per_dtype.get(t.dtype, 0) + t.numel
-            count += 1
-            nbytes += t.nbytes
+    every = [t for header in headers for t in header.tensors]
+    for t in every:
+        per_dtype[t.dtype] = per_dtype.get(t.dtype, 0) + t.numel
+        count += 1
+        nbytes += t.nbytes
     config = _config_doc(config_json)
     archs = config.get("architectures")
     model_type = config.get("model_type")
@@ -332,4 +369,5 @@ def safetensors_facts(
         dtypes=tuple(sorted(per_dtype, key=lambda d: (-per_dtype[d], d))),
         context_length=context,
         weights_bytes=nbytes,
+        ollama_quantized=ollama_quantized(every),
     )

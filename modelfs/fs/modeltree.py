@@ -46,7 +46,7 @@ class Layouts:
     per key, while other lookups of it wait for that one; the last ``max_layouts`` kept."""
 
     def __init__(self, max_layouts: int = MAX_LAYOUTS) -> None:
-        self._done: OrderedDict[Hashable, dict[str, Entries]] = OrderedDict()
+        self._done: OrderedDict[Hashable, tuple[ModelTree, dict[str, Entries]]] = OrderedDict()
         self._lock: KeyedLock[Hashable] = KeyedLock()
         self.max_layouts = max_layouts
 
@@ -56,10 +56,15 @@ class Layouts:
         async with self._lock.hold(key):
             found = self._done.get(key)
             if found is None:
-                found = directories(await lay_out())
-                self._done[key] = found
+                tree = await lay_out()
+                found = self._done[key] = (tree, directories(tree))
                 while len(self._done) > self.max_layouts:
                     self._done.popitem(last=False)
             else:
                 self._done.move_to_end(key)
-            return found
+            return found[1]
+
+    def tree(self, key: Hashable) -> ModelTree | None:
+        """The files of a model laid out under ``key`` and still kept, else None."""
+        found = self._done.get(key)
+        return None if found is None else found[0]

@@ -41,9 +41,11 @@ from modelfs.blobs.blobcache import (
 )
 from modelfs.blobs.completion import Completion
 from modelfs.blobs.files import FileHandle, lay_out
+from modelfs.blobs.folderfacts import XATTR_NAMES as SAFETENSORS_XATTR_NAMES
+from modelfs.blobs.folderfacts import read_folder_facts
 from modelfs.blobs.header import label_blob_file, read_model_header
 from modelfs.blobs.reader import BlobHandle, Blobs
-from modelfs.errors import GGUFInvalid, ModelfsError, ModelNotFound, NameInvalid
+from modelfs.errors import GGUFInvalid, ManifestInvalid, ModelfsError, ModelNotFound, NameInvalid
 from modelfs.formats.artifacts import Kind, kind_of
 from modelfs.formats.digest import Digest
 from modelfs.formats.files import ModelFile
@@ -57,6 +59,7 @@ from modelfs.formats.manifest import (
 from modelfs.formats.modelfacts import XATTR_NAMES as GGUF_XATTR_NAMES
 from modelfs.formats.modelfacts import XATTR_PREFIX as GGUF_XATTR_PREFIX
 from modelfs.formats.names import DEFAULT_TAG, Name, PartKind, check_part, from_parts
+from modelfs.formats.safetensors import XATTR_PREFIX as SAFETENSORS_XATTR_PREFIX
 from modelfs.fs.modeltree import Entries, Layouts, perm_of
 from modelfs.fs.resolver import Resolved, Resolver
 
@@ -211,6 +214,9 @@ class Tree:
         # inode is (``_facts_key``): what one manifest's header says is never another's
         # (bounded by the models this mount has shown; a few hundred bytes each).
         self._gguf_facts: dict[Digest | UnpublishedKey, dict[str, bytes]] = {}
+        # user.modelfs.safetensors.* of each model of safetensors files (on its tag
+        # directory), keyed as its assembled files' inodes are: by repository and manifest.
+        self._folder_facts: dict[tuple[object, ...], dict[str, bytes]] = {}
         # How long the kernel may keep a link: short unless removals are watched (blobwatch).
         self.link_entry_seconds = LINK_ENTRY_SECONDS
         self._inodes = itertools.count(ROOT_INODE + 1)
@@ -805,6 +811,8 @@ class Tree:
             return how.encode()
         if name.startswith(GGUF_XATTR_PREFIX) and _is_gguf(node):
             value = (await self._gguf_xattrs(node, caller)).get(name)
+        elif name.startswith(SAFETENSORS_XATTR_PREFIX) and _has_safetensors(node):
+            value = (await self._safetensors_xattrs(node, caller)).get(name)
         else:
             value = self.xattrs(inode).get(name)
         if value is None:
@@ -829,6 +837,36 @@ class Tree:
             self._gguf_facts[key] = known
         return known
 
+    async def _safetensors_xattrs(self, node: Node, caller: Caller) -> dict[str, bytes]:
+        """The facts of a model of safetensors files (its tag directory's): read once per
+        manifest from config.json and the weights' headers (``blobs.folderfacts``), never
+        on listxattr."""
+        assert node.resolved is not None
+        manifest = node.resolved.manifest
+        name = from_parts(*node.parts)
+        key = _folder_key(name, manifest)
+        known = self._folder_facts.get(key)
+        if known is None:
+            layout_key = (name.repository_key, manifest.digest)
+            await self._layouts.get(
+                layout_key,
+                lambda: lay_out(self.blobs, name, manifest, anonymous=caller.anonymous),
+            )
+            try:
+                folder = await read_folder_facts(
+                    self.blobs,
+                    name,
+                    manifest,
+                    anonymous=caller.anonymous,
+                    tree=self._layouts.tree(layout_key),
+                )
+                known = folder.xattrs()
+            except ManifestInvalid as e:
+                log.info("%s has no safetensors facts: %s", name, e)
+                known = {}
+            self._folder_facts[key] = known
+        return known
+
     def _facts_key(self, node: Node) -> Digest | UnpublishedKey:
         """What a GGUF file's facts are kept under: as its inode is keyed (``_file_node``).
 
@@ -850,11 +888,30 @@ class Tree:
         if _is_gguf(node):
             known = self._gguf_facts.get(self._facts_key(node))
             names += GGUF_XATTR_NAMES if known is None else list(known)
+        if _has_safetensors(node):
+            assert node.resolved is not None
+            key = _folder_key(from_parts(*node.parts), node.resolved.manifest)
+            facts = self._folder_facts.get(key)
+            names += SAFETENSORS_XATTR_NAMES if facts is None else list(facts)
         return names
 
 
 def _is_gguf(node: Node) -> bool:
     return node.layer is not None and node.layer.media_type in GGUF_MEDIA_TYPES
+
+
+def _has_safetensors(node: Node) -> bool:
+    """A tag directory showing a model with top-level ``*.safetensors`` files."""
+    if not node.is_dir or node.tag is not None or node.model_dirs is None:
+        return False
+    top = node.model_dirs.get("", {})
+    return node.resolved is not None and any(
+        f is not None and n.endswith(".safetensors") for n, f in top.items()
+    )
+
+
+def _folder_key(source: Name, manifest: Manifest) -> tuple[object, ...]:
+    return ("safetensors facts", source.repository_key, manifest.digest)
 
 
 def _unpublished_key(layer: Layer, source: Name, manifest: Manifest) -> UnpublishedKey:

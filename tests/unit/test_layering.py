@@ -61,6 +61,7 @@ RANK = {
     "blobs.reader": 10,
     "blobs.header": 11,
     "blobs.files": 11,
+    "blobs.folderfacts": 12,
     "blobs.completion": 9,
     "blobs.eviction": 9,
     "blobs.orphans": 5,

@@ -14,8 +14,10 @@ from support.modelformats import split_safetensors
 from modelfs.errors import ManifestInvalid
 from modelfs.formats.digest import Digest
 from modelfs.formats.safetensors import (
+    DTYPE_BITS,
     SINGLE_FILENAME,
     combine,
+    ollama_quantized,
     parse_header,
     safetensors_facts,
     tensors_of,
@@ -154,3 +156,31 @@ def test_facts_from_headers_and_config_json():
     assert facts.xattrs()["user.modelfs.safetensors.dtypes"] == b"F32,I64,F16,BOOL"
     bare = safetensors_facts([header], b"not json")
     assert (bare.architecture, bare.context_length) == (None, None)
+
+
+def _tensors(spec: dict[str, tuple[str, list[int]]]):
+    header = {}
+    at = 0
+    for name, (dtype, shape) in spec.items():
+        n = int(np.prod(shape)) * DTYPE_BITS[dtype] // 8
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [at, at + n]}
+        at += n
+    blob = st_file(header, bytes(at))
+    return parse_header(blob, len(blob), "q").tensors
+
+
+def test_ollama_and_mlx_quantized_tensors_are_told_from_hugging_face_ones():
+    # Hugging Face: a layer's bias beside its weight; GPTQ's qweight/scales names.
+    hf = {"l.weight": ("F32", [4, 4]), "l.bias": ("F32", [4]), "g.qweight": ("I32", [2, 4])}
+    assert not ollama_quantized(_tensors(hf))
+    # Ollama: the weight's own .scale and .bias beside it.
+    ollama = {
+        "l.weight": ("U8", [4, 2]),
+        "l.weight.scale": ("F32", [4]),
+        "l.weight.bias": ("F32", [4]),
+    }
+    assert ollama_quantized(_tensors(ollama))
+    # MLX: weights packed in U32.
+    assert ollama_quantized(_tensors({"l.weight": ("U32", [4, 1]), "l.scales": ("F16", [4, 1])}))
+    facts = safetensors_facts([parse_header(st_file({}), None, "e")], None)
+    assert not facts.ollama_quantized and "user.modelfs.safetensors.quantized" not in facts.xattrs()
