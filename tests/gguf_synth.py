@@ -289,6 +289,53 @@ def smollm2_gguf_path() -> Path:
     return target
 
 
+SMOLLM2_SHARDS = 3
+
+
+def smollm2_shards_path(count: int = SMOLLM2_SHARDS) -> list[Path]:
+    """SmolLM2 split into ``count`` GGUF shards by gguf-py's ``GGUFWriter(split_max_tensors=…)``
+    (names ``smollm2-0000i-of-0000N.gguf``, the split KVs in each), in order; made once under
+    ``.cache/models``, in a folder named by the source's size and the count."""
+    import gguf  # gguf-py: only the tests that split a model need it
+
+    source = smollm2_gguf_path()
+    folder = CACHE_DIR / "models" / f"smollm2-split-{source.stat().st_size}-{count}"
+    names = [folder / f"smollm2-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+    if all(n.is_file() for n in names):
+        return names
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    # Temp folder + rename: a concurrent or interrupted run never sees half a split.
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        per_shard = -(-len(reader.tensors) // count)
+        writer = gguf.GGUFWriter(tmp / "smollm2.gguf", arch, split_max_tensors=per_shard)
+        for field in reader.fields.values():
+            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+                continue
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+        for t in reader.tensors:
+            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in reader.tensors:
+            writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+        writer.close()
+        written = sorted(p.name for p in tmp.iterdir())
+        if written != [n.name for n in names]:
+            raise RuntimeError(f"gguf-py wrote {written}, not {count} shards")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return names
+
+
 if __name__ == "__main__":
     # `python tests/gguf_synth.py smollm2` prints the SmolLM2 path (the demo and benchmark use it);
     # `python tests/gguf_synth.py synthetic PATH BYTES [SEED]` writes a synthetic model.

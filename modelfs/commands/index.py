@@ -1,6 +1,8 @@
 """``modelfs index``: publish a chunk index beside a model that has none, leaving the model as is.
 
-The model's large layers are read once (from the cache when they are there, else
+One artifact covers every layer of the model over one chunk: a GGUF's weights, each
+file of a model folder, a tar layer, each of Ollama's tensor blobs (the mount looks up
+each layer's blob in it, by digest). The model's large layers are read once (from the cache when they are there, else
 streamed from the registry) and checked against their digests while their chunk
 digests (BLAKE3, as ``modelfs create`` writes them) are computed. The index is
 pushed as an OCI artifact whose ``subject`` is the model's manifest
@@ -52,7 +54,11 @@ async def index(
     if manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX):
         progress.result(f"{name} carries its own chunk index: nothing to publish")
         return None
-    large = [layer for layer in manifest.layers if layer.size > CHUNK_BYTES]
+    # Every layer over a chunk, whatever the model's layout (a weights file, a tar layer, a
+    # tensor blob), once per blob: a file a model lists at two paths is indexed once.
+    large = list(
+        {layer.digest: layer for layer in manifest.layers if layer.size > CHUNK_BYTES}.values()
+    )
     if not large:
         progress.result(f"{name} has no layer over {human_bytes(CHUNK_BYTES)}: nothing to index")
         return None

@@ -1,6 +1,7 @@
 """llama.cpp (llama-cpp-python, mmap on) runs SmolLM2 from a cold mount, and again after the
 daemon is killed mid-load and the mount restarted over the same cache: the same completion as
-from the local file, each byte fetched once."""
+from the local file, each byte fetched once. SmolLM2 split into GGUF shards and pushed as
+Docker Model Runner pushes them loads from its first shard through the mount all the same."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from gguf_synth import smollm2_shards_path
 from mount.test_mount import TAG_DIR, model_records, wait_for
+from support.modelformats import dmr_v01_gguf, push
 from support.mount import run_modelfs
 
 from modelfs.blobs.partial import present_bytes_in_state
@@ -136,3 +139,26 @@ def test_llama_cpp_after_the_daemon_is_killed_mid_load_and_the_mount_restarted(
     fetched = sum(r.body_bytes for r in model_records(proxy, model_hex))
     assert fetched <= size - saved, f"refetched chunks saved before the kill: {fetched}"
     wait_for((m2.cache / "blobs" / f"sha256-{model_hex}").exists, "the blob to be published")
+
+
+def test_llama_cpp_loads_a_sharded_gguf_from_its_first_shard_through_the_mount(
+    proxy, registry, mount_factory, local_run, tmp_path
+):
+    shards = smollm2_shards_path()
+    art = dmr_v01_gguf(shards)
+    push(registry.host, "library/smollm2-split", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "library/smollm2-split/latest"
+    # DMR's names are llama.cpp's split names (<prefix>-%05d-of-%05d.gguf): from the first
+    # shard it finds the others beside it.
+    names = [f"model-{i:05d}-of-{len(shards):05d}.gguf" for i in range(1, len(shards) + 1)]
+    assert sorted(p for p in os.listdir(tag) if not p.startswith(".")) == names
+    for name, shard in zip(names, shards, strict=True):
+        assert os.stat(tag / name).st_size == shard.stat().st_size, name
+    proxy.reset()
+    run = llama(tag / names[0], "--ctx", str(MODEL_CTX), tmp=tmp_path)
+    assert run["text"] == local_run["text"]
+    for shard in shards:
+        hex_ = Digest.of_bytes(shard.read_bytes()).hex
+        fetched = sum(r.body_bytes for r in model_records(proxy, hex_))
+        assert fetched == shard.stat().st_size, f"{shard.name}: {fetched} bytes fetched"

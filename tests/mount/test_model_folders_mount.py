@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 from mount.test_mount import wait_for
 from safetensors.numpy import load_file
 from support.modelformats import dmr_v01, dmr_v02, modelpack, ollama_tensors, push, walk
+from support.mount import run_modelfs
 
+from modelfs.formats.chunks import CHUNK_BYTES
 from modelfs.fs.mountctl import blobs_view_path
 
 SIDE_FILES = [".modelfs/config.json", ".modelfs/manifest.json"]
@@ -212,4 +215,84 @@ def test_modelpack_tar_layers_show_their_members(proxy, registry, mount_factory,
         if p != "model.safetensors":
             assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
     # A member of a 90 MB tar blob: a range of it, read through the blob's own handle.
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+INDEXED_BUILDS = {"dmr-v0.2": dmr_v02, "modelpack-tar": lambda f: modelpack(f, raw=False)}
+
+
+@pytest.mark.parametrize("kind", list(INDEXED_BUILDS))
+def test_an_index_published_beside_a_folder_model_makes_its_weights_lazy_and_verified(
+    proxy, registry, mount_factory, minilm, tmp_path, kind
+):
+    """``modelfs index`` of a folder pushed without an index (model.safetensors a layer of
+    its own, or a member of a tar layer): a fresh mount reads one tensor's range of it chunk
+    by chunk, each chunk checked against the published index."""
+    art = INDEXED_BUILDS[kind](minilm)
+    repo = f"folders/minilm-indexed-{kind.replace('.', '-')}"
+    push(registry.host, repo, "latest", art)
+    name = f"{registry.host}/{repo}:latest"
+    result = run_modelfs("index", name, "--cache", str(tmp_path / "indexing"))
+    assert "published a chunk index of" in result.stderr + result.stdout
+
+    weights = (minilm / "model.safetensors").read_bytes()
+    big = max(art.blobs, key=lambda d: len(art.blobs[d]))
+    weights_hex = big.removeprefix("sha256:")
+    at = art.blobs[big].find(weights[:4096])  # where the file starts in its layer's blob
+    assert at >= 0
+    (n,) = struct.unpack_from("<Q", weights)
+    header = json.loads(weights[8 : 8 + n])
+    # A tensor well inside the file, past the first chunks.
+    start, end = max(
+        (8 + n + t["data_offsets"][0], 8 + n + t["data_offsets"][1])
+        for k, t in header.items()
+        if k != "__metadata__" and t["data_offsets"][1] - t["data_offsets"][0] < CHUNK_BYTES
+    )
+
+    proxy.reset()
+    m = mount_factory()
+    m.expect_log(r"does not match the chunk index \(published-index\); fetching it once more")
+    m.expect_log(r"failed its check twice; not trusting the published-index for this blob")
+    m.expect_log(r"whole-blob sha256 is .* discarding the fetched data")
+    path = m.mountpoint / proxy.host / repo / "latest/model.safetensors"
+    if kind == "dmr-v0.2":  # a file that is a whole layer says how it is checked
+        assert os.getxattr(path, "user.modelfs.verify") == b"published-index"
+    with open(path, "rb") as f:
+        assert os.pread(f.fileno(), end - start, start) == weights[start:end]
+    fetched = proxy.blob_bytes(weights_hex)
+    # The tensor's chunks, and a tar layer's first chunk for its members' headers.
+    assert 0 < fetched <= 3 * CHUNK_BYTES < len(weights) // 4, f"fetched {fetched} bytes"
+
+    # A flipped byte in another chunk of the same blob is caught by that chunk's digest.
+    flip = len(weights) // 2
+    assert not start - CHUNK_BYTES <= flip < end + CHUNK_BYTES
+    proxy.set_faults([{"path": weights_hex, "flip_at": at + flip}])
+    with open(path, "rb") as f, pytest.raises(OSError) as info:
+        os.pread(f.fileno(), 4096, flip)
+    assert info.value.errno == errno.EIO
+    proxy.clear_faults()
+    with open(path, "rb") as f:
+        assert os.pread(f.fileno(), 4096, flip) == weights[flip : flip + 4096]
+
+
+def test_an_index_published_beside_ollama_tensor_blobs_makes_their_layout_lazy(
+    proxy, registry, mount_factory, minilm, tmp_path
+):
+    """Without an index the largest tensor blob is fetched whole before its header is
+    trusted (above); with one published beside the model, listing the folder reads one
+    verified chunk of it, and a tensor's bytes are read from the blob's middle."""
+    art = ollama_tensors(minilm)
+    push(registry.host, "folders/minilm-tensors-indexed", "latest", art)
+    name = f"{registry.host}/folders/minilm-tensors-indexed:latest"
+    result = run_modelfs("index", name, "--cache", str(tmp_path / "indexing"))
+    assert "published a chunk index of" in result.stderr + result.stdout
+    big = max(art.blobs, key=lambda d: len(art.blobs[d]))
+    assert len(art.blobs[big]) > 4 * CHUNK_BYTES
+
+    proxy.reset()
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-tensors-indexed/latest"
+    assert "model.safetensors" in os.listdir(tag)
+    listed = proxy.blob_bytes(big.removeprefix("sha256:"))
+    assert 0 < listed <= CHUNK_BYTES, f"listing fetched {listed} bytes of the largest tensor"
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")

@@ -9,6 +9,7 @@ as the tool lays it out (docs/formats.md, the reference in /work/shared/referenc
 - ``dmr_v01``: the same before 2026-02 — sorted ``.safetensors`` layers (no annotations),
   a ``vllm.config.tar`` of the top-level config files by basename, and one ``dir.tar``
   per subdirectory (names ``subdir/…``);
+- ``dmr_v01_gguf``: ``docker model package --gguf`` of a sharded GGUF before 2026-02;
 - ``modelpack``: ``modctl build`` (``--raw`` by default: ``.raw`` layers; ``raw=False``:
   one-file ``.tar`` layers), config files, then weights, then docs, sorted by path;
 - ``ollama_tensors``: ``ollama create --experimental`` — every tensor of every
@@ -196,6 +197,14 @@ def dmr_v01(folder: Path) -> Artifact:
     for sub in sorted({p.split("/", 1)[0] for p in paths if "/" in p}):
         members = [(p, p) for p in paths if p.startswith(sub + "/")]
         layers.append(_descriptor(art, tar_of(folder, members), DMR + "dir.tar"))
+    return _oci(art, _dmr_config(art, layers, DMR + "model.config.v0.1+json"), layers)
+
+
+def dmr_v01_gguf(shards: list[Path]) -> Artifact:
+    """``docker model package --gguf FIRST-SHARD`` before 2026-02: one ``gguf.v3`` layer per
+    shard in shard order, no annotations (the mount names them ``model-0000i-of-0000N.gguf``)."""
+    art = Artifact(b"", OCI_MANIFEST)
+    layers = [_descriptor(art, p.read_bytes(), DMR + "gguf.v3") for p in shards]
     return _oci(art, _dmr_config(art, layers, DMR + "model.config.v0.1+json"), layers)
 
 
