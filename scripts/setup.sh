@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what modelfs needs on Debian (FUSE 3, a C and C++ toolchain and cmake for pyfuse3 and
 # llama-cpp-python, docker-registry for the demo and tests, apache2-utils for the htpasswd that
-# writes the tests' bcrypt password files, nginx for the read mirror in mirror/ and its tests)
-# and creates .venv with modelfs and its test tools. Safe to run again.
+# writes the tests' bcrypt password files, nginx for the read mirror in mirror/ and its tests,
+# skopeo to read back what push writes) and creates .venv with modelfs and its test tools.
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl nginx tmux)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc g++ cmake python3-dev python3-venv docker-registry apache2-utils curl nginx tmux skopeo)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
