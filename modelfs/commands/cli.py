@@ -248,6 +248,18 @@ def cmd_create(args: argparse.Namespace) -> int:
         if value
     ]
     modelfile = args.file
+    if args.dir is not None:
+        from modelfs.commands.folderstore import create_from_folder
+
+        if companions:
+            raise UsageError(f"{', '.join(companions)} go with --gguf, not --dir")
+        manifest = create_from_folder(
+            cache, name, Path(args.dir), format=args.format, chunk_index=not args.no_chunk_index
+        )
+        print(f"created {name} ({manifest.digest}, {human_bytes(manifest.total_bytes)})")
+        return 0
+    if args.format is not None and args.gguf is not None:
+        raise UsageError("--format goes with --dir (push --format docker for a GGUF model)")
     if modelfile is None and args.gguf is None:
         if not Path("Modelfile").is_file():
             raise UsageError("create needs --gguf FILE or -f Modelfile (no ./Modelfile here)")
@@ -258,7 +270,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                 f"{', '.join(companions)} go with --gguf; with -f, say it in the Modelfile"
             )
         manifest = create_from_modelfile(
-            cache, name, Path(modelfile), chunk_index=not args.no_chunk_index
+            cache, name, Path(modelfile), chunk_index=not args.no_chunk_index, format=args.format
         )
     else:
         manifest = create_model(
@@ -740,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_status)
 
     sp = sub.add_parser(
-        "create", help="create a model in the cache from a GGUF file or a Modelfile"
+        "create",
+        help="create a model in the cache from a GGUF file, a model folder or a Modelfile",
     )
     sp.add_argument("name")
     source = sp.add_mutually_exclusive_group()
@@ -751,6 +764,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODELFILE",
         help="an Ollama Modelfile (default: ./Modelfile when there is no --gguf)",
     ).complete = FILE  # type: ignore[attr-defined]
+    source.add_argument(
+        "--dir",
+        metavar="FOLDER",
+        help="a Hugging Face model folder (safetensors or GGUF, configs, tokenizer, subfolders)",
+    )
+    sp.add_argument(
+        "--format",
+        choices=("docker", "cncf", "ollama"),
+        help="layout of a model folder (--dir, or a Modelfile FROM a folder): cncf (default: "
+        "ModelPack, read by Docker Model Runner and modctl), docker (Docker Model Runner "
+        "v0.2) or ollama (Ollama's tensor format: tensors and top-level JSON files only)",
+    )
     sp.add_argument("--template", metavar="FILE")
     sp.add_argument("--system", metavar="TEXT")
     sp.add_argument("--params", metavar="JSON|FILE")
@@ -785,10 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sp.add_argument(
                 "--format",
-                choices=("ollama", "docker"),
-                default="ollama",
-                help="ollama: the cached manifest as it is; docker: a Docker Model Runner "
-                "artifact (OCI manifest, the same GGUF blob) that `docker model pull` can run",
+                choices=("docker", "cncf", "ollama"),
+                help="default: the cached manifest as it is; docker: a Docker Model Runner "
+                "artifact (of a GGUF model: an OCI manifest over the same GGUF blob); for a "
+                "model folder also cncf (ModelPack) and ollama (Ollama's tensor format)",
             )
         cache_arg(sp)
         registry_args(sp)

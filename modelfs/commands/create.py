@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelfs.blobs.blobcache import BlobCache
+from modelfs.commands import folderstore
 from modelfs.errors import CacheError, GGUFInvalid, ManifestInvalid, NameInvalid, UsageError
 from modelfs.formats.chattemplates import ollama_template
 from modelfs.formats.chunks import (
@@ -151,19 +152,28 @@ def create_from_modelfile(
     chunk_bytes: int = CHUNK_BYTES,
     chunk_index: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    format: str | None = None,
 ) -> Manifest:
     """``modelfs create NAME -f Modelfile``: the layers ``ollama create`` writes for it.
 
-    FROM is a GGUF file (a path, relative to the Modelfile's directory) or a model complete
-    in the cache, whose layers are the base: TEMPLATE, SYSTEM, LICENSE and MESSAGE replace
-    the base's, PARAMETER values are merged into its params (the Modelfile's win), ADAPTER
-    files are added. A second FROM that is a CLIP GGUF becomes the projector.
+    FROM is a model folder (commands/folderstore.py, laid out as ``format``), a GGUF file
+    (a path, relative to the Modelfile's directory) or a model complete in the cache, whose
+    layers are the base: TEMPLATE, SYSTEM, LICENSE and MESSAGE replace the base's, PARAMETER
+    values are merged into its params (the Modelfile's win), ADAPTER files are added. A
+    second FROM that is a CLIP GGUF becomes the projector.
     """
     mf = parse_modelfile(_read_text(modelfile, "Modelfile", MAX_MODELFILE_BYTES))
     where = f"{modelfile} line {mf.from_line}: FROM"
     if mf.drafts:
         raise ModelfileInvalid(f"{modelfile}: DRAFT models are not supported by modelfs create")
     base_dir = modelfile.parent
+    if (folder := folderstore.modelfile_folder(mf.from_, base_dir)) is not None:
+        folderstore.check_folder_modelfile(mf, f"{modelfile}")
+        return folderstore.create_from_folder(
+            cache, name, folder, format=format, chunk_bytes=chunk_bytes, chunk_index=chunk_index
+        )
+    if format is not None:
+        raise UsageError(f"{where} {mf.from_} is not a folder: --format is for model folders")
     weights = _local_path(mf.from_, base_dir, where)
     base: Manifest | None = None
     if weights is None:

@@ -28,6 +28,7 @@ from modelfs.formats.manifest import (
     MEDIA_TYPE_CHUNK_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
     Layer,
+    Manifest,
     parse_manifest,
 )
 from modelfs.formats.names import Name
@@ -69,6 +70,20 @@ async def index(
         hashes = await _chunk_hashes(cache, registry, name, layer, progress)
         progress.done(layer.digest.short, layer.size, "indexed")
         blobs.append(BlobChunks(layer.digest, layer.size, CHUNK_BYTES, hashes, "blake3"))
+    digest, raw_index = await publish_index(cache, registry, name, manifest, blobs)
+    chunks = sum(len(b.hashes) for b in blobs)
+    progress.result(
+        f"published a chunk index of {name} ({chunks} chunks, {human_bytes(len(raw_index))}) "
+        f"beside {manifest.digest} as {digest}"
+    )
+    return digest
+
+
+async def publish_index(
+    cache: BlobCache, registry: Registry, name: Name, manifest: Manifest, blobs: list[BlobChunks]
+) -> tuple[Digest, bytes]:
+    """Push the chunk index of ``blobs`` as an artifact whose subject is ``manifest`` (on the
+    registry already); its digest and the index's bytes."""
     raw_index = serialize_chunk_index(CHUNK_BYTES, blobs)
     index_layer = Layer(Digest.of_bytes(raw_index), MEDIA_TYPE_CHUNK_INDEX, len(raw_index))
     for data in (raw_index, EMPTY_CONFIG):
@@ -90,12 +105,7 @@ async def index(
             MEDIA_TYPE_OCI_INDEX,
             reference=referrers_tag(manifest.digest),
         )
-    chunks = sum(len(b.hashes) for b in blobs)
-    progress.result(
-        f"published a chunk index of {name} ({chunks} chunks, {human_bytes(len(raw_index))}) "
-        f"beside {manifest.digest} as {digest}"
-    )
-    return digest
+    return digest, raw_index
 
 
 async def _chunk_hashes(
@@ -103,7 +113,7 @@ async def _chunk_hashes(
 ) -> tuple[bytes, ...]:
     """The BLAKE3 digest of each chunk of ``layer``'s blob, whose sha256 is checked on the way."""
     if await trio.to_thread.run_sync(cache.has_blob, layer.digest, layer.size):
-        return await trio.to_thread.run_sync(_hash_cached, cache, layer)
+        return await trio.to_thread.run_sync(hash_cached, cache, layer)
     hashes: list[bytes] = []
     whole = hashlib.sha256()
     received = 0
@@ -147,7 +157,7 @@ async def _chunk_hashes(
     return tuple(hashes)
 
 
-def _hash_cached(cache: BlobCache, layer: Layer) -> tuple[bytes, ...]:
+def hash_cached(cache: BlobCache, layer: Layer) -> tuple[bytes, ...]:
     hashes: list[bytes] = []
     whole = hashlib.sha256()
     with open(cache.blob_path(layer.digest), "rb") as f:

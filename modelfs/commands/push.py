@@ -29,6 +29,12 @@ import trio
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.commands.progress import Progress, human_bytes
+from modelfs.commands.pushfolder import (
+    FORMAT_WORDS,
+    as_format,
+    is_folder_model,
+    publish_folder_index,
+)
 from modelfs.errors import CacheError, ModelfsError, ModelNotFound, RegistryError, UsageError
 from modelfs.formats.digest import Digest
 from modelfs.formats.dockermodel import docker_model, is_docker_model, weights_layer
@@ -39,7 +45,7 @@ from modelfs.registry.client import Registry
 
 log = logging.getLogger(__name__)
 
-PUSH_FORMATS = ("ollama", "docker")
+PUSH_FORMATS = ("ollama", "docker", "cncf")
 # Repositories offered a mount of one blob before it is uploaded: each costs a request (and
 # with token auth a token), and a cached manifest is a good guess, not a promise.
 MAX_MOUNT_SOURCES = 3
@@ -52,17 +58,19 @@ async def push(
     progress: Progress,
     *,
     source: Name | None = None,
-    format: str = "ollama",
+    format: str | None = None,
     created: datetime | None = None,
 ) -> Manifest:
     """Push the cached model; the manifest put on the registry.
 
-    ``format`` is ``"ollama"`` (the cached manifest as it is) or ``"docker"`` (a Docker
-    Model Runner artifact of it); ``created`` is the Docker config's creation time,
+    ``format`` is None (the cached manifest as it is), ``"ollama"`` (a GGUF model as it
+    is; a model folder in Ollama's tensor format), ``"docker"`` (a Docker Model Runner
+    artifact: v0.1 of a GGUF model, v0.2 of a folder) or ``"cncf"`` (a ModelPack artifact
+    of a folder, commands/pushfolder.py); ``created`` is the config's creation time,
     by default when the model's manifest was written to the cache, so pushing the
     same cached model again gives the same manifest.
     """
-    if format not in PUSH_FORMATS:
+    if format is not None and format not in PUSH_FORMATS:
         raise UsageError(f"unknown push format {format!r}: use one of {', '.join(PUSH_FORMATS)}")
     cached = name
     raw = await trio.to_thread.run_sync(cache.read_manifest, name)
@@ -73,8 +81,18 @@ async def push(
         which = f"{name} or {source}" if source else str(name)
         raise ModelNotFound(f"model {which} is not in the cache at {cache.root}; create or pull it")
     manifest = parse_manifest(raw)
-    if format == "docker":
+    folder = is_folder_model(manifest)
+    if folder and format is not None:
+        if created is None:
+            created = await trio.to_thread.run_sync(_cached_at, cache, cached)
+        manifest = await as_format(cache, cached, manifest, format, created)
+    elif format == "docker":
         manifest = await _as_docker(cache, cached, manifest, created)
+    elif format == "cncf":
+        raise UsageError(
+            f"{cached} is not a model folder: --format cncf is for models made of files "
+            "(create --dir)"
+        )
     mount_from = source if source is not None and source.host.lower() == name.host.lower() else None
     if source is not None and mount_from is None:
         log.warning(
@@ -85,11 +103,16 @@ async def push(
         cache, registry, name, manifest.blobs, progress, mount_from, found_in
     )
     await registry.put_manifest(name, manifest.raw, manifest.media_type)
+    index = await publish_folder_index(cache, registry, name, manifest) if folder else None
     parts = [f"{human_bytes(uploaded)} uploaded"]
     if mounted:
         parts.append(f"{human_bytes(mounted)} mounted")
     parts.append(f"{human_bytes(present)} already there")
     what = " as a Docker model" if format == "docker" else ""
+    if folder and format is not None:
+        what = " " + FORMAT_WORDS[format]
+    if index is not None:
+        parts.append(f"chunk index {index.short} beside it")
     progress.result(f"pushed {name}{what} ({manifest.digest}): {', '.join(parts)}")
     return manifest
 

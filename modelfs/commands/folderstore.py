@@ -1,0 +1,438 @@
+"""A model folder written into the cache as one registry layout (formats/folderpack.py).
+
+``modelfs create NAME --dir FOLDER`` (and a Modelfile whose FROM is a folder) walks the
+folder as Docker Model Runner walks it (lexical order, hidden entries and symlinks skipped),
+copies each file into ``blobs/`` and writes the manifest of the chosen format last.
+``push --format`` of such a model lays the cached files out again in another format
+(``layout_cached``): Docker and ModelPack artifacts share their blobs, so only a config
+blob is written; Ollama's tensor format needs each tensor as a blob of its own, written
+from the cached files. Every blob over one chunk gets its chunk digests kept as a local
+chunk index (``.modelfs/indexes``), which a push publishes beside the manifest
+(commands/folderindex.py): the manifest itself stays exactly what the tool writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from modelfs.blobs.blobcache import BlobCache, os_error
+from modelfs.errors import CacheError, GGUFInvalid, InputInvalid, ManifestInvalid, UsageError
+from modelfs.formats import artifacts as a
+from modelfs.formats import folderpack as fp
+from modelfs.formats.chunks import (
+    CHUNK_BYTES,
+    DEFAULT_CHUNK_ALGORITHM,
+    BlobChunks,
+    chunk_hash,
+    serialize_chunk_index,
+)
+from modelfs.formats.digest import Digest
+from modelfs.formats.dockermodel import architecture_text, context_size, quantization_text
+from modelfs.formats.files import SIDE_DIR, ModelTree, files_of
+from modelfs.formats.gguf import read_gguf_file
+from modelfs.formats.manifest import Layer, Manifest, parse_manifest
+from modelfs.formats.modelfile import Modelfile, ModelfileInvalid
+from modelfs.formats.names import Name
+from modelfs.formats.safetensors import (
+    MAX_HEADER_BYTES,
+    SafetensorsHeader,
+    TensorInfo,
+    header_length,
+    parse_header,
+    safetensors_facts,
+)
+
+log = logging.getLogger(__name__)
+
+COPY_BYTES = 4 << 20
+MAX_CONFIG_JSON_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file of the model and where its bytes are: in the folder, or a blob of the cache."""
+
+    file: fp.FolderFile
+    where: Path
+    layer: Layer | None = None  # the blob, when it is already in the cache
+
+
+def _walk(folder: Path, prefix: str = "") -> Iterator[Source]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise CacheError(f"cannot read {folder}: {e.strerror}") from None
+    for entry in entries:
+        if entry.name.startswith(".") or entry.is_symlink():
+            continue  # as DMR's walk: hidden entries and links are not the model's
+        path = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), path + "/")
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            log.warning("%s is not a regular file: left out", entry.path)
+            continue
+        yield Source(
+            fp.FolderFile(path, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns),
+            Path(entry.path),
+        )
+
+
+def walk_folder(folder: Path) -> list[Source]:
+    """The folder's files in Docker Model Runner's walk order; refused without weights."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a directory")
+    sources = list(_walk(folder))
+    if not any(s.file.path.lower().endswith(fp.WEIGHT_SUFFIXES) for s in sources):
+        raise InputInvalid(
+            f"{folder} holds no weights (no .safetensors, .gguf or .dduf file): not a model folder"
+        )
+    return sources
+
+
+def _read_prefix(path: Path, length: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(length)
+    except OSError as e:
+        raise CacheError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _safetensors_header(source: Source) -> SafetensorsHeader:
+    where = source.file.path
+    try:
+        head = _read_prefix(source.where, 8)
+        n = header_length(head, where)
+        if n > MAX_HEADER_BYTES:
+            raise ManifestInvalid(f"{where}: a safetensors header of {n} bytes")
+        return parse_header(_read_prefix(source.where, 8 + n), source.file.size, where)
+    except ManifestInvalid as e:
+        raise InputInvalid(f"{e} (not a safetensors file?)") from None
+
+
+def folder_facts(sources: list[Source]) -> fp.FolderFacts:
+    """What the configs say: from the safetensors headers and config.json, else the first
+    GGUF file's header."""
+    tensors = [s for s in sources if s.file.path.endswith(".safetensors")]
+    if tensors:
+        headers = [_safetensors_header(s) for s in tensors]
+        config = next((s for s in sources if s.file.path == "config.json"), None)
+        config_json = None
+        if config is not None and config.file.size <= MAX_CONFIG_JSON_BYTES:
+            config_json = _read_prefix(config.where, MAX_CONFIG_JSON_BYTES)
+        facts = safetensors_facts(headers, config_json)
+        return fp.FolderFacts(
+            format="safetensors",
+            parameters=facts.parameter_count,
+            tensor_count=facts.tensor_count,
+            dtypes=facts.dtypes,
+            weights_bytes=sum(s.file.size for s in tensors),
+            architecture=facts.model_type or facts.architecture,
+            safetensors_format=(headers[0].metadata or {}).get("format"),
+            context_size=facts.context_length,
+        )
+    ggufs = [s for s in sources if s.file.path.endswith(".gguf")]
+    if not ggufs:
+        raise InputInvalid("the model has no .safetensors or .gguf weights to describe it")
+    try:
+        info = read_gguf_file(ggufs[0].where)
+    except GGUFInvalid as e:
+        raise InputInvalid(f"{ggufs[0].file.path}: {e}") from None
+    return fp.FolderFacts(
+        format="gguf",
+        parameters=info.parameter_count,
+        tensor_count=len(info.tensors),
+        dtypes=(),
+        weights_bytes=sum(s.file.size for s in ggufs),
+        architecture=architecture_text(info),
+        quantization=quantization_text(info),
+        context_size=context_size(info),
+    )
+
+
+class _Chunker:
+    """A blob written in pieces: its sha256 and the digests of its chunks."""
+
+    def __init__(self, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.whole = hashlib.sha256()
+        self.hashes: list[bytes] = []
+        self.pending = bytearray()
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.whole.update(data)
+        self.size += len(data)
+        self.pending += data
+        while len(self.pending) >= self.chunk_bytes:
+            self.hashes.append(
+                chunk_hash(DEFAULT_CHUNK_ALGORITHM, self.pending[: self.chunk_bytes])
+            )
+            del self.pending[: self.chunk_bytes]
+
+    def finish(self) -> tuple[Digest, tuple[bytes, ...]]:
+        if self.pending:
+            self.hashes.append(chunk_hash(DEFAULT_CHUNK_ALGORITHM, self.pending))
+            self.pending.clear()
+        return Digest(self.whole.hexdigest()), tuple(self.hashes)
+
+
+class _Store:
+    """Blobs into the cache, each blob over a chunk with its local chunk index."""
+
+    def __init__(self, cache: BlobCache, chunk_bytes: int, chunk_index: bool) -> None:
+        self.cache = cache
+        self.chunk_bytes = chunk_bytes
+        self.chunk_index = chunk_index
+
+    def _keep_index(self, digest: Digest, size: int, hashes: tuple[bytes, ...]) -> None:
+        if not self.chunk_index or size <= self.chunk_bytes:
+            return
+        chunks = BlobChunks(digest, size, self.chunk_bytes, hashes, DEFAULT_CHUNK_ALGORITHM)
+        self.cache.save_local_index(digest, serialize_chunk_index(self.chunk_bytes, [chunks]))
+
+    def file(self, source: Source) -> Layer:
+        """The source's bytes as a blob (already one: as it is)."""
+        if source.layer is not None:
+            return source.layer
+        imported = self.cache.import_file(source.where, self.chunk_bytes)
+        self._keep_index(imported.digest, imported.size, imported.chunk_hashes)
+        if imported.size != source.file.size:
+            raise CacheError(f"{source.where} changed while it was read")
+        return Layer(imported.digest, "", imported.size)
+
+    def bytes(self, data: bytes) -> Layer:
+        digest = Digest.of_bytes(data)
+        if not self.cache.has_blob(digest, len(data)):
+            self.cache.store_bytes(data, digest)
+        return Layer(digest, "", len(data))
+
+    def pieces(self, prefix: bytes, source: Path, offset: int, length: int) -> Layer:
+        """A blob of ``prefix`` and then ``length`` bytes of ``source`` from ``offset``."""
+        tmp = self.cache.temp_path()
+        chunker = _Chunker(self.chunk_bytes)
+        try:
+            with open(source, "rb") as fin, open(tmp, "xb") as fout:
+                fout.write(prefix)
+                chunker.add(prefix)
+                fin.seek(offset)
+                left = length
+                while left:
+                    data = fin.read(min(COPY_BYTES, left))
+                    if not data:
+                        raise CacheError(f"{source} ended early")
+                    fout.write(data)
+                    chunker.add(data)
+                    left -= len(data)
+                fout.flush()
+                os.fsync(fout.fileno())
+            digest, hashes = chunker.finish()
+            if self.cache.has_blob(digest, chunker.size):
+                tmp.unlink()
+            else:
+                self.cache.publish_file(tmp, digest)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise os_error(e, f"writing a tensor blob from {source}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._keep_index(digest, chunker.size, hashes)
+        return Layer(digest, "", chunker.size)
+
+
+def lay_out(
+    cache: BlobCache,
+    sources: list[Source],
+    fmt: str,
+    *,
+    created: datetime,
+    chunk_bytes: int = CHUNK_BYTES,
+    chunk_index: bool = True,
+) -> bytes:
+    """Store the blobs of ``sources`` laid out as ``fmt`` and return the manifest's bytes
+    (the manifest itself is not written: the caller says under which name, if any)."""
+    if fmt not in fp.FOLDER_FORMATS:
+        raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(fp.FOLDER_FORMATS)}")
+    facts = folder_facts(sources)
+    cache.prepare()
+    store = _Store(cache, chunk_bytes, chunk_index)
+    if fmt == fp.OLLAMA:
+        return _ollama(store, sources, facts)
+    layers = [fp.file_layer(store.file(s), s.file, fmt) for s in sources]
+    body = (fp.dmr_config if fmt == fp.DOCKER else fp.cncf_config)(facts, layers, created)
+    config = store.bytes(body)
+    config = Layer(config.digest, fp.config_media_type(fmt), config.size)
+    return fp.oci_manifest(config, layers, a.CNCF_ARTIFACT if fmt == fp.CNCF else None)
+
+
+def _ollama(store: _Store, sources: list[Source], facts: fp.FolderFacts) -> bytes:
+    if facts.format != "safetensors":
+        raise UsageError(
+            "Ollama's tensor format holds safetensors weights; create a GGUF model with --gguf"
+        )
+    tensors: dict[str, tuple[Source, int, TensorInfo]] = {}
+    for source in sources:
+        if not fp.ollama_tensor_file(source.file.path):
+            continue
+        header = _safetensors_header(source)
+        for t in header.tensors:
+            if t.name in tensors:
+                raise InputInvalid(
+                    f"tensor {t.name!r} is in both {tensors[t.name][0].file.path} and "
+                    f"{source.file.path}: Ollama's format names each tensor once"
+                )
+            tensors[t.name] = (source, header.data_start, t)
+    layers: list[Layer] = []
+    for name in sorted(tensors):
+        source, data_start, t = tensors[name]
+        prefix = fp.one_tensor_prefix(t)
+        blob = store.pieces(prefix, source.where, data_start + t.begin, t.nbytes)
+        layers.append(fp.tensor_layer(blob, name))
+    kept = {s.file.path for s in sources if fp.ollama_json_file(s.file.path)}
+    for source in sources:
+        if source.file.path in kept:
+            layers.append(fp.json_layer(store.file(source), source.file.path))
+    left_out = [
+        s.file.path
+        for s in sources
+        if s.file.path not in kept and not fp.ollama_tensor_file(s.file.path)
+    ]
+    if left_out:
+        log.warning(
+            "Ollama's tensor format keeps the tensors and the top-level JSON files only: "
+            "left out %s",
+            ", ".join(left_out),
+        )
+    body = store.bytes(fp.ollama_config(facts))
+    config = Layer(body.digest, fp.config_media_type(fp.OLLAMA), body.size)
+    return fp.ollama_manifest(config, layers)
+
+
+def create_from_folder(
+    cache: BlobCache,
+    name: Name,
+    folder: Path,
+    *,
+    format: str | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    chunk_index: bool = True,
+) -> Manifest:
+    """``modelfs create NAME --dir FOLDER``: the folder's files, then the manifest."""
+    fmt = format or fp.DEFAULT_FOLDER_FORMAT
+    sources = walk_folder(folder)
+    created = datetime.now(UTC).replace(microsecond=0)
+    raw = lay_out(
+        cache, sources, fmt, created=created, chunk_bytes=chunk_bytes, chunk_index=chunk_index
+    )
+    manifest = parse_manifest(raw)
+    cache.write_manifest(name, raw)
+    cache.unmark_lazy(name)  # created on purpose: pinned
+    log.info("created %s from %s as %s (%s)", name, folder, fmt, manifest.digest)
+    return manifest
+
+
+# -- push --format of a cached folder model --------------------------------------------------
+
+FOLDER_KINDS = {
+    a.Kind.DMR_V02: fp.DOCKER,
+    a.Kind.MODELPACK: fp.CNCF,
+    a.Kind.OLLAMA_TENSORS: fp.OLLAMA,
+}
+
+
+def format_of(manifest: Manifest) -> str | None:
+    """The folder format a cached manifest is in, or None (a GGUF model, DMR v0.1 …)."""
+    return FOLDER_KINDS.get(a.kind_of(manifest))
+
+
+def cached_sources(cache: BlobCache, manifest: Manifest, what: str) -> list[Source]:
+    """The files of a cached Docker or ModelPack model, each a whole blob of the cache."""
+    tree = files_of(manifest)
+    if not isinstance(tree, ModelTree):
+        raise UsageError(f"{what} has tar layers: only one-file layers can be laid out again")
+    sources = []
+    for f in tree.files:
+        if f.path.split("/", 1)[0] == SIDE_DIR:
+            continue
+        if f.layer is None:
+            raise UsageError(f"{what}: {f.path} is not a layer of its own; cannot lay it out again")
+        if not cache.has_blob(f.layer.digest, f.layer.size):
+            raise CacheError(f"{what}: {f.path} ({f.layer.digest.short}) is not in the cache")
+        mode = 0o644 if f.mode is None else f.mode
+        sources.append(
+            Source(
+                fp.FolderFile(f.path, f.size, mode, f.mtime_ns or 0),
+                cache.blob_path(f.layer.digest),
+                f.layer,
+            )
+        )
+    # Docker Model Runner's walk order: lexical within each directory, depth first.
+    return sorted(sources, key=lambda s: s.file.path.split("/"))
+
+
+def layout_cached(
+    cache: BlobCache, name: Name, manifest: Manifest, fmt: str, created: datetime
+) -> Manifest:
+    """The cached folder model ``manifest`` as ``fmt``; the cached model is not changed."""
+    have = format_of(manifest)
+    if have == fmt:
+        return manifest
+    if have == fp.OLLAMA:
+        raise UsageError(
+            f"{name} is in Ollama's tensor format, which keeps only the tensors and the "
+            f"top-level JSON files: create it again from its folder with --format {fmt}"
+        )
+    if have is None:
+        raise UsageError(f"{name} is not a model folder: --format {fmt} needs one")
+    sources = cached_sources(cache, manifest, str(name))
+    raw = lay_out(cache, sources, fmt, created=created)
+    log.info("%s laid out as %s", name, fmt)
+    return parse_manifest(raw)
+
+
+# -- a Modelfile whose FROM is a folder ------------------------------------------------------
+
+
+def modelfile_folder(text: str, base_dir: Path) -> Path | None:
+    """The folder a Modelfile's FROM names (``~`` expanded, relative to the Modelfile's
+    directory), or None when it names no directory."""
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    return path if path.is_dir() else None
+
+
+def check_folder_modelfile(mf: Modelfile, where: str) -> None:
+    """A folder is taken as it is: the Modelfile may say nothing else (Ollama's own
+    ``create`` of a folder keeps these in layers modelfs does not write for folders)."""
+    said = [
+        word
+        for word, value in (
+            ("TEMPLATE", mf.template),
+            ("SYSTEM", mf.system),
+            ("PARAMETER", mf.parameters),
+            ("LICENSE", mf.licenses),
+            ("MESSAGE", mf.messages),
+            ("ADAPTER", mf.adapters),
+            ("a second FROM", mf.more_from),
+            ("DRAFT", mf.drafts),
+            ("RENDERER", mf.renderer),
+            ("PARSER", mf.parser),
+            ("REQUIRES", mf.requires),
+        )
+        if value
+    ]
+    if said:
+        raise ModelfileInvalid(
+            f"{where}: FROM a folder takes the folder as it is; {', '.join(said)} "
+            "cannot go with it (put such files in the folder)"
+        )

@@ -1,0 +1,303 @@
+"""A model folder laid out as each tool lays it out in a registry: Docker Model Runner v0.2,
+CNCF ModelPack and Ollama's tensor format (``modelfs create --dir``, ``push --format``).
+
+Pure: it is given the folder's files (their paths, stat figures and, once stored, their
+blobs) and the facts read from their headers, and returns media types, annotations, config
+bodies and manifest bytes. Reading files and writing blobs is the command's
+(commands/folderstore.py). The layouts, from the reference in docs/formats.md:
+
+- ``docker``: ``docker model package --safetensors-dir`` (docker/model-runner
+  ``builder/from_directory.go``): one layer per file in the walk's lexical order,
+  ``files.Classify`` media types, the three ``org.cncf.model.*`` annotations, a
+  ``model.config.v0.2+json`` config whose ``rootfs.diff_ids`` are the layer digests, an
+  OCI manifest without ``artifactType``; Go's ``json.Marshal`` bytes.
+- ``cncf``: ``docker model package --format cncf`` (``modelpack/convert.go``): the same
+  layers and annotations, media types remapped to ``application/vnd.cncf.model.
+  {weight,weight.config,doc}.v1.raw``, ``artifactType`` ``…model.manifest.v1+json`` and a
+  ModelPack config (``descriptor``, ``config``, ``modelfs.diffIds``). It is what both
+  Docker Model Runner and modctl (``modctl extract``) read, hence the default.
+- ``ollama``: ``ollama create --experimental`` (``x/create``): every tensor of the
+  safetensors files as a one-tensor safetensors blob (header space-padded to a multiple of
+  8, data from offset 0) in tensor-name order, each descriptor carrying ``name``; every
+  top-level ``*.json`` but the shard index as ``image.json``; a ConfigV2 body; a Docker v2
+  manifest. Other files (subdirectories, ``tokenizer.model``, ``*.txt``) are not kept, as
+  Ollama keeps none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from modelfs.formats import artifacts as a
+from modelfs.formats.dockermodel import go_json, go_time, parameters_text
+from modelfs.formats.manifest import MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Layer
+from modelfs.formats.safetensors import HEADER_ALIGN_BYTES, INDEX_FILENAME, TensorInfo
+
+DOCKER, CNCF, OLLAMA = "docker", "cncf", "ollama"
+FOLDER_FORMATS = (DOCKER, CNCF, OLLAMA)
+# What ``create --dir`` writes unless told: readable by Docker Model Runner and modctl both.
+DEFAULT_FOLDER_FORMAT = CNCF
+MEDIA_TYPE_DOCKER_V2_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+UNTESTED_KEY = "org.cncf.model.file.mediatype.untested"
+FILEPATH_KEY = a.FILEPATH_KEYS[0]
+METADATA_KEY = a.METADATA_KEYS[0]
+# x/create: the Ollama version that reads the tensor format (ConfigV2 "requires").
+OLLAMA_TENSOR_REQUIRES = "0.19.0"
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".dduf")
+
+
+@dataclass(frozen=True)
+class FolderFile:
+    """A file of the folder: where it goes and what ``stat`` said of it."""
+
+    path: str  # relative, "/"-separated
+    size: int
+    mode: int  # permission bits
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class FolderFacts:
+    """What the configs say about the model, read from the weights' headers and config.json."""
+
+    format: str  # "safetensors" or "gguf"
+    parameters: int
+    tensor_count: int
+    dtypes: tuple[str, ...]  # most parameters first
+    weights_bytes: int  # the weight files' sizes, summed
+    architecture: str | None = None  # GGUF's general.architecture, config.json's model_type
+    quantization: str | None = None  # GGUF's file type name; else from the dtypes
+    safetensors_format: str | None = None  # __metadata__.format of the first file
+    context_size: int | None = None
+
+
+def dmr_media_type(path: str) -> str:
+    """Docker Model Runner's ``files.Classify`` of a file name."""
+    name = path.rsplit("/", 1)[-1].lower()
+    if name.endswith(".gguf"):
+        return a.DMR_GGUF
+    if name.endswith(".safetensors"):
+        return a.DMR_SAFETENSORS
+    if name.endswith(".dduf"):
+        return a.DMR_DDUF
+    if name.endswith(".jinja") or "chat_template" in name:
+        return a.DMR_CHAT_TEMPLATE
+    if any(word in name for word in ("license", "licence", "copying", "notice")):
+        return a.DMR_LICENSE
+    return a.DMR_FILE
+
+
+_CNCF_KINDS = {
+    a.DMR_GGUF: "weight",
+    a.DMR_SAFETENSORS: "weight",
+    a.DMR_DDUF: "weight",
+    a.DMR_MMPROJ: "weight",
+    a.DMR_LICENSE: "doc",
+}
+
+
+def cncf_media_type(dmr_type: str) -> str:
+    """``modelpack/convert.go``: weights to ``weight``, licenses to ``doc``, every other
+    file (configs, tokenizers, chat templates, READMEs) to ``weight.config``; all ``raw``."""
+    return f"application/vnd.cncf.model.{_CNCF_KINDS.get(dmr_type, 'weight.config')}.v1.raw"
+
+
+def go_time_ns(ns: int) -> str:
+    """A file's mtime as Go's ``time.Time`` JSON in UTC, nanoseconds kept."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    text = go_time(datetime.fromtimestamp(seconds, UTC))
+    if digits := f"{frac:09d}".rstrip("0"):
+        text = f"{text[:-1]}.{digits}Z"
+    return text
+
+
+def file_metadata(f: FolderFile) -> str:
+    """``org.cncf.model.file.metadata+json``: the tar-header-like FileMetadata of the file."""
+    return go_json(
+        {
+            "name": f.path.rsplit("/", 1)[-1],
+            "mode": f.mode & 0o777,
+            "uid": 0,
+            "gid": 0,
+            "size": f.size,
+            "mtime": go_time_ns(f.mtime_ns),
+            "typeflag": 0,
+        }
+    ).decode()
+
+
+def file_layer(layer: Layer, f: FolderFile, fmt: str) -> Layer:
+    """The stored blob of ``f`` as its layer in a ``docker`` or ``cncf`` artifact."""
+    dmr = dmr_media_type(f.path)
+    annotations = {  # Go marshals a map with its keys sorted
+        UNTESTED_KEY: "false",
+        METADATA_KEY: file_metadata(f),
+        FILEPATH_KEY: f.path,
+    }
+    return Layer(
+        layer.digest,
+        dmr if fmt == DOCKER else cncf_media_type(dmr),
+        layer.size,
+        annotations=tuple(sorted(annotations.items())),
+    )
+
+
+def _decimal_bytes(n: int) -> str:
+    """DMR's safetensors ``size``: 90868376 -> "90.87MB"."""
+    for base, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= base:
+            text = f"{n / base:.2f}"
+            return (text[:-3] if text.endswith(".00") else text) + unit + "B"
+    return f"{n}B"
+
+
+def quantization_of(facts: FolderFacts) -> str:
+    if facts.quantization:
+        return facts.quantization
+    return facts.dtypes[0] if len(facts.dtypes) == 1 else "mixed"
+
+
+def _descriptor(layer: Layer) -> dict[str, object]:
+    """go-containerregistry's ``v1.Descriptor`` field order."""
+    out: dict[str, object] = {
+        "mediaType": layer.media_type,
+        "size": layer.size,
+        "digest": str(layer.digest),
+    }
+    if layer.annotations:
+        out["annotations"] = dict(layer.annotations)
+    return out
+
+
+def dmr_config(facts: FolderFacts, layers: list[Layer], created: datetime) -> bytes:
+    """``types.ConfigFile`` for a v0.2 artifact (the same body as v0.1)."""
+    config: dict[str, object] = {
+        "format": facts.format,
+        "quantization": quantization_of(facts),
+        "parameters": parameters_text(facts.parameters),
+    }
+    if facts.format == "gguf" and facts.architecture:
+        config["architecture"] = facts.architecture
+    config["size"] = _decimal_bytes(facts.weights_bytes)
+    if facts.format == "safetensors":
+        config["safetensors"] = {
+            "format": facts.safetensors_format or "",
+            "tensor_count": str(facts.tensor_count),
+        }
+    if facts.context_size:
+        config["context_size"] = facts.context_size
+    return go_json(
+        {
+            "config": config,
+            "descriptor": {"created": go_time(created)},
+            "rootfs": {"type": "rootfs", "diff_ids": [str(layer.digest) for layer in layers]},
+        }
+    )
+
+
+def cncf_config(facts: FolderFacts, layers: list[Layer], created: datetime) -> bytes:
+    """The ModelPack config ``docker model package --format cncf`` writes."""
+    descriptor: dict[str, object] = {"createdAt": go_time(created)}
+    config: dict[str, object] = {}
+    if facts.architecture:
+        descriptor["family"] = facts.architecture
+        config["architecture"] = facts.architecture
+    config["format"] = facts.format
+    config["paramSize"] = parameters_text(facts.parameters)
+    config["quantization"] = quantization_of(facts)
+    return go_json(
+        {
+            "descriptor": descriptor,
+            "config": config,
+            "modelfs": {"type": "layers", "diffIds": [str(layer.digest) for layer in layers]},
+        }
+    )
+
+
+def oci_manifest(config: Layer, layers: list[Layer], artifact_type: str | None = None) -> bytes:
+    doc: dict[str, object] = {"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST}
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    doc["config"] = _descriptor(config)
+    doc["layers"] = [_descriptor(layer) for layer in layers]
+    return go_json(doc)
+
+
+def config_media_type(fmt: str) -> str:
+    return {DOCKER: a.DMR_CONFIG_V02, CNCF: a.CNCF_CONFIG, OLLAMA: MEDIA_TYPE_DOCKER_CONFIG}[fmt]
+
+
+# -- Ollama's tensor format ----------------------------------------------------------------
+
+
+def ollama_tensor_file(path: str) -> bool:
+    """A safetensors file whose tensors ``ollama create`` takes (one subdirectory level too)."""
+    return path.endswith(".safetensors") and path.count("/") <= 1
+
+
+def ollama_json_file(path: str) -> bool:
+    """A file ``ollama create --experimental`` keeps as an ``image.json`` layer."""
+    return "/" not in path and path.endswith(".json") and path != INDEX_FILENAME
+
+
+def one_tensor_prefix(tensor: TensorInfo) -> bytes:
+    """The first bytes of a one-tensor blob: u64le length, then the JSON header padded with
+    spaces to a multiple of 8; the tensor's data follows from offset 0."""
+    header = json.dumps(
+        {
+            tensor.name: {
+                "dtype": tensor.dtype,
+                "shape": list(tensor.shape),
+                "data_offsets": [0, tensor.nbytes],
+            }
+        },
+        separators=(",", ":"),
+    ).encode()
+    header += b" " * (-len(header) % HEADER_ALIGN_BYTES)
+    return struct.pack("<Q", len(header)) + header
+
+
+def tensor_layer(layer: Layer, tensor_name: str) -> Layer:
+    return Layer(layer.digest, a.OLLAMA_TENSOR, layer.size, name=tensor_name)
+
+
+def json_layer(layer: Layer, path: str) -> Layer:
+    return Layer(layer.digest, a.OLLAMA_JSON, layer.size, name=path)
+
+
+def ollama_config(facts: FolderFacts) -> bytes:
+    """ConfigV2 as ``x/create`` writes it for an unquantized safetensors model."""
+    doc = {
+        "model_format": "safetensors",
+        "file_type": "",
+        "capabilities": ["completion"],
+        "requires": OLLAMA_TENSOR_REQUIRES,
+        "architecture": "",
+        "os": "",
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def ollama_manifest(config: Layer, layers: list[Layer]) -> bytes:
+    """A Docker v2 manifest with Ollama's ``name`` on each layer (``manifest/layer.go``)."""
+
+    def obj(layer: Layer) -> dict[str, object]:
+        out: dict[str, object] = {
+            "mediaType": layer.media_type,
+            "digest": str(layer.digest),
+            "size": layer.size,
+        }
+        if layer.name is not None:
+            out["name"] = layer.name
+        return out
+
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_DOCKER_V2_MANIFEST,
+        "config": obj(config),
+        "layers": [obj(layer) for layer in layers],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()

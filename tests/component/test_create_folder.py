@@ -1,0 +1,259 @@
+"""``modelfs create --dir`` / ``FROM ./folder`` and ``push --format docker|cncf|ollama`` of a
+model folder: the layouts Docker Model Runner, ModelPack and Ollama write, pushed to a real
+docker-registry and read back by skopeo and oras-py, with the chunk index beside them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support.modelformats import CREATED, dmr_v02, ollama_tensors, walk
+from support.mount import one_line_error, run_modelfs
+
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.commands.folderstore import lay_out, walk_folder
+from modelfs.formats import artifacts as a
+from modelfs.formats.chunks import CHUNK_BYTES, parse_chunk_index
+from modelfs.formats.folderpack import cncf_media_type
+from modelfs.formats.manifest import (
+    MEDIA_TYPE_CHUNK_INDEX,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_MANIFEST,
+    parse_manifest,
+)
+from modelfs.formats.referrers import referrers_tag
+
+FORMATS = ("docker", "cncf", "ollama")
+ACCEPT = [MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST]
+
+
+def cached_manifest(cache: Path, name: str) -> bytes:
+    host, _, rest = name.partition("/")
+    repo, _, tag = rest.partition(":")
+    return (cache / "manifests" / host / repo / tag).read_bytes()
+
+
+def test_a_folder_laid_out_as_docker_is_what_docker_model_package_writes(minilm, tmp_path):
+    cache = BlobCache(tmp_path / "cache")
+    raw = lay_out(cache, walk_folder(minilm), "docker", created=CREATED)
+    # The test helper writes what `docker model package --safetensors-dir` writes: the same
+    # bytes, config included (format, parameters, size, tensor count, context size).
+    assert raw == dmr_v02(minilm).manifest
+    manifest = parse_manifest(raw)
+    for layer in manifest.blobs:
+        assert cache.has_blob(layer.digest, layer.size), layer
+    # Only the blob of model.safetensors is over a chunk: its chunk digests are kept.
+    big = [layer for layer in manifest.layers if layer.size > CHUNK_BYTES]
+    assert [a.filepath_of(layer) for layer in big] == ["model.safetensors"]
+    index = parse_chunk_index(cache.local_index_path(big[0].digest).read_bytes(), big)
+    assert len(index.blobs[big[0].digest].hashes) == -(-big[0].size // CHUNK_BYTES)
+
+
+def test_a_folder_laid_out_as_ollama_is_what_ollama_create_writes(minilm, tmp_path):
+    cache = BlobCache(tmp_path / "cache")
+    art = ollama_tensors(minilm)
+    raw = lay_out(cache, walk_folder(minilm), "ollama", created=CREATED)
+    # The same manifest, in the field order of Ollama's Go structs (manifest/layer.go:
+    # mediaType, digest, size, name; the helper writes OCI's order).
+    assert json.loads(raw) == json.loads(art.manifest)
+    assert raw.startswith(b'{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution')
+    assert b'"mediaType":"application/vnd.ollama.image.tensor","digest":"sha256:' in raw
+    # Every tensor blob is a complete one-tensor safetensors file, byte for byte.
+    for digest, data in art.blobs.items():
+        assert cache.blob_path(parse_manifest(raw).config.digest).exists()
+        assert (cache.blobs_dir / digest.replace(":", "-")).read_bytes() == data, digest
+
+
+def test_a_folder_laid_out_as_cncf_is_what_docker_model_package_format_cncf_writes(
+    minilm, tmp_path
+):
+    cache = BlobCache(tmp_path / "cache")
+    docker = parse_manifest(dmr_v02(minilm).manifest)
+    manifest = parse_manifest(lay_out(cache, walk_folder(minilm), "cncf", created=CREATED))
+    assert manifest.artifact_type == a.CNCF_ARTIFACT
+    assert manifest.config.media_type == a.CNCF_CONFIG
+    # The Docker layers, annotations and all, with ModelPack media types.
+    assert [(x.digest, x.size, x.annotations) for x in manifest.layers] == [
+        (x.digest, x.size, x.annotations) for x in docker.layers
+    ]
+    types = {a.filepath_of(x): x.media_type for x in manifest.layers}
+    assert types["model.safetensors"] == "application/vnd.cncf.model.weight.v1.raw"
+    assert types["1_Pooling/config.json"] == "application/vnd.cncf.model.weight.config.v1.raw"
+    assert cncf_media_type(a.DMR_LICENSE) == "application/vnd.cncf.model.doc.v1.raw"
+    config = json.loads(cache.blob_path(manifest.config.digest).read_bytes())
+    assert config == {
+        "descriptor": {"createdAt": "2026-01-29T07:21:28Z", "family": "bert"},
+        "config": {
+            "architecture": "bert",
+            "format": "safetensors",
+            "paramSize": "22.71M",
+            "quantization": "mixed",
+        },
+        "modelfs": {"type": "layers", "diffIds": [str(x.digest) for x in manifest.layers]},
+    }
+
+
+def skopeo_raw(registry, repo: str, tag: str) -> bytes:
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed (scripts/setup.sh installs it)")
+    result = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            f"docker://{registry.host}/{repo}:{tag}",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_create_dir_then_push_is_read_back_by_skopeo_and_oras(registry, minilm, tmp_path, fmt):
+    oras_provider = pytest.importorskip("oras.provider")
+    cache = tmp_path / "cache"
+    repo = f"created/minilm-{fmt}"
+    name = f"{registry.host}/{repo}:latest"
+    run_modelfs("create", name, "--dir", str(minilm), "--format", fmt, "--cache", str(cache))
+    raw = cached_manifest(cache, name)
+    pushed = run_modelfs("push", name, "--cache", str(cache))
+    assert "chunk index" in pushed.stdout, pushed.stdout
+
+    # skopeo sees the manifest byte for byte (artifactType, annotations, Ollama's "name").
+    assert skopeo_raw(registry, repo, "latest") == raw
+    manifest = parse_manifest(raw)
+
+    # oras-py: the manifest, and every blob, as another OCI client downloads them.
+    client = oras_provider.Registry(registry.host, insecure=True)
+    got = client.get_manifest(f"{registry.host}/{repo}:latest", allowed_media_type=ACCEPT)
+    assert got["config"]["digest"] == str(manifest.config.digest)
+    assert [x["digest"] for x in got["layers"]] == [str(x.digest) for x in manifest.layers]
+    by_path = {a.filepath_of(x) or x.name: x for x in manifest.layers}
+    wanted = "1_Pooling/config.json" if fmt != "ollama" else "tokenizer.json"
+    out = client.download_blob(
+        f"{registry.host}/{repo}", str(by_path[wanted].digest), str(tmp_path / "blob")
+    )
+    assert Path(out).read_bytes() == (minilm / wanted).read_bytes()
+    if fmt == "ollama":
+        assert "1_Pooling/config.json" not in by_path  # Ollama keeps top-level JSON only
+        assert all(x.name for x in manifest.layers)
+        tensors = [x for x in manifest.layers if x.media_type == a.OLLAMA_TENSOR]
+        assert len(tensors) == 104
+    else:
+        assert sorted(by_path) == sorted(walk(minilm))
+
+    # The chunk index is beside the manifest (the referrers tag on this registry), about it.
+    tag = referrers_tag(manifest.digest)
+    request = urllib.request.Request(
+        f"{registry.url}/v2/{repo}/manifests/{tag}",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        referrers = json.loads(r.read())
+    assert [m["artifactType"] for m in referrers["manifests"]] == [MEDIA_TYPE_CHUNK_INDEX]
+    artifact = client.get_manifest(f"{registry.host}/{repo}@{referrers['manifests'][0]['digest']}")
+    assert artifact["subject"]["digest"] == str(manifest.digest)
+    index_blob = client.download_blob(
+        f"{registry.host}/{repo}", artifact["layers"][0]["digest"], str(tmp_path / "index")
+    )
+    index = parse_chunk_index(Path(index_blob).read_bytes(), manifest.layers)
+    large = {x.digest for x in manifest.layers if x.size > CHUNK_BYTES}
+    assert set(index.blobs) == large and large
+
+
+def test_push_format_lays_a_created_folder_out_again(registry, minilm, tmp_path):
+    """create --dir as ModelPack, push --format docker and --format ollama: the layouts
+    create would have written, the same file blobs, the cached model unchanged."""
+    cache = tmp_path / "cache"
+    name = f"{registry.host}/created/minilm-relaid:latest"
+    run_modelfs("create", name, "--dir", str(minilm), "--cache", str(cache))
+    raw = cached_manifest(cache, name)
+    assert parse_manifest(raw).artifact_type == a.CNCF_ARTIFACT  # the default format
+    docker_name = f"{registry.host}/created/minilm-relaid-docker:latest"
+    pushed = run_modelfs(
+        "push", docker_name, "--from", name, "--format", "docker", "--cache", str(cache)
+    )
+    assert "as a Docker model" in pushed.stdout
+    docker = parse_manifest(skopeo_raw(registry, "created/minilm-relaid-docker", "latest"))
+    want = parse_manifest(dmr_v02(minilm).manifest)
+    assert [(x.media_type, x.digest, x.annotations) for x in docker.layers] == [
+        (x.media_type, x.digest, x.annotations) for x in want.layers
+    ]
+    assert docker.config.media_type == a.DMR_CONFIG_V02
+    ollama_name = f"{registry.host}/created/minilm-relaid-ollama:latest"
+    run_modelfs("push", ollama_name, "--from", name, "--format", "ollama", "--cache", str(cache))
+    got = skopeo_raw(registry, "created/minilm-relaid-ollama", "latest")
+    assert json.loads(got) == json.loads(ollama_tensors(minilm).manifest)
+    assert cached_manifest(cache, name) == raw
+
+
+def test_a_modelfile_from_a_folder_creates_the_folder_model(minilm, tmp_path):
+    cache = tmp_path / "cache"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/minilm").symlink_to(minilm, target_is_directory=True)
+    (tmp_path / "Modelfile").write_text("FROM ./models/minilm\n")
+    name = "localhost:1/created/from-folder:latest"
+    run_modelfs(
+        "create",
+        name,
+        "-f",
+        str(tmp_path / "Modelfile"),
+        "--format",
+        "docker",
+        "--cache",
+        str(cache),
+    )
+    manifest = parse_manifest(cached_manifest(cache, name))
+    assert manifest.config.media_type == a.DMR_CONFIG_V02
+    assert sorted(a.filepath_of(x) for x in manifest.layers) == sorted(walk(minilm))
+
+    (tmp_path / "Modelfile").write_text("FROM ./models/minilm\nSYSTEM be brief\n")
+    bad = run_modelfs(
+        "create", name + "2", "-f", str(tmp_path / "Modelfile"), "--cache", str(cache), check=False
+    )
+    assert "FROM a folder takes the folder as it is; SYSTEM cannot go with it" in one_line_error(
+        bad
+    )
+
+
+def test_create_dir_refuses_a_folder_without_weights(tmp_path):
+    folder = tmp_path / "notamodel"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    bad = run_modelfs(
+        "create",
+        "localhost:1/x/y:z",
+        "--dir",
+        str(folder),
+        "--cache",
+        str(tmp_path / "c"),
+        check=False,
+    )
+    assert "holds no weights" in one_line_error(bad)
+    assert not (tmp_path / "c/manifests").exists() or not any((tmp_path / "c/manifests").rglob("z"))
+
+
+def test_push_format_cncf_of_a_gguf_model_is_refused(small_gguf, tmp_path):
+    cache = tmp_path / "cache"
+    name = "127.0.0.1:1/created/gguf:latest"
+    run_modelfs("create", name, "--gguf", str(small_gguf), "--cache", str(cache))
+    bad = run_modelfs("push", name, "--format", "cncf", "--cache", str(cache), check=False)
+    assert bad.returncode == 2  # a usage error
+    assert "is not a model folder: --format cncf" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_created_times_are_those_of_the_files(minilm, tmp_path):
+    cache = BlobCache(tmp_path / "cache")
+    manifest = parse_manifest(lay_out(cache, walk_folder(minilm), "docker", created=CREATED))
+    for layer in manifest.layers:
+        meta = a.metadata_of(layer)
+        src = (minilm / a.filepath_of(layer)).stat()
+        assert meta.mtime_ns == src.st_mtime_ns and meta.mode == 0o644, a.filepath_of(layer)

@@ -1,0 +1,114 @@
+"""The round trip of a model folder: ``modelfs create --dir`` → ``push`` → mount → the folder
+back, byte for byte (Docker and ModelPack layouts) or as Ollama keeps it (its tensor format),
+loaded by safetensors, tokenizers and transformers, its large blobs read lazily and verified
+against the chunk index push published beside the manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+
+import pytest
+from mount.test_model_folders_mount import (
+    SIDE_FILES,
+    assert_same_tensors,
+    engine_loads,
+    mounted_paths,
+)
+from support.modelformats import walk
+from support.mount import run_modelfs, sha256_path
+
+from modelfs.formats import artifacts as a
+from modelfs.formats.chunks import CHUNK_BYTES
+from modelfs.formats.manifest import parse_manifest
+
+
+def create_and_push(registry, minilm, tmp_path, fmt: str) -> tuple[str, object]:
+    cache = tmp_path / "creating"
+    repo = f"roundtrip/minilm-{fmt}"
+    name = f"{registry.host}/{repo}:latest"
+    run_modelfs("create", name, "--dir", str(minilm), "--format", fmt, "--cache", str(cache))
+    run_modelfs("push", name, "--cache", str(cache))
+    raw = (cache / "manifests" / registry.host / repo / "latest").read_bytes()
+    return repo, parse_manifest(raw)
+
+
+def a_tensor_range(weights: bytes) -> tuple[int, int]:
+    """A tensor well inside the file, under a chunk long."""
+    (n,) = struct.unpack_from("<Q", weights)
+    header = json.loads(weights[8 : 8 + n])
+    return max(
+        (8 + n + t["data_offsets"][0], 8 + n + t["data_offsets"][1])
+        for k, t in header.items()
+        if k != "__metadata__" and t["data_offsets"][1] - t["data_offsets"][0] < CHUNK_BYTES
+    )
+
+
+@pytest.mark.parametrize("fmt", ["docker", "cncf"])
+def test_a_created_folder_mounts_back_byte_for_byte(
+    proxy, registry, mount_factory, minilm, tmp_path, fmt
+):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    repo, manifest = create_and_push(registry, minilm, tmp_path, fmt)
+    weights_layer = next(x for x in manifest.layers if a.filepath_of(x) == "model.safetensors")
+    weights_hex = weights_layer.digest.hex
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / repo / "latest"
+
+    assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    for p in walk(minilm):
+        st, src = os.stat(tag / p), (minilm / p).stat()
+        assert st.st_size == src.st_size, p
+        assert stat.S_IMODE(st.st_mode) == 0o444, p
+        assert int(st.st_mtime) == int(src.st_mtime), p
+    assert proxy.blob_bytes(weights_hex) == 0, "ls -l fetched weight bytes"
+
+    # One tensor: the chunks that span it, each checked against the published index.
+    path = tag / "model.safetensors"
+    assert os.getxattr(path, "user.modelfs.verify") == b"published-index"
+    weights = (minilm / "model.safetensors").read_bytes()
+    start, end = a_tensor_range(weights)
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        assert os.pread(f.fileno(), end - start, start) == weights[start:end]
+    fetched = proxy.blob_bytes(weights_hex)
+    assert 0 < fetched <= 2 * CHUNK_BYTES, f"one tensor fetched {fetched} bytes"
+
+    # The folder back: every file, nested ones included, byte for byte.
+    for p in walk(minilm):
+        assert sha256_path(tag / p) == sha256_path(minilm / p), p
+    assert_same_tensors(path, minilm / "model.safetensors")
+    tokenizer = Tokenizer.from_file(str(tag / "tokenizer.json"))
+    want = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    assert tokenizer.encode("hello world").ids == want.encode("hello world").ids
+    loaded = engine_loads(tag)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
+
+
+def test_a_folder_created_in_ollamas_format_mounts_as_ollama_keeps_it(
+    proxy, registry, mount_factory, minilm, tmp_path
+):
+    pytest.importorskip("transformers")
+    repo, manifest = create_and_push(registry, minilm, tmp_path, "ollama")
+    big = max(manifest.layers, key=lambda x: x.size)
+    assert big.media_type == a.OLLAMA_TENSOR and big.size > 4 * CHUNK_BYTES
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / repo / "latest"
+    tops = sorted(p for p in walk(minilm) if "/" not in p and p.endswith(".json"))
+    assert mounted_paths(tag) == sorted([*tops, "model.safetensors", *SIDE_FILES])
+    # The published index vouches for the tensor blobs: listing reads one chunk of the
+    # largest (its header), not the whole blob.
+    listed = proxy.blob_bytes(big.digest.hex)
+    assert 0 < listed <= CHUNK_BYTES, f"listing fetched {listed} bytes of the largest tensor"
+    for p in tops:
+        assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+    loaded = engine_loads(tag)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
