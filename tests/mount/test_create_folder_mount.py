@@ -112,3 +112,50 @@ def test_a_folder_created_in_ollamas_format_mounts_as_ollama_keeps_it(
     loaded = engine_loads(tag)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
+
+
+def test_a_compressed_tar_layer_is_left_out_with_one_log_line(
+    proxy, registry, mount_factory, minilm
+):
+    """A ModelPack ``.tar+gzip`` layer cannot be read in place (and ``modctl extract`` does
+    not unpack it either): the folder mounts without it, the rest intact, and the daemon says
+    so in one INFO line naming the layer, no warning."""
+    import gzip
+    import io
+    import tarfile
+
+    from support.modelformats import modelpack, push
+
+    art = modelpack(minilm)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        data = b"# all-MiniLM-L6-v2\n"
+        info = tarfile.TarInfo("README.md")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    blob = gzip.compress(buf.getvalue(), mtime=0)
+    doc = json.loads(art.manifest)
+    doc["layers"].append(
+        {
+            "mediaType": "application/vnd.cncf.model.doc.v1.tar+gzip",
+            "digest": art.add(blob),
+            "size": len(blob),
+            "annotations": {"org.cncf.model.filepath": "README.md"},
+        }
+    )
+    art.manifest = json.dumps(doc).encode()
+    push(registry.host, "folders/minilm-gzip", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-gzip/latest"
+    assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    assert (tag / "1_Pooling/config.json").read_bytes() == (
+        minilm / "1_Pooling/config.json"
+    ).read_bytes()
+    short = art.add(blob).removeprefix("sha256:")[:12]
+    lines = [line for line in m.log_text().splitlines() if "not shown" in line]
+    assert len(lines) == 1, lines
+    assert " INFO " in lines[0], lines[0]
+    assert lines[0].endswith(
+        f"/folders/minilm-gzip:latest: layer {short} not shown: "
+        "a compressed tar (tar+gzip) cannot be read in place"
+    ), lines[0]
