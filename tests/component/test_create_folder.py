@@ -257,3 +257,40 @@ def test_created_times_are_those_of_the_files(minilm, tmp_path):
         meta = a.metadata_of(layer)
         src = (minilm / a.filepath_of(layer)).stat()
         assert meta.mtime_ns == src.st_mtime_ns and meta.mode == 0o644, a.filepath_of(layer)
+
+
+def test_a_gguf_folder_is_a_docker_or_modelpack_model(small_gguf, tmp_path):
+    folder = tmp_path / "gguf-folder"
+    folder.mkdir()
+    shutil.copyfile(small_gguf, folder / "model.gguf")
+    (folder / "template.jinja").write_text("{{ messages }}")
+    (folder / "LICENSE").write_text("MIT\n")
+    cache = BlobCache(tmp_path / "cache")
+    docker = parse_manifest(lay_out(cache, walk_folder(folder), "docker", created=CREATED))
+    assert [(a.filepath_of(x), x.media_type) for x in docker.layers] == [
+        ("LICENSE", a.DMR_LICENSE),
+        ("model.gguf", a.DMR_GGUF),
+        ("template.jinja", a.DMR_CHAT_TEMPLATE),
+    ]
+    config = json.loads(cache.blob_path(docker.config.digest).read_bytes())
+    assert config["config"]["format"] == "gguf" and "safetensors" not in config["config"]
+    assert config["rootfs"]["diff_ids"] == [str(x.digest) for x in docker.layers]
+    cncf = parse_manifest(lay_out(cache, walk_folder(folder), "cncf", created=CREATED))
+    assert [a.cncf_layer(x.media_type) for x in cncf.layers] == [
+        ("doc", "raw"),
+        ("weight", "raw"),
+        ("weight.config", "raw"),
+    ]
+    bad = run_modelfs(
+        "create",
+        "localhost:1/x/gguf:ollama",
+        "--dir",
+        str(folder),
+        "--format",
+        "ollama",
+        "--cache",
+        str(tmp_path / "c2"),
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "Ollama's tensor format holds safetensors weights" in bad.stderr
