@@ -39,6 +39,7 @@ RANK = {
     "formats.referrers": 3,
     "formats.modelfile": 3,
     "formats.dockermodel": 3,
+    "formats.gofmt": 1,
     "registry.retry": 1,
     "registry.streams": 1,
     "registry.config": 1,

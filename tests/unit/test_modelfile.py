@@ -460,6 +460,13 @@ def test_params_json_numbers_go_through_float64() -> None:
     )
 
 
+def test_params_json_refuses_what_go_cannot_write() -> None:
+    with pytest.raises(ModelfileInvalid, match="parameter value nan is not a finite number"):
+        Modelfile("x", parameters={"temperature": math.nan}).params_json()
+    with pytest.raises(ModelfileInvalid, match="parameter value of type set cannot go in JSON"):
+        Modelfile("x", parameters={"stop": {"a"}}).params_json()
+
+
 def test_params_json_of_merged_base_params() -> None:
     # A base model's params blob, decoded, may hold anything JSON does; Go writes it back.
     mf = Modelfile("x", parameters={"num_gqa": None, "stop": [], "z": {"b": 1.5, "a": "&"}})
