@@ -195,23 +195,6 @@ class Modelfile:
         )
         return f"[{items}]\n".encode()
 
-    def formatted(self) -> str:
-        """This Modelfile printed back (see ``format_modelfile``)."""
-        return format_modelfile(
-            self.from_,
-            template=self.template,
-            system=self.system,
-            parameters=self.parameters,
-            licenses=self.licenses,
-            messages=self.messages,
-            adapters=self.adapters,
-            more_from=self.more_from,
-            drafts=self.drafts,
-            renderer=self.renderer,
-            parser=self.parser,
-            requires=self.requires,
-        )
-
 
 # -- reading ----------------------------------------------------------------------------------
 
