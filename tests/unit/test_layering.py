@@ -1,4 +1,5 @@
-"""Data flows one way (STYLE.md): a lower layer never imports a higher one; only fuse_ops imports pyfuse3.
+"""Data flows one way (docs/architecture.md): a lower layer never imports a higher one; only
+fuse_ops imports pyfuse3, and only the registry speaks HTTP.
 
 The folders are the layers: ``modelfs/`` itself holds what every layer uses (errors, tasks,
 single flight, the background thread); then the formats, the registry client, the blob layer,
@@ -176,3 +177,24 @@ def test_packages_import_only_their_own_layer_or_lower():
 def test_only_fuse_ops_imports_pyfuse3():
     users = sorted(module_of(p) for p in sources() if "pyfuse3" in imports_of(p))
     assert users == ["fs.fuse_ops"]
+
+
+HTTP_LIBRARIES = {"httpx", "http.client", "httpcore", "urllib3", "requests"}
+
+
+def http_libraries_of(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in HTTP_LIBRARIES)
+        elif isinstance(node, ast.ImportFrom) and node.module in HTTP_LIBRARIES:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_registry_speaks_http():
+    # What HTTP libraries raise is translated once, in registry/ (registry.translate): a
+    # module elsewhere that imported one would meet their exceptions untranslated.
+    users = {module_of(p): http_libraries_of(p) for p in sources()}
+    outside = {m: libs for m, libs in users.items() if libs and package_of(m) != "registry"}
+    assert not outside, f"HTTP libraries imported outside registry/: {outside}"
