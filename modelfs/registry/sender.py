@@ -10,6 +10,7 @@ answer's body: documents, tokens and error bodies are all read through it.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 
@@ -43,15 +44,20 @@ def delete_scopes(name: Name) -> tuple[str, ...]:
     return (f"repository:{name.repository}:delete",)
 
 
-async def read_body(r: httpx.Response, enough: int, *, raw: bool = False) -> bytes:
+async def read_body(
+    r: httpx.Response, enough: int, *, raw: bool = False, into: bytearray | None = None
+) -> bytes:
     """``r``'s body, read until it ends or at least ``enough`` bytes are in (the rest is left
     unread: ask for one byte more than a document may have to tell a document that has too
-    many). ``raw``: the bytes as sent, without undoing a Content-Encoding."""
-    body = bytearray()
-    async for part in r.aiter_raw() if raw else r.aiter_bytes():
-        body += part
-        if len(body) >= enough:
-            break
+    many). ``raw``: the bytes as sent, without undoing a Content-Encoding. ``into``: where the
+    bytes collect, which keeps those that arrived when the read fails."""
+    body = bytearray() if into is None else into
+    parts = r.aiter_raw() if raw else r.aiter_bytes()
+    async with contextlib.aclosing(parts):  # closed now, also when left before the end
+        async for part in parts:
+            body += part
+            if len(body) >= enough:
+                break
     return bytes(body)
 
 
@@ -210,14 +216,14 @@ class Sender:
         from the start of its body; nothing for a success."""
         if r.status_code < 400:
             return
-        body = b""
+        body = bytearray()
         try:
-            body = await read_body(r, ERROR_BODY_BYTES)
+            await read_body(r, ERROR_BODY_BYTES, into=body)
         except (httpx.HTTPError, OSError):
-            pass
+            pass  # the words that arrived are enough
         finally:
             await r.aclose()
-        raise status_error(r.status_code, what, body, r.headers.get("Retry-After"))
+        raise status_error(r.status_code, what, bytes(body), r.headers.get("Retry-After"))
 
     async def closed(self, r: httpx.Response) -> httpx.Response:
         """``r`` read to its end and closed (an answer whose status and headers are all)."""

@@ -29,6 +29,7 @@ from modelfs.errors import (
     registry_words,
 )
 from modelfs.registry.bulk import Aborted, BodyError, RedirectError, StatusError
+from modelfs.registry.origins import netloc
 
 # What a control request through httpx can raise that is the network's doing.
 HTTP_ERRORS = (httpx.HTTPError, OSError, ssl.SSLError)
@@ -139,11 +140,7 @@ def bulk_error(exc: BaseException, what: str, host: str) -> ModelfsError:
     if isinstance(exc, StatusError):
         if exc.status == 404:
             return ModelNotFound(f"{what}: not found on {host}")
-        where = (
-            ""
-            if urllib.parse.urlsplit(exc.url).netloc.lower() == host
-            else (f" (at {urllib.parse.urlsplit(exc.url).netloc.lower()})")
-        )
+        where = "" if netloc(exc.url) == host else f" (at {netloc(exc.url)})"
         return status_error(exc.status, what + where, exc.body, exc.retry_after)
     if isinstance(exc, Aborted):
         return ModelfsError(f"{what}: {exc}")
