@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 from support.mount import Mount, drop_caches, run_modelfs
-from support.ollama_front import CDN, OllamaFront
+from support.ollama_front import CDN, OllamaFront, chunksums_body
 from support.proxy import Proxy
 from support.registry import RegistryProcess
 
 from modelfs.formats.chunks import CHUNK_BYTES
-from modelfs.formats.chunksums import format_chunksums
 from modelfs.formats.digest import Digest
 from modelfs.formats.gguf import read_gguf_header
 from modelfs.registry.auth import OllamaKey
@@ -45,7 +44,7 @@ def _chunksums(gguf: Path, range_bytes: int) -> bytes:
                 (Digest(hashlib.sha256(piece).hexdigest()), start, start + len(piece) - 1)
             )
             start += len(piece)
-    return format_chunksums(entries)
+    return chunksums_body(entries)
 
 
 def _cdn_bytes(cdn: CDN, digest: str) -> int:

@@ -1,4 +1,6 @@
-"""The ``modelfs`` command: mount, umount, create, push, pull, unlink, ls.
+"""The ``modelfs`` command: what each command does (mount, umount, create, push, pull, unlink,
+ls, ...) and the dispatch from a parsed command line to it. The grammar is ``parser``'s, the
+log set-up ``logsetup``'s, the mount-helper argv ``mounthelper``'s.
 
 Known errors print ``modelfs: <message>`` and exit 1 (among them what a Modelfile or a
 ``--params`` value says, ``InputInvalid``); a traceback only with ``--debug``. Usage errors
@@ -10,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
-import io
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -25,7 +24,10 @@ import trio
 
 from modelfs import __version__
 from modelfs.blobs.blobcache import BlobCache, default_root
-from modelfs.commands.completion import DIRECTORY, FILE, SHELLS, completion_script, manpage
+from modelfs.commands.completion import completion_script, manpage
+from modelfs.commands.logsetup import setup_command_logging, setup_daemon_logging
+from modelfs.commands.mounthelper import mount_helper_argv
+from modelfs.commands.parser import build_parser, subcommands, unknown_command
 from modelfs.commands.terminal import printable
 from modelfs.errors import ModelfsError, ModelNotFound, UsageError
 from modelfs.formats.names import Name, parse_name
@@ -33,9 +35,6 @@ from modelfs.formats.names import Name, parse_name
 T = TypeVar("T")
 
 log = logging.getLogger("modelfs")
-
-LOG_FILE_BYTES = 10 << 20
-LOG_FILE_BACKUPS = 3
 
 
 def _insecure_hosts(args: argparse.Namespace) -> tuple[str, ...]:
@@ -158,7 +157,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         mountctl.start_daemon(argv, log_path)
         return 0
 
-    _setup_logging(args, foreground=True)
+    setup_daemon_logging(args, foreground=True)
     ready_fd = args.ready_fd
 
     def ready(message: str | None) -> None:
@@ -557,376 +556,25 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- plumbing ----------------------------------------------------------------------------------
-
-
-class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """A rotating log whose every file, the first and each one after a rollover, is mode 0600."""
-
-    def _open(self) -> io.TextIOWrapper:
-        from modelfs.fs.mountctl import open_log
-
-        fd = open_log(self.baseFilename)
-        return open(fd, "a", encoding=self.encoding, errors=self.errors)
-
-
-def _setup_logging(args: argparse.Namespace, *, foreground: bool) -> None:
-    level = logging.DEBUG if args.debug else logging.INFO
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    root = logging.getLogger()
-    root.setLevel(level)
-    handler: logging.Handler
-    if getattr(args, "log", None) and args.ready_fd is not None:
-        handler = PrivateRotatingFileHandler(
-            args.log, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
-        )
+def cmd_help(args: argparse.Namespace) -> int:
+    """``modelfs help [COMMAND]``: the help ``modelfs [COMMAND] --help`` prints."""
+    parser = build_parser()
+    commands = subcommands(parser)
+    if args.topic is None:
+        parser.print_help()
+    elif args.topic in commands:
+        commands[args.topic].print_help()
     else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JournalFormatter() if _stderr_is_journal() else logging.Formatter(fmt))
-    root.addHandler(handler)
-    # One line per request would drown the log; httpx's own INFO lines are noise here.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
-    pyfuse3_log = logging.getLogger("pyfuse3")
-    pyfuse3_log.setLevel(logging.INFO if args.debug else logging.WARNING)
-    pyfuse3_log.addFilter(_interrupted_reply_filter)
+        parser.error(unknown_command(args.topic, list(commands)))
+    return 0
 
 
-class JournalFormatter(logging.Formatter):
-    """For stderr connected to the journal: a syslog priority prefix (``<3>``) the journal
-    turns into the entry's level, and no timestamp of our own (the journal has one)."""
-
-    PRIORITIES = (
-        (logging.CRITICAL, 2),
-        (logging.ERROR, 3),
-        (logging.WARNING, 4),
-        (logging.INFO, 6),
-    )
-
-    def __init__(self) -> None:
-        super().__init__("%(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        priority = next((p for level, p in self.PRIORITIES if record.levelno >= level), 7)
-        # One entry per record: a traceback's lines stay in it, each with the prefix.
-        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+def cmd_completion(args: argparse.Namespace) -> int:
+    return _print(completion_script(build_parser(), args.shell))
 
 
-def _stderr_is_journal() -> bool:
-    """Whether stderr is the journal stream systemd gave us (``JOURNAL_STREAM=dev:inode``)."""
-    stream = os.environ.get("JOURNAL_STREAM", "")
-    dev, _, inode = stream.partition(":")
-    try:
-        st = os.fstat(2)
-        return bool(stream) and (st.st_dev, st.st_ino) == (int(dev), int(inode))
-    except (OSError, ValueError):
-        return False
-
-
-def _interrupted_reply_filter(record: logging.LogRecord) -> bool:
-    """pyfuse3 logs an ERROR when a reply finds its request gone (ENOENT): the kernel
-    dropped it because the reader was interrupted or the mount went away. Not an error."""
-    if "fuse_reply_" in record.getMessage() and "No such file or directory" in record.getMessage():
-        record.levelno = logging.DEBUG
-        record.levelname = "DEBUG"
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
-    return True
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with ``invalid choice 'unmount' (did you mean 'umount'?)`` for a command
-    it does not know."""
-
-    def _check_value(self, action: argparse.Action, value: Any) -> None:
-        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
-            raise argparse.ArgumentError(None, unknown_command(value, list(action.choices)))
-        super()._check_value(action, value)
-
-
-def unknown_command(word: str, commands: list[str]) -> str:
-    close = difflib.get_close_matches(word, commands, n=1)
-    if close:
-        return f"invalid choice {word!r} (did you mean {close[0]!r}?)"
-    return f"invalid choice {word!r} (commands: {', '.join(commands)}; see modelfs help)"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog="modelfs",
-        description="Mount a model registry as a lazily fetched, verified local filesystem.",
-    )
-    p.add_argument("-v", "--version", action="version", version=f"modelfs {__version__}")
-    p.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def cache_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--cache",
-            metavar="DIR",
-            help="cache root (default: $OLLAMA_MODELS, else ~/.ollama/models)",
-        ).complete = DIRECTORY  # type: ignore[attr-defined]
-
-    def registry_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--insecure-registry",
-            action="append",
-            metavar="HOST[:PORT]",
-            help="use plain http for this registry (also MODELFS_INSECURE_REGISTRIES)",
-        )
-        sp.add_argument(
-            "--ca-file",
-            metavar="PEM",
-            help="trust this CA for registries' certificates (default: the system store; "
-            "SSL_CERT_FILE also works)",
-        ).complete = FILE  # type: ignore[attr-defined]
-        sp.add_argument(
-            "--key",
-            metavar="FILE",
-            help="Ollama ed25519 key (default: $MODELFS_KEY, else ~/.ollama/id_ed25519, "
-            "created if missing)",
-        ).complete = FILE  # type: ignore[attr-defined]
-        sp.add_argument(
-            "--config",
-            metavar="FILE",
-            help="configuration file (default: $MODELFS_CONFIG, else ~/.config/modelfs/config.toml)",
-        ).complete = FILE  # type: ignore[attr-defined]
-
-    from modelfs.fs.mount_options import mount_options_help
-
-    sp = sub.add_parser(
-        "mount",
-        help="mount registries at MOUNTPOINT",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="mount options (-o OPT[,OPT...]; also in fstab):\n"
-        + "\n".join(f"  {line}" for line in mount_options_help().splitlines()),
-    )
-    sp.add_argument("mountpoint").complete = DIRECTORY  # type: ignore[attr-defined]
-    cache_arg(sp)
-    registry_args(sp)
-    sp.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
-    sp.add_argument(
-        "--allow-non-empty",
-        action="store_true",
-        help="mount over a directory that has files (they are hidden until unmounted)",
-    )
-    sp.add_argument(
-        "-o",
-        action="append",
-        metavar="OPT[,OPT]",
-        help="mount options, listed below",
-    )
-    sp.add_argument(
-        "--cache-max",
-        metavar="SIZE",
-        help="evict models fetched through the mount (least recently used first) to keep blobs "
-        "under SIZE (20G; 500MB = 500,000,000 bytes, 500MiB or 500M = 500 * 2^20, as sizes "
-        "are printed in MB = 10^6 bytes); created and pulled models are never evicted",
-    )
-    sp.add_argument(
-        "--min-free",
-        metavar="SIZE|PCT",
-        help="evict likewise to keep this much of the cache's filesystem free (default 10%%; "
-        "SIZE as for --cache-max)",
-    )
-    sp.add_argument(
-        "--metrics",
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (also -o metrics=HOST:PORT)",
-    )
-    sp.add_argument("--log", metavar="FILE", help="daemon log file").complete = FILE  # type: ignore[attr-defined]
-    sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    sp.set_defaults(func=cmd_mount)
-
-    sp = sub.add_parser("umount", help="unmount a modelfs mount")
-    sp.add_argument("mountpoint").complete = DIRECTORY  # type: ignore[attr-defined]
-    sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
-    sp.set_defaults(func=cmd_umount)
-
-    sp = sub.add_parser(
-        "status",
-        help="live figures of running mounts: cache use, bytes fetched, hits and misses, "
-        "blobs in flight, errors, evictions",
-    )
-    sp.add_argument("mountpoint", nargs="?", help="this mount only (default: every mount)")
-    sp.add_argument("--json", action="store_true", help="the same figures as JSON")
-    sp.set_defaults(func=cmd_status)
-
-    sp = sub.add_parser(
-        "create",
-        help="create a model in the cache from a GGUF file, a model folder or a Modelfile",
-    )
-    sp.add_argument("name")
-    source = sp.add_mutually_exclusive_group()
-    source.add_argument("--gguf", metavar="FILE").complete = FILE  # type: ignore[attr-defined]
-    source.add_argument(
-        "-f",
-        "--file",
-        metavar="MODELFILE",
-        help="an Ollama Modelfile (default: ./Modelfile when there is no --gguf)",
-    ).complete = FILE  # type: ignore[attr-defined]
-    source.add_argument(
-        "--dir",
-        metavar="FOLDER",
-        help="a Hugging Face model folder (safetensors or GGUF, configs, tokenizer, subfolders)",
-    )
-    sp.add_argument(
-        "--format",
-        choices=("docker", "cncf", "ollama"),
-        help="layout of a model folder (--dir, or a Modelfile FROM a folder): cncf (default: "
-        "ModelPack, read by Docker Model Runner and modctl), docker (Docker Model Runner "
-        "v0.2) or ollama (Ollama's tensor format: tensors and top-level JSON files only)",
-    )
-    sp.add_argument("--template", metavar="FILE")
-    sp.add_argument("--system", metavar="TEXT")
-    sp.add_argument("--params", metavar="JSON|FILE")
-    sp.add_argument("--license", action="append", metavar="FILE")
-    sp.add_argument(
-        "--no-chunk-index",
-        action="store_true",
-        help="leave out the chunk index (reads then verify whole blobs, as for Ollama's models)",
-    )
-    cache_arg(sp)
-    sp.set_defaults(func=cmd_create)
-
-    for verb, func, text in (
-        ("push", cmd_push, "upload a cached model to its registry"),
-        ("pull", cmd_pull, "download a whole model into the cache"),
-        (
-            "index",
-            cmd_index,
-            "publish a chunk index beside a model that has none (the model is not changed), "
-            "so mounts read it lazily and verified",
-        ),
-    ):
-        sp = sub.add_parser(verb, help=text)
-        sp.add_argument("name")
-        if verb == "push":
-            sp.add_argument(
-                "--from",
-                dest="source",
-                metavar="OTHER",
-                help="push the cached model OTHER as NAME; blobs OTHER's repository already has "
-                "on the registry are mounted, not uploaded",
-            )
-            sp.add_argument(
-                "--format",
-                choices=("docker", "cncf", "ollama"),
-                help="default: the cached manifest as it is; docker: a Docker Model Runner "
-                "artifact (of a GGUF model: an OCI manifest over the same GGUF blob); for a "
-                "model folder also cncf (ModelPack) and ollama (Ollama's tensor format)",
-            )
-        cache_arg(sp)
-        registry_args(sp)
-        sp.set_defaults(func=func)
-
-    sp = sub.add_parser(
-        "unlink",
-        aliases=["rm"],
-        help="remove models from the cache (also modelfs rm, Ollama's word for it)",
-    )
-    sp.add_argument("names", nargs="+", metavar="NAME")
-    sp.add_argument(
-        "--remote",
-        action="store_true",
-        help="first delete the tag on the registry, and only that tag: where the registry "
-        "can delete a tag only with its manifest and other tags name it, nothing is deleted",
-    )
-    sp.add_argument(
-        "--all-tags",
-        action="store_true",
-        help="with --remote: delete the tag's manifest on the registry, and with it every tag "
-        "that names it",
-    )
-    cache_arg(sp)
-    registry_args(sp)
-    sp.set_defaults(func=cmd_rm)
-
-    sp = sub.add_parser("cp", help="give a cached model another name (as ollama cp does)")
-    sp.add_argument("source", metavar="SRC")
-    sp.add_argument("target", metavar="DST")
-    cache_arg(sp)
-    sp.set_defaults(func=cmd_cp)
-
-    sp = sub.add_parser("du", help="bytes the cache's models take on disk, shared blobs once")
-    sp.add_argument("name", nargs="?")
-    sp.add_argument(
-        "--json",
-        action="store_true",
-        help="the same as JSON: models (name, display, disk_bytes) and total_bytes",
-    )
-    cache_arg(sp)
-    sp.set_defaults(func=cmd_du)
-
-    sp = sub.add_parser("login", help="store credentials for a registry (as docker login does)")
-    sp.add_argument("host")
-    sp.add_argument("-u", "--username")
-    sp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    registry_args(sp)
-    sp.set_defaults(func=cmd_login)
-
-    sp = sub.add_parser(
-        "show",
-        help="what a model is (architecture, size, layers, memory) from its GGUF header, "
-        "fetching only the header",
-    )
-    sp.add_argument("name")
-    out = sp.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="the same facts as JSON")
-    out.add_argument("--modelfile", action="store_true", help="print the model as a Modelfile")
-    sp.add_argument(
-        "--ctx", type=int, metavar="N", help="also estimate the memory at a context of N tokens"
-    )
-    cache_arg(sp)
-    registry_args(sp)
-    sp.set_defaults(func=cmd_show)
-
-    sp = sub.add_parser(
-        "ps", help="running mounts, one line each (modelfs status MNT for the full figures)"
-    )
-    sp.set_defaults(func=cmd_ps)
-
-    sp = sub.add_parser(
-        "logout", help="remove a registry's stored credentials (as docker logout does)"
-    )
-    sp.add_argument("host")
-    sp.set_defaults(func=cmd_logout)
-
-    sp = sub.add_parser("help", help="this help, or a command's: modelfs help pull")
-    sp.add_argument("topic", nargs="?", metavar="COMMAND")
-    sp.set_defaults(func=lambda args: _help(p, sub, args.topic))
-
-    sp = sub.add_parser(
-        "completion",
-        help='shell completion for modelfs: eval "$(modelfs completion bash)" (setup installs it)',
-    )
-    sp.add_argument("shell", choices=SHELLS)
-    sp.set_defaults(func=lambda args: _print(completion_script(p, args.shell)))
-
-    sp = sub.add_parser(
-        "manpage", help="the manual page modelfs(1) as roff (setup installs it: man modelfs)"
-    )
-    sp.set_defaults(func=lambda args: _print(manpage(p, __version__)))
-
-    sp = sub.add_parser(
-        "ls",
-        aliases=["list"],
-        help="list cached models and how much of each is present (also modelfs list)",
-    )
-    sp.add_argument(
-        "--json",
-        action="store_true",
-        help="the same as JSON: a list of models (name, display, digest, size_bytes, "
-        "present_bytes, complete, verify)",
-    )
-    cache_arg(sp)
-    sp.set_defaults(func=cmd_ls)
-    # --debug after the command too (`modelfs pull --debug NAME`); SUPPRESS keeps one given
-    # before the command when it is not repeated.
-    for command in {id(c): c for c in sub.choices.values()}.values():
-        command.add_argument(
-            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
-    return p
+def cmd_manpage(args: argparse.Namespace) -> int:
+    return _print(manpage(build_parser(), __version__))
 
 
 def _print(text: str) -> int:
@@ -934,83 +582,32 @@ def _print(text: str) -> int:
     return 0
 
 
-def _help(parser: argparse.ArgumentParser, sub: Any, topic: str | None) -> int:
-    """``modelfs help [COMMAND]``: the help ``modelfs [COMMAND] --help`` prints."""
-    if topic is None:
-        parser.print_help()
-    elif topic in sub.choices:
-        sub.choices[topic].print_help()
-    else:
-        parser.error(unknown_command(topic, list(sub.choices)))
-    return 0
-
-
-# mount(8) options that become modelfs flags when mount.fuse3 runs us (an fstab line).
-HELPER_FLAG_OPTIONS = {
-    "cache": "--cache",
-    "config": "--config",
-    "key": "--key",
-    "ca_file": "--ca-file",
-    "log": "--log",
+# What each command of the parser runs, by the name (or alias) it was given as.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "mount": cmd_mount,
+    "umount": cmd_umount,
+    "status": cmd_status,
+    "create": cmd_create,
+    "push": cmd_push,
+    "pull": cmd_pull,
+    "index": cmd_index,
+    "unlink": cmd_rm,
+    "rm": cmd_rm,
+    "cp": cmd_cp,
+    "du": cmd_du,
+    "login": cmd_login,
+    "show": cmd_show,
+    "ps": cmd_ps,
+    "logout": cmd_logout,
+    "help": cmd_help,
+    "completion": cmd_completion,
+    "manpage": cmd_manpage,
+    "ls": cmd_ls,
+    "list": cmd_ls,
 }
 
 
-# The names mount(8) runs a helper by for ``-t modelfs`` / ``-t fuse.modelfs`` (a link to modelfs).
-HELPER_PROGRAMS = {"mount.modelfs", "mount.fuse.modelfs"}
-
-
-def mount_helper_argv(
-    argv: list[str], commands: set[str], program: str = "modelfs"
-) -> list[str] | None:
-    """``modelfs SOURCE MOUNTPOINT -o OPTS`` (how mount.fuse3 runs the program of an fstab
-    line of type ``fuse.modelfs``) as the ``mount`` command it means; None for other argv.
-
-    Only that exact shape is a helper call, with ``-o`` present (mount.fuse3 always passes it:
-    it adds ``dev``/``suid`` or their ``no`` forms), or any ``SOURCE MOUNTPOINT [-o OPTS]``
-    when run as ``mount.modelfs``/``mount.fuse.modelfs``: a mistyped command
-    (``modelfs unmount DIR``) must not mount anything.
-
-    ``cache=``, ``config=``, ``key=``, ``ca_file=`` and ``log=`` become their flags, ``debug``
-    ``--debug``; every other option goes to ``mount -o`` (which ignores mount(8)'s standard
-    ones). SOURCE is only a label. As mount(8) does, the mount goes over whatever the
-    directory holds.
-    """
-    as_helper = Path(program).name in HELPER_PROGRAMS
-    if len(argv) < 2 or argv[0] in commands or argv[0].startswith("-"):
-        return None
-    _source, mountpoint, *rest = argv
-    if not as_helper and not any(a == "-o" or (a.startswith("-o") and len(a) > 2) for a in rest):
-        return None
-    options: list[str] = []
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        if arg == "-o" and i + 1 < len(rest):
-            options += rest[i + 1].split(",")
-            i += 2
-        elif arg.startswith("-o") and len(arg) > 2:
-            options += arg[2:].split(",")
-            i += 1
-        elif arg in ("-n", "-s", "-v", "-f"):  # no mtab, sloppy, verbose, fake: mount(8)'s
-            i += 1
-        else:
-            raise UsageError(f"as a mount helper: unexpected argument {arg!r}")
-    flags: list[str] = []
-    kept: list[str] = []
-    debug = False
-    for opt in (o.strip() for o in options):
-        key, eq, value = opt.partition("=")
-        if key in HELPER_FLAG_OPTIONS and eq:
-            flags += [HELPER_FLAG_OPTIONS[key], value]
-        elif key == "debug" and not eq:
-            debug = True
-        elif opt:
-            kept.append(opt)
-    out = ["--debug"] if debug else []
-    out += ["mount", mountpoint, *flags, "--allow-non-empty"]
-    if kept:
-        out += ["-o", ",".join(kept)]
-    return out
+# -- plumbing ----------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1041,17 +638,13 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        helper = mount_helper_argv(argv, _command_names(parser), sys.argv[0])
+        helper = mount_helper_argv(argv, set(subcommands(parser)), sys.argv[0])
     except UsageError as e:
         parser.exit(2, error_line(e) + "\n")
     args = parser.parse_args(helper if helper is not None else argv)
     if args.command != "mount" or not args.foreground:
-        stderr = logging.StreamHandler()
-        stderr.setFormatter(PrintableFormatter("modelfs: %(message)s"))
-        logging.basicConfig(
-            level=logging.DEBUG if args.debug else logging.WARNING, handlers=[stderr]
-        )
-    func: Callable[[argparse.Namespace], int] = args.func
+        setup_command_logging(debug=args.debug)
+    func = COMMANDS[args.command]
     try:
         try:
             return func(args)
@@ -1075,21 +668,6 @@ def error_line(error: BaseException | str) -> str:
     """``modelfs: <message>``, one line whatever the message quotes: a registry's own error
     text, a model's name. Its control characters (escape sequences, newlines) are escaped."""
     return f"modelfs: {printable(str(error))}"
-
-
-class PrintableFormatter(logging.Formatter):
-    """The CLI's log lines on the terminal, escaped as its error lines are (a traceback with
-    --debug is added after, as it is)."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return printable(super().formatMessage(record))
-
-
-def _command_names(parser: argparse.ArgumentParser) -> set[str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:

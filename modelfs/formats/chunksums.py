@@ -69,8 +69,3 @@ def parse_chunksums(raw: bytes, digest: Digest, size: int) -> BlobChunks:
             f"invalid chunksums: cut short (ranges end at byte {expected} of {size})"
         )
     return BlobChunks(digest, size, 0, tuple(hashes), "sha256", tuple(ends), SOURCE)
-
-
-def format_chunksums(chunks: list[tuple[Digest, int, int]]) -> bytes:
-    """A chunksums body for ``(digest, start, end_inclusive)`` entries (what a registry sends)."""
-    return b"".join(f"{d} {s}-{e}\n".encode() for d, s, e in chunks)

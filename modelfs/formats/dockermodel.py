@@ -44,14 +44,13 @@ the file path and metadata ones, and the cache has no file names or mtimes.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from modelfs.formats.digest import Digest
 from modelfs.formats.gguf import GGUFArray, GGUFInfo, GGUFSkippedString
+from modelfs.formats.gofmt import go_f_float, go_json, go_time
 from modelfs.formats.manifest import (
     MEDIA_TYPE_LICENSE,
     MEDIA_TYPE_MODEL,
@@ -229,22 +228,13 @@ def context_size(info: GGUFInfo) -> int | None:
     return n if 0 < n <= MAX_CONTEXT_SIZE else None
 
 
-def _go_float(value: float) -> str:
-    """Go's ``%f``."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return f"{value:.6f}"
-
-
 def _go_scalar(value: object) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return _go_float(value)
+        return go_f_float(value)
     if isinstance(value, str):
         return value
     return None  # nested arrays: format/gguf.go skips their items
@@ -267,37 +257,6 @@ def gguf_metadata(info: GGUFInfo) -> dict[str, str]:
             text = _go_scalar(value)
             out[key] = text if text is not None else ""
     return dict(sorted(out.items()))
-
-
-def go_time(t: datetime) -> str:
-    """Go's ``time.Time`` JSON form (RFC 3339, fraction without trailing zeros)."""
-    offset = t.utcoffset()
-    if offset is None:
-        raise ValueError("created must be a timezone-aware datetime")
-    text = t.strftime("%Y-%m-%dT%H:%M:%S")
-    if frac := f"{t.microsecond:06d}".rstrip("0"):
-        text += "." + frac
-    if offset == timedelta(0):
-        return text + "Z"
-    sign = "+" if offset > timedelta(0) else "-"
-    minutes = abs(offset) // timedelta(minutes=1)
-    return f"{text}{sign}{minutes // 60:02d}:{minutes % 60:02d}"
-
-
-def go_json(doc: object) -> bytes:
-    """What Go's ``json.Marshal`` writes for ``doc`` (dicts in the order given)."""
-    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-    # These characters only ever occur inside JSON strings, so replacing them everywhere
-    # is escaping them (Go's default HTML-safe encoding).
-    for char, escape in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        text = text.replace(char, escape)
-    return text.encode("utf-8")
 
 
 def docker_layers(manifest: Manifest) -> tuple[Layer, ...]:

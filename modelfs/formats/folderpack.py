@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from modelfs.formats import artifacts as a
-from modelfs.formats.dockermodel import go_json, go_time, parameters_text
+from modelfs.formats.dockermodel import parameters_text
+from modelfs.formats.gofmt import go_json, go_time
 from modelfs.formats.manifest import MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Layer
 from modelfs.formats.safetensors import HEADER_ALIGN_BYTES, INDEX_FILENAME, TensorInfo
 

@@ -110,11 +110,6 @@ def _part_problem(kind: PartKind, text: object, label: str | None = None) -> str
     return f'the {label} "{quoted}" has a character outside {rule.allowed}'
 
 
-def is_valid_part(kind: PartKind, text: str) -> bool:
-    """Whether ``text`` is a valid ``kind`` part (pattern and length)."""
-    return _part_problem(kind, text) is None
-
-
 def check_part(kind: PartKind, text: str) -> str:
     """``text`` if it is a valid ``kind`` part; otherwise raise ``NameInvalid`` saying why."""
     why = _part_problem(kind, text)
@@ -314,11 +309,6 @@ def safe_join(root: str | os.PathLike[str], *parts: str) -> pathlib.Path:
     if os.path.commonpath([base, joined]) != base:
         raise NameInvalid(_shown("/".join(parts)), "the path would leave its root directory")
     return path
-
-
-def manifest_relpath(name: Name) -> pathlib.PurePosixPath:
-    """Where Ollama keeps the manifest under ``manifests/``: host/namespace/model/tag as typed."""
-    return pathlib.PurePosixPath(*name.parts)
 
 
 def _split_host_port(host: str) -> tuple[str, str | None]:

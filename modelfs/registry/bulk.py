@@ -16,9 +16,11 @@ curl. This module owns, for that path:
 - redirects only to http and https;
 - delivering the body in pieces.
 
-Errors leave as ``NeedsAuth`` (a 401 from the registry itself, for ``registry`` to answer)
-or as raw ``OSError``/``http.client`` exceptions and status answers that ``registry``
-translates into the modelfs error tree.
+Errors leave as ``NeedsAuth`` (a 401 from the registry itself, for ``blobreads`` to answer),
+as the typed errors below, or as the ``OSError``/``http.client`` exceptions of a request: this
+module catches those only to close the connection and say why a socket failed (stalled,
+aborted), then re-raises them (or, reading an error status's body, goes on without it);
+``translate.bulk_error`` turns the others into the modelfs error tree.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class NeedsAuth(Exception):
 
 
 class StatusError(Exception):
-    """An error status with the first bytes of its body, for ``registry`` to translate."""
+    """An error status with the first bytes of its body, for ``translate`` to translate."""
 
     def __init__(self, status: int, body: bytes, retry_after: str | None, url: str) -> None:
         super().__init__(f"status {status}")

@@ -29,3 +29,14 @@ def origin_of(url: str) -> Origin:
 def same_origin(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` have the same scheme, host and port."""
     return origin_of(a) == origin_of(b)
+
+
+def netloc(url: str) -> str:
+    """``host[:port]`` of ``url``, lowercased: whose credentials a request carries."""
+    return urllib.parse.urlsplit(url).netloc.lower()
+
+
+def base_of(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: what a credential is given for, or a 401 came from."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"

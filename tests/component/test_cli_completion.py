@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.mount import run_modelfs
 
-from modelfs.commands.cli import build_parser
+from modelfs.commands.parser import build_parser
 from modelfs.fs.mount_options import MOUNT_OPTIONS
 
 

@@ -19,10 +19,9 @@ from gguf_synth import write_synthetic_gguf
 from mount.test_mount import model_records, wait_for
 from mount.test_mount_auth import push_through_front
 from support.mount import run_modelfs, sha256_path
-from support.ollama_front import CDN, OllamaFront
+from support.ollama_front import CDN, OllamaFront, chunksums_body
 from support.proxy import Proxy
 
-from modelfs.formats.chunksums import format_chunksums
 from modelfs.formats.digest import Digest
 
 MODEL_BYTES = 40 << 20
@@ -151,7 +150,7 @@ def test_stale_chunksums_never_serve_wrong_bytes_and_never_make_the_model_unread
         )
         for s in range(0, len(data), RANGE_BYTES)
     ]
-    front.chunksums[f"sha256:{digest}"] = format_chunksums(entries)
+    front.chunksums[f"sha256:{digest}"] = chunksums_body(entries)
 
     m = mount_factory(env=env)
     m.expect_log(r"does not match the chunk index \(chunksums\); fetching it once more")

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from modelfs.formats.dockermodel import go_json, go_time
 from modelfs.formats.files import BlobBytes, ModelTree, files_of
+from modelfs.formats.gofmt import go_json, go_time
 from modelfs.formats.manifest import parse_manifest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -65,6 +65,12 @@ _REPO_PATH = re.compile(
 # -- recorded requests ---------------------------------------------------------------------
 
 
+def chunksums_body(entries: list[tuple[object, int, int]]) -> bytes:
+    """A chunksums body as registry.ollama.ai sends it: one ``<digest> <start>-<end>`` line
+    per ``(digest, start, end_inclusive)`` entry."""
+    return b"".join(f"{d} {s}-{e}\n".encode() for d, s, e in entries)
+
+
 class Headers(dict):
     """The request headers as sent (original case), looked up case-insensitively."""
 
@@ -654,14 +660,14 @@ class _FrontHandler(_Handler):
                 resp = up.getresponse()
                 if resp.status != 200:
                     return self._fail(404, "BLOB_UNKNOWN", "blob unknown to registry")
-                lines, start, step = [], 0, max(1, front.chunksum_bytes // 2)  # type: ignore[operator]
+                entries, start, step = [], 0, max(1, front.chunksum_bytes // 2)  # type: ignore[operator]
                 while piece := resp.read(step):
                     end = start + len(piece)
-                    lines.append(f"sha256:{hashlib.sha256(piece).hexdigest()} {start}-{end - 1}\n")
+                    entries.append((f"sha256:{hashlib.sha256(piece).hexdigest()}", start, end - 1))
                     start, step = end, front.chunksum_bytes
             finally:
                 up.close()
-            body = "".join(lines).encode()
+            body = chunksums_body(entries)
         location = front.cdn.presign(digest, repo, front.cdn_ttl_seconds)
         self._send(200, body, {"Content-Location": location, "Content-Type": "text/plain"})
         return 200

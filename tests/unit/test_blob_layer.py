@@ -21,6 +21,7 @@ import pytest
 import trio
 import trio.testing
 from support.hostile import build_manifest
+from support.ollama_front import chunksums_body
 from support.sources import FakeSource
 
 from modelfs.blobs import blobfetch
@@ -32,7 +33,6 @@ from modelfs.blobs.progress import Progress
 from modelfs.blobs.reader import BlobHandle, Blobs, BlobsSettings
 from modelfs.errors import DigestMismatch, RegistryError, Transient
 from modelfs.formats.chunks import BlobChunks, chunk_hash, serialize_chunk_index
-from modelfs.formats.chunksums import format_chunksums
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import (
     MEDIA_TYPE_CHUNK_INDEX,
@@ -627,7 +627,7 @@ async def test_ranges_left_on_disk_are_checked_again_after_a_restart(
 
 def chunksums_of(data: bytes, ends: tuple[int, ...] = ENDS) -> bytes:
     starts = (0, *ends[:-1])
-    return format_chunksums(
+    return chunksums_body(
         [(Digest.of_bytes(data[s:e]), s, e - 1) for s, e in zip(starts, ends, strict=True)]
     )
 

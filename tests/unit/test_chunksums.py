@@ -8,9 +8,10 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.ollama_front import chunksums_body
 
 from modelfs.errors import ManifestInvalid
-from modelfs.formats.chunksums import MAX_CHUNKSUMS_BYTES, format_chunksums, parse_chunksums
+from modelfs.formats.chunksums import MAX_CHUNKSUMS_BYTES, parse_chunksums
 from modelfs.formats.digest import Digest
 
 BLOB = Digest("ab" * 32)
@@ -21,7 +22,7 @@ def body_for(data: bytes, ends: list[int]) -> bytes:
     for end in ends:
         entries.append((Digest(hashlib.sha256(data[start:end]).hexdigest()), start, end - 1))
         start = end
-    return format_chunksums(entries)
+    return chunksums_body(entries)
 
 
 def test_a_body_as_the_registry_sends_it():
@@ -100,7 +101,7 @@ def test_every_contiguous_cover_is_taken_and_spans_every_byte(size, cuts):
     ends = sorted({c for c in cuts if c < size} | {size})
     if any(e - s > 256 << 20 for s, e in zip([0, *ends], ends, strict=False)):
         return  # too large a range: refused, tested above
-    raw = format_chunksums([(BLOB, s, e - 1) for s, e in zip([0, *ends], ends, strict=False)])
+    raw = chunksums_body([(BLOB, s, e - 1) for s, e in zip([0, *ends], ends, strict=False)])
     layout = parse_chunksums(raw, BLOB, size).layout
     assert layout.count == len(ends)
     assert layout.span(0)[0] == 0 and layout.span(layout.count - 1)[1] == size
@@ -138,7 +139,7 @@ def test_a_damaged_cover_is_refused(size, cut, damage):
         entries[1] = (BLOB, cut + 1, size - 1) if cut + 1 <= size - 1 else (BLOB, cut - 1, size - 1)
     elif damage == "extend":
         entries[1] = (BLOB, cut, size)
-    raw = format_chunksums(entries)
+    raw = chunksums_body(entries)
     if damage == "truncate_text":
         raw = raw[: len(raw) - len(f"{size - 1}\n") - 1]
     with pytest.raises(ManifestInvalid):

@@ -5,7 +5,7 @@ pkg/distribution/format/gguf.go with gguf-parser-go) and against gguf-py's readi
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import gguf
@@ -20,8 +20,6 @@ from modelfs.formats.dockermodel import (
     MEDIA_TYPE_DOCKER_MODEL_CONFIG,
     docker_model,
     gguf_metadata,
-    go_json,
-    go_time,
     parameters_text,
     quantization_text,
     size_text,
@@ -295,16 +293,3 @@ def test_gguf_map_skips_long_arrays_and_nested_items():
     assert "a.fiftyone" not in meta
     assert meta["a.nested"] == ""  # Go's handleGGUFArray appends nothing for arrays
     assert meta["f.nan"] == "NaN" and meta["f.inf"] == "-Inf"
-
-
-def test_created_is_rfc3339_as_go_writes_time():
-    assert go_time(datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2025-01-02T03:04:05Z"
-    assert go_time(datetime(2025, 1, 2, 3, 4, 5, 120000, tzinfo=UTC)) == "2025-01-02T03:04:05.12Z"
-    cet = timezone(timedelta(hours=1))
-    assert go_time(datetime(2025, 1, 2, 3, 4, 5, tzinfo=cet)) == "2025-01-02T03:04:05+01:00"
-    with pytest.raises(ValueError):
-        go_time(datetime(2025, 1, 2))
-
-
-def test_go_json_escapes_html_and_line_separators():
-    assert go_json({"k": "<a&b>\u2028é\n"}) == b'{"k":"\\u003ca\\u0026b\\u003e\\u2028\xc3\xa9\\n"}'

@@ -1,4 +1,5 @@
-"""Data flows one way (STYLE.md): a lower layer never imports a higher one; only fuse_ops imports pyfuse3.
+"""Data flows one way (docs/architecture.md): a lower layer never imports a higher one; only
+fuse_ops imports pyfuse3, and only the registry speaks HTTP.
 
 The folders are the layers: ``modelfs/`` itself holds what every layer uses (errors, tasks,
 single flight, the background thread); then the formats, the registry client, the blob layer,
@@ -40,12 +41,20 @@ RANK = {
     "formats.modelfile": 3,
     "formats.dockermodel": 3,
     "formats.folderpack": 4,
+    "formats.gofmt": 1,
     "registry.retry": 1,
     "registry.streams": 1,
     "registry.config": 1,
     "registry.origins": 1,
     "registry.auth": 3,
     "registry.bulk": 3,
+    "registry.settings": 1,
+    "registry.mirrors": 2,
+    "registry.translate": 3,
+    "registry.sender": 3,
+    "registry.documents": 4,
+    "registry.blobreads": 3,
+    "registry.pushes": 3,
     "registry.client": 4,
     "blobs.blobwatch": 2,
     "blobs.sharing": 2,
@@ -89,6 +98,9 @@ RANK = {
     "commands.show": 12,
     "commands.status": 15,
     "commands.completion": 15,
+    "commands.parser": 15,
+    "commands.logsetup": 15,
+    "commands.mounthelper": 1,
     "commands.cli": 15,
     "__main__": 16,
     "__init__": 0,
@@ -168,3 +180,24 @@ def test_packages_import_only_their_own_layer_or_lower():
 def test_only_fuse_ops_imports_pyfuse3():
     users = sorted(module_of(p) for p in sources() if "pyfuse3" in imports_of(p))
     assert users == ["fs.fuse_ops"]
+
+
+HTTP_LIBRARIES = {"httpx", "http.client", "httpcore", "urllib3", "requests"}
+
+
+def http_libraries_of(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in HTTP_LIBRARIES)
+        elif isinstance(node, ast.ImportFrom) and node.module in HTTP_LIBRARIES:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_registry_speaks_http():
+    # What HTTP libraries raise is translated once, in registry/ (registry.translate): a
+    # module elsewhere that imported one would meet their exceptions untranslated.
+    users = {module_of(p): http_libraries_of(p) for p in sources()}
+    outside = {m: libs for m, libs in users.items() if libs and package_of(m) != "registry"}
+    assert not outside, f"HTTP libraries imported outside registry/: {outside}"

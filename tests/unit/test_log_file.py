@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.commands.cli import PrivateRotatingFileHandler
+from modelfs.commands.logsetup import PrivateRotatingFileHandler
 from modelfs.fs.mountctl import open_log
 
 

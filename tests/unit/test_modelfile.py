@@ -460,6 +460,13 @@ def test_params_json_numbers_go_through_float64() -> None:
     )
 
 
+def test_params_json_refuses_what_go_cannot_write() -> None:
+    with pytest.raises(ModelfileInvalid, match="parameter value nan is not a finite number"):
+        Modelfile("x", parameters={"temperature": math.nan}).params_json()
+    with pytest.raises(ModelfileInvalid, match="parameter value of type set cannot go in JSON"):
+        Modelfile("x", parameters={"stop": {"a"}}).params_json()
+
+
 def test_params_json_of_merged_base_params() -> None:
     # A base model's params blob, decoded, may hold anything JSON does; Go writes it back.
     mf = Modelfile("x", parameters={"num_gqa": None, "stop": [], "z": {"b": 1.5, "a": "&"}})
@@ -732,9 +739,27 @@ def test_format_refuses_what_cannot_be_written(kwargs: dict) -> None:
         format_modelfile("")
 
 
+def printed(mf: Modelfile) -> str:
+    """``mf`` as ``modelfs show --modelfile`` prints a model with these fields."""
+    return format_modelfile(
+        mf.from_,
+        template=mf.template,
+        system=mf.system,
+        parameters=mf.parameters,
+        licenses=mf.licenses,
+        messages=mf.messages,
+        adapters=mf.adapters,
+        more_from=mf.more_from,
+        drafts=mf.drafts,
+        renderer=mf.renderer,
+        parser=mf.parser,
+        requires=mf.requires,
+    )
+
+
 def test_a_typical_modelfile_round_trips() -> None:
     mf = parse_modelfile(TYPICAL)
-    again = parse_modelfile(mf.formatted())
+    again = parse_modelfile(printed(mf))
     assert again == mf
     assert again.params_json() == mf.params_json()
     assert again.messages_json() == mf.messages_json()
@@ -808,7 +833,7 @@ def test_format_then_parse_round_trips(
     text = format_modelfile(from_, **fields)
     mf = parse_modelfile(text)
     assert mf == Modelfile(from_, **fields)
-    assert mf.formatted() == text
+    assert printed(mf) == text
 
 
 # -- the scanner against a port of Ollama's ParseFile ------------------------------------------

@@ -20,8 +20,6 @@ from modelfs.formats.names import (
     check_part,
     from_parts,
     is_loopback_host,
-    is_valid_part,
-    manifest_relpath,
     parse_name,
     safe_join,
     scheme_for,
@@ -226,6 +224,14 @@ def test_with_tag_validates_and_drops_the_pin() -> None:
 # -- parts ----------------------------------------------------------------------------------
 
 
+def is_valid_part(kind: PartKind, text: str) -> bool:
+    try:
+        check_part(kind, text)
+    except NameInvalid:
+        return False
+    return True
+
+
 def test_part_checks() -> None:
     assert is_valid_part(PartKind.HOST, "127.0.0.1:5000")
     assert not is_valid_part(PartKind.NAMESPACE, "127.0.0.1:5000")
@@ -261,15 +267,20 @@ def test_from_parts_validates_each_part() -> None:
         Name("h", "n", "m", "t", digest="sha256:" + HEX)  # type: ignore[arg-type]
 
 
-def test_manifest_relpath_keeps_casing() -> None:
-    name = parse_name("127.0.0.1:5000/Library/SmolLM2:135M")
-    assert manifest_relpath(name) == pathlib.PurePosixPath("127.0.0.1:5000/Library/SmolLM2/135M")
-    assert manifest_relpath(parse_name("mistral")).parts == (
-        "registry.ollama.ai",
-        "library",
-        "mistral",
-        "latest",
-    )
+def test_a_manifest_is_kept_under_the_name_as_typed(tmp_path: pathlib.Path) -> None:
+    # Ollama's layout: manifests/host/namespace/model/tag, in the casing the name was given.
+    from modelfs.blobs.blobcache import BlobCache
+
+    cache = BlobCache(tmp_path)
+    cache.prepare()
+    cache.write_manifest(parse_name("127.0.0.1:5000/Library/SmolLM2:135M"), b"{}")
+    cache.write_manifest(parse_name("mistral"), b"{}")
+    base = tmp_path / "manifests"
+    kept = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+    assert kept == [
+        "127.0.0.1:5000/Library/SmolLM2/135M",
+        "registry.ollama.ai/library/mistral/latest",
+    ]
 
 
 def test_safe_join() -> None:

@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from modelfs.blobs.eviction import parse_size
-from modelfs.commands.cli import JournalFormatter, build_parser, main, mount_helper_argv
+from modelfs.commands import cli
+from modelfs.commands.cli import main
+from modelfs.commands.logsetup import JournalFormatter
+from modelfs.commands.mounthelper import mount_helper_argv
+from modelfs.commands.parser import build_parser, subcommands
 from modelfs.errors import UsageError
 from modelfs.fs.daemon import MountOptions, cache_bounds
 from modelfs.registry.config import FileConfig, load_config
@@ -105,6 +109,12 @@ def test_the_parser_knows_every_command_the_helper_check_uses() -> None:
     with pytest.raises(SystemExit) as info:
         main(["modelfs", "/nonexistent-mountpoint", "-o", "no_such_option"])
     assert info.value.code == 2
+
+
+def test_every_command_the_parser_takes_runs_something() -> None:
+    # The grammar (parser) and what runs (cli) are apart: a command without a handler would
+    # parse and then fail with a KeyError instead of running.
+    assert set(subcommands(build_parser())) == set(cli.COMMANDS)
 
 
 def record(level: int, msg: str, exc: bool = False) -> logging.LogRecord:

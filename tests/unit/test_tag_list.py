@@ -37,8 +37,8 @@ def paging(per_page: int, next_host: str | None = None):
 
 async def tags_from(handler) -> list[str]:
     registry = Registry()
-    await registry._client.aclose()
-    registry._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    await registry.sender.client.aclose()
+    registry.sender.client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     try:
         return await registry.tags(NAME)
     finally:
@@ -76,8 +76,8 @@ async def test_a_tag_list_that_is_not_one_is_an_error(body: bytes) -> None:
 
 async def listing_from(handler, max_pages: int = 10) -> list[str] | None:
     registry = Registry()
-    await registry._client.aclose()
-    registry._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    await registry.sender.client.aclose()
+    registry.sender.client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     try:
         return await registry.repository_tags(NAME, max_pages)
     finally:
