@@ -51,8 +51,10 @@ from bench import (  # noqa: E402, I001
     drop_caches,
     free_port,
     median,
+    process_cpu_seconds,
     synthetic,
     timed,
+    timed_cpu,
     wait_for,
 )
 from support.mount import Mount  # noqa: E402
@@ -62,22 +64,7 @@ from support.registry import RegistryProcess  # noqa: E402
 GIB = 1 << 30
 
 
-def daemon_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / 100.0
-
-
-def timed_cpu(cmd: list[str]) -> tuple[float, float]:
-    """Seconds and CPU seconds (user + system) of a command run to its end."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return seconds, usage.ru_utime + usage.ru_stime
+daemon_cpu_seconds = process_cpu_seconds
 
 
 def pin(pid: int, cpus: str) -> None:
@@ -260,7 +247,9 @@ def rclone(url: str, root: Path, what: str, size: int) -> tuple[float, ...]:
     mnt, cache = root / "mnt", root / "cache"
     mnt.mkdir(parents=True)
     cache.mkdir()
-    proc = subprocess.Popen(_rclone_cmd(url, mnt, cache), stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _rclone_cmd(url, mnt, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: (mnt / "model.gguf").exists(), 60)
         drop_caches()
