@@ -12,6 +12,10 @@ netsim.py's minimal lazy verified file through FUSE (`--mode push --hash`, cold 
 fetcher alone without FUSE (one process, then four at once), and four fresh modelfs mounts read
 at once (each with its own cache): the ceilings of the cold-read and fleet targets, side by side.
 
+With --pull-mmap, each round also times `curl -o FILE && sync` and an mmap load of that file
+touching every tensor page in order, against `modelfs pull` and the same load through a cold
+mount (bench.py's sections 1 and 5), for each tree.
+
 With --fio, each round also runs fio (4 jobs x 64 MiB of 1 MiB random reads, cold) on a fresh
 modelfs mount of each tree and on an rclone mount (--vfs-cache-mode full) of the same blob
 served by nginx, and a cold `cat` of rclone. With --taskset, each round also reads cold with the
@@ -51,13 +55,15 @@ from bench import (  # noqa: E402, I001
     drop_caches,
     free_port,
     median,
+    mmap_load,
     process_cpu_seconds,
     synthetic,
     timed,
     timed_cpu,
+    timed_fn,
     wait_for,
 )
-from support.mount import Mount  # noqa: E402
+from support.mount import Mount, run_modelfs  # noqa: E402
 from support.registry import RegistryProcess  # noqa: E402
 
 
@@ -285,6 +291,42 @@ def hash_cpu_seconds(path: Path) -> tuple[float, float]:
     return spent[0], spent[1]
 
 
+def pull_and_mmap(model: Model, work: Path, trees: list[tuple[str, Path | None]], add) -> None:
+    """One round of --pull-mmap: `curl -o FILE && sync` and the mmap load of that file, then
+    for each tree `modelfs pull` into a fresh cache and the same load through a cold mount."""
+    out = work / "curl.out"
+    drop_caches()
+    disk = timed(["sh", "-c", f"curl -sf -o {out} '{model.url}' && sync {out}"])
+    drop_caches()
+    local = mmap_load(out)
+    out.unlink()
+    add("curl -o FILE && sync s", disk)
+    add("mmap load of that file s", local)
+    for label, tree in trees:
+        cache = work / f"pull-{label}"
+        drop_caches()
+        pull = timed_fn(
+            lambda c=cache, t=tree: run_modelfs(
+                "pull", model.name(), "--cache", str(c), env=tree_env(t)
+            )
+        )
+        shutil.rmtree(cache)
+        add(f"{label} modelfs pull / (curl -o FILE && sync)".strip(), disk / pull)
+        root = work / f"mmap-{label}"
+        m = Mount(root, env=tree_env(tree)).start()
+        try:
+            path = model.path(m)
+            os.stat(path)
+            drop_caches()
+            cold = mmap_load(path)
+            wait_for(lambda m=m: model.blob(m.cache).exists(), 300)
+        finally:
+            m.stop()
+            shutil.rmtree(root, ignore_errors=True)
+        add(f"{label} mmap load, cold mount s".strip(), cold)
+        add(f"{label} mmap cold / (curl -o + load)".strip(), cold / (disk + local))
+
+
 # The cores of --taskset: (the daemon's or curl's, the registry's and the reader's).
 CORES = {"1 core": ("0", "0"), "2 cores": ("1", "0")}
 
@@ -306,6 +348,7 @@ def main() -> None:
     parser.add_argument("--ceilings", type=Path, help="../shared/tools/ceilings: time those too")
     parser.add_argument("--fio", action="store_true", help="fio random reads, and rclone")
     parser.add_argument("--taskset", action="store_true", help="cold reads on 1 and 2 cores")
+    parser.add_argument("--pull-mmap", action="store_true", help="pull and mmap load, vs curl")
     args = parser.parse_args()
     netsim = args.ceilings / "netsim.py" if args.ceilings else None
     ceilings: dict[str, list[float]] = {}
@@ -387,6 +430,8 @@ def main() -> None:
                             )
                     finally:
                         pin(reg.proc.pid, f"0-{os.cpu_count() - 1}")
+            if args.pull_mmap:
+                pull_and_mmap(model, work, trees, add)
             if netsim is not None:
                 ceiling_rounds(netsim, model, work, i, ceilings)
     finally:

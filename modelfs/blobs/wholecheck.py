@@ -8,8 +8,8 @@ before publishing has only what is left to hash (usually nothing). It runs in
 the fetch context's background thread, at a lower CPU priority: it decides only
 when the blob is published, never what a reader gets. It reads the chunks back
 from the partial file, where they were just written (from the page cache), into
-one reused buffer per hashing thread: a fresh 4 MiB ``bytes`` for each read cost
-page faults on every read (bench/COLD.md, the profile by stage).
+one reused buffer per hashing thread (a fresh 4 MiB ``bytes`` for each read cost
+a third more CPU: bench/COLD.md, the profile by stage).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class _PrefixHash:
         self.tlock = threading.Lock()
         self.local_bytes = local_bytes
         # The blob's own BLAKE3 index at ``local_bytes``: what the local index would hash
-        # again (a second BLAKE3 pass over every byte, ~0.24 CPU-s per GiB here).
+        # again (a second BLAKE3 pass over every byte, ~0.2 CPU-s per GiB here).
         self.same_index = same_index
         self._restart()
 
@@ -233,8 +233,11 @@ def _same_as_local(
 ) -> tuple[bytes, ...] | None:
     """``index``'s hashes if they are the local index the whole check would compute: BLAKE3
     over the same chunks. They are that once the blob's sha256 has matched (when the local
-    index is taken): every chunk was checked against ``index`` before it counted as
-    present, or re-checked when an earlier run left it, and the bytes are the blob's."""
+    index is taken): the bytes are the blob's, and each chunk this process fetched or used
+    was checked against ``index`` first. A chunk that only another process sharing the
+    partial checked (by its own index) and nobody here read is covered by the sha256 alone:
+    if ``index`` lied about it, the kept index fails that chunk later and is distrusted like
+    any local index that lies; wrong bytes are never served either way."""
     if (
         index is None
         or index.algorithm != "blake3"
