@@ -5,7 +5,8 @@ GGUF-shaped models (1 GiB, and a big one, 4 GiB by default), then measures — m
 --repeat runs, page cache dropped before every cold, warm and local run:
 
 1. cold `cat` through a fresh mount vs `curl -o /dev/null` of the same blob (the network
-   ceiling), `curl -o file && sync` (network + durable disk write), and `modelfs pull`;
+   ceiling), `curl -o file && sync` (network + durable disk write), and `modelfs pull`; the
+   CPU seconds per GiB of curl and of the daemon (until the blob is published);
 2. warm (blob in the cache): through the mount (a link to the cache: the default) and with
    `-o links=no` (every byte through the daemon) vs a minimal pyfuse3 passthrough of the cache
    file (the FUSE ceiling) vs reading the cache file directly;
