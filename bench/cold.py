@@ -46,7 +46,7 @@ from pathlib import Path
 import blake3
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests")]
 from bench import (  # noqa: E402, I001
     GB,
     NGINX_CONF,

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests")]
 from bench import Model, drop_caches, synthetic, timed, wait_for  # noqa: E402, I001
 from cold import daemon_cpu_seconds  # noqa: E402
 from support.mount import Mount  # noqa: E402
