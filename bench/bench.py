@@ -5,7 +5,8 @@ GGUF-shaped models (1 GiB, and a big one, 4 GiB by default), then measures — m
 --repeat runs, page cache dropped before every cold, warm and local run:
 
 1. cold `cat` through a fresh mount vs `curl -o /dev/null` of the same blob (the network
-   ceiling), `curl -o file && sync` (network + durable disk write), and `modelfs pull`;
+   ceiling), `curl -o file && sync` (network + durable disk write), and `modelfs pull`; the
+   CPU seconds per GiB of curl and of the daemon (until the blob is published);
 2. warm (blob in the cache): through the mount (a link to the cache: the default) and with
    `-o links=no` (every byte through the daemon) vs a minimal pyfuse3 passthrough of the cache
    file (the FUSE ceiling) vs reading the cache file directly;
@@ -69,6 +70,23 @@ def timed(cmd: list[str], **kw) -> float:
     return time.perf_counter() - start
 
 
+def timed_cpu(cmd: list[str]) -> tuple[float, float]:
+    """Seconds and CPU seconds (user + system) of a command run to its end."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), cmd)
+    return seconds, usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (utime + stime, every thread) of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_fn(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -129,7 +147,9 @@ def throughput(model: Model, work: Path, repeat: int) -> dict[str, float]:
 
     for i in range(repeat):
         drop_caches()
-        add("curl", timed(["curl", "-sf", "-o", "/dev/null", model.url]))
+        seconds, cpu = timed_cpu(["curl", "-sf", "-o", "/dev/null", model.url])
+        add("curl", seconds)
+        add("curl_cpu", cpu)
         out = work / "curl.out"
         drop_caches()
         add("curl_disk", timed(["sh", "-c", f"curl -sf -o {out} '{model.url}' && sync {out}"]))
@@ -138,11 +158,16 @@ def throughput(model: Model, work: Path, repeat: int) -> dict[str, float]:
         root = work / f"run{i}"
         m = Mount(root).start()
         try:
+            pid = m.pid()
+            assert pid is not None
+            before = process_cpu_seconds(pid)
             drop_caches()
             add("cold", timed(["cat", str(model.path(m))]))
+            # The daemon's CPU until the blob is published: its whole-blob sha256 included.
+            wait_for(model.blob(m.cache).exists)
+            add("cold_cpu", process_cpu_seconds(pid) - before)
         finally:
             m.stop()
-        wait_for(model.blob(m.cache).exists)
         m = Mount(root).start()
         try:
             wait_for(model.path(m).is_symlink)
@@ -631,14 +656,18 @@ def write_results(path: Path, r: dict, repeat: int) -> None:
         "",
         "## 1-3. Sequential reads (`cat`)",
         "",
-        "| model | size | curl → /dev/null | curl → disk + sync | cold mount | cold / curl "
+        "| model | size | curl → /dev/null | curl CPU-s/GiB | curl → disk + sync | cold mount "
+        "| daemon CPU-s/GiB, cold, to published | cold / curl "
         "| `modelfs pull` | pull / curl | pull / curl→disk |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, (size, t) in r["throughput"].items():
+        gib = size / (1 << 30)
+        cpu = [f"{t[k] / gib:.2f}" if k in t else "" for k in ("curl_cpu", "cold_cpu")]
         L.append(
-            f"| {label} | {size / 1e6:.0f} MB | {rate(size, t['curl'])} | {rate(size, t['curl_disk'])} "
-            f"| {rate(size, t['cold'])} | {t['curl'] / t['cold']:.2f}× | {rate(size, t['pull'])} "
+            f"| {label} | {size / 1e6:.0f} MB | {rate(size, t['curl'])} | {cpu[0]} "
+            f"| {rate(size, t['curl_disk'])} | {rate(size, t['cold'])} | {cpu[1]} "
+            f"| {t['curl'] / t['cold']:.2f}× | {rate(size, t['pull'])} "
             f"| {t['curl'] / t['pull']:.2f}× | {t['curl_disk'] / t['pull']:.2f}× |"
         )
     L += [

@@ -1,22 +1,37 @@
 """Cold sequential reads of one model, against curl of the same blob, in one run (quick: ~2 min).
 
 For each of --repeat rounds (page cache dropped before each read): `curl -o /dev/null` of the
-blob, then a cold `cat` through a fresh mount for each mount option set given with --variant
-(default: the defaults, and `push=no`), with the daemon's CPU seconds. Prints a table and, with
---json FILE, appends the medians as one JSON line. Needs root.
+blob (with curl's CPU seconds), then a cold `cat` through a fresh mount for each mount option
+set given with --variant (default: the defaults, and `push=no`) and each checkout given with
+--tree (interleaved: A/B rounds of two commits), with the daemon's CPU seconds until the last
+byte was read and until the blob was published (its whole-blob sha256 included), per GiB.
+Prints a table and, with --json FILE, appends the medians as one JSON line. Needs root.
 
 With --ceilings DIR (../shared/tools/ceilings), each round also times, interleaved with the rest:
 netsim.py's minimal lazy verified file through FUSE (`--mode push --hash`, cold `cat`), its
 fetcher alone without FUSE (one process, then four at once), and four fresh modelfs mounts read
 at once (each with its own cache): the ceilings of the cold-read and fleet targets, side by side.
 
+With --pull-mmap, each round also times `curl -o FILE && sync` and an mmap load of that file
+touching every tensor page in order, against `modelfs pull` and the same load through a cold
+mount (bench.py's sections 1 and 5), for each tree.
+
+With --fio, each round also runs fio (4 jobs x 64 MiB of 1 MiB random reads, cold) on a fresh
+modelfs mount of each tree and on an rclone mount (--vfs-cache-mode full) of the same blob
+served by nginx, and a cold `cat` of rclone. With --taskset, each round also reads cold with the
+daemon, the registry and `cat` all on CPU 0 ("1 core") and with the daemon on CPU 1 apart from
+the registry and `cat` on CPU 0 ("2 cores"), and curl the same way.
+
   .venv/bin/python bench/cold.py --mib 1024 --variant "" --variant push=no
   .venv/bin/python bench/cold.py --mib 1024 --variant "" --ceilings ../shared/tools/ceilings
+  .venv/bin/python bench/cold.py --mib 1024 --repeat 2 --variant "" --fio --taskset \
+      --tree main=/tmp/old --tree new=.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -25,30 +40,77 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
-from bench import GB, Model, drop_caches, median, synthetic, timed  # noqa: E402, I001
-from support.mount import Mount  # noqa: E402
+sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests")]
+from bench import (  # noqa: E402, I001
+    GB,
+    NGINX_CONF,
+    Model,
+    _rclone_cmd,
+    drop_caches,
+    free_port,
+    median,
+    mmap_load,
+    process_cpu_seconds,
+    synthetic,
+    timed,
+    timed_cpu,
+    timed_fn,
+    wait_for,
+)
+from support.mount import Mount, run_modelfs  # noqa: E402
 from support.registry import RegistryProcess  # noqa: E402
 
 
-def daemon_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / 100.0
+GIB = 1 << 30
 
 
-def cold_read(model: Model, root: Path, options: tuple[str, ...]) -> tuple[float, float]:
-    m = Mount(root, options=options).start()
+daemon_cpu_seconds = process_cpu_seconds
+
+
+def pin(pid: int, cpus: str) -> None:
+    """Every thread of ``pid`` on ``cpus`` (threads it starts later inherit it)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True)
+
+
+@dataclass
+class ColdRead:
+    seconds: float
+    cpu_read: float  # daemon CPU seconds until the last byte was read
+    cpu_published: float  # ... until the blob was published (its sha256 checked)
+
+
+def tree_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment of a daemon importing modelfs from ``tree`` (the cwd must not hold one)."""
+    return None if tree is None else dict(os.environ, PYTHONPATH=str(tree))
+
+
+def cold_read(
+    model: Model,
+    root: Path,
+    options: tuple[str, ...],
+    tree: Path | None = None,
+    cpus: tuple[str, str] | None = None,
+) -> ColdRead:
+    """A cold ``cat`` through a fresh mount; ``cpus``: (the daemon's, the reader's) CPU lists."""
+    m = Mount(root, options=options, env=tree_env(tree)).start()
     try:
         pid = m.pid()
         assert pid is not None
+        if cpus is not None:
+            pin(pid, cpus[0])
         before = daemon_cpu_seconds(pid)
         drop_caches()
-        seconds = timed(["cat", str(model.path(m))])
-        return seconds, daemon_cpu_seconds(pid) - before
+        cat = ["cat", str(model.path(m))]
+        seconds = timed(cat if cpus is None else ["taskset", "-c", cpus[1], *cat])
+        cpu_read = daemon_cpu_seconds(pid) - before
+        wait_for(lambda: model.blob(m.cache).exists(), 300)
+        return ColdRead(seconds, cpu_read, daemon_cpu_seconds(pid) - before)
     finally:
         m.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -142,47 +204,247 @@ def print_ceilings(model: Model, curl_s: float, c: dict[str, list[float]]) -> di
     return {"netsim_fuse_s": fuse, **ratios}
 
 
+def fio_cmd(path: Path, size: int) -> list[str]:
+    # fio splits --filename at colons (the mount's host:port directory): escape them.
+    return [
+        "fio", "--name=rand", "--filename=" + str(path).replace(":", "\\:"), "--readonly",
+        "--rw=randread", "--bs=1M", "--numjobs=4", "--io_size=64M", f"--size={size}",
+        "--ioengine=psync", "--invalidate=0", "--group_reporting", "--output-format=json",
+    ]  # fmt: skip
+
+
+def fio_randread(path: Path, size: int) -> tuple[float, float]:
+    """fio's random 1 MiB reads of ``path``: (MB/s, p99 completion latency in ms)."""
+    out = subprocess.run(fio_cmd(path, size), check=True, capture_output=True, text=True).stdout
+    read = json.loads(out[out.index("{") :])["jobs"][0]["read"]
+    return read["bw_bytes"] / 1e6, read["clat_ns"]["percentile"]["99.000000"] / 1e6
+
+
+def modelfs_fio(model: Model, root: Path, tree: Path | None) -> tuple[float, float]:
+    m = Mount(root, env=tree_env(tree)).start()
+    try:
+        drop_caches()
+        return fio_randread(model.path(m), model.size)
+    finally:
+        m.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Nginx:
+    """The model's file served by nginx on loopback (rclone's origin: it speaks no registry)."""
+
+    def __init__(self, model: Model, root: Path) -> None:
+        (root / "www").mkdir(parents=True)
+        os.symlink(model.gguf, root / "www" / "model.gguf")
+        port = free_port()
+        (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, port=port))
+        self.url = f"http://127.0.0.1:{port}/"
+        self.proc = subprocess.Popen(["nginx", "-c", str(root / "nginx.conf")])
+        wait_for(lambda: subprocess.run(["curl", "-sfI", self.url + "model.gguf"],
+                                        capture_output=True).returncode == 0, 30)  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def rclone(url: str, root: Path, what: str, size: int) -> tuple[float, ...]:
+    """A fresh rclone mount read cold: ``cat`` (seconds, rclone's CPU seconds) or ``fio``."""
+    mnt, cache = root / "mnt", root / "cache"
+    mnt.mkdir(parents=True)
+    cache.mkdir()
+    proc = subprocess.Popen(
+        _rclone_cmd(url, mnt, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: (mnt / "model.gguf").exists(), 60)
+        drop_caches()
+        if what == "fio":
+            return fio_randread(mnt / "model.gguf", size)
+        before = daemon_cpu_seconds(proc.pid)
+        seconds = timed(["cat", str(mnt / "model.gguf")])
+        return seconds, daemon_cpu_seconds(proc.pid) - before
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def hash_cpu_seconds(path: Path) -> tuple[float, float]:
+    """CPU seconds of one sha256 and of one BLAKE3 over the file (read from the page cache into
+    one reused buffer, not counted): what checking every byte costs at least, in this process."""
+    buf = bytearray(4 << 20)
+    view = memoryview(buf)
+    sha, b3 = hashlib.sha256(), blake3.blake3()
+    spent = [0.0, 0.0]
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            for k, h in enumerate((sha, b3)):
+                t = time.thread_time()
+                h.update(view[:n])
+                spent[k] += time.thread_time() - t
+    return spent[0], spent[1]
+
+
+def pull_and_mmap(model: Model, work: Path, trees: list[tuple[str, Path | None]], add) -> None:
+    """One round of --pull-mmap: `curl -o FILE && sync` and the mmap load of that file, then
+    for each tree `modelfs pull` into a fresh cache and the same load through a cold mount."""
+    out = work / "curl.out"
+    drop_caches()
+    disk = timed(["sh", "-c", f"curl -sf -o {out} '{model.url}' && sync {out}"])
+    drop_caches()
+    local = mmap_load(out)
+    out.unlink()
+    add("curl -o FILE && sync s", disk)
+    add("mmap load of that file s", local)
+    for label, tree in trees:
+        cache = work / f"pull-{label}"
+        drop_caches()
+        pull = timed_fn(
+            lambda c=cache, t=tree: run_modelfs(
+                "pull", model.name(), "--cache", str(c), env=tree_env(t)
+            )
+        )
+        shutil.rmtree(cache)
+        add(f"{label} modelfs pull / (curl -o FILE && sync)".strip(), disk / pull)
+        root = work / f"mmap-{label}"
+        m = Mount(root, env=tree_env(tree)).start()
+        try:
+            path = model.path(m)
+            os.stat(path)
+            drop_caches()
+            cold = mmap_load(path)
+            wait_for(lambda m=m: model.blob(m.cache).exists(), 300)
+        finally:
+            m.stop()
+            shutil.rmtree(root, ignore_errors=True)
+        add(f"{label} mmap load, cold mount s".strip(), cold)
+        add(f"{label} mmap cold / (curl -o + load)".strip(), cold / (disk + local))
+
+
+# The cores of --taskset: (the daemon's or curl's, the registry's and the reader's).
+CORES = {"1 core": ("0", "0"), "2 cores": ("1", "0")}
+
+
+def spread(xs: list[float], fmt: str = ".2f") -> str:
+    """The median and the range of one figure over the rounds."""
+    if len(xs) == 1:
+        return format(xs[0], fmt)
+    return f"{format(median(xs), fmt)} ({format(min(xs), fmt)}-{format(max(xs), fmt)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--variant", action="append", help="mount options, comma separated")
+    parser.add_argument("--tree", action="append", help="LABEL=PATH: the daemon of a checkout")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--ceilings", type=Path, help="../shared/tools/ceilings: time those too")
+    parser.add_argument("--fio", action="store_true", help="fio random reads, and rclone")
+    parser.add_argument("--taskset", action="store_true", help="cold reads on 1 and 2 cores")
+    parser.add_argument("--pull-mmap", action="store_true", help="pull and mmap load, vs curl")
     args = parser.parse_args()
     netsim = args.ceilings / "netsim.py" if args.ceilings else None
     ceilings: dict[str, list[float]] = {}
     variants = args.variant if args.variant is not None else ["", "push=no"]
+    trees: list[tuple[str, Path | None]] = [
+        (label, Path(path).resolve()) for label, path in (t.split("=", 1) for t in args.tree or [])
+    ] or [("", None)]
     work = Path(tempfile.mkdtemp(prefix="modelfs-cold-"))
+    if args.tree:
+        os.chdir(work)  # `python -m modelfs` imports from the cwd before PYTHONPATH
     reg = RegistryProcess(work / "registry").start()
+    rows: dict[str, list[float]] = {}  # figure -> one value per round
+
+    def add(key: str, value: float) -> None:
+        rows.setdefault(key, []).append(value)
+
+    nginx = None
     try:
         model = Model(f"synthetic {args.mib} MiB", reg, "library/cold", "m", synthetic(args.mib))
         model.push(work)
-        curl: list[float] = []
-        runs: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+        gib = model.size / GIB
+        if args.fio:
+            nginx = Nginx(model, work / "nginx")
+        assert reg.proc is not None
         for i in range(args.repeat):
+            add("load average (1 min)", os.getloadavg()[0])
             drop_caches()
-            curl.append(timed(["curl", "-sf", "-o", "/dev/null", model.url]))
-            for j, v in enumerate(variants):
-                opts = tuple(o for o in v.split(",") if o)
-                runs[v].append(cold_read(model, work / f"r{i}-{j}", opts))
+            seconds, cpu = timed_cpu(["curl", "-sf", "-o", "/dev/null", model.url])
+            add("curl GB/s", model.size / seconds / GB)
+            add("curl CPU-s/GiB", cpu / gib)
+            drop_caches()  # into fresh pages, as the daemon writes its partial file
+            seconds_f, cpu = timed_cpu(["curl", "-sf", "-o", str(work / "curl.out"), model.url])
+            os.unlink(work / "curl.out")
+            add("curl -o FILE GB/s", model.size / seconds_f / GB)
+            add("curl -o FILE CPU-s/GiB", cpu / gib)
+            sha, b3 = hash_cpu_seconds(model.gguf)
+            add("sha256 alone CPU-s/GiB", sha / gib)
+            add("BLAKE3 alone CPU-s/GiB", b3 / gib)
+            for label, tree in trees:
+                for j, v in enumerate(variants):
+                    opts = tuple(o for o in v.split(",") if o)
+                    r = cold_read(model, work / f"r{i}-{label}-{j}", opts, tree)
+                    key = f"{label} [{v or 'default'}]".strip()
+                    add(f"{key} cold cat GB/s", model.size / r.seconds / GB)
+                    add(f"{key} cold cat / curl", seconds / r.seconds)
+                    add(f"{key} daemon CPU-s/GiB to the last byte", r.cpu_read / gib)
+                    add(f"{key} daemon CPU-s/GiB to published", r.cpu_published / gib)
+            if nginx is not None:
+                s, cpu = rclone(nginx.url, work / f"rc{i}", "cat", model.size)
+                add("rclone cold cat GB/s", model.size / s / GB)
+                add("rclone CPU-s/GiB", cpu / gib)
+                mbs, p99 = rclone(nginx.url, work / f"rf{i}", "fio", model.size)
+                add("rclone fio MB/s", mbs)
+                add("rclone fio p99 ms", p99)
+                for label, tree in trees:
+                    mbs, p99 = modelfs_fio(model, work / f"f{i}-{label}", tree)
+                    add(f"{label} fio MB/s".strip(), mbs)
+                    add(f"{label} fio p99 ms".strip(), p99)
+            if args.taskset:
+                for cores, (mine, theirs) in CORES.items():
+                    pin(reg.proc.pid, theirs)
+                    try:
+                        drop_caches()
+                        seconds, cpu = timed_cpu(
+                            ["taskset", "-c", mine, "curl", "-sf", "-o", "/dev/null", model.url]
+                        )
+                        add(f"curl on {cores} GB/s", model.size / seconds / GB)
+                        for label, tree in trees:
+                            r = cold_read(
+                                model, work / f"t{i}-{label}", (), tree, cpus=(mine, theirs)
+                            )
+                            add(
+                                f"{label} cold cat on {cores} GB/s".strip(),
+                                model.size / r.seconds / GB,
+                            )
+                            add(
+                                f"{label} on {cores} daemon CPU-s/GiB".strip(),
+                                r.cpu_published / gib,
+                            )
+                    finally:
+                        pin(reg.proc.pid, f"0-{os.cpu_count() - 1}")
+            if args.pull_mmap:
+                pull_and_mmap(model, work, trees, add)
             if netsim is not None:
                 ceiling_rounds(netsim, model, work, i, ceilings)
     finally:
+        if nginx is not None:
+            nginx.stop()
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
-    c = median(curl)
-    out = {"when": time.strftime("%Y-%m-%d %H:%M"), "mib": args.mib, "curl_s": c, "variants": {}}
-    print(f"curl -o /dev/null: {model.size / c / GB:.2f} GB/s ({c:.2f} s)")
-    for v, rs in runs.items():
-        s = median([r[0] for r in rs])
-        cpu = median([r[1] for r in rs])
-        out["variants"][v or "default"] = {"seconds": s, "daemon_cpu_s": cpu}
-        print(
-            f"cold cat [{v or 'default'}]: {model.size / s / GB:.2f} GB/s ({s:.2f} s) "
-            f"= {c / s:.2f}x curl; daemon CPU {cpu:.2f} s"
-        )
+    out = {"when": time.strftime("%Y-%m-%d %H:%M"), "mib": args.mib, "rounds": rows}
+    print(f"{args.repeat} rounds, interleaved; median (range):")
+    for key, xs in rows.items():
+        print(f"| {key} | {spread(xs)} | " + " | ".join(f"{x:.2f}" for x in xs) + " |")
     if netsim is not None:
+        c = median([model.size / GB / x for x in rows["curl GB/s"]])
         out["ceilings"] = {**ceilings, **print_ceilings(model, c, ceilings)}
     if args.json:
         with args.json.open("a") as f:

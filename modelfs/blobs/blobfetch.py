@@ -148,7 +148,7 @@ class BlobFetch:
         self._arrived_bytes = 0
         self._arriving: list[_Arriving] = []
         self.progress = Progress(ctx, self.what)
-        self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable)
+        self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable, self.index)
 
     @property
     def what(self) -> str:

@@ -16,7 +16,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
+import blake3
 import pytest
 import trio
 import trio.testing
@@ -24,7 +26,7 @@ from support.hostile import build_manifest
 from support.ollama_front import chunksums_body
 from support.sources import FakeSource
 
-from modelfs.blobs import blobfetch
+from modelfs.blobs import blobfetch, wholecheck
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.fetchcontext import FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
@@ -720,6 +722,27 @@ async def test_a_blob_verified_whole_keeps_an_index_and_is_lazy_when_read_again(
         finally:
             await handle.close()
         await published(cache, layer)
+
+
+async def test_a_blob_with_a_blake3_index_keeps_it_as_its_local_index_without_hashing_again(
+    cache: BlobCache, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, layer = serving(data)
+    index = index_of(data)
+    hashers: list[object] = []
+
+    def counted() -> object:
+        hashers.append(blake3.blake3())
+        return hashers[-1]
+
+    # Only the whole check's own BLAKE3 hashers are counted (the chunk checks use their own).
+    monkeypatch.setattr(wholecheck, "blake3", SimpleNamespace(blake3=counted))
+    async with blob_layer(cache, source) as (_fetcher, blobs):
+        assert await read(blobs, NAME, layer, index) == data
+        await published(cache, layer)
+    assert hashers == [], "the whole check hashed every byte a second time with BLAKE3"
+    raw = cache.load_local_index(layer.digest, 1 << 20)
+    assert raw == serialize_chunk_index(CB, [index]), "the kept index is not the blob's"
 
 
 async def test_a_local_index_that_lies_is_distrusted_never_served(
