@@ -296,3 +296,47 @@ def test_an_index_published_beside_ollama_tensor_blobs_makes_their_layout_lazy(
     listed = proxy.blob_bytes(big.removeprefix("sha256:"))
     assert 0 < listed <= CHUNK_BYTES, f"listing fetched {listed} bytes of the largest tensor"
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "why"),
+    [
+        ("org.cncf.model.filepath", "a/../../etc/cron.d/x", "leaves the model's directory"),
+        ("org.cnai.model.filepath", "/etc/passwd", "is absolute"),
+        ("org.cncf.model.filepath", "./tokenizer.json", "two files have the path"),
+        ("org.cnai.model.filepath", "../../../tokenizer.json", "two files have the path"),
+    ],
+)
+def test_an_escaping_or_doubled_path_refuses_the_model_with_one_log_line(
+    proxy, registry, mount_factory, minilm, key, path, why
+):
+    """A file path that escapes the model's directory (after DMR's stripping of leading
+    ``../``), or that lands on another file's path, under either annotation name: the tag
+    directory cannot be listed (EIO), nothing is shown, and the daemon says why in one line
+    naming the layer and the path."""
+    art = dmr_v02(minilm)
+    doc = json.loads(art.manifest)
+    victim = next(
+        i
+        for i, layer in enumerate(doc["layers"])
+        if layer["annotations"]["org.cncf.model.filepath"] == "config.json"
+    )
+    notes = doc["layers"][victim]["annotations"]
+    del notes["org.cncf.model.filepath"]
+    notes[key] = path
+    art.manifest = json.dumps(doc).encode()
+    repo = f"folders/minilm-bad-path-{key.split('.')[1]}-{abs(hash(path)) % 10**6}"
+    push(registry.host, repo, "latest", art)
+    m = mount_factory()
+    m.expect_log(r"invalid manifest")
+    tag = m.mountpoint / proxy.host / repo / "latest"
+    with pytest.raises(OSError) as info:
+        os.listdir(tag)
+    assert info.value.errno == errno.EIO
+    lines = [line for line in m.log_text().splitlines() if "invalid manifest" in line]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert " INFO " in line and f"/{repo}:latest: invalid manifest: layer " in line, line
+    assert why in line and f"layer {victim}" in line, line
+    shown = path if "two files" not in why else "tokenizer.json"
+    assert repr(shown) in line, line

@@ -109,8 +109,12 @@ def test_an_escaping_path_refuses_the_manifest(bad):
 @pytest.mark.parametrize(
     ("first", "second", "why"),
     [
-        ("model.safetensors", "./model.safetensors", "two files have the path"),
-        ("a", "a/b", "a file's directory is another file"),
+        (
+            "model.safetensors",
+            "./model.safetensors",
+            r"two files have the path \(the other from layer 0\)",
+        ),
+        ("a", "a/b", r"a file's directory is another file \(from layer 0\)"),
         ("a/b", "a", "directory of others"),
     ],
 )
