@@ -255,8 +255,8 @@ def test_an_index_published_beside_a_folder_model_makes_its_weights_lazy_and_ver
     m.expect_log(r"failed its check twice; not trusting the published-index for this blob")
     m.expect_log(r"whole-blob sha256 is .* discarding the fetched data")
     path = m.mountpoint / proxy.host / repo / "latest/model.safetensors"
-    if kind == "dmr-v0.2":  # a file that is a whole layer says how it is checked
-        assert os.getxattr(path, "user.modelfs.verify") == b"published-index"
+    # A file that is a whole layer, or a member of a tar layer, says how it is checked.
+    assert os.getxattr(path, "user.modelfs.verify") == b"published-index"
     with open(path, "rb") as f:
         assert os.pread(f.fileno(), end - start, start) == weights[start:end]
     fetched = proxy.blob_bytes(weights_hex)
@@ -280,7 +280,8 @@ def test_an_index_published_beside_ollama_tensor_blobs_makes_their_layout_lazy(
 ):
     """Without an index the largest tensor blob is fetched whole before its header is
     trusted (above); with one published beside the model, listing the folder reads one
-    verified chunk of it, and a tensor's bytes are read from the blob's middle."""
+    verified chunk of it, reading a tensor's range of the laid-out file fetches only the
+    chunks that span it, and a corrupted chunk is EIO."""
     art = ollama_tensors(minilm)
     push(registry.host, "folders/minilm-tensors-indexed", "latest", art)
     name = f"{registry.host}/folders/minilm-tensors-indexed:latest"
@@ -291,11 +292,46 @@ def test_an_index_published_beside_ollama_tensor_blobs_makes_their_layout_lazy(
 
     proxy.reset()
     m = mount_factory()
+    m.expect_log(r"does not match the chunk index \(published-index\); fetching it once more")
+    m.expect_log(r"failed its check twice; not trusting the published-index for this blob")
+    m.expect_log(r"whole-blob sha256 is .* discarding the fetched data")
     tag = m.mountpoint / proxy.host / "folders/minilm-tensors-indexed/latest"
     assert "model.safetensors" in os.listdir(tag)
-    listed = proxy.blob_bytes(big.removeprefix("sha256:"))
+    big_hex = big.removeprefix("sha256:")
+    listed = proxy.blob_bytes(big_hex)
     assert 0 < listed <= CHUNK_BYTES, f"listing fetched {listed} bytes of the largest tensor"
-    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+    path = tag / "model.safetensors"
+    # The laid-out file says what checks its bytes: the index for the large tensor blobs,
+    # the whole digest (or the complete blob) for the small ones.
+    ways = os.getxattr(path, "user.modelfs.verify").decode().split(",")
+    assert "published-index" in ways and set(ways) <= {"published-index", "whole", "complete"}
+    assert "user.modelfs.verify" in os.listxattr(path)
+
+    # One tensor's range in the middle of the largest blob: only the chunks that span it.
+    blob = art.blobs[big]
+    (bn,) = struct.unpack_from("<Q", blob)
+    (tensor,) = (k for k in json.loads(blob[8 : 8 + bn]) if k != "__metadata__")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        begin, end = json.loads(f.read(n))[tensor]["data_offsets"]
+        assert end - begin == len(blob) - 8 - bn
+        at = (end - begin) // 3
+        fd = f.fileno()
+        assert os.pread(fd, 4096, 8 + n + begin + at) == blob[8 + bn + at : 8 + bn + at + 4096]
+        fetched = proxy.blob_bytes(big_hex) - listed
+        assert 0 < fetched <= 2 * CHUNK_BYTES, f"one tensor range fetched {fetched} bytes"
+
+        # A flipped byte in another chunk of that blob: EIO, never the wrong bytes.
+        flip = 3 * (end - begin) // 4
+        assert flip - at > 2 * CHUNK_BYTES
+        proxy.set_faults([{"path": big_hex, "flip_at": 8 + bn + flip}])
+        with pytest.raises(OSError) as info:
+            os.pread(fd, 4096, 8 + n + begin + flip)
+        assert info.value.errno == errno.EIO
+        proxy.clear_faults()
+    with open(path, "rb") as f:
+        assert os.pread(f.fileno(), 4096, 8 + n + begin + flip) == blob[8 + bn + flip :][:4096]
+    assert_same_tensors(path, minilm / "model.safetensors")
 
 
 @pytest.mark.parametrize(
