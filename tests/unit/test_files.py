@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 
 from modelfs.errors import ManifestInvalid
@@ -425,3 +426,41 @@ def test_children_list_a_directory_of_the_tree():
     assert list(tree.children("a")) == ["b"]
     assert list(tree.children("a/b")) == ["c.json"]
     assert tree.children("nope") == {}
+
+
+@pytest.mark.parametrize(
+    ("quant_type", "packed", "scale"),
+    [("int4", "U32", "F16"), ("nvfp4", "U32", "U8"), ("mxfp8", "U8", "U8")],
+)
+def test_ollama_quantized_tensors_are_laid_out_as_they_are(quant_type, packed, scale):
+    """One blob of a weight Ollama quantized (packed, ``.scale`` and ``.bias`` beside it, its
+    ``quant_type`` in ``__metadata__``), as ``x/create/quantize.go`` writes it: the laid-out
+    file keeps each tensor's name, dtype, shape and bytes (no dequantizing, no renaming), and
+    the facts say it is Ollama/MLX-quantized."""
+    from safetensors.numpy import load, save
+
+    from modelfs.formats.safetensors import OLLAMA_QUANTIZED, parse_header, safetensors_facts
+
+    dtypes = {"U32": np.uint32, "U8": np.uint8, "F16": np.float16}
+    rng = np.random.default_rng(7)
+    arrays = {
+        "blk.0.w.weight": rng.integers(0, 255, (16, 4)).astype(dtypes[packed]),
+        "blk.0.w.weight.scale": rng.integers(0, 255, (16, 2)).astype(dtypes[scale]),
+        "blk.0.w.weight.bias": rng.integers(0, 255, (16, 2)).astype(dtypes[scale]),
+    }
+    quantized = save(arrays, metadata={"quant_type": quant_type, "group_size": "32"})
+    norm = save({"norm.weight": np.ones(16, np.float32)})
+    m, by_digest = tensor_manifest({"blk.0.w.weight": quantized, "norm.weight": norm})
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    tree = tree_of(m, known)
+    data = read_file(tree.file("model.safetensors"), lambda d, o, n: by_digest[d][o : o + n])
+    got = load(data)
+    assert sorted(got) == sorted([*arrays, "norm.weight"])
+    for name, want in arrays.items():
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
+        assert np.array_equal(got[name], want), name
+    facts = safetensors_facts([parse_header(data, len(data), "laid out")], None)
+    assert facts.ollama_quantized
+    assert facts.xattrs()["user.modelfs.safetensors.quantized"] == OLLAMA_QUANTIZED.encode()
