@@ -446,3 +446,55 @@ def test_a_kitops_modelpack_of_directory_tars_mounts_as_its_folder(
     assert (tag / "1_Pooling").is_dir()
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
     assert os.getxattr(tag / "model.safetensors", "user.modelfs.verify") == b"complete"
+
+
+LOCAL_INDEX_BUILDS = {"dmr-v0.2": dmr_v02, "ollama-tensors": ollama_tensors}
+
+
+@pytest.mark.parametrize("kind", list(LOCAL_INDEX_BUILDS))
+def test_a_folder_model_verified_whole_is_lazy_after_eviction_by_its_local_index(
+    proxy, registry, mount_factory, minilm, tmp_path, kind
+):
+    """No index anywhere: the first mount fetches the weights whole and checks them, keeping
+    their chunk digests; once the blob is evicted, the next mount reads one tensor's range of
+    model.safetensors (a layer, or laid out over tensor blobs) chunk by chunk, checked against
+    that local index."""
+    art = LOCAL_INDEX_BUILDS[kind](minilm)
+    repo = f"folders/minilm-local-{kind.replace('.', '-')}"
+    push(registry.host, repo, "latest", art)
+    big = max(art.blobs, key=lambda d: len(art.blobs[d]))
+    big_hex = big.removeprefix("sha256:")
+    assert len(art.blobs[big]) > 4 * CHUNK_BYTES
+
+    m = mount_factory(root=tmp_path / "a")
+    path = m.mountpoint / proxy.host / repo / "latest/model.safetensors"
+    assert_same_tensors(path, minilm / "model.safetensors")
+    blob = m.cache / "blobs" / f"sha256-{big_hex}"
+    wait_for(blob.exists, "the weights' blob to be published")
+    index = m.cache / ".modelfs" / "indexes" / f"sha256-{big_hex}.json"
+    wait_for(index.exists, "its chunk index to be kept")
+    m.stop()
+    blob.unlink()  # evicted: the few KB of its index stay
+
+    proxy.reset()
+    m2 = mount_factory(root=tmp_path / "a")
+    path = m2.mountpoint / proxy.host / repo / "latest/model.safetensors"
+    assert "local-index" in os.getxattr(path, "user.modelfs.verify").decode().split(",")
+    weights = (minilm / "model.safetensors").read_bytes()
+    (n,) = struct.unpack_from("<Q", weights)
+    header = json.loads(weights[8 : 8 + n])
+    # The largest tensor (the blob's), a range in its middle.
+    name = max(
+        (k for k in header if k != "__metadata__"),
+        key=lambda k: header[k]["data_offsets"][1] - header[k]["data_offsets"][0],
+    )
+    with open(path, "rb") as f:
+        (mn,) = struct.unpack("<Q", f.read(8))
+        begin, end = json.loads(f.read(mn))[name]["data_offsets"]
+        at = (end - begin) // 2
+        want_at = 8 + n + header[name]["data_offsets"][0] + at
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        assert os.pread(f.fileno(), 4096, 8 + mn + begin + at) == weights[want_at : want_at + 4096]
+    fetched = proxy.blob_bytes(big_hex)
+    # A tensor blob's header chunk for the layout, and the chunks the range spans.
+    assert 0 < fetched <= 3 * CHUNK_BYTES, f"one range fetched {fetched} bytes after eviction"
