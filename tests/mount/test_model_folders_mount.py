@@ -203,6 +203,10 @@ def test_dmr_v01_config_tar_members_are_files(proxy, registry, mount_factory, mi
     m = mount_factory()
     tag = m.mountpoint / proxy.host / "folders/minilm-v01/latest"
     assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    # ls -l: the tars' headers are read (their members' sizes), the weights are not.
+    for p in walk(minilm):
+        assert os.stat(tag / p).st_size == (minilm / p).stat().st_size, p
+    assert proxy.blob_bytes(blob_hex(art, "model.safetensors", minilm)) == 0
     for p in walk(minilm):
         if p != "model.safetensors":  # a tar member: its bytes and its header's time
             assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
