@@ -148,6 +148,24 @@ def test_mode_and_mtime_from_the_file_metadata_annotation_and_older_cnai_names()
     assert w.mode == 0o755
     assert w.mtime_ns == rfc3339_ns("2025-11-02T09:20:30.123456789Z") == 1762075230123456789
     assert (tree.file("c.json").mode, tree.file("c.json").mtime_ns) == (None, None)
+    # The pre-CNCF spelling of both annotations, as older modctl artifacts carry them.
+    old = manifest(
+        [
+            layer(
+                1,
+                "application/vnd.cnai.model.weight.v1.raw",
+                annotations={
+                    "org.cnai.model.filepath": "../sub/w.safetensors",
+                    "org.cnai.model.file.metadata+json": json.dumps(
+                        {"mode": 0o640, "mtime": "2024-02-29T23:59:59Z"}
+                    ),
+                },
+            )
+        ],
+        config_type="application/vnd.cnai.model.config.v1+json",
+    )
+    w = tree_of(old).file("sub/w.safetensors")
+    assert (w.mode, w.mtime_ns) == (0o640, rfc3339_ns("2024-02-29T23:59:59Z"))
 
 
 def test_the_models_own_files_win_the_side_names():
