@@ -67,7 +67,14 @@ async def lay_out(
 ) -> ModelTree:
     """The model's files, reading (checked) the blob ranges their layout needs."""
     read = checked_reads(blobs, name, manifest, anonymous=anonymous)
-    tree = await answer(name, BlobBytes(), lambda known: files_of(manifest, known), read)
+
+    def ask(known: BlobBytes) -> ModelTree | Needs:
+        try:
+            return files_of(manifest, known)
+        except ManifestInvalid as e:  # the one line the mount logs says which model
+            raise ManifestInvalid(f"{name}: {e}") from None
+
+    tree = await answer(name, BlobBytes(), ask, read)
     for layer, why in tree.skipped:
         log.info("%s: layer %s not shown: %s", name, layer.digest.short, why)
     return tree

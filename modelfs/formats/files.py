@@ -230,23 +230,25 @@ class _Placer:
     def __init__(self) -> None:
         self.files: dict[str, ModelFile] = {}
         self._dirs: set[str] = set()
+        self._where: dict[str, str] = {}  # which layer placed each file, for the error
 
     def _free(self, path: str) -> str | None:
         """Why ``path`` cannot be a new file, or None."""
         if path in self.files:
-            return "two files have the path"
+            return f"two files have the path (the other from {self._where[path]})"
         if path in self._dirs:
             return "a file has the path of a directory of others"
         parts = path.split("/")
         for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in self.files:
-                return "a file's directory is another file"
+            if (other := "/".join(parts[:i])) in self.files:
+                return f"a file's directory is another file (from {self._where[other]})"
         return None
 
     def add(self, file: ModelFile, where: str) -> None:
         if (why := self._free(file.path)) is not None:
             raise ManifestInvalid(f"invalid manifest: {where}: {why}: {file.path[:120]!r}")
         self.files[file.path] = file
+        self._where[file.path] = where or "a side file"
         parts = file.path.split("/")
         self._dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
 

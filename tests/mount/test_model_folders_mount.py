@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import stat
 import struct
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mount.test_mount import wait_for
 from safetensors.numpy import load_file
-from support.modelformats import dmr_v01, dmr_v02, modelpack, ollama_tensors, push, walk
+from support.modelformats import (
+    OCI_MANIFEST,
+    Artifact,
+    dmr_v01,
+    dmr_v02,
+    modelpack,
+    ollama_tensors,
+    push,
+    walk,
+)
 from support.mount import run_modelfs
 
 from modelfs.formats.chunks import CHUNK_BYTES
@@ -154,21 +165,16 @@ def test_ollama_tensor_blobs_mount_as_one_safetensors_file(proxy, registry, moun
         assert len(f.read()) == 4096
     for p in tops:
         assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
-    code = (
-        "import sys, transformers\n"
-        "print(transformers.AutoConfig.from_pretrained(sys.argv[1]).num_hidden_layers)\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    loaded = subprocess.run(
-        [sys.executable, "-c", code, str(tag)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    # tokenizers, and transformers' AutoConfig and AutoTokenizer, from the mounted folder.
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tag / "tokenizer.json"))
+    want = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    assert tokenizer.encode("hello world").ids == want.encode("hello world").ids
+    loaded = engine_loads(tag)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert loaded.stdout.strip() == "6"
+    assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
 
 
 def test_a_corrupted_tensor_blob_is_eio_never_a_layout_of_its_bytes(
@@ -197,6 +203,10 @@ def test_dmr_v01_config_tar_members_are_files(proxy, registry, mount_factory, mi
     m = mount_factory()
     tag = m.mountpoint / proxy.host / "folders/minilm-v01/latest"
     assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    # ls -l: the tars' headers are read (their members' sizes), the weights are not.
+    for p in walk(minilm):
+        assert os.stat(tag / p).st_size == (minilm / p).stat().st_size, p
+    assert proxy.blob_bytes(blob_hex(art, "model.safetensors", minilm)) == 0
     for p in walk(minilm):
         if p != "model.safetensors":  # a tar member: its bytes and its header's time
             assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
@@ -255,8 +265,8 @@ def test_an_index_published_beside_a_folder_model_makes_its_weights_lazy_and_ver
     m.expect_log(r"failed its check twice; not trusting the published-index for this blob")
     m.expect_log(r"whole-blob sha256 is .* discarding the fetched data")
     path = m.mountpoint / proxy.host / repo / "latest/model.safetensors"
-    if kind == "dmr-v0.2":  # a file that is a whole layer says how it is checked
-        assert os.getxattr(path, "user.modelfs.verify") == b"published-index"
+    # A file that is a whole layer, or a member of a tar layer, says how it is checked.
+    assert os.getxattr(path, "user.modelfs.verify") == b"published-index"
     with open(path, "rb") as f:
         assert os.pread(f.fileno(), end - start, start) == weights[start:end]
     fetched = proxy.blob_bytes(weights_hex)
@@ -280,7 +290,8 @@ def test_an_index_published_beside_ollama_tensor_blobs_makes_their_layout_lazy(
 ):
     """Without an index the largest tensor blob is fetched whole before its header is
     trusted (above); with one published beside the model, listing the folder reads one
-    verified chunk of it, and a tensor's bytes are read from the blob's middle."""
+    verified chunk of it, reading a tensor's range of the laid-out file fetches only the
+    chunks that span it, and a corrupted chunk is EIO."""
     art = ollama_tensors(minilm)
     push(registry.host, "folders/minilm-tensors-indexed", "latest", art)
     name = f"{registry.host}/folders/minilm-tensors-indexed:latest"
@@ -291,8 +302,203 @@ def test_an_index_published_beside_ollama_tensor_blobs_makes_their_layout_lazy(
 
     proxy.reset()
     m = mount_factory()
+    m.expect_log(r"does not match the chunk index \(published-index\); fetching it once more")
+    m.expect_log(r"failed its check twice; not trusting the published-index for this blob")
+    m.expect_log(r"whole-blob sha256 is .* discarding the fetched data")
     tag = m.mountpoint / proxy.host / "folders/minilm-tensors-indexed/latest"
     assert "model.safetensors" in os.listdir(tag)
-    listed = proxy.blob_bytes(big.removeprefix("sha256:"))
+    big_hex = big.removeprefix("sha256:")
+    listed = proxy.blob_bytes(big_hex)
     assert 0 < listed <= CHUNK_BYTES, f"listing fetched {listed} bytes of the largest tensor"
+    path = tag / "model.safetensors"
+    # The laid-out file says what checks its bytes: the index for the large tensor blobs,
+    # the whole digest (or the complete blob) for the small ones.
+    ways = os.getxattr(path, "user.modelfs.verify").decode().split(",")
+    assert "published-index" in ways and set(ways) <= {"published-index", "whole", "complete"}
+    assert "user.modelfs.verify" in os.listxattr(path)
+
+    # One tensor's range in the middle of the largest blob: only the chunks that span it.
+    blob = art.blobs[big]
+    (bn,) = struct.unpack_from("<Q", blob)
+    (tensor,) = (k for k in json.loads(blob[8 : 8 + bn]) if k != "__metadata__")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        begin, end = json.loads(f.read(n))[tensor]["data_offsets"]
+        assert end - begin == len(blob) - 8 - bn
+        at = (end - begin) // 3
+        fd = f.fileno()
+        assert os.pread(fd, 4096, 8 + n + begin + at) == blob[8 + bn + at : 8 + bn + at + 4096]
+        fetched = proxy.blob_bytes(big_hex) - listed
+        assert 0 < fetched <= 2 * CHUNK_BYTES, f"one tensor range fetched {fetched} bytes"
+
+        # A flipped byte in another chunk of that blob: EIO, never the wrong bytes.
+        flip = 3 * (end - begin) // 4
+        assert flip - at > 2 * CHUNK_BYTES
+        proxy.set_faults([{"path": big_hex, "flip_at": 8 + bn + flip}])
+        with pytest.raises(OSError) as info:
+            os.pread(fd, 4096, 8 + n + begin + flip)
+        assert info.value.errno == errno.EIO
+        proxy.clear_faults()
+    with open(path, "rb") as f:
+        assert os.pread(f.fileno(), 4096, 8 + n + begin + flip) == blob[8 + bn + flip :][:4096]
+    assert_same_tensors(path, minilm / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "why"),
+    [
+        ("org.cncf.model.filepath", "a/../../etc/cron.d/x", "leaves the model's directory"),
+        ("org.cnai.model.filepath", "/etc/passwd", "is absolute"),
+        ("org.cncf.model.filepath", "./tokenizer.json", "two files have the path"),
+        ("org.cnai.model.filepath", "../../../tokenizer.json", "two files have the path"),
+    ],
+)
+def test_an_escaping_or_doubled_path_refuses_the_model_with_one_log_line(
+    proxy, registry, mount_factory, minilm, key, path, why
+):
+    """A file path that escapes the model's directory (after DMR's stripping of leading
+    ``../``), or that lands on another file's path, under either annotation name: the tag
+    directory cannot be listed (EIO), nothing is shown, and the daemon says why in one line
+    naming the layer and the path."""
+    art = dmr_v02(minilm)
+    doc = json.loads(art.manifest)
+    victim = next(
+        i
+        for i, layer in enumerate(doc["layers"])
+        if layer["annotations"]["org.cncf.model.filepath"] == "config.json"
+    )
+    notes = doc["layers"][victim]["annotations"]
+    del notes["org.cncf.model.filepath"]
+    notes[key] = path
+    art.manifest = json.dumps(doc).encode()
+    repo = f"folders/minilm-bad-path-{key.split('.')[1]}-{abs(hash(path)) % 10**6}"
+    push(registry.host, repo, "latest", art)
+    m = mount_factory()
+    m.expect_log(r"invalid manifest")
+    tag = m.mountpoint / proxy.host / repo / "latest"
+    with pytest.raises(OSError) as info:
+        os.listdir(tag)
+    assert info.value.errno == errno.EIO
+    lines = [line for line in m.log_text().splitlines() if "invalid manifest" in line]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert " INFO " in line and f"/{repo}:latest: invalid manifest: layer " in line, line
+    assert why in line and f"layer {victim}" in line, line
+    shown = path if "two files" not in why else "tokenizer.json"
+    assert repr(shown) in line, line
+
+
+def kit_modelpack(folder: Path) -> Artifact:
+    """What KitOps writes as a ModelPack (``kit pack --use-model-pack``): one
+    ``application/vnd.cncf.model.*.v1.tar`` layer per Kitfile path — a file, or a whole
+    directory with its directory entries — member names relative to the context
+    directory, the Kitfile path as the annotation (which a tar layer's members override)."""
+    paths = walk(folder)
+    parts = [
+        ("weight", ["model.safetensors"], "model.safetensors"),
+        ("weight.config", [p for p in paths if "/" not in p and p.endswith(".json")], "."),
+        ("code", ["1_Pooling"], "1_Pooling"),
+    ]
+    art = Artifact(b"", OCI_MANIFEST)
+    layers = []
+    for kind, members, kitfile_path in parts:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for member in members:
+                tar.add(folder / member, arcname=member)  # a directory: itself, then its files
+        data = buf.getvalue()
+        layers.append(
+            {
+                "mediaType": f"application/vnd.cncf.model.{kind}.v1.tar",
+                "digest": art.add(data),
+                "size": len(data),
+                "annotations": {"org.cncf.model.filepath": kitfile_path},
+            }
+        )
+    config = json.dumps({"descriptor": {"name": "minilm"}, "config": {"format": "safetensors"}})
+    config_desc = {
+        "mediaType": "application/vnd.cncf.model.config.v1+json",
+        "digest": art.add(config.encode()),
+        "size": len(config),
+    }
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+        "config": config_desc,
+        "layers": layers,
+    }
+    art.manifest = json.dumps(doc).encode()
+    return art
+
+
+def test_a_kitops_modelpack_of_directory_tars_mounts_as_its_folder(
+    proxy, registry, mount_factory, minilm
+):
+    """KitOps's ModelPack layers are tars of whole Kitfile paths: their members (a directory's
+    files among them) show at their member names, each read as a range of its tar blob."""
+    art = kit_modelpack(minilm)
+    push(registry.host, "folders/minilm-kit", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-kit/latest"
+    assert mounted_paths(tag) == sorted(walk(minilm) + SIDE_FILES)
+    for p in walk(minilm):
+        if p == "model.safetensors":
+            continue
+        assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
+        assert int(os.stat(tag / p).st_mtime) == int((minilm / p).stat().st_mtime), p
+    assert (tag / "1_Pooling").is_dir()
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+    assert os.getxattr(tag / "model.safetensors", "user.modelfs.verify") == b"complete"
+
+
+LOCAL_INDEX_BUILDS = {"dmr-v0.2": dmr_v02, "ollama-tensors": ollama_tensors}
+
+
+@pytest.mark.parametrize("kind", list(LOCAL_INDEX_BUILDS))
+def test_a_folder_model_verified_whole_is_lazy_after_eviction_by_its_local_index(
+    proxy, registry, mount_factory, minilm, tmp_path, kind
+):
+    """No index anywhere: the first mount fetches the weights whole and checks them, keeping
+    their chunk digests; once the blob is evicted, the next mount reads one tensor's range of
+    model.safetensors (a layer, or laid out over tensor blobs) chunk by chunk, checked against
+    that local index."""
+    art = LOCAL_INDEX_BUILDS[kind](minilm)
+    repo = f"folders/minilm-local-{kind.replace('.', '-')}"
+    push(registry.host, repo, "latest", art)
+    big = max(art.blobs, key=lambda d: len(art.blobs[d]))
+    big_hex = big.removeprefix("sha256:")
+    assert len(art.blobs[big]) > 4 * CHUNK_BYTES
+
+    m = mount_factory(root=tmp_path / "a")
+    path = m.mountpoint / proxy.host / repo / "latest/model.safetensors"
+    assert_same_tensors(path, minilm / "model.safetensors")
+    blob = m.cache / "blobs" / f"sha256-{big_hex}"
+    wait_for(blob.exists, "the weights' blob to be published")
+    index = m.cache / ".modelfs" / "indexes" / f"sha256-{big_hex}.json"
+    wait_for(index.exists, "its chunk index to be kept")
+    m.stop()
+    blob.unlink()  # evicted: the few KB of its index stay
+
+    proxy.reset()
+    m2 = mount_factory(root=tmp_path / "a")
+    path = m2.mountpoint / proxy.host / repo / "latest/model.safetensors"
+    assert "local-index" in os.getxattr(path, "user.modelfs.verify").decode().split(",")
+    weights = (minilm / "model.safetensors").read_bytes()
+    (n,) = struct.unpack_from("<Q", weights)
+    header = json.loads(weights[8 : 8 + n])
+    # The largest tensor (the blob's), a range in its middle.
+    name = max(
+        (k for k in header if k != "__metadata__"),
+        key=lambda k: header[k]["data_offsets"][1] - header[k]["data_offsets"][0],
+    )
+    with open(path, "rb") as f:
+        (mn,) = struct.unpack("<Q", f.read(8))
+        begin, end = json.loads(f.read(mn))[name]["data_offsets"]
+        at = (end - begin) // 2
+        want_at = 8 + n + header[name]["data_offsets"][0] + at
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        assert os.pread(f.fileno(), 4096, 8 + mn + begin + at) == weights[want_at : want_at + 4096]
+    fetched = proxy.blob_bytes(big_hex)
+    # A tensor blob's header chunk for the layout, and the chunks the range spans.
+    assert 0 < fetched <= 3 * CHUNK_BYTES, f"one range fetched {fetched} bytes after eviction"

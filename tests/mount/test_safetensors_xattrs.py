@@ -107,3 +107,51 @@ def test_with_a_chunk_index_the_header_chunk_is_checked_and_kept(
     assert os.getxattr(tag, PREFIX + "header_checked") == b"yes"
     # The chunk the header lies in, checked against the index: not the 90 MB of weights.
     assert proxy.blob_bytes(weights_hex) == CHUNK_BYTES
+
+
+def test_a_model_of_ollama_tensor_blobs_has_the_facts_and_says_ollama_quantized(
+    proxy, registry, mount_factory, minilm, tmp_path
+):
+    """Ollama's tensor layers: the facts of the laid-out model.safetensors are MiniLM's, as
+    for its folder; a model Ollama quantized (packed weights, .scale and .bias beside them)
+    says so in ``user.modelfs.safetensors.quantized``, and a plain one has no such xattr."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    from support.modelformats import ollama_tensors
+
+    from modelfs.formats.safetensors import OLLAMA_QUANTIZED
+
+    push(registry.host, "folders/minilm-tensor-facts", "latest", ollama_tensors(minilm))
+    folder = tmp_path / "quantized"
+    folder.mkdir()
+    save_file(
+        {
+            "layer.weight": np.zeros((64, 8), dtype=np.uint32),
+            "layer.weight.scale": np.ones((64, 1), dtype=np.float16),
+            "layer.weight.bias": np.zeros((64, 1), dtype=np.float16),
+            "norm.weight": np.ones(64, dtype=np.float32),
+        },
+        str(folder / "model.safetensors"),
+    )
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096})
+    )
+    push(registry.host, "folders/quantized-tensor-facts", "latest", ollama_tensors(folder))
+    m = mount_factory()
+    top = m.mountpoint / proxy.host / "folders"
+
+    plain = top / "minilm-tensor-facts/latest"
+    assert os.getxattr(plain, PREFIX + "architecture") == b"BertModel"
+    assert os.getxattr(plain, PREFIX + "parameter_count") == b"22713728"
+    assert os.getxattr(plain, PREFIX + "dtypes") == b"F32,I64"
+    assert os.getxattr(plain, PREFIX + "context_length") == b"512"
+    assert int(os.getxattr(plain, PREFIX + "memory_bytes")) == 90_856_960
+    with pytest.raises(OSError) as info:
+        os.getxattr(plain, PREFIX + "quantized")
+    assert info.value.errno == errno.ENODATA
+
+    quantized = top / "quantized-tensor-facts/latest"
+    assert os.getxattr(quantized, PREFIX + "architecture") == b"LlamaForCausalLM"
+    assert os.getxattr(quantized, PREFIX + "context_length") == b"4096"
+    assert os.getxattr(quantized, PREFIX + "quantized") == OLLAMA_QUANTIZED.encode()
+    assert PREFIX + "quantized" in os.listxattr(quantized)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 
 from modelfs.errors import ManifestInvalid
@@ -109,8 +110,12 @@ def test_an_escaping_path_refuses_the_manifest(bad):
 @pytest.mark.parametrize(
     ("first", "second", "why"),
     [
-        ("model.safetensors", "./model.safetensors", "two files have the path"),
-        ("a", "a/b", "a file's directory is another file"),
+        (
+            "model.safetensors",
+            "./model.safetensors",
+            r"two files have the path \(the other from layer 0\)",
+        ),
+        ("a", "a/b", r"a file's directory is another file \(from layer 0\)"),
         ("a/b", "a", "directory of others"),
     ],
 )
@@ -143,6 +148,24 @@ def test_mode_and_mtime_from_the_file_metadata_annotation_and_older_cnai_names()
     assert w.mode == 0o755
     assert w.mtime_ns == rfc3339_ns("2025-11-02T09:20:30.123456789Z") == 1762075230123456789
     assert (tree.file("c.json").mode, tree.file("c.json").mtime_ns) == (None, None)
+    # The pre-CNCF spelling of both annotations, as older modctl artifacts carry them.
+    old = manifest(
+        [
+            layer(
+                1,
+                "application/vnd.cnai.model.weight.v1.raw",
+                annotations={
+                    "org.cnai.model.filepath": "../sub/w.safetensors",
+                    "org.cnai.model.file.metadata+json": json.dumps(
+                        {"mode": 0o640, "mtime": "2024-02-29T23:59:59Z"}
+                    ),
+                },
+            )
+        ],
+        config_type="application/vnd.cnai.model.config.v1+json",
+    )
+    w = tree_of(old).file("sub/w.safetensors")
+    assert (w.mode, w.mtime_ns) == (0o640, rfc3339_ns("2024-02-29T23:59:59Z"))
 
 
 def test_the_models_own_files_win_the_side_names():
@@ -421,3 +444,41 @@ def test_children_list_a_directory_of_the_tree():
     assert list(tree.children("a")) == ["b"]
     assert list(tree.children("a/b")) == ["c.json"]
     assert tree.children("nope") == {}
+
+
+@pytest.mark.parametrize(
+    ("quant_type", "packed", "scale"),
+    [("int4", "U32", "F16"), ("nvfp4", "U32", "U8"), ("mxfp8", "U8", "U8")],
+)
+def test_ollama_quantized_tensors_are_laid_out_as_they_are(quant_type, packed, scale):
+    """One blob of a weight Ollama quantized (packed, ``.scale`` and ``.bias`` beside it, its
+    ``quant_type`` in ``__metadata__``), as ``x/create/quantize.go`` writes it: the laid-out
+    file keeps each tensor's name, dtype, shape and bytes (no dequantizing, no renaming), and
+    the facts say it is Ollama/MLX-quantized."""
+    from safetensors.numpy import load, save
+
+    from modelfs.formats.safetensors import OLLAMA_QUANTIZED, parse_header, safetensors_facts
+
+    dtypes = {"U32": np.uint32, "U8": np.uint8, "F16": np.float16}
+    rng = np.random.default_rng(7)
+    arrays = {
+        "blk.0.w.weight": rng.integers(0, 255, (16, 4)).astype(dtypes[packed]),
+        "blk.0.w.weight.scale": rng.integers(0, 255, (16, 2)).astype(dtypes[scale]),
+        "blk.0.w.weight.bias": rng.integers(0, 255, (16, 2)).astype(dtypes[scale]),
+    }
+    quantized = save(arrays, metadata={"quant_type": quant_type, "group_size": "32"})
+    norm = save({"norm.weight": np.ones(16, np.float32)})
+    m, by_digest = tensor_manifest({"blk.0.w.weight": quantized, "norm.weight": norm})
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    tree = tree_of(m, known)
+    data = read_file(tree.file("model.safetensors"), lambda d, o, n: by_digest[d][o : o + n])
+    got = load(data)
+    assert sorted(got) == sorted([*arrays, "norm.weight"])
+    for name, want in arrays.items():
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
+        assert np.array_equal(got[name], want), name
+    facts = safetensors_facts([parse_header(data, len(data), "laid out")], None)
+    assert facts.ollama_quantized
+    assert facts.xattrs()["user.modelfs.safetensors.quantized"] == OLLAMA_QUANTIZED.encode()
