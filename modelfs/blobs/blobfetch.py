@@ -131,7 +131,7 @@ class BlobFetch:
         self._stream: WholeStream | None = None  # a whole-blob body being taken as the fill
         # Set once the first range request of this blob has an answer: until then no other
         # is sent (a mirror that answers with the whole blob would copy it once per request).
-        self._first_answer: trio.Event | None = None
+        self._first_answer: Flight | None = None
         self._disk_failed = False
         self._disk_error: ModelfsError | None = None
         # Chunks another process marked in the shared partial that failed this fetch's
@@ -177,7 +177,9 @@ class BlobFetch:
                 try:
                     self._kick()
                     while self.handles > 0 or tasks.running:
-                        await tasks.wait_changed()
+                        # Bounded by its users: each reader's wait has its deadline, and
+                        # each task of the blob its own (stall detection, claim waits).
+                        await tasks.changed.wait(None)
                 except Exception:  # once started, nothing may reach the daemon's nursery
                     log.exception("%s: failed while open", self.what)
                 self.closing = True
@@ -195,7 +197,7 @@ class BlobFetch:
     def release(self) -> None:
         self.handles -= 1
         if self._tasks is not None:
-            self._tasks.changed()
+            self._tasks.changed.notify()
 
     async def _open(self) -> None:
         for _ in range(OPEN_TRIES):
@@ -571,7 +573,7 @@ class BlobFetch:
 
         async def once() -> None:
             # A retry asks only for what the failed try did not deliver.
-            pending = [i for i, f in mine.items() if not f.event.is_set()]
+            pending = [i for i, f in mine.items() if not f.done]
             if pending:
                 start = self.layout.span(pending[0])[0]
                 end = self.layout.span(pending[-1])[1]
@@ -579,17 +581,17 @@ class BlobFetch:
 
         try:
             await retrying(self.what, once, self.ctx.settings.attempts)
-            if any(not f.event.is_set() and i in self._mismatched for i, f in mine.items()):
+            if any(not f.done and i in self._mismatched for i, f in mine.items()):
                 # A chunk that failed its check is fetched once more (a second failure
                 # ends its flight: ``_chunk_mismatch``).
                 await retrying(self.what, once, self.ctx.settings.attempts)
             for i, flight in mine.items():
-                if not flight.event.is_set():
+                if not flight.done:
                     # The range was delivered but this chunk was not: cannot happen
                     # unless the registry cut the body short without an error.
                     raise Transient(f"{self.what}: chunk {i} missing from a complete body")
         except ModelfsError as e:
-            waited = any(f.event.statistics().tasks_waiting for f in mine.values())
+            waited = any(f.has_waiters for f in mine.values())
             # A failed readahead nobody waits for is not a problem yet; a reader's is.
             log.log(
                 logging.WARNING if waited else logging.INFO,
@@ -611,7 +613,7 @@ class BlobFetch:
 
     def _fail(self, mine: dict[int, Flight], error: ModelfsError) -> None:
         for i, flight in mine.items():
-            if not flight.event.is_set():
+            if not flight.done:
                 if self.flights.get(i) is flight:
                     del self.flights[i]
                 if self.partial is not None:
@@ -621,11 +623,12 @@ class BlobFetch:
     async def _fetch_range(self, start: int, end: int) -> None:
         gate, first = self._first_answer, False
         if gate is None:
-            gate, first = trio.Event(), True
+            gate, first = Flight(), True
             self._first_answer = gate
         try:
             if not first:
-                await gate.wait()
+                # Bounded by the first request: its stall detection and retries end it.
+                await gate.settled(None)
             stream = self._stream
             if stream is not None and not stream.ended:
                 # A whole-blob body is coming: it brings these chunks too; ask only for
@@ -639,7 +642,7 @@ class BlobFetch:
             await self._request_range(start, end)
         finally:
             if first:
-                gate.set()
+                gate.finish()
 
     async def _request_range(self, start: int, end: int) -> None:
         partial = self.partial
@@ -730,7 +733,7 @@ class BlobFetch:
             claimed[i] = self.flights[i] = Flight()
         self._stream = WholeStream(claimed)
         if self._first_answer is not None:
-            self._first_answer.set()
+            self._first_answer.finish()
         log.info(
             "%s: %s answered a range request with the whole blob (a mirror filling its cache?); "
             "taking it as the fill, %d chunks from it, no other range requests meanwhile",
@@ -808,7 +811,7 @@ class BlobFetch:
         if flight is not None:
             flight.finish()
         if self._first_answer is not None:
-            self._first_answer.set()
+            self._first_answer.finish()
         if self._stream is not None:
             self._stream.landed()
         if data is None:

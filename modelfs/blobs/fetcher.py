@@ -129,11 +129,11 @@ class Fetcher(FetchContext):
 
     async def save_all(self, publish_wait_seconds: float = PUBLISH_WAIT_SECONDS) -> None:
         """At shutdown: let publishes in progress finish, persist every blob's progress."""
-        with trio.move_on_after(publish_wait_seconds):
-            for bf in list(self.blobs.values()):
-                finalizing = bf.finalizing
-                if finalizing is not None:
-                    await finalizing.event.wait()
+        deadline = trio.current_time() + publish_wait_seconds
+        for bf in list(self.blobs.values()):
+            finalizing = bf.finalizing
+            if finalizing is not None:
+                await finalizing.settled(max(0.0, deadline - trio.current_time()))
         for bf in list(self.blobs.values()):
             try:
                 await bf.progress.save()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from collections.abc import Callable
 
 import blake3
@@ -36,7 +35,8 @@ LOCAL_SOURCE = "local-index"
 class _PrefixHash:
     """The sha256 of chunks ``[0, next)``, and on the same bytes the BLAKE3 digests of the
     blob's chunks of ``local_bytes`` (its local index, kept once the blob is published).
-    ``tlock`` keeps each step whole: the hash sees each byte once, in order."""
+    Its steps run one at a time, each whole, under ``WholeCheck``'s lock: the hash sees
+    each byte once, in order."""
 
     __slots__ = (
         "broken",
@@ -46,11 +46,9 @@ class _PrefixHash:
         "local_filled",
         "local_hashes",
         "next",
-        "tlock",
     )
 
     def __init__(self, local_bytes: int) -> None:
-        self.tlock = threading.Lock()
         self.local_bytes = local_bytes
         self._restart()
 
@@ -83,29 +81,27 @@ class _PrefixHash:
     def catch_up(self, fd: int, lo: int, hi: int, start: int, end: int) -> None:
         """Worker thread: hash chunks ``[lo, hi)`` (bytes ``[start, end)``) from the file,
         unless the prefix has moved on meanwhile."""
-        with self.tlock:
-            if self.next != lo or self.broken:
-                return
-            try:
-                self._feed(fd, start, end)
-            except BaseException:
-                self.broken = True
-                self.next = -1  # nothing extends a broken prefix
-                raise
-            self.next = hi
+        if self.next != lo or self.broken:
+            return
+        try:
+            self._feed(fd, start, end)
+        except BaseException:
+            self.broken = True
+            self.next = -1  # nothing extends a broken prefix
+            raise
+        self.next = hi
 
     def finish(self, fd: int, layout: ChunkLayout) -> str:
         """Worker thread: hash whatever is left of the blob; its whole sha256 (hex)."""
-        with self.tlock:
-            if self.broken:
-                self._restart()
-            start = layout.span(self.next)[0] if self.next < layout.count else layout.size
-            self._feed(fd, start, layout.size)
-            if self.local_filled:
-                self.local_hashes.append(self.local.digest())
-                self.local, self.local_filled = blake3.blake3(), 0
-            self.next = layout.count
-            return self.h.hexdigest()
+        if self.broken:
+            self._restart()
+        start = layout.span(self.next)[0] if self.next < layout.count else layout.size
+        self._feed(fd, start, layout.size)
+        if self.local_filled:
+            self.local_hashes.append(self.local.digest())
+            self.local, self.local_filled = blake3.blake3(), 0
+        self.next = layout.count
+        return self.h.hexdigest()
 
 
 class WholeCheck:
@@ -127,8 +123,11 @@ class WholeCheck:
         self.what = what
         self.hashable = hashable
         self._prefix = _PrefixHash(ctx.settings.chunk_bytes)
-        self._lock = trio.Lock()  # one trio-side task schedules hashing at a time
-        self._running = False
+        # One step of the hash at a time, hashing ahead or the final check: held across
+        # the step in the background thread (``BackgroundThread.run`` returns only once
+        # the step has ended, even when cancelled), so no thread-side lock is needed.
+        self._lock = trio.Lock()
+        self._running = False  # a task hashing ahead exists: chunks landing start no other
 
     def advance(self, tasks: TaskGroup, partial: PartialFile | None) -> None:
         """Hash ahead if the next chunk of the prefix is there (in a task of ``tasks``)."""
