@@ -135,10 +135,10 @@ class TaskGroup:
     as nothing of it runs and nobody reads it (``running`` is 0).
     """
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, changed: Pulse | None = None) -> None:
         self._nursery = nursery
         self.running = 0
-        self.changed = Pulse()
+        self.changed = changed if changed is not None else Pulse()
 
     def spawn(self, what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         self.running += 1

@@ -25,14 +25,19 @@ import functools
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import trio
 
 from modelfs.blobs.blobcache import pread_cached
-from modelfs.blobs.fetchcontext import FetchContext, Verify
+from modelfs.blobs.chunkflights import ChunkFlights
+from modelfs.blobs.fetchcontext import FetchContext, RangeRequest, Verify
 from modelfs.blobs.partial import PartialBusy, PartialFile, PartialGone
 from modelfs.blobs.progress import Progress
 from modelfs.blobs.receive import RangeReceiver
+from modelfs.blobs.table import Life
 from modelfs.blobs.wholecheck import WholeCheck
 from modelfs.blobs.wholestream import WholeStream
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
@@ -62,8 +67,6 @@ EVICTED_RETRIES = 3
 # A reader waiting for a whole-blob check waits READ_WAIT_SECONDS plus the time hashing
 # what is left could take at this (slow) rate; then EIO, and the check goes on.
 VERIFY_BYTES_PER_SECOND = 100 << 20
-# How often a reader of a blob another fetch holds the partial of looks again.
-PARTIAL_BUSY_POLL_SECONDS = 0.5
 # How often what another process holds (its chunk claims, the lock file) is looked at again
 # (doubling from the first to the last).
 ELSEWHERE_POLL_SECONDS = (0.005, 0.05)
@@ -72,19 +75,28 @@ OPEN_TRIES = 3
 # Range bodies of a registry's large chunks are delivered in pieces of at most this.
 PIECE_BYTES = 4 << 20
 
-# What a blob's bytes are trusted through until it is published: the digest, the
-# repository (host, namespace, model) they come from, whether they are fetched without
-# the mount owner's credentials, the policy, and the chunk index that checks them.
-FetchKey = tuple[Digest, tuple[str, str, str], bool, Verify, BlobChunks | None]
 
+class FetchKey(NamedTuple):
+    """What a blob's bytes are trusted through until it is published: one entry of the
+    blob table per key, so two manifests naming one digest share bytes only once the
+    whole blob is checked (docs/verification.md)."""
 
-def fetch_key(
-    name: Name, layer: Layer, chunks: BlobChunks | None, verify: Verify, anonymous: bool
-) -> FetchKey:
-    if verify is not Verify.INDEXED or chunks is None:
-        chunks = None
-        verify = Verify.WHOLE if verify is Verify.INDEXED else verify
-    return (layer.digest, name.repository_key, anonymous, verify, chunks)
+    digest: Digest
+    repository: tuple[str, str, str]  # (host, namespace, model) the bytes come from
+    anonymous: bool  # fetched without the mount owner's credentials
+    verify: Verify
+    index: BlobChunks | None  # the chunk index that checks them (``Verify.INDEXED`` only)
+
+    @classmethod
+    def of(
+        cls, name: Name, layer: Layer, index: BlobChunks | None, verify: Verify, anonymous: bool
+    ) -> FetchKey:
+        """The key of ``layer``'s blob as ``name`` vouches for it; INDEXED without an index
+        is WHOLE."""
+        if verify is not Verify.INDEXED or index is None:
+            index = None
+            verify = Verify.WHOLE if verify is Verify.INDEXED else verify
+        return cls(layer.digest, name.repository_key, anonymous, verify, index)
 
 
 class BlobFetch:
@@ -95,36 +107,30 @@ class BlobFetch:
         ctx: FetchContext,
         name: Name,
         layer: Layer,
-        chunks: BlobChunks | None,
-        verify: Verify,
         key: FetchKey,
-        anonymous: bool = False,
+        life: Life,
     ) -> None:
         self.ctx = ctx
         self.key = key
         self.name = name
-        self.registry = ctx.registry_for(anonymous)
-        self.anonymous = anonymous
+        self.registry = ctx.registry_for(key.anonymous)
+        self.anonymous = key.anonymous
         self.layer = layer
         self.digest = layer.digest
         self.size = layer.size
-        self.index = chunks if verify is Verify.INDEXED else None
-        self.verify = verify if (verify is not Verify.INDEXED or chunks) else Verify.WHOLE
+        self.index = key.index
+        self.verify = key.verify
         self.layout = (
             self.index.layout if self.index else ChunkLayout(self.size, ctx.settings.chunk_bytes)
         )
-        self.chunks = self.layout.count
+        self.count = self.layout.count  # how many chunks
         self.partial: PartialFile | None = None
         self.holds_partial = False  # this fetch state holds the digest's partial in this process
         self.memory: OrderedDict[int, bytes] = OrderedDict()
-        self.flights: dict[int, Flight] = {}
-        self.handles = 0  # open handles (and pulls) reading it: the blob stays open while > 0
+        self.flights = ChunkFlights()
         self.published = False
         self.failure: ModelfsError | None = None
-        self.closing = False
-        self.closed = trio.Event()  # set by the fetcher once it is out of the blob table
-        self._ready = trio.Event()
-        self._open_error: ModelfsError | None = None
+        self._life = life  # users and closing: the blob table's (``table.Life``)
         self._tasks: TaskGroup | None = None
         self._finalizing: Flight | None = None
         self._mismatched: set[int] = set()  # chunks that failed their check once
@@ -142,7 +148,6 @@ class BlobFetch:
         # its chunks are fetched here, privately (``_wait_elsewhere``).
         self._progress_at = 0.0
         self._waited_at = -float("inf")
-        self._wait_publish_seconds = PARTIAL_BUSY_POLL_SECONDS
         # Body bytes received: of requests that ended, and one counter per request under
         # way (each written only by its worker thread, so no update is lost).
         self._arrived_bytes = 0
@@ -156,48 +161,40 @@ class BlobFetch:
 
     # -- lifetime -----------------------------------------------------------------------------
 
-    async def live(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The blob's life, as a task of the fetcher's nursery (``nursery.start``): open it,
-        run its tasks in a nursery of its own until none is left and no handle reads it,
-        close it. Started once its file is open; an error opening it is raised to ``start``."""
-        try:
-            try:
-                await self._open()
-            except BaseException as e:
-                self._open_error = (
-                    e
-                    if isinstance(e, ModelfsError)
-                    else ModelfsError(f"{self.what}: could not be opened")
-                )
-                raise
-            async with trio.open_nursery() as nursery:
-                tasks = self._tasks = TaskGroup(nursery)
-                self._ready.set()
-                task_status.started()
-                try:
-                    self._kick()
-                    while self.handles > 0 or tasks.running:
-                        # Bounded by its users: each reader's wait has its deadline, and
-                        # each task of the blob its own (stall detection, claim waits).
-                        await tasks.changed.wait(None)
-                except Exception:  # once started, nothing may reach the daemon's nursery
-                    log.exception("%s: failed while open", self.what)
-                self.closing = True
-        finally:
-            self.closing = True
-            self._ready.set()
-            await self._close()
+    @property
+    def handles(self) -> int:
+        """Open handles (and pulls) reading it: it stays open while there are any."""
+        return self._life.users
 
-    async def ready(self) -> None:
-        """Wait until a blob another task is opening is open; raise if that failed."""
-        await self._ready.wait()
-        if self._open_error is not None:
-            raise copy.copy(self._open_error)
+    @property
+    def closing(self) -> bool:
+        return self._life.closing
 
     def release(self) -> None:
-        self.handles -= 1
-        if self._tasks is not None:
-            self._tasks.changed.notify()
+        """One reader less (``Fetcher.acquire`` gave it one more)."""
+        self._life.release()
+
+    def rejoined(self) -> None:
+        """A first reader after all had left: a blob discarded after a whole-blob mismatch
+        is fetched afresh."""
+        self.failure = None
+
+    @asynccontextmanager
+    async def session(self, life: Life) -> AsyncIterator[TaskGroup]:
+        """Open the blob; yield the task group its fetches, flushes, hashes and publish run
+        in (a nursery of its own); close it once the table leaves (shielded: progress saved,
+        partial file and lock released, also at shutdown)."""
+        try:
+            await self._open()
+            async with trio.open_nursery() as nursery:
+                self._tasks = TaskGroup(nursery, life.changed)
+                try:
+                    self._kick()
+                except Exception:  # once open, nothing may reach the daemon's nursery
+                    log.exception("%s: failed while open", self.what)
+                yield self._tasks
+        finally:
+            await self._close()
 
     async def _open(self) -> None:
         for _ in range(OPEN_TRIES):
@@ -322,7 +319,7 @@ class BlobFetch:
             if flight is None and self.has(i):
                 continue
             if flight is None:
-                flight = self.flights[i] = Flight()
+                flight = self.flights.claim(i)
                 new.append(i)
             waits.append(flight)
         return waits, new
@@ -386,12 +383,12 @@ class BlobFetch:
         """
         if self.published or self.failure is not None:
             return
-        lo, hi = max(lo, 0), min(hi, self.chunks)
+        lo, hi = max(lo, 0), min(hi, self.count)
         if lo >= hi:
             return
         unclaimed = [i for i in range(lo, hi) if i not in self.flights and not self.has(i)]
         batch = max(1, (hi - lo) // self.ctx.settings.max_streams)
-        if len(unclaimed) < batch and hi < self.chunks:
+        if len(unclaimed) < batch and hi < self.count:
             return
         _waits, new = self._claim(lo, hi)
         self._start_runs(new)
@@ -423,7 +420,7 @@ class BlobFetch:
         progress (``_stalled_elsewhere``) or for twice ``claim_wait_seconds`` in all."""
         partial = self.partial
         assert partial is not None
-        pending = {i: self.flights[i] for i in chunks if i in self.flights}
+        pending = self.flights.of(chunks)
 
         def over() -> bool:
             return self.closing or self.failure is not None or self.published or self.ctx.stopping
@@ -469,13 +466,15 @@ class BlobFetch:
             # Published (readers read it whole), failed, closing, or checking a chunk failed.
             error = copy.copy(self.failure) if self.failure is not None else None
             for i, flight in pending.items():
-                if self.flights.get(i) is flight:
-                    del self.flights[i]
-                flight.finish(
+                self.flights.finish(
+                    i,
+                    flight,
                     None
                     if self.published
                     else error
-                    or Transient(f"{self.what}: stopped waiting for chunk {i} from another process")
+                    or Transient(
+                        f"{self.what}: stopped waiting for chunk {i} from another process"
+                    ),
                 )
 
     def _stalled_elsewhere(self) -> bool:
@@ -503,9 +502,7 @@ class BlobFetch:
         self._progress_at = trio.current_time()
         start, end = self.layout.span(i)
         self.ctx.stats.bytes_from_processes += end - start
-        if self.flights.get(i) is flight:
-            del self.flights[i]
-        flight.finish()
+        self.flights.finish(i, flight)
         self.progress.changed(self._group)
         self._advance_whole()
         if partial.complete and not self.flights:
@@ -546,19 +543,18 @@ class BlobFetch:
         for i in range(lo, hi):
             if not partial.recheck_pending(i) or i in self.flights:
                 continue
-            flight = self.flights[i] = Flight()
+            flight = self.flights.claim(i)
             try:
                 good = await self.ctx.in_thread(partial.verify_chunk, i, index)
             except BaseException as e:
-                if self.flights.get(i) is flight:
-                    del self.flights[i]
                 error = e if isinstance(e, ModelfsError) else None
-                flight.finish(error or ModelfsError(f"{self.what}: re-checking chunk {i} failed"))
+                self.flights.finish(
+                    i, flight, error or ModelfsError(f"{self.what}: re-checking chunk {i} failed")
+                )
                 raise
             partial.rechecked(i)
             if good:
-                del self.flights[i]
-                flight.finish()
+                self.flights.finish(i, flight)
                 if partial.complete and not self.flights:
                     # A whole-blob check that found this chunk still in question waits for it.
                     self._start_finalize()
@@ -569,7 +565,7 @@ class BlobFetch:
         self._advance_whole()
 
     async def _fetch_run(self, lo: int, hi: int) -> None:
-        mine = {i: self.flights[i] for i in range(lo, hi) if i in self.flights}
+        mine = self.flights.of(range(lo, hi))
 
         async def once() -> None:
             # A retry asks only for what the failed try did not deliver.
@@ -614,11 +610,9 @@ class BlobFetch:
     def _fail(self, mine: dict[int, Flight], error: ModelfsError) -> None:
         for i, flight in mine.items():
             if not flight.done:
-                if self.flights.get(i) is flight:
-                    del self.flights[i]
                 if self.partial is not None:
                     self.partial.release(i)
-                flight.finish(error)
+                self.flights.finish(i, flight, error)
 
     async def _fetch_range(self, start: int, end: int) -> None:
         gate, first = self._first_answer, False
@@ -693,16 +687,18 @@ class BlobFetch:
         piece_bytes = layout.chunk_bytes if layout.fixed else min(layout.largest_bytes, PIECE_BYTES)
         self._arriving.append(arriving)
         try:
-            await self.ctx.read_range(
+            await self.ctx.request(
                 self.registry,
-                self.name,
-                self.digest,
-                start,
-                end,
-                piece_bytes,
-                receiver.on_piece,
-                on_whole,
-                on_bytes,
+                RangeRequest(
+                    self.name,
+                    self.digest,
+                    start,
+                    end,
+                    piece_bytes,
+                    receiver.on_piece,
+                    on_whole,
+                    on_bytes,
+                ),
             )
         finally:
             self._arriving.remove(arriving)  # this request's counter: compared by identity
@@ -725,12 +721,12 @@ class BlobFetch:
             return None  # only the asked range is taken from this body
         claimed: dict[int, Flight] = {}
         partial = self.partial
-        for i in range(self.chunks):
+        for i in range(self.count):
             if i in asked or i in self.flights or self.has(i) or i in self._private:
                 continue
             if not partial.claim_unmarked(i):
                 continue  # another process fetches it, or has it: taken when read (``_adopt``)
-            claimed[i] = self.flights[i] = Flight()
+            claimed[i] = self.flights.claim(i)
         self._stream = WholeStream(claimed)
         if self._first_answer is not None:
             self._first_answer.finish()
@@ -807,9 +803,7 @@ class BlobFetch:
             self.memory.move_to_end(i)
             while len(self.memory) > self.ctx.settings.memory_chunks:
                 self.memory.popitem(last=False)
-        flight = self.flights.pop(i, None)
-        if flight is not None:
-            flight.finish()
+        self.flights.finish_chunk(i)
         if self._first_answer is not None:
             self._first_answer.finish()
         if self._stream is not None:
@@ -845,7 +839,6 @@ class BlobFetch:
             )
             return  # its run fetches it again, under the same flight
         error = DigestMismatch(f"blob {self.digest} chunk {i} does not match the chunk index")
-        flight = self.flights.pop(i, None)
         if self.partial is not None:
             self.partial.release(i)
         if self.index is not None:
@@ -860,8 +853,7 @@ class BlobFetch:
             self.ctx.distrusted.add(self.index)
             self.index = None
             self.verify = Verify.WHOLE
-        if flight is not None:
-            flight.finish(error)
+        self.flights.finish_chunk(i, error)
 
     def _disk_failure(self, e: ModelfsError) -> None:
         self.ctx.stats.cache_write_failures += 1
@@ -898,7 +890,7 @@ class BlobFetch:
         try:
             # Chunks left by an earlier run, not re-checked yet, must not reach the hash
             # unchecked (they may have been written for another manifest's index).
-            await self._recheck(0, self.chunks)
+            await self._recheck(0, self.count)
             if not partial.complete or self.flights:
                 # A chunk another reader is re-checking must not reach the hash before its
                 # verdict: a refetch's landing, or that verdict, starts the next finalize.
@@ -958,11 +950,10 @@ class BlobFetch:
         """Fetch every chunk, verify the whole blob and publish it (``pull``, the WHOLE policy).
 
         ``wait_seconds`` bounds a reader's waits: for each next chunk, for the
-        whole-blob check (plus what hashing the rest takes at VERIFY_BYTES_PER_SECOND),
-        and for another fetch that holds the partial file. Past it the reader gets
+        whole-blob check (plus what hashing the rest takes at VERIFY_BYTES_PER_SECOND).
+        Past it the reader gets
         EIO while the fetch goes on. A pull waits as long as it takes (None).
         """
-        busy_since: float | None = None
         while not self.published:
             if self.failure is not None:
                 raise copy.copy(self.failure)
@@ -970,29 +961,13 @@ class BlobFetch:
                 # Nothing can be checked whole without storing it: a full disk ends it here
                 # (docs/reliability.md), instead of a retry loop.
                 raise copy.copy(self._disk_error) if self._disk_error else CacheFull(self.what)
-            if self.partial is None:
-                # Another fetch holds the partial file: wait for it to publish or let go.
-                if await self.ctx.in_thread(self.ctx.cache.has_blob, self.digest, self.size):
-                    self.published = True
-                    return
-                await self.ctx.in_thread(self._open_partial)
-                if self.partial is None:
-                    now = trio.current_time()
-                    busy_since = now if busy_since is None else busy_since
-                    if wait_seconds is not None and now - busy_since > wait_seconds:
-                        raise Transient(
-                            f"{self.what}: another fetch has been filling it for "
-                            f"{wait_seconds:.0f}s; try again later"
-                        )
-                    await trio.sleep(self._wait_publish_seconds)
-                    continue
-                if self.partial.complete:
-                    self._start_finalize()
+            # Not published, so open with a partial file (``_open``).
+            assert self.partial is not None
             if self._private and not self.flights:
                 # Chunks only in memory cannot be checked whole: finish in a private file.
                 await self._go_private()
-            await self._recheck(0, self.chunks)
-            waits, new = self._claim(0, self.chunks)
+            await self._recheck(0, self.count)
+            waits, new = self._claim(0, self.count)
             self._start_runs(new)
             for flight in waits:
                 await self._wait(flight, wait_seconds)
@@ -1024,21 +999,23 @@ class BlobFetch:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def read_range(self, offset: int, size: int, touched: range) -> bytes | bytearray:
+    async def read(self, offset: int, size: int, touched: range | None = None) -> bytes | bytearray:
         """Bytes ``[offset, offset+size)`` (chunks ``touched``), fetched and checked if need be.
 
         A chunk held only in memory (the cache could not be written) may be dropped
-        between ``ensure`` and ``read`` by other readers' chunks: ensure again.
+        between ``ensure`` and reading it by other readers' chunks: ensure again.
         """
+        if touched is None:
+            touched = self.layout.covering(offset, size)
         for _ in range(EVICTED_RETRIES):
             await self.ensure(touched.start, touched.stop)
             try:
-                return await self.read(offset, size)
+                return await self._read_present(offset, size)
             except _Evicted:
                 continue
         raise ModelfsError(f"{self.what}: chunks keep being evicted before use")
 
-    async def read(self, offset: int, size: int) -> bytes | bytearray:
+    async def _read_present(self, offset: int, size: int) -> bytes | bytearray:
         """Bytes ``[offset, offset+size)``; the chunks must have been ensured (or published)."""
         end = min(offset + size, self.size)
         if offset >= end:

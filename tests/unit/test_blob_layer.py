@@ -556,7 +556,7 @@ async def read_through(fetcher: Fetcher, layer: Layer, chunks: BlobChunks, piece
         out = bytearray()
         while len(out) < layer.size:
             n = min(piece, layer.size - len(out))
-            out += await bf.read_range(len(out), n, bf.layout.covering(len(out), n))
+            out += await bf.read(len(out), n, bf.layout.covering(len(out), n))
         return bytes(out)
     finally:
         bf.release()
@@ -591,9 +591,9 @@ async def test_a_range_that_does_not_match_is_never_served_and_fetched_again(
     async with blob_layer(cache, source) as (fetcher, _blobs):
         bf = await fetcher.acquire(NAME, layer, chunks, Verify.INDEXED)
         try:
-            assert await bf.read_range(0, 100, range(0, 1)) == data[:100]
+            assert await bf.read(0, 100, range(0, 1)) == data[:100]
             # The range that failed its check is fetched once more, and only that is served.
-            got = await bf.read_range(2 * CB, 100, bf.layout.covering(2 * CB, 100))
+            got = await bf.read(2 * CB, 100, bf.layout.covering(2 * CB, 100))
             assert got == data[2 * CB : 2 * CB + 100]
         finally:
             bf.release()
@@ -608,8 +608,8 @@ async def test_ranges_left_on_disk_are_checked_again_after_a_restart(
     async with blob_layer(cache, source) as (fetcher, _blobs):
         bf = await fetcher.acquire(NAME, layer, chunks, Verify.INDEXED)
         try:
-            assert await bf.read_range(0, CB, range(0, 2)) == data[:CB]
-            assert await bf.read_range(CB, 10, range(2, 3)) == data[CB : CB + 10]
+            assert await bf.read(0, CB, range(0, 2)) == data[:CB]
+            assert await bf.read(CB, 10, range(2, 3)) == data[CB : CB + 10]
         finally:
             bf.release()
     assert cache.state_path(layer.digest).exists()

@@ -1,0 +1,199 @@
+"""The blob layer's pieces alone: the blob table (users and life), chunk flights, small blobs.
+
+Each against in-process stand-ins: a blob that only records its life for the table, the
+in-memory source (tests/support/sources.py) and a real cache in a temporary directory for
+small blobs. How they work together is tests/unit/test_blob_layer.py's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from support.sources import FakeSource
+
+from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.chunkflights import ChunkFlights
+from modelfs.blobs.fetchcontext import FetchContext, FetchSettings
+from modelfs.blobs.small import SmallBlobs
+from modelfs.blobs.table import BlobTable, Life
+from modelfs.errors import CacheError, DigestMismatch, Transient
+from modelfs.formats.digest import Digest
+from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
+from modelfs.formats.names import parse_name
+from modelfs.tasks import TaskGroup
+
+NAME = parse_name("127.0.0.1:5000/library/model:tag")
+
+
+class Recorded:
+    """A blob for the table: says when it opens and closes; ``fail`` makes opening fail."""
+
+    def __init__(self, life: Life, log: list[str], fail: Exception | None = None) -> None:
+        self.life = life
+        self.log = log
+        self.fail = fail
+        self.what = "blob test"
+        self.tasks: TaskGroup | None = None
+
+    @asynccontextmanager
+    async def session(self, life: Life) -> AsyncIterator[TaskGroup]:
+        self.log.append("open")
+        if self.fail is not None:
+            raise self.fail
+        try:
+            async with trio.open_nursery() as nursery:
+                self.tasks = TaskGroup(nursery, life.changed)
+                yield self.tasks
+        finally:
+            self.log.append("close")
+
+    def rejoined(self) -> None:
+        self.log.append("rejoined")
+
+
+# -- the blob table ---------------------------------------------------------------------------
+
+
+async def test_a_blob_is_opened_once_and_closed_when_its_last_user_and_task_are_gone() -> None:
+    log: list[str] = []
+    async with trio.open_nursery() as nursery:
+        table: BlobTable[str, Recorded] = BlobTable(nursery)
+        made: list[Recorded] = []
+
+        def make(life: Life) -> Recorded:
+            made.append(Recorded(life, log))
+            return made[-1]
+
+        a = await table.acquire("k", make)
+        b = await table.acquire("k", make)
+        assert a is b and len(made) == 1 and a.life.users == 2
+        done = trio.Event()
+        assert a.tasks is not None
+        a.tasks.spawn("work", done.wait)
+        a.life.release()
+        a.life.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["open"], "closed while a task of the blob still ran"
+        assert table.get("k") is a
+        done.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["open", "close"] and table.get("k") is None
+        assert a.life.closed.done
+
+
+async def test_a_blob_that_cannot_be_opened_raises_to_every_user_and_leaves_the_table() -> None:
+    log: list[str] = []
+    async with trio.open_nursery() as nursery:
+        table: BlobTable[str, Recorded] = BlobTable(nursery)
+        with pytest.raises(CacheError, match="disk"):
+            await table.acquire("k", lambda life: Recorded(life, log, CacheError("disk gone")))
+        assert table.get("k") is None
+        again = await table.acquire("k", lambda life: Recorded(life, log))
+        assert log == ["open", "open"]
+        again.life.release()
+
+
+async def test_a_first_user_after_all_left_is_told_to_the_blob() -> None:
+    log: list[str] = []
+    async with trio.open_nursery() as nursery:
+        table: BlobTable[str, Recorded] = BlobTable(nursery)
+        blob = await table.acquire("k", lambda life: Recorded(life, log))
+        assert blob.tasks is not None
+        going = trio.Event()
+        blob.tasks.spawn("publish", going.wait)  # keeps it open with no user
+        blob.life.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert await table.acquire("k", lambda life: Recorded(life, log)) is blob
+        assert log == ["open", "rejoined"]
+        blob.life.release()
+        going.set()
+
+
+# -- chunk flights ----------------------------------------------------------------------------
+
+
+async def test_a_chunk_has_one_flight_and_a_finished_one_leaves_the_table() -> None:
+    flights = ChunkFlights()
+    first = flights.claim(3)
+    assert 3 in flights and flights.get(3) is first and flights.of(range(5)) == {3: first}
+    with pytest.raises(AssertionError):
+        flights.claim(3)
+    flights.finish(3, first, DigestMismatch("chunk 3"))
+    assert 3 not in flights and not flights
+    with pytest.raises(DigestMismatch):
+        await first.wait(1, "chunk 3")
+    second = flights.claim(3)  # the next reader after a failure starts afresh
+    flights.finish(3, first)  # a late finish of the old flight leaves the new one alone
+    assert flights.get(3) is second and not second.done
+    flights.finish_chunk(3)
+    assert second.done and not flights
+
+
+async def test_a_reader_waits_for_a_chunk_within_its_own_deadline(autojump_clock) -> None:
+    flights = ChunkFlights()
+    flight = flights.claim(0)
+    with pytest.raises(Transient, match="no data after 5s"):
+        await flight.wait(5, "chunk 0")
+    flights.finish(0, flight)
+    await flight.wait(5, "chunk 0")
+
+
+# -- small blobs ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> BlobCache:
+    c = BlobCache(tmp_path / "cache")
+    c.prepare()
+    return c
+
+
+@asynccontextmanager
+async def small_blobs(cache: BlobCache, source: FakeSource) -> AsyncIterator[SmallBlobs]:
+    async with trio.open_nursery() as nursery:
+        yield SmallBlobs(FetchContext(cache, source, nursery, FetchSettings(chunk_bytes=1 << 16)))
+        nursery.cancel_scope.cancel()
+
+
+async def test_readers_of_one_small_blob_share_one_request_and_it_is_published(
+    cache: BlobCache,
+) -> None:
+    data = os.urandom(5000)
+    source = FakeSource()
+    digest = source.put(NAME, data)
+    layer = Layer(digest, MEDIA_TYPE_MODEL, len(data))
+    got: list[bytes] = []
+    async with small_blobs(cache, source) as small:
+        assert small.is_small(layer)
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(lambda: _append(got, small.fetch(NAME, layer)))
+        assert small.busy_digests() == set()
+    assert got == [data] * 8
+    assert len(source.requests_for(digest)) == 1
+    assert cache.blob_path(digest).read_bytes() == data
+
+
+async def test_a_small_blob_that_is_not_its_digest_is_refused_and_not_published(
+    cache: BlobCache,
+) -> None:
+    data = os.urandom(5000)
+    source = FakeSource()
+    lie = Digest.of_bytes(b"something else")
+    source.put(NAME, data, lie)
+    layer = Layer(lie, MEDIA_TYPE_MODEL, len(data))
+    async with small_blobs(cache, source) as small:
+        with pytest.raises(DigestMismatch):
+            await small.fetch(NAME, layer)
+    assert not cache.has_blob(lie, len(data))
+    assert source.distrusted, "the source was not told its bytes did not match"
+
+
+async def _append(out: list[bytes], fetching) -> None:  # type: ignore[no-untyped-def]
+    out.append(await fetching)
