@@ -21,7 +21,6 @@ run in worker threads; the bitmap and flights are only touched on the trio threa
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 from collections import OrderedDict
@@ -31,35 +30,25 @@ from typing import NamedTuple
 
 import trio
 
+from modelfs.blobs import peers
 from modelfs.blobs.blobcache import pread_cached
 from modelfs.blobs.chunkflights import ChunkFlights
-from modelfs.blobs.fetchcontext import FetchContext, RangeRequest, Verify
+from modelfs.blobs.fetchcontext import FetchContext, Verify
 from modelfs.blobs.partial import PartialBusy, PartialFile, PartialGone
+from modelfs.blobs.peers import NoPeers, Peers
 from modelfs.blobs.progress import Progress
-from modelfs.blobs.receive import RangeReceiver
+from modelfs.blobs.requests import RangeRequests
 from modelfs.blobs.table import Life
 from modelfs.blobs.wholecheck import WholeCheck
-from modelfs.blobs.wholestream import WholeStream
-from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, Transient
+from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError
 from modelfs.flight import Flight, poll
 from modelfs.formats.chunks import BlobChunks, ChunkLayout, serialize_chunk_index
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer
 from modelfs.formats.names import Name
-from modelfs.registry.retry import retrying
 from modelfs.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
-
-
-class _Arriving:
-    """Body bytes one range request has received so far. Equal only to itself: two requests
-    under way with the same count are still two counters."""
-
-    __slots__ = ("n",)
-
-    def __init__(self) -> None:
-        self.n = 0
 
 
 # How often a read ensures its chunks again when those held in memory were dropped meanwhile.
@@ -67,13 +56,8 @@ EVICTED_RETRIES = 3
 # A reader waiting for a whole-blob check waits READ_WAIT_SECONDS plus the time hashing
 # what is left could take at this (slow) rate; then EIO, and the check goes on.
 VERIFY_BYTES_PER_SECOND = 100 << 20
-# How often what another process holds (its chunk claims, the lock file) is looked at again
-# (doubling from the first to the last).
-ELSEWHERE_POLL_SECONDS = (0.005, 0.05)
 # Tries to join a partial that another process publishes or removes meanwhile.
 OPEN_TRIES = 3
-# Range bodies of a registry's large chunks are delivered in pieces of at most this.
-PIECE_BYTES = 4 << 20
 
 
 class FetchKey(NamedTuple):
@@ -133,26 +117,13 @@ class BlobFetch:
         self._life = life  # users and closing: the blob table's (``table.Life``)
         self._tasks: TaskGroup | None = None
         self._finalizing: Flight | None = None
-        self._mismatched: set[int] = set()  # chunks that failed their check once
-        self._stream: WholeStream | None = None  # a whole-blob body being taken as the fill
-        # Set once the first range request of this blob has an answer: until then no other
-        # is sent (a mirror that answers with the whole blob would copy it once per request).
-        self._first_answer: Flight | None = None
-        self._disk_failed = False
+        self.mismatched: set[int] = set()  # chunks that failed their check once
+        self.disk_failed = False
         self._disk_error: ModelfsError | None = None
-        # Chunks another process marked in the shared partial that failed this fetch's
-        # check while that process used the file: fetched into memory, never written over.
-        self._private: set[int] = set()
-        # When a chunk was last taken from another process, and last waited for: another
-        # process that made no progress for ``claim_wait_seconds`` is stalled (stopped?) and
-        # its chunks are fetched here, privately (``_wait_elsewhere``).
-        self._progress_at = 0.0
-        self._waited_at = -float("inf")
-        # Body bytes received: of requests that ended, and one counter per request under
-        # way (each written only by its worker thread, so no update is lost).
-        self._arrived_bytes = 0
-        self._arriving: list[_Arriving] = []
+        # Other processes sharing the partial file (``Peers`` once it is shared).
+        self.peers: NoPeers = NoPeers(self)
         self.progress = Progress(ctx, self.what)
+        self.requests = RangeRequests(self)
         self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable)
 
     @property
@@ -200,7 +171,9 @@ class BlobFetch:
         for _ in range(OPEN_TRIES):
             try:
                 opened = await poll(
-                    self._try_open, self.ctx.settings.claim_wait_seconds, ELSEWHERE_POLL_SECONDS
+                    self._try_open,
+                    self.ctx.settings.claim_wait_seconds,
+                    peers.ELSEWHERE_POLL_SECONDS,
                 )
                 if opened is None:
                     # Another process holds the lock file (a moment, normally): do without it.
@@ -232,9 +205,9 @@ class BlobFetch:
         """What an opened blob does at once: publish what an earlier run completed, or hash
         ahead what it left."""
         if self.partial is not None and self.partial.complete:
-            self._start_finalize()
+            self.start_finalize()
         else:
-            self._advance_whole()
+            self.advance_whole()
 
     def _open_partial(self, private: bool = False) -> None:
         """Worker thread: join the blob's partial file (shared with other modelfs processes of
@@ -265,6 +238,8 @@ class BlobFetch:
             self._unlock()
             raise
         self.partial = self.progress.partial = partial
+        if partial.shared is not None:
+            self.peers = Peers(self)
 
     def _unlock(self) -> None:
         if self.holds_partial:
@@ -282,7 +257,7 @@ class BlobFetch:
                 self._unlock()
 
     @property
-    def _group(self) -> TaskGroup:
+    def tasks(self) -> TaskGroup:
         assert self._tasks is not None, "the blob is not open"
         return self._tasks
 
@@ -301,7 +276,7 @@ class BlobFetch:
     def arrived_bytes(self) -> int:
         """Body bytes received for this blob so far, those of chunks not yet whole and checked
         included: what a progress display shows moving between chunks."""
-        return self._arrived_bytes + sum(counter.n for counter in self._arriving)
+        return self.requests.arrived_bytes
 
     @property
     def finalizing(self) -> Flight | None:
@@ -324,33 +299,10 @@ class BlobFetch:
             waits.append(flight)
         return waits, new
 
-    def _start_runs(self, new: list[int]) -> None:
-        """Fetch the chunks ``new`` (their flights are set) but those another process is
-        fetching into the shared partial: those are waited for (``_wait_elsewhere``)."""
-        partial = self.partial
-        if partial is not None and partial.shared is not None:
-            mine: list[int] = []
-            theirs: list[int] = []
-            for i in new:
-                if i in self._private or partial.claim_unmarked(i):
-                    mine.append(i)
-                else:
-                    theirs.append(i)
-            if theirs:
-                self._group.spawn(
-                    f"wait for {self.what} chunks {theirs[0]}-{theirs[-1]} from another process",
-                    self._wait_elsewhere,
-                    theirs,
-                )
-            new = mine
-        self._spawn_runs(new)
-
-    def _spawn_runs(self, new: list[int]) -> None:
-        settings = self.ctx.settings
-        for rlo, rhi in self.layout.runs(new, settings.max_run_chunks, settings.max_run_bytes):
-            self._group.spawn(
-                f"fetch {self.what} chunks {rlo}-{rhi - 1}", self._fetch_run, rlo, rhi
-            )
+    def start_runs(self, new: list[int]) -> None:
+        """Fetch the chunks ``new`` (their flights are claimed) but those another process is
+        fetching into the shared partial: those are waited for (``Peers.wait_for``)."""
+        self.requests.start(self.peers.split(new))
 
     async def ensure(self, lo: int, hi: int) -> None:
         """Make chunks ``[lo, hi)`` present (verified per the policy); raise if any cannot be."""
@@ -358,20 +310,12 @@ class BlobFetch:
             raise copy.copy(self.failure)
         if self.published:
             return
-        self._adopt(lo, hi)
+        self.peers.adopt(lo, hi)
         await self._recheck(lo, hi)
         waits, new = self._claim(lo, hi)
-        self._start_runs(new)
+        self.start_runs(new)
         for flight in waits:
-            await self._wait(flight, self.ctx.settings.read_wait_seconds)
-
-    async def _wait(self, flight: Flight, seconds: float | None) -> None:
-        """Wait for a chunk's flight; one a whole-blob body brings, while that body moves."""
-        stream = self._stream
-        if stream is not None and stream.owns(flight):
-            await stream.wait(flight, seconds, self.what)
-        else:
-            await flight.wait(seconds, self.what)
+            await self.requests.wait(flight, self.ctx.settings.read_wait_seconds)
 
     def prefetch(self, lo: int, hi: int) -> None:
         """Start fetching chunks ``[lo, hi)`` without waiting for them (readahead).
@@ -391,143 +335,7 @@ class BlobFetch:
         if len(unclaimed) < batch and hi < self.count:
             return
         _waits, new = self._claim(lo, hi)
-        self._start_runs(new)
-
-    # -- chunks other processes fetch into the shared partial (``sharing``) ------------------
-
-    def _adopt(self, lo: int, hi: int) -> None:
-        """Take the chunks of ``[lo, hi)`` another process marked (an indexed blob re-checks
-        them before their first use: ``_recheck``)."""
-        partial = self.partial
-        if partial is None or partial.shared is None:
-            return
-        got = partial.adopt(lo, hi, skip=lambda i: i in self.flights or i in self._private)
-        for i in got:
-            start, end = self.layout.span(i)
-            self.ctx.stats.bytes_from_processes += end - start
-        if got:
-            self._progress_at = trio.current_time()
-            self.progress.changed(self._group)
-            if not partial.indexed:
-                self._advance_whole()
-                if partial.complete and not self.flights:
-                    self._start_finalize()
-
-    async def _wait_elsewhere(self, chunks: list[int]) -> None:
-        """Wait for chunks another process is fetching into the shared partial; take them
-        when it marks them, fetch them here if it lets go without (it failed or died), and
-        fetch them here privately (into memory, never into the file) if it holds them without
-        progress (``_stalled_elsewhere``) or for twice ``claim_wait_seconds`` in all."""
-        partial = self.partial
-        assert partial is not None
-        pending = self.flights.of(chunks)
-
-        def over() -> bool:
-            return self.closing or self.failure is not None or self.published or self.ctx.stopping
-
-        async def look() -> bool | None:
-            if over():
-                return True
-            mine: list[int] = []
-            for i in list(pending):
-                if partial.marked_elsewhere(i):
-                    flight = pending[i]
-                    if await self._take_elsewhere(i, flight):
-                        del pending[i]
-                        continue
-                    del pending[i]
-                    if i in self._private or partial.claim(i):
-                        mine.append(i)
-                    else:
-                        pending[i] = flight  # another process refetches it meanwhile
-                elif partial.claim_unmarked(i):  # marked just now: taken on the next look
-                    del pending[i]
-                    mine.append(i)
-            if mine:
-                self._spawn_runs(mine)
-            if not pending or self._stalled_elsewhere():
-                return True
-            return None
-
-        try:
-            await poll(look, 2 * self.ctx.settings.claim_wait_seconds, ELSEWHERE_POLL_SECONDS)
-            if pending and not over():
-                log.info(
-                    "%s: chunks %s: the modelfs process fetching them made no progress; "
-                    "fetching them here, privately",
-                    self.what,
-                    ", ".join(map(str, sorted(pending))),
-                )
-                self._private.update(pending)
-                taken = list(pending)
-                pending.clear()
-                self._spawn_runs(taken)  # their flights stay: these runs finish them
-        finally:
-            # Published (readers read it whole), failed, closing, or checking a chunk failed.
-            error = copy.copy(self.failure) if self.failure is not None else None
-            for i, flight in pending.items():
-                self.flights.finish(
-                    i,
-                    flight,
-                    None
-                    if self.published
-                    else error
-                    or Transient(
-                        f"{self.what}: stopped waiting for chunk {i} from another process"
-                    ),
-                )
-
-    def _stalled_elsewhere(self) -> bool:
-        """Whether no chunk was taken from another process for ``claim_wait_seconds`` of
-        waiting for one (its holder is stopped, or slower than the read bound allows)."""
-        now = trio.current_time()
-        wait = self.ctx.settings.claim_wait_seconds
-        if now - self._waited_at > wait:
-            self._progress_at = now  # nobody waited meanwhile: this wait starts the clock
-        self._waited_at = now
-        return now - self._progress_at >= wait
-
-    async def _take_elsewhere(self, i: int, flight: Flight) -> bool:
-        """Chunk ``i``, marked by another process, becomes present here once it passes this
-        fetch's own check. False: it must be fetched here (the flight stays)."""
-        partial = self.partial
-        assert partial is not None
-        if self.index is not None:
-            good = await self.ctx.in_thread(partial.verify_chunk, i, self.index)
-            if not good:
-                self._distrust_elsewhere(i)
-                return False
-        partial.mark(i)
-        partial.rechecked(i)
-        self._progress_at = trio.current_time()
-        start, end = self.layout.span(i)
-        self.ctx.stats.bytes_from_processes += end - start
-        self.flights.finish(i, flight)
-        self.progress.changed(self._group)
-        self._advance_whole()
-        if partial.complete and not self.flights:
-            self._start_finalize()
-        return True
-
-    def _distrust_elsewhere(self, i: int) -> None:
-        """Chunk ``i`` on disk fails this fetch's check: fetch it again into the file if no
-        other process uses the file, else into memory (another may have checked those bytes
-        by its own index and serve them: they are never written over)."""
-        partial = self.partial
-        assert partial is not None
-        partial.unmark(i)
-        if partial.may_rewrite(i):
-            log.warning(
-                "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
-            )
-            return
-        self._private.add(i)
-        log.warning(
-            "%s: chunk %d another modelfs process wrote does not match this model's chunk "
-            "index; fetching it again into memory, leaving that process's copy alone",
-            self.what,
-            i,
-        )
+        self.start_runs(new)
 
     async def _recheck(self, lo: int, hi: int) -> None:
         """Re-verify chunks a previous run left, before their first use in this one.
@@ -557,203 +365,16 @@ class BlobFetch:
                 self.flights.finish(i, flight)
                 if partial.complete and not self.flights:
                     # A whole-blob check that found this chunk still in question waits for it.
-                    self._start_finalize()
+                    self.start_finalize()
                 continue
-            self._distrust_elsewhere(i)
-            self.progress.changed(self._group)
-            self._start_runs([i])  # its fetch finishes the flight
-        self._advance_whole()
-
-    async def _fetch_run(self, lo: int, hi: int) -> None:
-        mine = self.flights.of(range(lo, hi))
-
-        async def once() -> None:
-            # A retry asks only for what the failed try did not deliver.
-            pending = [i for i, f in mine.items() if not f.done]
-            if pending:
-                start = self.layout.span(pending[0])[0]
-                end = self.layout.span(pending[-1])[1]
-                await self._fetch_range(start, end)
-
-        try:
-            await retrying(self.what, once, self.ctx.settings.attempts)
-            if any(not f.done and i in self._mismatched for i, f in mine.items()):
-                # A chunk that failed its check is fetched once more (a second failure
-                # ends its flight: ``_chunk_mismatch``).
-                await retrying(self.what, once, self.ctx.settings.attempts)
-            for i, flight in mine.items():
-                if not flight.done:
-                    # The range was delivered but this chunk was not: cannot happen
-                    # unless the registry cut the body short without an error.
-                    raise Transient(f"{self.what}: chunk {i} missing from a complete body")
-        except ModelfsError as e:
-            waited = any(f.has_waiters for f in mine.values())
-            # A failed readahead nobody waits for is not a problem yet; a reader's is.
-            log.log(
-                logging.WARNING if waited else logging.INFO,
-                "%s: chunks %d-%d failed: %s",
-                self.what,
-                lo,
-                hi - 1,
-                e,
-            )
-            self._fail(mine, e)
-        except BaseException as e:
-            if not isinstance(e, trio.Cancelled):
-                log.exception(
-                    "%s: fetch of chunks %d-%d failed unexpectedly", self.what, lo, hi - 1
-                )
-            self._fail(mine, ModelfsError(f"{self.what}: internal error while fetching"))
-            if isinstance(e, trio.Cancelled | KeyboardInterrupt):
-                raise
-
-    def _fail(self, mine: dict[int, Flight], error: ModelfsError) -> None:
-        for i, flight in mine.items():
-            if not flight.done:
-                if self.partial is not None:
-                    self.partial.release(i)
-                self.flights.finish(i, flight, error)
-
-    async def _fetch_range(self, start: int, end: int) -> None:
-        gate, first = self._first_answer, False
-        if gate is None:
-            gate, first = Flight(), True
-            self._first_answer = gate
-        try:
-            if not first:
-                # Bounded by the first request: its stall detection and retries end it.
-                await gate.settled(None)
-            stream = self._stream
-            if stream is not None and not stream.ended:
-                # A whole-blob body is coming: it brings these chunks too; ask only for
-                # what it did not bring once it ends.
-                asked = self.layout.covering(start, end - start)
-                await stream.bring(asked, self.has)
-                missing = [i for i in asked if not self.has(i)]
-                if not missing:
-                    return
-                start, end = self.layout.span(missing[0])[0], self.layout.span(missing[-1])[1]
-            await self._request_range(start, end)
-        finally:
-            if first:
-                gate.finish()
-
-    async def _request_range(self, start: int, end: int) -> None:
-        partial = self.partial
-        if partial is not None and not self._disk_failed:
-            try:
-                await self.ctx.in_thread(partial.reserve, start, end)
-            except (CacheFull, CacheError) as e:
-                self._disk_failure(e)
-        token = trio.lowlevel.current_trio_token()
-        layout = self.layout
-        asked = layout.covering(start, end - start)
-        receiver = RangeReceiver(
-            layout,
-            self.index,
-            partial,
-            writable=lambda i: not self._disk_failed and i not in self._private,
-            landed=functools.partial(self._land, token),
-            mismatch=lambda i: trio.from_thread.run_sync(self._chunk_mismatch, i, trio_token=token),
-            disk_failed=lambda e: trio.from_thread.run_sync(
-                self._disk_failure, e, trio_token=token
-            ),
-            asked=asked,
-        )
-        started: list[WholeStream] = []
-
-        def on_whole(length: int | None) -> bool:
-            # Worker thread: the answer is the whole blob. Take it if it is this blob's size.
-            if length is not None and length != self.size:
-                return False
-            extra = trio.from_thread.run_sync(self._whole_started, asked, trio_token=token)
-            if extra is None:
-                return False
-            started.append(extra)
-            receiver.extra = extra.takes
-            if partial is not None and not self._disk_failed:
-                try:
-                    partial.reserve(0, self.size)
-                except (CacheFull, CacheError) as e:
-                    trio.from_thread.run_sync(self._disk_failure, e, trio_token=token)
-            return True
-
-        arriving = _Arriving()
-
-        def on_bytes(n: int) -> None:
-            arriving.n += n  # worker thread
-
-        # Fixed chunks arrive as one piece each; a registry's ranges in bounded pieces.
-        piece_bytes = layout.chunk_bytes if layout.fixed else min(layout.largest_bytes, PIECE_BYTES)
-        self._arriving.append(arriving)
-        try:
-            await self.ctx.request(
-                self.registry,
-                RangeRequest(
-                    self.name,
-                    self.digest,
-                    start,
-                    end,
-                    piece_bytes,
-                    receiver.on_piece,
-                    on_whole,
-                    on_bytes,
-                ),
-            )
-        finally:
-            self._arriving.remove(arriving)  # this request's counter: compared by identity
-            self._arrived_bytes += arriving.n
-            for stream in started:
-                self._whole_ended(stream)
-
-    # -- a whole-blob body for a range request (wholestream) ---------------------------------
-
-    def _whole_started(self, asked: range) -> WholeStream | None:
-        """Trio side of a whole-blob answer: claim every chunk nobody has or is fetching, so
-        that readers wait for this body instead of asking that mirror for more ranges."""
-        if (
-            self._stream is not None
-            or self.published
-            or self.failure is not None
-            or self.partial is None
-            or self._disk_failed
-        ):
-            return None  # only the asked range is taken from this body
-        claimed: dict[int, Flight] = {}
-        partial = self.partial
-        for i in range(self.count):
-            if i in asked or i in self.flights or self.has(i) or i in self._private:
-                continue
-            if not partial.claim_unmarked(i):
-                continue  # another process fetches it, or has it: taken when read (``_adopt``)
-            claimed[i] = self.flights.claim(i)
-        self._stream = WholeStream(claimed)
-        if self._first_answer is not None:
-            self._first_answer.finish()
-        log.info(
-            "%s: %s answered a range request with the whole blob (a mirror filling its cache?); "
-            "taking it as the fill, %d chunks from it, no other range requests meanwhile",
-            self.what,
-            self.name.host,
-            len(claimed),
-        )
-        return self._stream
-
-    def _whole_ended(self, stream: WholeStream) -> None:
-        if self._stream is stream:
-            self._stream = None
-        missing = stream.end()
-        if missing and not self.closing and self.failure is None and not self.published:
-            log.info(
-                "%s: the whole-blob body ended without %d chunks; fetching them as ranges",
-                self.what,
-                len(missing),
-            )
-            self._start_runs(missing)
+            self.peers.distrust(i)
+            self.progress.changed(self.tasks)
+            self.start_runs([i])  # its fetch finishes the flight
+        self.advance_whole()
 
     # -- landing chunks ----------------------------------------------------------------------
 
-    def _land(
+    def land(
         self,
         token: trio.lowlevel.TrioToken,
         i: int,
@@ -795,7 +416,7 @@ class BlobFetch:
             self.partial.mark(i)
             self.partial.rechecked(i)
             self.partial.landed(i)  # for the other processes sharing the partial
-            self.progress.changed(self._group)
+            self.progress.changed(self.tasks)
         else:
             if self.partial is not None:
                 self.partial.release(i)
@@ -804,27 +425,24 @@ class BlobFetch:
             while len(self.memory) > self.ctx.settings.memory_chunks:
                 self.memory.popitem(last=False)
         self.flights.finish_chunk(i)
-        if self._first_answer is not None:
-            self._first_answer.finish()
-        if self._stream is not None:
-            self._stream.landed()
+        self.requests.landed()
         if data is None:
-            self._advance_whole()
+            self.advance_whole()
         if self.partial is not None and self.partial.complete:
-            self._start_finalize()
+            self.start_finalize()
         # Only bytes a reader may already see: never a blob served only once whole.
         if self.verify is Verify.WHOLE or self.ctx.push_targets is None:
             return []
         return self.ctx.push_targets(self)
 
-    def _chunk_mismatch(self, i: int) -> None:
+    def chunk_mismatch(self, i: int) -> None:
         """Chunk ``i`` did not match its digest: fetch it once more; twice, and the source of
         the digests is not trusted for this blob any more (docs/verification.md)."""
         start, end = self.layout.span(i)
         self.ctx.stats.chunk_mismatches += 1
         source = self.index.source if self.index is not None else "index"
-        if i not in self._mismatched:
-            self._mismatched.add(i)
+        if i not in self.mismatched:
+            self.mismatched.add(i)
             # Fetched again from the origin if a mirror sent them (it is set aside a while).
             self.registry.distrust_mirrors(self.name, f"chunk {i} of blob {self.digest.short}")
             log.warning(
@@ -855,15 +473,15 @@ class BlobFetch:
             self.verify = Verify.WHOLE
         self.flights.finish_chunk(i, error)
 
-    def _disk_failure(self, e: ModelfsError) -> None:
+    def disk_failure(self, e: ModelfsError) -> None:
         self.ctx.stats.cache_write_failures += 1
-        if not self._disk_failed:
+        if not self.disk_failed:
             if self.ctx.settings.serves_readers:
                 log.warning(
                     "%s: cannot write the cache (%s); serving from the network", self.what, e
                 )
             self._disk_error = e
-        self._disk_failed = True
+        self.disk_failed = True
         self.progress.failed = True
 
     # -- the whole blob -------------------------------------------------------------------------
@@ -872,14 +490,14 @@ class BlobFetch:
         partial = self.partial
         return partial is not None and partial.has(i) and not partial.recheck_pending(i)
 
-    def _advance_whole(self) -> None:
+    def advance_whole(self) -> None:
         if self._tasks is not None:
             self.whole.advance(self._tasks, self.partial)
 
-    def _start_finalize(self) -> None:
+    def start_finalize(self) -> None:
         if self._finalizing is None and not self.published:
             self._finalizing = Flight()
-            self._group.spawn(f"finalize {self.what}", self._finalize)
+            self.tasks.spawn(f"finalize {self.what}", self._finalize)
 
     async def _finalize(self) -> None:
         """Check the complete blob's sha256; publish it into ``blobs/``, or discard it."""
@@ -957,45 +575,29 @@ class BlobFetch:
         while not self.published:
             if self.failure is not None:
                 raise copy.copy(self.failure)
-            if self._disk_failed:
+            if self.disk_failed:
                 # Nothing can be checked whole without storing it: a full disk ends it here
                 # (docs/reliability.md), instead of a retry loop.
                 raise copy.copy(self._disk_error) if self._disk_error else CacheFull(self.what)
             # Not published, so open with a partial file (``_open``).
             assert self.partial is not None
-            if self._private and not self.flights:
+            if self.peers.private and not self.flights:
                 # Chunks only in memory cannot be checked whole: finish in a private file.
-                await self._go_private()
+                await self.peers.go_private()
+                self.peers = NoPeers(self)
             await self._recheck(0, self.count)
             waits, new = self._claim(0, self.count)
-            self._start_runs(new)
+            self.start_runs(new)
             for flight in waits:
-                await self._wait(flight, wait_seconds)
+                await self.requests.wait(flight, wait_seconds)
             if self.partial.complete and self._finalizing is None and not self.published:
-                self._start_finalize()
+                self.start_finalize()
             finalizing = self._finalizing
             if finalizing is not None:
                 limit = None
                 if wait_seconds is not None:
                     limit = wait_seconds + self.size / VERIFY_BYTES_PER_SECOND
                 await finalizing.wait(limit, f"{self.what}: checking the whole blob")
-
-    async def _go_private(self) -> None:
-        """Some chunks are only in memory (the shared partial's copy of them is another
-        process's, held or failing this fetch's check): go on in a scratch file with a copy
-        of the chunks on disk, and fetch those into it, so that the blob can be checked whole.
-        Only while no fetch of this blob runs (no flights)."""
-        partial = self.partial
-        assert partial is not None
-        await self.ctx.in_thread(partial.go_private)
-        for i in self._private:
-            self.memory.pop(i, None)
-        log.info(
-            "%s: %d chunks are another modelfs process's; finishing it in a private file",
-            self.what,
-            len(self._private),
-        )
-        self._private.clear()
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import trio.testing
 from support.hostile import build_manifest
 from support.sources import FakeSource
 
-from modelfs.blobs import blobfetch
+from modelfs.blobs import requests
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.fetchcontext import FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
@@ -565,7 +565,7 @@ async def read_through(fetcher: Fetcher, layer: Layer, chunks: BlobChunks, piece
 @pytest.fixture
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     # Bodies arrive in pieces smaller than the largest range: chunks span pieces.
-    monkeypatch.setattr(blobfetch, "PIECE_BYTES", 50_000)
+    monkeypatch.setattr(requests, "PIECE_BYTES", 50_000)
 
 
 async def test_a_registrys_ranges_are_served_checked_and_published(

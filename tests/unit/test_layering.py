@@ -58,6 +58,8 @@ RANK = {
     "blobs.table": 6,
     "blobs.chunkflights": 6,
     "blobs.small": 6,
+    "blobs.requests": 7,
+    "blobs.peers": 7,
     "blobs.blobfetch": 7,
     "blobs.fetcher": 8,
     "blobs.sources": 9,
