@@ -37,12 +37,14 @@ from modelfs.blobs.fetchcontext import FetchContext, Verify
 from modelfs.blobs.partial import PartialBusy, PartialFile, PartialGone
 from modelfs.blobs.peers import NoPeers, Peers
 from modelfs.blobs.progress import Progress
+from modelfs.blobs.publishing import Publishing
 from modelfs.blobs.requests import RangeRequests
 from modelfs.blobs.table import Life
+from modelfs.blobs.trust import Trust
 from modelfs.blobs.wholecheck import WholeCheck
-from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError
+from modelfs.errors import CacheError, CacheFull, ModelfsError
 from modelfs.flight import Flight, poll
-from modelfs.formats.chunks import BlobChunks, ChunkLayout, serialize_chunk_index
+from modelfs.formats.chunks import BlobChunks, ChunkLayout
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer
 from modelfs.formats.names import Name
@@ -102,10 +104,8 @@ class BlobFetch:
         self.layer = layer
         self.digest = layer.digest
         self.size = layer.size
-        self.index = key.index
-        self.verify = key.verify
         self.layout = (
-            self.index.layout if self.index else ChunkLayout(self.size, ctx.settings.chunk_bytes)
+            key.index.layout if key.index else ChunkLayout(self.size, ctx.settings.chunk_bytes)
         )
         self.count = self.layout.count  # how many chunks
         self.partial: PartialFile | None = None
@@ -116,13 +116,13 @@ class BlobFetch:
         self.failure: ModelfsError | None = None
         self._life = life  # users and closing: the blob table's (``table.Life``)
         self._tasks: TaskGroup | None = None
-        self._finalizing: Flight | None = None
-        self.mismatched: set[int] = set()  # chunks that failed their check once
         self.disk_failed = False
         self._disk_error: ModelfsError | None = None
         # Other processes sharing the partial file (``Peers`` once it is shared).
         self.peers: NoPeers = NoPeers(self)
         self.progress = Progress(ctx, self.what)
+        self.trust = Trust(self, key.index, key.verify)
+        self.publishing = Publishing(self)
         self.requests = RangeRequests(self)
         self.whole = WholeCheck(ctx, self.layout, self.what, self._hashable)
 
@@ -205,7 +205,7 @@ class BlobFetch:
         """What an opened blob does at once: publish what an earlier run completed, or hash
         ahead what it left."""
         if self.partial is not None and self.partial.complete:
-            self.start_finalize()
+            self.publishing.start()
         else:
             self.advance_whole()
 
@@ -281,7 +281,16 @@ class BlobFetch:
     @property
     def finalizing(self) -> Flight | None:
         """The whole-blob check and publish under way, if any."""
-        return self._finalizing
+        return self.publishing.finalizing
+
+    @property
+    def index(self) -> BlobChunks | None:
+        """The chunk index chunks are checked against (``Trust``), None once distrusted."""
+        return self.trust.index
+
+    @property
+    def verify(self) -> Verify:
+        return self.trust.verify
 
     # -- fetching -----------------------------------------------------------------------------
 
@@ -311,7 +320,7 @@ class BlobFetch:
         if self.published:
             return
         self.peers.adopt(lo, hi)
-        await self._recheck(lo, hi)
+        await self.trust.recheck(lo, hi)
         waits, new = self._claim(lo, hi)
         self.start_runs(new)
         for flight in waits:
@@ -336,41 +345,6 @@ class BlobFetch:
             return
         _waits, new = self._claim(lo, hi)
         self.start_runs(new)
-
-    async def _recheck(self, lo: int, hi: int) -> None:
-        """Re-verify chunks a previous run left, before their first use in this one.
-
-        A chunk being re-checked has a flight, like one being fetched: a concurrent
-        reader waits for the verdict instead of reading what is on disk. A chunk that
-        fails is fetched again under the same flight.
-        """
-        partial = self.partial
-        index = self.index
-        if partial is None or index is None:
-            return
-        for i in range(lo, hi):
-            if not partial.recheck_pending(i) or i in self.flights:
-                continue
-            flight = self.flights.claim(i)
-            try:
-                good = await self.ctx.in_thread(partial.verify_chunk, i, index)
-            except BaseException as e:
-                error = e if isinstance(e, ModelfsError) else None
-                self.flights.finish(
-                    i, flight, error or ModelfsError(f"{self.what}: re-checking chunk {i} failed")
-                )
-                raise
-            partial.rechecked(i)
-            if good:
-                self.flights.finish(i, flight)
-                if partial.complete and not self.flights:
-                    # A whole-blob check that found this chunk still in question waits for it.
-                    self.start_finalize()
-                continue
-            self.peers.distrust(i)
-            self.progress.changed(self.tasks)
-            self.start_runs([i])  # its fetch finishes the flight
-        self.advance_whole()
 
     # -- landing chunks ----------------------------------------------------------------------
 
@@ -429,49 +403,11 @@ class BlobFetch:
         if data is None:
             self.advance_whole()
         if self.partial is not None and self.partial.complete:
-            self.start_finalize()
+            self.publishing.start()
         # Only bytes a reader may already see: never a blob served only once whole.
         if self.verify is Verify.WHOLE or self.ctx.push_targets is None:
             return []
         return self.ctx.push_targets(self)
-
-    def chunk_mismatch(self, i: int) -> None:
-        """Chunk ``i`` did not match its digest: fetch it once more; twice, and the source of
-        the digests is not trusted for this blob any more (docs/verification.md)."""
-        start, end = self.layout.span(i)
-        self.ctx.stats.chunk_mismatches += 1
-        source = self.index.source if self.index is not None else "index"
-        if i not in self.mismatched:
-            self.mismatched.add(i)
-            # Fetched again from the origin if a mirror sent them (it is set aside a while).
-            self.registry.distrust_mirrors(self.name, f"chunk {i} of blob {self.digest.short}")
-            log.warning(
-                "blob %s: chunk %d (bytes %d-%d) from %s does not match the chunk index (%s); "
-                "fetching it once more",
-                self.digest,
-                i,
-                start,
-                end - 1,
-                self.name.host,
-                source,
-            )
-            return  # its run fetches it again, under the same flight
-        error = DigestMismatch(f"blob {self.digest} chunk {i} does not match the chunk index")
-        if self.partial is not None:
-            self.partial.release(i)
-        if self.index is not None:
-            log.warning(
-                "blob %s: chunk %d from %s failed its check twice; not trusting the %s for this "
-                "blob: it is verified whole",
-                self.digest,
-                i,
-                self.name.host,
-                source,
-            )
-            self.ctx.distrusted.add(self.index)
-            self.index = None
-            self.verify = Verify.WHOLE
-        self.flights.finish_chunk(i, error)
 
     def disk_failure(self, e: ModelfsError) -> None:
         self.ctx.stats.cache_write_failures += 1
@@ -494,76 +430,6 @@ class BlobFetch:
         if self._tasks is not None:
             self.whole.advance(self._tasks, self.partial)
 
-    def start_finalize(self) -> None:
-        if self._finalizing is None and not self.published:
-            self._finalizing = Flight()
-            self.tasks.spawn(f"finalize {self.what}", self._finalize)
-
-    async def _finalize(self) -> None:
-        """Check the complete blob's sha256; publish it into ``blobs/``, or discard it."""
-        flight = self._finalizing
-        assert flight is not None and self.partial is not None
-        partial = self.partial
-        error: ModelfsError | None = None
-        try:
-            # Chunks left by an earlier run, not re-checked yet, must not reach the hash
-            # unchecked (they may have been written for another manifest's index).
-            await self._recheck(0, self.count)
-            if not partial.complete or self.flights:
-                # A chunk another reader is re-checking must not reach the hash before its
-                # verdict: a refetch's landing, or that verdict, starts the next finalize.
-                return
-            elsewhere = partial.shared is not None and await self.ctx.in_thread(
-                self.ctx.cache.has_blob, self.digest, self.size
-            )
-            # Published by another process sharing the partial: it checked the whole sha256.
-            got = self.digest if elsewhere else await self.whole.digest(partial)
-            if got != self.digest:
-                self.ctx.stats.blob_mismatches += 1
-                log.warning(
-                    "blob %s from %s: whole-blob sha256 is %s; discarding the fetched data",
-                    self.digest,
-                    self.name.host,
-                    got,
-                )
-                self.registry.distrust_mirrors(self.name, f"blob {self.digest.short}")
-                self.whole.reset()
-                await self.ctx.in_thread(partial.discard)
-                self.memory.clear()
-                error = DigestMismatch(f"blob {self.digest} does not match its digest")
-                self.failure = error
-                if self.ctx.on_discarded is not None:
-                    # Pages already served (verify=deferred) must leave the kernel's cache.
-                    self.ctx.on_discarded(self.digest)
-            else:
-                await self.progress.publish()
-                self.published = True
-                if not elsewhere:
-                    self.ctx.stats.published += 1
-                    log.info("blob %s: complete and verified, published", self.digest.short)
-                    await self._keep_local_index()
-        except ModelfsError as e:
-            log.warning("%s: could not publish: %s", self.what, e)
-            error = e
-        except Exception:
-            log.exception("%s: publishing failed unexpectedly", self.what)
-            error = ModelfsError(f"{self.what}: internal error while publishing")
-        finally:
-            self._finalizing = None
-            flight.finish(error)
-        if self.published:
-            await self.ctx.published(self.digest)
-
-    async def _keep_local_index(self) -> None:
-        """Keep the chunk index of the blob just verified whole (a few KB in ``.modelfs/``):
-        read again after an eviction, it is lazy and verified."""
-        local = self.whole.local_index(self.digest)
-        raw = serialize_chunk_index(local.chunk_bytes, [local])
-        try:
-            await self.ctx.in_thread(self.ctx.cache.save_local_index, self.digest, raw)
-        except ModelfsError as e:
-            log.info("%s: its chunk index is not kept: %s", self.what, e)
-
     async def complete(self, wait_seconds: float | None = None) -> None:
         """Fetch every chunk, verify the whole blob and publish it (``pull``, the WHOLE policy).
 
@@ -585,14 +451,14 @@ class BlobFetch:
                 # Chunks only in memory cannot be checked whole: finish in a private file.
                 await self.peers.go_private()
                 self.peers = NoPeers(self)
-            await self._recheck(0, self.count)
+            await self.trust.recheck(0, self.count)
             waits, new = self._claim(0, self.count)
             self.start_runs(new)
             for flight in waits:
                 await self.requests.wait(flight, wait_seconds)
-            if self.partial.complete and self._finalizing is None and not self.published:
-                self.start_finalize()
-            finalizing = self._finalizing
+            if self.partial.complete and self.finalizing is None and not self.published:
+                self.publishing.start()
+            finalizing = self.finalizing
             if finalizing is not None:
                 limit = None
                 if wait_seconds is not None:

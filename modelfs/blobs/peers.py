@@ -96,7 +96,7 @@ class Peers(NoPeers):
 
     def adopt(self, lo: int, hi: int) -> None:
         """Take the chunks of ``[lo, hi)`` another process marked (an indexed blob re-checks
-        them before their first use: ``_recheck``)."""
+        them before their first use: ``Trust.recheck``)."""
         partial = self.blob.partial
         if partial is None or partial.shared is None:
             return
@@ -110,7 +110,7 @@ class Peers(NoPeers):
             if not partial.indexed:
                 self.blob.advance_whole()
                 if partial.complete and not self.blob.flights:
-                    self.blob.start_finalize()
+                    self.blob.publishing.start()
 
     async def wait_for(self, chunks: list[int]) -> None:
         """Wait for chunks another process is fetching into the shared partial; take them
@@ -210,7 +210,7 @@ class Peers(NoPeers):
         self.blob.progress.changed(self.blob.tasks)
         self.blob.advance_whole()
         if partial.complete and not self.blob.flights:
-            self.blob.start_finalize()
+            self.blob.publishing.start()
         return True
 
     def distrust(self, i: int) -> None:

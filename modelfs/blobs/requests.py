@@ -105,9 +105,9 @@ class RangeRequests:
 
         try:
             await retrying(self.what, once, self.ctx.settings.attempts)
-            if any(not f.done and i in self.blob.mismatched for i, f in mine.items()):
+            if any(not f.done and i in self.blob.trust.mismatched for i, f in mine.items()):
                 # A chunk that failed its check is fetched once more (a second failure
-                # ends its flight: ``chunk_mismatch``).
+                # ends its flight: ``Trust.mismatch``).
                 await retrying(self.what, once, self.ctx.settings.attempts)
             for i, flight in mine.items():
                 if not flight.done:
@@ -183,7 +183,7 @@ class RangeRequests:
             writable=lambda i: not self.blob.disk_failed and i not in self.blob.peers.private,
             landed=functools.partial(self.blob.land, token),
             mismatch=lambda i: trio.from_thread.run_sync(
-                self.blob.chunk_mismatch, i, trio_token=token
+                self.blob.trust.mismatch, i, trio_token=token
             ),
             disk_failed=lambda e: trio.from_thread.run_sync(
                 self.blob.disk_failure, e, trio_token=token

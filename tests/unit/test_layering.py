@@ -60,6 +60,8 @@ RANK = {
     "blobs.small": 6,
     "blobs.requests": 7,
     "blobs.peers": 7,
+    "blobs.trust": 7,
+    "blobs.publishing": 7,
     "blobs.blobfetch": 7,
     "blobs.fetcher": 8,
     "blobs.sources": 9,
