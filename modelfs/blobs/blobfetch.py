@@ -7,7 +7,7 @@ request), retries, verification of each chunk against the chunk index before
 anyone may read it, and the reading of present chunks. Its chunks follow a
 ``ChunkLayout``: fixed-size, or a registry's own ranges of any size (a chunk that
 arrives in several pieces is hashed as they come and trusted when complete).
-Persisting progress is ``Progress``'s job, the whole-blob sha256 ``WholeCheck``'s;
+Persisting progress is ``StateSaver``'s job, the whole-blob sha256 ``WholeCheck``'s;
 this class decides when each runs, and publishes the blob once it is whole and
 its digest matches.
 
@@ -36,9 +36,9 @@ from modelfs.blobs.chunkflights import ChunkFlights
 from modelfs.blobs.fetchcontext import FetchContext, Verify
 from modelfs.blobs.partial import PartialBusy, PartialFile, PartialGone
 from modelfs.blobs.peers import NoPeers, Peers
-from modelfs.blobs.progress import Progress
 from modelfs.blobs.publishing import Publishing
 from modelfs.blobs.requests import RangeRequests
+from modelfs.blobs.statesave import StateSaver
 from modelfs.blobs.table import Life
 from modelfs.blobs.trust import Trust
 from modelfs.blobs.wholecheck import WholeCheck
@@ -120,7 +120,7 @@ class BlobFetch:
         self._disk_error: ModelfsError | None = None
         # Other processes sharing the partial file (``Peers`` once it is shared).
         self.peers: NoPeers = NoPeers(self)
-        self.progress = Progress(ctx, self.what)
+        self.state = StateSaver(ctx, self.what)
         self.trust = Trust(self, key.index, key.verify)
         self.publishing = Publishing(self)
         self.requests = RangeRequests(self)
@@ -237,7 +237,7 @@ class BlobFetch:
         except BaseException:
             self._unlock()
             raise
-        self.partial = self.progress.partial = partial
+        self.partial = self.state.partial = partial
         if partial.shared is not None:
             self.peers = Peers(self)
 
@@ -250,7 +250,7 @@ class BlobFetch:
         # Shielded: closing saves progress and releases the lock even during shutdown.
         with trio.CancelScope(shield=True):
             try:
-                await self.progress.close()
+                await self.state.close()
             except Exception:
                 log.exception("%s: closing failed", self.what)
             finally:
@@ -390,7 +390,7 @@ class BlobFetch:
             self.partial.mark(i)
             self.partial.rechecked(i)
             self.partial.landed(i)  # for the other processes sharing the partial
-            self.progress.changed(self.tasks)
+            self.state.changed(self.tasks)
         else:
             if self.partial is not None:
                 self.partial.release(i)
@@ -418,7 +418,7 @@ class BlobFetch:
                 )
             self._disk_error = e
         self.disk_failed = True
-        self.progress.failed = True
+        self.state.failed = True
 
     # -- the whole blob -------------------------------------------------------------------------
 

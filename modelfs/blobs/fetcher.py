@@ -185,6 +185,6 @@ class Fetcher:
                 await finalizing.settled(max(0.0, deadline - trio.current_time()))
         for bf, _life in self.table:
             try:
-                await bf.progress.save()
+                await bf.state.save()
             except ModelfsError as e:
                 log.warning("%s: could not save fetch progress: %s", bf.what, e)

@@ -70,7 +70,7 @@ class Peers(NoPeers):
         # When a chunk was last taken from another process, and last waited for: another
         # process that made no progress for ``claim_wait_seconds`` is stalled (stopped?) and
         # its chunks are fetched here, privately (``wait_for``).
-        self._progress_at = 0.0
+        self._took_at = 0.0
         self._waited_at = -float("inf")
 
     def split(self, new: list[int]) -> list[int]:
@@ -105,8 +105,8 @@ class Peers(NoPeers):
             start, end = self.layout.span(i)
             self.ctx.stats.bytes_from_processes += end - start
         if got:
-            self._progress_at = trio.current_time()
-            self.blob.progress.changed(self.blob.tasks)
+            self._took_at = trio.current_time()
+            self.blob.state.changed(self.blob.tasks)
             if not partial.indexed:
                 self.blob.advance_whole()
                 if partial.complete and not self.blob.flights:
@@ -187,9 +187,9 @@ class Peers(NoPeers):
         now = trio.current_time()
         wait = self.ctx.settings.claim_wait_seconds
         if now - self._waited_at > wait:
-            self._progress_at = now  # nobody waited meanwhile: this wait starts the clock
+            self._took_at = now  # nobody waited meanwhile: this wait starts the clock
         self._waited_at = now
-        return now - self._progress_at >= wait
+        return now - self._took_at >= wait
 
     async def _take(self, i: int, flight: Flight) -> bool:
         """Chunk ``i``, marked by another process, becomes present here once it passes this
@@ -203,11 +203,11 @@ class Peers(NoPeers):
                 return False
         partial.mark(i)
         partial.rechecked(i)
-        self._progress_at = trio.current_time()
+        self._took_at = trio.current_time()
         start, end = self.layout.span(i)
         self.ctx.stats.bytes_from_processes += end - start
         self.blob.flights.finish(i, flight)
-        self.blob.progress.changed(self.blob.tasks)
+        self.blob.state.changed(self.blob.tasks)
         self.blob.advance_whole()
         if partial.complete and not self.blob.flights:
             self.blob.publishing.start()

@@ -3,7 +3,7 @@
 A chunk is served once it matches its chunk index; the blob's own digest is
 checked once, over every byte, before it goes into ``blobs/`` (``WholeCheck``
 hashes ahead as chunks land). ``Publishing`` runs that check once every chunk is
-present and trusted, publishes the partial file (rename, in ``Progress``) or
+present and trusted, publishes the partial file (rename, in ``StateSaver``) or
 discards it and tells the daemon (pages already served must leave the kernel's
 cache), and keeps the blob's local chunk index so that, read again after an
 eviction, it is lazy and verified. Its ``finalizing`` flight is what a pull, a
@@ -77,7 +77,7 @@ class Publishing:
                     # Pages already served (verify=deferred) must leave the kernel's cache.
                     self.ctx.on_discarded(self.blob.digest)
             else:
-                await self.blob.progress.publish()
+                await self.blob.state.publish()
                 self.blob.published = True
                 if not elsewhere:
                     self.ctx.stats.published += 1

@@ -65,7 +65,7 @@ class Trust:
                     self.blob.publishing.start()
                 continue
             self.blob.peers.distrust(i)
-            self.blob.progress.changed(self.blob.tasks)
+            self.blob.state.changed(self.blob.tasks)
             self.blob.start_runs([i])  # its fetch finishes the flight
         self.blob.advance_whole()
 

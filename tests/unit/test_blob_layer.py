@@ -28,8 +28,8 @@ from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.fetchcontext import FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.partial import PartialFile, present_bytes_in_state
-from modelfs.blobs.progress import Progress
 from modelfs.blobs.reader import BlobHandle, Blobs, BlobsSettings
+from modelfs.blobs.statesave import StateSaver
 from modelfs.errors import DigestMismatch, RegistryError, Transient
 from modelfs.formats.chunks import BlobChunks, chunk_hash, serialize_chunk_index
 from modelfs.formats.chunksums import format_chunksums
@@ -511,13 +511,13 @@ async def test_progress_is_saved_within_the_flush_interval_of_the_first_chunk(
     # most that much).
     source, layer = serving(data)
     saves: list[float] = []
-    save_locked = Progress._save_locked
+    save_locked = StateSaver._save_locked
 
-    async def timed(self: Progress) -> None:
+    async def timed(self: StateSaver) -> None:
         saves.append(trio.current_time())
         await save_locked(self)
 
-    monkeypatch.setattr(Progress, "_save_locked", timed)
+    monkeypatch.setattr(StateSaver, "_save_locked", timed)
     state = cache.state_path(layer.digest)
     async with blob_layer(cache, source, state_flush_seconds=1.0) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))

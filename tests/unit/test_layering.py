@@ -51,7 +51,7 @@ RANK = {
     "blobs.blobcache": 4,
     "blobs.partial": 5,
     "blobs.fetchcontext": 5,
-    "blobs.progress": 6,
+    "blobs.statesave": 6,
     "blobs.wholecheck": 6,
     "blobs.receive": 6,
     "blobs.wholestream": 6,
