@@ -6,6 +6,10 @@ caller's limiter. Each repository has its own blobs, so a test can have two
 registries name the same digest with different bytes. ``faults`` injects what
 real registries do: a request that fails before any byte, a body cut short, bytes
 that are not the blob's, a request that never ends.
+
+``Faulty`` injects the faults that need nothing of the source's insides (fail, cut,
+corrupt) around any source, as mountpoint-s3's failure client wraps its mock client:
+the honest source underneath counts and serves every request that reaches it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -123,15 +128,7 @@ class FakeSource:
         return sum(r.end - r.start for r in self.requests_for(digest))
 
     def _fault_for(self, request: Request) -> Fault | None:
-        for f in self.faults:
-            if (
-                f.used < f.times
-                and (f.digest is None or f.digest == request.digest)
-                and f.matches(request)
-            ):
-                f.used += 1
-                return f
-        return None
+        return _first_fault(self.faults, request)
 
     async def read_range(
         self,
@@ -186,3 +183,79 @@ class FakeSource:
         await trio.to_thread.run_sync(deliver, limiter=limiter)
         if fault is not None and fault.kind == "hang":
             await trio.sleep_forever()
+
+
+def _first_fault(faults: list[Fault], request: Request) -> Fault | None:
+    for f in faults:
+        if (
+            f.used < f.times
+            and (f.digest is None or f.digest == request.digest)
+            and f.matches(request)
+        ):
+            f.used += 1
+            return f
+    return None
+
+
+@dataclass
+class Faulty:
+    """Any ``BlobSource`` with faults: ``fail`` (raise ``error`` before the request reaches the
+    source), ``cut`` (the body ends with Transient after ``pieces`` pieces), ``corrupt`` (the
+    byte at ``at`` flipped in the piece holding it). Everything else is the source's."""
+
+    inner: Any
+    faults: list[Fault] = field(default_factory=list)
+
+    def fault(self, kind: str, **kw: object) -> Fault:
+        assert kind in ("fail", "cut", "corrupt"), f"{kind} needs the source's insides"
+        f = Fault(kind, **kw)  # type: ignore[arg-type]
+        self.faults.append(f)
+        return f
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def read_range(
+        self,
+        name: Name,
+        digest: Digest,
+        start: int,
+        end: int,
+        piece_bytes: int,
+        on_piece: Callable[[int, memoryview], None],
+        *,
+        limiter: trio.CapacityLimiter,
+        on_whole: Callable[[int | None], bool] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        fault = _first_fault(self.faults, Request(name.repository_key, digest, start, end))
+        if fault is not None and fault.kind == "fail":
+            raise fault.error or Transient("connection reset by peer")
+        delivered = 0
+
+        def piece(offset: int, view: memoryview) -> None:
+            nonlocal delivered
+            if fault is not None and fault.kind == "cut" and delivered == fault.pieces:
+                raise Transient(f"body ended at byte {offset} of {start}-{end - 1}")
+            if (
+                fault is not None
+                and fault.kind == "corrupt"
+                and offset <= fault.at < offset + len(view)
+            ):
+                changed = bytearray(view)
+                changed[fault.at - offset] ^= 0xFF
+                view = memoryview(changed)
+            delivered += 1
+            on_piece(offset, view)
+
+        await self.inner.read_range(
+            name,
+            digest,
+            start,
+            end,
+            piece_bytes,
+            piece,
+            limiter=limiter,
+            on_whole=on_whole,
+            on_bytes=on_bytes,
+        )

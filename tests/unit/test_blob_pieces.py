@@ -1,8 +1,9 @@
-"""The blob layer's pieces alone: the blob table (users and life), chunk flights, small blobs.
+"""The blob layer's pieces: the blob table (users and life), chunk flights, small blobs alone;
+range requests, trust, publishing and peers of one large blob.
 
 Each against in-process stand-ins: a blob that only records its life for the table, the
-in-memory source (tests/support/sources.py) and a real cache in a temporary directory for
-small blobs. How they work together is tests/unit/test_blob_layer.py's.
+in-memory source (tests/support/sources.py), with faults wrapped around it (``Faulty``), and a
+real cache in a temporary directory. How they work together is tests/unit/test_blob_layer.py's.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from support.sources import FakeSource
+from support.sources import FakeSource, Faulty
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.chunkflights import ChunkFlights
-from modelfs.blobs.fetchcontext import FetchContext, FetchSettings
+from modelfs.blobs.fetchcontext import FetchContext, FetchSettings, Verify
+from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.peers import NoPeers, Peers
 from modelfs.blobs.small import SmallBlobs
 from modelfs.blobs.table import BlobTable, Life
 from modelfs.errors import CacheError, DigestMismatch, Transient
+from modelfs.formats.chunks import BlobChunks, chunk_hash
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
 from modelfs.formats.names import parse_name
@@ -197,3 +201,107 @@ async def test_a_small_blob_that_is_not_its_digest_is_refused_and_not_published(
 
 async def _append(out: list[bytes], fetching) -> None:  # type: ignore[no-untyped-def]
     out.append(await fetching)
+
+
+# -- the pieces of a large blob, over an honest source with faults around it -------------------
+
+CB = 64 << 10
+
+
+def index_of(data: bytes) -> BlobChunks:
+    hashes = tuple(chunk_hash("blake3", data[i : i + CB]) for i in range(0, len(data), CB))
+    return BlobChunks(Digest.of_bytes(data), len(data), CB, hashes, "blake3")
+
+
+@asynccontextmanager
+async def fetcher_over(cache: BlobCache, source: object) -> AsyncIterator[Fetcher]:
+    async with trio.open_nursery() as nursery:
+        fetcher = Fetcher(cache, source, nursery, FetchSettings(chunk_bytes=CB))  # type: ignore[arg-type]
+        try:
+            yield fetcher
+        finally:
+            await fetcher.save_all()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_retried_run_asks_only_for_what_the_cut_body_did_not_bring(
+    cache: BlobCache,
+) -> None:
+    data = os.urandom(8 * CB)
+    honest = FakeSource()
+    honest.put(NAME, data)
+    faulty = Faulty(honest)
+    faulty.fault("cut", pieces=1)
+    layer = Layer(Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
+    async with fetcher_over(cache, faulty) as fetcher:
+        bf = await fetcher.acquire(NAME, layer, index_of(data), Verify.INDEXED)
+        try:
+            assert await bf.read(0, 4 * CB) == data[: 4 * CB]
+        finally:
+            bf.release()
+    asked = [(r.start, r.end) for r in honest.requests_for(layer.digest)]
+    assert asked == [(0, 4 * CB), (CB, 4 * CB)], "the retry asked again for a chunk it had"
+
+
+async def test_a_chunk_that_fails_twice_ends_the_trust_in_the_index_for_that_blob(
+    cache: BlobCache,
+) -> None:
+    data = os.urandom(4 * CB)
+    honest = FakeSource()
+    honest.put(NAME, data)
+    faulty = Faulty(honest)
+    faulty.fault("corrupt", at=2 * CB + 7, times=2)
+    layer = Layer(Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
+    index = index_of(data)
+    async with fetcher_over(cache, faulty) as fetcher:
+        bf = await fetcher.acquire(NAME, layer, index, Verify.INDEXED)
+        try:
+            assert isinstance(bf.peers, Peers) and bf.verify is Verify.INDEXED
+            with pytest.raises(DigestMismatch):
+                await bf.read(2 * CB, 10)
+            assert bf.trust.index is None and bf.verify is Verify.WHOLE
+            assert index in fetcher.distrusted
+            assert fetcher.stats.chunk_mismatches == 2
+        finally:
+            bf.release()
+
+
+async def test_a_blob_whose_chunks_match_but_whole_digest_does_not_is_discarded(
+    cache: BlobCache,
+) -> None:
+    data = os.urandom(3 * CB)
+    lie = Digest.of_bytes(b"the digest the manifest names")
+    honest = FakeSource()
+    honest.put(NAME, data, lie)
+    hashes = tuple(chunk_hash("blake3", data[i : i + CB]) for i in range(0, len(data), CB))
+    index = BlobChunks(lie, len(data), CB, hashes, "blake3")
+    layer = Layer(lie, MEDIA_TYPE_MODEL, len(data))
+    discarded: list[Digest] = []
+    async with fetcher_over(cache, honest) as fetcher:
+        fetcher.on_discarded = discarded.append
+        bf = await fetcher.acquire(NAME, layer, index, Verify.INDEXED)
+        try:
+            with pytest.raises(DigestMismatch, match="does not match its digest"):
+                await bf.complete(wait_seconds=20)
+            assert bf.publishing.finalizing is None and not bf.published
+        finally:
+            bf.release()
+    assert discarded == [lie] and not cache.has_blob(lie, len(data))
+
+
+async def test_a_second_fetch_of_a_digest_in_this_process_has_no_peers(cache: BlobCache) -> None:
+    data = os.urandom(2 * CB)
+    source = FakeSource()
+    source.put(NAME, data)
+    layer = Layer(Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
+    async with fetcher_over(cache, source) as fetcher:
+        first = await fetcher.acquire(NAME, layer, index_of(data), Verify.INDEXED)
+        second = await fetcher.acquire(NAME, layer, None, Verify.DEFERRED)
+        try:
+            assert first is not second
+            assert isinstance(first.peers, Peers)
+            assert type(second.peers) is NoPeers, "a scratch file is nobody else's"
+            assert await second.read(0, 2 * CB) == data
+        finally:
+            first.release()
+            second.release()
