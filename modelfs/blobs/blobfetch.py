@@ -1,21 +1,23 @@
-"""One large blob being fetched into the cache: its chunks, their flights, and its lifetime.
+"""One large blob being fetched into the cache, as one manifest vouches for it (``FetchKey``).
 
-A ``BlobFetch`` owns, for one blob as one manifest vouches for it (its
-``FetchKey``): which chunks are present, the in-flight fetches (one ``Flight`` per
-chunk, shared by every reader of that chunk: 16 readers of one chunk make one
-request), retries, verification of each chunk against the chunk index before
-anyone may read it, and the reading of present chunks. Its chunks follow a
-``ChunkLayout``: fixed-size, or a registry's own ranges of any size (a chunk that
-arrives in several pieces is hashed as they come and trusted when complete).
-Persisting progress is ``StateSaver``'s job, the whole-blob sha256 ``WholeCheck``'s;
-this class decides when each runs, and publishes the blob once it is whole and
-its digest matches.
+A ``BlobFetch`` holds what its pieces share and composes them, one job each:
+which chunks are present (the partial file's bitmap, or memory when the cache
+cannot be written) and their ``ChunkLayout`` (fixed-size, or a registry's own
+ranges of any size); ``ChunkFlights`` (one flight per chunk being brought, shared
+by every reader of it); ``RangeRequests`` (requests, retries, a mirror's whole-blob
+body); ``Trust`` (the chunk index, re-checks, two strikes); ``Peers`` (other
+processes filling the same partial file, ``NoPeers`` when none); ``Publishing``
+(the whole sha256, publish or discard); ``StateSaver`` (the bitmap on disk);
+``WholeCheck`` (the hash ahead). What is its own: opening and closing the partial
+file (``session``, run by the ``BlobTable``, which alone counts its users),
+claiming flights for the chunks a read needs (``ensure``, ``prefetch``), landing
+checked chunks (and pushing them to the kernel's page cache), reading them, and
+pull's ``complete``.
 
-Its lifetime is a task (``live``) of the fetcher's nursery that holds a nursery
-of its own: every fetch, flush, hash and publish of the blob runs in it, so the
-blob is closed (progress saved, partial file and lock released) only after all of
-them have ended and no handle reads it. Network bodies, hashing and disk writes
-run in worker threads; the bitmap and flights are only touched on the trio thread.
+Its tasks run in a nursery of its own inside its session, so it is closed (state
+saved, partial file and lock released) only after all of them have ended and no
+user reads it. Network bodies, hashing and disk writes run in worker threads; the
+bitmap and flights are only touched on the trio thread.
 """
 
 from __future__ import annotations
