@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 from support.hostile import build_manifest
-from support.sources import FakeSource
+from support.sources import FakeSource, Faulty
 
 from modelfs.blobs import requests
 from modelfs.blobs.blobcache import BlobCache
@@ -74,6 +74,12 @@ def serving(data: bytes) -> tuple[FakeSource, Layer]:
     return source, layer_of(data)
 
 
+def faulty(data: bytes) -> tuple[Faulty, Layer]:
+    """``serving(data)`` with faults to come around it (``Faulty.fault``)."""
+    source, layer = serving(data)
+    return Faulty(source), layer
+
+
 def index_of(data: bytes, digest: Digest | None = None, algorithm: str = "blake3") -> BlobChunks:
     hashes = tuple(chunk_hash(algorithm, data[i : i + CB]) for i in range(0, len(data), CB))
     return BlobChunks(digest or Digest.of_bytes(data), len(data), CB, hashes, algorithm)
@@ -81,7 +87,7 @@ def index_of(data: bytes, digest: Digest | None = None, algorithm: str = "blake3
 
 @asynccontextmanager
 async def blob_layer(
-    cache: BlobCache, source: FakeSource, *, deferred: bool = False, **settings: object
+    cache: BlobCache, source: FakeSource | Faulty, *, deferred: bool = False, **settings: object
 ) -> AsyncIterator[tuple[Fetcher, Blobs]]:
     settings.setdefault("read_wait_seconds", 20.0)
     async with trio.open_nursery() as nursery:
@@ -108,7 +114,7 @@ async def open_blob(
     The index is served by the source, like any blob, and loaded by the blob layer.
     """
     source = blobs.fetcher.registry_for(anonymous)
-    assert isinstance(source, FakeSource)
+    assert isinstance(source, FakeSource | Faulty)
     layers = [(MEDIA_TYPE_MODEL, str(layer.digest), layer.size)]
     if chunks is not None:
         index = serialize_chunk_index(chunks.chunk_bytes, [chunks])
@@ -242,7 +248,7 @@ async def test_concurrent_reads_of_a_small_blob_leave_no_descriptor_open(cache: 
 
 
 async def test_failed_requests_are_retried(cache: BlobCache, data: bytes) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("fail", digest=layer.digest, times=2)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await read(blobs, NAME, layer, index_of(data)) == data
@@ -250,7 +256,7 @@ async def test_failed_requests_are_retried(cache: BlobCache, data: bytes) -> Non
 
 
 async def test_a_body_cut_short_is_resumed_where_it_ended(cache: BlobCache, data: bytes) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("cut", digest=layer.digest, pieces=2, matches=lambda r: r.end - r.start > 2 * CB)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await read(blobs, NAME, layer, index_of(data), piece=SIZE) == data
@@ -263,7 +269,7 @@ async def test_a_body_cut_short_is_resumed_where_it_ended(cache: BlobCache, data
 
 
 async def test_an_error_that_is_not_transient_is_not_retried(cache: BlobCache, data: bytes) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("fail", digest=layer.digest, times=100, error=RegistryError("blob unknown", 404))
     async with blob_layer(cache, source) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -278,7 +284,7 @@ async def test_an_error_that_is_not_transient_is_not_retried(cache: BlobCache, d
 async def test_a_stalled_source_fails_the_read_within_its_bound(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("stall", digest=layer.digest, times=100)
     async with blob_layer(cache, source, read_wait_seconds=0.3) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -296,7 +302,7 @@ async def test_a_stalled_source_fails_the_read_within_its_bound(
 async def test_a_chunk_that_does_not_match_its_index_once_is_fetched_again(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault(
         "corrupt", digest=layer.digest, at=3 * CB + 10, matches=lambda r: r.start <= 3 * CB < r.end
     )
@@ -481,7 +487,7 @@ async def test_another_users_reads_never_use_the_owners_source(
 async def test_progress_is_saved_while_the_fetch_goes_on(cache: BlobCache, data: bytes) -> None:
     # A kill -9 costs at most the last state_flush_seconds of fetching: the state is written
     # that long after chunks land, not when the fetch or the reader ends.
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("hang", digest=layer.digest, pieces=3)
     async with blob_layer(cache, source, state_flush_seconds=0.2) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -584,7 +590,7 @@ async def test_a_registrys_ranges_are_served_checked_and_published(
 async def test_a_range_that_does_not_match_is_never_served_and_fetched_again(
     cache: BlobCache, data: bytes, small_pieces: None
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     at = 2 * CB + 5  # inside the third range
     source.fault("corrupt", digest=layer.digest, at=at, matches=lambda r: r.start <= at < r.end)
     chunks = ranges_of(data)
@@ -869,10 +875,10 @@ async def test_the_whole_check_waits_for_a_chunk_another_reader_is_checking_agai
 async def test_a_whole_blob_answer_is_the_fill_and_no_more_ranges_are_asked(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     # Every request is answered with the whole blob, as docker-registry as a pull-through
     # cache does until it has stored the blob: each such answer costs its origin a copy.
-    source.fault("whole", digest=layer.digest, times=100)
+    source.fault("whole", digest=layer.digest, times=100, size=SIZE)
     async with blob_layer(cache, source) as (fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
         assert await handle.read(0, 100) == data[:100]  # the header: one request
@@ -892,9 +898,9 @@ async def test_a_whole_blob_answer_is_the_fill_and_no_more_ranges_are_asked(
 async def test_a_whole_blob_answer_cut_short_is_finished_with_ranges(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     # Four chunks of the whole body, then it breaks.
-    source.fault("whole_cut", digest=layer.digest, pieces=4)
+    source.fault("whole_cut", digest=layer.digest, pieces=4, size=SIZE)
     async with blob_layer(cache, source) as (fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
         assert await handle.read(SIZE - 10, 10) == data[-10:]
@@ -912,7 +918,7 @@ async def test_a_whole_blob_answer_cut_short_is_finished_with_ranges(
 async def test_a_whole_blob_answer_never_overwrites_chunks_already_here(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     async with blob_layer(cache, source) as (fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
         assert await handle.read(2 * CB, 10) == data[2 * CB : 2 * CB + 10]  # chunk 2, by range
@@ -921,7 +927,7 @@ async def test_a_whole_blob_answer_never_overwrites_chunks_already_here(
         corrupt = bytearray(data)
         corrupt[2 * CB + 5] ^= 0xFF
         source.blobs[(NAME.repository_key, layer.digest)] = bytes(corrupt)
-        source.fault("whole", digest=layer.digest)
+        source.fault("whole", digest=layer.digest, size=SIZE)
         assert await handle.read(7 * CB, 10) == data[7 * CB : 7 * CB + 10]
         source.blobs[(NAME.repository_key, layer.digest)] = data
         assert await handle.read_all() == data

@@ -13,7 +13,7 @@ import os
 
 import pytest
 import trio
-from support.sources import FakeSource
+from support.sources import FakeSource, Faulty
 from unit import test_blob_layer as blob_layer_tests
 from unit.test_blob_layer import (
     CB,
@@ -202,7 +202,7 @@ async def test_a_chunk_another_process_stops_fetching_is_fetched_here(
 ) -> None:
     monkeypatch.setattr(peers, "ELSEWHERE_POLL_SECONDS", (0.005, 0.01))
     layer = layer_of(data)
-    stuck, honest = FakeSource(), FakeSource()
+    stuck, honest = Faulty(FakeSource()), FakeSource()
     stuck.put(NAME, data)
     honest.put(NAME, data)
     stuck.fault("stall", digest=layer.digest)
