@@ -469,24 +469,23 @@ class BlobFetch:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def read(self, offset: int, size: int, touched: range | None = None) -> bytes | bytearray:
+    async def read(self, offset: int, size: int, touched: range) -> bytes | bytearray:
         """Bytes ``[offset, offset+size)`` (chunks ``touched``), fetched and checked if need be.
 
         A chunk held only in memory (the cache could not be written) may be dropped
         between ``ensure`` and reading it by other readers' chunks: ensure again.
         """
-        if touched is None:
-            touched = self.layout.covering(offset, size)
         for _ in range(EVICTED_RETRIES):
             await self.ensure(touched.start, touched.stop)
             try:
-                return await self._read_present(offset, size)
+                return await self._read_present(offset, size, touched)
             except _Evicted:
                 continue
         raise ModelfsError(f"{self.what}: chunks keep being evicted before use")
 
-    async def _read_present(self, offset: int, size: int) -> bytes | bytearray:
-        """Bytes ``[offset, offset+size)``; the chunks must have been ensured (or published)."""
+    async def _read_present(self, offset: int, size: int, touched: range) -> bytes | bytearray:
+        """Bytes ``[offset, offset+size)`` (chunks ``touched``); the chunks must have been
+        ensured (or published)."""
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
@@ -494,8 +493,7 @@ class BlobFetch:
         if partial is None and self.published:
             # Published before this fetch opened (by another process, or a pull, after the
             # reader looked in blobs/): no partial to read, the blob file itself.
-            return await self.ctx.in_thread(self._read_published, offset, end - offset)  # type: ignore[return-value]
-        touched = self.layout.covering(offset, end - offset)
+            return await self.ctx.in_thread(self._read_published, offset, end - offset, touched)  # type: ignore[return-value]
         if partial is not None and (self.published or all(partial.has(i) for i in touched)):
             data = pread_cached(partial.fd, offset, end - offset)
             if data is not None:
@@ -514,11 +512,11 @@ class BlobFetch:
                 raise _Evicted(i)
         return bytes(out)
 
-    def _read_published(self, offset: int, size: int) -> bytes:
+    def _read_published(self, offset: int, size: int, touched: range) -> bytes:
         """Worker thread: bytes of the published blob file (removed since: evicted)."""
         fd = self.ctx.cache.open_blob(self.digest)
         if fd is None:
-            raise _Evicted(self.layout.covering(offset, max(size, 1)).start)
+            raise _Evicted(touched.start)
         try:
             return os.pread(fd, size, offset)
         finally:

@@ -35,11 +35,10 @@ ELSEWHERE_POLL_SECONDS = (0.005, 0.05)
 class NoPeers:
     """A partial file only this fetch uses."""
 
-    # Chunks another process's copy of is kept (never written over): none here.
-    private: frozenset[int] | set[int] = frozenset()
-
     def __init__(self, blob: BlobFetch) -> None:
         self.blob = blob
+        # Chunks whose copy on disk is another process's (never written over): none here.
+        self.private: set[int] = set()
 
     def split(self, new: list[int]) -> list[int]:
         """The chunks of ``new`` this fetch brings itself: all."""
@@ -47,13 +46,6 @@ class NoPeers:
 
     def adopt(self, lo: int, hi: int) -> None:
         """Nothing to take from anyone."""
-
-    def distrust(self, i: int) -> None:
-        """Chunk ``i`` on disk fails this fetch's check: fetch it again into the file."""
-        self.blob.partial.unmark(i)  # type: ignore[union-attr]
-        log.warning(
-            "%s: chunk %d on disk does not match the chunk index; refetching", self.blob.what, i
-        )
 
 
 class Peers(NoPeers):
@@ -64,9 +56,9 @@ class Peers(NoPeers):
         self.ctx = blob.ctx
         self.what = blob.what
         self.layout = blob.layout
-        # Chunks another process marked in the shared partial that failed this fetch's
-        # check while that process used the file: fetched into memory, never written over.
-        self.private: set[int] = set()
+        # ``private``: chunks another process marked in the shared partial that failed this
+        # fetch's check while that process used the file (``Trust.distrust``): fetched into
+        # memory, never written over.
         # When a chunk was last taken from another process, and last waited for: another
         # process that made no progress for ``claim_wait_seconds`` is stalled (stopped?) and
         # its chunks are fetched here, privately (``wait_for``).
@@ -199,7 +191,7 @@ class Peers(NoPeers):
         if self.blob.index is not None:
             good = await self.ctx.in_thread(partial.verify_chunk, i, self.blob.index)
             if not good:
-                self.distrust(i)
+                self.blob.trust.distrust(i)
                 return False
         partial.mark(i)
         partial.rechecked(i)
@@ -212,26 +204,6 @@ class Peers(NoPeers):
         if partial.complete and not self.blob.flights:
             self.blob.publishing.start()
         return True
-
-    def distrust(self, i: int) -> None:
-        """Chunk ``i`` on disk fails this fetch's check: fetch it again into the file if no
-        other process uses the file, else into memory (another may have checked those bytes
-        by its own index and serve them: they are never written over)."""
-        partial = self.blob.partial
-        assert partial is not None
-        partial.unmark(i)
-        if partial.may_rewrite(i):
-            log.warning(
-                "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
-            )
-            return
-        self.private.add(i)
-        log.warning(
-            "%s: chunk %d another modelfs process wrote does not match this model's chunk "
-            "index; fetching it again into memory, leaving that process's copy alone",
-            self.what,
-            i,
-        )
 
     async def go_private(self) -> None:
         """Some chunks are only in memory (the shared partial's copy of them is another

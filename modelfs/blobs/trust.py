@@ -64,7 +64,7 @@ class Trust:
                     # A whole-blob check that found this chunk still in question waits for it.
                     self.blob.publishing.start()
                 continue
-            self.blob.peers.distrust(i)
+            self.distrust(i)
             self.blob.state.changed(self.blob.tasks)
             self.blob.start_runs([i])  # its fetch finishes the flight
         self.blob.advance_whole()
@@ -108,3 +108,23 @@ class Trust:
             self.index = None
             self.verify = Verify.WHOLE  # served only once checked whole, from now on
         self.blob.flights.finish_chunk(i, error)
+
+    def distrust(self, i: int) -> None:
+        """Chunk ``i`` on disk fails this fetch's check: fetch it again into the file if no
+        other process uses the file, else into memory (another may have checked those bytes
+        by its own index and serve them: they are never written over, ``Peers.private``)."""
+        partial = self.blob.partial
+        assert partial is not None
+        partial.unmark(i)
+        if partial.may_rewrite(i):
+            log.warning(
+                "%s: chunk %d on disk does not match the chunk index; refetching", self.what, i
+            )
+            return
+        self.blob.peers.private.add(i)
+        log.warning(
+            "%s: chunk %d another modelfs process wrote does not match this model's chunk "
+            "index; fetching it again into memory, leaving that process's copy alone",
+            self.what,
+            i,
+        )

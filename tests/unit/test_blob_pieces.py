@@ -236,7 +236,7 @@ async def test_a_retried_run_asks_only_for_what_the_cut_body_did_not_bring(
     async with fetcher_over(cache, faulty) as fetcher:
         bf = await fetcher.acquire(NAME, layer, index_of(data), Verify.INDEXED)
         try:
-            assert await bf.read(0, 4 * CB) == data[: 4 * CB]
+            assert await bf.read(0, 4 * CB, range(4)) == data[: 4 * CB]
         finally:
             bf.release()
     asked = [(r.start, r.end) for r in honest.requests_for(layer.digest)]
@@ -258,7 +258,7 @@ async def test_a_chunk_that_fails_twice_ends_the_trust_in_the_index_for_that_blo
         try:
             assert isinstance(bf.peers, Peers) and bf.verify is Verify.INDEXED
             with pytest.raises(DigestMismatch):
-                await bf.read(2 * CB, 10)
+                await bf.read(2 * CB, 10, range(2, 3))
             assert bf.trust.index is None and bf.verify is Verify.WHOLE
             assert index in fetcher.distrusted
             assert fetcher.stats.chunk_mismatches == 2
@@ -301,7 +301,7 @@ async def test_a_second_fetch_of_a_digest_in_this_process_has_no_peers(cache: Bl
             assert first is not second
             assert isinstance(first.peers, Peers)
             assert type(second.peers) is NoPeers, "a scratch file is nobody else's"
-            assert await second.read(0, 2 * CB) == data
+            assert await second.read(0, 2 * CB, range(2)) == data
         finally:
             first.release()
             second.release()
