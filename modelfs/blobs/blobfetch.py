@@ -415,8 +415,15 @@ class BlobFetch:
         self.ctx.stats.cache_write_failures += 1
         if not self.disk_failed:
             if self.ctx.settings.serves_readers:
-                log.warning(
-                    "%s: cannot write the cache (%s); serving from the network", self.what, e
+                # Once per blob while the process runs, however often it is opened again
+                # (each failure is counted in ``cache_write_failures``).
+                told = self.digest in self.ctx.unwritable
+                self.ctx.unwritable.add(self.digest)
+                log.log(
+                    logging.DEBUG if told else logging.WARNING,
+                    "%s: cannot write the cache (%s); serving from the network",
+                    self.what,
+                    e,
                 )
             self._disk_error = e
         self.disk_failed = True

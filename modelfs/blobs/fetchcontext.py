@@ -214,6 +214,8 @@ class FetchContext:
         self.distrusted: set[BlobChunks] = set()
         # Blobs whose partial file this process holds the lock of (one fetch at a time).
         self.partials_held: set[Digest] = set()
+        # Blobs a reader was told could not be written to the cache (told once).
+        self.unwritable: set[Digest] = set()
         self.stats = Stats()
         # Set at shutdown: waits on other processes (their locks and claims) end at once.
         self.stopping = False

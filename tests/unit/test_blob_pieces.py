@@ -8,6 +8,7 @@ real cache in a temporary directory. How they work together is tests/unit/test_b
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,10 +23,11 @@ from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.chunkflights import ChunkFlights
 from modelfs.blobs.fetchcontext import FetchContext, FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.partial import PartialFile
 from modelfs.blobs.peers import NoPeers, Peers
 from modelfs.blobs.small import SmallBlobs
 from modelfs.blobs.table import BlobTable, Life
-from modelfs.errors import CacheError, DigestMismatch, Transient
+from modelfs.errors import CacheError, CacheFull, DigestMismatch, Transient
 from modelfs.formats.chunks import BlobChunks, chunk_hash
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
@@ -305,3 +307,31 @@ async def test_a_second_fetch_of_a_digest_in_this_process_has_no_peers(cache: Bl
         finally:
             first.release()
             second.release()
+
+
+async def test_a_full_cache_is_reported_once_per_blob_however_often_it_is_opened(
+    cache: BlobCache, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(4 * CB)
+    source = FakeSource()
+    source.put(NAME, data)
+    layer = Layer(Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
+
+    def full(self: PartialFile, start: int, end: int) -> None:
+        raise CacheFull("no space left for the cache")
+
+    monkeypatch.setattr(PartialFile, "reserve", full)
+    caplog.set_level(logging.DEBUG, logger="modelfs.blobs.blobfetch")
+    async with fetcher_over(cache, source) as fetcher:
+        for _ in range(2):
+            bf = await fetcher.acquire(NAME, layer, index_of(data), Verify.INDEXED)
+            try:
+                assert await bf.read(0, 4 * CB, range(4)) == data
+            finally:
+                bf.release()
+            with trio.fail_after(10):
+                while fetcher.table.get(bf.key) is not None:
+                    await trio.sleep(0.01)  # closed: the next open is a new fetch
+        assert fetcher.stats.cache_write_failures == 2
+    warnings = [r for r in caplog.records if "cannot write the cache" in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING", "DEBUG"]
