@@ -1,9 +1,9 @@
 """One large blob being fetched into the cache, as one manifest vouches for it (``FetchKey``).
 
-A ``BlobFetch`` holds what its pieces share and composes them, one job each:
-which chunks are present (the partial file's bitmap, or memory when the cache
-cannot be written) and their ``ChunkLayout`` (fixed-size, or a registry's own
-ranges of any size); ``ChunkFlights`` (one flight per chunk being brought, shared
+A ``BlobFetch`` holds what its pieces share (the partial file, the ``ChunkLayout``:
+fixed-size, or a registry's own ranges of any size) and composes them, one job
+each: ``Present`` (where checked chunks are: the partial file, or memory when the
+cache cannot be written; reading them); ``ChunkFlights`` (one flight per chunk being brought, shared
 by every reader of it); ``RangeRequests`` (requests, retries, a mirror's whole-blob
 body); ``Trust`` (the chunk index, re-checks, two strikes); ``Peers`` (other
 processes filling the same partial file, ``NoPeers`` when none); ``Publishing``
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import NamedTuple
@@ -33,11 +31,11 @@ from typing import NamedTuple
 import trio
 
 from modelfs.blobs import peers
-from modelfs.blobs.blobcache import pread_cached
 from modelfs.blobs.chunkflights import ChunkFlights
 from modelfs.blobs.fetchcontext import FetchContext, Verify
 from modelfs.blobs.partial import PartialBusy, PartialFile, PartialGone
 from modelfs.blobs.peers import NoPeers, Peers
+from modelfs.blobs.present import Evicted, Present
 from modelfs.blobs.publishing import Publishing
 from modelfs.blobs.requests import RangeRequests
 from modelfs.blobs.statesave import StateSaver
@@ -112,7 +110,7 @@ class BlobFetch:
         self.count = self.layout.count  # how many chunks
         self.partial: PartialFile | None = None
         self.holds_partial = False  # this fetch state holds the digest's partial in this process
-        self.memory: OrderedDict[int, bytes] = OrderedDict()
+        self.present = Present(self)
         self.flights = ChunkFlights()
         self.published = False
         self.failure: ModelfsError | None = None
@@ -266,7 +264,7 @@ class BlobFetch:
     # -- presence -----------------------------------------------------------------------------
 
     def has(self, i: int) -> bool:
-        return i in self.memory or (self.partial is not None and self.partial.has(i))
+        return self.present.has(i)
 
     @property
     def present_bytes(self) -> int:
@@ -396,10 +394,7 @@ class BlobFetch:
         else:
             if self.partial is not None:
                 self.partial.release(i)
-            self.memory[i] = data
-            self.memory.move_to_end(i)
-            while len(self.memory) > self.ctx.settings.memory_chunks:
-                self.memory.popitem(last=False)
+            self.present.keep(i, data)
         self.flights.finish_chunk(i)
         self.requests.landed()
         if data is None:
@@ -485,53 +480,7 @@ class BlobFetch:
         for _ in range(EVICTED_RETRIES):
             await self.ensure(touched.start, touched.stop)
             try:
-                return await self._read_present(offset, size, touched)
-            except _Evicted:
+                return await self.present.read(offset, size, touched)
+            except Evicted:
                 continue
         raise ModelfsError(f"{self.what}: chunks keep being evicted before use")
-
-    async def _read_present(self, offset: int, size: int, touched: range) -> bytes | bytearray:
-        """Bytes ``[offset, offset+size)`` (chunks ``touched``); the chunks must have been
-        ensured (or published)."""
-        end = min(offset + size, self.size)
-        if offset >= end:
-            return b""
-        partial = self.partial
-        if partial is None and self.published:
-            # Published before this fetch opened (by another process, or a pull, after the
-            # reader looked in blobs/): no partial to read, the blob file itself.
-            return await self.ctx.in_thread(self._read_published, offset, end - offset, touched)  # type: ignore[return-value]
-        if partial is not None and (self.published or all(partial.has(i) for i in touched)):
-            data = pread_cached(partial.fd, offset, end - offset)
-            if data is not None:
-                return data
-            return await self.ctx.in_thread(partial.read, offset, end - offset)  # type: ignore[return-value]
-        out = bytearray()
-        for i in touched:
-            cstart, cend = self.layout.span(i)
-            a, b = max(offset, cstart), min(end, cend)
-            data = self.memory.get(i)
-            if data is not None:
-                out += data[a - cstart : b - cstart]
-            elif self.partial is not None and self.partial.has(i):
-                out += await self.ctx.in_thread(self.partial.read, a, b - a)  # type: ignore[operator]
-            else:
-                raise _Evicted(i)
-        return bytes(out)
-
-    def _read_published(self, offset: int, size: int, touched: range) -> bytes:
-        """Worker thread: bytes of the published blob file (removed since: evicted)."""
-        fd = self.ctx.cache.open_blob(self.digest)
-        if fd is None:
-            raise _Evicted(touched.start)
-        try:
-            return os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
-
-
-class _Evicted(ModelfsError):
-    """A chunk held in memory was evicted between ensure and read; the reader ensures again."""
-
-    def __init__(self, i: int) -> None:
-        super().__init__(f"chunk {i} was evicted before it was read")

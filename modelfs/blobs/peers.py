@@ -214,7 +214,7 @@ class Peers(NoPeers):
         assert partial is not None
         await self.ctx.in_thread(partial.go_private)
         for i in self.private:
-            self.blob.memory.pop(i, None)
+            self.blob.present.memory.pop(i, None)
         log.info(
             "%s: %d chunks are another modelfs process's; finishing it in a private file",
             self.what,

@@ -70,7 +70,7 @@ class Publishing:
                 )
                 self.blob.whole.reset()
                 await self.ctx.in_thread(partial.discard)
-                self.blob.memory.clear()
+                self.blob.present.memory.clear()
                 error = DigestMismatch(f"blob {self.blob.digest} does not match its digest")
                 self.blob.failure = error
                 if self.ctx.on_discarded is not None:

@@ -1,5 +1,5 @@
-"""The blob layer's pieces: the blob table (users and life), chunk flights, small blobs alone;
-range requests, trust, publishing and peers of one large blob.
+"""The blob layer's pieces: the blob table (users and life), chunk flights, small blobs and
+chunks present alone; range requests, trust, publishing and peers of one large blob.
 
 Each against in-process stand-ins: a blob that only records its life for the table, the
 in-memory source (tests/support/sources.py), with faults wrapped around it (``Faulty``), and a
@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -25,10 +26,11 @@ from modelfs.blobs.fetchcontext import FetchContext, FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.partial import PartialFile
 from modelfs.blobs.peers import NoPeers, Peers
+from modelfs.blobs.present import Evicted, Present
 from modelfs.blobs.small import SmallBlobs
 from modelfs.blobs.table import BlobTable, Life
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, Transient
-from modelfs.formats.chunks import BlobChunks, chunk_hash
+from modelfs.formats.chunks import BlobChunks, ChunkLayout, chunk_hash
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_MODEL, Layer
 from modelfs.formats.names import parse_name
@@ -335,3 +337,27 @@ async def test_a_full_cache_is_reported_once_per_blob_however_often_it_is_opened
         assert fetcher.stats.cache_write_failures == 2
     warnings = [r for r in caplog.records if "cannot write the cache" in r.getMessage()]
     assert [r.levelname for r in warnings] == ["WARNING", "DEBUG"]
+
+
+# -- chunks present -------------------------------------------------------------------------
+
+
+async def test_chunks_held_in_memory_are_bounded_and_a_dropped_one_is_read_again() -> None:
+    data = os.urandom(4 * CB)
+    layout = ChunkLayout(len(data), CB)
+    settings = SimpleNamespace(memory_chunks=2)
+    blob = SimpleNamespace(
+        ctx=SimpleNamespace(settings=settings),
+        layout=layout,
+        partial=None,
+        size=len(data),
+        published=False,
+    )
+    present = Present(blob)  # type: ignore[arg-type]
+    for i in range(3):
+        start, end = layout.span(i)
+        present.keep(i, data[start:end])
+    assert [present.has(i) for i in range(4)] == [False, True, True, False]
+    assert await present.read(CB + 5, CB, range(1, 3)) == data[CB + 5 : 2 * CB + 5]
+    with pytest.raises(Evicted):
+        await present.read(0, 10, range(0, 1))

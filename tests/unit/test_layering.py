@@ -57,6 +57,7 @@ RANK = {
     "blobs.wholestream": 6,
     "blobs.table": 6,
     "blobs.chunkflights": 6,
+    "blobs.present": 7,
     "blobs.small": 6,
     "blobs.requests": 7,
     "blobs.peers": 7,
