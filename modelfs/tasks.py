@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from modelfs.errors import ModelfsError
+from modelfs.flight import Pulse
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,15 @@ class TaskGroup:
     """Tasks of one owner (a blob being fetched) in a nursery of its own, each behind the guard.
 
     The owner holds the nursery open (``async with trio.open_nursery()``) and so
-    lives at least as long as every task it started; ``idle`` tells it when none is
-    left, so it can close as soon as nothing of it runs and nobody reads it.
+    lives at least as long as every task it started; ``changed`` pulses when one of
+    them ends (and when the owner says so: its users left), so it can close as soon
+    as nothing of it runs and nobody reads it (``running`` is 0).
     """
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, changed: Pulse | None = None) -> None:
         self._nursery = nursery
         self.running = 0
-        self._changed = trio.Event()
+        self.changed = changed if changed is not None else Pulse()
 
     def spawn(self, what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         self.running += 1
@@ -146,14 +148,6 @@ class TaskGroup:
                 await fn(*args)
             finally:
                 self.running -= 1
-                self.changed()
+                self.changed.notify()
 
         spawn(self._nursery, what, counted)
-
-    def changed(self) -> None:
-        """Wake whoever waits in ``wait_changed`` (a task ended, or the owner's users did)."""
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_changed(self) -> None:
-        await self._changed.wait()

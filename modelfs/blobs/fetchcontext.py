@@ -1,9 +1,10 @@
 """What every blob fetch of one process shares: where bytes come from, the policy, the limits.
 
-A ``BlobFetch`` (one blob being filled) is given the process's ``FetchContext``
-(the ``Fetcher`` is one): the cache, the settings, the stream slots, the disk
-limiter, the low-priority hash thread, the counters and the daemon's hooks. It
-never reaches the blob table above it.
+The ``Fetcher`` makes one ``FetchContext`` and gives it to each ``BlobFetch`` (one
+blob being filled) and to ``SmallBlobs``: the cache, the settings, the stream
+slots, the disk limiter, the low-priority hash thread, the counters and the
+daemon's hooks. It knows nothing of the blob table. Every range request goes
+through ``request`` (a ``RangeRequest``), under a stream slot of its host.
 """
 
 from __future__ import annotations
@@ -73,6 +74,22 @@ class FetchSettings:
     # A mount serves readers from the network when the cache cannot be written; a pull
     # has no reader: a full disk ends it (``BlobFetch.complete`` raises).
     serves_readers: bool = True
+
+
+@dataclass(frozen=True)
+class RangeRequest:
+    """One range request for blob bytes ``[start, end)`` of ``digest`` as ``name``'s
+    repository serves it, delivered to ``on_piece(offset, view)`` in pieces of
+    ``piece_bytes`` (see ``BlobSource``)."""
+
+    name: Name
+    digest: Digest
+    start: int
+    end: int
+    piece_bytes: int
+    on_piece: Callable[[int, memoryview], None]
+    on_whole: Callable[[int | None], bool] | None = None
+    on_bytes: Callable[[int], None] | None = None
 
 
 class BlobSource(Protocol):
@@ -197,6 +214,8 @@ class FetchContext:
         self.distrusted: set[BlobChunks] = set()
         # Blobs whose partial file this process holds the lock of (one fetch at a time).
         self.partials_held: set[Digest] = set()
+        # Blobs a reader was told could not be written to the cache (told once).
+        self.unwritable: set[Digest] = set()
         self.stats = Stats()
         # Set at shutdown: waits on other processes (their locks and claims) end at once.
         self.stopping = False
@@ -216,39 +235,30 @@ class FetchContext:
     async def in_thread(self, fn: Callable[..., object], *args: object) -> object:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
 
-    async def read_range(
-        self,
-        registry: BlobSource,
-        name: Name,
-        digest: Digest,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: Callable[[int, memoryview], None],
-        on_whole: Callable[[int | None], bool] | None = None,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        """One range request, under a stream slot of ``name``'s host, counted and timed.
+    async def request(self, registry: BlobSource, req: RangeRequest) -> None:
+        """Send one range request to ``registry``, under a stream slot of its host, counted
+        and timed.
 
         The time runs from when the slot is held until the whole body arrived: what the
         registry took, not the wait for a slot.
         """
         self.stats.requests += 1
-        async with self.streams.slot(name.host):
+        host = req.name.host
+        async with self.streams.slot(host):
             began = trio.current_time()
             await registry.read_range(
-                name,
-                digest,
-                start,
-                end,
-                piece_bytes,
-                on_piece,
+                req.name,
+                req.digest,
+                req.start,
+                req.end,
+                req.piece_bytes,
+                req.on_piece,
                 limiter=self.streams.threads,
-                on_whole=on_whole,
-                on_bytes=on_bytes,
+                on_whole=req.on_whole,
+                on_bytes=req.on_bytes,
             )
             if self.stats.on_range_seconds is not None:
-                self.stats.on_range_seconds(name.host.lower(), trio.current_time() - began)
+                self.stats.on_range_seconds(host.lower(), trio.current_time() - began)
 
     async def published(self, digest: Digest) -> None:
         """Tell the daemon a blob is in ``blobs/`` (its entries become links)."""

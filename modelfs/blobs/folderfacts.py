@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelfs.blobs.fetchcontext import RangeRequest
 from modelfs.blobs.files import answer, checked_reads, layers_by_digest
 from modelfs.blobs.reader import Blobs
 from modelfs.errors import ManifestInvalid
@@ -99,8 +100,9 @@ async def _unchecked(blobs: Blobs, name: Name, request: ByteRequest, anonymous: 
     async def once() -> None:
         nonlocal got
         got = 0
-        await fetcher.read_range(
-            registry, name, request.digest, start, stop, fetcher.settings.chunk_bytes, on_piece
+        await fetcher.request(
+            registry,
+            RangeRequest(name, request.digest, start, stop, fetcher.settings.chunk_bytes, on_piece),
         )
 
     await retrying(f"header of blob {request.digest.short}", once, fetcher.settings.attempts)

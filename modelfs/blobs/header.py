@@ -33,7 +33,7 @@ import trio
 from trio.lowlevel import RunVar
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.fetchcontext import READ_WAIT_SECONDS
+from modelfs.blobs.fetchcontext import READ_WAIT_SECONDS, RangeRequest
 from modelfs.blobs.reader import Blobs
 from modelfs.errors import GGUFInvalid, Transient
 from modelfs.formats.gguf import GGUFInfo, read_gguf_file, read_gguf_header
@@ -163,8 +163,9 @@ class _UncheckedChunks:
             buf[offset - start : offset - start + len(view)] = view
 
         async def once() -> None:
-            await self.fetcher.read_range(
-                self.registry, self.name, self.layer.digest, start, stop, self.chunk_bytes, on_piece
+            await self.fetcher.request(
+                self.registry,
+                RangeRequest(self.name, self.layer.digest, start, stop, self.chunk_bytes, on_piece),
             )
 
         await retrying(

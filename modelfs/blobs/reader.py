@@ -261,7 +261,7 @@ class Blobs:
             await blob.complete(self.fetcher.settings.read_wait_seconds)
         if handle.readahead:
             self._readahead(handle, blob, offset, end, touched)
-        return await blob.read_range(offset, end - offset, touched)
+        return await blob.read(offset, end - offset, touched)
 
     def _readahead(
         self, handle: BlobHandle, blob: BlobFetch, offset: int, end: int, touched: range

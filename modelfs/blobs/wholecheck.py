@@ -49,7 +49,8 @@ class _PrefixHash:
     """The sha256 of chunks ``[0, next)``, and on the same bytes the BLAKE3 digests of the
     blob's chunks of ``local_bytes`` (its local index, kept once the blob is published),
     unless ``same_index`` already holds them.
-    ``tlock`` keeps each step whole: the hash sees each byte once, in order."""
+    Its steps run one at a time, each whole, under ``WholeCheck``'s lock: the hash sees
+    each byte once, in order."""
 
     __slots__ = (
         "broken",
@@ -60,11 +61,9 @@ class _PrefixHash:
         "local_hashes",
         "next",
         "same_index",
-        "tlock",
     )
 
     def __init__(self, local_bytes: int, same_index: tuple[bytes, ...] | None = None) -> None:
-        self.tlock = threading.Lock()
         self.local_bytes = local_bytes
         # The blob's own BLAKE3 index at ``local_bytes``: what the local index would hash
         # again (a second BLAKE3 pass over every byte, ~0.2 CPU-s per GiB here).
@@ -103,29 +102,27 @@ class _PrefixHash:
     def catch_up(self, fd: int, lo: int, hi: int, start: int, end: int) -> None:
         """Worker thread: hash chunks ``[lo, hi)`` (bytes ``[start, end)``) from the file,
         unless the prefix has moved on meanwhile."""
-        with self.tlock:
-            if self.next != lo or self.broken:
-                return
-            try:
-                self._feed(fd, start, end)
-            except BaseException:
-                self.broken = True
-                self.next = -1  # nothing extends a broken prefix
-                raise
-            self.next = hi
+        if self.next != lo or self.broken:
+            return
+        try:
+            self._feed(fd, start, end)
+        except BaseException:
+            self.broken = True
+            self.next = -1  # nothing extends a broken prefix
+            raise
+        self.next = hi
 
     def finish(self, fd: int, layout: ChunkLayout) -> str:
         """Worker thread: hash whatever is left of the blob; its whole sha256 (hex)."""
-        with self.tlock:
-            if self.broken:
-                self._restart()
-            start = layout.span(self.next)[0] if self.next < layout.count else layout.size
-            self._feed(fd, start, layout.size)
-            if self.local_filled:
-                self.local_hashes.append(self.local.digest())
-                self.local, self.local_filled = blake3.blake3(), 0
-            self.next = layout.count
-            return self.h.hexdigest()
+        if self.broken:
+            self._restart()
+        start = layout.span(self.next)[0] if self.next < layout.count else layout.size
+        self._feed(fd, start, layout.size)
+        if self.local_filled:
+            self.local_hashes.append(self.local.digest())
+            self.local, self.local_filled = blake3.blake3(), 0
+        self.next = layout.count
+        return self.h.hexdigest()
 
 
 class WholeCheck:
@@ -149,8 +146,11 @@ class WholeCheck:
         self.hashable = hashable
         self._same_index = _same_as_local(index, layout.size, ctx.settings.chunk_bytes)
         self._prefix = self._new_prefix()
-        self._lock = trio.Lock()  # one trio-side task schedules hashing at a time
-        self._running = False
+        # One step of the hash at a time, hashing ahead or the final check: held across
+        # the step in the background thread (``BackgroundThread.run`` returns only once
+        # the step has ended, even when cancelled), so no thread-side lock is needed.
+        self._lock = trio.Lock()
+        self._running = False  # a task hashing ahead exists: chunks landing start no other
 
     def advance(self, tasks: TaskGroup, partial: PartialFile | None) -> None:
         """Hash ahead if the next chunk of the prefix is there (in a task of ``tasks``)."""

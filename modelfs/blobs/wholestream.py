@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import trio
-
 from modelfs.errors import Transient
-from modelfs.flight import Flight
+from modelfs.flight import Flight, Pulse
 
 
 class WholeStream:
@@ -32,7 +30,7 @@ class WholeStream:
         # that request fetches what the body did not bring. The receiver of the body takes
         # a chunk if it is in ``claimed`` or here (read from its worker thread).
         self.adopted: set[int] = set()
-        self.progress = trio.Event()
+        self.moved = Pulse()  # a chunk of the body landed, or the body ended
         self.ended = False
 
     def takes(self, i: int) -> bool:
@@ -43,28 +41,25 @@ class WholeStream:
 
     def landed(self) -> None:
         """A chunk of the blob landed (trio thread): readers waiting on the stream look again."""
-        self.progress.set()
-        self.progress = trio.Event()
+        self.moved.notify()
 
     async def wait(self, flight: Flight, seconds: float | None, what: str) -> None:
-        """Wait for ``flight`` (a chunk this stream claimed) while the stream moves."""
-        while seconds is not None and not flight.event.is_set() and not self.ended:
-            progressed = self.progress
-            with trio.move_on_after(seconds):
-                await progressed.wait()
-            if not progressed.is_set():
+        """Wait for ``flight`` (a chunk this stream claimed) while the stream moves: each
+        ``seconds`` must bring some chunk of the body, wherever the reader's chunk is."""
+        while seconds is not None and not flight.done and not self.ended:
+            if not await self.moved.wait(seconds):
                 raise Transient(f"{what}: the whole-blob body brought nothing for {seconds:.0f}s")
         await flight.wait(seconds, what)
 
     async def bring(self, chunks: range, present: Callable[[int], bool]) -> None:
-        """Hand ``chunks`` to this body and wait until it brought them all or ended."""
+        """Hand ``chunks`` to this body and wait until it brought them all or ended. Not
+        bounded here: the body's own request is (its stall detection ends it)."""
         self.adopted.update(chunks)
         while not self.ended and not all(present(i) for i in chunks):
-            progressed = self.progress
-            await progressed.wait()
+            await self.moved.wait(None)
 
     def end(self) -> list[int]:
         """The body ended (or failed): the chunks it claimed and did not bring."""
         self.ended = True
-        self.progress.set()
-        return sorted(i for i, f in self.claimed.items() if not f.event.is_set())
+        self.moved.notify()
+        return sorted(i for i, f in self.claimed.items() if not f.done)

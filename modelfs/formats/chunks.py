@@ -69,14 +69,6 @@ def chunk_span(index: int, size: int, chunk_bytes: int) -> tuple[int, int]:
     return start, min(start + chunk_bytes, size)
 
 
-def chunks_for_range(offset: int, length: int, size: int, chunk_bytes: int) -> range:
-    """The chunks a read of ``length`` bytes at ``offset`` touches (empty past the end)."""
-    end = min(offset + length, size)
-    if length <= 0 or offset >= end:
-        return range(0)
-    return range(offset // chunk_bytes, (end - 1) // chunk_bytes + 1)
-
-
 def runs(indices: Iterable[int], max_run: int) -> Iterator[tuple[int, int]]:
     """Group ascending chunk indices into runs ``[lo, hi)`` of consecutive chunks, each ≤ max_run."""
     lo = hi = None
@@ -108,19 +100,6 @@ class ChunkLayout:
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0 and not self.ends and self.size:
             raise ValueError("a chunk layout needs chunk_bytes or ends")
-
-    @classmethod
-    def of_ranges(cls, size: int, ends: Iterable[int]) -> ChunkLayout:
-        """A layout from chunk ends; ValueError unless they are ascending and end at ``size``."""
-        ends = tuple(ends)
-        previous = 0
-        for end in ends:
-            if end <= previous:
-                raise ValueError("chunk ends must ascend")
-            previous = end
-        if previous != size:
-            raise ValueError(f"chunks end at {previous}, the blob at {size}")
-        return cls(size, 0, ends)
 
     @property
     def fixed(self) -> bool:

@@ -74,7 +74,7 @@ async def test_sixteen_waiters_on_one_chunk_share_one_request(
             async with trio.open_nursery() as n:
                 for _ in range(16):
                     n.start_soon(bf.ensure, 7, 8)
-            return await bf.read(7 * CHUNK_BYTES, 1000)
+            return await bf.read(7 * CHUNK_BYTES, 1000, range(7, 8))
         finally:
             bf.release()
 
@@ -134,7 +134,7 @@ async def test_a_chunk_corrupted_on_disk_is_caught_on_reload_and_refetched(
         bf = await fetcher.acquire(name, layer, chunks, Verify.INDEXED)
         try:
             await bf.ensure(2, 4)
-            return await bf.read(2 * CHUNK_BYTES, 2 * CHUNK_BYTES)
+            return await bf.read(2 * CHUNK_BYTES, 2 * CHUNK_BYTES, range(2, 4))
         finally:
             bf.release()
 

@@ -2,10 +2,14 @@
 
 ``FakeSource`` serves bytes held in memory the way ``Registry.read_range`` does:
 pieces of ``piece_bytes`` delivered from a worker thread taken under the
-caller's limiter. Each repository has its own blobs, so a test can have two
-registries name the same digest with different bytes. ``faults`` injects what
-real registries do: a request that fails before any byte, a body cut short, bytes
-that are not the blob's, a request that never ends.
+caller's limiter, honestly. Each repository has its own blobs, so a test can have
+two registries name the same digest with different bytes.
+
+``Faulty`` wraps any source with what real registries do, as mountpoint-s3's failure
+client wraps its mock client: a request that fails before any byte, one never
+answered, a body cut short or that stops for ever, bytes that are not the blob's, the
+whole blob answered to a range request. It counts every request it is asked, failed
+or not; the source underneath serves those that reach it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -36,14 +41,15 @@ class Request:
 
 @dataclass
 class Fault:
-    """What the ``n``-th matching request (counting from 0) does instead of serving honestly.
+    """What the next ``times`` matching requests do instead of being served honestly.
 
     kind: ``fail`` (raise ``error`` before any byte), ``cut`` (deliver ``pieces`` pieces,
     then raise Transient), ``hang`` (deliver ``pieces`` pieces, then nothing, ever),
     ``corrupt`` (flip a byte in every piece overlapping ``at``), ``stall`` (never answer),
     ``whole`` (answer with the whole blob, as a pull-through mirror that has not stored it
     does: ``on_whole`` is asked, and if it takes the body every byte is delivered from 0),
-    ``whole_cut`` (the same, cut after ``pieces`` pieces).
+    ``whole_cut`` (the same, cut after ``pieces`` pieces). The whole kinds need the blob's
+    ``size``.
     """
 
     kind: str
@@ -53,13 +59,13 @@ class Fault:
     error: ModelfsError | None = None
     pieces: int = 1
     at: int = 0
+    size: int = 0
     used: int = 0
 
 
 @dataclass
 class FakeSource:
     blobs: dict[tuple[Repo, Digest], bytes] = field(default_factory=dict)
-    faults: list[Fault] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     chunksum_bodies: dict[tuple[Repo, Digest], Chunksums] = field(default_factory=dict)
     chunksum_requests: list[tuple[Repo, Digest]] = field(default_factory=list)
@@ -111,27 +117,11 @@ class FakeSource:
         self.blobs[(name.repository_key, digest)] = data
         return digest
 
-    def fault(self, kind: str, **kw: object) -> Fault:
-        f = Fault(kind, **kw)  # type: ignore[arg-type]
-        self.faults.append(f)
-        return f
-
     def requests_for(self, digest: Digest) -> list[Request]:
         return [r for r in self.requests if r.digest == digest]
 
     def requested_bytes(self, digest: Digest) -> int:
         return sum(r.end - r.start for r in self.requests_for(digest))
-
-    def _fault_for(self, request: Request) -> Fault | None:
-        for f in self.faults:
-            if (
-                f.used < f.times
-                and (f.digest is None or f.digest == request.digest)
-                and f.matches(request)
-            ):
-                f.used += 1
-                return f
-        return None
 
     async def read_range(
         self,
@@ -153,36 +143,113 @@ class FakeSource:
             raise ModelfsError(f"blob {digest.short} is not in {'/'.join(name.repository_key)}")
         if not start < end <= len(data):
             raise ModelfsError(f"asked for bytes {start}-{end - 1} of {len(data)}")
-        fault = self._fault_for(request)
-        if fault is not None and fault.kind == "fail":
-            raise fault.error or Transient("connection reset by peer")
-        if fault is not None and fault.kind == "stall":
-            await trio.sleep_forever()
 
         def deliver() -> None:
-            offset, n, stop = start, 0, end
-            kind = fault.kind if fault is not None else None
-            if kind in ("whole", "whole_cut"):
-                if on_whole is not None and on_whole(len(data)):
-                    offset, stop = 0, len(data)
-                kind = "cut" if kind == "whole_cut" else None
-            while offset < stop:
-                if fault is not None and kind in ("cut", "hang") and n == fault.pieces:
-                    if kind == "hang":
-                        return
-                    raise Transient(f"body ended at byte {offset} of {start}-{end - 1}")
-                size = min(piece_bytes, stop - offset)
-                piece = bytearray(data[offset : offset + size])
-                if fault is not None and kind == "corrupt" and offset <= fault.at < offset + size:
-                    piece[fault.at - offset] ^= 0xFF
+            for offset in range(start, end, piece_bytes):
+                size = min(piece_bytes, end - offset)
                 if self.piece_delay:
                     time.sleep(self.piece_delay)
                 if on_bytes is not None:
                     on_bytes(size)
-                on_piece(offset, memoryview(piece))
-                offset += size
-                n += 1
+                on_piece(offset, memoryview(bytearray(data[offset : offset + size])))
 
         await trio.to_thread.run_sync(deliver, limiter=limiter)
-        if fault is not None and fault.kind == "hang":
+
+
+def _first_fault(faults: list[Fault], request: Request) -> Fault | None:
+    for f in faults:
+        if (
+            f.used < f.times
+            and (f.digest is None or f.digest == request.digest)
+            and f.matches(request)
+        ):
+            f.used += 1
+            return f
+    return None
+
+
+class _Hang(Exception):
+    """Raised in the worker thread to stop delivering: the request then never ends."""
+
+
+@dataclass
+class Faulty:
+    """Any ``BlobSource`` with ``Fault``s around it (see the module docstring)."""
+
+    inner: Any
+    faults: list[Fault] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+
+    def fault(self, kind: str, **kw: object) -> Fault:
+        f = Fault(kind, **kw)  # type: ignore[arg-type]
+        assert f.size or kind not in ("whole", "whole_cut"), "a whole answer needs the size"
+        self.faults.append(f)
+        return f
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def requests_for(self, digest: Digest) -> list[Request]:
+        return [r for r in self.requests if r.digest == digest]
+
+    def requested_bytes(self, digest: Digest) -> int:
+        return sum(r.end - r.start for r in self.requests_for(digest))
+
+    async def read_range(
+        self,
+        name: Name,
+        digest: Digest,
+        start: int,
+        end: int,
+        piece_bytes: int,
+        on_piece: Callable[[int, memoryview], None],
+        *,
+        limiter: trio.CapacityLimiter,
+        on_whole: Callable[[int | None], bool] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        request = Request(name.repository_key, digest, start, end)
+        self.requests.append(request)
+        fault = _first_fault(self.faults, request)
+        kind = fault.kind if fault is not None else None
+        if fault is not None and kind == "fail":
+            raise fault.error or Transient("connection reset by peer")
+        if kind == "stall":
+            await trio.sleep_forever()
+        if fault is not None and kind in ("whole", "whole_cut"):
+            # The answer is the whole blob: the caller says (from a worker thread, as the
+            # registry's reader does) whether it takes it.
+            if on_whole is not None and await trio.to_thread.run_sync(on_whole, fault.size):
+                start, end = 0, fault.size
+            kind = "cut" if kind == "whole_cut" else None
+        delivered = 0
+
+        def piece(offset: int, view: memoryview) -> None:
+            nonlocal delivered
+            if fault is not None and kind in ("cut", "hang") and delivered == fault.pieces:
+                if kind == "hang":
+                    raise _Hang
+                raise Transient(f"body ended at byte {offset} of {start}-{end - 1}")
+            if fault is not None and kind == "corrupt" and offset <= fault.at < offset + len(view):
+                changed = bytearray(view)
+                changed[fault.at - offset] ^= 0xFF
+                view = memoryview(changed)
+            delivered += 1
+            on_piece(offset, view)
+
+        try:
+            await self.inner.read_range(
+                name,
+                digest,
+                start,
+                end,
+                piece_bytes,
+                piece,
+                limiter=limiter,
+                on_whole=on_whole,
+                on_bytes=on_bytes,
+            )
+        except _Hang:
+            await trio.sleep_forever()
+        if kind == "hang":
             await trio.sleep_forever()

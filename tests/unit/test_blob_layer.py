@@ -24,15 +24,15 @@ import trio
 import trio.testing
 from support.hostile import build_manifest
 from support.ollama_front import chunksums_body
-from support.sources import FakeSource
+from support.sources import FakeSource, Faulty
 
-from modelfs.blobs import blobfetch, wholecheck
+from modelfs.blobs import requests, wholecheck
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.fetchcontext import FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.partial import PartialFile, present_bytes_in_state
-from modelfs.blobs.progress import Progress
 from modelfs.blobs.reader import BlobHandle, Blobs, BlobsSettings
+from modelfs.blobs.statesave import StateSaver
 from modelfs.errors import DigestMismatch, RegistryError, Transient
 from modelfs.formats.chunks import BlobChunks, chunk_hash, serialize_chunk_index
 from modelfs.formats.digest import Digest
@@ -76,6 +76,12 @@ def serving(data: bytes) -> tuple[FakeSource, Layer]:
     return source, layer_of(data)
 
 
+def faulty(data: bytes) -> tuple[Faulty, Layer]:
+    """``serving(data)`` with faults to come around it (``Faulty.fault``)."""
+    source, layer = serving(data)
+    return Faulty(source), layer
+
+
 def index_of(data: bytes, digest: Digest | None = None, algorithm: str = "blake3") -> BlobChunks:
     hashes = tuple(chunk_hash(algorithm, data[i : i + CB]) for i in range(0, len(data), CB))
     return BlobChunks(digest or Digest.of_bytes(data), len(data), CB, hashes, algorithm)
@@ -83,7 +89,7 @@ def index_of(data: bytes, digest: Digest | None = None, algorithm: str = "blake3
 
 @asynccontextmanager
 async def blob_layer(
-    cache: BlobCache, source: FakeSource, *, deferred: bool = False, **settings: object
+    cache: BlobCache, source: FakeSource | Faulty, *, deferred: bool = False, **settings: object
 ) -> AsyncIterator[tuple[Fetcher, Blobs]]:
     settings.setdefault("read_wait_seconds", 20.0)
     async with trio.open_nursery() as nursery:
@@ -110,7 +116,7 @@ async def open_blob(
     The index is served by the source, like any blob, and loaded by the blob layer.
     """
     source = blobs.fetcher.registry_for(anonymous)
-    assert isinstance(source, FakeSource)
+    assert isinstance(source, FakeSource | Faulty)
     layers = [(MEDIA_TYPE_MODEL, str(layer.digest), layer.size)]
     if chunks is not None:
         index = serialize_chunk_index(chunks.chunk_bytes, [chunks])
@@ -244,7 +250,7 @@ async def test_concurrent_reads_of_a_small_blob_leave_no_descriptor_open(cache: 
 
 
 async def test_failed_requests_are_retried(cache: BlobCache, data: bytes) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("fail", digest=layer.digest, times=2)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await read(blobs, NAME, layer, index_of(data)) == data
@@ -252,7 +258,7 @@ async def test_failed_requests_are_retried(cache: BlobCache, data: bytes) -> Non
 
 
 async def test_a_body_cut_short_is_resumed_where_it_ended(cache: BlobCache, data: bytes) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("cut", digest=layer.digest, pieces=2, matches=lambda r: r.end - r.start > 2 * CB)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await read(blobs, NAME, layer, index_of(data), piece=SIZE) == data
@@ -265,7 +271,7 @@ async def test_a_body_cut_short_is_resumed_where_it_ended(cache: BlobCache, data
 
 
 async def test_an_error_that_is_not_transient_is_not_retried(cache: BlobCache, data: bytes) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("fail", digest=layer.digest, times=100, error=RegistryError("blob unknown", 404))
     async with blob_layer(cache, source) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -280,7 +286,7 @@ async def test_an_error_that_is_not_transient_is_not_retried(cache: BlobCache, d
 async def test_a_stalled_source_fails_the_read_within_its_bound(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("stall", digest=layer.digest, times=100)
     async with blob_layer(cache, source, read_wait_seconds=0.3) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -298,7 +304,7 @@ async def test_a_stalled_source_fails_the_read_within_its_bound(
 async def test_a_chunk_that_does_not_match_its_index_once_is_fetched_again(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault(
         "corrupt", digest=layer.digest, at=3 * CB + 10, matches=lambda r: r.start <= 3 * CB < r.end
     )
@@ -483,7 +489,7 @@ async def test_another_users_reads_never_use_the_owners_source(
 async def test_progress_is_saved_while_the_fetch_goes_on(cache: BlobCache, data: bytes) -> None:
     # A kill -9 costs at most the last state_flush_seconds of fetching: the state is written
     # that long after chunks land, not when the fetch or the reader ends.
-    source, layer = serving(data)
+    source, layer = faulty(data)
     source.fault("hang", digest=layer.digest, pieces=3)
     async with blob_layer(cache, source, state_flush_seconds=0.2) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -513,13 +519,13 @@ async def test_progress_is_saved_within_the_flush_interval_of_the_first_chunk(
     # most that much).
     source, layer = serving(data)
     saves: list[float] = []
-    save_locked = Progress._save_locked
+    save_locked = StateSaver._save_locked
 
-    async def timed(self: Progress) -> None:
+    async def timed(self: StateSaver) -> None:
         saves.append(trio.current_time())
         await save_locked(self)
 
-    monkeypatch.setattr(Progress, "_save_locked", timed)
+    monkeypatch.setattr(StateSaver, "_save_locked", timed)
     state = cache.state_path(layer.digest)
     async with blob_layer(cache, source, state_flush_seconds=1.0) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
@@ -558,7 +564,7 @@ async def read_through(fetcher: Fetcher, layer: Layer, chunks: BlobChunks, piece
         out = bytearray()
         while len(out) < layer.size:
             n = min(piece, layer.size - len(out))
-            out += await bf.read_range(len(out), n, bf.layout.covering(len(out), n))
+            out += await bf.read(len(out), n, bf.layout.covering(len(out), n))
         return bytes(out)
     finally:
         bf.release()
@@ -567,7 +573,7 @@ async def read_through(fetcher: Fetcher, layer: Layer, chunks: BlobChunks, piece
 @pytest.fixture
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     # Bodies arrive in pieces smaller than the largest range: chunks span pieces.
-    monkeypatch.setattr(blobfetch, "PIECE_BYTES", 50_000)
+    monkeypatch.setattr(requests, "PIECE_BYTES", 50_000)
 
 
 async def test_a_registrys_ranges_are_served_checked_and_published(
@@ -586,16 +592,16 @@ async def test_a_registrys_ranges_are_served_checked_and_published(
 async def test_a_range_that_does_not_match_is_never_served_and_fetched_again(
     cache: BlobCache, data: bytes, small_pieces: None
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     at = 2 * CB + 5  # inside the third range
     source.fault("corrupt", digest=layer.digest, at=at, matches=lambda r: r.start <= at < r.end)
     chunks = ranges_of(data)
     async with blob_layer(cache, source) as (fetcher, _blobs):
         bf = await fetcher.acquire(NAME, layer, chunks, Verify.INDEXED)
         try:
-            assert await bf.read_range(0, 100, range(0, 1)) == data[:100]
+            assert await bf.read(0, 100, range(0, 1)) == data[:100]
             # The range that failed its check is fetched once more, and only that is served.
-            got = await bf.read_range(2 * CB, 100, bf.layout.covering(2 * CB, 100))
+            got = await bf.read(2 * CB, 100, bf.layout.covering(2 * CB, 100))
             assert got == data[2 * CB : 2 * CB + 100]
         finally:
             bf.release()
@@ -610,8 +616,8 @@ async def test_ranges_left_on_disk_are_checked_again_after_a_restart(
     async with blob_layer(cache, source) as (fetcher, _blobs):
         bf = await fetcher.acquire(NAME, layer, chunks, Verify.INDEXED)
         try:
-            assert await bf.read_range(0, CB, range(0, 2)) == data[:CB]
-            assert await bf.read_range(CB, 10, range(2, 3)) == data[CB : CB + 10]
+            assert await bf.read(0, CB, range(0, 2)) == data[:CB]
+            assert await bf.read(CB, 10, range(2, 3)) == data[CB : CB + 10]
         finally:
             bf.release()
     assert cache.state_path(layer.digest).exists()
@@ -892,10 +898,10 @@ async def test_the_whole_check_waits_for_a_chunk_another_reader_is_checking_agai
 async def test_a_whole_blob_answer_is_the_fill_and_no_more_ranges_are_asked(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     # Every request is answered with the whole blob, as docker-registry as a pull-through
     # cache does until it has stored the blob: each such answer costs its origin a copy.
-    source.fault("whole", digest=layer.digest, times=100)
+    source.fault("whole", digest=layer.digest, times=100, size=SIZE)
     async with blob_layer(cache, source) as (fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
         assert await handle.read(0, 100) == data[:100]  # the header: one request
@@ -915,9 +921,9 @@ async def test_a_whole_blob_answer_is_the_fill_and_no_more_ranges_are_asked(
 async def test_a_whole_blob_answer_cut_short_is_finished_with_ranges(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     # Four chunks of the whole body, then it breaks.
-    source.fault("whole_cut", digest=layer.digest, pieces=4)
+    source.fault("whole_cut", digest=layer.digest, pieces=4, size=SIZE)
     async with blob_layer(cache, source) as (fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
         assert await handle.read(SIZE - 10, 10) == data[-10:]
@@ -935,7 +941,7 @@ async def test_a_whole_blob_answer_cut_short_is_finished_with_ranges(
 async def test_a_whole_blob_answer_never_overwrites_chunks_already_here(
     cache: BlobCache, data: bytes
 ) -> None:
-    source, layer = serving(data)
+    source, layer = faulty(data)
     async with blob_layer(cache, source) as (fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, index_of(data))
         assert await handle.read(2 * CB, 10) == data[2 * CB : 2 * CB + 10]  # chunk 2, by range
@@ -944,7 +950,7 @@ async def test_a_whole_blob_answer_never_overwrites_chunks_already_here(
         corrupt = bytearray(data)
         corrupt[2 * CB + 5] ^= 0xFF
         source.blobs[(NAME.repository_key, layer.digest)] = bytes(corrupt)
-        source.fault("whole", digest=layer.digest)
+        source.fault("whole", digest=layer.digest, size=SIZE)
         assert await handle.read(7 * CB, 10) == data[7 * CB : 7 * CB + 10]
         source.blobs[(NAME.repository_key, layer.digest)] = data
         assert await handle.read_all() == data

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from modelfs.errors import ManifestInvalid
 from modelfs.formats.chunks import (
     BlobChunks,
+    ChunkLayout,
     chunk_count,
     chunk_hash,
     chunk_span,
-    chunks_for_range,
     parse_chunk_index,
     runs,
     serialize_chunk_index,
@@ -43,8 +43,8 @@ def test_last_chunk_is_short():
     offset=st.integers(0, 60 * CB),
     length=st.integers(0, 20 * CB),
 )
-def test_chunks_for_range_covers_exactly_the_bytes(size, offset, length):
-    touched = chunks_for_range(offset, length, size, CB)
+def test_covering_touches_exactly_the_chunks_of_the_bytes(size, offset, length):
+    touched = ChunkLayout(size, CB).covering(offset, length)
     end = min(offset + length, size)
     if offset >= end:
         assert len(touched) == 0

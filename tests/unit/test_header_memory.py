@@ -172,14 +172,14 @@ async def test_a_header_read_unchecked_keeps_only_the_chunk_it_is_in() -> None:
     data += bytes(-len(data) % chunk_bytes + chunk_bytes)
     fetched: list[int] = []
 
-    async def read_range(_registry, _name, _digest, start, stop, _chunk, on_piece) -> None:
-        fetched.append(start // chunk_bytes)
-        on_piece(start, memoryview(data)[start:stop])
+    async def request(_registry, req) -> None:
+        fetched.append(req.start // chunk_bytes)
+        req.on_piece(req.start, memoryview(data)[req.start : req.end])
 
     fetcher = SimpleNamespace(
         registry_for=lambda anonymous: None,
         settings=SimpleNamespace(chunk_bytes=chunk_bytes, attempts=1),
-        read_range=read_range,
+        request=request,
         stats=SimpleNamespace(fetched=lambda host, n: None),
     )
     layer = Layer(Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))

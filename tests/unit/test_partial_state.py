@@ -16,7 +16,7 @@ SIZE = 10 * 1024 + 3
 CB = 1024
 L = ChunkLayout(SIZE, CB)
 # The same blob cut at a registry's own ranges: three chunks of unequal sizes.
-RANGES = ChunkLayout.of_ranges(SIZE, [1000, 7000, SIZE])
+RANGES = ChunkLayout(SIZE, 0, (1000, 7000, SIZE))
 
 
 def test_roundtrip():
@@ -94,7 +94,7 @@ def test_partial_file_of_wrong_size_starts_over(tmp_path):
 def test_state_of_a_registrys_ranges_is_trusted_only_for_those_ranges():
     raw = encode_state(D, RANGES, True, bytes([0b101]))
     assert decode_state(raw, D, RANGES, True) == bytearray([0b101])
-    other = ChunkLayout.of_ranges(SIZE, [1000, 7001, SIZE])
+    other = ChunkLayout(SIZE, 0, (1000, 7001, SIZE))
     assert decode_state(raw, D, other, True) is None
     assert decode_state(raw, D, L, True) is None
     # chunks 0 (1000 bytes) and 2 (SIZE - 7000), counted without knowing the ranges

@@ -13,7 +13,7 @@ import os
 
 import pytest
 import trio
-from support.sources import FakeSource
+from support.sources import FakeSource, Faulty
 from unit import test_blob_layer as blob_layer_tests
 from unit.test_blob_layer import (
     CB,
@@ -30,7 +30,7 @@ from unit.test_blob_layer import (
     serving,
 )
 
-from modelfs.blobs import blobfetch
+from modelfs.blobs import peers
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.reader import Blobs
 from modelfs.blobs.sharing import SharedPartial
@@ -200,9 +200,9 @@ async def test_a_liar_in_another_process_never_reaches_an_honest_reader(
 async def test_a_chunk_another_process_stops_fetching_is_fetched_here(
     cache: BlobCache, data: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(blobfetch, "ELSEWHERE_POLL_SECONDS", (0.005, 0.01))
+    monkeypatch.setattr(peers, "ELSEWHERE_POLL_SECONDS", (0.005, 0.01))
     layer = layer_of(data)
-    stuck, honest = FakeSource(), FakeSource()
+    stuck, honest = Faulty(FakeSource()), FakeSource()
     stuck.put(NAME, data)
     honest.put(NAME, data)
     stuck.fault("stall", digest=layer.digest)

@@ -1,6 +1,6 @@
-"""A partial blob's progress on disk: which chunks are present, saved soon after they land.
+"""A partial blob's state on disk: which chunks are present, saved soon after they land.
 
-The bitmap lives in the ``PartialFile``; ``Progress`` decides when it is written
+The bitmap lives in the ``PartialFile``; ``StateSaver`` decides when it is written
 (``STATE_FLUSH_SECONDS`` after the first chunk that changed it, so a kill -9 costs
 at most about that much fetching again), makes sure a save and the closing of the
 file never interleave, and saves once more when the blob is closed.
@@ -21,7 +21,7 @@ from modelfs.tasks import TaskGroup
 log = logging.getLogger(__name__)
 
 
-class Progress:
+class StateSaver:
     def __init__(self, ctx: FetchContext, what: str) -> None:
         self.ctx = ctx
         self.what = what
@@ -29,26 +29,26 @@ class Progress:
         self.dirty = False
         self.frozen = False  # published, or publishing: nothing more to save
         self.failed = False  # the cache cannot be written: nothing to save
-        self._flush_pending = False
-        # Saving state and closing the partial file must not interleave.
+        self._scheduled = False  # a save is due within ``state_flush_seconds``
+        # Saving state, closing the partial file and publishing it must not interleave.
         self._lock = trio.Lock()
 
     def changed(self, tasks: TaskGroup) -> None:
         """The bitmap changed: save it within ``state_flush_seconds`` (in a task of ``tasks``)."""
         self.dirty = True
-        if not self._flush_pending:
-            self._flush_pending = True
-            tasks.spawn(f"flush {self.what}", self._flush_later)
+        if not self._scheduled:
+            self._scheduled = True
+            tasks.spawn(f"flush {self.what}", self._save_soon)
 
-    async def _flush_later(self) -> None:
+    async def _save_soon(self) -> None:
         try:
             await trio.sleep(self.ctx.settings.state_flush_seconds)
-            self._flush_pending = False
+        finally:
+            self._scheduled = False  # a change from now on is due in the next save
+        try:
             await self.save()
         except ModelfsError as e:
             log.warning("%s: could not save fetch progress: %s", self.what, e)
-        finally:
-            self._flush_pending = False
 
     async def save(self) -> None:
         """Persist which chunks are present, if anything changed since the last save."""
