@@ -1,6 +1,6 @@
 """Building the blob layer: the one place its pieces are put together.
 
-The daemon, ``pull``, ``show`` and the benchmarks each get the door (``reader.Blobs``)
+The daemon, ``pull``, ``show``, ``index`` and the benchmarks each get the door (``reader.Blobs``)
 from ``blob_layer``: the cache, the registry (and the one without the owner's
 credentials, for other users of an allow_other mount), the nursery its fetches live in,
 the settings, and the events its owner wants to hear, all given here, at construction.

@@ -9,7 +9,9 @@ the manifest's chunk index, which verification policy applies, the fetch state, 
 eviction retry, readahead. Besides files, the door offers what its owner may look at:
 a ``snapshot`` of its figures and of the blobs being filled (``modelfs status``),
 ``files_reading`` (which open files a blob's checked chunks may be pushed to), and
-``read_unchecked`` (a header's bytes of a blob that can only be checked whole).
+``read_unchecked`` / ``stream_unchecked`` (bytes of a blob for a caller that checks them
+itself, or says they are unchecked: a header of a blob that can only be checked whole,
+``modelfs index`` hashing a blob).
 It is built in one place, ``blobs.door.blob_layer``, with the events its owner wants.
 
 A file that is one blob whole is a ``BlobHandle`` (handles.py) whose reads come here
@@ -314,6 +316,28 @@ class Blobs:
         if got < stop - start:
             raise ManifestInvalid(f"{name}: blob {digest.short} ended before its header did")
         return bytes(buf)
+
+    async def stream_unchecked(
+        self,
+        name: Name,
+        digest: Digest,
+        start: int,
+        stop: int,
+        piece_bytes: int,
+        on_piece: Callable[[int, memoryview], None],
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        anonymous: bool = False,
+    ) -> None:
+        """One range request for bytes ``[start, stop)`` of blob ``digest``: each piece, in
+        order, to ``on_piece(offset, view)`` in a worker thread, **unchecked** and never
+        cached, for a caller that checks what it reads itself (``modelfs index`` hashes the
+        whole blob). Pieces delivered before a failure stay delivered: the caller retries
+        from where they stopped. ``on_bytes(n)``: body bytes as they arrive."""
+        registry = self.fetcher.registry_for(anonymous)
+        await self.fetcher.read_range(
+            registry, name, digest, start, stop, piece_bytes, on_piece, on_bytes=on_bytes
+        )
 
     # -- the door's lifetime (its owner's) --------------------------------------------------
 

@@ -256,3 +256,18 @@ async def test_a_header_range_read_unchecked_comes_from_the_registry_and_is_not_
     assert got == data[10 : CB + 10]
     assert not cache.has_blob(layer.digest, layer.size)
     assert [(r.start, r.end) for r in source.requests_for(layer.digest)] == [(10, CB + 10)]
+
+
+async def test_a_blob_streamed_unchecked_arrives_in_order_and_is_not_kept(cache):
+    data = os.urandom(3 * CB + 100)
+    source = FakeSource()
+    _manifest, (layer,) = model(source, data, indexed=False)
+    pieces: list[tuple[int, bytes]] = []
+    async with door(cache, source) as blobs:
+        await blobs.stream_unchecked(
+            NAME, layer.digest, CB, layer.size, CB, lambda o, v: pieces.append((o, bytes(v)))
+        )
+    assert [o for o, _ in pieces] == sorted(o for o, _ in pieces)
+    assert pieces[0][0] == CB and b"".join(p for _, p in pieces) == data[CB:]
+    assert not cache.has_blob(layer.digest, layer.size)
+    assert not list(cache.partial_digests()), "an unchecked stream left a partial blob"

@@ -83,7 +83,7 @@ RANK = {
     "commands.create": 6,
     "commands.push": 6,
     "commands.remote_delete": 6,
-    "commands.index": 6,
+    "commands.index": 12,
     "commands.pull": 11,
     "commands.show": 12,
     "commands.status": 15,
