@@ -764,7 +764,7 @@ def write_results(path: Path, r: dict, repeat: int) -> None:
         "",
         f"## 10. The read path without FUSE ({mid >> 20} MiB, cold, in one process)",
         "",
-        f"Registry + Fetcher + Blobs reading the blob in 1 MiB pieces as `cat` would "
+        f"Registry + the blob door reading the blob in 1 MiB pieces as `cat` would "
         f"(bench/read_path.py): {rate(mid, rp_read)} ({rp_read / cold_mid['curl']:.2f}× the "
         f"time of curl), published after {rp_pub:.2f} s. Through the mount the same read runs at "
         f"{rate(mid, cold_mid['cold'])}: the difference is what serving READs through the daemon costs (not FUSE itself: see the pyfuse3 passthrough above).",

@@ -1,4 +1,4 @@
-"""The pure read path, no FUSE: Registry + Fetcher + Blobs reading a cold blob sequentially.
+"""The pure read path, no FUSE: Registry + the blob door (``blob_layer``) reading a cold blob sequentially.
 
 Shows regressions of fetching, verifying and caching without a mount in the way. Used by
 bench.py (section 10); runs alone too: read_path.py REGISTRY_HOST/REPO:TAG [--piece-kib 1024].
@@ -18,8 +18,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.fetcher import Fetcher
-from modelfs.blobs.reader import Blobs
+from modelfs.blobs.door import blob_layer
 from modelfs.formats.manifest import MEDIA_TYPE_MODEL, parse_manifest
 from modelfs.formats.names import parse_name
 from modelfs.registry.client import Registry
@@ -35,8 +34,8 @@ async def read_cold(name_text: str, cache_root: Path, piece_bytes: int) -> dict[
         manifest = parse_manifest(await registry.get_manifest(name))
         layer = manifest.layers_of_type(MEDIA_TYPE_MODEL)[0]
         async with trio.open_nursery() as nursery:
-            fetcher = Fetcher(cache, registry, nursery)
-            handle = await Blobs(fetcher).open(name, manifest, layer)
+            blobs = blob_layer(cache, registry, nursery)
+            handle = await blobs.open(name, manifest, layer)
             start = time.perf_counter()
             offset = 0
             while offset < layer.size:
@@ -54,7 +53,7 @@ async def read_cold(name_text: str, cache_root: Path, piece_bytes: int) -> dict[
         "size": layer.size,
         "read_seconds": read_seconds,
         "published_seconds": published_seconds,
-        "requests": fetcher.stats.requests,
+        "requests": blobs.snapshot().stats.requests,
     }
 
 

@@ -16,19 +16,22 @@ import logging
 import trio
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.reader import Blobs
 from modelfs.errors import ModelfsError
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer, Manifest
 from modelfs.formats.names import Name
+from modelfs.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 
 class Completion:
-    def __init__(self, cache: BlobCache, fetcher: Fetcher) -> None:
+    def __init__(self, cache: BlobCache, blobs: Blobs, nursery: trio.Nursery) -> None:
         self.cache = cache
-        self.fetcher = fetcher
+        self.blobs = blobs
+        # Missing small blobs are fetched here, in the background, for the mount's life.
+        self.nursery = nursery
         # manifest digest -> (name, manifest) for models not yet complete in the cache
         self.tracked: dict[Digest, tuple[Name, Manifest]] = {}
         # Tracked models only other users of an allow_other mount have looked up: their
@@ -58,7 +61,7 @@ class Completion:
             # recorded before or after the unlink, never between its manifest's removal and
             # the check of which blobs are still named (that blob would stay, uncounted).
             async with self.lock:
-                done = await self.fetcher.in_thread(record)
+                done = await self.blobs.in_thread(record)
         except ModelfsError as e:
             log.warning("cannot record the manifest of %s: %s", name, e)
             return
@@ -84,7 +87,7 @@ class Completion:
             )
 
         try:
-            if await self.fetcher.in_thread(recorded):
+            if await self.blobs.in_thread(recorded):
                 return
         except ModelfsError as e:
             log.warning("cannot read the manifest of %s: %s", name, e)
@@ -111,22 +114,26 @@ class Completion:
         def missing() -> list:
             return [b for b in manifest.blobs if not self.cache.has_blob(b.digest, b.size)]
 
-        absent = await self.fetcher.in_thread(missing)
+        absent = await self.blobs.in_thread(missing)
         if not absent:
             await self._write(name, manifest)
             return
-        if fetch_missing and all(self.fetcher.is_small(b) for b in absent):  # type: ignore[attr-defined]
+        if fetch_missing and all(self.blobs.is_small(b) for b in absent):  # type: ignore[attr-defined]
             for layer in absent:  # type: ignore[attr-defined]
-                self.fetcher.spawn(
+                spawn(
+                    self.nursery,
                     f"complete {name}: fetch {layer.digest.short}",
                     self._fetch_small,
                     name,
+                    manifest,
                     layer,
                     mdigest in self.anonymous,
                 )
 
-    async def _fetch_small(self, name: Name, layer: Layer, anonymous: bool) -> None:
-        await self.fetcher.fetch_small(name, layer, anonymous=anonymous, wait=False)
+    async def _fetch_small(
+        self, name: Name, manifest: Manifest, layer: Layer, anonymous: bool
+    ) -> None:
+        await self.blobs.fetch(name, manifest, layer, anonymous=anonymous)
 
     async def _write(self, name: Name, manifest: Manifest) -> None:
         if self.tracked.pop(manifest.digest, None) is None:
@@ -144,7 +151,7 @@ class Completion:
             self.cache.write_manifest(name, manifest.raw)
 
         try:
-            await self.fetcher.in_thread(write)
+            await self.blobs.in_thread(write)
         except ModelfsError as e:
             log.warning("cannot write the manifest of %s: %s", name, e)
             self.tracked[manifest.digest] = (name, manifest)

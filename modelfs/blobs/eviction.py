@@ -178,9 +178,14 @@ class Evictor:
             busy = self.in_use()
             # Bytes of models removed while this mount read them, first: they count against
             # the bounds, and no eviction would ever free them.
+            # Read and trimmed in a worker thread while blobs are published (added on the trio
+            # thread): the thread gets a copy, and only the digests it dropped leave the set.
+            before = set(self.published_here)
+            here = set(before)
             collected: orphans.Collected = await self.in_thread(  # type: ignore[assignment]
-                orphans.collect, self.cache, busy, self.published_here
+                orphans.collect, self.cache, busy, here
             )
+            self.published_here -= before - here
             self._orphans_waiting = collected.waiting
             evicted: list[Name] = await self.in_thread(self._evict, busy)  # type: ignore[assignment]
         self.evicted += evicted

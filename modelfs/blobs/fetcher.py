@@ -36,7 +36,6 @@ from modelfs.formats.chunks import BlobChunks
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer
 from modelfs.formats.names import Name
-from modelfs.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +133,6 @@ class Fetcher:
         self.ctx.store = hook
 
     # -- fetching ------------------------------------------------------------------------------
-
-    def spawn(self, what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
-        """Run ``fn`` in the nursery; it may fail, but never takes the nursery down with it."""
-        spawn(self.ctx.nursery, what, fn, *args)
 
     def is_small(self, layer: Layer) -> bool:
         """Whether a blob is fetched whole, in one request, checked against its digest

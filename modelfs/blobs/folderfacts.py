@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelfs.blobs.fetchcontext import RangeRequest
-from modelfs.blobs.files import answer, checked_reads, layers_by_digest
+from modelfs.blobs.files import answer, checked_reads
+from modelfs.blobs.handles import layers_by_digest
 from modelfs.blobs.reader import Blobs
 from modelfs.errors import ManifestInvalid
 from modelfs.formats.files import BlobBytes, ByteRequest, ModelTree, files_of
@@ -23,7 +23,6 @@ from modelfs.formats.folderfacts import facts_of
 from modelfs.formats.manifest import Manifest
 from modelfs.formats.names import Name
 from modelfs.formats.safetensors import XATTR_PREFIX, SafetensorsFacts
-from modelfs.registry.retry import retrying
 
 # A blob checkable only whole is fetched whole (and checked) for a range of it if it is at
 # most this big (config.json, a norm's weights); a larger one has the range read unchecked.
@@ -74,7 +73,13 @@ async def read_folder_facts(
                 checked = False
             return await checked_read(request)
         checked = False
-        return await _unchecked(blobs, name, request, anonymous)
+        return await blobs.read_unchecked(
+            name,
+            request.digest,
+            request.offset,
+            request.offset + request.length,
+            anonymous=anonymous,
+        )
 
     known = BlobBytes()
     if tree is None:
@@ -82,31 +87,3 @@ async def read_folder_facts(
     laid_out = tree
     facts = await answer(name, known, lambda k: facts_of(laid_out, k), read)
     return FolderFacts(tree, facts, known.total_bytes, checked)
-
-
-async def _unchecked(blobs: Blobs, name: Name, request: ByteRequest, anonymous: bool) -> bytes:
-    """``request``'s bytes from the registry, unchecked, into memory only."""
-    fetcher = blobs.fetcher
-    registry = fetcher.registry_for(anonymous)
-    start, stop = request.offset, request.offset + request.length
-    buf = bytearray(request.length)
-    got = 0
-
-    def on_piece(offset: int, view: memoryview) -> None:
-        nonlocal got
-        buf[offset - start : offset - start + len(view)] = view
-        got += len(view)
-
-    async def once() -> None:
-        nonlocal got
-        got = 0
-        await fetcher.request(
-            registry,
-            RangeRequest(name, request.digest, start, stop, fetcher.settings.chunk_bytes, on_piece),
-        )
-
-    await retrying(f"header of blob {request.digest.short}", once, fetcher.settings.attempts)
-    fetcher.stats.fetched(name.host, request.length)
-    if got < request.length:
-        raise ManifestInvalid(f"{name}: blob {request.digest.short} ended before its header did")
-    return bytes(buf)

@@ -33,14 +33,13 @@ import trio
 from trio.lowlevel import RunVar
 
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.fetchcontext import READ_WAIT_SECONDS, RangeRequest
+from modelfs.blobs.fetchcontext import READ_WAIT_SECONDS
 from modelfs.blobs.reader import Blobs
 from modelfs.errors import GGUFInvalid, Transient
 from modelfs.formats.gguf import GGUFInfo, read_gguf_file, read_gguf_header
 from modelfs.formats.manifest import Layer, Manifest
 from modelfs.formats.modelfacts import XATTR_HEADER_CHECKED, ModelFacts, model_facts
 from modelfs.formats.names import Name
-from modelfs.registry.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,8 @@ async def read_model_header(
 ) -> ModelHeader:
     """The GGUF header of ``layer`` (a weights blob of ``manifest``, fetched for ``name``)."""
     how = await blobs.verification(name, manifest, layer, anonymous=anonymous)
-    chunk_bytes = blobs.fetcher.settings.chunk_bytes
-    if how == "whole" and not blobs.fetcher.is_small(layer):
+    chunk_bytes = blobs.chunk_bytes
+    if how == "whole" and not blobs.is_small(layer):
         unchecked = _UncheckedChunks(blobs, name, layer, anonymous)
         info, touched = await _parse(unchecked.read, chunk_bytes)
         return ModelHeader(info, model_facts(info, layer.size), how, False, len(touched))
@@ -132,15 +131,16 @@ async def _parse_now(read: Read, chunk_bytes: int) -> tuple[GGUFInfo, set[int]]:
 
 
 class _UncheckedChunks:
-    """Chunks of a blob read from its registry into memory, unchecked, for its header only;
-    the last KEPT_UNCHECKED_CHUNKS of them, so a huge header costs no more than a small one."""
+    """Chunks of a blob read from its registry into memory, unchecked, for its header only
+    (``Blobs.read_unchecked``); the last KEPT_UNCHECKED_CHUNKS of them, so a huge header
+    costs no more than a small one."""
 
     def __init__(self, blobs: Blobs, name: Name, layer: Layer, anonymous: bool) -> None:
-        self.fetcher = blobs.fetcher
-        self.registry = self.fetcher.registry_for(anonymous)
+        self.blobs = blobs
         self.name = name
         self.layer = layer
-        self.chunk_bytes = self.fetcher.settings.chunk_bytes
+        self.anonymous = anonymous
+        self.chunk_bytes = blobs.chunk_bytes
         self.chunks: dict[int, bytes] = {}
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -157,22 +157,9 @@ class _UncheckedChunks:
             return data
         start = i * self.chunk_bytes
         stop = min(start + self.chunk_bytes, self.layer.size)
-        buf = bytearray(stop - start)
-
-        def on_piece(offset: int, view: memoryview) -> None:
-            buf[offset - start : offset - start + len(view)] = view
-
-        async def once() -> None:
-            await self.fetcher.request(
-                self.registry,
-                RangeRequest(self.name, self.layer.digest, start, stop, self.chunk_bytes, on_piece),
-            )
-
-        await retrying(
-            f"header of blob {self.layer.digest.short}", once, self.fetcher.settings.attempts
+        data = self.chunks[i] = await self.blobs.read_unchecked(
+            self.name, self.layer.digest, start, stop, anonymous=self.anonymous
         )
-        self.fetcher.stats.fetched(self.name.host, len(buf))
-        data = self.chunks[i] = bytes(buf)
         while len(self.chunks) > KEPT_UNCHECKED_CHUNKS:
             del self.chunks[next(iter(self.chunks))]  # the oldest: dicts keep insertion order
         return data

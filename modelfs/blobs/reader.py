@@ -1,37 +1,53 @@
-"""The blob layer's one door: ``Blobs.open(name, manifest, layer) → BlobHandle``.
+"""The blob layer's one door: ``Blobs.open(name, manifest, file) → handle``, ``Blobs.fetch``.
 
-Everything above the blob layer (the tree, ``pull``) opens a layer of a manifest
-here and reads it through the handle; what it takes to get the bytes stays
-below: whether the blob is small or large, the manifest's chunk index, which
-verification policy applies, the fetch state, the eviction retry, readahead.
+Everything above the blob layer (the tree, ``pull``, ``show``) opens a **file** here and
+reads it through the handle (``read(offset, size)``, ``close()``); ``pull`` fetches a
+file's blobs whole. A file is an ordered list of extents over blobs
+(``formats.files.ModelFile``); a ``Layer`` given instead is the file that is that layer
+whole. What it takes to get the bytes stays below: whether the blob is small or large,
+the manifest's chunk index, which verification policy applies, the fetch state, the
+eviction retry, readahead. Besides files, the door offers what its owner may look at:
+a ``snapshot`` of its figures and of the blobs being filled (``modelfs status``),
+``files_reading`` (which open files a blob's checked chunks may be pushed to), and
+``read_unchecked`` / ``stream_unchecked`` (bytes of a blob for a caller that checks them
+itself, or says they are unchecked: a header of a blob that can only be checked whole,
+``modelfs index`` hashing a blob).
+It is built in one place, ``blobs.door.blob_layer``, with the events its owner wants.
 
-A blob already in ``blobs/`` is read from there, without the network. A blob
-of at most one chunk is fetched whole and checked against its digest. A larger
-blob is read through its ``BlobFetch``: chunk by chunk when it has a chunk index
-(or with ``verify=deferred``), or only after the whole blob has been fetched and
-checked when it has no index. A handle that reads sequentially grows a
-readahead window (doubling, as mountpoint-s3 does) so streaming readers do not
-wait on each chunk in turn.
+A file that is one blob whole is a ``BlobHandle`` (handles.py) whose reads come here
+one call deep: the hot path. A blob already in ``blobs/`` is read from there, without
+the network. A blob of at most one chunk is fetched whole and checked against its
+digest. A larger blob is read through its ``BlobFetch``: chunk by chunk when it has a
+chunk index (or with ``verify=deferred``), or only after the whole blob has been fetched
+and checked when it has no index. A handle that reads sequentially grows a readahead
+window (doubling, as mountpoint-s3 does) so streaming readers do not wait on each chunk
+in turn. Any other file is a ``FileHandle`` reading each extent through a ``BlobHandle``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import overload
 
 import trio
 
 from modelfs.blobs.blobcache import pread_cached
 from modelfs.blobs.blobfetch import BlobFetch
-from modelfs.blobs.fetchcontext import Verify
-from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.fetchcontext import RangeRequest, Stats, Verify
+from modelfs.blobs.fetcher import PUBLISH_WAIT_SECONDS, Fetcher
+from modelfs.blobs.handles import BlobHandle, FileHandle, layers_by_digest
 from modelfs.blobs.sources import ChunkSources
-from modelfs.errors import ModelfsError
+from modelfs.errors import ManifestInvalid, ModelfsError
 from modelfs.formats.chunks import BlobChunks
+from modelfs.formats.digest import Digest
+from modelfs.formats.files import Extent, ModelFile
 from modelfs.formats.manifest import Layer, Manifest
 from modelfs.formats.names import Name
+from modelfs.registry.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -44,47 +60,41 @@ class BlobsSettings:
     readahead_max_chunks: int = READAHEAD_MAX_CHUNKS
 
 
-@dataclass(eq=False)
-class BlobHandle:
-    """One open blob: ``read`` it, ``close`` it. Its sequential-read state is its own."""
+@dataclass(frozen=True)
+class Filling:
+    """A blob being fetched, not yet complete in ``blobs/``."""
 
-    blobs: Blobs
-    name: Name
-    layer: Layer
-    chunks: BlobChunks | None
-    anonymous: bool = False  # for another user of an allow_other mount: no owner's credentials
-    readahead: bool = True  # False: fetch only the chunks reads touch (a header read)
-    fd: int | None = None  # the published blob
-    blob: BlobFetch | None = None
-    small: bytes | None = None  # a small blob that could not be cached
-    next_offset: int = 0
-    window_chunks: int = 0
-    closed: bool = field(default=False)
+    digest: Digest
+    name: Name  # the model it is fetched for
+    present_bytes: int
+    size: int
 
-    async def read(self, offset: int, size: int) -> bytes | bytearray:
-        """Bytes ``[offset, offset+size)`` (fewer at the end of the blob), checked per the policy."""
-        return await self.blobs._read(self, offset, size)
 
-    async def close(self) -> None:
-        await self.blobs._close(self)
+@dataclass(frozen=True)
+class BlobsSnapshot:
+    """The door's figures at one moment (``modelfs status``, ``-o metrics``, benchmarks)."""
 
-    async def read_all(self, piece_bytes: int = 1 << 20) -> bytes:
-        """The whole blob (small files and tests)."""
-        out = bytearray()
-        while len(out) < self.layer.size:
-            data = await self.read(len(out), piece_bytes)
-            if not data:
-                break
-            out += data
-            await trio.lowlevel.checkpoint()
-        return bytes(out)
+    stats: Stats  # a copy: the counters go on changing
+    filling: tuple[Filling, ...]
 
 
 class Blobs:
+    """The door (see the module docstring). Built by ``blobs.door.blob_layer``."""
+
     def __init__(self, fetcher: Fetcher, settings: BlobsSettings | None = None) -> None:
         self.fetcher = fetcher
         self.settings = settings or BlobsSettings()
         self.sources = ChunkSources(fetcher, self._read_whole)
+        # Open handles by the fetch state they read through (``files_reading``).
+        self._reading: dict[BlobFetch, set[BlobHandle]] = {}
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.fetcher.settings.chunk_bytes
+
+    def is_small(self, layer: Layer) -> bool:
+        """Whether a blob is fetched whole, in one request, and checked against its digest."""
+        return self.fetcher.is_small(layer)
 
     def policy(self, chunks: BlobChunks | None) -> Verify:
         if chunks is not None:
@@ -123,23 +133,55 @@ class Blobs:
         finally:
             await handle.close()
 
+    @overload
     async def open(
         self,
         name: Name,
         manifest: Manifest | None,
-        layer: Layer,
+        file: Layer,
         *,
         anonymous: bool = False,
         readahead: bool = True,
-    ) -> BlobHandle:
-        """Open ``layer`` for reading as ``manifest`` (fetched for ``name``) vouches for it.
+    ) -> BlobHandle: ...
+
+    @overload
+    async def open(
+        self,
+        name: Name,
+        manifest: Manifest | None,
+        file: ModelFile,
+        *,
+        anonymous: bool = False,
+        readahead: bool = True,
+    ) -> BlobHandle | FileHandle: ...
+
+    async def open(
+        self,
+        name: Name,
+        manifest: Manifest | None,
+        file: Layer | ModelFile,
+        *,
+        anonymous: bool = False,
+        readahead: bool = True,
+    ) -> BlobHandle | FileHandle:
+        """Open ``file`` (or the layer ``file``, whole) for reading as ``manifest`` (fetched
+        for ``name``) vouches for its blobs.
 
         Fetches nothing but the manifest's chunk index (once per manifest) for a large
         blob: its bytes move only when they are read. ``anonymous``: for another user
-        of an allow_other mount, without the mount owner's credentials.
+        of an allow_other mount, without the mount owner's credentials. ``readahead``
+        False: fetch only the chunks reads touch (a header read).
         """
-        chunks = await self._chunks_of(name, manifest, layer, anonymous)
-        return await self._open(name, layer, chunks, anonymous, readahead)
+        if isinstance(file, ModelFile):
+            if file.layer is None:
+                if manifest is None:
+                    raise ManifestInvalid(f"{name}: {file.path} is read through its manifest")
+                return FileHandle(
+                    self, name, manifest, file, anonymous=anonymous, readahead=readahead
+                )
+            file = file.layer  # one blob whole: read as the blob, one call deep
+        chunks = await self._chunks_of(name, manifest, file, anonymous)
+        return await self._open(name, file, chunks, anonymous, readahead)
 
     async def _open(
         self,
@@ -152,30 +194,73 @@ class Blobs:
         handle = BlobHandle(self, name, layer, chunks, anonymous, readahead)
         await self._open_published(handle)
         if handle.fd is None and not self.fetcher.is_small(layer):
-            handle.blob = await self.fetcher.acquire(
+            blob = await self.fetcher.acquire(
                 name, layer, chunks, self.policy(chunks), anonymous=anonymous
             )
+            handle.blob = blob
+            self._reading.setdefault(blob, set()).add(handle)
         return handle
 
     async def fetch(
         self,
         name: Name,
         manifest: Manifest,
-        layer: Layer,
+        file: Layer | ModelFile,
         on_progress: Callable[[int], None] | None = None,
         progress_seconds: float = 0.5,
+        *,
+        anonymous: bool = False,
     ) -> None:
-        """Fetch ``layer`` whole, check it and publish it into ``blobs/`` (``pull``).
+        """Fetch every blob ``file`` reads whole, check each and publish it into ``blobs/``
+        (``pull``; a model's missing small blobs).
 
         Waits as long as it takes (no reader is waiting on a deadline);
         ``on_progress(bytes)`` is called every ``progress_seconds`` with the bytes present
-        and arriving.
+        and arriving, of all the file's blobs together.
         """
-        if self.fetcher.is_small(layer):
-            await self.fetcher.fetch_small(name, layer, wait=False)
+        if isinstance(file, Layer):
+            await self._fetch_blob(name, manifest, file, on_progress, progress_seconds, anonymous)
             return
-        chunks = await self._chunks_of(name, manifest, layer, False)
-        bf = await self.fetcher.acquire(name, layer, chunks, self.policy(chunks))
+        layers = layers_by_digest(manifest)
+        digests = dict.fromkeys(p.digest for p in file.extents if isinstance(p, Extent))
+        missing = [d for d in digests if d not in layers]
+        if missing:
+            raise ManifestInvalid(f"{file.path}: reads a blob not in its manifest")
+        done: dict[Digest, int] = {}
+
+        def reporter(digest: Digest) -> Callable[[int], None] | None:
+            if on_progress is None:
+                return None
+
+            def report(present: int) -> None:
+                done[digest] = present
+                on_progress(sum(done.values()))
+
+            return report
+
+        for digest in digests:
+            layer = layers[digest]
+            await self._fetch_blob(
+                name, manifest, layer, reporter(digest), progress_seconds, anonymous
+            )
+            done[digest] = layer.size
+
+    async def _fetch_blob(
+        self,
+        name: Name,
+        manifest: Manifest,
+        layer: Layer,
+        on_progress: Callable[[int], None] | None,
+        progress_seconds: float,
+        anonymous: bool,
+    ) -> None:
+        if self.fetcher.is_small(layer):
+            await self.fetcher.fetch_small(name, layer, anonymous=anonymous, wait=False)
+            return
+        chunks = await self._chunks_of(name, manifest, layer, anonymous)
+        bf = await self.fetcher.acquire(
+            name, layer, chunks, self.policy(chunks), anonymous=anonymous
+        )
         try:
             async with trio.open_nursery() as watch:
                 if on_progress is not None:
@@ -184,6 +269,94 @@ class Blobs:
                 watch.cancel_scope.cancel()
         finally:
             bf.release()
+
+    def files_reading(self, blob: object) -> set[BlobHandle]:
+        """The open handles reading ``blob`` (a fetch state) at the blob's own offsets: the
+        files that are that blob whole, which may take its checked chunks into their page
+        cache (an extent's handle inside a file of many pieces is one too, but its file's
+        offsets are not the blob's: its caller never holds it)."""
+        return set(self._reading.get(blob, ()))  # type: ignore[call-overload]
+
+    def snapshot(self) -> BlobsSnapshot:
+        """The counters and the blobs being filled, now. On the trio thread."""
+        stats = self.fetcher.stats
+        return BlobsSnapshot(
+            dataclasses.replace(stats, bytes_by_host=dict(stats.bytes_by_host)),
+            tuple(
+                Filling(bf.digest, bf.name, bf.present_bytes, bf.size)
+                for bf in self.fetcher.blobs.values()
+                if not bf.published
+            ),
+        )
+
+    async def read_unchecked(
+        self, name: Name, digest: Digest, start: int, stop: int, *, anonymous: bool = False
+    ) -> bytes:
+        """Bytes ``[start, stop)`` of blob ``digest`` from ``name``'s registry into memory,
+        **unchecked** and never cached: for a header of a blob that can only be checked
+        whole (its caller says the answer is unchecked). Retried as any request is."""
+        registry = self.fetcher.registry_for(anonymous)
+        buf = bytearray(stop - start)
+        got = 0
+
+        def on_piece(offset: int, view: memoryview) -> None:
+            nonlocal got
+            buf[offset - start : offset - start + len(view)] = view
+            got += len(view)
+
+        async def once() -> None:
+            nonlocal got
+            got = 0
+            await self.fetcher.request(
+                registry, RangeRequest(name, digest, start, stop, self.chunk_bytes, on_piece)
+            )
+
+        await retrying(f"header of blob {digest.short}", once, self.fetcher.settings.attempts)
+        self.fetcher.stats.fetched(name.host, stop - start)
+        if got < stop - start:
+            raise ManifestInvalid(f"{name}: blob {digest.short} ended before its header did")
+        return bytes(buf)
+
+    async def stream_unchecked(
+        self,
+        name: Name,
+        digest: Digest,
+        start: int,
+        stop: int,
+        piece_bytes: int,
+        on_piece: Callable[[int, memoryview], None],
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        anonymous: bool = False,
+    ) -> None:
+        """One range request for bytes ``[start, stop)`` of blob ``digest``: each piece, in
+        order, to ``on_piece(offset, view)`` in a worker thread, **unchecked** and never
+        cached, for a caller that checks what it reads itself (``modelfs index`` hashes the
+        whole blob). Pieces delivered before a failure stay delivered: the caller retries
+        from where they stopped. ``on_bytes(n)``: body bytes as they arrive."""
+        registry = self.fetcher.registry_for(anonymous)
+        await self.fetcher.request(
+            registry,
+            RangeRequest(name, digest, start, stop, piece_bytes, on_piece, on_bytes=on_bytes),
+        )
+
+    # -- the door's lifetime (its owner's) --------------------------------------------------
+
+    async def in_thread(self, fn: Callable[..., object], *args: object) -> object:
+        """``fn(*args)`` in a worker thread, under the disk threads' limiter."""
+        return await self.fetcher.in_thread(fn, *args)
+
+    def busy_digests(self) -> set[Digest]:
+        """Blobs open for reading or with fetches in flight (never evicted)."""
+        return self.fetcher.busy_digests()
+
+    def stop_waiting(self) -> None:
+        """At shutdown: every wait on another process ends now (its readers get EIO)."""
+        self.fetcher.stop_waiting()
+
+    async def save_all(self, publish_wait_seconds: float = PUBLISH_WAIT_SECONDS) -> None:
+        """At shutdown: let publishes in progress finish, persist every blob's progress."""
+        await self.fetcher.save_all(publish_wait_seconds)
 
     async def _open_published(self, handle: BlobHandle) -> None:
         cache = self.fetcher.cache
@@ -212,8 +385,14 @@ class Blobs:
         if handle.fd is not None:
             os.close(handle.fd)
             handle.fd = None
-        if handle.blob is not None:
-            handle.blob.release()
+        blob = handle.blob
+        if blob is not None:
+            reading = self._reading.get(blob)
+            if reading is not None:
+                reading.discard(handle)
+                if not reading:
+                    del self._reading[blob]
+            blob.release()
             handle.blob = None
 
     async def _read(self, handle: BlobHandle, offset: int, size: int) -> bytes | bytearray:

@@ -20,6 +20,9 @@ import blake3
 import trio
 
 from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.door import blob_layer
+from modelfs.blobs.fetchcontext import FetchSettings
+from modelfs.blobs.reader import Blobs
 from modelfs.commands.progress import Progress, human_bytes
 from modelfs.errors import DigestMismatch, ModelfsError
 from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks, serialize_chunk_index
@@ -64,14 +67,17 @@ async def index(
         progress.result(f"{name} has no layer over {human_bytes(CHUNK_BYTES)}: nothing to index")
         return None
     await trio.to_thread.run_sync(cache.prepare)
-    blobs = []
-    for layer in large:
-        progress.start(layer.digest.short, layer.size)
-        hashes = await _chunk_hashes(cache, registry, name, layer, progress)
-        progress.done(layer.digest.short, layer.size, "indexed")
-        blobs.append(BlobChunks(layer.digest, layer.size, CHUNK_BYTES, hashes, "blake3"))
-    digest, raw_index = await publish_index(cache, registry, name, manifest, blobs)
-    chunks = sum(len(b.hashes) for b in blobs)
+    indexed = []
+    async with trio.open_nursery() as nursery:
+        blobs = blob_layer(cache, registry, nursery, FetchSettings(serves_readers=False))
+        for layer in large:
+            progress.start(layer.digest.short, layer.size)
+            hashes = await _chunk_hashes(cache, blobs, name, layer, progress)
+            progress.done(layer.digest.short, layer.size, "indexed")
+            indexed.append(BlobChunks(layer.digest, layer.size, CHUNK_BYTES, hashes, "blake3"))
+        nursery.cancel_scope.cancel()
+    digest, raw_index = await publish_index(cache, registry, name, manifest, indexed)
+    chunks = sum(len(b.hashes) for b in indexed)
     progress.result(
         f"published a chunk index of {name} ({chunks} chunks, {human_bytes(len(raw_index))}) "
         f"beside {manifest.digest} as {digest}"
@@ -109,9 +115,10 @@ async def publish_index(
 
 
 async def _chunk_hashes(
-    cache: BlobCache, registry: Registry, name: Name, layer: Layer, progress: Progress
+    cache: BlobCache, blobs: Blobs, name: Name, layer: Layer, progress: Progress
 ) -> tuple[bytes, ...]:
-    """The BLAKE3 digest of each chunk of ``layer``'s blob, whose sha256 is checked on the way."""
+    """The BLAKE3 digest of each chunk of ``layer``'s blob, whose sha256 is checked on the way
+    (streamed through the blob door unchecked, never cached: checked here, whole)."""
     if await trio.to_thread.run_sync(cache.has_blob, layer.digest, layer.size):
         return await trio.to_thread.run_sync(hash_cached, cache, layer)
     hashes: list[bytes] = []
@@ -134,21 +141,12 @@ async def _chunk_hashes(
         arrived += n
         progress.update(layer.digest.short, min(arrived, layer.size), layer.size)
 
-    limiter = trio.CapacityLimiter(1)
-
     async def once() -> None:
         nonlocal arrived
         arrived = received
         if received < layer.size:
-            await registry.read_range(
-                name,
-                layer.digest,
-                received,
-                layer.size,
-                READ_BYTES,
-                on_piece,
-                limiter=limiter,
-                on_bytes=on_bytes,
+            await blobs.stream_unchecked(
+                name, layer.digest, received, layer.size, READ_BYTES, on_piece, on_bytes=on_bytes
             )
 
     await retrying(f"blob {layer.digest.short}", once)

@@ -11,8 +11,8 @@ import logging
 import trio
 
 from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.door import blob_layer
 from modelfs.blobs.fetchcontext import FetchSettings
-from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs
 from modelfs.commands.progress import Progress
 from modelfs.errors import ManifestInvalid
@@ -49,13 +49,12 @@ async def pull(
         )
     )
     async with trio.open_nursery() as nursery:
-        fetcher = Fetcher(
+        blobs = blob_layer(
             cache,
             registry,
             nursery,
             settings or FetchSettings(early_writeback=True, serves_readers=False),
         )
-        blobs = Blobs(fetcher)
         try:
             async with trio.open_nursery() as each:
                 for layer in manifest.blobs:
@@ -66,7 +65,7 @@ async def pull(
             # now, and save which chunks are checked, so the next pull resumes from them.
             registry.abort_transfers()
             with trio.CancelScope(shield=True):
-                await fetcher.save_all(INTERRUPTED_PUBLISH_WAIT_SECONDS)
+                await blobs.save_all(INTERRUPTED_PUBLISH_WAIT_SECONDS)
             raise
         nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(cache.write_manifest, name, raw)

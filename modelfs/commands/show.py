@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import trio
 
 from modelfs.blobs.blobcache import BlobCache
+from modelfs.blobs.door import blob_layer
 from modelfs.blobs.fetchcontext import FetchSettings
-from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.folderfacts import FolderFacts, read_folder_facts
 from modelfs.blobs.header import ModelHeader, read_model_header
 from modelfs.blobs.reader import Blobs
@@ -129,8 +129,7 @@ async def _report(
     settings: FetchSettings | None,
 ) -> ModelReport:
     async with trio.open_nursery() as nursery:
-        fetcher = Fetcher(cache, registry, nursery, settings or FetchSettings())
-        blobs = Blobs(fetcher)
+        blobs = blob_layer(cache, registry, nursery, settings or FetchSettings())
         report = ModelReport(name, manifest, source, [])
         files = layer_filenames(manifest)
         weights = next((layer for f, layer in files if f == WEIGHTS_FILE), None)

@@ -27,10 +27,9 @@ import trio
 from modelfs.blobs import blobwatch
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.completion import Completion
+from modelfs.blobs.door import BlobEvents, PagePush, blob_layer
 from modelfs.blobs.eviction import DEFAULT_MIN_FREE_PERCENT, CacheBounds, Evictor
 from modelfs.blobs.fetchcontext import MAX_STREAMS, FetchSettings
-from modelfs.blobs.fetcher import Fetcher
-from modelfs.blobs.reader import Blobs, BlobsSettings
 from modelfs.errors import ModelfsError, MountError, UsageError
 from modelfs.formats.chunks import CHUNK_BYTES
 from modelfs.formats.digest import Digest
@@ -239,20 +238,44 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
         # -o metrics: bound before anything runs, so that a busy port fails the mount plainly.
         metrics = status.serve_metrics(stack, *options.metrics) if options.metrics else None
         nursery = await stack.enter_async_context(trio.open_nursery())
-        fetcher = Fetcher(
+
+        # What the blob layer tells the mount, given at its construction. The objects these
+        # reach (the tree, the FUSE operations, eviction) are built below, before any read.
+        async def published(digest: Digest) -> None:
+            evictor.published_here.add(digest)
+            ops.blob_published(digest)
+            await completion.blob_published(digest)
+            evictor.kick()
+
+        def discarded(digest: Digest) -> None:
+            ops.invalidate(digest)
+
+        def push_targets(blob: object) -> list[int]:
+            return tree.inodes_reading(blob)
+
+        def store(inode: int, offset: int, data: memoryview) -> None:
+            ops.store(inode, offset, data)
+
+        blobs = blob_layer(
             cache,
             registry,
             nursery,
             FetchSettings(chunk_bytes=options.chunk_bytes, max_streams=options.max_streams),
+            deferred=options.deferred,
+            events=BlobEvents(
+                published=published,
+                discarded=discarded,
+                pages=PagePush(push_targets, store) if options.push_pages else None,
+                range_seconds=metrics.observe_fetch if metrics is not None else None,
+            ),
             anonymous_registry=anonymous,
         )
-        completion = Completion(cache, fetcher)
-        blobs = Blobs(fetcher, BlobsSettings(deferred=options.deferred))
+        completion = Completion(cache, blobs, nursery)
         resolver = Resolver(
             registry,
             cache,
             lookup_ttl_seconds=options.lookup_ttl_seconds,
-            in_thread=fetcher.in_thread,
+            in_thread=blobs.in_thread,
             anonymous_registry=anonymous,
         )
         bounds = cache_bounds(options, file)
@@ -261,8 +284,8 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
         evictor = Evictor(
             cache,
             bounds,
-            in_use=lambda: tree.open_digests() | fetcher.busy_digests(),
-            in_thread=fetcher.in_thread,
+            in_use=lambda: tree.open_digests() | blobs.busy_digests(),
+            in_thread=blobs.in_thread,
             lock=completion.lock,
             failures=failures,
         )
@@ -272,28 +295,16 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             completion,
             cache,
             lookup_ttl_seconds=options.lookup_ttl_seconds,
-            in_thread=fetcher.in_thread,
+            in_thread=blobs.in_thread,
             on_used=evictor.used,
             on_closed=evictor.kick,
             access=access_policy(options, lambda: registry.config, cache),
         )
         supervise(nursery, "cache eviction", evictor.run, failures=failures)
         ops = fuse_ops.Operations(tree, nursery, str(cache.root))
-        fetcher.on_discarded = ops.invalidate
-        if options.push_pages:
-            fetcher.push_targets = tree.inodes_reading
-            fetcher.store = ops.store
-
-        async def published(digest: Digest) -> None:
-            evictor.published_here.add(digest)
-            ops.blob_published(digest)
-            await completion.blob_published(digest)
-            evictor.kick()
-
-        fetcher.on_published = published
         # modelfs status and -o metrics read their figures from these objects.
         live = status.Live(
-            mountpoint, cache, fetcher, evictor, ops.errors, ops.recent_errors, failures
+            mountpoint, cache, blobs, evictor, ops.errors, ops.recent_errors, failures
         )
         if metrics is not None:
             metrics.attach(live)
@@ -337,7 +348,7 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
                 mountpoint,
                 registries,
                 reload,
-                fetcher.stop_waiting,
+                blobs.stop_waiting,
                 failures,
                 failures=failures,
             )
@@ -361,9 +372,9 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
             # serve returns when the kernel ends the session (umount) or on terminate.
             unmount_on_exit = signalled.is_set()
         finally:
-            fetcher.stop_waiting()
+            blobs.stop_waiting()
             with trio.CancelScope(shield=True):
-                await fetcher.save_all()
+                await blobs.save_all()
             # Worker threads blocked on a registry's socket cannot be cancelled: end their
             # transfers, so the daemon exits now whatever the registries are doing.
             for r in registries:

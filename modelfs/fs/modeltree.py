@@ -4,7 +4,7 @@ Every kind but classic Ollama shows its ``ModelTree``: nested directories, each 
 its path. A file that is one whole layer (``ModelFile.layer``) is served as a layer file
 always was (one inode per blob, a symlink once the blob is complete); any other file (a
 tar member, a safetensors file assembled from Ollama's tensor blobs, the manifest) is
-read through ``blobs.files.FileHandle`` with an inode of its own per manifest.
+read through the blob door (``Blobs.open``) with an inode of its own per manifest.
 """
 
 from __future__ import annotations

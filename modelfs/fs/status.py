@@ -1,10 +1,11 @@
 """Live figures of a running mount: one snapshot, served on a control socket and as metrics.
 
-``Live`` holds the daemon's objects the figures come from (the fetcher's counters
-and blob table, the evictor, the FUSE errors by errno, the cache and its bounds);
-``Live.take`` makes a ``Snapshot`` of them, a plain value that becomes the JSON
-``modelfs status`` prints. The counters are read on the trio thread, where they
-change; only the disk figures (cache use, free space) are read in a worker thread.
+``Live`` holds the daemon's objects the figures come from (the blob door, whose
+``snapshot`` gives its counters and the blobs being filled; the evictor, the FUSE
+errors by errno, the cache and its bounds); ``Live.take`` makes a ``Snapshot`` of
+them, a plain value that becomes the JSON ``modelfs status`` prints. The counters
+are read on the trio thread, where they change; only the disk figures (cache use,
+free space) are read in a worker thread.
 
 Two ways out:
 
@@ -45,7 +46,7 @@ from prometheus_client.registry import Collector
 from modelfs import __version__
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.eviction import Evictor
-from modelfs.blobs.fetcher import Fetcher
+from modelfs.blobs.reader import Blobs
 from modelfs.errors import MountError, UsageError
 from modelfs.fs import metricsserver, mountctl
 from modelfs.fs.errorlog import RecentError, RecentErrors
@@ -102,7 +103,7 @@ class DiskUse:
 
 @dataclass(frozen=True)
 class InFlight:
-    """A blob in the fetcher's table, not complete yet."""
+    """A blob being fetched, not complete yet (the blob door's ``snapshot``)."""
 
     digest: str  # short
     name: str  # the model it is read for
@@ -203,7 +204,7 @@ class Live:
 
     mountpoint: Path
     cache: BlobCache
-    fetcher: Fetcher
+    blobs: Blobs
     evictor: Evictor
     errors: Counter[int]
     recent_errors: RecentErrors = field(default_factory=RecentErrors)
@@ -222,12 +223,12 @@ class Live:
 
     def snapshot(self, disk: DiskUse) -> Snapshot:
         """Every figure at this moment. On the trio thread: the counters change there."""
-        stats = self.fetcher.stats
+        door = self.blobs.snapshot()
+        stats = door.stats
         bounds = self.evictor.bounds  # read each time: a reload may replace them
         in_flight = tuple(
-            InFlight(bf.digest.short, bf.name.display_shortest(), bf.present_bytes, bf.size)
-            for bf in self.fetcher.blobs.values()
-            if not bf.published
+            InFlight(b.digest.short, b.name.display_shortest(), b.present_bytes, b.size)
+            for b in door.filling
         )
         return Snapshot(
             version=__version__,
@@ -496,12 +497,12 @@ class Metrics:
         self._thread: threading.Thread | None = None
 
     def attach(self, live: Live) -> None:
-        """Take the figures from ``live`` from now on; time its fetcher's range requests.
-        On the trio thread (scrapes take their snapshots there, through its token)."""
+        """Take the figures from ``live`` from now on. On the trio thread (scrapes take
+        their snapshots there, through its token). The blob layer times its range requests
+        into ``observe_fetch``, given to it at construction (``blobs.door.BlobEvents``)."""
         token = trio.lowlevel.current_trio_token()
         self.collector.take = functools.partial(live.take_from_thread, token)
         live.metrics = self.address
-        live.fetcher.stats.on_range_seconds = self.observe_fetch
 
     def observe_fetch(self, host: str, seconds: float) -> None:
         self.fetch_seconds.labels(registry=host).observe(seconds)

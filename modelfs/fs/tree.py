@@ -40,11 +40,12 @@ from modelfs.blobs.blobcache import (
     BlobCache,
 )
 from modelfs.blobs.completion import Completion
-from modelfs.blobs.files import FileHandle, lay_out
+from modelfs.blobs.files import lay_out
 from modelfs.blobs.folderfacts import XATTR_NAMES as SAFETENSORS_XATTR_NAMES
 from modelfs.blobs.folderfacts import read_folder_facts
+from modelfs.blobs.handles import OpenFile
 from modelfs.blobs.header import label_blob_file, read_model_header
-from modelfs.blobs.reader import BlobHandle, Blobs
+from modelfs.blobs.reader import Blobs
 from modelfs.errors import GGUFInvalid, ManifestInvalid, ModelfsError, ModelNotFound, NameInvalid
 from modelfs.formats.artifacts import Kind, kind_of
 from modelfs.formats.digest import Digest
@@ -170,7 +171,7 @@ class Node:
 @dataclass
 class _Open:
     node: Node
-    handle: BlobHandle | FileHandle | None  # None for manifest.json (served from memory)
+    handle: OpenFile | None  # None for manifest.json (served from memory)
 
 
 class Tree:
@@ -703,7 +704,7 @@ class Tree:
             raise TreeError(errno.EISDIR)
         if node.link is not None:
             raise TreeError(errno.ELOOP)
-        handle: BlobHandle | FileHandle | None = None
+        handle: OpenFile | None = None
         if node.layer is not None:
             assert node.source is not None and node.manifest is not None
             # Removed from the cache since its lookup (modelfs rm, eviction)? Then recorded
@@ -716,8 +717,8 @@ class Tree:
             )
         elif node.model_file is not None:
             assert node.source is not None and node.manifest is not None
-            handle = FileHandle(
-                self.blobs, node.source, node.manifest, node.model_file, anonymous=caller.anonymous
+            handle = await self.blobs.open(
+                node.source, node.manifest, node.model_file, anonymous=caller.anonymous
             )
         node.open_count += 1
         fh = next(self._fhs)
@@ -746,18 +747,16 @@ class Tree:
             self._on_closed()
 
     def inodes_reading(self, blob: object) -> list[int]:
-        """Inodes with an open handle reading through the fetch state ``blob``.
+        """Inodes with an open file the door says reads the fetch state ``blob`` at its own
+        offsets (``Blobs.files_reading``).
 
         Only these may receive its checked chunks in their page cache: another manifest's
-        inode of the same digest never does.
+        inode of the same digest never does, nor a file that is not the blob whole.
         """
-        return list(
-            {
-                o.node.inode
-                for o in self._handles.values()
-                if o.handle is not None and o.handle.blob is blob
-            }
-        )
+        reading = self.blobs.files_reading(blob)
+        if not reading:
+            return []
+        return list({o.node.inode for o in self._handles.values() if o.handle in reading})
 
     def open_digests(self) -> set[Digest]:
         """Blobs that have an open file in the mount."""

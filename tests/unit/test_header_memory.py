@@ -17,6 +17,7 @@ import trio
 
 import modelfs.blobs.header as mh
 import modelfs.formats.gguf as mg
+from modelfs.blobs.reader import Blobs
 from modelfs.errors import GGUFInvalid, Transient
 from modelfs.formats.digest import Digest
 from modelfs.formats.gguf import GGUFInfo, read_gguf_header
@@ -184,7 +185,7 @@ async def test_a_header_read_unchecked_keeps_only_the_chunk_it_is_in() -> None:
     )
     layer = Layer(Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
     unchecked = mh._UncheckedChunks(
-        SimpleNamespace(fetcher=fetcher),  # type: ignore[arg-type]
+        Blobs(fetcher),  # type: ignore[arg-type]
         parse_name("127.0.0.1:5000/library/m:1"),
         layer,
         False,

@@ -7,7 +7,8 @@ import json
 import pytest
 import trio
 
-from modelfs.blobs.files import FileHandle, lay_out
+from modelfs.blobs.files import lay_out
+from modelfs.blobs.handles import FileHandle
 from modelfs.errors import DigestMismatch
 from modelfs.formats.artifacts import Kind
 from modelfs.formats.digest import Digest

@@ -96,3 +96,34 @@ def test_a_manifest_that_does_not_parse_keeps_what_it_mentions(tmp_path: Path) -
     cache.write_manifest(NAME, f'{{"future": "{mentioned}"'.encode(), pending=True)
     assert collect(cache, set(), set()).digests == (other,)
     assert cache.partial_path(mentioned).exists()
+
+
+async def test_a_blob_published_while_orphans_are_collected_neither_fails_it_nor_is_forgotten(
+    tmp_path: Path,
+) -> None:
+    """The daemon adds each blob it publishes (trio thread) to the set the collection reads and
+    trims in a worker thread: "Set changed size during iteration" stopped eviction (an ERROR
+    in the mount's log), and a blob published meanwhile must still be watched afterwards."""
+    from modelfs.blobs.eviction import CacheBounds, Evictor
+
+    cache = cache_with(tmp_path)
+    ours = blob(cache, b"published here, named by none")
+    named = blob(cache, b"config")
+    manifest_naming(cache, named, named)
+    meanwhile = Digest.of_bytes(b"published while the collection ran")
+
+    async def inline(fn, *args):  # the worker thread, with the publish landing mid-iteration
+        return fn(*args)
+
+    evictor = Evictor(cache, CacheBounds(1 << 40, 0, None), set, inline)
+    evictor.published_here.update({ours, named})
+    has_blob = cache.has_blob
+
+    def has_blob_while_publishing(digest: Digest, *rest: object) -> bool:
+        evictor.published_here.add(meanwhile)
+        return has_blob(digest, *rest)
+
+    cache.has_blob = has_blob_while_publishing  # type: ignore[method-assign]
+    await evictor.check()
+    assert not cache.blob_path(ours).exists(), "the orphan was not freed"
+    assert evictor.published_here == {meanwhile}

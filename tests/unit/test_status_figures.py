@@ -324,7 +324,7 @@ async def test_the_blob_layer_counts_hits_misses_bytes_per_host_and_range_times(
         fetcher.stats.on_range_seconds = lambda host, seconds: timed.append((host, seconds))
         blobs = Blobs(fetcher, BlobsSettings(deferred=True))
         evictor = Evictor(cache, CacheBounds(1 << 40, 0, None), set, fetcher.in_thread)
-        live = Live(Path("/mnt"), cache, fetcher, evictor, Counter())
+        live = Live(Path("/mnt"), cache, blobs, evictor, Counter())
         handle = await blobs.open(NAME, None, layer, readahead=False)
         try:
             assert await handle.read(0, 100) == data[:100]
