@@ -93,7 +93,7 @@ def perf_stages(data: Path, pid: int) -> collections.Counter[str]:
             comm, ids = line.rsplit(None, 1)
             p, _, t = ids.partition("/")
             mine, main = p == str(pid), t == str(pid)
-            background = mine and not main and not comm.strip().startswith(("Trio", "read_range"))
+            background = mine and not main and not comm.strip().startswith(("Trio", "get_range"))
         else:
             frames.append(line.strip())
     return counts

@@ -366,12 +366,12 @@ class BlobFetch:
         for ``_landed`` to answer the READs waiting for the chunk (a store waits on the
         page locks those READs hold). A chunk that came in pieces is not pushed.
         """
-        store = self.ctx.store
-        if store is None or view is None:
+        pages = self.ctx.events.pages
+        if pages is None or view is None:
             token.run_sync_soon(self._landed_guarded, i, data)
             return
         for inode in trio.from_thread.run_sync(self._landed, i, data, trio_token=token):
-            store(inode, offset, view)
+            pages.store(inode, offset, view)
 
     # -- trio side of landing chunks ----------------------------------------------------------
 
@@ -402,9 +402,10 @@ class BlobFetch:
         if self.partial is not None and self.partial.complete:
             self.publishing.start()
         # Only bytes a reader may already see: never a blob served only once whole.
-        if self.verify is Verify.WHOLE or self.ctx.push_targets is None:
+        pages = self.ctx.events.pages
+        if self.verify is Verify.WHOLE or pages is None:
             return []
-        return self.ctx.push_targets(self)
+        return pages.targets(self)
 
     def disk_failure(self, e: ModelfsError) -> None:
         self.ctx.stats.cache_write_failures += 1

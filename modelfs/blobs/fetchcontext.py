@@ -13,7 +13,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -24,7 +24,7 @@ from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
 from modelfs.formats.referrers import Referrer
-from modelfs.registry.client import Chunksums, client_for
+from modelfs.registry.client import BlobRange, Chunksums, client_for
 from modelfs.registry.retry import DEFAULT_ATTEMPTS
 from modelfs.registry.streams import StreamSlots
 
@@ -77,47 +77,53 @@ class FetchSettings:
 
 
 @dataclass(frozen=True)
-class RangeRequest:
-    """One range request for blob bytes ``[start, end)`` of ``digest`` as ``name``'s
-    repository serves it, delivered to ``on_piece(offset, view)`` in pieces of
-    ``piece_bytes`` (see ``BlobSource``)."""
+class PagePush:
+    """Pushing checked chunks into the kernel's page cache of the files reading them.
 
-    name: Name
-    digest: Digest
-    start: int
-    end: int
-    piece_bytes: int
-    on_piece: Callable[[int, memoryview], None]
-    on_whole: Callable[[int | None], bool] | None = None
-    on_bytes: Callable[[int], None] | None = None
+    ``targets(blob)``: on the trio thread, the inodes whose open files read ``blob`` (a
+    fetch state) at its own offsets (ask ``Blobs.files_reading``). ``store(inode, offset,
+    data)``: in a worker thread, put ``data`` at ``offset`` of ``inode``'s page cache.
+    """
+
+    targets: Callable[[object], list[int]]
+    store: Callable[[int, int, memoryview], None]
+
+
+@dataclass(frozen=True)
+class BlobEvents:
+    """What the blob layer tells its owner. Every one is optional."""
+
+    # A blob is in ``blobs/``, checked whole (a mount's entries of it become links).
+    published: Callable[[Digest], Awaitable[None]] | None = None
+    # A blob failed its whole check and was thrown away: pages already served of it
+    # (verify=deferred) must leave the kernel's cache.
+    discarded: Callable[[Digest], None] | None = None
+    # Checked chunks to push into the page cache of the files reading them (-o push_pages).
+    pages: PagePush | None = None
+    # (host, seconds) of each range request that delivered its whole body (-o metrics).
+    range_seconds: Callable[[str, float], None] | None = None
+
+
+# One range request (bytes of a blob, where its pieces go): the registry's own request
+# type, so the object a fetch builds is the one the source, mirror failover and the HTTP
+# call take.
+RangeRequest = BlobRange
 
 
 class BlobSource(Protocol):
     """Where blob bytes come from: ``Registry`` (over HTTP), or a fake in unit tests.
 
-    ``read_range`` streams bytes ``[start, end)`` of ``digest`` (as ``name``'s
-    repository serves it) to ``on_piece(offset, view)`` in pieces of ``piece_bytes``,
-    from a worker thread taken under ``limiter``; the view is valid only during the
-    call. Pieces delivered before a failure stay delivered. Failures are modelfs
-    errors: ``Transient`` ones are retried. A source that answers with the whole blob
-    instead asks ``on_whole(length)`` (worker thread) whether to deliver all of it, from
-    offset 0. ``on_bytes(n)`` (worker thread) is told of bytes as they arrive, before they
-    make a piece: what a progress display counts.
+    ``fetch_range(req)`` streams bytes ``[req.start, req.end)`` of ``req.digest`` (as
+    ``req.name``'s repository serves it) to ``req.on_piece(offset, view)`` in pieces of
+    ``req.piece_bytes``, from a worker thread taken under ``limiter``; the view is valid
+    only during the call. Pieces delivered before a failure stay delivered. Failures are
+    modelfs errors: ``Transient`` ones are retried. A source that answers with the whole
+    blob instead asks ``req.on_whole(length)`` (worker thread) whether to deliver all of
+    it, from offset 0. ``req.on_bytes(n)`` (worker thread) is told of bytes as they arrive,
+    before they make a piece: what a progress display counts.
     """
 
-    async def read_range(
-        self,
-        name: Name,
-        digest: Digest,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: Callable[[int, memoryview], None],
-        *,
-        limiter: trio.CapacityLimiter,
-        on_whole: Callable[[int | None], bool] | None = None,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None: ...
+    async def fetch_range(self, req: RangeRequest, *, limiter: trio.CapacityLimiter) -> None: ...
 
     async def chunksums(self, name: Name, digest: Digest) -> Chunksums | None:
         """The registry's own chunk digests of a blob (Ollama's chunksums), or None."""
@@ -159,9 +165,6 @@ class Stats:
     # Reads served from bytes already present, and reads that had to wait for a fetch.
     read_hits: int = 0
     read_misses: int = 0
-    # The daemon's histogram of range-request latency (``fs.status``): (host, seconds) of each
-    # range request that delivered its whole body.
-    on_range_seconds: Callable[[str, float], None] | None = None
 
     def fetched(self, host: str, nbytes: int) -> None:
         """``nbytes`` of checked blob bytes arrived from ``host``."""
@@ -185,8 +188,7 @@ class FetchContext:
         registry: BlobSource,
         nursery: trio.Nursery,
         settings: FetchSettings | None = None,
-        on_published: Callable[[Digest], Awaitable[None]] | None = None,
-        on_discarded: Callable[[Digest], None] | None = None,
+        events: BlobEvents | None = None,
         *,
         anonymous_registry: BlobSource | None = None,
     ) -> None:
@@ -196,8 +198,9 @@ class FetchContext:
         self.anonymous_registry = anonymous_registry
         self.nursery = nursery
         self.settings = settings or FetchSettings()
-        self.on_published = on_published
-        self.on_discarded = on_discarded
+        # What the owner hears (published, discarded, pages to push, request times): given
+        # here, never changed afterwards.
+        self.events = events or BlobEvents()
         self.streams = StreamSlots(
             self.settings.max_streams, self.settings.max_streams * TOTAL_STREAMS_PER_HOST_SHARE
         )
@@ -206,10 +209,6 @@ class FetchContext:
         self.background = BackgroundThread(
             nice=BACKGROUND_NICE if self.settings.serves_readers else 0, name="modelfs-hash"
         )
-        # Pushing checked chunks into the kernel's page cache (fuse_ops, set by the daemon):
-        # which inodes read a blob (trio thread), and the store itself (worker thread).
-        self.push_targets: Callable[[Any], list[int]] | None = None
-        self.store: Callable[[int, int, memoryview], None] | None = None
         # Chunk digests that failed twice for a blob: not used again while this process runs.
         self.distrusted: set[BlobChunks] = set()
         # Blobs whose partial file this process holds the lock of (one fetch at a time).
@@ -246,24 +245,14 @@ class FetchContext:
         host = req.name.host
         async with self.streams.slot(host):
             began = trio.current_time()
-            await registry.read_range(
-                req.name,
-                req.digest,
-                req.start,
-                req.end,
-                req.piece_bytes,
-                req.on_piece,
-                limiter=self.streams.threads,
-                on_whole=req.on_whole,
-                on_bytes=req.on_bytes,
-            )
-            if self.stats.on_range_seconds is not None:
-                self.stats.on_range_seconds(host.lower(), trio.current_time() - began)
+            await registry.fetch_range(req, limiter=self.streams.threads)
+            if self.events.range_seconds is not None:
+                self.events.range_seconds(host.lower(), trio.current_time() - began)
 
     async def published(self, digest: Digest) -> None:
         """Tell the daemon a blob is in ``blobs/`` (its entries become links)."""
-        if self.on_published is not None:
+        if self.events.published is not None:
             try:
-                await self.on_published(digest)
+                await self.events.published(digest)
             except ModelfsError as e:
                 log.warning("after publishing blob %s: %s", digest.short, e)

@@ -14,14 +14,14 @@ chunk) are ``SmallBlobs``'. Both are given the process's ``FetchContext``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import trio
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.blobfetch import BlobFetch, FetchKey
 from modelfs.blobs.fetchcontext import (
+    BlobEvents,
     BlobSource,
     FetchContext,
     FetchSettings,
@@ -52,19 +52,13 @@ class Fetcher:
         registry: BlobSource,
         nursery: trio.Nursery,
         settings: FetchSettings | None = None,
-        on_published: Callable[[Digest], Awaitable[None]] | None = None,
-        on_discarded: Callable[[Digest], None] | None = None,
+        events: BlobEvents | None = None,
         *,
         anonymous_registry: BlobSource | None = None,
     ) -> None:
+        """``events``: what the owner hears (``BlobEvents``), given now and only now."""
         self.ctx = FetchContext(
-            cache,
-            registry,
-            nursery,
-            settings,
-            on_published,
-            on_discarded,
-            anonymous_registry=anonymous_registry,
+            cache, registry, nursery, settings, events, anonymous_registry=anonymous_registry
         )
         self.table: BlobTable[FetchKey, BlobFetch] = BlobTable(nursery)
         self.small = SmallBlobs(self.ctx)
@@ -99,38 +93,6 @@ class Fetcher:
     async def request(self, registry: BlobSource, req: RangeRequest) -> None:
         """One range request, under a stream slot (``FetchContext.request``)."""
         await self.ctx.request(registry, req)
-
-    @property
-    def on_published(self) -> Callable[[Digest], Awaitable[None]] | None:
-        return self.ctx.on_published
-
-    @on_published.setter
-    def on_published(self, hook: Callable[[Digest], Awaitable[None]] | None) -> None:
-        self.ctx.on_published = hook
-
-    @property
-    def on_discarded(self) -> Callable[[Digest], None] | None:
-        return self.ctx.on_discarded
-
-    @on_discarded.setter
-    def on_discarded(self, hook: Callable[[Digest], None] | None) -> None:
-        self.ctx.on_discarded = hook
-
-    @property
-    def push_targets(self) -> Callable[[Any], list[int]] | None:
-        return self.ctx.push_targets
-
-    @push_targets.setter
-    def push_targets(self, hook: Callable[[Any], list[int]] | None) -> None:
-        self.ctx.push_targets = hook
-
-    @property
-    def store(self) -> Callable[[int, int, memoryview], None] | None:
-        return self.ctx.store
-
-    @store.setter
-    def store(self, hook: Callable[[int, int, memoryview], None] | None) -> None:
-        self.ctx.store = hook
 
     # -- fetching ------------------------------------------------------------------------------
 

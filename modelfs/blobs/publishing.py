@@ -73,9 +73,9 @@ class Publishing:
                 self.blob.present.memory.clear()
                 error = DigestMismatch(f"blob {self.blob.digest} does not match its digest")
                 self.blob.failure = error
-                if self.ctx.on_discarded is not None:
+                if self.ctx.events.discarded is not None:
                     # Pages already served (verify=deferred) must leave the kernel's cache.
-                    self.ctx.on_discarded(self.blob.digest)
+                    self.ctx.events.discarded(self.blob.digest)
             else:
                 await self.blob.state.publish()
                 self.blob.published = True

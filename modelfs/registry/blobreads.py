@@ -19,18 +19,16 @@ from modelfs.errors import Unauthorized
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
 from modelfs.registry.bulk import (
-    ArrivalSink,
     BodyError,
     BulkClient,
     BulkSettings,
     NeedsAuth,
-    PieceSink,
     RedirectError,
     StatusError,
-    WholeSink,
 )
 from modelfs.registry.mirrors import Endpoints
 from modelfs.registry.origins import base_of
+from modelfs.registry.ranges import BlobRange
 from modelfs.registry.sender import Sender, pull_scopes
 from modelfs.registry.translate import bulk_error
 
@@ -69,80 +67,37 @@ class BlobReads:
             return
         self.bulk.redirects.put(self.endpoints.blob_url(name, digest), url)
 
-    async def read_range(
-        self,
-        name: Name,
-        digest: Digest,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: PieceSink,
-        *,
-        limiter: trio.CapacityLimiter,
-        on_whole: WholeSink | None = None,
-        on_bytes: ArrivalSink | None = None,
-    ) -> None:
-        """Stream blob bytes ``[start, end)`` to ``on_piece`` in pieces of ``piece_bytes``.
+    async def fetch_with_failover(self, rng: BlobRange, *, limiter: trio.CapacityLimiter) -> None:
+        """Stream blob bytes ``[rng.start, rng.end)`` to ``rng.on_piece`` in pieces of
+        ``rng.piece_bytes``, from the host's mirrors in turn, then the host.
 
         ``on_piece(offset, view)`` runs in the worker thread; the view is only valid
         during the call. Pieces delivered before a failure stay delivered: a caller
         retries only what is missing. Raises Transient when the body is cut short or
         stalls (less than ``min_bytes_per_second`` over ``stall_seconds``). ``on_whole``: see
-        ``BulkClient.read_range`` (a mirror answering with the whole blob); ``on_bytes(n)``, body
+        ``BulkClient.get_range`` (a mirror answering with the whole blob); ``on_bytes(n)``, body
         bytes as they arrive (worker thread).
         """
-        what = f"blob {digest.short} of {name}"
+        what = f"blob {rng.digest.short} of {rng.name}"
 
-        async def read_at(base: str, at_origin: bool) -> None:
-            await self._read_range_at(
-                base,
-                name,
-                digest,
-                start,
-                end,
-                piece_bytes,
-                on_piece,
-                what,
-                limiter,
-                on_whole,
-                on_bytes,
-            )
+        async def fetch_at(base: str, at_origin: bool) -> None:
+            await self._fetch_at(base, rng, what, limiter)
 
-        await self.endpoints.first_answer(name, read_at)
+        await self.endpoints.first_answer(rng.name, fetch_at)
 
-    async def _read_range_at(
-        self,
-        base: str,
-        name: Name,
-        digest: Digest,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: PieceSink,
-        what: str,
-        limiter: trio.CapacityLimiter,
-        on_whole: WholeSink | None = None,
-        on_bytes: ArrivalSink | None = None,
+    async def _fetch_at(
+        self, base: str, rng: BlobRange, what: str, limiter: trio.CapacityLimiter
     ) -> None:
-        url = self.endpoints.blob_url(name, digest, base)
+        """``rng`` from one endpoint (a mirror or the host), answering one 401 there."""
+        name = rng.name
+        url = self.endpoints.blob_url(name, rng.digest, base)
         host = self.endpoints.auth_host(base, name)
         given_for = self.endpoints.given_for(base, name)
         scopes = pull_scopes(name)
         for attempt in range(2):
             sent = self.sender.auth.header(host, scopes, given_for=given_for, to=base_of(url))
             try:
-                await trio.to_thread.run_sync(
-                    self.bulk.read_range,
-                    url,
-                    sent,
-                    start,
-                    end,
-                    piece_bytes,
-                    on_piece,
-                    on_whole,
-                    on_bytes,
-                    limiter=limiter,
-                )
+                await trio.to_thread.run_sync(self.bulk.get_range, url, sent, rng, limiter=limiter)
                 return
             except NeedsAuth as e:
                 if attempt:

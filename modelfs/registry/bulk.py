@@ -41,6 +41,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from modelfs.registry.origins import same_origin
+from modelfs.registry.ranges import ArrivalSink, BlobRange, PieceSink, WholeSink
+
+__all__ = ["ArrivalSink", "BlobRange", "PieceSink", "WholeSink"]
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,6 @@ REDIRECT_SCHEMES = ("http", "https")
 # Bodies are read this much at a time, so the watchdog sees progress as it happens.
 READ_SLICE_BYTES = 256 << 10
 
-# One piece callback per chunk-sized piece of a range body, called in the worker thread.
-# Asked when a range request is answered with the whole blob (its Content-Length, if
-# given): True to take the whole body as it comes (worker thread).
-WholeSink = Callable[[int | None], bool]
-PieceSink = Callable[[int, memoryview], None]
-# Told the body bytes as they arrive (worker thread), before they make a whole piece.
-ArrivalSink = Callable[[int], None]
 
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -444,18 +440,9 @@ class BulkClient:
                 headers.pop("Authorization", None)
         raise RedirectError(f"more than {MAX_REDIRECTS} redirects")
 
-    def read_range(
-        self,
-        url: str,
-        authorization: str | None,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: PieceSink,
-        on_whole: WholeSink | None = None,
-        on_bytes: ArrivalSink | None = None,
-    ) -> None:
-        """Stream bytes ``[start, end)`` of the blob at ``url`` to ``on_piece``.
+    def get_range(self, url: str, authorization: str | None, rng: BlobRange) -> None:
+        """One HTTP request: stream bytes ``[rng.start, rng.end)`` of the blob at ``url`` to
+        ``rng.on_piece`` (``rng.name`` and ``rng.digest`` are what ``url`` names).
 
         A server that answers the range with the whole blob (200: a pull-through mirror that
         has not stored it yet copies it from its origin for every such request) is asked
@@ -464,28 +451,18 @@ class BulkClient:
         told of body bytes as they arrive, a piece being up to ``piece_bytes`` long.
         """
         with self.watchdog.watching() as t:
-            t.on_bytes = on_bytes
+            t.on_bytes = rng.on_bytes
             try:
-                self._read_range(t, url, authorization, start, end, piece_bytes, on_piece, on_whole)
+                self._get_range(t, url, authorization, rng)
             except (OSError, http.client.HTTPException):
                 # A socket the watchdog shut down fails in whatever way it fails: say why.
                 t.check()
                 raise
 
-    def _read_range(
-        self,
-        t: _Transfer,
-        url: str,
-        authorization: str | None,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: PieceSink,
-        on_whole: WholeSink | None,
-    ) -> None:
+    def _get_range(self, t: _Transfer, url: str, authorization: str | None, rng: BlobRange) -> None:
         headers = {
             "User-Agent": self.settings.user_agent,
-            "Range": f"bytes={start}-{end - 1}",
+            "Range": f"bytes={rng.start}-{rng.end - 1}",
             "Accept-Encoding": "identity",
         }
         with_auth = dict(headers)
@@ -505,9 +482,7 @@ class BulkClient:
                             self.redirects.put(url, target)
                 if final is None:
                     # This thread resolved it: its response is the one to read.
-                    self._consume(
-                        c, resp, target, origin, start, end, piece_bytes, on_piece, on_whole, t
-                    )
+                    self._consume(c, resp, target, origin, rng, t)
                     return
             same = same_origin(final, origin)
             target, c, resp = self._follow(final, with_auth if same else headers, t)
@@ -523,7 +498,7 @@ class BulkClient:
             if target != final and resp.status < 400:
                 # The registry redirects now where it did not before: remember where to.
                 self.redirects.put(url, target)
-            self._consume(c, resp, target, origin, start, end, piece_bytes, on_piece, on_whole, t)
+            self._consume(c, resp, target, origin, rng, t)
             return
 
     def _consume(
@@ -532,18 +507,12 @@ class BulkClient:
         resp: http.client.HTTPResponse,
         url: str,
         origin: str,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: PieceSink,
-        on_whole: WholeSink | None,
+        rng: BlobRange,
         t: _Transfer,
     ) -> None:
         reusable = False
         try:
-            reusable = self._read_body(
-                resp, url, origin, start, end, piece_bytes, on_piece, on_whole, t
-            )
+            reusable = self._read_body(resp, url, origin, rng, t)
         finally:
             self._release(c, resp, reusable, t)
 
@@ -576,14 +545,11 @@ class BulkClient:
         resp: http.client.HTTPResponse,
         url: str,
         origin: str,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: PieceSink,
-        on_whole: WholeSink | None,
+        rng: BlobRange,
         t: _Transfer,
     ) -> bool:
         """Deliver the body; return True if the connection can be reused."""
+        start, end, piece_bytes, on_piece = rng.start, rng.end, rng.piece_bytes, rng.on_piece
         if resp.status >= 400:
             try:
                 body = resp.read(ERROR_BODY_BYTES)
@@ -604,7 +570,7 @@ class BulkClient:
         elif resp.status == 200:
             # The server ignored Range and sends the whole blob: all of it, if it is wanted
             # (a mirror filling its cache costs its origin a whole copy for each request).
-            if on_whole is not None and on_whole(resp.length):
+            if rng.on_whole is not None and rng.on_whole(resp.length):
                 self._read_whole(resp, piece_bytes, on_piece, t)
                 return resp.length == 0
             skip = start

@@ -27,16 +27,17 @@ from modelfs.formats.names import Name
 from modelfs.formats.referrers import Referrer
 from modelfs.registry.auth import Authenticator
 from modelfs.registry.blobreads import BlobReads
-from modelfs.registry.bulk import ArrivalSink, PieceSink, WholeSink
 from modelfs.registry.documents import MAX_TAG_PAGES, Chunksums, Documents
 from modelfs.registry.mirrors import Endpoints
 from modelfs.registry.pushes import Pushes
+from modelfs.registry.ranges import ArrivalSink, BlobRange, PieceSink, WholeSink
 from modelfs.registry.sender import Sender, delete_scopes, pull_scopes, push_scopes
 from modelfs.registry.settings import RegistryConfig
 from modelfs.registry.translate import status_error
 
 __all__ = [
     "ArrivalSink",
+    "BlobRange",
     "Chunksums",
     "PieceSink",
     "Registry",
@@ -150,30 +151,9 @@ class Registry:
     def use_blob_location(self, name: Name, digest: Digest, url: str) -> None:
         self.blobs.use_blob_location(name, digest, url)
 
-    async def read_range(
-        self,
-        name: Name,
-        digest: Digest,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: PieceSink,
-        *,
-        limiter: trio.CapacityLimiter,
-        on_whole: WholeSink | None = None,
-        on_bytes: ArrivalSink | None = None,
-    ) -> None:
-        await self.blobs.read_range(
-            name,
-            digest,
-            start,
-            end,
-            piece_bytes,
-            on_piece,
-            limiter=limiter,
-            on_whole=on_whole,
-            on_bytes=on_bytes,
-        )
+    async def fetch_range(self, rng: BlobRange, *, limiter: trio.CapacityLimiter) -> None:
+        """Stream ``rng``'s bytes to its callbacks (``BlobReads.fetch_with_failover``)."""
+        await self.blobs.fetch_with_failover(rng, limiter=limiter)
 
     # -- pushes ---------------------------------------------------------------------------------
 

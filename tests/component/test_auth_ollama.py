@@ -20,7 +20,7 @@ from support.ollama_front import CDN, OllamaFront
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import parse_name
 from modelfs.registry.auth import OllamaKey
-from modelfs.registry.client import Registry, RegistryConfig
+from modelfs.registry.client import BlobRange, Registry, RegistryConfig
 
 RANGE_BYTES = 80 << 10  # 8 MiB in ~100 ranges
 
@@ -94,7 +94,9 @@ async def test_hundred_ranges_resolve_the_redirect_once_and_again_after_expiry(
 
     async def read(start: int) -> None:
         end = min(start + RANGE_BYTES, len(data))
-        await registry.read_range(name, digest, start, end, RANGE_BYTES, sink, limiter=limiter)
+        await registry.fetch_range(
+            BlobRange(name, digest, start, end, RANGE_BYTES, sink), limiter=limiter
+        )
 
     starts = list(range(0, len(data), RANGE_BYTES))
     assert len(starts) >= 100

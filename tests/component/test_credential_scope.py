@@ -22,7 +22,7 @@ from support.tls import TLSMaterial
 from modelfs.errors import RegistryError, Unauthorized
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name, parse_name
-from modelfs.registry.client import Registry, RegistryConfig
+from modelfs.registry.client import BlobRange, Registry, RegistryConfig
 from modelfs.registry.config import load_config
 
 REPO = "library/weights"
@@ -44,13 +44,15 @@ def docker_config(tmp_path: Path, logins: dict[str, tuple[str, str]]) -> Path:
 
 async def read_blob(client: Registry, name: Name) -> bytes:
     got = bytearray()
-    await client.read_range(
-        name,
-        Digest.of_bytes(BLOB),
-        0,
-        len(BLOB),
-        PIECE_BYTES,
-        lambda _offset, view: got.extend(view),
+    await client.fetch_range(
+        BlobRange(
+            name,
+            Digest.of_bytes(BLOB),
+            0,
+            len(BLOB),
+            PIECE_BYTES,
+            lambda _offset, view: got.extend(view),
+        ),
         limiter=trio.CapacityLimiter(1),
     )
     return bytes(got)

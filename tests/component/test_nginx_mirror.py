@@ -31,7 +31,7 @@ from support.registry import RegistryProcess, image_manifest
 
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import parse_name
-from modelfs.registry.client import Registry, RegistryConfig
+from modelfs.registry.client import BlobRange, Registry, RegistryConfig
 from modelfs.registry.config import load_config
 
 SLICE_BYTES = 4 << 20  # `slice 4m` in mirror/nginx.conf: modelfs's chunk size
@@ -559,12 +559,14 @@ async def test_modelfs_sends_the_origins_credentials_only_to_a_mirror_configured
         got = bytearray()
         span = (SLICE_BYTES, 3 * SLICE_BYTES)
         try:
-            await client.read_range(
-                name,
-                Digest.parse(digest),
-                *span,
-                1 << 20,
-                lambda _offset, view: got.extend(view),
+            await client.fetch_range(
+                BlobRange(
+                    name,
+                    Digest.parse(digest),
+                    *span,
+                    1 << 20,
+                    lambda _offset, view: got.extend(view),
+                ),
                 limiter=trio.CapacityLimiter(1),
             )
         finally:

@@ -12,7 +12,7 @@ from modelfs.errors import ModelNotFound, RegistryError, Transient
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_MODEL, parse_manifest
 from modelfs.formats.names import parse_name
-from modelfs.registry.client import Registry
+from modelfs.registry.client import BlobRange, Registry
 
 
 async def test_manifest_is_returned_byte_for_byte(registry, smollm2_pushed):
@@ -75,8 +75,8 @@ async def test_ranges_arrive_in_pieces_and_match(registry, smollm2_pushed, smoll
         assert await reg.has_blob(name, digest)
         assert not await reg.has_blob(name, Digest("0" * 64))
         start, end = 3 << 20, (3 << 20) + (5 << 20) + 17
-        await reg.read_range(
-            name, digest, start, end, 1 << 20, on_piece, limiter=trio.CapacityLimiter(1)
+        await reg.fetch_range(
+            BlobRange(name, digest, start, end, 1 << 20, on_piece), limiter=trio.CapacityLimiter(1)
         )
     finally:
         await reg.aclose()
@@ -95,13 +95,10 @@ async def test_truncated_body_is_transient_and_keeps_delivered_pieces(
     reg = Registry()
     try:
         with pytest.raises(Transient, match="body ended"):
-            await reg.read_range(
-                name,
-                digest,
-                0,
-                4 << 20,
-                1 << 20,
-                lambda o, v: got.__setitem__(o, bytes(v)),
+            await reg.fetch_range(
+                BlobRange(
+                    name, digest, 0, 4 << 20, 1 << 20, lambda o, v: got.__setitem__(o, bytes(v))
+                ),
                 limiter=trio.CapacityLimiter(1),
             )
     finally:

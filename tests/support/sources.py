@@ -1,6 +1,6 @@
 """In-process blob sources for unit tests of the blob layer (``modelfs.blobs.fetcher.BlobSource``).
 
-``FakeSource`` serves bytes held in memory the way ``Registry.read_range`` does:
+``FakeSource`` serves bytes held in memory the way ``Registry.fetch_range`` does:
 pieces of ``piece_bytes`` delivered from a worker thread taken under the
 caller's limiter, honestly. Each repository has its own blobs, so a test can have
 two registries name the same digest with different bytes.
@@ -14,6 +14,7 @@ or not; the source underneath serves those that reach it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MEDIA_TYPE_OCI_MANIFEST
 from modelfs.formats.names import Name
 from modelfs.formats.referrers import ARTIFACT_TYPE, Referrer
-from modelfs.registry.client import Chunksums
+from modelfs.registry.client import BlobRange, Chunksums
 
 Repo = tuple[str, str, str]
 
@@ -123,19 +124,9 @@ class FakeSource:
     def requested_bytes(self, digest: Digest) -> int:
         return sum(r.end - r.start for r in self.requests_for(digest))
 
-    async def read_range(
-        self,
-        name: Name,
-        digest: Digest,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: Callable[[int, memoryview], None],
-        *,
-        limiter: trio.CapacityLimiter,
-        on_whole: Callable[[int | None], bool] | None = None,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
+    async def fetch_range(self, req: BlobRange, *, limiter: trio.CapacityLimiter) -> None:
+        name, digest, start, end = req.name, req.digest, req.start, req.end
+        piece_bytes, on_piece, on_bytes = req.piece_bytes, req.on_piece, req.on_bytes
         request = Request(name.repository_key, digest, start, end)
         self.requests.append(request)
         data = self.blobs.get((name.repository_key, digest))
@@ -195,19 +186,8 @@ class Faulty:
     def requested_bytes(self, digest: Digest) -> int:
         return sum(r.end - r.start for r in self.requests_for(digest))
 
-    async def read_range(
-        self,
-        name: Name,
-        digest: Digest,
-        start: int,
-        end: int,
-        piece_bytes: int,
-        on_piece: Callable[[int, memoryview], None],
-        *,
-        limiter: trio.CapacityLimiter,
-        on_whole: Callable[[int | None], bool] | None = None,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
+    async def fetch_range(self, req: BlobRange, *, limiter: trio.CapacityLimiter) -> None:
+        name, digest, start, end, on_whole = req.name, req.digest, req.start, req.end, req.on_whole
         request = Request(name.repository_key, digest, start, end)
         self.requests.append(request)
         fault = _first_fault(self.faults, request)
@@ -235,19 +215,11 @@ class Faulty:
                 changed[fault.at - offset] ^= 0xFF
                 view = memoryview(changed)
             delivered += 1
-            on_piece(offset, view)
+            req.on_piece(offset, view)
 
         try:
-            await self.inner.read_range(
-                name,
-                digest,
-                start,
-                end,
-                piece_bytes,
-                piece,
-                limiter=limiter,
-                on_whole=on_whole,
-                on_bytes=on_bytes,
+            await self.inner.fetch_range(
+                dataclasses.replace(req, start=start, end=end, on_piece=piece), limiter=limiter
             )
         except _Hang:
             await trio.sleep_forever()

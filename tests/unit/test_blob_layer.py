@@ -28,7 +28,7 @@ from support.sources import FakeSource, Faulty
 
 from modelfs.blobs import requests, wholecheck
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.fetchcontext import FetchSettings, Verify
+from modelfs.blobs.fetchcontext import BlobEvents, FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.partial import PartialFile, present_bytes_in_state
 from modelfs.blobs.reader import BlobHandle, Blobs, BlobsSettings
@@ -89,7 +89,12 @@ def index_of(data: bytes, digest: Digest | None = None, algorithm: str = "blake3
 
 @asynccontextmanager
 async def blob_layer(
-    cache: BlobCache, source: FakeSource | Faulty, *, deferred: bool = False, **settings: object
+    cache: BlobCache,
+    source: FakeSource | Faulty,
+    *,
+    deferred: bool = False,
+    events: BlobEvents | None = None,
+    **settings: object,
 ) -> AsyncIterator[tuple[Fetcher, Blobs]]:
     settings.setdefault("read_wait_seconds", 20.0)
     async with trio.open_nursery() as nursery:
@@ -98,6 +103,7 @@ async def blob_layer(
             source,
             nursery,
             FetchSettings(chunk_bytes=CB, **settings),  # type: ignore[arg-type]
+            events,
             anonymous_registry=source,
         )
         blobs = Blobs(fetcher, BlobsSettings(deferred=deferred))
@@ -377,8 +383,8 @@ async def test_a_lying_index_serves_its_own_bytes_but_never_publishes_them(
     forged = os.urandom(SIZE)
     source.put(OTHER, forged, layer.digest)
     discarded: list[Digest] = []
-    async with blob_layer(cache, source) as (fetcher, blobs):
-        fetcher.on_discarded = discarded.append
+    events = BlobEvents(discarded=discarded.append)
+    async with blob_layer(cache, source, events=events) as (fetcher, blobs):
         assert await read(blobs, OTHER, layer, index_of(forged, layer.digest)) == forged
         with trio.fail_after(20):
             while fetcher.stats.blob_mismatches == 0:
@@ -416,8 +422,8 @@ async def test_deferred_serves_as_bytes_land_and_discards_a_lie(
     forged = os.urandom(SIZE)
     source.put(NAME, forged, layer.digest)
     discarded: list[Digest] = []
-    async with blob_layer(cache, source, deferred=True) as (fetcher, blobs):
-        fetcher.on_discarded = discarded.append
+    events = BlobEvents(discarded=discarded.append)
+    async with blob_layer(cache, source, deferred=True, events=events) as (_fetcher, blobs):
         handle = await open_blob(blobs, NAME, layer, None)
         try:
             # verify=deferred: bytes are served as they land, before the blob can be checked

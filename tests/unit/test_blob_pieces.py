@@ -22,7 +22,7 @@ from support.sources import FakeSource, Faulty
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.chunkflights import ChunkFlights
-from modelfs.blobs.fetchcontext import FetchContext, FetchSettings, Verify
+from modelfs.blobs.fetchcontext import BlobEvents, FetchContext, FetchSettings, Verify
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.partial import PartialFile
 from modelfs.blobs.peers import NoPeers, Peers
@@ -218,9 +218,11 @@ def index_of(data: bytes) -> BlobChunks:
 
 
 @asynccontextmanager
-async def fetcher_over(cache: BlobCache, source: object) -> AsyncIterator[Fetcher]:
+async def fetcher_over(
+    cache: BlobCache, source: object, events: BlobEvents | None = None
+) -> AsyncIterator[Fetcher]:
     async with trio.open_nursery() as nursery:
-        fetcher = Fetcher(cache, source, nursery, FetchSettings(chunk_bytes=CB))  # type: ignore[arg-type]
+        fetcher = Fetcher(cache, source, nursery, FetchSettings(chunk_bytes=CB), events)  # type: ignore[arg-type]
         try:
             yield fetcher
         finally:
@@ -281,8 +283,7 @@ async def test_a_blob_whose_chunks_match_but_whole_digest_does_not_is_discarded(
     index = BlobChunks(lie, len(data), CB, hashes, "blake3")
     layer = Layer(lie, MEDIA_TYPE_MODEL, len(data))
     discarded: list[Digest] = []
-    async with fetcher_over(cache, honest) as fetcher:
-        fetcher.on_discarded = discarded.append
+    async with fetcher_over(cache, honest, BlobEvents(discarded=discarded.append)) as fetcher:
         bf = await fetcher.acquire(NAME, layer, index, Verify.INDEXED)
         try:
             with pytest.raises(DigestMismatch, match="does not match its digest"):

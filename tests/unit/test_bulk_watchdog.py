@@ -11,7 +11,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from modelfs.formats.digest import Digest
+from modelfs.formats.names import parse_name
 from modelfs.registry.bulk import BodyError, BulkClient, BulkSettings, RedirectError
+from modelfs.registry.ranges import BlobRange, PieceSink, WholeSink
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 
@@ -96,9 +99,17 @@ def hang(conn: socket.socket, stop: threading.Event) -> None:
     stop.wait(30)
 
 
+def blob_range(
+    start: int, end: int, piece_bytes: int, on_piece: PieceSink, on_whole: WholeSink | None = None
+) -> BlobRange:
+    """A range of BODY (the URL names the blob; the name and digest are what it would be)."""
+    name = parse_name("127.0.0.1:5000/test/model:latest")
+    return BlobRange(name, Digest.of_bytes(BODY), start, end, piece_bytes, on_piece, on_whole)
+
+
 def read(c: BulkClient, url: str) -> bytes:
     out = bytearray()
-    c.read_range(url, None, 0, len(BODY), len(BODY), lambda off, v: out.extend(v))
+    c.get_range(url, None, blob_range(0, len(BODY), len(BODY), lambda off, v: out.extend(v)))
     return bytes(out)
 
 
@@ -210,8 +221,10 @@ def test_a_whole_body_is_delivered_from_zero_when_it_is_wanted():
 
     try:
         with server(whole_body) as s:
-            c.read_range(
-                s.url, None, 4096, 8192, 65536, lambda o, v: pieces.__setitem__(o, bytes(v)), take
+            c.get_range(
+                s.url,
+                None,
+                blob_range(4096, 8192, 65536, lambda o, v: pieces.__setitem__(o, bytes(v)), take),
             )
         assert asked == [len(BODY)]
         assert b"".join(pieces[o] for o in sorted(pieces)) == BODY
@@ -219,14 +232,16 @@ def test_a_whole_body_is_delivered_from_zero_when_it_is_wanted():
         # Not wanted: only the range asked for, as before.
         pieces.clear()
         with server(whole_body) as s:
-            c.read_range(
+            c.get_range(
                 s.url,
                 None,
-                4096,
-                8192,
-                65536,
-                lambda o, v: pieces.__setitem__(o, bytes(v)),
-                lambda length: False,
+                blob_range(
+                    4096,
+                    8192,
+                    65536,
+                    lambda o, v: pieces.__setitem__(o, bytes(v)),
+                    lambda length: False,
+                ),
             )
         assert pieces == {4096: BODY[4096:8192]}
     finally:
@@ -238,14 +253,16 @@ def test_a_200_that_carries_a_content_range_is_a_range_not_the_whole_blob():
     pieces: dict[int, bytes] = {}
     try:
         with server(range_as_200) as s:
-            c.read_range(
+            c.get_range(
                 s.url,
                 None,
-                4096,
-                8192,
-                65536,
-                lambda o, v: pieces.__setitem__(o, bytes(v)),
-                lambda length: pytest.fail("a range answer taken for the whole blob"),
+                blob_range(
+                    4096,
+                    8192,
+                    65536,
+                    lambda o, v: pieces.__setitem__(o, bytes(v)),
+                    lambda length: pytest.fail("a range answer taken for the whole blob"),
+                ),
             )
         assert pieces == {4096: BODY[4096:8192]}
     finally:

@@ -46,6 +46,7 @@ RANK = {
     "registry.streams": 1,
     "registry.config": 1,
     "registry.origins": 1,
+    "registry.ranges": 1,
     "registry.auth": 3,
     "registry.bulk": 3,
     "registry.settings": 1,

@@ -21,7 +21,7 @@ from support.sources import FakeSource
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.eviction import CacheBounds, Evictor
-from modelfs.blobs.fetchcontext import FetchSettings
+from modelfs.blobs.fetchcontext import BlobEvents, FetchSettings
 from modelfs.blobs.fetcher import Fetcher
 from modelfs.blobs.reader import Blobs, BlobsSettings
 from modelfs.commands.status import query, render
@@ -320,8 +320,8 @@ async def test_the_blob_layer_counts_hits_misses_bytes_per_host_and_range_times(
     layer = Layer(Digest.of_bytes(data), MEDIA_TYPE_MODEL, len(data))
     timed: list[tuple[str, float]] = []
     async with trio.open_nursery() as nursery:
-        fetcher = Fetcher(cache, source, nursery, FetchSettings(chunk_bytes=CB))
-        fetcher.stats.on_range_seconds = lambda host, seconds: timed.append((host, seconds))
+        events = BlobEvents(range_seconds=lambda host, seconds: timed.append((host, seconds)))
+        fetcher = Fetcher(cache, source, nursery, FetchSettings(chunk_bytes=CB), events)
         blobs = Blobs(fetcher, BlobsSettings(deferred=True))
         evictor = Evictor(cache, CacheBounds(1 << 40, 0, None), set, fetcher.in_thread)
         live = Live(Path("/mnt"), cache, blobs, evictor, Counter())
