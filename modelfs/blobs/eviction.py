@@ -109,6 +109,10 @@ class Evictor:
         self.bounds = bounds
         self.in_use = in_use
         self.in_thread = in_thread
+        # A latch, not a ``flight.Pulse``: a kick while ``check`` runs (or during the pause
+        # after it) must start the next check at once, and a Pulse wakes only tasks waiting
+        # when it is notified, so that kick would be lost until ``CHECK_SECONDS`` pass. Only
+        # ``run`` waits on it and re-arms it.
         self._kick = trio.Event()
         self._touched: dict[Name, float] = {}
         self._stuck = False

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from modelfs.errors import DigestMismatch, ManifestInvalid, ModelfsError
+from modelfs.flight import KeyedLock
 from modelfs.formats.chunks import BlobChunks
 from modelfs.formats.digest import Digest
 from modelfs.formats.files import Extent, ModelFile
@@ -114,12 +115,11 @@ class FileHandle:
         self._readahead = readahead
         self._layers = layers_by_digest(manifest)
         self._handles: dict[Digest, BlobHandle] = {}
-        self._opening: dict[Digest, trio.Lock] = {}
+        self._opening: KeyedLock[Digest] = KeyedLock()  # one open per blob at a time
         self.closed = False
 
     async def _handle(self, digest: Digest) -> BlobHandle:
-        lock = self._opening.setdefault(digest, trio.Lock())
-        async with lock:
+        async with self._opening.hold(digest):
             handle = self._handles.get(digest)
             if handle is None:
                 if self.closed:
