@@ -49,6 +49,7 @@ class BlobHandle:
     readahead: bool = True  # False: fetch only the chunks reads touch (a header read)
     fd: int | None = None  # the published blob
     blob: BlobFetch | None = None
+    failure_seen: ModelfsError | None = None  # the blob's failure this handle was given
     small: bytes | None = None  # a small blob that could not be cached
     next_offset: int = 0
     window_chunks: int = 0
