@@ -52,6 +52,11 @@ class DigestMismatch(ModelfsError):
     """Bytes did not hash to the digest that vouches for them."""
 
 
+class LayoutMismatch(DigestMismatch):
+    """A file was laid out from unchecked header bytes that its checked blob contradicts:
+    the layout is dropped and built again."""
+
+
 class RegistryError(ModelfsError):
     """The registry answered with an error status we cannot recover from."""
 
@@ -101,6 +106,7 @@ ERRNO: dict[type[ModelfsError], int] = {
     GGUFInvalid: errno.EIO,
     DigestInvalid: errno.ENOENT,
     DigestMismatch: errno.EIO,
+    LayoutMismatch: errno.EIO,
     RegistryError: errno.EIO,
     Unauthorized: errno.EACCES,
     Transient: errno.EIO,

@@ -1,11 +1,13 @@
 """Laying a model out as files made of extents over blobs.
 
 ``lay_out`` answers ``formats.files.files_of``'s byte requests (tar headers, the heads of
-Ollama's tensor blobs) with range reads through the blob door (``Blobs.open``): each
-range is checked as any read is (by the manifest's chunk index, or the whole blob's
-digest) before a header or offset is built from it. Each round's requests are read in
-parallel; the rounds are bounded. The files are then read through the same door
-(``Blobs.open(name, manifest, file)``, handles.py).
+Ollama's tensor blobs) with range reads: through the blob door (``Blobs.open``), checked
+as any read is, when the blob can be checked by range (a chunk index, a small blob, one
+in the cache); else unchecked (``Blobs.read_unchecked``), so that a listing never fetches
+a blob whole, and each file then carries the unchecked ranges it rests on: its first read
+compares them with the checked blob before serving any byte (``FileHandle``). Each
+round's requests are read in parallel; the rounds are bounded. The files are then read
+through the same door (``Blobs.open(name, manifest, file)``, handles.py).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from modelfs.formats.files import (
     ModelTree,
     Needs,
     files_of,
+    resting_on,
 )
-from modelfs.formats.manifest import Manifest
+from modelfs.formats.manifest import Layer, Manifest
 from modelfs.formats.names import Name
 
 T = TypeVar("T")
@@ -42,8 +45,28 @@ LAYOUT_READS_IN_FLIGHT = 8
 async def lay_out(
     blobs: Blobs, name: Name, manifest: Manifest, *, anonymous: bool = False
 ) -> ModelTree:
-    """The model's files, reading (checked) the blob ranges their layout needs."""
-    read = checked_reads(blobs, name, manifest, anonymous=anonymous)
+    """The model's files, reading the blob ranges their layout needs: checked where the
+    blob can be checked by range (a chunk index, a small blob, one in the cache), else
+    **unchecked** (a blob checked only whole would be fetched whole for a listing), each
+    file then carrying the unchecked ranges it rests on (``ModelFile.unchecked``), which
+    its first read compares with the checked blob (``FileHandle``)."""
+    checked = checked_reads(blobs, name, manifest, anonymous=anonymous)
+    layers = layers_by_digest(manifest)
+    unchecked = BlobBytes()
+
+    async def read(request: ByteRequest) -> bytes:
+        layer = layers.get(request.digest)
+        if layer is None or not await _checked_only_whole(blobs, name, manifest, layer, anonymous):
+            return await checked(request)
+        data = await blobs.read_unchecked(
+            name,
+            request.digest,
+            request.offset,
+            request.offset + request.length,
+            anonymous=anonymous,
+        )
+        unchecked.add(request.digest, request.offset, data)
+        return data
 
     def ask(known: BlobBytes) -> ModelTree | Needs:
         try:
@@ -51,13 +74,19 @@ async def lay_out(
         except ManifestInvalid as e:  # the one line the mount logs says which model
             raise ManifestInvalid(f"{name}: {e}") from None
 
-    tree = await answer(name, BlobBytes(), ask, read)
+    tree = resting_on(await answer(name, BlobBytes(), ask, read), unchecked)
     for layer, why in tree.skipped:
         log.info("%s: layer %s not shown: %s", name, layer.digest.short, why)
     return tree
 
 
 ReadRange = Callable[[ByteRequest], Awaitable[bytes]]
+
+
+async def _checked_only_whole(
+    blobs: Blobs, name: Name, manifest: Manifest, layer: Layer, anonymous: bool
+) -> bool:
+    return await blobs.verification(name, manifest, layer, anonymous=anonymous) == "whole"
 
 
 def checked_reads(

@@ -11,19 +11,27 @@ closed with the file.
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from modelfs.errors import DigestMismatch, ManifestInvalid, ModelfsError
+from modelfs.errors import DigestMismatch, LayoutMismatch, ManifestInvalid, ModelfsError
 from modelfs.flight import KeyedLock
 from modelfs.formats.chunks import BlobChunks
 from modelfs.formats.digest import Digest
-from modelfs.formats.files import Extent, ModelFile
+from modelfs.formats.files import Extent, HeaderBytes, ModelFile, contradicted
 from modelfs.formats.manifest import Layer, Manifest
 from modelfs.formats.names import Name
+
+log = logging.getLogger(__name__)
+
+# Confirming a layout reads each unchecked range through its blob's checked handle: a blob
+# with no index is fetched whole for it (as its first read would be), a few at a time.
+CONFIRM_READS_IN_FLIGHT = 8
 
 if TYPE_CHECKING:
     from modelfs.blobs.blobfetch import BlobFetch
@@ -50,6 +58,7 @@ class BlobHandle:
     readahead: bool = True  # False: fetch only the chunks reads touch (a header read)
     fd: int | None = None  # the published blob
     blob: BlobFetch | None = None
+    failure_seen: ModelfsError | None = None  # the blob's failure this handle was given
     small: bytes | None = None  # a small blob that could not be cached
     next_offset: int = 0
     window_chunks: int = 0
@@ -116,7 +125,52 @@ class FileHandle:
         self._layers = layers_by_digest(manifest)
         self._handles: dict[Digest, BlobHandle] = {}
         self._opening: KeyedLock[Digest] = KeyedLock()  # one open per blob at a time
+        self._confirming = trio.Lock()
+        self._confirmed = not file.unchecked
+        self._refuted: LayoutMismatch | None = None
         self.closed = False
+
+    async def _confirm_layout(self) -> None:
+        """Before any byte is served: the unchecked ranges the file was laid out from, read
+        again through checked handles and compared (they are part of their blobs, checked
+        with them). A contradiction is ``LayoutMismatch``: the layout is a lie's."""
+        async with self._confirming:
+            if self._confirmed:
+                return
+            if self._refuted is not None:  # this open file's layout is a lie's, for good
+                raise copy.copy(self._refuted)
+
+            async def confirm(expected: HeaderBytes) -> None:
+                async with limiter:
+                    handle = await self._handle(expected.digest)
+                    got = await read_exact(handle, expected.offset, len(expected.data))
+                if contradicted(expected, got):
+                    raise LayoutMismatch(
+                        f"{self._name}: {self.file.path} was laid out from bytes"
+                        f" {expected.offset}-{expected.offset + len(expected.data)} of blob"
+                        f" {expected.digest.short} that its checked blob contradicts"
+                    )
+
+            limiter = trio.CapacityLimiter(CONFIRM_READS_IN_FLIGHT)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for expected in self.file.unchecked:
+                        nursery.start_soon(confirm, expected)
+            except BaseExceptionGroup as group:
+                first = _first_modelfs_error(group)
+                if first is None:
+                    raise
+                if isinstance(first, LayoutMismatch):
+                    log.warning("%s", first)
+                    self._refuted = first
+                elif isinstance(first, DigestMismatch):
+                    # The blob failed its own check (logged where it did): the layout
+                    # rests on bytes that cannot be confirmed, so it is laid out again.
+                    raise LayoutMismatch(
+                        f"{self._name}: {self.file.path}: its layout cannot be confirmed: {first}"
+                    ) from None
+                raise first from None
+            self._confirmed = True
 
     async def _handle(self, digest: Digest) -> BlobHandle:
         async with self._opening.hold(digest):
@@ -141,6 +195,8 @@ class FileHandle:
             return handle
 
     async def read(self, offset: int, size: int) -> bytes:
+        if not self._confirmed:
+            await self._confirm_layout()
         out = []
         for piece, at, n in self.file.pieces(offset, size):
             if isinstance(piece, Extent):
@@ -155,3 +211,13 @@ class FileHandle:
         handles, self._handles = list(self._handles.values()), {}
         for handle in handles:
             await handle.close()
+
+
+def _first_modelfs_error(group: BaseExceptionGroup) -> ModelfsError | None:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            if (found := _first_modelfs_error(e)) is not None:
+                return found
+        elif isinstance(e, ModelfsError):
+            return e
+    return None

@@ -430,6 +430,21 @@ class Blobs:
     async def _read_blob(
         self, handle: BlobHandle, blob: BlobFetch, offset: int, end: int
     ) -> bytes | bytearray:
+        if blob.failure is not None and blob.failure is handle.failure_seen:
+            # This reader was told the fetch failed and reads again: it tries again, as a
+            # new open would (other handles keep the blob open, so ``rejoined`` is not
+            # called by the table).
+            log.info("%s: read again after its fetch failed; fetching it afresh", blob.what)
+            blob.rejoined()
+        try:
+            return await self._read_blob_checked(handle, blob, offset, end)
+        except ModelfsError:
+            handle.failure_seen = blob.failure
+            raise
+
+    async def _read_blob_checked(
+        self, handle: BlobHandle, blob: BlobFetch, offset: int, end: int
+    ) -> bytes | bytearray:
         touched = blob.layout.covering(offset, end - offset)
         # A hit: every byte asked for is here and may be served without waiting for a fetch.
         self.fetcher.stats.read(

@@ -68,3 +68,8 @@ class Layouts:
         """The files of a model laid out under ``key`` and still kept, else None."""
         found = self._done.get(key)
         return None if found is None else found[0]
+
+    def drop(self, key: Hashable) -> None:
+        """Forget a model's layout (one built from bytes its blobs then contradicted): the
+        next lookup or open lays it out again."""
+        self._done.pop(key, None)

@@ -23,9 +23,11 @@ case-insensitively, as model names do.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
+import math
 import stat
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -46,7 +48,14 @@ from modelfs.blobs.folderfacts import read_folder_facts
 from modelfs.blobs.handles import OpenFile
 from modelfs.blobs.header import label_blob_file, read_model_header
 from modelfs.blobs.reader import Blobs
-from modelfs.errors import GGUFInvalid, ManifestInvalid, ModelfsError, ModelNotFound, NameInvalid
+from modelfs.errors import (
+    GGUFInvalid,
+    LayoutMismatch,
+    ManifestInvalid,
+    ModelfsError,
+    ModelNotFound,
+    NameInvalid,
+)
 from modelfs.formats.artifacts import Kind, kind_of
 from modelfs.formats.digest import Digest
 from modelfs.formats.files import ModelFile
@@ -378,7 +387,14 @@ class Tree:
         name = from_parts(*node.parts)
         self._check_reach(name.host, caller)
         resolved = await self.resolver.resolve(name, anonymous=caller.anonymous)
-        if node.resolved is None or node.resolved.manifest.digest != resolved.manifest.digest:
+        if (
+            node.resolved is None
+            or node.resolved.manifest.digest != resolved.manifest.digest
+            or (
+                node.model_dirs is not None
+                and self._layouts.tree((name.repository_key, resolved.manifest.digest)) is None
+            )
+        ):
             manifest = resolved.manifest
             if kind_of(manifest) is Kind.OLLAMA:
                 node.model_dirs = None
@@ -717,6 +733,7 @@ class Tree:
             )
         elif node.model_file is not None:
             assert node.source is not None and node.manifest is not None
+            node.model_file = await self._current_file(node, caller)
             handle = await self.blobs.open(
                 node.source, node.manifest, node.model_file, anonymous=caller.anonymous
             )
@@ -732,7 +749,40 @@ class Tree:
         if opened.handle is None:
             raw = opened.node.manifest.raw  # type: ignore[union-attr]
             return raw[offset : offset + size]
-        return await opened.handle.read(offset, size)
+        try:
+            return await opened.handle.read(offset, size)
+        except LayoutMismatch:
+            self._drop_layout(opened.node)
+            raise
+
+    async def _current_file(self, node: Node, caller: Caller) -> ModelFile:
+        """The file as its model's layout has it now: laid out again if that layout was
+        dropped (built from bytes its blobs contradicted) or no longer kept."""
+        assert node.source is not None and node.manifest is not None
+        assert node.model_file is not None
+        name, manifest = node.source, node.manifest
+        key = (name.repository_key, manifest.digest)
+        tree = self._layouts.tree(key)
+        if tree is None:
+            await self._layouts.get(
+                key, lambda: lay_out(self.blobs, name, manifest, anonymous=caller.anonymous)
+            )
+            tree = self._layouts.tree(key)
+        found = tree.file(node.model_file.path) if tree is not None else None
+        if found is None:
+            raise TreeError(errno.ENOENT, f"{node.model_file.path} is no longer in the model")
+        return found
+
+    def _drop_layout(self, node: Node) -> None:
+        """A file's layout was refuted by its checked blobs: forget it, and have the tag
+        directories showing that model lay it out again on their next lookup."""
+        if node.source is None or node.manifest is None:
+            return
+        digest = node.manifest.digest
+        self._layouts.drop((node.source.repository_key, digest))
+        for other in self.nodes.values():
+            if other.resolved is not None and other.resolved.manifest.digest == digest:
+                other.resolved = dataclasses.replace(other.resolved, at=-math.inf)
 
     async def release(self, fh: int) -> None:
         opened = self._handles.pop(fh, None)

@@ -177,7 +177,7 @@ def test_ollama_tensor_blobs_mount_as_one_safetensors_file(proxy, registry, moun
     assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
 
 
-def test_a_corrupted_tensor_blob_is_eio_never_a_layout_of_its_bytes(
+def test_a_corrupted_tensor_blob_is_eio_never_a_file_laid_out_from_its_bytes(
     proxy, registry, mount_factory, minilm
 ):
     art = ollama_tensors(minilm)
@@ -186,14 +186,64 @@ def test_a_corrupted_tensor_blob_is_eio_never_a_layout_of_its_bytes(
     m.expect_log(r"whole-blob sha256 is .* discarding the fetched data")
     m.expect_log(r"does not match its digest")
     tag = m.mountpoint / proxy.host / "folders/minilm-tensors-flip/latest"
-    # The largest tensor blob (the word embeddings) has no chunk index: its header is
-    # trusted only once the whole blob has matched its digest.
+    # The largest tensor blob (the word embeddings) has no chunk index: its header is read
+    # unchecked for the listing, and trusted for the file only once the whole blob has
+    # matched its digest and agrees with it.
     big = max(art.blobs, key=lambda d: len(art.blobs[d]))
     proxy.set_faults([{"path": big.removeprefix("sha256:"), "flip_at": len(art.blobs[big]) - 9}])
-    with pytest.raises(OSError) as info:
-        os.listdir(tag)
-    assert info.value.errno == errno.EIO
+    assert "model.safetensors" in os.listdir(tag)
+    with open(tag / "model.safetensors", "rb") as f, pytest.raises(OSError) as info:
+        f.read(8)
+    assert info.value.errno == errno.EIO, "a file laid out from an unchecked blob was served"
     proxy.clear_faults()
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+NO_INDEX_LAYOUTS = {
+    "ollama-tensors": ollama_tensors,
+    "modelpack-tar": lambda f: modelpack(f, raw=False),
+}
+
+
+@pytest.mark.parametrize("kind", list(NO_INDEX_LAYOUTS))
+def test_listing_a_model_without_any_index_fetches_no_weights(
+    proxy, registry, mount_factory, minilm, kind
+):
+    """ls -l of a model whose files are laid out from its blobs' headers (Ollama's tensor
+    blobs, a ModelPack tar) with no chunk index anywhere: the headers are read unchecked,
+    the weights are not fetched; reading the files checks the headers first."""
+    art = NO_INDEX_LAYOUTS[kind](minilm)
+    repo = f"folders/minilm-lazy-{kind}"
+    push(registry.host, repo, "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / repo / "latest"
+    for p in mounted_paths(tag):  # ls -l
+        os.stat(tag / p)
+    weights = minilm / "model.safetensors"
+    assert os.stat(tag / "model.safetensors").st_size == weights.stat().st_size
+    listed = proxy.blob_bytes()
+    assert listed < CHUNK_BYTES, f"ls -l fetched {listed} bytes of blobs: the weights"
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+def test_a_registry_lying_in_a_tensor_header_read_gives_eio_then_the_right_file(
+    proxy, registry, mount_factory, minilm
+):
+    """The head of a tensor blob the layout was read from differs from the blob itself
+    (checked whole when the file is first read): EIO, the layout is dropped, and the next
+    open lays the model out again from the checked blob."""
+    art = ollama_tensors(minilm)
+    push(registry.host, "folders/minilm-tensors-lie", "latest", art)
+    m = mount_factory()
+    m.expect_log(r"was laid out from bytes .* that its checked blob contradicts")
+    tag = m.mountpoint / proxy.host / "folders/minilm-tensors-lie/latest"
+    big = max(art.blobs, key=lambda d: len(art.blobs[d]))
+    # Only the first request of that blob lies: the unchecked read of its head.
+    proxy.set_faults([{"path": big.removeprefix("sha256:"), "flip_at": 4000, "times": 1}])
+    assert "model.safetensors" in os.listdir(tag)
+    with open(tag / "model.safetensors", "rb") as f, pytest.raises(OSError) as info:
+        f.read(8)
+    assert info.value.errno == errno.EIO, "a file laid out from a lie was served"
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
 
 

@@ -226,8 +226,18 @@ def test_flipped_byte_is_eio_and_never_wrong_bytes(proxy, mount_factory, smollm2
         with pytest.raises(OSError) as info:
             os.pread(f.fileno(), 4096, 0)
         assert info.value.errno == errno.EIO
-    proxy.clear_faults()
-    # Once the registry serves its blob right again, a new open gets every byte, right.
+        proxy.clear_faults()
+        # Once the registry serves its blob right again, the same open file reads it: a
+        # failed fetch is not sticky for the descriptor that saw it.
+        try:
+            got = os.pread(f.fileno(), 4096, bad - 100)
+        except OSError as e:
+            raise AssertionError(
+                f"the open file stayed EIO once the registry was honest: {e}"
+            ) from e
+        assert got == source[bad - 100 : bad - 100 + 4096]
+        assert os.pread(f.fileno(), 4096, 0) == source[:4096]
+    # And so does a new open.
     with open(tag / "model.gguf", "rb") as f:
         assert os.pread(f.fileno(), 4096, bad - 100) == source[bad - 100 : bad - 100 + 4096]
         assert os.pread(f.fileno(), 4096, 0) == source[:4096]
