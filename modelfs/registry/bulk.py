@@ -262,6 +262,10 @@ class Watchdog:
             t.conn = conn
             t.mark = t.total
             t.window_start = time.monotonic()
+            if t.aborted and conn is not None:
+                # Aborted between taking a connection and using it: ``abort`` found none to
+                # end, so this one ends now, before its request waits on a slow body.
+                _shut(conn)
 
     def _run(self) -> None:
         tick = max(0.05, min(1.0, self.stall_seconds / 4))

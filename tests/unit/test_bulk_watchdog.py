@@ -267,3 +267,29 @@ def test_a_200_that_carries_a_content_range_is_a_range_not_the_whole_blob():
         assert pieces == {4096: BODY[4096:8192]}
     finally:
         c.close()
+
+
+def test_a_transfer_aborted_before_it_has_a_connection_ends_when_it_takes_one() -> None:
+    """Shutdown (Ctrl-C of a pull) can come between a transfer starting and its connection
+    being attached: ``abort`` then has no connection to end, and the worker thread would read
+    a slow body to its end. Attaching the connection afterwards ends it at once."""
+    import http.client
+
+    from modelfs.registry.bulk import Aborted, Watchdog
+
+    watchdog = Watchdog(stall_seconds=30.0, min_bytes_per_second=1)
+    ours, theirs = socket.socketpair()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", 9)
+        conn.sock = ours
+        with watchdog.watching() as t:
+            watchdog.abort()
+            watchdog.attach(t, conn)
+            theirs.settimeout(5)
+            assert theirs.recv(1) == b"", "the connection must be shut, not left to read on"
+            with pytest.raises(Aborted):
+                t.check()
+    finally:
+        watchdog.close()
+        ours.close()
+        theirs.close()
