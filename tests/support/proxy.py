@@ -312,6 +312,13 @@ def _serve(upstream: str) -> None:
             )  # type: ignore[arg-type]
             trickle = int(rule["trickle_bps"]) if rule and rule.get("trickle_bps") else None  # type: ignore[arg-type]
             sent = 0
+
+            def announce(total: int) -> None:
+                # Counted before the bytes are written: a client that has them (and a test
+                # that then reads the records) never sees a count that lags behind them. The
+                # count of bytes actually written is set once the body ends.
+                record["body_bytes"] = total
+
             try:
                 while True:
                     piece = resp.read(PIECE_BYTES)
@@ -322,12 +329,14 @@ def _serve(upstream: str) -> None:
                         piece = piece[:k] + bytes([piece[k] ^ 0xFF]) + piece[k + 1 :]
                     if cut is not None and sent + len(piece) > cut:
                         piece = piece[: max(0, cut - sent)]
+                        announce(sent + len(piece))
                         self.wfile.write(piece)
                         sent += len(piece)
                         self.close_connection = True
                         break
                     if stall is not None and sent + len(piece) > stall:
                         piece = piece[: max(0, stall - sent)]
+                        announce(sent + len(piece))
                         self.wfile.write(piece)
                         self.wfile.flush()
                         sent += len(piece)
@@ -337,11 +346,13 @@ def _serve(upstream: str) -> None:
                     if trickle is not None:
                         step = max(1, trickle // 4)
                         for i in range(0, len(piece), step):
+                            announce(sent + len(piece[i : i + step]))
                             self.wfile.write(piece[i : i + step])
                             self.wfile.flush()
                             sent += len(piece[i : i + step])
                             time.sleep(step / trickle)
                         continue
+                    announce(sent + len(piece))
                     self.wfile.write(piece)
                     sent += len(piece)
             except OSError:
