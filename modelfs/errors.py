@@ -142,3 +142,15 @@ def registry_words(body: bytes, limit: int = 200) -> str:
             if isinstance(doc.get(key), str):
                 return doc[key][:limit]
     return ""
+
+
+def first_modelfs_error(group: BaseExceptionGroup) -> ModelfsError | None:
+    """The first modelfs error in a group of concurrent failures (nested groups searched in
+    order): the one a caller reports, as one line, for all of them."""
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            if (found := first_modelfs_error(e)) is not None:
+                return found
+        elif isinstance(e, ModelfsError):
+            return e
+    return None

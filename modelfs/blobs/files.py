@@ -20,7 +20,7 @@ import trio
 
 from modelfs.blobs.handles import layers_by_digest, read_exact
 from modelfs.blobs.reader import Blobs
-from modelfs.errors import ManifestInvalid, ModelfsError
+from modelfs.errors import ManifestInvalid, first_modelfs_error
 from modelfs.formats.files import (
     BlobBytes,
     ByteRequest,
@@ -130,20 +130,10 @@ async def answer(
                     nursery.start_soon(fetch, request)
         except BaseExceptionGroup as group:
             # One read's error is what the reader sees (its errno), not a group of them.
-            first = _first_modelfs_error(group)
+            first = first_modelfs_error(group)
             if first is None:
                 raise
             raise first from None
     raise ManifestInvalid(
         f"invalid model {name}: its files are not laid out after {MAX_LAYOUT_ROUNDS} rounds of reads"
     )
-
-
-def _first_modelfs_error(group: BaseExceptionGroup) -> ModelfsError | None:
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            if (found := _first_modelfs_error(e)) is not None:
-                return found
-        elif isinstance(e, ModelfsError):
-            return e
-    return None

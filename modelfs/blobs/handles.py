@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from modelfs.errors import DigestMismatch, LayoutMismatch, ManifestInvalid, ModelfsError
+from modelfs.errors import (
+    DigestMismatch,
+    LayoutMismatch,
+    ManifestInvalid,
+    ModelfsError,
+    first_modelfs_error,
+)
 from modelfs.flight import KeyedLock
 from modelfs.formats.chunks import BlobChunks
 from modelfs.formats.digest import Digest
@@ -157,7 +163,7 @@ class FileHandle:
                     for expected in self.file.unchecked:
                         nursery.start_soon(confirm, expected)
             except BaseExceptionGroup as group:
-                first = _first_modelfs_error(group)
+                first = first_modelfs_error(group)
                 if first is None:
                     raise
                 if isinstance(first, LayoutMismatch):
@@ -211,13 +217,3 @@ class FileHandle:
         handles, self._handles = list(self._handles.values()), {}
         for handle in handles:
             await handle.close()
-
-
-def _first_modelfs_error(group: BaseExceptionGroup) -> ModelfsError | None:
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            if (found := _first_modelfs_error(e)) is not None:
-                return found
-        elif isinstance(e, ModelfsError):
-            return e
-    return None
