@@ -244,6 +244,10 @@ def saved_bytes(cache: Path, name: str) -> int:
     return sum(present_bytes(bc, layer) for layer in parse_manifest(raw).blobs)
 
 
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_slow_pull_at_once_and_the_next_pull_resumes(
     proxy: Proxy, smollm2_pushed: str, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -257,6 +261,9 @@ def test_ctrl_c_stops_a_slow_pull_at_once_and_the_next_pull_resumes(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # As from a terminal: a suite started in the background by a shell (`… &`) ignores
+        # SIGINT, and a child inherits that (POSIX; Python then installs no handler).
+        preexec_fn=_sigint_as_from_a_terminal,
     )
     try:
         # Some of the model is in (a chunk checked and saved), far from all of it.
