@@ -8,10 +8,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
-from support.modelformats import dmr_v02, ollama_tensors, push
+from support.modelformats import dmr_v02, ollama_tensors, push, quantized_folder
 from support.mount import run_modelfs
 from support.proxy import Proxy
 
@@ -97,20 +95,7 @@ def test_text_output_names_the_facts_and_files(pushed, registry, tmp_path: Path)
 
 def test_ollama_quantized_tensors_are_flagged(registry, tmp_path: Path) -> None:
     """A model Ollama quantized (each weight packed, its .scale and .bias beside it) says so."""
-    folder = tmp_path / "quantized"
-    folder.mkdir()
-    save_file(
-        {
-            "layer.weight": np.zeros((64, 8), dtype=np.uint32),
-            "layer.weight.scale": np.ones((64, 1), dtype=np.float16),
-            "layer.weight.bias": np.zeros((64, 1), dtype=np.float16),
-            "norm.weight": np.ones(64, dtype=np.float32),
-        },
-        str(folder / "model.safetensors"),
-    )
-    (folder / "config.json").write_text(
-        json.dumps({"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096})
-    )
+    folder = quantized_folder(tmp_path / "quantized")
     push(registry.host, "showst/quantized", "latest", ollama_tensors(folder))
     name = f"{registry.host}/showst/quantized:latest"
     doc = show_json(name, tmp_path / "cache")

@@ -14,6 +14,7 @@ import pytest
 from mount.test_model_folders_mount import (
     SIDE_FILES,
     assert_same_tensors,
+    assert_tokenizer_and_engines_load,
     engine_loads,
     mounted_paths,
 )
@@ -52,7 +53,6 @@ def test_a_created_folder_mounts_back_byte_for_byte(
 ):
     pytest.importorskip("tokenizers")
     pytest.importorskip("transformers")
-    from tokenizers import Tokenizer
 
     repo, manifest = create_and_push(registry, minilm, tmp_path, fmt)
     weights_layer = next(x for x in manifest.layers if a.filepath_of(x) == "model.safetensors")
@@ -83,12 +83,7 @@ def test_a_created_folder_mounts_back_byte_for_byte(
     for p in walk(minilm):
         assert sha256_path(tag / p) == sha256_path(minilm / p), p
     assert_same_tensors(path, minilm / "model.safetensors")
-    tokenizer = Tokenizer.from_file(str(tag / "tokenizer.json"))
-    want = Tokenizer.from_file(str(minilm / "tokenizer.json"))
-    assert tokenizer.encode("hello world").ids == want.encode("hello world").ids
-    loaded = engine_loads(tag)
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
+    assert_tokenizer_and_engines_load(tag, minilm)
 
 
 def test_a_folder_created_in_ollamas_format_mounts_as_ollama_keeps_it(

@@ -49,6 +49,19 @@ def blob_hex(art, path: str, folder: Path) -> str:
     return next(d for d, b in art.blobs.items() if b == data).removeprefix("sha256:")
 
 
+def assert_tokenizer_and_engines_load(tag: Path, minilm: Path) -> None:
+    """tokenizers, and transformers' AutoConfig and AutoTokenizer, load the mounted MiniLM
+    folder as they load the source."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tag / "tokenizer.json"))
+    want = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    assert tokenizer.encode("hello world").ids == want.encode("hello world").ids
+    loaded = engine_loads(tag)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
+
+
 def engine_loads(tag: Path) -> subprocess.CompletedProcess[str]:
     """transformers' AutoConfig and AutoTokenizer on the mounted folder, offline."""
     code = (
@@ -79,7 +92,6 @@ def assert_same_tensors(mounted: Path, source: Path) -> None:
 def test_a_folder_model_mounts_as_its_folder(proxy, registry, mount_factory, minilm, kind):
     pytest.importorskip("tokenizers")
     pytest.importorskip("transformers")
-    from tokenizers import Tokenizer
 
     art = BUILDS[kind](minilm)
     push(registry.host, f"folders/minilm-{kind}", "latest", art)
@@ -106,12 +118,7 @@ def test_a_folder_model_mounts_as_its_folder(proxy, registry, mount_factory, min
         if p != "model.safetensors":
             assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
-    tokenizer = Tokenizer.from_file(str(tag / "tokenizer.json"))
-    want = Tokenizer.from_file(str(minilm / "tokenizer.json"))
-    assert tokenizer.encode("hello world").ids == want.encode("hello world").ids
-    loaded = engine_loads(tag)
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
+    assert_tokenizer_and_engines_load(tag, minilm)
 
 
 def test_a_corrupted_byte_in_a_folder_model_is_eio(proxy, registry, mount_factory, minilm):
@@ -167,14 +174,8 @@ def test_ollama_tensor_blobs_mount_as_one_safetensors_file(proxy, registry, moun
         assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
     # tokenizers, and transformers' AutoConfig and AutoTokenizer, from the mounted folder.
     pytest.importorskip("tokenizers")
-    from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(tag / "tokenizer.json"))
-    want = Tokenizer.from_file(str(minilm / "tokenizer.json"))
-    assert tokenizer.encode("hello world").ids == want.encode("hello world").ids
-    loaded = engine_loads(tag)
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert loaded.stdout.startswith("6 [101, 7592, 2088, 102]"), loaded.stdout
+    assert_tokenizer_and_engines_load(tag, minilm)
 
 
 def test_a_corrupted_tensor_blob_is_eio_never_a_file_laid_out_from_its_bytes(

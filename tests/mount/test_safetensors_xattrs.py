@@ -9,7 +9,7 @@ import os
 import struct
 
 import pytest
-from support.modelformats import Artifact, digest_of, dmr_v02, push
+from support.modelformats import Artifact, digest_of, dmr_v02, push, quantized_folder
 
 from modelfs.formats.chunks import (
     CHUNK_BYTES,
@@ -115,27 +115,12 @@ def test_a_model_of_ollama_tensor_blobs_has_the_facts_and_says_ollama_quantized(
     """Ollama's tensor layers: the facts of the laid-out model.safetensors are MiniLM's, as
     for its folder; a model Ollama quantized (packed weights, .scale and .bias beside them)
     says so in ``user.modelfs.safetensors.quantized``, and a plain one has no such xattr."""
-    import numpy as np
-    from safetensors.numpy import save_file
     from support.modelformats import ollama_tensors
 
     from modelfs.formats.safetensors import OLLAMA_QUANTIZED
 
     push(registry.host, "folders/minilm-tensor-facts", "latest", ollama_tensors(minilm))
-    folder = tmp_path / "quantized"
-    folder.mkdir()
-    save_file(
-        {
-            "layer.weight": np.zeros((64, 8), dtype=np.uint32),
-            "layer.weight.scale": np.ones((64, 1), dtype=np.float16),
-            "layer.weight.bias": np.zeros((64, 1), dtype=np.float16),
-            "norm.weight": np.ones(64, dtype=np.float32),
-        },
-        str(folder / "model.safetensors"),
-    )
-    (folder / "config.json").write_text(
-        json.dumps({"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096})
-    )
+    folder = quantized_folder(tmp_path / "quantized")
     push(registry.host, "folders/quantized-tensor-facts", "latest", ollama_tensors(folder))
     m = mount_factory()
     top = m.mountpoint / proxy.host / "folders"

@@ -373,3 +373,25 @@ def push(host: str, repo: str, tag: str, art: Artifact) -> str:
     )
     assert put.status == 201, put.status
     return digest_of(art.manifest)
+
+
+def quantized_folder(folder: Path) -> Path:
+    """A small folder as Ollama/MLX quantize a weight: packed ``uint32`` words with its
+    ``.scale`` and ``.bias`` beside it, a plain norm, and a Llama ``config.json``."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    save_file(
+        {
+            "layer.weight": np.zeros((64, 8), dtype=np.uint32),
+            "layer.weight.scale": np.ones((64, 1), dtype=np.float16),
+            "layer.weight.bias": np.zeros((64, 1), dtype=np.float16),
+            "norm.weight": np.ones(64, dtype=np.float32),
+        },
+        str(folder / "model.safetensors"),
+    )
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096})
+    )
+    return folder
