@@ -116,28 +116,74 @@ def cold_read(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def netsim_fuse(netsim: Path, model: Model, root: Path) -> float:
-    """Seconds of a cold ``cat`` of netsim's lazily fetched, verified, pushed file."""
-    mnt = root / "mnt"
-    mnt.mkdir(parents=True)
-    argv = [sys.executable, str(netsim), model.url, str(model.size), str(mnt)]
-    argv += ["--mode", "push", "--hash", "1", "--partial", str(root / "partial")]
+def fuse_ceiling(argv: list[str], mnt: Path, size: int) -> tuple[float, float]:
+    """Seconds of a cold ``cat`` of ``mnt``/file served by the daemon ``argv`` (which mounts
+    ``mnt``), and that daemon's CPU seconds from just before the ``cat`` to its exit, with those
+    of the children it waited for (lazycurl's curl). ``read_ahead_kb`` and ``max_background`` are
+    set as modelfs sets them."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("netsim did not mount")
+                raise RuntimeError(f"{Path(argv[1]).name} did not mount")
             time.sleep(0.05)
+        st = os.stat(mnt)
+        major, minor = os.major(st.st_dev), os.minor(st.st_dev)
+        Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb").write_text("2048")
+        Path(f"/sys/fs/fuse/connections/{minor}/max_background").write_text("64")
+        before = process_cpu_seconds(proc.pid)
         drop_caches()
-        return timed(["cat", str(mnt / "file")])
+        seconds = timed(["cat", str(mnt / "file")])
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            _, _, usage = os.wait4(proc.pid, 0) if _exits(proc, 30) else (0, 0, None)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if usage is None:
+        raise RuntimeError(f"{Path(argv[1]).name} did not exit")
+    return seconds, usage.ru_utime + usage.ru_stime - before
+
+
+def _exits(proc: subprocess.Popen, seconds: float) -> bool:
+    """Whether ``proc`` ends within ``seconds`` (left unreaped, for ``os.wait4``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def netsim_fuse(netsim: Path, model: Model, root: Path, check: bool) -> tuple[float, float]:
+    """A cold ``cat`` of netsim's lazily fetched, pushed file, one sha256 per chunk or none:
+    seconds and CPU seconds."""
+    mnt = root / "mnt"
+    mnt.mkdir(parents=True)
+    argv = [sys.executable, str(netsim), model.url, str(model.size), str(mnt)]
+    argv += ["--mode", "push", "--hash", "1" if check else "0", "--partial", str(root / "partial")]
+    try:
+        return fuse_ceiling(argv, mnt, model.size)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def lazycurl_fuse(model: Model, root: Path) -> tuple[float, float]:
+    """A cold ``cat`` of bench/lazycurl.py's file (curl receives, READs wait, nothing checked):
+    seconds and CPU seconds of the daemon and its curl."""
+    mnt = root / "mnt"
+    mnt.mkdir(parents=True)
+    argv = [sys.executable, str(REPO / "bench" / "lazycurl.py"), model.url, str(model.size)]
+    argv += [str(mnt), str(root / "partial")]
+    try:
+        return fuse_ceiling(argv, mnt, model.size)
+    finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -172,9 +218,31 @@ def mounts_at_once(model: Model, root: Path, n: int) -> list[float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def ceiling_rounds(netsim: Path, model: Model, work: Path, i: int, out: dict) -> None:
-    """One round of the ceilings (--ceilings), appended to ``out``'s lists."""
-    out.setdefault("netsim_fuse_s", []).append(netsim_fuse(netsim, model, work / f"nf{i}"))
+def ceiling_rounds(netsim: Path, model: Model, work: Path, i: int, out: dict, add) -> None:
+    """One round of the ceilings (--ceilings): the lazy files' rows through ``add``, the
+    fleet's seconds appended to ``out``'s lists."""
+    gib = model.size / GIB
+    for key, label, run in (
+        (
+            "netsim_fuse",
+            "netsim, sha256 per chunk",
+            lambda: netsim_fuse(netsim, model, work / f"nf{i}", True),
+        ),
+        (
+            "netsim_nocheck",
+            "netsim, no check",
+            lambda: netsim_fuse(netsim, model, work / f"nn{i}", False),
+        ),
+        (
+            "lazycurl",
+            "lazycurl (curl receives, no check)",
+            lambda: lazycurl_fuse(model, work / f"lc{i}"),
+        ),
+    ):
+        seconds, cpu = run()
+        out.setdefault(f"{key}_s", []).append(seconds)
+        add(f"{label} cold cat GB/s", model.size / seconds / GB)
+        add(f"{label} CPU-s/GiB", cpu / gib)
     out.setdefault("netsim_1_s", []).extend(netsim_alone(netsim, model, work / f"n1{i}", 1))
     out.setdefault("netsim_4_s", []).extend(netsim_alone(netsim, model, work / f"n4{i}", 4))
     out.setdefault("modelfs_1_s", []).extend(mounts_at_once(model, work / f"m1{i}", 1))
@@ -437,7 +505,15 @@ def main() -> None:
             if args.pull_mmap:
                 pull_and_mmap(model, work, trees, add)
             if netsim is not None:
-                ceiling_rounds(netsim, model, work, i, ceilings)
+                ceiling_rounds(netsim, model, work, i, ceilings, add)
+                # The verified ceiling: the lazy file with no Python on the way in, plus the
+                # two checks every byte needs, each measured alone in this round.
+                add(
+                    "lazycurl + sha256 + BLAKE3 alone CPU-s/GiB",
+                    rows["lazycurl (curl receives, no check) CPU-s/GiB"][-1]
+                    + rows["sha256 alone CPU-s/GiB"][-1]
+                    + rows["BLAKE3 alone CPU-s/GiB"][-1],
+                )
     finally:
         if nginx is not None:
             nginx.stop()
