@@ -851,23 +851,18 @@ def targets(r: dict) -> list[str]:
         f"pyfuse3 passthrough with its source in the page cache serves {rate(mid, t['passthrough'])} "
         f"here ({t['curl'] / t['passthrough']:.2f}× curl). The wall is CPU on 2 cores shared with "
         "the registry (docker-registry spends 0.55–1.0 CPU-s per GiB it serves) and `cat`. The "
-        "reference lazy-fetch daemon (../shared/tools/ceilings/netsim.py: 4 streams of 4 MiB "
-        "ranges into a fallocated file, READs preadv'd from it, pushed with notify_store, one "
-        "sha256 per chunk), timed in one run with curl and modelfs (`bench/cold.py --ceilings`, "
-        "bench/COLD.md, 2026-12-06), reached 0.62 GB/s = 0.44× curl, and modelfs 0.68 GB/s = "
-        "0.48×: modelfs is at the ceiling of that design while also checking the whole blob's "
-        "sha256 before publishing it; 0.6× needs fewer bytes through Python. What modelfs does on "
-        "the path now: chunks checked with BLAKE3 (0.2 CPU-s/GiB against sha256's 0.6–1.0), the "
-        "whole-blob sha256 in a thread at nice +10 reading the page cache, landed chunks reported "
-        "without a round trip, READs of cached bytes served on the trio thread with no copy. Left "
-        "per GiB (py-spy, bench/COLD.md): receiving in Python ~0.3–0.6 CPU-s, writing the partial "
-        "file ~0.2–0.9 (first touch of fresh pages in this VM), pyfuse3's request loop and "
-        "replies ~0.5. Closing the rest would take fewer bytes through Python: receiving with "
-        "`recv_into` straight into the partial file's pages, or a fetcher outside Python.",
+        "cheapest lazily fetched FUSE files, timed in one run with modelfs (`bench/cold.py "
+        "--ceilings`, section 13): netsim.py (4 streams of 4 MiB ranges pushed into the page "
+        "cache) checking nothing, and bench/lazycurl.py (curl receives, no Python touches a byte "
+        "on the way in) reach ~0.4–0.5× curl unverified; modelfs checks every chunk (BLAKE3) and "
+        "the whole blob (sha256) on the same cores, which alone cost ~0.83 CPU-s per GiB. Per GiB "
+        "here, receiving into fresh page-cache pages costs ~1.0 CPU-s (`curl -o FILE`: the "
+        "guest's first touch of pages), more than curl's whole cost to /dev/null.",
         f"- **pull ≥ 1.0× curl** ({t['curl'] / t['pull']:.2f}×): curl writes to /dev/null; a pull "
         "writes the blob and fsyncs it before publishing. Against curl writing the same file and "
         f"syncing it, pull is at {t['curl_disk'] / t['pull']:.2f}×: the disk's durable write "
-        "speed is the ceiling. Small models also pay the Python start-up (0.5–0.8 s for `modelfs --help` here).",
+        "speed is the ceiling. A pull also starts a Python process: ~0.35–0.4 s before its first "
+        "request (section 13), a fixed cost that weighs on small models.",
         "- **peers**: rclone's cold read is a Go FUSE daemon streaming one file without verifying "
         "it; modelfs verifies every chunk and the whole blob on the same 2 cores. Warm, modelfs "
         "serves a link to the cache file and is several times faster than both.",

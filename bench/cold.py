@@ -7,10 +7,13 @@ set given with --variant (default: the defaults, and `push=no`) and each checkou
 byte was read and until the blob was published (its whole-blob sha256 included), per GiB.
 Prints a table and, with --json FILE, appends the medians as one JSON line. Needs root.
 
-With --ceilings DIR (../shared/tools/ceilings), each round also times, interleaved with the rest:
-netsim.py's minimal lazy verified file through FUSE (`--mode push --hash`, cold `cat`), its
-fetcher alone without FUSE (one process, then four at once), and four fresh modelfs mounts read
-at once (each with its own cache): the ceilings of the cold-read and fleet targets, side by side.
+With --ceilings DIR (../shared/tools/ceilings), each round also times, interleaved with the rest,
+each with its CPU seconds per GiB: bench/lazycurl.py (curl receives into the page cache, a minimal
+pyfuse3 daemon serves READs from it: no Python touches a byte on the way in, nothing checked),
+netsim.py's minimal lazy file through FUSE (`--mode push`, 4 streams) checking nothing and one
+sha256 per chunk, and the sum "lazycurl + the sha256 and BLAKE3 measured alone" (the verified
+ceiling); then netsim's fetcher alone without FUSE (one process, then four at once) and four
+fresh modelfs mounts read at once (each with its own cache): the fleet's ceilings.
 
 With --pull-mmap, each round also times `curl -o FILE && sync` and an mmap load of that file
 touching every tensor page in order, against `modelfs pull` and the same load through a cold
@@ -18,9 +21,11 @@ mount (bench.py's sections 1 and 5), for each tree.
 
 With --fio, each round also runs fio (4 jobs x 64 MiB of 1 MiB random reads, cold) on a fresh
 modelfs mount of each tree and on an rclone mount (--vfs-cache-mode full) of the same blob
-served by nginx, and a cold `cat` of rclone. With --taskset, each round also reads cold with the
-daemon, the registry and `cat` all on CPU 0 ("1 core") and with the daemon on CPU 1 apart from
-the registry and `cat` on CPU 0 ("2 cores"), and curl the same way.
+served by nginx, a cold `cat` of rclone, and fio's pattern without FUSE (4 threads requesting
+the 4 MiB chunk around each random 1 MiB block: the ceiling of a 4 MiB chunk index). With
+--taskset, each round also reads cold with the daemon, the registry and `cat` all on CPU 0
+("1 core") and with the daemon on CPU 1 apart from the registry and `cat` on CPU 0 ("2 cores"),
+and curl the same way.
 
   .venv/bin/python bench/cold.py --mib 1024 --variant "" --variant push=no
   .venv/bin/python bench/cold.py --mib 1024 --variant "" --ceilings ../shared/tools/ceilings
@@ -32,13 +37,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,6 +296,44 @@ def fio_randread(path: Path, size: int) -> tuple[float, float]:
     return read["bw_bytes"] / 1e6, read["clat_ns"]["percentile"]["99.000000"] / 1e6
 
 
+def ranges_alone(url: str, size: int, chunk: int = 4 << 20) -> tuple[float, float]:
+    """fio's pattern without FUSE, checks or a file: 4 threads, each 64 requests for the 4 MiB
+    chunk around a random 1 MiB block (the least a cold read checked by a 4 MiB chunk index must
+    fetch), read into a reused buffer with http.client. (MB/s counted as fio counts, 1 MiB per
+    read; p99 of the requests in ms): the ceiling of the chunk-granular design on this registry."""
+    u = urllib.parse.urlsplit(url)
+    rng = random.Random(26)
+    blocks = [[rng.randrange(size >> 20) for _ in range(64)] for _ in range(4)]
+
+    def job(mine: list[int]) -> list[float]:
+        conn = http.client.HTTPConnection(u.hostname, u.port)
+        buf = memoryview(bytearray(chunk))
+        took = []
+        for block in mine:
+            start = (block << 20) // chunk * chunk
+            n = min(chunk, size - start)
+            t = time.perf_counter()
+            conn.request("GET", u.path, headers={"Range": f"bytes={start}-{start + n - 1}"})
+            r = conn.getresponse()
+            got = 0
+            while got < n:
+                k = r.readinto(buf[got:n])
+                if not k:
+                    raise RuntimeError("short body")
+                got += k
+            r.read()
+            took.append(time.perf_counter() - t)
+        conn.close()
+        return took
+
+    drop_caches()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        took = sorted(x for xs in pool.map(job, blocks) for x in xs)
+    seconds = time.perf_counter() - start
+    return len(took) * (1 << 20) / seconds / 1e6, took[int(len(took) * 0.99)] * 1e3
+
+
 def modelfs_fio(model: Model, root: Path, tree: Path | None) -> tuple[float, float]:
     m = Mount(root, env=tree_env(tree)).start()
     try:
@@ -475,6 +521,9 @@ def main() -> None:
                 mbs, p99 = rclone(nginx.url, work / f"rf{i}", "fio", model.size)
                 add("rclone fio MB/s", mbs)
                 add("rclone fio p99 ms", p99)
+                mbs, p99 = ranges_alone(model.url, model.size)
+                add("4 MiB ranges alone (fio's pattern, no FUSE) MB/s", mbs)
+                add("4 MiB ranges alone p99 ms", p99)
                 for label, tree in ordered:
                     mbs, p99 = modelfs_fio(model, work / f"f{i}-{label}", tree)
                     add(f"{label} fio MB/s".strip(), mbs)
