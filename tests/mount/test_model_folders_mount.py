@@ -248,6 +248,70 @@ def test_a_registry_lying_in_a_tensor_header_read_gives_eio_then_the_right_file(
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
 
 
+# Same-size dtypes: a header naming the other one is valid JSON and a valid layout.
+SAME_SIZE_DTYPE = {b"F32": b"I32", b"I32": b"F32", b"F16": b"I16", b"I16": b"F16"}
+
+
+def test_a_tensor_header_lie_that_still_parses_gives_eio_then_the_right_file(
+    proxy, registry, mount_factory, minilm
+):
+    """A lie no parser can see: the head of the biggest tensor blob, read unchecked to lay the
+    model out, names another dtype of the same size (valid JSON, a valid layout, the same file
+    size; an engine would load garbage). Its bytes are checked before any is served: EIO, and
+    the next open lays the model out from the checked blob."""
+    art = ollama_tensors(minilm)
+    push(registry.host, "folders/minilm-tensors-dtype-lie", "latest", art)
+    m = mount_factory()
+    m.expect_log(r"was laid out from bytes .* that its checked blob contradicts")
+    tag = m.mountpoint / proxy.host / "folders/minilm-tensors-dtype-lie/latest"
+    big = max(art.blobs, key=lambda d: len(art.blobs[d]))
+    at = art.blobs[big].index(b'"dtype":"') + len(b'"dtype":"')
+    dtype = art.blobs[big][at : at + 3]
+    lie = SAME_SIZE_DTYPE[dtype]
+    proxy.set_faults(
+        [{"path": big.removeprefix("sha256:"), "flip_at": at, "replace_hex": lie.hex(), "times": 1}]
+    )
+    assert (
+        os.stat(tag / "model.safetensors").st_size == (minilm / "model.safetensors").stat().st_size
+    )
+    # The head was read (through the lie: the rule's one request covering its offset).
+    assert proxy.blob_bytes(big.removeprefix("sha256:")) > 0
+    with open(tag / "model.safetensors", "rb") as f, pytest.raises(OSError) as info:
+        f.read(8)
+    assert info.value.errno == errno.EIO, "a file laid out from a lie was served"
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+def test_a_tar_header_lie_that_still_parses_gives_eio_then_the_right_member(
+    proxy, registry, mount_factory, minilm
+):
+    """The head of a ModelPack tar layer, read unchecked to list its member, says another
+    mtime (a digit of its PAX record: still a valid tar). The listing shows the lie; the
+    member's bytes are not served from that layout: EIO, then the right member and time."""
+    art = modelpack(minilm, raw=False)
+    push(registry.host, "folders/minilm-tar-lie", "latest", art)
+    m = mount_factory()
+    m.expect_log(r"was laid out from bytes .* that its checked blob contradicts")
+    tag = m.mountpoint / proxy.host / "folders/minilm-tar-lie/latest"
+    big = max(art.blobs, key=lambda d: len(art.blobs[d]))
+    at = art.blobs[big].index(b" mtime=") + len(b" mtime=") + 2
+    lie = bytes([art.blobs[big][at] ^ 1])  # a digit stays a digit
+    proxy.set_faults(
+        [{"path": big.removeprefix("sha256:"), "flip_at": at, "replace_hex": lie.hex(), "times": 1}]
+    )
+    source = minilm / "model.safetensors"
+    listed = os.stat(tag / "model.safetensors")
+    assert listed.st_size == source.stat().st_size
+    assert int(listed.st_mtime) != int(source.stat().st_mtime), "the lie did not reach the listing"
+    with open(tag / "model.safetensors", "rb") as f, pytest.raises(OSError) as info:
+        f.read(8)
+    assert info.value.errno == errno.EIO, "a member laid out from a lie was served"
+    assert_same_tensors(tag / "model.safetensors", source)
+    wait_for(
+        lambda: int(os.stat(tag / "model.safetensors").st_mtime) == int(source.stat().st_mtime), 30
+    )
+
+
 def test_dmr_v01_config_tar_members_are_files(proxy, registry, mount_factory, minilm):
     art = dmr_v01(minilm)
     push(registry.host, "folders/minilm-v01", "latest", art)

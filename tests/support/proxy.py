@@ -12,6 +12,8 @@ Tests drive it through ``Proxy``: ``records()`` of what was asked and served, an
      "every": 10,              # only every 10th matching request
      "status": 503, "headers": {"Retry-After": "2"},   # answer this instead of forwarding
      "flip_at": 123456,        # flip the byte at this absolute blob offset, if the body has it
+     "replace_hex": "3031",    #   with flip_at: put these bytes there instead (a lie that
+                               #   still parses: a header's digit or name, a tar checksum)
      "cut_after": 1000,        # close the connection after this many body bytes
      "stall_after": 1000,      # after this many body bytes send nothing for stall_seconds
      "stall_seconds": 30,      #   (default 30), then close
@@ -55,6 +57,17 @@ class Record:
             return None
         a, _, b = self.range.removeprefix("bytes=").partition("-")
         return int(a), int(b) + 1
+
+
+def tampered(piece: bytes, at: int, lie: bytes | None) -> bytes:
+    """``piece`` with the byte at ``at`` (relative, may lie outside it) flipped, or with
+    ``lie`` written from ``at`` on (the part of it that falls inside ``piece``)."""
+    if lie is None:
+        lie = bytes([piece[at] ^ 0xFF]) if 0 <= at < len(piece) else b""
+    a, b = max(at, 0), min(at + len(lie), len(piece))
+    if a >= b:
+        return piece
+    return piece[:a] + lie[a - at : b - at] + piece[b:]
 
 
 class Proxy:
@@ -311,6 +324,11 @@ def _serve(upstream: str) -> None:
                 int(rule["stall_after"]) if rule and rule.get("stall_after") is not None else None
             )  # type: ignore[arg-type]
             trickle = int(rule["trickle_bps"]) if rule and rule.get("trickle_bps") else None  # type: ignore[arg-type]
+            lie = (
+                bytes.fromhex(str(rule["replace_hex"]))
+                if rule and rule.get("replace_hex")
+                else None
+            )
             sent = 0
 
             def announce(total: int) -> None:
@@ -324,9 +342,8 @@ def _serve(upstream: str) -> None:
                     piece = resp.read(PIECE_BYTES)
                     if not piece:
                         break
-                    if flip is not None and 0 <= flip - sent < len(piece):
-                        k = flip - sent
-                        piece = piece[:k] + bytes([piece[k] ^ 0xFF]) + piece[k + 1 :]
+                    if flip is not None:
+                        piece = tampered(piece, flip - sent, lie)
                     if cut is not None and sent + len(piece) > cut:
                         piece = piece[: max(0, cut - sent)]
                         announce(sent + len(piece))
