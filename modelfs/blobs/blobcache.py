@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfs.blobs import orphans
 from modelfs.blobs.sharing import lock_exclusive, unlink_locked
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
 from modelfs.formats.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
@@ -50,7 +51,6 @@ SCAN_READ_BYTES = 1 << 20
 _SCAN_OVERLAP_BYTES = len(b"sha256:") + 64 - 1
 # What partial/ holds: sha256-<hex>, .state, .lock, .<pid>-<n>.scratch.
 _PARTIAL_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})(?:\.state|\.lock|\.\d+-\d+\.scratch)?$")
-_SCRATCH_NAME_RE = re.compile(r"sha256-[0-9a-f]{64}\.(\d+)-\d+\.scratch$")
 
 
 def default_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -213,10 +213,12 @@ class BlobCache:
         self.tighten_state()
         if not os.access(self.root, os.W_OK):
             raise CacheError(f"the cache {self.root} is not writable")
-        self.sweep_partials()
+        # What crashed or removed processes left in partial/ (scratch files, partials no model
+        # names, partials of blobs since published): the one set of rules eviction uses too.
+        orphans.collect(self)
         for entry in self.tmp_dir.iterdir():
             pid = entry.name.partition("-")[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not orphans.pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     entry.unlink()
 
@@ -443,8 +445,13 @@ class BlobCache:
 
     def remove_partial(self, digest: Digest) -> bool:
         """Remove the blob's partial (data, state and lock file) unless a modelfs process uses
-        it; True if nothing of it is left."""
-        lock = self.lock_blob(digest)
+        it; True if nothing of it is left. Kept too when that cannot be known (a filesystem
+        without record locks): ``rm`` and eviction go on without it."""
+        try:
+            lock = self.lock_blob(digest)
+        except CacheError as e:
+            log.debug("keeping the partial of blob %s: %s", digest.short, e)
+            return False
         if lock is None:
             return False
         try:
@@ -471,37 +478,6 @@ class BlobCache:
             with contextlib.suppress(OSError):
                 out[digest] = out.get(digest, 0) + entry.stat(follow_symlinks=False).st_blocks * 512
         return out
-
-    def sweep_partials(self, references: References | None = None) -> int:
-        """Remove what ``partial/`` holds for blobs already published or named by no manifest
-        (left by a process killed, or in use during ``unlink``), and scratch files of
-        processes gone; never what a modelfs process uses. Returns the bytes freed."""
-        freed = 0
-        try:
-            names = os.listdir(self.partial_dir)
-        except OSError:
-            return 0
-        for n in names:
-            m = _SCRATCH_NAME_RE.match(n)
-            if m is not None and not _pid_alive(int(m.group(1))):
-                path = self.partial_dir / n
-                with contextlib.suppress(OSError):
-                    freed += path.stat().st_blocks * 512
-                    path.unlink()
-        found = self.partial_digests()
-        if not found:
-            return freed
-        if references is None:
-            references = self.referenced_blobs()
-        for digest, size in found.items():
-            if digest in references and not self.has_blob(digest):
-                continue
-            try:
-                if self.remove_partial(digest):
-                    freed += size
-            except CacheError as e:
-                log.debug("cannot remove the partial of blob %s: %s", digest.short, e)
-        return freed
 
     # -- manifests --------------------------------------------------------------------------
 
@@ -709,7 +685,7 @@ class BlobCache:
                 pass
             except OSError as e:
                 raise os_error(e, f"removing blob {layer.digest.short}") from None
-            # A partial another modelfs process uses stays: the next sweep removes it.
+            # A partial another modelfs process uses stays: ``orphans.collect`` frees it later.
             self.remove_partial(layer.digest)
         return UnlinkResult(
             tuple(removed), freed, tuple(KeptBlobs(u, tuple(d)) for u, d in kept.items())
@@ -788,13 +764,3 @@ def _files(path: Path) -> list[Path]:
         return sorted(p for p in path.iterdir() if p.is_file())
     except OSError:
         return []
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -5,8 +5,10 @@ the cache's filesystem, to leave free). Only models the mount fetched are candid
 (``BlobCache.lazy_models``); models created or pulled on purpose are pinned. A model is evicted
 whole — its manifest first, then the blobs no other model uses, with their partial files — and
 never while any of its blobs is open or being fetched. Models used in the same instant go by
-name. Partial blobs no manifest names (their model was removed while the mount read it) are
-discarded at each check once no process uses them. Checks run after each publish, when a file is
+name. What no model needs any more (partial blobs no manifest names, their model removed
+while the mount read it; blobs this daemon published that no manifest names) is freed first,
+at each check, once nothing uses it (``orphans.collect``: the rules a cache's start uses too;
+its bytes count as evicted). Checks run after each publish, when a file is
 closed, and every ``CHECK_SECONDS``; ``run`` runs under ``tasks.supervise``, so an unexpected
 error ends one pass, never eviction.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -117,11 +118,11 @@ class Evictor:
         self._touched: dict[Name, float] = {}
         self._stuck = False
         self._blind = False  # warned that an unreadable manifest stops eviction
-        self._swept_at = -CHECK_SECONDS
         self.evicted: list[Name] = []
-        # Bytes freed by evictions. Added to from the worker thread ``_evict`` runs in (one
-        # at a time, under ``lock``): a plain int add, which the GIL keeps whole enough for a
-        # counter that only ever grows and is only read for status and metrics.
+        # Bytes freed by evictions and by ``orphans.collect``. Added to from the worker thread
+        # ``_evict`` runs in (one at a time, under ``lock``): a plain int add, which the GIL
+        # keeps whole enough for a counter that only ever grows and is only read for status
+        # and metrics.
         self.evicted_bytes = 0
         # Blobs this daemon published: freed if no model names them (``orphans``).
         self.published_here: set[Digest] = set()
@@ -191,6 +192,7 @@ class Evictor:
             )
             self.published_here -= before - here
             self._orphans_waiting = collected.waiting
+            self.evicted_bytes += collected.freed_bytes
             evicted: list[Name] = await self.in_thread(self._evict, busy)  # type: ignore[assignment]
         self.evicted += evicted
 
@@ -201,14 +203,6 @@ class Evictor:
     def _evict(self, busy: set[Digest]) -> list[Name]:
         evicted: list[Name] = []
         usage, free, total = self._state()
-        now = time.monotonic()
-        if self.bounds.over(usage, free, total) or now - self._swept_at >= CHECK_SECONDS:
-            # Partials no manifest names (a model removed while another process fetched it).
-            self._swept_at = now
-            swept = self.cache.sweep_partials()
-            if swept:
-                self.evicted_bytes += swept
-                usage, free, total = self._state()
         if not self.bounds.over(usage, free, total):
             self._stuck = False
             return evicted

@@ -1,20 +1,33 @@
-"""Blob bytes no model names any more: freed once nothing reads them.
+"""What ``partial/`` and ``blobs/`` hold that no model needs: the one set of rules that frees it.
 
-``modelfs rm`` (or ``ollama rm``) of a model a mount is reading removes the
-manifest at once, but it cannot remove a partial blob a mount holds (its lock
-is taken) and a fetch in flight may still publish the blob afterwards. Those
-bytes belong to no model: ``ls`` and ``du`` do not count them, ``status`` does,
-and nothing would ever free them. ``collect`` frees them once no reader of this
-mount holds them and no modelfs process locks them:
+Run when a cache is prepared (the daemon's start, ``pull``, ``create``, ``show``, ``index``),
+with nothing of that process in use yet, and at each eviction check of a daemon, with the
+digests its readers hold (``busy``) and the blobs it published (``published_here``).
 
-- a partial blob (``.modelfs/partial/``, modelfs's own) no manifest names,
-  complete or pending;
+What is left over (freed):
+- a scratch file (``sha256-<hex>.<pid>-<n>.scratch``) of a process that is gone;
+- a partial blob (data, chunk state and lock file in ``.modelfs/partial/``, modelfs's own)
+  whose blob is already in ``blobs/``, or that no manifest (complete or pending) names:
+  its model was removed while a mount read it, or the process fetching it was killed;
 - a blob in ``blobs/`` no manifest names, but only one this daemon published
-  (``published_here``): other blobs there may be another program's, written
-  before the manifest that will name them (``ollama pull`` writes blobs first).
+  (``published_here``): other blobs there may be another program's, written before the
+  manifest that will name them (``ollama pull`` writes blobs first).
 
-A manifest that cannot be read may name any blob: nothing is collected then.
-Runs in a worker thread, under the lock eviction and completion share.
+What is in use (kept; looked at again soon if no model names it: ``Collected.waiting``):
+- a digest in ``busy`` (a file of this daemon open on it, a fetch in flight);
+- a partial another modelfs process of the cache uses, or a small blob it fetches whole: it
+  holds the lock file's ``MEMBER`` or ``SMALL`` byte (``sharing``), so that
+  ``BlobCache.lock_blob`` is refused;
+- a digest with a scratch file of a process still running.
+
+Fail closed: a manifest that does not parse keeps every digest in its bytes, one that cannot
+be read keeps everything (``References``); a lock that cannot be tried at all (a filesystem
+without record locks) keeps the partial. There is no age limit: whether a writer is still
+there is known exactly (its lock, its pid), and a partial its model still names is progress
+to resume, however old.
+
+Blocks on disk I/O: the daemon runs it in a worker thread, under the lock eviction and
+completion share.
 """
 
 from __future__ import annotations
@@ -22,14 +35,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.sharing import unlink_locked
+from modelfs.errors import CacheError
 from modelfs.formats.digest import Digest
 
+if TYPE_CHECKING:
+    from modelfs.blobs.blobcache import BlobCache
+
 log = logging.getLogger(__name__)
+
+_SCRATCH_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})\.(\d+)-\d+\.scratch$")
 
 
 @dataclass(frozen=True)
@@ -39,32 +59,45 @@ class Collected:
     waiting: bool = False  # some are still read (or locked): look again soon
 
 
-def collect(cache: BlobCache, busy: Collection[Digest], published_here: set[Digest]) -> Collected:
-    """Free the partial blobs no manifest names, and the blobs of ``published_here`` no manifest
-    names, except those in ``busy`` or locked by a modelfs process. ``published_here`` loses
-    the digests that are gone or named again."""
-    candidates = _partials(cache) | {d for d in published_here if cache.has_blob(d)}
+def collect(
+    cache: BlobCache,
+    busy: Collection[Digest] = (),
+    published_here: set[Digest] | None = None,
+) -> Collected:
+    """Free what the cache holds that no model needs (the module docstring's rules).
+
+    ``published_here`` loses the digests that are gone or named again."""
+    published_here = set() if published_here is None else published_here
+    freed, live_scratch = _sweep_scratch(cache)
+    partials = set(cache.partial_digests())
+    candidates = partials | {d for d in published_here if cache.has_blob(d)}
     if not candidates:
         published_here.clear()
-        return Collected((), 0)
+        return Collected((), freed)
     references = cache.referenced_blobs()
-    if any(u.mentions is None for u in references.unreadable):
-        return Collected((), 0)
-    freed = 0
     gone: list[Digest] = []
     waiting = False
     for digest in sorted(candidates, key=str):
-        if digest in references:
-            continue
-        if digest in busy:
-            waiting = True
-            continue
-        lock = cache.lock_blob(digest)
-        if lock is None:
-            waiting = True  # another modelfs process reads it
+        published = cache.has_blob(digest)
+        named = digest in references
+        if named and (not published or digest not in partials):
+            continue  # a model's: its progress to resume, or its blob
+        ours = digest in published_here and not named
+        # In use: looked at again soon if its bytes are no model's (a blob a model names
+        # leaves only a lock or state file: the next regular check is soon enough).
+        if digest in busy or digest in live_scratch:
+            waiting = waiting or not named
             continue
         try:
-            bytes_freed = _remove(cache, digest, digest in published_here)
+            lock = cache.lock_blob(digest)
+        except CacheError as e:
+            log.debug("keeping the partial of blob %s: %s", digest.short, e)
+            continue
+        if lock is None:
+            waiting = waiting or not named  # another modelfs process uses it
+            continue
+        try:
+            bytes_freed = _remove(cache, digest, ours)
             # Its lock file too, under the lock (a joiner checks the path still names it).
             with contextlib.suppress(OSError):
                 unlink_locked(lock, cache.lock_path(digest))
@@ -73,14 +106,43 @@ def collect(cache: BlobCache, busy: Collection[Digest], published_here: set[Dige
         freed += bytes_freed
         gone.append(digest)
         if bytes_freed:
-            log.info("freed blob %s: no model in the cache names it any more", digest.short)
+            why = "no model in the cache names it any more" if ours or not published else None
+            log.info(
+                "freed %s %s: %s",
+                "blob" if ours else "the partial of blob",
+                digest.short,
+                why or "the blob is complete in the cache",
+            )
     # A blob a model names again is that model's (rm removes it); one gone needs no watch.
-    published_here -= {d for d in published_here if d in references or not cache.has_blob(d)}
+    # While a manifest cannot be read at all, every digest is "named": keep watching them.
+    blind = any(u.mentions is None for u in references.unreadable)
+    published_here -= {
+        d for d in published_here if (d in references and not blind) or not cache.has_blob(d)
+    }
     return Collected(tuple(gone), freed, waiting)
 
 
-def _partials(cache: BlobCache) -> set[Digest]:
-    return set(cache.partial_digests())
+def _sweep_scratch(cache: BlobCache) -> tuple[int, set[Digest]]:
+    """Remove the scratch files of processes gone; the bytes freed, and the digests with a
+    scratch file of a process still running."""
+    freed = 0
+    live: set[Digest] = set()
+    try:
+        names = os.listdir(cache.partial_dir)
+    except OSError:
+        return 0, live
+    for n in names:
+        m = _SCRATCH_NAME_RE.match(n)
+        if m is None:
+            continue
+        if pid_alive(int(m.group(2))):
+            live.add(Digest(m.group(1)))
+            continue
+        path = cache.partial_dir / n
+        with contextlib.suppress(OSError):
+            freed += path.stat().st_blocks * 512
+            path.unlink()
+    return freed, live
 
 
 def _remove(cache: BlobCache, digest: Digest, published: bool) -> int:
@@ -93,3 +155,13 @@ def _remove(cache: BlobCache, digest: Digest, published: bool) -> int:
             freed += os.stat(path).st_blocks * 512
             path.unlink()
     return freed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

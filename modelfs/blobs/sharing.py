@@ -10,7 +10,7 @@ the file is closed, so when a process dies:
   before anyone else reads it;
 - byte ``MEMBER``: every process using the partial holds a read lock on it. Getting a
   write lock on it means nobody else uses the partial (to start it afresh, to
-  overwrite a chunk, to discard it: ``BlobCache.lock_blob``);
+  overwrite a chunk, to discard it: ``BlobCache.lock_blob``, which takes ``SMALL`` too);
 - byte ``SMALL``: a blob of at most one chunk has no partial file: a process fetching one
   whole holds a write lock on it until the blob is published or the fetch failed
   (``claim_small``); another waits for that, then reads the published blob;
@@ -148,8 +148,10 @@ def unlink_locked(fd: int, path: os.PathLike[str] | str) -> bool:
 
 
 def lock_exclusive(fd: int) -> bool:
-    """A write lock on ``MEMBER`` of a lock file: nobody else uses the partial."""
-    return _lock(fd, fcntl.F_WRLCK, MEMBER)
+    """Write locks on ``MEMBER`` and ``SMALL`` of a lock file: nobody else uses the partial,
+    nor fetches the blob whole (a claim the caller would otherwise unlink from under it).
+    False: the caller closes ``fd``, which drops whichever it got."""
+    return _lock(fd, fcntl.F_WRLCK, MEMBER) and _lock(fd, fcntl.F_WRLCK, SMALL)
 
 
 class SharedPartial:

@@ -188,10 +188,19 @@ class _Chunker:
 class _Store:
     """Blobs into the cache, each blob over a chunk with its local chunk index."""
 
-    def __init__(self, cache: BlobCache, chunk_bytes: int, chunk_index: bool) -> None:
+    def __init__(
+        self,
+        cache: BlobCache,
+        chunk_bytes: int,
+        chunk_index: bool,
+        written: set[Digest] | None = None,
+    ) -> None:
         self.cache = cache
         self.chunk_bytes = chunk_bytes
         self.chunk_index = chunk_index
+        # The blobs this layout put into blobs/ (not there before): until a manifest names
+        # them, nothing would ever free them (commands/pushfolder.py ``keep_laid_out``).
+        self.written = set() if written is None else written
 
     def _keep_index(self, digest: Digest, size: int, hashes: tuple[bytes, ...]) -> None:
         if not self.chunk_index or size <= self.chunk_bytes:
@@ -213,6 +222,7 @@ class _Store:
         digest = Digest.of_bytes(data)
         if not self.cache.has_blob(digest, len(data)):
             self.cache.store_bytes(data, digest)
+            self.written.add(digest)
         return Layer(digest, "", len(data))
 
     def pieces(self, prefix: bytes, source: Path, offset: int, length: int) -> Layer:
@@ -239,6 +249,7 @@ class _Store:
                 tmp.unlink()
             else:
                 self.cache.publish_file(tmp, digest)
+                self.written.add(digest)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise os_error(e, f"writing a tensor blob from {source}") from None
@@ -257,14 +268,17 @@ def lay_out(
     created: datetime,
     chunk_bytes: int = CHUNK_BYTES,
     chunk_index: bool = True,
+    written: set[Digest] | None = None,
 ) -> bytes:
     """Store the blobs of ``sources`` laid out as ``fmt`` and return the manifest's bytes
-    (the manifest itself is not written: the caller says under which name, if any)."""
+    (the manifest itself is not written: the caller says under which name, if any).
+    ``written`` gets the digests of the blobs written here (tensors, configs) that were not
+    in ``blobs/`` before."""
     if fmt not in fp.FOLDER_FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(fp.FOLDER_FORMATS)}")
     facts = folder_facts(sources)
     cache.prepare()
-    store = _Store(cache, chunk_bytes, chunk_index)
+    store = _Store(cache, chunk_bytes, chunk_index, written)
     if fmt == fp.OLLAMA:
         return _ollama(store, sources, facts)
     layers = [fp.file_layer(store.file(s), s.file, fmt) for s in sources]
@@ -380,9 +394,15 @@ def cached_sources(cache: BlobCache, manifest: Manifest, what: str) -> list[Sour
 
 
 def layout_cached(
-    cache: BlobCache, name: Name, manifest: Manifest, fmt: str, created: datetime
+    cache: BlobCache,
+    name: Name,
+    manifest: Manifest,
+    fmt: str,
+    created: datetime,
+    written: set[Digest] | None = None,
 ) -> Manifest:
-    """The cached folder model ``manifest`` as ``fmt``; the cached model is not changed."""
+    """The cached folder model ``manifest`` as ``fmt``; the cached model is not changed.
+    ``written``: as ``lay_out``'s."""
     have = format_of(manifest)
     if have == fmt:
         return manifest
@@ -394,7 +414,7 @@ def layout_cached(
     if have is None:
         raise UsageError(f"{name} is not a model folder: --format {fmt} needs one")
     sources = cached_sources(cache, manifest, str(name))
-    raw = lay_out(cache, sources, fmt, created=created)
+    raw = lay_out(cache, sources, fmt, created=created, written=written)
     log.info("%s laid out as %s", name, fmt)
     return parse_manifest(raw)
 

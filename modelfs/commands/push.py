@@ -32,7 +32,9 @@ from modelfs.commands.progress import Progress, human_bytes
 from modelfs.commands.pushfolder import (
     FORMAT_WORDS,
     as_format,
+    drop_laid_out,
     is_folder_model,
+    keep_laid_out,
     publish_folder_index,
 )
 from modelfs.errors import CacheError, ModelfsError, ModelNotFound, RegistryError, UsageError
@@ -82,10 +84,15 @@ async def push(
         raise ModelNotFound(f"model {which} is not in the cache at {cache.root}; create or pull it")
     manifest = parse_manifest(raw)
     folder = is_folder_model(manifest)
+    written: frozenset[Digest] = frozenset()
     if folder and format is not None:
         if created is None:
             created = await trio.to_thread.run_sync(_cached_at, cache, cached)
-        manifest = await as_format(cache, cached, manifest, format, created)
+        manifest, written = await as_format(cache, cached, manifest, format, created)
+        if manifest.raw != raw and await trio.to_thread.run_sync(
+            keep_laid_out, cache, name, cached, manifest
+        ):
+            written = frozenset()
     elif format == "docker":
         manifest = await _as_docker(cache, cached, manifest, created)
     elif format == "cncf":
@@ -98,12 +105,17 @@ async def push(
         log.warning(
             "%s is on another registry than %s: uploading instead of mounting", source, name
         )
-    found_in = await trio.to_thread.run_sync(_repositories_naming, cache, name)
-    uploaded, mounted, present = await _send_blobs(
-        cache, registry, name, manifest.blobs, progress, mount_from, found_in
-    )
-    await registry.put_manifest(name, manifest.raw, manifest.media_type)
-    index = await publish_folder_index(cache, registry, name, manifest) if folder else None
+    try:
+        found_in = await trio.to_thread.run_sync(_repositories_naming, cache, name)
+        uploaded, mounted, present = await _send_blobs(
+            cache, registry, name, manifest.blobs, progress, mount_from, found_in
+        )
+        await registry.put_manifest(name, manifest.raw, manifest.media_type)
+        index = await publish_folder_index(cache, registry, name, manifest) if folder else None
+    finally:
+        if written:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(drop_laid_out, cache, written)
     parts = [f"{human_bytes(uploaded)} uploaded"]
     if mounted:
         parts.append(f"{human_bytes(mounted)} mounted")

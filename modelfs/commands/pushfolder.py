@@ -11,6 +11,7 @@ from the chunk digests kept when the blobs were written, or hashed from the cach
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import datetime
 
@@ -47,11 +48,47 @@ def is_folder_model(manifest: Manifest) -> bool:
 
 async def as_format(
     cache: BlobCache, cached: Name, manifest: Manifest, fmt: str, created: datetime
-) -> Manifest:
-    """The cached folder model laid out as ``fmt`` (its new blobs stored in the cache)."""
-    return await trio.to_thread.run_sync(
-        folderstore.layout_cached, cache, cached, manifest, fmt, created
+) -> tuple[Manifest, frozenset[Digest]]:
+    """The cached folder model laid out as ``fmt`` (its new blobs stored in the cache), and
+    the blobs written for it that were not in the cache before (``keep_laid_out``)."""
+    written: set[Digest] = set()
+    laid_out = await trio.to_thread.run_sync(
+        folderstore.layout_cached, cache, cached, manifest, fmt, created, written
     )
+    return laid_out, frozenset(written)
+
+
+def keep_laid_out(cache: BlobCache, pushed: Name, cached: Name, manifest: Manifest) -> bool:
+    """Before the push: keep the laid-out model in the cache under the pushed name, pinned, as
+    ``ollama push`` leaves the model it pushed (``ollama create``, ``ollama cp``): every blob
+    written for it is then named by a manifest (``ollama serve`` prunes blobs no manifest
+    names; nothing else would ever free them). Not when ``pushed`` is the cached model
+    itself, which keeps its own layout: False then (``drop_laid_out`` after the push)."""
+    if pushed.equal_fold(cached):
+        return False
+    existing = cache.read_manifest(pushed)
+    if existing is not None:
+        return existing == manifest.raw  # another model of that name is never replaced
+    cache.write_manifest(pushed, manifest.raw)
+    cache.unmark_lazy(pushed)
+    log.info("%s laid out for the push is kept in the cache as %s", cached, pushed)
+    return True
+
+
+def drop_laid_out(cache: BlobCache, written: frozenset[Digest]) -> None:
+    """After a push whose layout is kept under no name: remove the blobs written for it
+    that no manifest names (the registry has them; the cache would only hold them
+    unnamed). Fails closed: a manifest that cannot be read keeps what it may name."""
+    if not written:
+        return
+    references = cache.referenced_blobs()
+    for digest in sorted(written, key=str):
+        if digest in references:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            cache.blob_path(digest).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            cache.local_index_path(digest).unlink()
 
 
 def _chunks(cache: BlobCache, layer: Layer) -> BlobChunks:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from mount.test_mount import TAG_DIR
 
+from modelfs.fs.mountctl import blobs_view_path, find_mount, is_stale, unbind_blobs_view
+
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "modelfs@.service"
 READY_SECONDS = 60
 
@@ -194,3 +196,49 @@ def test_the_unit_mounts_over_a_mount_point_with_files_and_they_are_back_after_s
     assert (mnt / "lost+found").is_dir()
     lines = (tmp_path / "journal").read_text().splitlines()
     assert not [ln for ln in lines if ln.startswith(("<0>", "<1>", "<2>", "<3>", "<4>"))], lines
+
+
+def test_after_a_crash_exec_stop_post_clears_the_dead_mount_and_its_view_of_blobs(
+    tmp_path: Path, registry, smollm2_pushed
+) -> None:
+    """kill -9 (an OOM kill, a crash): the daemon leaves its mount dead and the read-only view
+    of blobs/ bound under /run/modelfs-blobs. What systemd runs next, ExecStopPost, must clear
+    both: a view left bound pins the cache's filesystem (it cannot be unmounted) for good."""
+    mnt = tmp_path / "srv" / "models"
+    settings = unit_settings(mnt)
+    (stop_post,) = settings["ExecStopPost"]
+    mnt.mkdir(parents=True)
+    env = unit_env(tmp_path, settings)
+    view = blobs_view_path(mnt)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        open(tmp_path / "journal", "wb") as out,
+    ):
+        sock.bind(env["NOTIFY_SOCKET"])
+        sock.settimeout(READY_SECONDS)
+        daemon = subprocess.Popen(
+            exec_start(settings), env=env, stderr=out, stdin=subprocess.DEVNULL
+        )
+        try:
+            assert "READY=1" in sock.recv(1024).decode()
+            params = mnt / registry.host / TAG_DIR / "params.json"
+            assert params.read_text() == '{"temperature":0.2}'
+            assert find_mount(view) is not None, f"the daemon bound no view of blobs/ at {view}"
+            daemon.kill()  # SIGKILL: nothing of the daemon's own clean-up runs
+            daemon.wait(60)
+            assert is_stale(mnt), "the killed daemon's mount is not dead"
+            assert find_mount(view) is not None
+            post = subprocess.run(  # as systemd runs it: the unit's environment
+                shell_command(stop_post), env=env, capture_output=True, text=True, timeout=60
+            )
+            assert post.returncode == 0, post.stderr
+            assert find_mount(mnt) is None, f"the dead mount at {mnt} is still mounted"
+            assert find_mount(view) is None, f"the view of blobs/ outlived the crash at {view}"
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+            if find_mount(mnt) is not None:
+                subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+            if find_mount(view) is not None:
+                unbind_blobs_view(mnt)

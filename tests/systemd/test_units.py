@@ -131,6 +131,32 @@ def test_a_killed_daemon_is_restarted_and_keeps_its_cache(
     assert_no_daemon_problems(c)
 
 
+def test_after_kill_9_the_unit_leaves_neither_a_dead_mount_nor_a_view_of_blobs(
+    container_factory: Boot, registry: RegistryProcess, smollm2_pushed: str
+) -> None:
+    """A crash the unit is not restarted after (Restart=no here, or a start limit hit): what
+    ExecStopPost leaves is what stays. The view of blobs/ left bound kept the cache's
+    filesystem busy (it could not be unmounted) until the next start of the same mount."""
+    c = booted(container_factory, env=ALLOW_OTHER_ENV)
+    c.write(f"/etc/systemd/system/{UNIT}.d/no-restart.conf", "[Service]\nRestart=no\n")
+    c.run("systemctl", "daemon-reload")
+    start(c)
+    assert cat(c, tag_file(registry.host, "params.json")) == PARAMS
+
+    def views() -> list:
+        return [m for m in c.mounts() if m.point.startswith(f"{BLOBS_VIEWS_DIR}/")]
+
+    assert views(), "the daemon bound no read-only view of blobs/"
+    c.sh(f"kill -9 {c.show(UNIT, 'MainPID')}")  # the shell's kill: the image has no procps
+    c.wait_for(
+        f"{UNIT} stopped after kill -9",
+        lambda: c.show(UNIT, "ActiveState") in ("failed", "inactive"),
+        RESTART_SECONDS,
+    )
+    assert c.mount_at(MNT) is None, f"{MNT} is still mounted after the crash: {c.mounts()}"
+    assert not views(), f"the read-only view of blobs/ outlived the crash: {views()}"
+
+
 def test_stop_leaves_no_mount_and_no_process(
     container_factory: Boot, registry: RegistryProcess, smollm2_pushed: str
 ) -> None:

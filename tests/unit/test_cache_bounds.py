@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.eviction import CacheBounds, Evictor, parse_size
@@ -147,6 +148,10 @@ async def test_a_failing_helper_never_fails_the_lookup_that_recorded_a_use(tmp_p
     assert len(errors) == 1 and errors[0].exc_info is not None, "not logged exactly once"
 
 
+async def _inline(fn, *args):  # the daemon's worker thread, here the test's own
+    return fn(*args)
+
+
 def _one_blob_manifest(cache: BlobCache) -> bytes:
     config = b"{}"
     cache.store_bytes(config, Digest.of_bytes(config))
@@ -173,8 +178,9 @@ def test_partials_no_manifest_names_are_discarded_unless_in_use_or_named(tmp_pat
     holder = cache.lock_blob(in_use)  # another modelfs process reading it
     assert holder is not None
     try:
-        evictor = Evictor(cache, CacheBounds(max_bytes=1 << 40), set, None)  # type: ignore[arg-type]
-        assert evictor._evict(set()) == []
+        evictor = Evictor(cache, CacheBounds(max_bytes=1 << 40), set, _inline)
+        trio.run(evictor.check)
+        assert evictor.evicted == []
     finally:
         os.close(holder)
     assert set(cache.partial_digests()) == {in_use, named}

@@ -85,7 +85,7 @@ RANK = {
     "blobs.folderfacts": 12,
     "blobs.completion": 11,
     "blobs.eviction": 9,
-    "blobs.orphans": 5,
+    "blobs.orphans": 4,
     "fs.resolver": 6,
     "fs.modeltree": 5,
     "fs.tree": 12,

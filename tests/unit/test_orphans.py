@@ -3,10 +3,15 @@ them; nothing another program may still name is touched."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
 from pathlib import Path
 
+import pytest
+
+from modelfs.blobs import sharing
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.orphans import collect
 from modelfs.formats.digest import Digest
@@ -127,3 +132,95 @@ async def test_a_blob_published_while_orphans_are_collected_neither_fails_it_nor
     await evictor.check()
     assert not cache.blob_path(ours).exists(), "the orphan was not freed"
     assert evictor.published_here == {meanwhile}
+
+
+# -- one set of rules: what the eviction check and a cache's start both free --------------------
+
+
+def test_a_scratch_file_of_a_process_gone_is_freed_and_a_running_ones_kept(tmp_path: Path) -> None:
+    """Eviction's collection listed a dead process's scratch file as freed but left it: only
+    the (separate) start-up sweep removed it."""
+    cache = cache_with(tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait(10)
+    dead, live = Digest.of_bytes(b"dead scratch"), Digest.of_bytes(b"live scratch")
+    dead_file = cache.partial_dir / f"{dead.filename}.{gone.pid}-1.scratch"
+    dead_file.write_bytes(b"x" * 8192)
+    live_file = cache.partial_dir / f"{live.filename}.{os.getpid()}-1.scratch"
+    live_file.write_bytes(b"y")
+
+    done = collect(cache, set(), set())
+
+    assert not dead_file.exists(), "a scratch file of a process gone is still in partial/"
+    assert done.freed_bytes >= 8192
+    assert live_file.exists(), "removed a running process's scratch file"
+    assert live not in done.digests and done.waiting
+
+
+def test_the_partial_of_a_blob_already_complete_is_freed_though_its_model_names_it(
+    tmp_path: Path,
+) -> None:
+    """A process killed between publishing a blob and closing its partial leaves its state and
+    lock file: the start-up sweep freed them, eviction's collection kept them for good."""
+    cache = cache_with(tmp_path)
+    config, layer = blob(cache, b"config"), blob(cache, b"complete layer" * 3)
+    manifest_naming(cache, config, layer)
+    cache.state_path(layer).write_bytes(b"{}")
+    cache.lock_path(layer).write_bytes(b"")
+
+    done = collect(cache, set(), set())
+
+    assert done.digests == (layer,)
+    assert not cache.state_path(layer).exists() and not cache.lock_path(layer).exists()
+    assert cache.has_blob(layer), "the complete blob a model names was removed"
+
+
+def test_a_small_blob_another_process_fetches_keeps_its_claim(tmp_path: Path) -> None:
+    """A small blob being fetched whole by another process has only a lock file (its claim):
+    unlinking it let a third process claim the same blob and fetch it again."""
+    cache = cache_with(tmp_path)
+    digest = Digest.of_bytes(b"a small blob no manifest names yet")
+    claim = sharing.claim_small(cache.lock_path(digest))
+    assert claim is not None
+    try:
+        done = collect(cache, set(), set())
+        assert done.digests == () and done.waiting
+        assert cache.lock_path(digest).exists(), "the claim of a fetch in progress was unlinked"
+        assert sharing.claim_small(cache.lock_path(digest)) is None
+    finally:
+        sharing.release_small(claim, cache.lock_path(digest), remove=True)
+    assert collect(cache, set(), set()).digests == ()
+    assert not cache.lock_path(digest).exists()
+
+
+async def test_a_cache_without_record_locks_keeps_its_partials_and_still_evicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a filesystem without record locks (whether another process uses a partial cannot
+    be known) the collection raised, so each eviction check ended in a WARNING before it
+    evicted anything: the cache grew past its bound."""
+    from modelfs.blobs import blobcache
+    from modelfs.blobs.eviction import CacheBounds, Evictor
+
+    cache = cache_with(tmp_path)
+    orphan = partial(cache, b"no manifest names me" * 3)
+    config, layer = blob(cache, b"config"), blob(cache, b"a layer of a lazy model" * 100)
+    manifest_naming(cache, config, layer)
+    raw = cache.read_manifest(NAME, pending=True)
+    assert raw is not None
+    cache.write_manifest(NAME, raw)
+    cache.mark_lazy(NAME)
+
+    def no_record_locks(fd: int) -> bool:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(blobcache, "lock_exclusive", no_record_locks)
+
+    async def inline(fn, *args):
+        return fn(*args)
+
+    evictor = Evictor(cache, CacheBounds(max_bytes=1, min_free_percent=None), set, inline)
+    await evictor.check()
+
+    assert evictor.evicted == [NAME], "the cache over its bound evicted nothing"
+    assert cache.partial_path(orphan).exists(), "removed a partial no lock could vouch for"

@@ -26,7 +26,7 @@ from unit.test_blob_layer import (
     serving,
 )
 
-from modelfs.blobs import sharing
+from modelfs.blobs import orphans, sharing
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.partial import PartialFile
 from modelfs.commands.inventory import unnamed_partial_bytes
@@ -71,10 +71,10 @@ async def test_a_partial_in_use_during_unlink_is_accounted_and_removed_once_let_
         cache.unlink(NAME)
         assert cache.partial_path(layer.digest).exists(), "removed a partial another process uses"
         assert unnamed_partial_bytes(cache) >= CB, "the partial no model names is not counted"
-        assert cache.sweep_partials() == 0
+        assert orphans.collect(cache).freed_bytes == 0
     finally:
         other.close()
-    assert cache.sweep_partials() > 0
+    assert orphans.collect(cache).freed_bytes > 0
     assert leftovers(cache) == []
     assert unnamed_partial_bytes(cache) == 0
 
@@ -87,7 +87,7 @@ def test_a_scratch_file_of_a_process_gone_is_swept(cache: BlobCache) -> None:
     scratch.write_bytes(b"x" * 4096)
     mine = cache.partial_dir / f"sha256-{'ab' * 32}.{os.getpid()}-1.scratch"
     mine.write_bytes(b"x")
-    cache.sweep_partials()
+    orphans.collect(cache)
     assert not scratch.exists()
     assert mine.exists(), "removed a live process's scratch file"
 
