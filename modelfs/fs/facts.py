@@ -6,12 +6,15 @@ as its inode is keyed: until its blob is published, per repository and manifest,
 what one manifest's header says is never another's. A safetensors model's facts (on
 its tag directory) are read from config.json and the weights' headers, per repository
 and manifest. Neither is read on listxattr (``ls -l`` asks for xattrs; it must not
-fetch).
+fetch). Only the facts of the last ``MAX_FACTS_ENTRIES`` files and models asked about
+are kept: a daemon that lists thousands of models over its life keeps no more; a
+forgotten entry is read again when next asked for.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Hashable
 
 from modelfs.blobs.files import lay_out
@@ -28,7 +31,33 @@ from modelfs.fs.published import Published
 
 log = logging.getLogger(__name__)
 
+# Files and models whose facts are kept (a few hundred bytes each).
+MAX_FACTS_ENTRIES = 256
+
 Xattrs = dict[str, bytes]
+
+
+class RecentFacts:
+    """Facts by key: the ``max_entries`` most recently read or asked for."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._kept: OrderedDict[Hashable, Xattrs] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: Hashable) -> Xattrs | None:
+        found = self._kept.get(key)
+        if found is not None:
+            self._kept.move_to_end(key)
+        return found
+
+    def put(self, key: Hashable, facts: Xattrs) -> None:
+        self._kept[key] = facts
+        self._kept.move_to_end(key)
+        while len(self._kept) > self.max_entries:
+            self._kept.popitem(last=False)
 
 
 class Facts:
@@ -37,13 +66,14 @@ class Facts:
         blobs: Blobs,
         layouts: Layouts,
         published: Published,
+        *,
+        max_entries: int = MAX_FACTS_ENTRIES,
     ) -> None:
         self.blobs = blobs
         self.layouts = layouts
         self.published = published
-        # (bounded by the models this mount has shown; a few hundred bytes each)
-        self.gguf_facts: dict[Hashable, Xattrs] = {}
-        self.folder_facts: dict[Hashable, Xattrs] = {}
+        self.gguf_facts = RecentFacts(max_entries)
+        self.folder_facts = RecentFacts(max_entries)
 
     async def gguf(self, node: Node, caller: Caller) -> Xattrs:
         """The facts of a GGUF file's header: read once per key (``_gguf_key``)."""
@@ -59,7 +89,7 @@ class Facts:
             except GGUFInvalid as e:
                 log.info("%s has no GGUF facts: %s", node.name, e)
                 known = {}
-            self.gguf_facts[key] = known
+            self.gguf_facts.put(key, known)
         return known
 
     def gguf_known(self, node: Node) -> Xattrs | None:
@@ -92,7 +122,7 @@ class Facts:
             except ManifestInvalid as e:
                 log.info("%s has no safetensors facts: %s", name, e)
                 known = {}
-            self.folder_facts[key] = known
+            self.folder_facts.put(key, known)
         return known
 
     def folder_known(self, node: Node) -> Xattrs | None:
