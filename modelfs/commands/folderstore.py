@@ -365,10 +365,40 @@ def create_from_folder(
         extras=extras,
     )
     manifest = parse_manifest(raw)
+    mark_unindexed(cache, manifest.digest, not chunk_index)  # before the manifest
     cache.write_manifest(name, raw)
     cache.unmark_lazy(name)  # created on purpose: pinned
     log.info("created %s from %s as %s (%s)", name, folder, fmt, manifest.digest)
     return manifest
+
+
+# -- models created with --no-chunk-index ----------------------------------------------------
+
+# A folder model's manifest is exactly what the tools write, so "no chunk index" cannot be
+# said in it: one empty file per such manifest (by digest) says it, for push.
+UNINDEXED_DIRNAME = "unindexed"
+
+
+def _unindexed_path(cache: BlobCache, digest: Digest) -> Path:
+    return cache.state_dir / UNINDEXED_DIRNAME / digest.filename
+
+
+def mark_unindexed(cache: BlobCache, digest: Digest, unindexed: bool = True) -> None:
+    """Whether the folder model of manifest ``digest`` was created with ``--no-chunk-index``:
+    push then publishes no chunk index beside it (nor beside its other layouts). The same
+    folder created again within the second has the same manifest, hence the ``False``."""
+    path = _unindexed_path(cache, digest)
+    if unindexed:
+        cache.atomic_write(path, b"")
+    elif path.exists():
+        try:
+            path.unlink()
+        except OSError as e:
+            raise os_error(e, f"creating {digest.short}") from None
+
+
+def is_unindexed(cache: BlobCache, digest: Digest) -> bool:
+    return _unindexed_path(cache, digest).exists()
 
 
 # -- push --format of a cached folder model --------------------------------------------------
@@ -425,9 +455,12 @@ def layout_cached(
     if have is None:
         raise UsageError(f"{name} is not a model folder: --format {fmt} needs one")
     sources = cached_sources(cache, manifest, str(name))
-    raw = lay_out(cache, sources, fmt, created=created)
+    indexed = not is_unindexed(cache, manifest.digest)
+    raw = lay_out(cache, sources, fmt, created=created, chunk_index=indexed)
+    laid = parse_manifest(raw)
+    mark_unindexed(cache, laid.digest, not indexed)
     log.info("%s laid out as %s", name, fmt)
-    return parse_manifest(raw)
+    return laid
 
 
 # -- a Modelfile whose FROM is a folder ------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -373,3 +374,36 @@ def test_a_modelfile_from_a_folder_as_docker_adds_licenses_and_num_ctx(minilm, t
     config = json.loads((cache / "blobs" / manifest.config.digest.filename).read_bytes())
     assert config["config"]["context_size"] == 4096  # config.json says 512
     assert config["rootfs"]["diff_ids"] == [str(x.digest) for x in manifest.layers]
+
+
+def test_no_chunk_index_is_honoured_by_push(registry, minilm, tmp_path):
+    """create --dir --no-chunk-index: push publishes no chunk index beside the model, in
+    its own format or laid out again as another."""
+    cache = tmp_path / "cache"
+    repo = "created/minilm-unindexed"
+    name = f"{registry.host}/{repo}:latest"
+    run_modelfs("create", name, "--dir", str(minilm), "--no-chunk-index", "--cache", str(cache))
+    manifest = parse_manifest(cached_manifest(cache, name))
+    big = next(x for x in manifest.layers if a.filepath_of(x) == "model.safetensors")
+    assert not (cache / ".modelfs/indexes" / f"{big.digest.filename}.json").exists()
+    pushed = run_modelfs("push", name, "--cache", str(cache))
+    assert "chunk index" not in pushed.stdout, pushed.stdout
+    as_ollama = f"{registry.host}/{repo}-ollama:latest"
+    pushed = run_modelfs(
+        "push", as_ollama, "--from", name, "--format", "ollama", "--cache", str(cache)
+    )
+    assert "chunk index" not in pushed.stdout, pushed.stdout
+    ollama = parse_manifest(skopeo_raw(registry, f"{repo}-ollama", "latest"))
+    for r, m in ((repo, manifest), (f"{repo}-ollama", ollama)):
+        request = urllib.request.Request(
+            f"{registry.url}/v2/{r}/manifests/{referrers_tag(m.digest)}",
+            headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=30)
+        e.value.close()
+        assert e.value.code == 404, r
+    # The same folder created with an index gets one published, as before.
+    indexed = f"{registry.host}/{repo}-indexed:latest"
+    run_modelfs("create", indexed, "--dir", str(minilm), "--cache", str(cache))
+    assert "chunk index" in run_modelfs("push", indexed, "--cache", str(cache)).stdout
