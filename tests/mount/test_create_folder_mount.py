@@ -208,3 +208,21 @@ def test_a_modelfile_from_a_folder_mounts_with_its_lines(
     if fmt == "docker":
         config = json.loads((tag / ".modelfs/config.json").read_bytes())
         assert config["config"]["context_size"] == 4096
+
+
+def test_an_assembled_file_shows_the_models_time(proxy, registry, mount_factory, minilm):
+    """model.safetensors laid out from Ollama's tensor blobs: stat gives the time the model
+    says it was made (its config's ``created``), not when the mount started."""
+    from support.modelformats import ollama_tensors, push, with_created
+
+    push(
+        registry.host,
+        "folders/minilm-created",
+        "latest",
+        with_created(ollama_tensors(minilm), "2025-03-04T05:06:07.5Z"),
+    )
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-created/latest"
+    st = os.stat(tag / "model.safetensors")
+    assert st.st_mtime_ns == 1741064767_500000000, st.st_mtime_ns
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
