@@ -337,6 +337,7 @@ class ModelfileExtras:
     ollama_layers: tuple[tuple[str, bytes], ...] = ()  # ollama: (media type, bytes), in order
     licenses: tuple[bytes, ...] = ()  # docker, cncf: each a license file of its own
     context_size: int | None = None  # docker: PARAMETER num_ctx, the config's context_size
+    where: str = "Modelfile"  # for messages
 
     def license_files(self, taken: set[str]) -> list[tuple[str, bytes]]:
         """The license files at ``LICENSE``, ``LICENSE-2`` …; refused where the folder has
@@ -346,8 +347,8 @@ class ModelfileExtras:
             path = LICENSE_FILE if i == 1 else f"{LICENSE_FILE}-{i}"
             if path in taken:
                 raise ModelfileInvalid(
-                    f"LICENSE: the folder has a file {path} already (leave the LICENSE line "
-                    "out, or the file)"
+                    f"{self.where}: LICENSE: the folder has a file {path} already (leave the "
+                    "LICENSE line out, or the file)"
                 )
             out.append((path, text))
         return out
@@ -383,7 +384,7 @@ def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
             "into the weights)"
         )
     if fmt == OLLAMA:
-        return ModelfileExtras(ollama_layers=tuple(mf.ollama_layers()))
+        return ModelfileExtras(ollama_layers=tuple(mf.ollama_layers()), where=where)
     params = dict(mf.parameters)
     context = params.pop("num_ctx", None) if fmt == DOCKER else None
     said = (
@@ -404,4 +405,5 @@ def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
     return ModelfileExtras(
         licenses=tuple(text.encode() for text in mf.licenses),
         context_size=int(context) if context is not None else None,  # type: ignore[call-overload]
+        where=where,
     )

@@ -208,5 +208,7 @@ def test_a_license_line_is_refused_where_the_folder_has_a_license_file():
     from modelfs.formats.modelfile import ModelfileInvalid, parse_modelfile
 
     extras = fp.modelfile_extras(parse_modelfile("FROM ./m\nLICENSE MIT\n"), fp.CNCF, "M")
-    with pytest.raises(ModelfileInvalid, match="the folder has a file LICENSE already"):
+    with pytest.raises(
+        ModelfileInvalid, match=r"^M: LICENSE: the folder has a file LICENSE already"
+    ):
         extras.license_files({"LICENSE", "model.safetensors"})
