@@ -28,6 +28,7 @@ from modelfs.formats.files import (
     Needs,
     files_of,
     resting_on,
+    with_config_read,
 )
 from modelfs.formats.manifest import Layer, Manifest
 from modelfs.formats.names import Name
@@ -56,7 +57,11 @@ async def lay_out(
 
     async def read(request: ByteRequest) -> bytes:
         layer = layers.get(request.digest)
-        if layer is None or not await _checked_only_whole(blobs, name, manifest, layer, anonymous):
+        if (
+            layer is None
+            or request.digest == manifest.config.digest  # small: checked whole, at once
+            or not await _checked_only_whole(blobs, name, manifest, layer, anonymous)
+        ):
             return await checked(request)
         data = await blobs.read_unchecked(
             name,
@@ -70,7 +75,7 @@ async def lay_out(
 
     def ask(known: BlobBytes) -> ModelTree | Needs:
         try:
-            return files_of(manifest, known)
+            return with_config_read(files_of(manifest, known), manifest, known)
         except ManifestInvalid as e:  # the one line the mount logs says which model
             raise ManifestInvalid(f"{name}: {e}") from None
 

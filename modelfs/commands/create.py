@@ -51,6 +51,7 @@ from modelfs.formats.modelfile import (
     MAX_MODELFILE_BYTES,
     Modelfile,
     ModelfileInvalid,
+    ollama_layer_blobs,
     parameters_from_json,
     parse_modelfile,
 )
@@ -156,7 +157,8 @@ def create_from_modelfile(
 ) -> Manifest:
     """``modelfs create NAME -f Modelfile``: the layers ``ollama create`` writes for it.
 
-    FROM is a model folder (commands/folderstore.py, laid out as ``format``), a GGUF file
+    FROM is a model folder (commands/folderstore.py, laid out as ``format``, with the lines
+    that format keeps: formats/folderpack.py ``modelfile_extras``), a GGUF file
     (a path, relative to the Modelfile's directory) or a model complete in the cache, whose
     layers are the base: TEMPLATE, SYSTEM, LICENSE and MESSAGE replace the base's, PARAMETER
     values are merged into its params (the Modelfile's win), ADAPTER files are added. A
@@ -168,9 +170,14 @@ def create_from_modelfile(
         raise ModelfileInvalid(f"{modelfile}: DRAFT models are not supported by modelfs create")
     base_dir = modelfile.parent
     if (folder := folderstore.modelfile_folder(mf.from_, base_dir)) is not None:
-        folderstore.check_folder_modelfile(mf, f"{modelfile}")
         return folderstore.create_from_folder(
-            cache, name, folder, format=format, chunk_bytes=chunk_bytes, chunk_index=chunk_index
+            cache,
+            name,
+            folder,
+            format=format,
+            chunk_bytes=chunk_bytes,
+            chunk_index=chunk_index,
+            modelfile=(mf, str(modelfile)),
         )
     if format is not None:
         raise UsageError(f"{where} {mf.from_} is not a folder: --format is for model folders")
@@ -359,16 +366,14 @@ def _write_model(
         index = serialize_chunk_index(chunk_bytes, indexed)
         layers = [layer for layer in layers if layer.media_type != MEDIA_TYPE_CHUNK_INDEX]
         layers.insert(1, _store(cache, index, MEDIA_TYPE_CHUNK_INDEX))
-    if template is not None:
-        layers.append(_store(cache, template, MEDIA_TYPE_TEMPLATE))
-    if parts.system is not None:
-        layers.append(_store(cache, parts.system, MEDIA_TYPE_SYSTEM))
-    for text in parts.licenses:
-        layers.append(_store(cache, text, MEDIA_TYPE_LICENSE))
-    if params is not None:
-        layers.append(_store(cache, params, MEDIA_TYPE_PARAMS))
-    if parts.messages is not None:
-        layers.append(_store(cache, parts.messages, MEDIA_TYPE_MESSAGES))
+    for media_type, data in ollama_layer_blobs(
+        template=template,
+        system=parts.system,
+        licenses=parts.licenses,
+        params=params,
+        messages=parts.messages,
+    ):
+        layers.append(_store(cache, data, media_type))
     config_doc = {
         **ollama_config(info),
         **parts.config,

@@ -13,6 +13,7 @@ chunk index (``.modelfs/indexes``), which a push publishes beside the manifest
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -38,7 +39,7 @@ from modelfs.formats.dockermodel import architecture_text, context_size, quantiz
 from modelfs.formats.files import SIDE_DIR, ModelTree, files_of
 from modelfs.formats.gguf import read_gguf_file
 from modelfs.formats.manifest import Layer, Manifest, parse_manifest
-from modelfs.formats.modelfile import Modelfile, ModelfileInvalid
+from modelfs.formats.modelfile import Modelfile
 from modelfs.formats.names import Name
 from modelfs.formats.safetensors import (
     MAX_HEADER_BYTES,
@@ -269,26 +270,42 @@ def lay_out(
     chunk_bytes: int = CHUNK_BYTES,
     chunk_index: bool = True,
     written: set[Digest] | None = None,
+    extras: fp.ModelfileExtras | None = None,
 ) -> bytes:
     """Store the blobs of ``sources`` laid out as ``fmt`` and return the manifest's bytes
     (the manifest itself is not written: the caller says under which name, if any).
     ``written`` gets the digests of the blobs written here (tensors, configs) that were not
-    in ``blobs/`` before."""
+    in ``blobs/`` before; ``extras``: what a Modelfile FROM the folder adds
+    (formats/folderpack.py)."""
     if fmt not in fp.FOLDER_FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(fp.FOLDER_FORMATS)}")
+    extras = extras or fp.ModelfileExtras()
     facts = folder_facts(sources)
+    if extras.context_size is not None:
+        facts = dataclasses.replace(facts, context_size=extras.context_size)
+    licenses = extras.license_files({s.file.path for s in sources})
     cache.prepare()
     store = _Store(cache, chunk_bytes, chunk_index, written)
     if fmt == fp.OLLAMA:
-        return _ollama(store, sources, facts)
+        return _ollama(store, sources, facts, extras.ollama_layers)
     layers = [fp.file_layer(store.file(s), s.file, fmt) for s in sources]
+    created_ns = int(created.timestamp()) * 1_000_000_000
+    for path, text in licenses:
+        # As ``docker model package --license`` adds one: after the folder's files.
+        f = fp.FolderFile(path, len(text), 0o644, created_ns)
+        layers.append(fp.file_layer(store.bytes(text), f, fmt))
     body = (fp.dmr_config if fmt == fp.DOCKER else fp.cncf_config)(facts, layers, created)
     config = store.bytes(body)
     config = Layer(config.digest, fp.config_media_type(fmt), config.size)
     return fp.oci_manifest(config, layers, a.CNCF_ARTIFACT if fmt == fp.CNCF else None)
 
 
-def _ollama(store: _Store, sources: list[Source], facts: fp.FolderFacts) -> bytes:
+def _ollama(
+    store: _Store,
+    sources: list[Source],
+    facts: fp.FolderFacts,
+    modelfile_layers: tuple[tuple[str, bytes], ...] = (),
+) -> bytes:
     if facts.format != "safetensors":
         raise UsageError(
             "Ollama's tensor format holds safetensors weights; create a GGUF model with --gguf"
@@ -326,6 +343,9 @@ def _ollama(store: _Store, sources: list[Source], facts: fp.FolderFacts) -> byte
             "left out %s",
             ", ".join(left_out),
         )
+    for media_type, data in modelfile_layers:  # after the tensors and JSON, as Ollama's
+        blob = store.bytes(data)
+        layers.append(Layer(blob.digest, media_type, blob.size))
     body = store.bytes(fp.ollama_config(facts))
     config = Layer(body.digest, fp.config_media_type(fp.OLLAMA), body.size)
     return fp.ollama_manifest(config, layers)
@@ -339,19 +359,60 @@ def create_from_folder(
     format: str | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     chunk_index: bool = True,
+    modelfile: tuple[Modelfile, str] | None = None,
 ) -> Manifest:
-    """``modelfs create NAME --dir FOLDER``: the folder's files, then the manifest."""
+    """``modelfs create NAME --dir FOLDER``: the folder's files, then the manifest.
+    ``modelfile``: a Modelfile FROM the folder and where it is, for its other lines."""
     fmt = format or fp.DEFAULT_FOLDER_FORMAT
+    extras = fp.ModelfileExtras()
+    if modelfile is not None:
+        extras = fp.modelfile_extras(modelfile[0], fmt, modelfile[1])
     sources = walk_folder(folder)
     created = datetime.now(UTC).replace(microsecond=0)
     raw = lay_out(
-        cache, sources, fmt, created=created, chunk_bytes=chunk_bytes, chunk_index=chunk_index
+        cache,
+        sources,
+        fmt,
+        created=created,
+        chunk_bytes=chunk_bytes,
+        chunk_index=chunk_index,
+        extras=extras,
     )
     manifest = parse_manifest(raw)
+    mark_unindexed(cache, manifest.digest, not chunk_index)  # before the manifest
     cache.write_manifest(name, raw)
     cache.unmark_lazy(name)  # created on purpose: pinned
     log.info("created %s from %s as %s (%s)", name, folder, fmt, manifest.digest)
     return manifest
+
+
+# -- models created with --no-chunk-index ----------------------------------------------------
+
+# A folder model's manifest is exactly what the tools write, so "no chunk index" cannot be
+# said in it: one empty file per such manifest (by digest) says it, for push.
+UNINDEXED_DIRNAME = "unindexed"
+
+
+def _unindexed_path(cache: BlobCache, digest: Digest) -> Path:
+    return cache.state_dir / UNINDEXED_DIRNAME / digest.filename
+
+
+def mark_unindexed(cache: BlobCache, digest: Digest, unindexed: bool = True) -> None:
+    """Whether the folder model of manifest ``digest`` was created with ``--no-chunk-index``:
+    push then publishes no chunk index beside it (nor beside its other layouts). The same
+    folder created again within the second has the same manifest, hence the ``False``."""
+    path = _unindexed_path(cache, digest)
+    if unindexed:
+        cache.atomic_write(path, b"")
+    elif path.exists():
+        try:
+            path.unlink()
+        except OSError as e:
+            raise os_error(e, f"creating {digest.short}") from None
+
+
+def is_unindexed(cache: BlobCache, digest: Digest) -> bool:
+    return _unindexed_path(cache, digest).exists()
 
 
 # -- push --format of a cached folder model --------------------------------------------------
@@ -414,9 +475,12 @@ def layout_cached(
     if have is None:
         raise UsageError(f"{name} is not a model folder: --format {fmt} needs one")
     sources = cached_sources(cache, manifest, str(name))
-    raw = lay_out(cache, sources, fmt, created=created, written=written)
+    indexed = not is_unindexed(cache, manifest.digest)
+    raw = lay_out(cache, sources, fmt, created=created, chunk_index=indexed, written=written)
+    laid = parse_manifest(raw)
+    mark_unindexed(cache, laid.digest, not indexed)
     log.info("%s laid out as %s", name, fmt)
-    return parse_manifest(raw)
+    return laid
 
 
 # -- a Modelfile whose FROM is a folder ------------------------------------------------------
@@ -429,30 +493,3 @@ def modelfile_folder(text: str, base_dir: Path) -> Path | None:
     if not path.is_absolute():
         path = base_dir / path
     return path if path.is_dir() else None
-
-
-def check_folder_modelfile(mf: Modelfile, where: str) -> None:
-    """A folder is taken as it is: the Modelfile may say nothing else (Ollama's own
-    ``create`` of a folder keeps these in layers modelfs does not write for folders)."""
-    said = [
-        word
-        for word, value in (
-            ("TEMPLATE", mf.template),
-            ("SYSTEM", mf.system),
-            ("PARAMETER", mf.parameters),
-            ("LICENSE", mf.licenses),
-            ("MESSAGE", mf.messages),
-            ("ADAPTER", mf.adapters),
-            ("a second FROM", mf.more_from),
-            ("DRAFT", mf.drafts),
-            ("RENDERER", mf.renderer),
-            ("PARSER", mf.parser),
-            ("REQUIRES", mf.requires),
-        )
-        if value
-    ]
-    if said:
-        raise ModelfileInvalid(
-            f"{where}: FROM a folder takes the folder as it is; {', '.join(said)} "
-            "cannot go with it (put such files in the folder)"
-        )

@@ -6,7 +6,8 @@ another (commands/folderstore.py ``layout_cached``). Its manifest is exactly wha
 Model Runner, modctl or Ollama write, so the chunk index of its large layers cannot be a
 layer of it (each layer there is a file of the folder): it is published beside the
 manifest as ``modelfs index`` publishes one (an artifact whose subject is the manifest),
-from the chunk digests kept when the blobs were written, or hashed from the cache.
+from the chunk digests kept when the blobs were written, or hashed from the cache; none
+for a model created with ``--no-chunk-index``, as for a GGUF model created so.
 """
 
 from __future__ import annotations
@@ -113,8 +114,13 @@ def _chunks(cache: BlobCache, layer: Layer) -> BlobChunks:
 async def publish_folder_index(
     cache: BlobCache, registry: Registry, name: Name, manifest: Manifest
 ) -> Digest | None:
-    """Publish the chunk index of the pushed folder model's large layers; None: none needed."""
+    """Publish the chunk index of the pushed folder model's large layers; None: none needed,
+    or the model was created with ``--no-chunk-index`` (``modelfs index`` publishes one
+    later if wanted)."""
     if manifest.layers_of_type(MEDIA_TYPE_CHUNK_INDEX):
+        return None
+    if await trio.to_thread.run_sync(folderstore.is_unindexed, cache, manifest.digest):
+        log.info("%s: created with --no-chunk-index: no chunk index published", name)
         return None
     large = list(
         {layer.digest: layer for layer in manifest.layers if layer.size > CHUNK_BYTES}.values()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -64,6 +65,9 @@ TENSOR_HEAD_READ_BYTES = 4096
 MAX_TENSOR_BLOB_HEADER_BYTES = 1 << 20
 MAX_TENSOR_HEADERS_BYTES = 64 << 20
 MEDIA_TYPE_SAFETENSORS_INDEX = "application/json"
+# A config blob is a few hundred bytes; one read at most this big says when the model was made.
+MAX_CONFIG_READ_BYTES = 64 << 10
+CREATED_KEY = "org.opencontainers.image.created"
 
 
 @dataclass(frozen=True)
@@ -465,7 +469,58 @@ def files_of(
             manifest.media_type or MEDIA_TYPE_DOCKER_MANIFEST,
         )
     )
-    return ModelTree(kind, tuple(placer.files.values()), tuple(skipped))
+    files = tuple(placer.files.values())
+    made = model_time_ns(manifest, known)
+    if made is not None:
+        # A file the mount assembles (a tensor file, a tar member without a time) is as old as
+        # the model, not as the mount; a whole layer keeps the time layer files always had.
+        files = tuple(
+            dataclasses.replace(f, mtime_ns=made) if f.layer is None and f.mtime_ns is None else f
+            for f in files
+        )
+    return ModelTree(kind, files, tuple(skipped))
+
+
+def with_config_read(
+    found: ModelTree | Needs, manifest: Manifest, known: BlobBytes
+) -> ModelTree | Needs:
+    """``files_of``'s answer, a round of reads also asking for the config's bytes (when
+    small and not known yet): a layout that reads blobs anyway learns when the model was
+    made (``model_time_ns``) at no round of its own; one that reads none reads no config."""
+    config = manifest.config
+    if (
+        isinstance(found, Needs)
+        and config.size <= MAX_CONFIG_READ_BYTES
+        and known.get(config.digest, 0, config.size) is None
+    ):
+        return Needs((*found.reads, ByteRequest(config.digest, 0, config.size)))
+    return found
+
+
+def model_time_ns(manifest: Manifest, known: BlobBytes) -> int | None:
+    """When the model was made: the manifest's ``org.opencontainers.image.created``, else its
+    config's (when its bytes are ``known``: ``with_config_read``) ``created`` (an OCI image config),
+    ``descriptor.created`` (Docker Model Runner) or ``descriptor.createdAt`` (ModelPack);
+    None if none says (Ollama's configs do not)."""
+    for key, value in manifest.annotations:
+        if key == CREATED_KEY and (ns := a.rfc3339_ns(value)) is not None:
+            return ns
+    config = manifest.config
+    raw = known.get(config.digest, 0, config.size) if config.size <= MAX_CONFIG_READ_BYTES else None
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    descriptor = doc.get("descriptor")
+    descriptor = descriptor if isinstance(descriptor, dict) else {}
+    for value in (doc.get("created"), descriptor.get("created"), descriptor.get("createdAt")):
+        if isinstance(value, str) and (ns := a.rfc3339_ns(value)) is not None:
+            return ns
+    return None
 
 
 def resting_on(tree: ModelTree, unchecked: BlobBytes) -> ModelTree:

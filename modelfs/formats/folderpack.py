@@ -35,6 +35,7 @@ from modelfs.formats import artifacts as a
 from modelfs.formats.dockermodel import parameters_text
 from modelfs.formats.gofmt import go_json, go_time
 from modelfs.formats.manifest import MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Layer
+from modelfs.formats.modelfile import Modelfile, ModelfileInvalid
 from modelfs.formats.safetensors import HEADER_ALIGN_BYTES, INDEX_FILENAME, TensorInfo
 
 DOCKER, CNCF, OLLAMA = "docker", "cncf", "ollama"
@@ -302,3 +303,107 @@ def ollama_manifest(config: Layer, layers: list[Layer]) -> bytes:
         "layers": [obj(layer) for layer in layers],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+# -- a Modelfile whose FROM is a folder --------------------------------------------------------
+
+# A LICENSE of the Modelfile as a file of a Docker or ModelPack artifact: where
+# ``docker model package --license`` puts one (a layer of its own, its path the file's name).
+LICENSE_FILE = "LICENSE"
+_FORMAT_NAMES = {
+    DOCKER: "a docker model",
+    CNCF: "a cncf (ModelPack) model",
+    OLLAMA: "an ollama model",
+}
+# Why a command has no place in a format's artifact, for the one-line refusal.
+_NO_PLACE = {
+    (DOCKER, "TEMPLATE"): "Docker Model Runner's chat template is Jinja, an Ollama TEMPLATE "
+    "a Go template (put a chat_template.jinja in the folder)",
+    (CNCF, "TEMPLATE"): "ModelPack has no Ollama (Go) template (put a chat_template.jinja "
+    "in the folder)",
+    (DOCKER, "SYSTEM"): "Docker Model Runner's artifact has no system prompt",
+    (CNCF, "SYSTEM"): "ModelPack has no system prompt",
+    (DOCKER, "MESSAGE"): "Docker Model Runner's artifact has no messages",
+    (CNCF, "MESSAGE"): "ModelPack has no messages",
+    (CNCF, "PARAMETER"): "ModelPack's config has no runtime parameters",
+    (DOCKER, "PARAMETER"): "Docker Model Runner's config has only num_ctx (as context_size)",
+}
+
+
+@dataclass(frozen=True)
+class ModelfileExtras:
+    """What the other lines of a Modelfile FROM a folder add to the folder's artifact."""
+
+    ollama_layers: tuple[tuple[str, bytes], ...] = ()  # ollama: (media type, bytes), in order
+    licenses: tuple[bytes, ...] = ()  # docker, cncf: each a license file of its own
+    context_size: int | None = None  # docker: PARAMETER num_ctx, the config's context_size
+    where: str = "Modelfile"  # for messages
+
+    def license_files(self, taken: set[str]) -> list[tuple[str, bytes]]:
+        """The license files at ``LICENSE``, ``LICENSE-2`` …; refused where the folder has
+        a file of that name (``taken``)."""
+        out = []
+        for i, text in enumerate(self.licenses, 1):
+            path = LICENSE_FILE if i == 1 else f"{LICENSE_FILE}-{i}"
+            if path in taken:
+                raise ModelfileInvalid(
+                    f"{self.where}: LICENSE: the folder has a file {path} already (leave the "
+                    "LICENSE line out, or the file)"
+                )
+            out.append((path, text))
+        return out
+
+
+def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
+    """What ``mf``'s lines other than FROM mean for a folder laid out as ``fmt``, or a
+    one-line ``ModelfileInvalid`` naming the line's command and the format.
+
+    ``ollama``: TEMPLATE, SYSTEM, LICENSE, PARAMETER and MESSAGE become Ollama's layers, the
+    bytes ``ollama create`` writes for them with a GGUF FROM (``ollama create
+    --experimental`` appends them to the tensor layers too). ``docker`` and ``cncf``:
+    LICENSE becomes a license file; ``docker`` takes PARAMETER num_ctx as the config's
+    ``context_size`` (``docker model package --context-size``); the rest has no place there.
+    ADAPTER, DRAFT, a second FROM, RENDERER, PARSER and REQUIRES go with no folder format.
+    """
+    unsupported = [
+        word
+        for word, value in (
+            ("ADAPTER", mf.adapters),
+            ("a second FROM", mf.more_from),
+            ("DRAFT", mf.drafts),
+            ("RENDERER", mf.renderer),
+            ("PARSER", mf.parser),
+            ("REQUIRES", mf.requires),
+        )
+        if value
+    ]
+    if unsupported:
+        raise ModelfileInvalid(
+            f"{where}: {unsupported[0]} cannot go with FROM a folder (modelfs keeps a folder's "
+            "files and TEMPLATE, SYSTEM, PARAMETER, LICENSE, MESSAGE only; merge an adapter "
+            "into the weights)"
+        )
+    if fmt == OLLAMA:
+        return ModelfileExtras(ollama_layers=tuple(mf.ollama_layers()), where=where)
+    params = dict(mf.parameters)
+    context = params.pop("num_ctx", None) if fmt == DOCKER else None
+    said = (
+        ("TEMPLATE", mf.template),
+        ("SYSTEM", mf.system),
+        ("PARAMETER", params),
+        ("MESSAGE", mf.messages),
+    )
+    for word, value in said:
+        if value:
+            what = f"PARAMETER {next(iter(params))}" if word == "PARAMETER" else word
+            raise ModelfileInvalid(
+                f"{where}: {what} cannot go into {_FORMAT_NAMES[fmt]}: "
+                f"{_NO_PLACE[fmt, word]}; --format ollama keeps it"
+            )
+    if context is not None and not 0 < int(context) < 1 << 31:  # type: ignore[call-overload]
+        raise ModelfileInvalid(f"{where}: PARAMETER num_ctx {context} is not a context size")
+    return ModelfileExtras(
+        licenses=tuple(text.encode() for text in mf.licenses),
+        context_size=int(context) if context is not None else None,  # type: ignore[call-overload]
+        where=where,
+    )

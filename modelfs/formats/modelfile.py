@@ -33,6 +33,13 @@ from modelfs.formats.gofmt import (
     go_parse_float32,
     go_v_float,
 )
+from modelfs.formats.manifest import (
+    MEDIA_TYPE_LICENSE,
+    MEDIA_TYPE_MESSAGES,
+    MEDIA_TYPE_PARAMS,
+    MEDIA_TYPE_SYSTEM,
+    MEDIA_TYPE_TEMPLATE,
+)
 
 # Bounds on hostile input. Real Modelfiles are a few KiB and a few dozen commands;
 # the biggest are long templates or licenses (tens of KiB) and few-shot MESSAGE lists.
@@ -194,6 +201,40 @@ class Modelfile:
             for role, content in self.messages
         )
         return f"[{items}]\n".encode()
+
+    def ollama_layers(self) -> list[tuple[str, bytes]]:
+        """The Modelfile layers ``ollama create`` writes for this Modelfile's TEMPLATE,
+        SYSTEM, LICENSE, PARAMETER and MESSAGE lines (``ollama_layer_blobs``)."""
+        return ollama_layer_blobs(
+            template=self.template.encode() if self.template is not None else None,
+            system=self.system.encode() if self.system is not None else None,
+            licenses=[text.encode() for text in self.licenses],
+            params=self.params_json(),
+            messages=self.messages_json(),
+        )
+
+
+def ollama_layer_blobs(
+    *,
+    template: bytes | None = None,
+    system: bytes | None = None,
+    licenses: Iterable[bytes] = (),
+    params: bytes | None = None,
+    messages: bytes | None = None,
+) -> list[tuple[str, bytes]]:
+    """(media type, bytes) of the Modelfile layers of a model, in the order Ollama's server
+    appends them: template, system, each license, params, messages; None: no layer."""
+    out: list[tuple[str, bytes]] = []
+    if template is not None:
+        out.append((MEDIA_TYPE_TEMPLATE, template))
+    if system is not None:
+        out.append((MEDIA_TYPE_SYSTEM, system))
+    out += [(MEDIA_TYPE_LICENSE, text) for text in licenses]
+    if params is not None:
+        out.append((MEDIA_TYPE_PARAMS, params))
+    if messages is not None:
+        out.append((MEDIA_TYPE_MESSAGES, messages))
+    return out
 
 
 # -- reading ----------------------------------------------------------------------------------

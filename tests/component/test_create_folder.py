@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -219,9 +220,11 @@ def test_a_modelfile_from_a_folder_creates_the_folder_model(minilm, tmp_path):
     bad = run_modelfs(
         "create", name + "2", "-f", str(tmp_path / "Modelfile"), "--cache", str(cache), check=False
     )
-    assert "FROM a folder takes the folder as it is; SYSTEM cannot go with it" in one_line_error(
-        bad
+    assert one_line_error(bad).endswith(
+        "Modelfile: SYSTEM cannot go into a cncf (ModelPack) model: ModelPack has no system "
+        "prompt; --format ollama keeps it"
     )
+    assert not (cache / "manifests" / "localhost:1/created/from-folder/latest2").exists()
 
 
 def test_create_dir_refuses_a_folder_without_weights(tmp_path):
@@ -294,3 +297,113 @@ def test_a_gguf_folder_is_a_docker_or_modelpack_model(small_gguf, tmp_path):
     )
     assert bad.returncode == 2
     assert "Ollama's tensor format holds safetensors weights" in bad.stderr
+
+
+MODELFILE_EXTRAS = (
+    'TEMPLATE """{{ if .System }}{{ .System }} {{ end }}{{ .Prompt }}"""\n'
+    "SYSTEM be brief\n"
+    "PARAMETER temperature 0.25\n"
+    "PARAMETER stop <|end|>\n"
+    "LICENSE MIT\n"
+    "LICENSE Apache-2.0\n"
+    "MESSAGE user hi\n"
+    "MESSAGE assistant hello\n"
+)
+
+
+def modelfile_layers(manifest) -> list[tuple[str, object, int]]:
+    return [
+        (x.media_type, x.digest, x.size)
+        for x in manifest.layers
+        if x.media_type.split(".")[-1] in ("template", "system", "params", "license", "messages")
+    ]
+
+
+def test_a_modelfile_from_a_folder_in_ollamas_format_writes_the_layers_a_gguf_from_gets(
+    minilm, small_gguf, tmp_path
+):
+    """TEMPLATE, SYSTEM, PARAMETER, LICENSE and MESSAGE with FROM a folder and --format
+    ollama: the very layers (bytes, order) the same lines give with FROM a GGUF file, after
+    the tensors and JSON files, as ``ollama create --experimental`` appends them."""
+    cache = tmp_path / "cache"
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\n{MODELFILE_EXTRAS}")
+    (tmp_path / "Modelfile.gguf").write_text(f"FROM {small_gguf}\n{MODELFILE_EXTRAS}")
+    folder_name = "localhost:1/created/folder-extras:latest"
+    gguf_name = "localhost:1/created/gguf-extras:latest"
+    run_modelfs(
+        "create", folder_name, "-f", str(tmp_path / "Modelfile"), "--format", "ollama",
+        "--cache", str(cache),
+    )  # fmt: skip
+    run_modelfs("create", gguf_name, "-f", str(tmp_path / "Modelfile.gguf"), "--cache", str(cache))
+    folder = parse_manifest(cached_manifest(cache, folder_name))
+    gguf = parse_manifest(cached_manifest(cache, gguf_name))
+    extras = modelfile_layers(folder)
+    assert [t.rsplit(".", 1)[1] for t, _, _ in extras] == [
+        "template", "system", "license", "license", "params", "messages",
+    ]  # fmt: skip
+    assert extras == modelfile_layers(gguf)
+    assert folder.layers[-len(extras) :] == tuple(
+        x for x in folder.layers if x.media_type.split(".")[-1] not in ("tensor", "json")
+    )
+    # The tensors and JSON files are those of the folder alone.
+    bare = parse_manifest(ollama_tensors(minilm).manifest)
+    assert [x.digest for x in folder.layers[: len(bare.layers)]] == [x.digest for x in bare.layers]
+    blob = (cache / "blobs" / extras[-2][1].filename).read_bytes()
+    assert json.loads(blob) == {"stop": ["<|end|>"], "temperature": 0.25}
+
+
+def test_a_modelfile_from_a_folder_as_docker_adds_licenses_and_num_ctx(minilm, tmp_path):
+    cache = tmp_path / "cache"
+    (tmp_path / "Modelfile").write_text(
+        f"FROM {minilm}\nLICENSE MIT\nLICENSE BSD\nPARAMETER num_ctx 4096\n"
+    )
+    name = "localhost:1/created/docker-extras:latest"
+    run_modelfs(
+        "create", name, "-f", str(tmp_path / "Modelfile"), "--format", "docker",
+        "--cache", str(cache),
+    )  # fmt: skip
+    manifest = parse_manifest(cached_manifest(cache, name))
+    files = [(a.filepath_of(x), x.media_type) for x in manifest.layers]
+    # The folder's files as docker model package writes them, then the licenses (--license).
+    assert files[: len(walk(minilm))] == [
+        (p, x.media_type)
+        for p, x in zip(walk(minilm), parse_manifest(dmr_v02(minilm).manifest).layers, strict=True)
+    ]
+    assert files[len(walk(minilm)) :] == [("LICENSE", a.DMR_LICENSE), ("LICENSE-2", a.DMR_LICENSE)]
+    assert (cache / "blobs" / manifest.layers[-1].digest.filename).read_bytes() == b"BSD"
+    config = json.loads((cache / "blobs" / manifest.config.digest.filename).read_bytes())
+    assert config["config"]["context_size"] == 4096  # config.json says 512
+    assert config["rootfs"]["diff_ids"] == [str(x.digest) for x in manifest.layers]
+
+
+def test_no_chunk_index_is_honoured_by_push(registry, minilm, tmp_path):
+    """create --dir --no-chunk-index: push publishes no chunk index beside the model, in
+    its own format or laid out again as another."""
+    cache = tmp_path / "cache"
+    repo = "created/minilm-unindexed"
+    name = f"{registry.host}/{repo}:latest"
+    run_modelfs("create", name, "--dir", str(minilm), "--no-chunk-index", "--cache", str(cache))
+    manifest = parse_manifest(cached_manifest(cache, name))
+    big = next(x for x in manifest.layers if a.filepath_of(x) == "model.safetensors")
+    assert not (cache / ".modelfs/indexes" / f"{big.digest.filename}.json").exists()
+    pushed = run_modelfs("push", name, "--cache", str(cache))
+    assert "chunk index" not in pushed.stdout, pushed.stdout
+    as_ollama = f"{registry.host}/{repo}-ollama:latest"
+    pushed = run_modelfs(
+        "push", as_ollama, "--from", name, "--format", "ollama", "--cache", str(cache)
+    )
+    assert "chunk index" not in pushed.stdout, pushed.stdout
+    ollama = parse_manifest(skopeo_raw(registry, f"{repo}-ollama", "latest"))
+    for r, m in ((repo, manifest), (f"{repo}-ollama", ollama)):
+        request = urllib.request.Request(
+            f"{registry.url}/v2/{r}/manifests/{referrers_tag(m.digest)}",
+            headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=30)
+        e.value.close()
+        assert e.value.code == 404, r
+    # The same folder created with an index gets one published, as before.
+    indexed = f"{registry.host}/{repo}-indexed:latest"
+    run_modelfs("create", indexed, "--dir", str(minilm), "--cache", str(cache))
+    assert "chunk index" in run_modelfs("push", indexed, "--cache", str(cache)).stdout

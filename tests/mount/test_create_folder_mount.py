@@ -154,3 +154,75 @@ def test_a_compressed_tar_layer_is_left_out_with_one_log_line(
         f"/folders/minilm-gzip:latest: layer {short} not shown: "
         "a compressed tar (tar+gzip) cannot be read in place"
     ), lines[0]
+
+
+# What each folder format keeps of a Modelfile's other lines, and where the mount shows it.
+MODELFILE_LINES = {
+    "ollama": (
+        "TEMPLATE {{ .Prompt }}\nSYSTEM be brief\nPARAMETER temperature 0.25\n"
+        "LICENSE MIT\nLICENSE BSD\nMESSAGE user hi\n"
+    ),
+    "docker": "LICENSE MIT\nLICENSE BSD\nPARAMETER num_ctx 4096\n",
+    "cncf": "LICENSE MIT\nLICENSE BSD\n",
+}
+SHOWN = {
+    "ollama": {
+        "template": b"{{ .Prompt }}",
+        "system": b"be brief",
+        "params.json": b'{"temperature":0.25}\n',
+        "license": b"MIT",
+        "license-2": b"BSD",
+        "messages.json": b'[{"role":"user","content":"hi"}]\n',
+    },
+    "docker": {"LICENSE": b"MIT", "LICENSE-2": b"BSD"},
+    "cncf": {"LICENSE": b"MIT", "LICENSE-2": b"BSD"},
+}
+
+
+@pytest.mark.parametrize("fmt", ["ollama", "docker", "cncf"])
+def test_a_modelfile_from_a_folder_mounts_with_its_lines(
+    proxy, registry, mount_factory, minilm, tmp_path, fmt
+):
+    """create -f Modelfile (FROM the folder, and the lines the format keeps) → push → mount:
+    the folder's files and those lines' files, read back."""
+    cache = tmp_path / "creating"
+    repo = f"roundtrip/minilm-modelfile-{fmt}"
+    name = f"{registry.host}/{repo}:latest"
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\n{MODELFILE_LINES[fmt]}")
+    run_modelfs(
+        "create", name, "-f", str(tmp_path / "Modelfile"), "--format", fmt, "--cache", str(cache)
+    )
+    run_modelfs("push", name, "--cache", str(cache))
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / repo / "latest"
+    paths = mounted_paths(tag)
+    for path, data in SHOWN[fmt].items():
+        assert (tag / path).read_bytes() == data, path
+    if fmt == "ollama":
+        assert "model.safetensors" in paths and "tokenizer.json" in paths
+        assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+    else:
+        assert paths == sorted(walk(minilm) + list(SHOWN[fmt]) + SIDE_FILES)
+        for p in walk(minilm):
+            assert sha256_path(tag / p) == sha256_path(minilm / p), p
+    if fmt == "docker":
+        config = json.loads((tag / ".modelfs/config.json").read_bytes())
+        assert config["config"]["context_size"] == 4096
+
+
+def test_an_assembled_file_shows_the_models_time(proxy, registry, mount_factory, minilm):
+    """model.safetensors laid out from Ollama's tensor blobs: stat gives the time the model
+    says it was made (its config's ``created``), not when the mount started."""
+    from support.modelformats import ollama_tensors, push, with_created
+
+    push(
+        registry.host,
+        "folders/minilm-created",
+        "latest",
+        with_created(ollama_tensors(minilm), "2025-03-04T05:06:07.5Z"),
+    )
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-created/latest"
+    st = os.stat(tag / "model.safetensors")
+    assert st.st_mtime_ns == 1741064767_500000000, st.st_mtime_ns
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")

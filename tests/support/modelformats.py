@@ -315,6 +315,20 @@ def ollama_tensors(folder: Path) -> Artifact:
     return art
 
 
+def with_created(art: Artifact, created: str, *, annotation: bool = False) -> Artifact:
+    """``art`` saying when it was made: ``created`` in its config (as an OCI image config
+    does), or as the manifest's ``org.opencontainers.image.created`` annotation."""
+    doc = json.loads(art.manifest)
+    if annotation:
+        doc["annotations"] = {"org.opencontainers.image.created": created}
+    else:
+        config = json.loads(art.blobs[doc["config"]["digest"]])
+        data = json.dumps({**config, "created": created}, separators=(",", ":")).encode()
+        doc["config"] = {**doc["config"], "digest": art.add(data), "size": len(data)}
+    art.manifest = json.dumps(doc, separators=(",", ":")).encode()
+    return art
+
+
 MAX_ROUNDS = 10
 
 

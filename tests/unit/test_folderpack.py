@@ -6,6 +6,8 @@ import json
 import struct
 from datetime import UTC, datetime
 
+import pytest
+
 from modelfs.formats import artifacts as a
 from modelfs.formats import folderpack as fp
 from modelfs.formats.digest import Digest
@@ -119,3 +121,94 @@ def test_configs_list_the_layers_in_order():
     assert cncf["descriptor"] == {"createdAt": "2026-01-29T07:21:28Z", "family": "bert"}
     single = fp.FolderFacts("safetensors", 10, 1, ("BF16",), 20)
     assert fp.quantization_of(single) == "BF16"
+
+
+# -- a Modelfile FROM a folder ------------------------------------------------------------------
+
+MODELFILE_LINES = (
+    "FROM ./minilm\n"
+    'TEMPLATE """{{ .System }} {{ .Prompt }}"""\n'
+    "SYSTEM be brief\n"
+    "PARAMETER temperature 0.25\n"
+    "PARAMETER stop <|end|>\n"
+    "LICENSE MIT\n"
+    "LICENSE Apache-2.0\n"
+    "MESSAGE user hi\n"
+    "MESSAGE assistant hello\n"
+)
+
+
+def test_a_modelfile_from_a_folder_in_ollamas_format_gives_ollamas_layers():
+    from modelfs.formats.manifest import (
+        MEDIA_TYPE_LICENSE,
+        MEDIA_TYPE_MESSAGES,
+        MEDIA_TYPE_PARAMS,
+        MEDIA_TYPE_SYSTEM,
+        MEDIA_TYPE_TEMPLATE,
+    )
+    from modelfs.formats.modelfile import parse_modelfile
+
+    extras = fp.modelfile_extras(parse_modelfile(MODELFILE_LINES), fp.OLLAMA, "Modelfile")
+    assert extras.ollama_layers == (
+        (MEDIA_TYPE_TEMPLATE, b"{{ .System }} {{ .Prompt }}"),
+        (MEDIA_TYPE_SYSTEM, b"be brief"),
+        (MEDIA_TYPE_LICENSE, b"MIT"),
+        (MEDIA_TYPE_LICENSE, b"Apache-2.0"),
+        (MEDIA_TYPE_PARAMS, b'{"stop":["\\u003c|end|\\u003e"],"temperature":0.25}\n'),
+        (
+            MEDIA_TYPE_MESSAGES,
+            b'[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]\n',
+        ),
+    )
+    assert not extras.licenses and extras.context_size is None
+
+
+def test_a_modelfile_from_a_folder_as_docker_or_cncf_keeps_licenses_and_docker_num_ctx():
+    from modelfs.formats.modelfile import parse_modelfile
+
+    mf = parse_modelfile("FROM ./m\nLICENSE MIT\nLICENSE BSD\nPARAMETER num_ctx 4096\n")
+    extras = fp.modelfile_extras(mf, fp.DOCKER, "Modelfile")
+    assert extras.licenses == (b"MIT", b"BSD") and extras.context_size == 4096
+    assert extras.license_files({"config.json"}) == [("LICENSE", b"MIT"), ("LICENSE-2", b"BSD")]
+    cncf = fp.modelfile_extras(parse_modelfile("FROM ./m\nLICENSE MIT\n"), fp.CNCF, "Modelfile")
+    assert cncf.licenses == (b"MIT",) and cncf.context_size is None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "line", "said"),
+    [
+        ("docker", "TEMPLATE {{ .Prompt }}", "TEMPLATE cannot go into a docker model"),
+        ("docker", "SYSTEM hi", "SYSTEM cannot go into a docker model"),
+        ("docker", "MESSAGE user hi", "MESSAGE cannot go into a docker model"),
+        (
+            "docker",
+            "PARAMETER temperature 0.2",
+            "PARAMETER temperature cannot go into a docker model",
+        ),
+        ("cncf", "TEMPLATE {{ .Prompt }}", "TEMPLATE cannot go into a cncf (ModelPack) model"),
+        ("cncf", "SYSTEM hi", "SYSTEM cannot go into a cncf (ModelPack) model"),
+        ("cncf", "MESSAGE user hi", "MESSAGE cannot go into a cncf (ModelPack) model"),
+        ("cncf", "PARAMETER num_ctx 4096", "PARAMETER num_ctx cannot go into a cncf (ModelPack)"),
+        ("ollama", "ADAPTER ./lora.gguf", "ADAPTER cannot go with FROM a folder"),
+        ("docker", "ADAPTER ./lora.gguf", "ADAPTER cannot go with FROM a folder"),
+        ("ollama", "RENDERER qwen3", "RENDERER cannot go with FROM a folder"),
+    ],
+)
+def test_a_modelfile_line_a_folder_format_has_no_place_for_is_refused_in_one_line(fmt, line, said):
+    from modelfs.formats.modelfile import ModelfileInvalid, parse_modelfile
+
+    mf = parse_modelfile(f"FROM ./m\n{line}\n")
+    with pytest.raises(ModelfileInvalid) as e:
+        fp.modelfile_extras(mf, fmt, "/x/Modelfile")
+    assert str(e.value).startswith(f"/x/Modelfile: {said}"), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_license_line_is_refused_where_the_folder_has_a_license_file():
+    from modelfs.formats.modelfile import ModelfileInvalid, parse_modelfile
+
+    extras = fp.modelfile_extras(parse_modelfile("FROM ./m\nLICENSE MIT\n"), fp.CNCF, "M")
+    with pytest.raises(
+        ModelfileInvalid, match=r"^M: LICENSE: the folder has a file LICENSE already"
+    ):
+        extras.license_files({"LICENSE", "model.safetensors"})

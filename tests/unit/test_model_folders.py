@@ -18,14 +18,20 @@ from support.modelformats import (
     modelpack,
     ollama_tensors,
     walk,
+    with_created,
 )
 
 from modelfs.formats.artifacts import Kind
 from modelfs.formats.files import (
     SIDE_CONFIG,
     SIDE_MANIFEST,
+    BlobBytes,
+    ByteRequest,
     ModelTree,
+    files_of,
+    model_time_ns,
     read_file,
+    with_config_read,
 )
 from modelfs.formats.manifest import parse_manifest
 
@@ -170,3 +176,43 @@ def test_transformers_loads_the_materialized_folders(minilm, tmp_path):
             7592,
             102,
         ]
+
+
+@pytest.mark.parametrize("annotation", [False, True], ids=["config-created", "annotation"])
+def test_an_assembled_file_is_as_old_as_the_model(minilm, annotation):
+    """model.safetensors made of Ollama's tensor blobs has the model's time (its config's
+    ``created`` or the manifest's ``org.opencontainers.image.created``), not the mount's."""
+    art = with_created(
+        ollama_tensors(minilm), "2025-03-04T05:06:07.123456789Z", annotation=annotation
+    )
+    manifest = parse_manifest(art.manifest)
+    known = BlobBytes()
+    first = with_config_read(files_of(manifest, known), manifest, known)
+    # The config is asked for with the tensor headers, in the same round.
+    assert ByteRequest(manifest.config.digest, 0, manifest.config.size) in first.reads
+    for r in first.reads:
+        known.add(r.digest, r.offset, art.read(r.digest, r.offset, r.length))
+    tree = files_of(manifest, known)
+    want = 1741064767_123456789
+    assert tree.file("model.safetensors").mtime_ns == want
+    # A file that is one layer whole keeps the time layer files have always had.
+    assert tree.file("config.json").layer is not None
+    assert tree.file("config.json").mtime_ns is None
+
+
+def test_an_assembled_file_of_a_model_that_says_no_time_gets_none(minilm):
+    art = ollama_tensors(minilm)  # Ollama's ConfigV2 has no time
+    manifest = parse_manifest(art.manifest)
+    known = BlobBytes()
+    known.add(manifest.config.digest, 0, art.read(manifest.config.digest, 0, manifest.config.size))
+    tree, _, _ = lay_out(art)
+    assert model_time_ns(manifest, known) is None
+    assert tree.file("model.safetensors").mtime_ns is None
+
+
+def test_a_layout_that_reads_no_blob_reads_no_config(minilm):
+    art = dmr_v02(minilm)
+    manifest = parse_manifest(art.manifest)
+    found = files_of(manifest, BlobBytes())
+    assert isinstance(found, ModelTree)
+    assert with_config_read(found, manifest, BlobBytes()) is found
