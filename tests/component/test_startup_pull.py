@@ -1,6 +1,7 @@
 """A pull loads what a pull needs, against a real registry: the HTTP client and the blob
-layer, none of the filesystem (FUSE, the daemon, the mount's option table). The commands
-that speak to no registry are checked in tests/unit/test_startup.py."""
+layer, none of the filesystem (FUSE, the daemon, the mount's option table), and no
+cryptography where no Ollama key signs a request. The commands that speak to no registry
+are checked in tests/unit/test_startup.py."""
 
 from __future__ import annotations
 
@@ -39,3 +40,5 @@ def test_a_pull_imports_nothing_of_the_filesystem(
     assert "modelfs.commands.pull" in modules  # the check itself sees the pull's imports
     filesystem = sorted(m for m in modules if m == "pyfuse3" or m.startswith("modelfs.fs"))
     assert not filesystem, f"modelfs pull imported {filesystem}: its start-up is slower"
+    # The registry asks for no credentials: nothing signs with the Ollama key.
+    assert "cryptography" not in modules, "modelfs pull imported cryptography it did not use"
