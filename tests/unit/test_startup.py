@@ -24,12 +24,21 @@ from modelfs.registry.sender import Sender
 from modelfs.registry.settings import RegistryConfig
 
 # What a command that speaks to no registry and mounts nothing must not load.
-HEAVY = ("httpx", "trio", "pyfuse3", "cryptography", "modelfs.registry.client", "modelfs.fs.daemon")
+HEAVY = (
+    "httpx",
+    "trio",
+    "pyfuse3",
+    "cryptography",
+    "modelfs.registry.client",
+    "modelfs.fs.daemon",
+    "logging.handlers",  # the daemon's log file
+)
 
 
 def imported_by(*argv: str, cache: Path) -> set[str]:
     """The modules ``modelfs ARGV`` imported, as ``python -X importtime`` lists them."""
-    env = {**os.environ, "OLLAMA_MODELS": str(cache)}
+    # The cache, and the runtime directory `ps` and `status` look for mounts in, empty.
+    env = {**os.environ, "OLLAMA_MODELS": str(cache), "XDG_RUNTIME_DIR": str(cache)}
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "modelfs", *argv],
         capture_output=True,
@@ -55,6 +64,8 @@ def imported_by(*argv: str, cache: Path) -> set[str]:
         ("ls",),
         ("ls", "--json"),
         ("du",),
+        ("ps",),
+        ("status",),
         ("completion", "bash"),
         ("manpage",),
     ],
