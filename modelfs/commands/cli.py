@@ -18,23 +18,26 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-import trio
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelfs import __version__
-from modelfs.blobs.blobcache import BlobCache, default_root
-from modelfs.commands.completion import completion_script, manpage
-from modelfs.commands.logsetup import setup_command_logging, setup_daemon_logging
+from modelfs.commands.logsetup import setup_command_logging
 from modelfs.commands.mounthelper import mount_helper_argv
 from modelfs.commands.parser import build_parser, subcommands, unknown_command
 from modelfs.commands.terminal import printable
 from modelfs.errors import ModelfsError, ModelNotFound, UsageError
-from modelfs.formats.names import Name, parse_name
+
+if TYPE_CHECKING:
+    from modelfs.blobs.blobcache import BlobCache
+    from modelfs.formats.names import Name
 
 T = TypeVar("T")
 
 log = logging.getLogger("modelfs")
+
+# Each command imports what it needs when it runs, not at start-up: `modelfs --help`, `ls`
+# or `completion` need no HTTP client, trio or FUSE, and a pull no FUSE (importing them all
+# took a third of a second before the first request). tests/unit/test_startup.py.
 
 
 def _insecure_hosts(args: argparse.Namespace) -> tuple[str, ...]:
@@ -45,6 +48,8 @@ def _insecure_hosts(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _cache(args: argparse.Namespace) -> BlobCache:
+    from modelfs.blobs.blobcache import BlobCache, default_root
+
     return BlobCache(default_root(getattr(args, "cache", None)))
 
 
@@ -87,6 +92,7 @@ def _registry(args: argparse.Namespace):
 
 def _with_registry(args: argparse.Namespace, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``work(registry)`` under trio with the registry client the flags describe, closed after."""
+    import trio
 
     async def main() -> T:
         registry = _registry(args)
@@ -99,6 +105,8 @@ def _with_registry(args: argparse.Namespace, work: Callable[[Any], Awaitable[T]]
 
 
 def _name(text: str) -> Name:
+    from modelfs.formats.names import parse_name
+
     return parse_name(text)
 
 
@@ -106,6 +114,10 @@ def _name(text: str) -> Name:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    import trio
+
+    from modelfs.blobs.blobcache import default_root
+    from modelfs.commands.logsetup import setup_daemon_logging
     from modelfs.fs import daemon, mountctl
 
     mountpoint = Path(args.mountpoint).absolute()
@@ -451,6 +463,7 @@ def cmd_login(args: argparse.Namespace) -> int:
         password = getpass.getpass("Password: ")
     if not user or not password:
         raise UsageError("login needs a username and a password")
+    import trio
 
     async def main() -> None:
         registry = _registry(args)
@@ -570,10 +583,14 @@ def cmd_help(args: argparse.Namespace) -> int:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
+    from modelfs.commands.completion import completion_script
+
     return _print(completion_script(build_parser(), args.shell))
 
 
 def cmd_manpage(args: argparse.Namespace) -> int:
+    from modelfs.commands.completion import manpage
+
     return _print(manpage(build_parser(), __version__))
 
 

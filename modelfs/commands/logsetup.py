@@ -6,9 +6,7 @@ on stderr, escaped as its error lines are).
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-import logging.handlers
 import os
 import sys
 
@@ -25,16 +23,6 @@ def setup_command_logging(*, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[stderr])
 
 
-class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """A rotating log whose every file, the first and each one after a rollover, is mode 0600."""
-
-    def _open(self) -> io.TextIOWrapper:
-        from modelfs.fs.mountctl import open_log
-
-        fd = open_log(self.baseFilename)
-        return open(fd, "a", encoding=self.encoding, errors=self.errors)
-
-
 def setup_daemon_logging(args: argparse.Namespace, *, foreground: bool) -> None:
     level = logging.DEBUG if args.debug else logging.INFO
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -42,6 +30,8 @@ def setup_daemon_logging(args: argparse.Namespace, *, foreground: bool) -> None:
     root.setLevel(level)
     handler: logging.Handler
     if getattr(args, "log", None) and args.ready_fd is not None:
+        from modelfs.commands.logfile import PrivateRotatingFileHandler
+
         handler = PrivateRotatingFileHandler(
             args.log, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
         )

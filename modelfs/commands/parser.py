@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 from modelfs import __version__
@@ -16,7 +17,17 @@ from modelfs.commands.completion import DIRECTORY, FILE, SHELLS
 
 class Parser(argparse.ArgumentParser):
     """argparse with ``invalid choice 'unmount' (did you mean 'umount'?)`` for a command
-    it does not know."""
+    it does not know, and an epilog (``epilog_of``) written only when the help is shown:
+    every command builds the whole parser, and mount's table of -o options is not free."""
+
+    def __init__(self, *args: Any, epilog_of: Callable[[], str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.epilog_of = epilog_of
+
+    def format_help(self) -> str:
+        if self.epilog_of is not None:
+            self.epilog = self.epilog_of()
+        return super().format_help()
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
@@ -72,14 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="configuration file (default: $MODELFS_CONFIG, else ~/.config/modelfs/config.toml)",
         ).complete = FILE  # type: ignore[attr-defined]
 
-    from modelfs.fs.mount_options import mount_options_help
-
     sp = sub.add_parser(
         "mount",
         help="mount registries at MOUNTPOINT",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="mount options (-o OPT[,OPT...]; also in fstab):\n"
-        + "\n".join(f"  {line}" for line in mount_options_help().splitlines()),
+        epilog_of=_mount_epilog,
     )
     sp.add_argument("mountpoint").complete = DIRECTORY  # type: ignore[attr-defined]
     cache_arg(sp)
@@ -291,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
     return p
+
+
+def _mount_epilog() -> str:
+    from modelfs.fs.mount_options import mount_options_help
+
+    return "mount options (-o OPT[,OPT...]; also in fstab):\n" + "\n".join(
+        f"  {line}" for line in mount_options_help().splitlines()
+    )
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -18,8 +18,7 @@ from typing import Any
 
 from modelfs.commands.progress import human_bytes, human_seconds
 from modelfs.errors import MountError
-from modelfs.fs.mountctl import runtime_dir
-from modelfs.fs.status import control_socket, unix_address
+from modelfs.fs.mountctl import control_socket, runtime_dir, unix_address
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from modelfs.blobs.eviction import parse_size
 from modelfs.errors import NameInvalid, UsageError
 from modelfs.formats.chunks import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from modelfs.formats.names import PartKind, check_part
@@ -99,6 +98,8 @@ def _chunk_kb(val: str) -> int:
 def size_option(
     label: str, val: str, *, lowest: int = 0, percent: bool = False
 ) -> tuple[int, float | None]:
+    from modelfs.blobs.eviction import parse_size  # eviction's trio: only to read a size
+
     try:
         n, share = parse_size(val, percent=percent)
     except (UsageError, OverflowError):

@@ -166,6 +166,29 @@ def pidfile(mountpoint: str | os.PathLike[str]) -> Path:
     return runtime_dir(create=False) / f"{key}.pid"
 
 
+# sockaddr_un's sun_path, with its terminating NUL.
+UNIX_PATH_MAX_BYTES = 107
+
+
+def control_socket(mountpoint: str | os.PathLike[str]) -> Path:
+    """Where the daemon of ``mountpoint`` answers ``modelfs status``: next to its pid file."""
+    return pidfile(mountpoint).with_suffix(".sock")
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for binding or connecting to ``path``: itself, or, when it is longer than
+    a Unix socket address can be, the same file reached through ``/proc/self/fd``."""
+    if len(os.fsencode(path)) <= UNIX_PATH_MAX_BYTES:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def write_pidfile(mountpoint: str | os.PathLike[str]) -> Path:
     """Write this process's pid as the daemon of ``mountpoint``: a new file renamed into place,
     so that whatever was at the name (a symlink included) is replaced, never written through."""

@@ -59,27 +59,11 @@ REQUEST_SECONDS = 5.0  # a client that sends nothing for this long is dropped
 MAX_REQUEST_BYTES = 256
 # Range requests carry up to 8 chunks (32 MiB): from a few ms on loopback to a minute when slow.
 FETCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-# sockaddr_un's sun_path, with its terminating NUL.
-UNIX_PATH_MAX_BYTES = 107
-
-
-def control_socket(mountpoint: str | os.PathLike[str]) -> Path:
-    """Where the daemon of ``mountpoint`` answers ``modelfs status``: next to its pid file."""
-    return mountctl.pidfile(mountpoint).with_suffix(".sock")
-
-
-@contextlib.contextmanager
-def unix_address(path: Path) -> Iterator[str]:
-    """An address for binding or connecting to ``path``: itself, or, when it is longer than
-    a Unix socket address can be, the same file reached through ``/proc/self/fd``."""
-    if len(os.fsencode(path)) <= UNIX_PATH_MAX_BYTES:
-        yield str(path)
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
+# Where the control socket is and how to reach it are mountctl's: `modelfs status` and
+# `ps` use them without importing the daemon's side (trio, the blob layer, prometheus).
+UNIX_PATH_MAX_BYTES = mountctl.UNIX_PATH_MAX_BYTES
+control_socket = mountctl.control_socket
+unix_address = mountctl.unix_address
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -33,13 +33,13 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any
 
 from modelfs.errors import ModelfsError, Unauthorized, registry_words
 from modelfs.registry.origins import origin_of, same_origin
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ def default_key_path() -> Path:
 
 
 class OllamaKey:
-    """An ed25519 key in OpenSSH format; created (0600, with ``.pub``) on first use."""
+    """An ed25519 key in OpenSSH format; created (0600, with ``.pub``) on first use.
+    cryptography is imported only then: a registry that is not Ollama's never needs it, and
+    the import costs every command that speaks to a registry ~10 ms."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -127,6 +129,9 @@ class OllamaKey:
     def _load(self) -> Ed25519PrivateKey:
         if self._key is not None:
             return self._key
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -146,6 +151,9 @@ class OllamaKey:
         return key
 
     def _create(self) -> Ed25519PrivateKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         key = Ed25519PrivateKey.generate()
         private = key.private_bytes(
             serialization.Encoding.PEM,
@@ -168,6 +176,9 @@ class OllamaKey:
         return key
 
     def _load_existing(self) -> Ed25519PrivateKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         self._key = None
         key = serialization.load_ssh_private_key(self.path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
@@ -187,6 +198,8 @@ class OllamaKey:
 
 
 def _public_line(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return (
         key.public_key()
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)

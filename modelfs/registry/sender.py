@@ -11,7 +11,10 @@ answer's body: documents, tokens and error bodies are all read through it.
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
+import sys
+import threading
 from collections.abc import AsyncIterator
 
 import httpx
@@ -62,10 +65,51 @@ async def read_body(
 
 
 def ssl_context(config: RegistryConfig) -> ssl.SSLContext:
+    """The TLS context of ``config``'s registries. ``ca_file`` is read now, so a file that
+    does not read fails at start or at a reload, not at the first request; the system's
+    trust store only at the first TLS connection (``SystemTrustContext``)."""
+    if not config.ca_file:
+        return SystemTrustContext()
     try:
         return ssl.create_default_context(cafile=config.ca_file)
     except (OSError, ssl.SSLError) as e:
         raise RegistryError(f"cannot use the CA file {config.ca_file}: {e}") from None
+
+
+class SystemTrustContext(ssl.SSLContext):
+    """``ssl.create_default_context()``, whose trust store (the system's, or SSL_CERT_FILE's
+    or SSL_CERT_DIR's) is read when the first TLS connection is wrapped: reading it costs a
+    command tens of milliseconds, which one that speaks only plain http (a loopback registry)
+    need not spend. Wrapped from worker threads too (blob transfers): read once, under a lock."""
+
+    def __new__(cls) -> SystemTrustContext:
+        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
+
+    def __init__(self) -> None:
+        super().__init__()
+        # PROTOCOL_TLS_CLIENT already requires a certificate that matches the host name;
+        # the rest create_default_context sets (tests/unit/test_startup.py compares them).
+        if sys.version_info >= (3, 13):
+            self.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
+        self._trust_lock = threading.Lock()
+        self._trusted = False
+        keylog = os.environ.get("SSLKEYLOGFILE")  # as create_default_context honours it
+        if keylog and not sys.flags.ignore_environment:
+            self.keylog_filename = keylog
+
+    def _trust(self) -> None:
+        with self._trust_lock:
+            if not self._trusted:
+                self.load_default_certs(ssl.Purpose.SERVER_AUTH)
+                self._trusted = True
+
+    def wrap_socket(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._trust()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._trust()
+        return super().wrap_bio(*args, **kwargs)
 
 
 class Sender:

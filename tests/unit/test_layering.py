@@ -119,6 +119,7 @@ RANK = {
     "commands.completion": 15,
     "commands.parser": 15,
     "commands.logsetup": 15,
+    "commands.logfile": 15,
     "commands.mounthelper": 1,
     "commands.cli": 15,
     "__main__": 16,

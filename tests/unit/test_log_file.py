@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.commands.logsetup import PrivateRotatingFileHandler
+from modelfs.commands.logfile import PrivateRotatingFileHandler
 from modelfs.fs.mountctl import open_log
 
 

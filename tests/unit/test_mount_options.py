@@ -53,7 +53,7 @@ def test_mount_gives_the_daemon_every_registry_setting(tmp_path, monkeypatch):
     ca = tmp_path / "ca.pem"
     ca.write_text("not read here")
     seen = []
-    monkeypatch.setattr(cli.trio, "run", lambda fn, opts, ready: seen.append(opts))
+    monkeypatch.setattr("trio.run", lambda fn, opts, ready: seen.append(opts))
     monkeypatch.delenv("MODELFS_INSECURE_REGISTRIES", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "mnt").mkdir()

@@ -70,7 +70,7 @@ def key_of(opt: str) -> str:
 def mount_error(tmp_path: Path, capsys, monkeypatch, *args: str) -> tuple[int, str]:
     """Run ``modelfs mount`` in this process, nothing mounted whatever it says; its exit code
     and stderr."""
-    monkeypatch.setattr(cli.trio, "run", lambda *a: pytest.fail("it went on to mount"))
+    monkeypatch.setattr("trio.run", lambda *a: pytest.fail("it went on to mount"))
     monkeypatch.setattr(
         "modelfs.fs.mountctl.start_daemon", lambda *a: pytest.fail("it started a daemon")
     )
