@@ -33,6 +33,7 @@ from modelfs.formats.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from modelfs.formats.names import Name, from_parts, safe_join
+from modelfs.pids import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class BlobCache:
         orphans.collect(self)
         for entry in self.tmp_dir.iterdir():
             pid = entry.name.partition("-")[0]
-            if pid.isdigit() and not orphans.pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     entry.unlink()
 

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from modelfs.blobs.sharing import unlink_locked
 from modelfs.errors import CacheError
 from modelfs.formats.digest import Digest
+from modelfs.pids import pid_alive
 
 if TYPE_CHECKING:
     from modelfs.blobs.blobcache import BlobCache
@@ -155,13 +156,3 @@ def _remove(cache: BlobCache, digest: Digest, published: bool) -> int:
             freed += os.stat(path).st_blocks * 512
             path.unlink()
     return freed
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

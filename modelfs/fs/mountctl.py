@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelfs.errors import MountError
+from modelfs.pids import pid_alive
 
 READY_TIMEOUT_SECONDS = 60.0
 UMOUNT_WAIT_SECONDS = 30.0
@@ -238,21 +239,6 @@ def _daemon_pid(mountpoint: str | os.PathLike[str]) -> int | None:
             return _read_pid(dir_fd, name)
     except (OSError, MountError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own child not yet reaped) is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def prepare_mountpoint(mountpoint: Path, *, allow_non_empty: bool = False) -> str | None:
@@ -503,9 +489,9 @@ def umount(mountpoint: Path, *, lazy: bool = False) -> None:
             raise MountError(f"cannot unmount {path}: {why or 'fusermount3 failed'}")
     if pid is not None and not lazy:
         deadline = time.monotonic() + UMOUNT_WAIT_SECONDS
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-    if pid is None or not _alive(pid):
+    if pid is None or not pid_alive(pid):
         # A daemon that died (a dead mount) left its view of blobs/ bound; a live one (--lazy)
         # unbinds it as it exits.
         unbind_blobs_view(path)

@@ -20,6 +20,7 @@ PACKAGE_RANK = {"": 0, "formats": 1, "registry": 2, "blobs": 3, "fs": 4, "comman
 # listed here, never a higher one.
 RANK = {
     "errors": 0,
+    "pids": 0,
     "tasks": 1,
     "flight": 1,
     "background": 1,
