@@ -41,11 +41,13 @@ HOLD_SECONDS = READ_WAIT_SECONDS + 30
 @pytest.fixture
 def shared_root() -> Iterator[Path]:
     """A root (mount and cache) another user can reach, as a cache in a home directory is:
-    pytest's own temp dirs are 0700. Removed after the mounts in it (a fixture set up first)."""
+    pytest's own temp dirs are 0700. Removed after the mounts in it, so a test names it
+    before ``mount_factory`` (fixtures are torn down in the reverse order of their set-up);
+    a root that cannot be removed fails the test rather than staying in /tmp."""
     root = Path(tempfile.mkdtemp(prefix="modelfs-locks-", dir="/tmp"))
     root.chmod(0o755)
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(root)
 
 
 @pytest.fixture
@@ -133,7 +135,7 @@ def timed_read(path: Path, what: str, out: dict[str, object]) -> None:
 
 
 def test_another_user_cannot_open_the_lock_files_or_any_state(
-    proxy, mount_factory, smollm2_pushed, model_hex, shared_root, umask_022, holders
+    shared_root, proxy, mount_factory, smollm2_pushed, model_hex, umask_022, holders
 ) -> None:
     proxy.set_faults([{"path": model_hex, "trickle_bps": 4 << 20}])  # stays partial a while
     m = mount_factory(root=shared_root)
@@ -169,7 +171,7 @@ def test_another_user_cannot_open_the_lock_files_or_any_state(
     assert stat.S_IMODE((m.cache / "blobs").stat().st_mode) & 0o005 == 0o005
 
 
-def test_an_existing_cache_is_tightened_when_mounted(mount_factory, shared_root, umask_022) -> None:
+def test_an_existing_cache_is_tightened_when_mounted(shared_root, mount_factory, umask_022) -> None:
     cache = shared_root / "cache"
     index = cache / ".modelfs" / "indexes" / f"sha256-{'ab' * 32}.json"
     index.parent.mkdir(parents=True)
