@@ -287,7 +287,7 @@ def lay_out(
     cache.prepare()
     store = _Store(cache, chunk_bytes, chunk_index, written)
     if fmt == fp.OLLAMA:
-        return _ollama(store, sources, facts, extras.ollama_layers)
+        return _ollama(store, sources, facts, extras)
     layers = [fp.file_layer(store.file(s), s.file, fmt) for s in sources]
     created_ns = int(created.timestamp()) * 1_000_000_000
     for path, text in licenses:
@@ -304,7 +304,7 @@ def _ollama(
     store: _Store,
     sources: list[Source],
     facts: fp.FolderFacts,
-    modelfile_layers: tuple[tuple[str, bytes], ...] = (),
+    extras: fp.ModelfileExtras,
 ) -> bytes:
     if facts.format != "safetensors":
         raise UsageError(
@@ -343,10 +343,10 @@ def _ollama(
             "left out %s",
             ", ".join(left_out),
         )
-    for media_type, data in modelfile_layers:  # after the tensors and JSON, as Ollama's
+    for media_type, data in extras.ollama_layers:  # after the tensors and JSON, as Ollama's
         blob = store.bytes(data)
         layers.append(Layer(blob.digest, media_type, blob.size))
-    body = store.bytes(fp.ollama_config(facts))
+    body = store.bytes(fp.ollama_config(facts, extras.config_names))
     config = Layer(body.digest, fp.config_media_type(fp.OLLAMA), body.size)
     return fp.ollama_manifest(config, layers)
 

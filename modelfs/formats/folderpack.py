@@ -270,16 +270,18 @@ def json_layer(layer: Layer, path: str) -> Layer:
     return Layer(layer.digest, a.OLLAMA_JSON, layer.size, name=path)
 
 
-def ollama_config(facts: FolderFacts) -> bytes:
-    """ConfigV2 as ``x/create`` writes it for an unquantized safetensors model."""
-    doc = {
+def ollama_config(facts: FolderFacts, names: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """ConfigV2 as ``x/create`` writes it for an unquantized safetensors model; ``names``:
+    the Modelfile's ``parser`` and ``renderer`` (``resolveParserName``,
+    ``resolveRendererName``), after ``requires``."""
+    doc: dict[str, object] = {
         "model_format": "safetensors",
         "file_type": "",
         "capabilities": ["completion"],
         "requires": OLLAMA_TENSOR_REQUIRES,
-        "architecture": "",
-        "os": "",
     }
+    doc.update(names)
+    doc.update({"architecture": "", "os": ""})
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -327,6 +329,10 @@ _NO_PLACE = {
     (CNCF, "MESSAGE"): "ModelPack has no messages",
     (CNCF, "PARAMETER"): "ModelPack's config has no runtime parameters",
     (DOCKER, "PARAMETER"): "Docker Model Runner's config has only num_ctx (as context_size)",
+    (DOCKER, "RENDERER"): "Docker Model Runner's artifact has no Ollama renderer",
+    (CNCF, "RENDERER"): "ModelPack has no Ollama renderer",
+    (DOCKER, "PARSER"): "Docker Model Runner's artifact has no Ollama parser",
+    (CNCF, "PARSER"): "ModelPack has no Ollama parser",
 }
 
 
@@ -337,6 +343,8 @@ class ModelfileExtras:
     ollama_layers: tuple[tuple[str, bytes], ...] = ()  # ollama: (media type, bytes), in order
     licenses: tuple[bytes, ...] = ()  # docker, cncf: each a license file of its own
     context_size: int | None = None  # docker: PARAMETER num_ctx, the config's context_size
+    # ollama: RENDERER and PARSER, as the config's ``parser`` and ``renderer``
+    config_names: tuple[tuple[str, str], ...] = ()
     where: str = "Modelfile"  # for messages
 
     def license_files(self, taken: set[str]) -> list[tuple[str, bytes]]:
@@ -363,7 +371,9 @@ def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
     --experimental`` appends them to the tensor layers too). ``docker`` and ``cncf``:
     LICENSE becomes a license file; ``docker`` takes PARAMETER num_ctx as the config's
     ``context_size`` (``docker model package --context-size``); the rest has no place there.
-    ADAPTER, DRAFT, a second FROM, RENDERER, PARSER and REQUIRES go with no folder format.
+    RENDERER and PARSER are ``ollama``'s only: the config's ``renderer`` and ``parser``, as
+    ``ollama create --experimental`` writes them. ADAPTER, DRAFT, a second FROM and REQUIRES
+    go with no folder format.
     """
     unsupported = [
         word
@@ -371,8 +381,6 @@ def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
             ("ADAPTER", mf.adapters),
             ("a second FROM", mf.more_from),
             ("DRAFT", mf.drafts),
-            ("RENDERER", mf.renderer),
-            ("PARSER", mf.parser),
             ("REQUIRES", mf.requires),
         )
         if value
@@ -380,11 +388,18 @@ def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
     if unsupported:
         raise ModelfileInvalid(
             f"{where}: {unsupported[0]} cannot go with FROM a folder (modelfs keeps a folder's "
-            "files and TEMPLATE, SYSTEM, PARAMETER, LICENSE, MESSAGE only; merge an adapter "
-            "into the weights)"
+            "files and TEMPLATE, SYSTEM, PARAMETER, LICENSE, MESSAGE, RENDERER, PARSER only; "
+            "merge an adapter into the weights)"
         )
     if fmt == OLLAMA:
-        return ModelfileExtras(ollama_layers=tuple(mf.ollama_layers()), where=where)
+        names = tuple(
+            (key, value)
+            for key, value in (("parser", mf.parser), ("renderer", mf.renderer))
+            if value is not None
+        )
+        return ModelfileExtras(
+            ollama_layers=tuple(mf.ollama_layers()), config_names=names, where=where
+        )
     params = dict(mf.parameters)
     context = params.pop("num_ctx", None) if fmt == DOCKER else None
     said = (
@@ -392,6 +407,8 @@ def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
         ("SYSTEM", mf.system),
         ("PARAMETER", params),
         ("MESSAGE", mf.messages),
+        ("RENDERER", mf.renderer),
+        ("PARSER", mf.parser),
     )
     for word, value in said:
         if value:

@@ -407,3 +407,40 @@ def test_no_chunk_index_is_honoured_by_push(registry, minilm, tmp_path):
     indexed = f"{registry.host}/{repo}-indexed:latest"
     run_modelfs("create", indexed, "--dir", str(minilm), "--cache", str(cache))
     assert "chunk index" in run_modelfs("push", indexed, "--cache", str(cache)).stdout
+
+
+def registry_blob(registry, repo: str, digest) -> bytes:
+    with urllib.request.urlopen(f"{registry.url}/v2/{repo}/blobs/{digest}", timeout=30) as r:
+        return r.read()
+
+
+def pushed_config(registry, repo: str) -> tuple[object, dict]:
+    """The manifest pushed to ``repo:latest`` and its config blob, as the registry has them."""
+    manifest = parse_manifest(skopeo_raw(registry, repo, "latest"))
+    return manifest, json.loads(registry_blob(registry, repo, manifest.config.digest))
+
+
+def test_renderer_and_parser_with_a_folder_go_into_ollamas_config(registry, minilm, tmp_path):
+    """RENDERER and PARSER with FROM a folder and --format ollama: the config's ``renderer``
+    and ``parser``, as ``ollama create --experimental`` writes them; refused in one line for
+    docker and cncf, which have no place for them."""
+    cache = tmp_path / "cache"
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\nRENDERER qwen3-coder\nPARSER harmony\n")
+    repo = "created/minilm-renderer"
+    run_modelfs(
+        "create", f"{registry.host}/{repo}:latest", "-f", str(tmp_path / "Modelfile"),
+        "--format", "ollama", "--cache", str(cache),
+    )  # fmt: skip
+    run_modelfs("push", f"{registry.host}/{repo}:latest", "--cache", str(cache))
+    manifest, config = pushed_config(registry, repo)
+    assert (config["parser"], config["renderer"]) == ("harmony", "qwen3-coder")
+    assert config["requires"] == "0.19.0" and config["model_format"] == "safetensors"
+    bare = parse_manifest(ollama_tensors(minilm).manifest)
+    assert [x.digest for x in manifest.layers] == [x.digest for x in bare.layers]
+    for fmt, said in (("docker", "a docker model"), ("cncf", "a cncf (ModelPack) model")):
+        bad = run_modelfs(
+            "create", f"localhost:1/created/renderer-{fmt}:latest", "-f",
+            str(tmp_path / "Modelfile"), "--format", fmt, "--cache", str(cache), check=False,
+        )  # fmt: skip
+        assert f"Modelfile: RENDERER cannot go into {said}: " in one_line_error(bad)
+        assert one_line_error(bad).endswith("; --format ollama keeps it")

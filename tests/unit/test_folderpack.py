@@ -191,7 +191,11 @@ def test_a_modelfile_from_a_folder_as_docker_or_cncf_keeps_licenses_and_docker_n
         ("cncf", "PARAMETER num_ctx 4096", "PARAMETER num_ctx cannot go into a cncf (ModelPack)"),
         ("ollama", "ADAPTER ./lora.gguf", "ADAPTER cannot go with FROM a folder"),
         ("docker", "ADAPTER ./lora.gguf", "ADAPTER cannot go with FROM a folder"),
-        ("ollama", "RENDERER qwen3", "RENDERER cannot go with FROM a folder"),
+        ("docker", "RENDERER qwen3", "RENDERER cannot go into a docker model"),
+        ("docker", "PARSER qwen3", "PARSER cannot go into a docker model"),
+        ("cncf", "RENDERER qwen3", "RENDERER cannot go into a cncf (ModelPack) model"),
+        ("cncf", "PARSER qwen3", "PARSER cannot go into a cncf (ModelPack) model"),
+        ("ollama", "REQUIRES 0.12.0", "REQUIRES cannot go with FROM a folder"),
     ],
 )
 def test_a_modelfile_line_a_folder_format_has_no_place_for_is_refused_in_one_line(fmt, line, said):
@@ -202,6 +206,27 @@ def test_a_modelfile_line_a_folder_format_has_no_place_for_is_refused_in_one_lin
         fp.modelfile_extras(mf, fmt, "/x/Modelfile")
     assert str(e.value).startswith(f"/x/Modelfile: {said}"), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_renderer_and_parser_go_into_the_ollama_config_where_ollama_writes_them():
+    from modelfs.formats.modelfile import parse_modelfile
+
+    mf = parse_modelfile("FROM ./m\nRENDERER qwen3-coder\nPARSER qwen3-coder\nSYSTEM hi\n")
+    extras = fp.modelfile_extras(mf, fp.OLLAMA, "Modelfile")
+    assert extras.config_names == (("parser", "qwen3-coder"), ("renderer", "qwen3-coder"))
+    facts = fp.FolderFacts("safetensors", 10, 1, ("F32",), 40)
+    body = fp.ollama_config(facts, extras.config_names)
+    # ConfigV2's fields as x/create's manifest writer fills them (resolveParserName,
+    # resolveRendererName), after "requires"; none without the lines.
+    assert body == (
+        b'{"model_format":"safetensors","file_type":"","capabilities":["completion"],'
+        b'"requires":"0.19.0","parser":"qwen3-coder","renderer":"qwen3-coder",'
+        b'"architecture":"","os":""}'
+    )
+    bare = fp.modelfile_extras(parse_modelfile("FROM ./m\nPARSER harmony\n"), fp.OLLAMA, "M")
+    assert json.loads(fp.ollama_config(facts, bare.config_names))["parser"] == "harmony"
+    assert "renderer" not in json.loads(fp.ollama_config(facts, bare.config_names))
+    assert b"parser" not in fp.ollama_config(facts)
 
 
 def test_a_license_line_is_refused_where_the_folder_has_a_license_file():
