@@ -6,7 +6,8 @@ copies each file into ``blobs/`` and writes the manifest of the chosen format la
 ``push --format`` of such a model lays the cached files out again in another format
 (``layout_cached``): Docker and ModelPack artifacts share their blobs, so only a config
 blob is written; Ollama's tensor format needs each tensor as a blob of its own, written
-from the cached files. Every blob over one chunk gets its chunk digests kept as a local
+from the cached files. What a Modelfile added (license files, a Docker ``context_size``)
+goes where the other format has a place for it, else one warning names it (``_carried``). Every blob over one chunk gets its chunk digests kept as a local
 chunk index (``.modelfs/indexes``), which a push publishes beside the manifest
 (commands/folderindex.py): the manifest itself stays exactly what the tool writes.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -39,7 +41,7 @@ from modelfs.formats.dockermodel import architecture_text, context_size, quantiz
 from modelfs.formats.files import SIDE_DIR, ModelTree, files_of
 from modelfs.formats.gguf import read_gguf_file
 from modelfs.formats.manifest import Layer, Manifest, parse_manifest
-from modelfs.formats.modelfile import Modelfile
+from modelfs.formats.modelfile import Modelfile, ollama_layer_blobs
 from modelfs.formats.names import Name
 from modelfs.formats.safetensors import (
     MAX_HEADER_BYTES,
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 
 COPY_BYTES = 4 << 20
 MAX_CONFIG_JSON_BYTES = 1 << 20
+# A license file of a Docker or ModelPack model larger than this stays a file (left out of
+# Ollama's format, named in its warning) rather than an Ollama license layer read whole.
+MAX_LICENSE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -475,12 +480,86 @@ def layout_cached(
     if have is None:
         raise UsageError(f"{name} is not a model folder: --format {fmt} needs one")
     sources = cached_sources(cache, manifest, str(name))
+    sources, extras = _carried(cache, name, manifest, sources, have, fmt)
     indexed = not is_unindexed(cache, manifest.digest)
-    raw = lay_out(cache, sources, fmt, created=created, chunk_index=indexed, written=written)
+    raw = lay_out(
+        cache,
+        sources,
+        fmt,
+        created=created,
+        chunk_index=indexed,
+        written=written,
+        extras=extras,
+    )
     laid = parse_manifest(raw)
     mark_unindexed(cache, laid.digest, not indexed)
     log.info("%s laid out as %s", name, fmt)
     return laid
+
+
+def _blob_bytes(cache: BlobCache, layer: Layer, what: str) -> bytes:
+    try:
+        data = cache.blob_path(layer.digest).read_bytes()
+    except FileNotFoundError:
+        raise CacheError(f"{what} ({layer.digest.short}) is not in the cache") from None
+    except OSError as e:
+        raise os_error(e, f"reading {what}") from None
+    if len(data) != layer.size:
+        raise CacheError(f"{what} ({layer.digest.short}) is {len(data)} bytes, not {layer.size}")
+    return data
+
+
+def _modelfile_context(
+    cache: BlobCache, manifest: Manifest, sources: list[Source], name: Name
+) -> int | None:
+    """A Docker model's ``context_size`` when it is not the folder's own (config.json's):
+    what a Modelfile's ``PARAMETER num_ctx`` (``docker model package --context-size``) set."""
+    raw = _blob_bytes(cache, manifest.config, f"{name}: the config")
+    try:
+        said = json.loads(raw)["config"].get("context_size")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ManifestInvalid(f"{name}: the Docker model config is not valid JSON") from None
+    if not isinstance(said, int) or isinstance(said, bool) or said <= 0:
+        return None
+    return None if said == folder_facts(sources).context_size else said
+
+
+def _carried(
+    cache: BlobCache,
+    name: Name,
+    manifest: Manifest,
+    sources: list[Source],
+    have: str,
+    fmt: str,
+) -> tuple[list[Source], fp.ModelfileExtras]:
+    """What a Modelfile added to a cached Docker or ModelPack model (a license file, a
+    ``context_size`` of its own) as the lines of ``fmt``, where ``fmt`` has a place for it:
+    Ollama's license and params layers; a warning naming what ``fmt`` has no place for. The
+    sources left to lay out as files, and the extras."""
+    context = _modelfile_context(cache, manifest, sources, name) if have == fp.DOCKER else None
+    if fmt != fp.OLLAMA:
+        if context is not None and fmt == fp.CNCF:
+            log.warning(
+                "%s: ModelPack has no context size: num_ctx %d (the Docker config's "
+                "context_size) left out",
+                name,
+                context,
+            )
+        return sources, fp.ModelfileExtras(where=str(name))
+    licenses = [
+        s
+        for s in sources
+        if s.layer is not None
+        and s.layer.media_type in fp.LICENSE_MEDIA_TYPES
+        and s.file.size <= MAX_LICENSE_BYTES
+    ]
+    texts = [_blob_bytes(cache, s.layer, f"{name}: {s.file.path}") for s in licenses if s.layer]
+    params = None
+    if context is not None:
+        params = Modelfile(from_="", parameters={"num_ctx": context}).params_json()
+    layers = ollama_layer_blobs(licenses=texts, params=params)
+    kept = [s for s in sources if s not in licenses]
+    return kept, fp.ModelfileExtras(ollama_layers=tuple(layers), where=str(name))
 
 
 # -- a Modelfile whose FROM is a folder ------------------------------------------------------

@@ -309,6 +309,9 @@ def ollama_manifest(config: Layer, layers: list[Layer]) -> bytes:
 
 # -- a Modelfile whose FROM is a folder --------------------------------------------------------
 
+# A license file of a Docker or ModelPack artifact: what ``push --format ollama`` makes an
+# Ollama license layer of (``…image.license``), as a Modelfile's LICENSE line would be.
+LICENSE_MEDIA_TYPES = frozenset({a.DMR_LICENSE, cncf_media_type(a.DMR_LICENSE)})
 # A LICENSE of the Modelfile as a file of a Docker or ModelPack artifact: where
 # ``docker model package --license`` puts one (a layer of its own, its path the file's name).
 LICENSE_FILE = "LICENSE"

@@ -444,3 +444,104 @@ def test_renderer_and_parser_with_a_folder_go_into_ollamas_config(registry, mini
         )  # fmt: skip
         assert f"Modelfile: RENDERER cannot go into {said}: " in one_line_error(bad)
         assert one_line_error(bad).endswith("; --format ollama keeps it")
+
+
+def test_push_format_carries_a_docker_models_licenses_and_num_ctx(registry, minilm, tmp_path):
+    """A docker model created with LICENSE and PARAMETER num_ctx, pushed --format ollama:
+    the license and params layers the same Modelfile gives with --format ollama (the very
+    manifest); --format cncf: the licenses stay files, num_ctx has no place (one warning)."""
+    cache = tmp_path / "cache"
+    (tmp_path / "Modelfile").write_text(
+        f"FROM {minilm}\nLICENSE MIT\nLICENSE BSD\nPARAMETER num_ctx 4096\n"
+    )
+    name = "localhost:1/created/docker-carried:latest"
+    run_modelfs(
+        "create", name, "-f", str(tmp_path / "Modelfile"), "--format", "docker",
+        "--cache", str(cache),
+    )  # fmt: skip
+    direct = "localhost:1/created/ollama-direct:latest"
+    run_modelfs(
+        "create", direct, "-f", str(tmp_path / "Modelfile"), "--format", "ollama",
+        "--cache", str(cache),
+    )  # fmt: skip
+
+    repo = "created/carried-ollama"
+    pushed = run_modelfs(
+        "push", f"{registry.host}/{repo}:latest", "--from", name, "--format", "ollama",
+        "--cache", str(cache),
+    )  # fmt: skip
+    # The warning names the files Ollama's format leaves out: not the licenses.
+    assert "left out" in pushed.stderr and "LICENSE" not in pushed.stderr, pushed.stderr
+    manifest, config = pushed_config(registry, repo)
+    assert manifest.raw == cached_manifest(cache, direct)
+    extras = modelfile_layers(manifest)
+    assert [t.rsplit(".", 1)[1] for t, _, _ in extras] == ["license", "license", "params"]
+    got = [registry_blob(registry, repo, digest) for _, digest, _ in extras]
+    assert got == [b"MIT", b"BSD", b'{"num_ctx":4096}\n']
+    assert config["requires"] == "0.19.0"
+
+    repo = "created/carried-cncf"
+    pushed = run_modelfs(
+        "push", f"{registry.host}/{repo}:latest", "--from", name, "--format", "cncf",
+        "--cache", str(cache),
+    )  # fmt: skip
+    warned = [ln for ln in pushed.stderr.splitlines() if "num_ctx" in ln]
+    assert warned == [
+        "modelfs: localhost:1/created/docker-carried:latest: ModelPack has no context size: "
+        "num_ctx 4096 (the Docker config's context_size) left out"
+    ], pushed.stderr
+    manifest, config = pushed_config(registry, repo)
+    files = {a.filepath_of(x): x for x in manifest.layers}
+    assert files["LICENSE"].media_type == cncf_media_type(a.DMR_LICENSE)
+    assert registry_blob(registry, repo, files["LICENSE-2"].digest) == b"BSD"
+    assert "context_size" not in json.dumps(config)
+
+
+def test_push_format_ollama_carries_a_cncf_models_licenses(registry, minilm, tmp_path):
+    """A ModelPack model's license files become Ollama license layers, as a Modelfile's
+    LICENSE lines with --format ollama; a model with no num_ctx of its own gets no params
+    (config.json's 512 is the folder's, which Ollama reads itself)."""
+    cache = tmp_path / "cache"
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\nLICENSE MIT\n")
+    name = "localhost:1/created/cncf-carried:latest"
+    run_modelfs("create", name, "-f", str(tmp_path / "Modelfile"), "--cache", str(cache))
+    repo = "created/cncf-carried-ollama"
+    run_modelfs(
+        "push", f"{registry.host}/{repo}:latest", "--from", name, "--format", "ollama",
+        "--cache", str(cache),
+    )  # fmt: skip
+    manifest, _config = pushed_config(registry, repo)
+    extras = modelfile_layers(manifest)
+    assert [(t.rsplit(".", 1)[1], s) for t, _, s in extras] == [("license", 3)]
+    assert registry_blob(registry, repo, extras[0][1]) == b"MIT"
+    docker_name = f"{registry.host}/created/cncf-carried-docker:latest"
+    run_modelfs("push", docker_name, "--from", name, "--format", "docker", "--cache", str(cache))
+    _manifest, config = pushed_config(registry, "created/cncf-carried-docker")
+    assert config["config"]["context_size"] == 512  # the folder's own, as create writes it
+
+
+def test_push_format_of_an_ollama_folder_model_is_refused_in_one_line(minilm, tmp_path):
+    """Ollama's tensor format lost the folder's other files: an ollama model (its Modelfile
+    layers too) is not laid out as docker or cncf, and nothing is written."""
+    cache = tmp_path / "cache"
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\nSYSTEM be brief\nLICENSE MIT\n")
+    name = "localhost:1/created/ollama-only:latest"
+    run_modelfs(
+        "create", name, "-f", str(tmp_path / "Modelfile"), "--format", "ollama",
+        "--cache", str(cache),
+    )  # fmt: skip
+    for fmt in ("docker", "cncf"):
+        bad = run_modelfs(
+            "push", f"localhost:1/created/ollama-only-{fmt}:latest", "--from", name,
+            "--format", fmt, "--cache", str(cache), check=False,
+        )  # fmt: skip
+        assert bad.returncode == 2, bad.stderr  # a usage error
+        assert (
+            bad.stderr.strip()
+            .splitlines()[-1]
+            .endswith(
+                "is in Ollama's tensor format, which keeps only the tensors and the top-level "
+                f"JSON files: create it again from its folder with --format {fmt}"
+            )
+        )
+        assert not (cache / f"manifests/localhost:1/created/ollama-only-{fmt}").exists()

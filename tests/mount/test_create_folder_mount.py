@@ -226,3 +226,30 @@ def test_an_assembled_file_shows_the_models_time(proxy, registry, mount_factory,
     st = os.stat(tag / "model.safetensors")
     assert st.st_mtime_ns == 1741064767_500000000, st.st_mtime_ns
     assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+
+
+def test_a_docker_models_modelfile_lines_follow_push_format_ollama_into_the_mount(
+    proxy, registry, mount_factory, minilm, tmp_path
+):
+    """create -f Modelfile --format docker (LICENSE, PARAMETER num_ctx) → push --format
+    ollama → mount: the licenses and num_ctx are Ollama's license and params files."""
+    cache = tmp_path / "creating"
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\n{MODELFILE_LINES['docker']}")
+    name = "localhost:1/roundtrip/docker-modelfile:latest"
+    run_modelfs(
+        "create", name, "-f", str(tmp_path / "Modelfile"), "--format", "docker",
+        "--cache", str(cache),
+    )  # fmt: skip
+    repo = "roundtrip/docker-modelfile-as-ollama"
+    run_modelfs(
+        "push", f"{registry.host}/{repo}:latest", "--from", name, "--format", "ollama",
+        "--cache", str(cache),
+    )  # fmt: skip
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / repo / "latest"
+    paths = mounted_paths(tag)
+    assert "LICENSE" not in paths and "model.safetensors" in paths
+    assert (tag / "license").read_bytes() == b"MIT"
+    assert (tag / "license-2").read_bytes() == b"BSD"
+    assert json.loads((tag / "params.json").read_bytes()) == {"num_ctx": 4096}
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
