@@ -545,3 +545,26 @@ def test_push_format_of_an_ollama_folder_model_is_refused_in_one_line(minilm, tm
             )
         )
         assert not (cache / f"manifests/localhost:1/created/ollama-only-{fmt}").exists()
+
+
+def test_push_format_adds_nothing_a_modelfile_did_not_say(minilm, tmp_path, caplog):
+    """A docker model whose context_size is the folder's own (config.json's 512): laid out
+    as cncf, no warning; as ollama, no params layer (Ollama reads config.json itself) and
+    nothing but the tensors and JSON files."""
+    import logging
+
+    from modelfs.commands.folderstore import layout_cached
+    from modelfs.formats.names import parse_name
+
+    cache = BlobCache(tmp_path / "cache")
+    name = parse_name("localhost:1/created/plain:latest")
+    raw = lay_out(cache, walk_folder(minilm), "docker", created=CREATED)
+    config = json.loads(cache.blob_path(parse_manifest(raw).config.digest).read_bytes())
+    assert config["config"]["context_size"] == 512
+    cache.write_manifest(name, raw)
+    with caplog.at_level(logging.INFO):
+        cncf = layout_cached(cache, name, parse_manifest(raw), "cncf", CREATED)
+    assert cncf.artifact_type == a.CNCF_ARTIFACT
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    ollama = layout_cached(cache, name, parse_manifest(raw), "ollama", CREATED)
+    assert json.loads(ollama.raw) == json.loads(ollama_tensors(minilm).manifest)
