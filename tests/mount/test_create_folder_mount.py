@@ -160,7 +160,7 @@ def test_a_compressed_tar_layer_is_left_out_with_one_log_line(
 MODELFILE_LINES = {
     "ollama": (
         "TEMPLATE {{ .Prompt }}\nSYSTEM be brief\nPARAMETER temperature 0.25\n"
-        "LICENSE MIT\nLICENSE BSD\nMESSAGE user hi\n"
+        "LICENSE MIT\nLICENSE BSD\nMESSAGE user hi\nRENDERER qwen3-coder\nPARSER harmony\n"
     ),
     "docker": "LICENSE MIT\nLICENSE BSD\nPARAMETER num_ctx 4096\n",
     "cncf": "LICENSE MIT\nLICENSE BSD\n",
@@ -205,9 +205,11 @@ def test_a_modelfile_from_a_folder_mounts_with_its_lines(
         assert paths == sorted(walk(minilm) + list(SHOWN[fmt]) + SIDE_FILES)
         for p in walk(minilm):
             assert sha256_path(tag / p) == sha256_path(minilm / p), p
+    config = json.loads((tag / ".modelfs/config.json").read_bytes())
     if fmt == "docker":
-        config = json.loads((tag / ".modelfs/config.json").read_bytes())
         assert config["config"]["context_size"] == 4096
+    if fmt == "ollama":
+        assert (config["parser"], config["renderer"]) == ("harmony", "qwen3-coder")
 
 
 def test_an_assembled_file_shows_the_models_time(proxy, registry, mount_factory, minilm):
