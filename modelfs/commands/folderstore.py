@@ -7,9 +7,10 @@ copies each file into ``blobs/`` and writes the manifest of the chosen format la
 (``layout_cached``): Docker and ModelPack artifacts share their blobs, so only a config
 blob is written; Ollama's tensor format needs each tensor as a blob of its own, written
 from the cached files. What a Modelfile added (license files, a Docker ``context_size``)
-goes where the other format has a place for it, else one warning names it (``_carried``). Every blob over one chunk gets its chunk digests kept as a local
-chunk index (``.modelfs/indexes``), which a push publishes beside the manifest
-(commands/folderindex.py): the manifest itself stays exactly what the tool writes.
+goes where the other format has a place for it, else one warning names it (``_carried``).
+Every blob over one chunk gets its chunk digests kept as a local chunk index
+(``.modelfs/indexes``), which a push publishes beside the manifest (commands/folderindex.py):
+the manifest itself stays exactly what the tool writes.
 """
 
 from __future__ import annotations
@@ -518,7 +519,7 @@ def _modelfile_context(
     try:
         said = json.loads(raw)["config"].get("context_size")
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise ManifestInvalid(f"{name}: the Docker model config is not valid JSON") from None
+        raise ManifestInvalid(f"{name}: its config is not a Docker model config") from None
     if not isinstance(said, int) or isinstance(said, bool) or said <= 0:
         return None
     return None if said == folder_facts(sources).context_size else said
