@@ -119,10 +119,13 @@ async def push(
         await registry.put_manifest(name, manifest.raw, manifest.media_type)
         index = await publish_folder_index(cache, registry, name, manifest) if folder else None
     finally:
-        if written:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if written:
                 drop = drop_laid_out if folder else orphans.free_unnamed
                 await trio.to_thread.run_sync(drop, cache, written)
+            if folder and manifest.raw != raw:
+                # The layout's --no-chunk-index mark, unless a manifest keeps the layout.
+                await trio.to_thread.run_sync(cache.drop_unindexed_mark, manifest.digest)
     parts = [f"{human_bytes(uploaded)} uploaded"]
     if mounted:
         parts.append(f"{human_bytes(mounted)} mounted")

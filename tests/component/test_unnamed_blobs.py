@@ -113,3 +113,20 @@ def test_a_docker_push_under_a_new_name_keeps_the_docker_model_in_the_cache(
     assert evictor.evicted == []
     assert cache.has_blob(config.digest, config.size), "the pushed model's config was removed"
     assert "unnamed/gguf" in run_modelfs("ls", "--cache", str(cache_dir)).stdout
+
+
+def test_no_chunk_index_marks_go_with_their_manifests(registry, minilm, tmp_path) -> None:
+    """``.modelfs/unindexed/`` holds one mark per manifest of the cache created with
+    ``--no-chunk-index``: none for a layout pushed and kept under no name, none after rm."""
+    cache_dir = tmp_path / "cache"
+    name = f"{registry.host}/unnamed/minilm-plain:latest"
+    run_modelfs("create", name, "--dir", str(minilm), "--no-chunk-index", "--cache", str(cache_dir))
+    cache = BlobCache(cache_dir)
+    created = parse_manifest(cache.read_manifest(parse_name(name)) or b"")
+    marks = lambda: sorted(p.name for p in (cache.state_dir / "unindexed").iterdir())  # noqa: E731
+    assert marks() == [created.digest.filename]
+    result = run_modelfs("push", name, "--format", "ollama", "--cache", str(cache_dir))
+    assert "chunk index" not in result.stdout + result.stderr
+    assert marks() == [created.digest.filename], "the mark of a layout no manifest keeps stayed"
+    run_modelfs("rm", name, "--cache", str(cache_dir))
+    assert marks() == [], "rm left the mark of the model it removed"
