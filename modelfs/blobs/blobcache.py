@@ -200,6 +200,9 @@ class BlobCache:
         self.tmp_dir = self.state_dir / "tmp"
         # Chunk indexes of blobs verified whole here: a blob read again is lazy and verified.
         self.index_dir = self.state_dir / "indexes"
+        # One empty file per manifest digest of a folder model created with --no-chunk-index
+        # (commands/folderstore.py); it goes with the last manifest of that digest (``unlink``).
+        self.unindexed_dir = self.state_dir / "unindexed"
 
     def prepare(self) -> None:
         """Create the layout, make ``.modelfs/`` private (an existing cache too); clear temp
@@ -414,6 +417,38 @@ class BlobCache:
             log.warning("cannot read the local chunk index of blob %s: %s", digest.short, e)
             return None
         return raw if len(raw) <= limit else None
+
+    # -- marks kept per manifest digest ----------------------------------------------------
+
+    def unindexed_path(self, digest: Digest) -> Path:
+        return self.unindexed_dir / digest.filename
+
+    def drop_unindexed_mark(self, digest: Digest) -> None:
+        """Remove the ``--no-chunk-index`` mark of manifest ``digest`` unless a manifest of the
+        cache (complete or pending) still has that digest; one that cannot be read may."""
+        path = self.unindexed_path(digest)
+        if not path.exists() or self._may_hold_manifest(digest):
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.info("cannot remove the mark of manifest %s: %s", digest.short, e)
+
+    def _may_hold_manifest(self, digest: Digest) -> bool:
+        """Whether a manifest file of the cache has ``digest`` (or cannot be read to know)."""
+        for base in (self.manifests_dir, self.pending_dir):
+            for path, listing_error in _manifest_paths(base):
+                if listing_error is not None:
+                    return True
+                try:
+                    raw = _read_manifest_file(path)
+                except OSError:
+                    return True
+                if raw is not None and Digest.of_bytes(raw) == digest:
+                    return True
+        return False
 
     def state_path(self, digest: Digest) -> Path:
         return self.partial_dir / f"{digest.filename}.state"
@@ -655,12 +690,16 @@ class BlobCache:
     def unlink(self, name: Name) -> UnlinkResult:
         """Remove ``name``'s manifest, then every blob no other manifest references (``ollama rm``)."""
         loaded = self.load_manifest(name)
+        raws = [self.read_manifest(name, pending=pending) for pending in (False, True)]
         removed_any = self.remove_manifest(name) | self.remove_manifest(name, pending=True)
         if not removed_any:
             from modelfs.errors import ModelNotFound
 
             raise ModelNotFound(f"model {name} is not in the cache at {self.root}")
         self.unmark_lazy(name)
+        for raw in raws:
+            if raw is not None:
+                self.drop_unindexed_mark(Digest.of_bytes(raw))
         if loaded is None:
             return UnlinkResult((), 0)
         manifest, _complete = loaded
@@ -751,6 +790,20 @@ def manifest_file_refs(path: Path) -> tuple[frozenset[Digest], str | None] | Non
             more = f.read(SCAN_READ_BYTES)
             data = data[-_SCAN_OVERLAP_BYTES:] + more if more else b""
     return frozenset(found), reason
+
+
+def _read_manifest_file(path: Path) -> bytes | None:
+    """A manifest file's bytes; None when it is gone, not a regular file, or over the
+    size of any manifest. Raises OSError when it cannot be read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO swapped in
+    except FileNotFoundError:
+        return None
+    with open(fd, "rb", closefd=True) as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    return raw if len(raw) <= MAX_MANIFEST_BYTES else None
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -2,7 +2,9 @@
 
 Run when a cache is prepared (the daemon's start, ``pull``, ``create``, ``show``, ``index``),
 with nothing of that process in use yet, and at each eviction check of a daemon, with the
-digests its readers hold (``busy``) and the blobs it published (``published_here``).
+digests its readers hold (``busy``) and the blobs it published (``published_here``); and
+after ``push --format docker`` of a GGUF model under its own name (``free_unnamed``), with
+the config blob it wrote only to upload it.
 
 What is left over (freed):
 - a scratch file (``sha256-<hex>.<pid>-<n>.scratch``) of a process that is gone;
@@ -121,6 +123,18 @@ def collect(
         d for d in published_here if (d in references and not blind) or not cache.has_blob(d)
     }
     return Collected(tuple(gone), freed, waiting)
+
+
+def free_unnamed(cache: BlobCache, digests: Collection[Digest]) -> Collected:
+    """Free those of ``digests`` (blobs this process published to the cache only to upload
+    them) that no manifest names, under ``collect``'s rules: one another modelfs process
+    uses, or a manifest names (even one that cannot be read), stays."""
+    try:
+        cache.private_mkdir(cache.partial_dir)  # where the blobs' locks are taken
+    except OSError as e:
+        log.debug("keeping blobs %s: %s", ", ".join(d.short for d in digests), e)
+        return Collected((), 0)
+    return collect(cache, published_here=set(digests))
 
 
 def _sweep_scratch(cache: BlobCache) -> tuple[int, set[Digest]]:

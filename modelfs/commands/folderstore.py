@@ -395,12 +395,12 @@ def create_from_folder(
 # -- models created with --no-chunk-index ----------------------------------------------------
 
 # A folder model's manifest is exactly what the tools write, so "no chunk index" cannot be
-# said in it: one empty file per such manifest (by digest) says it, for push.
-UNINDEXED_DIRNAME = "unindexed"
+# said in it: one empty file per such manifest (by digest) says it, for push. It goes when
+# the last manifest of that digest leaves the cache (``BlobCache.unlink``: rm, eviction).
 
 
 def _unindexed_path(cache: BlobCache, digest: Digest) -> Path:
-    return cache.state_dir / UNINDEXED_DIRNAME / digest.filename
+    return cache.unindexed_path(digest)
 
 
 def mark_unindexed(cache: BlobCache, digest: Digest, unindexed: bool = True) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 
 import blake3
 import trio
@@ -94,9 +95,8 @@ async def publish_index(
     index_layer = Layer(Digest.of_bytes(raw_index), MEDIA_TYPE_CHUNK_INDEX, len(raw_index))
     for data in (raw_index, EMPTY_CONFIG):
         digest = Digest.of_bytes(data)
-        await trio.to_thread.run_sync(cache.store_bytes, data, digest)
         if not await registry.has_blob(name, digest):
-            await registry.upload_blob(name, digest, cache.blob_path(digest), len(data))
+            await _upload_bytes(cache, registry, name, digest, data)
     artifact = build_index_artifact(manifest, index_layer)
     digest = Digest.of_bytes(artifact)
     answer = await registry.put_manifest(
@@ -112,6 +112,22 @@ async def publish_index(
             reference=referrers_tag(manifest.digest),
         )
     return digest, raw_index
+
+
+async def _upload_bytes(
+    cache: BlobCache, registry: Registry, name: Name, digest: Digest, data: bytes
+) -> None:
+    """Upload a blob held in memory from a temp file of ``.modelfs/``, never from ``blobs/``:
+    no manifest of the cache names the artifact's blobs, and Ollama expects every blob
+    there to belong to a model (``ollama serve`` prunes the others). A crash leaves the
+    temp file to the next ``prepare``."""
+    path = cache.temp_path()
+    await trio.to_thread.run_sync(cache.atomic_write, path, data)
+    try:
+        await registry.upload_blob(name, digest, path, len(data))
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
 
 
 async def _chunk_hashes(

@@ -17,7 +17,10 @@ Model Runner artifact (formats/dockermodel.py): a Docker config blob, written to
 cache first, and an OCI manifest whose layers are the Ollama model's own blobs
 re-labelled. The weights are the same blob, so a registry that has the Ollama model
 receives only the config and the manifest, and one GGUF serves ``ollama pull`` and
-``docker model pull``. The cached model itself is not changed.
+``docker model pull``. The cached model itself is not changed: pushed under another
+name (``--from``), the Docker model is kept in the cache under that name, as ``ollama
+push`` leaves what it pushed; pushed under its own name, the config is removed from
+``blobs/`` after the push unless a manifest names it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import UTC, datetime
 
 import trio
 
+from modelfs.blobs import orphans
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.commands.progress import Progress, human_bytes
 from modelfs.commands.pushfolder import (
@@ -89,17 +93,19 @@ async def push(
         if created is None:
             created = await trio.to_thread.run_sync(_cached_at, cache, cached)
         manifest, written = await as_format(cache, cached, manifest, format, created)
-        if manifest.raw != raw and await trio.to_thread.run_sync(
-            keep_laid_out, cache, name, cached, manifest
-        ):
-            written = frozenset()
     elif format == "docker":
-        manifest = await _as_docker(cache, cached, manifest, created)
+        manifest, written = await _as_docker(cache, cached, manifest, created)
     elif format == "cncf":
         raise UsageError(
             f"{cached} is not a model folder: --format cncf is for models made of files "
             "(create --dir)"
         )
+    # A model laid out again is kept under the pushed name, as ``ollama push`` leaves what it
+    # pushed; what was written for it is removed after the push when it is kept under none.
+    if manifest.raw != raw and await trio.to_thread.run_sync(
+        keep_laid_out, cache, name, cached, manifest
+    ):
+        written = frozenset()
     mount_from = source if source is not None and source.host.lower() == name.host.lower() else None
     if source is not None and mount_from is None:
         log.warning(
@@ -113,9 +119,13 @@ async def push(
         await registry.put_manifest(name, manifest.raw, manifest.media_type)
         index = await publish_folder_index(cache, registry, name, manifest) if folder else None
     finally:
-        if written:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(drop_laid_out, cache, written)
+        with trio.CancelScope(shield=True):
+            if written:
+                drop = drop_laid_out if folder else orphans.free_unnamed
+                await trio.to_thread.run_sync(drop, cache, written)
+            if folder and manifest.raw != raw:
+                # The layout's --no-chunk-index mark, unless a manifest keeps the layout.
+                await trio.to_thread.run_sync(cache.drop_unindexed_mark, manifest.digest)
     parts = [f"{human_bytes(uploaded)} uploaded"]
     if mounted:
         parts.append(f"{human_bytes(mounted)} mounted")
@@ -228,11 +238,12 @@ def _repositories_naming(cache: BlobCache, name: Name) -> dict[Digest, list[Name
 
 async def _as_docker(
     cache: BlobCache, cached: Name, manifest: Manifest, created: datetime | None
-) -> Manifest:
+) -> tuple[Manifest, frozenset[Digest]]:
     """The Docker Model Runner artifact of the cached model ``cached``, its config blob
-    stored in the cache; a model that already is one, unchanged."""
+    stored in the cache; a model that already is one, unchanged. With it, the config if it
+    was not in the cache before (the push removes it again unless a manifest names it)."""
     if is_docker_model(manifest):
-        return manifest
+        return manifest, frozenset()
     weights = weights_layer(manifest)
     if weights is None:
         raise UsageError(
@@ -248,10 +259,12 @@ async def _as_docker(
         created = await trio.to_thread.run_sync(_cached_at, cache, cached)
     docker = docker_model(manifest, info, created)
     config = docker.config_layer
+    written: frozenset[Digest] = frozenset()
     if not await trio.to_thread.run_sync(cache.has_blob, config.digest, config.size):
         await trio.to_thread.run_sync(cache.store_bytes, docker.config, config.digest)
+        written = frozenset({config.digest})
     log.info("%s as a Docker model: config %s", cached, config.digest.short)
-    return parse_manifest(docker.manifest)
+    return parse_manifest(docker.manifest), written
 
 
 def _cached_at(cache: BlobCache, name: Name) -> datetime:

@@ -13,7 +13,7 @@ import pytest
 
 from modelfs.blobs import sharing
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.blobs.orphans import collect
+from modelfs.blobs.orphans import collect, free_unnamed
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import parse_name
 
@@ -224,3 +224,34 @@ async def test_a_cache_without_record_locks_keeps_its_partials_and_still_evicts(
 
     assert evictor.evicted == [NAME], "the cache over its bound evicted nothing"
     assert cache.partial_path(orphan).exists(), "removed a partial no lock could vouch for"
+
+
+def test_free_unnamed_frees_only_the_given_blobs_no_manifest_names_nor_process_uses(
+    tmp_path: Path,
+) -> None:
+    """After an upload: the blobs written only to upload go, unless a manifest names one
+    (another process may have written a model naming it meanwhile) or another modelfs
+    process uses it; a blob not given is never touched, whoever wrote it."""
+    cache = BlobCache(tmp_path / "cache")  # push does not prepare the cache: no partial/
+    cache.private_mkdir(cache.tmp_dir)
+    early = blob(cache, b"uploaded before partial/ existed")
+    assert free_unnamed(cache, {early}).digests == (early,)
+    assert not cache.has_blob(early)
+    ours, named, used, foreign = (
+        blob(cache, data) for data in (b"ours", b"named since", b"used", b"foreign")
+    )
+    manifest_naming(cache, named)
+    fd = cache.lock_blob(used)  # as another modelfs process using the blob holds it
+    assert fd is not None
+    try:
+        pid = os.fork()
+        if pid == 0:
+            done = free_unnamed(cache, {ours, named, used})
+            os._exit(0 if done.digests == (ours,) and done.waiting else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "freed other blobs than the one given"
+    finally:
+        os.close(fd)
+    assert not cache.has_blob(ours), "the blob written only to upload was left in blobs/"
+    for kept in (named, used, foreign):
+        assert cache.has_blob(kept), f"blob {kept.short} removed"
