@@ -102,3 +102,14 @@ async def test_without_links_a_complete_blob_is_one_file_of_the_daemon(tmp_path:
     attr = await ns.tree.lookup(await ns.path(TAG), "model.gguf")
     assert not attr.is_link
     assert ns.tree.inodes.files.get(Digest.of_bytes(GGUF)) == attr.inode
+
+
+async def test_a_listing_gives_links_for_complete_blobs(ns: Namespace) -> None:
+    tag = await ns.path(TAG)
+    ns.publish(GGUF)  # after the lookup: the listing itself must look in blobs/
+    fh = await ns.tree.opendir(tag)
+    assert "model.gguf" in [n for n, _ in ns.tree.readdir(fh, 0)[1]]
+    entry = ns.tree.entry(tag, "model.gguf")
+    assert entry is not None and entry.is_link, "a listed complete blob was not a link"
+    config = ns.tree.entry(tag, "config.json")
+    assert config is not None and not config.is_link  # not in blobs/
