@@ -191,3 +191,12 @@ async def test_a_lookup_of_a_tag_directory_resolves_it_again(ns: Namespace) -> N
     assert (await ns.tree.lookup(model, "latest")).inode == tag
     f = await ns.tree.lookup(tag, "model.gguf")
     assert f.size == len(other), "a tag looked up again still showed the old manifest"
+
+
+def test_who_a_request_is_for() -> None:
+    access = Access(owner_uid=1000)
+    assert access.caller(1000) == Caller(owner=True, anonymous=False)
+    assert access.caller(None) == Caller(owner=True, anonymous=False)  # the daemon itself
+    assert access.caller(0) == Caller(owner=False, anonymous=True), "root borrowed credentials"
+    shared = Access(owner_uid=1000, share_credentials=True)
+    assert shared.caller(1001) == Caller(owner=False, anonymous=False)
