@@ -51,6 +51,7 @@ class FakeResolver:
         self.manifests: dict[tuple[str, str, str, str], Manifest] = {}
         self.resolves: list[str] = []
         self.tag_lists: list[str] = []
+        self.gate: trio.Event | None = None  # set: resolutions wait for it
 
     def set(self, name: str, manifest: Manifest | None) -> Name:
         n = parse_name(name)
@@ -63,6 +64,8 @@ class FakeResolver:
     async def resolve(self, name: Name, *, anonymous: bool = False) -> Resolved:
         self.resolves.append(str(name))
         await trio.lowlevel.checkpoint()
+        if self.gate is not None:
+            await self.gate.wait()
         manifest = self.manifests.get(name.key)
         if manifest is None:
             raise ModelNotFound(f"{name}: not found")

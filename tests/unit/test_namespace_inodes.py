@@ -7,8 +7,11 @@ import errno
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from namespace_fakes import GGUF, HOST, Namespace, ollama_manifest
 
+from modelfs.errors import ModelNotFound
 from modelfs.fs.nodes import ROOT_INODE
 from modelfs.fs.tree import TreeError
 
@@ -143,3 +146,39 @@ async def test_once_published_every_manifest_naming_a_blob_shares_one_inode(
     # The old unpublished inode forgotten must not take the published key with it.
     ns.tree.forget(a, 1)
     assert await ns.path(FILE) == shared
+
+
+async def test_a_readdir_entry_of_a_tag_being_looked_up_is_the_same_inode(
+    ns: Namespace,
+) -> None:
+    # A listing of the model directory (readdirplus) while a lookup of one of its tags waits
+    # for the registry: one directory, one inode, whichever the kernel keeps.
+    model = await ns.path(f"{HOST}/ai/model")
+    ns.resolver.gate = trio.Event()
+    got: dict[str, int] = {}
+
+    async def look() -> None:
+        got["lookup"] = (await ns.tree.lookup(model, "latest")).inode
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(look)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ns.resolver.resolves, "the lookup did not reach the registry"
+        entry = ns.tree.entry(model, "latest")
+        assert entry is not None
+        ns.tree.remember(entry.inode)
+        got["entry"] = entry.inode
+        ns.resolver.gate.set()
+    assert got["lookup"] == got["entry"], "a tag directory had two inodes at once"
+    ns.tree.forget(got["entry"], 1)
+    assert (await ns.tree.lookup(model, "latest")).inode == got["lookup"]
+
+
+async def test_a_tag_that_does_not_resolve_leaves_nothing_in_the_table(ns: Namespace) -> None:
+    model = await ns.path(f"{HOST}/ai/model")
+    before = set(ns.tree.inodes.nodes)
+    for _ in range(3):
+        with pytest.raises(ModelNotFound):
+            await ns.tree.lookup(model, "missing")
+    assert set(ns.tree.inodes.nodes) == before
+    assert ns.tree.inodes.named_dir(ns.tree.inodes.node(model), "missing") is None
