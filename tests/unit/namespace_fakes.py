@@ -128,9 +128,12 @@ class FakeCompletion:
     def __init__(self) -> None:
         self.tracked: list[str] = []
         self.recorded: list[str] = []
+        self.gate: trio.Event | None = None  # set: tracking waits for it (a slow disk)
 
     async def track(self, name: Name, manifest: Manifest, *, anonymous: bool = False) -> None:
         self.tracked.append(str(name))
+        if self.gate is not None:
+            await self.gate.wait()
 
     async def ensure_recorded(
         self, name: Name, manifest: Manifest, *, anonymous: bool = False

@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from namespace_fakes import GGUF, HOST, Namespace, ollama_manifest
 from support.modelformats import ollama_tensors, quantized_folder
 
@@ -139,5 +141,43 @@ async def test_a_file_whose_layout_is_no_longer_kept_is_laid_out_again_at_open(
     fh = await ns.tree.open(attr.inode)
     assert layouts.tree(key) is not None, "an open did not lay out a model no longer kept"
     assert len(ns.blobs.opened) > opened + 1, "laid out again without reading its blobs"
+    assert len(await read_all(ns, fh, attr.size)) == attr.size
+    await ns.tree.release(fh)
+
+
+def tensors_of(ns: Namespace, folder: Path, value: float):
+    """A model of Ollama's tensor blobs whose one tensor is all ``value``."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    save_file({"w": np.full((16, 16), value, dtype=np.float32)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    art = ollama_tensors(folder)
+    ns.blobs.add(*art.blobs.values())
+    return parse_manifest(art.manifest)
+
+
+async def test_a_file_looked_up_while_its_tag_moves_is_of_one_model(
+    ns: Namespace, tmp_path: Path
+) -> None:
+    # A lookup of the tag (which resolves it again) and one of a file in it, at once: the
+    # file is the old model's or the new one's, never the new file over the old manifest.
+    ns.resolver.set(f"{HOST}/ai/tensors:latest", tensors_of(ns, tmp_path / "one", 1.0))
+    model = await ns.path(f"{HOST}/ai/tensors")
+    tag = (await ns.tree.lookup(model, "latest")).inode
+    new = tensors_of(ns, tmp_path / "two", 2.0)
+    ns.resolver.set(f"{HOST}/ai/tensors:latest", new)
+    ns.completion.gate = trio.Event()  # recording the new manifest takes a while
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ns.tree.lookup, model, "latest")
+        await trio.testing.wait_all_tasks_blocked()
+        attr = await ns.tree.lookup(tag, "model.safetensors")
+        ns.completion.gate.set()
+    node = ns.tree.inodes.node(attr.inode)
+    assert node.model_file is not None and node.manifest is not None
+    layers = {layer.digest for layer in node.manifest.layers}
+    assert set(node.model_file.digests) <= layers, "a file over blobs its manifest does not name"
+    fh = await ns.tree.open(attr.inode)
     assert len(await read_all(ns, fh, attr.size)) == attr.size
     await ns.tree.release(fh)
