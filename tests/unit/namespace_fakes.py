@@ -103,6 +103,8 @@ class MemoryBlobs:
         self.log: list[str] = []
         self.opened: list[object] = []
         self.refute = False
+        self.handles: list[object] = []  # every handle opened, in order
+        self.reading: dict[object, set[object]] = {}
 
     def add(self, *blobs: bytes) -> None:
         for data in blobs:
@@ -114,14 +116,19 @@ class MemoryBlobs:
     async def open(self, name, manifest, target, *, anonymous=False, readahead=True):
         await trio.lowlevel.checkpoint()
         self.opened.append(target)
+        handle: object
         if isinstance(target, ModelFile):
             if self.refute:
                 return Handle(b"", self.log, refute=True)
-            return FileHandle(self, name, manifest, target, anonymous=anonymous)  # type: ignore[arg-type]
-        return Handle(self.by_digest[target.digest], self.log)
+            handle = FileHandle(self, name, manifest, target, anonymous=anonymous)  # type: ignore[arg-type]
+        else:
+            handle = Handle(self.by_digest[target.digest], self.log)
+        self.handles.append(handle)
+        return handle
 
     def files_reading(self, blob: object) -> set[object]:
-        return set()
+        """The open files the door says read the fetch state ``blob`` (``reading``)."""
+        return self.reading.get(blob, set())
 
 
 class FakeCompletion:

@@ -181,3 +181,34 @@ async def test_a_file_looked_up_while_its_tag_moves_is_of_one_model(
     fh = await ns.tree.open(attr.inode)
     assert len(await read_all(ns, fh, attr.size)) == attr.size
     await ns.tree.release(fh)
+
+
+async def test_a_fetchs_pages_go_only_to_the_open_files_the_door_says_read_it(
+    ns: Namespace,
+) -> None:
+    # Another manifest's file of the same digest (another inode until published) reads
+    # bytes another chunk index vouched for: it is not given this fetch's pages.
+    ns.resolver.set(f"{HOST}/ai/other:latest", ollama_manifest(config=b'{"v":2}'))
+    a = await ns.path(FILE)
+    b = await ns.path(f"{HOST}/ai/other/latest/model.gguf")
+    assert a != b
+    fa, fb = await ns.tree.open(a), await ns.tree.open(b)
+    handle_a, handle_b = ns.blobs.handles
+    ns.blobs.reading["fetch"] = {handle_a}
+    assert ns.tree.inodes_reading("fetch") == [a]
+    ns.blobs.reading["fetch"] = {handle_a, handle_b}
+    assert sorted(ns.tree.inodes_reading("fetch")) == sorted([a, b])
+    assert ns.tree.inodes_reading("another") == []
+    await ns.tree.release(fa)
+    assert ns.tree.inodes_reading("fetch") == [b], "a released file was still given pages"
+    await ns.tree.release(fb)
+
+
+async def test_the_blobs_of_open_files_are_those_they_read(ns: Namespace, tmp_path: Path) -> None:
+    _name, manifest = tensors_model(ns, tmp_path)
+    attr = await ns.tree.lookup(await ns.path(TENSORS), "model.safetensors")
+    tensors = {layer.digest for layer in manifest.layers if "tensor" in layer.media_type}
+    fh = await ns.tree.open(attr.inode)
+    assert ns.tree.open_digests() == tensors
+    await ns.tree.release(fh)
+    assert ns.tree.open_digests() == set()
