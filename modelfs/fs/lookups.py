@@ -125,6 +125,9 @@ class Lookups:
             await self.published.check([entry[0]])
         if self._on_used is not None:
             await self._on_used(from_parts(*parent.parts))
+        if name not in parent.files and name not in parent.entries:
+            # The tag moved meanwhile to a model without it (not a directory of that name).
+            raise TreeError(errno.ENOENT, f"{name} left the model while it was looked up")
         return self._entry_node(parent, name)
 
     def _entry_node(self, parent: Node, name: str) -> Node:

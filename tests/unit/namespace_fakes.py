@@ -26,8 +26,10 @@ HOST = "127.0.0.1:5000"
 GGUF = b"GGUF-not-really" * 10
 
 
-def ollama_manifest(model: bytes = GGUF, config: bytes = b"{}") -> Manifest:
-    """A classic Ollama manifest: ``config`` and one model layer of ``model``'s bytes."""
+def ollama_manifest(
+    model: bytes = GGUF, config: bytes = b"{}", media_type: str = MEDIA_TYPE_MODEL
+) -> Manifest:
+    """A classic Ollama manifest: ``config`` and one layer (a model) of ``model``'s bytes."""
 
     def desc(media_type: str, data: bytes) -> dict:
         return {"mediaType": media_type, "size": len(data), "digest": str(Digest.of_bytes(data))}
@@ -38,7 +40,7 @@ def ollama_manifest(model: bytes = GGUF, config: bytes = b"{}") -> Manifest:
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                 "config": desc("application/vnd.docker.container.image.v1+json", config),
-                "layers": [desc(MEDIA_TYPE_MODEL, model)],
+                "layers": [desc(media_type, model)],
             }
         ).encode()
     )

@@ -7,9 +7,12 @@ import errno
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from namespace_fakes import GGUF, HOST, Namespace, ollama_manifest
 
 from modelfs.errors import ModelfsError, errno_for
+from modelfs.formats.manifest import MEDIA_TYPE_TEMPLATE
 from modelfs.formats.names import parse_name
 from modelfs.fs.access import Access, Caller
 from modelfs.fs.nodes import ROOT_INODE
@@ -200,3 +203,33 @@ def test_who_a_request_is_for() -> None:
     assert access.caller(0) == Caller(owner=False, anonymous=True), "root borrowed credentials"
     shared = Access(owner_uid=1000, share_credentials=True)
     assert shared.caller(1001) == Caller(owner=False, anonymous=False)
+
+
+async def test_a_file_that_leaves_its_tag_while_looked_up_is_enoent(tmp_path: Path) -> None:
+    # A lookup of a file waits (recording the model's use) while a lookup of its tag moves
+    # the tag to a model without that file: the file is gone, not a directory of its name.
+    gate = trio.Event()
+
+    async def used(name: object) -> None:
+        await gate.wait()
+
+    ns = Namespace(tmp_path, on_used=used)
+    ns.resolver.set(f"{REPO}:latest", ollama_manifest())
+    model = await ns.path(REPO)
+    tag = (await ns.tree.lookup(model, "latest")).inode
+    template = ollama_manifest(b"{{ .Prompt }}", media_type=MEDIA_TYPE_TEMPLATE)
+    got: list[object] = []
+
+    async def look() -> None:
+        try:
+            got.append(await ns.tree.lookup(tag, "model.gguf"))
+        except TreeError as e:
+            got.append(e.errno)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(look)
+        await trio.testing.wait_all_tasks_blocked()
+        ns.resolver.set(f"{REPO}:latest", template)
+        gate.set()  # the tag's own lookup records no use
+        assert (await ns.tree.lookup(model, "latest")).inode == tag
+    assert got == [errno.ENOENT], f"a file that left its model was looked up as {got}"
