@@ -230,6 +230,6 @@ async def test_a_file_that_leaves_its_tag_while_looked_up_is_enoent(tmp_path: Pa
         nursery.start_soon(look)
         await trio.testing.wait_all_tasks_blocked()
         ns.resolver.set(f"{REPO}:latest", template)
-        gate.set()  # the tag's own lookup records no use
-        assert (await ns.tree.lookup(model, "latest")).inode == tag
+        assert (await ns.tree.lookup(model, "latest")).inode == tag  # records no use
+        gate.set()
     assert got == [errno.ENOENT], f"a file that left its model was looked up as {got}"
