@@ -119,20 +119,25 @@ class Directories:
             )
         ):
             manifest = resolved.manifest
-            if kind_of(manifest) is Kind.OLLAMA:
-                node.model_dirs = None
+            model_dirs = None
+            if kind_of(manifest) is not Kind.OLLAMA:
+                model_dirs = await self.layouts.get(
+                    (name.repository_key, manifest.digest),
+                    lambda: lay_out(self.blobs, name, manifest, anonymous=caller.anonymous),
+                )
+            await self.completion.track(name, manifest, anonymous=caller.anonymous)
+            # The entries and the manifest they come from change together, with no wait
+            # between: a lookup in this directory meanwhile has both old or both new (an
+            # assembled file's extents are over its own manifest's blobs).
+            node.model_dirs = model_dirs
+            if model_dirs is None:
                 node.entries = {}
                 node.files = {
                     fname: (layer, manifest) for fname, layer in layer_filenames(manifest)
                 }
                 node.files[MANIFEST_FILENAME] = (None, manifest)
             else:
-                node.model_dirs = await self.layouts.get(
-                    (name.repository_key, manifest.digest),
-                    lambda: lay_out(self.blobs, name, manifest, anonymous=caller.anonymous),
-                )
-                fill(node, node.model_dirs[""], manifest)
-            await self.completion.track(name, manifest, anonymous=caller.anonymous)
+                fill(node, model_dirs[""], manifest)
         node.resolved = resolved
         return resolved
 

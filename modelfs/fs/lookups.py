@@ -101,10 +101,16 @@ class Lookups:
             await self.directories.check_repository(parts, caller)
         node = self.inodes.named_dir(parent, name)
         if node is None:
+            # In the table before the tag resolves: a readdir entry of the same name given
+            # meanwhile (``entry``) is this inode, not a second one for the same directory.
             node = Node(self.inodes.new_inode(), parent.inode, name, True, parts=parts)
+            self.inodes.add_named_dir(node)
         if len(parts) == len(LEVEL_KINDS):
-            await self.directories.resolve_tag(node, caller, force=True)
-        self.inodes.add_named_dir(node)
+            try:
+                await self.directories.resolve_tag(node, caller, force=True)
+            except BaseException:
+                self.inodes.drop_unreferenced(node.inode)  # a tag that does not resolve
+                raise
         return node
 
     async def _lookup_file(self, parent: Node, name: str, caller: Caller) -> Node:
@@ -119,6 +125,9 @@ class Lookups:
             await self.published.check([entry[0]])
         if self._on_used is not None:
             await self._on_used(from_parts(*parent.parts))
+        if name not in parent.files and name not in parent.entries:
+            # The tag moved meanwhile to a model without it (not a directory of that name).
+            raise TreeError(errno.ENOENT, f"{name} left the model while it was looked up")
         return self._entry_node(parent, name)
 
     def _entry_node(self, parent: Node, name: str) -> Node:
