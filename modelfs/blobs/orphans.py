@@ -163,7 +163,8 @@ def _sweep_scratch(cache: BlobCache) -> tuple[int, set[Digest]]:
 def _remove(cache: BlobCache, digest: Digest, published: bool) -> int:
     paths = [cache.partial_path(digest), cache.state_path(digest)]
     if published:
-        paths.append(cache.blob_path(digest))
+        # The blob, and the local chunk index that describes only it.
+        paths += [cache.blob_path(digest), cache.local_index_path(digest)]
     freed = 0
     for path in paths:
         with contextlib.suppress(FileNotFoundError):

@@ -36,7 +36,6 @@ from modelfs.commands.progress import Progress, human_bytes
 from modelfs.commands.pushfolder import (
     FORMAT_WORDS,
     as_format,
-    drop_laid_out,
     is_folder_model,
     keep_laid_out,
     publish_folder_index,
@@ -121,8 +120,7 @@ async def push(
     finally:
         with trio.CancelScope(shield=True):
             if written:
-                drop = drop_laid_out if folder else orphans.free_unnamed
-                await trio.to_thread.run_sync(drop, cache, written)
+                await trio.to_thread.run_sync(orphans.free_unnamed, cache, written)
             if folder and manifest.raw != raw:
                 # The layout's --no-chunk-index mark, unless a manifest keeps the layout.
                 await trio.to_thread.run_sync(cache.drop_unindexed_mark, manifest.digest)

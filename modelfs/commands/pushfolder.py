@@ -12,7 +12,6 @@ for a model created with ``--no-chunk-index``, as for a GGUF model created so.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import datetime
 
@@ -64,7 +63,7 @@ def keep_laid_out(cache: BlobCache, pushed: Name, cached: Name, manifest: Manife
     ``ollama push`` leaves the model it pushed (``ollama create``, ``ollama cp``): every blob
     written for it is then named by a manifest (``ollama serve`` prunes blobs no manifest
     names; nothing else would ever free them). Not when ``pushed`` is the cached model
-    itself, which keeps its own layout: False then (``drop_laid_out`` after the push)."""
+    itself, which keeps its own layout: False then (``orphans.free_unnamed`` after the push)."""
     if pushed.equal_fold(cached):
         return False
     existing = cache.read_manifest(pushed)
@@ -74,22 +73,6 @@ def keep_laid_out(cache: BlobCache, pushed: Name, cached: Name, manifest: Manife
     cache.unmark_lazy(pushed)
     log.info("%s laid out for the push is kept in the cache as %s", cached, pushed)
     return True
-
-
-def drop_laid_out(cache: BlobCache, written: frozenset[Digest]) -> None:
-    """After a push whose layout is kept under no name: remove the blobs written for it
-    that no manifest names (the registry has them; the cache would only hold them
-    unnamed). Fails closed: a manifest that cannot be read keeps what it may name."""
-    if not written:
-        return
-    references = cache.referenced_blobs()
-    for digest in sorted(written, key=str):
-        if digest in references:
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            cache.blob_path(digest).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            cache.local_index_path(digest).unlink()
 
 
 def _chunks(cache: BlobCache, layer: Layer) -> BlobChunks:

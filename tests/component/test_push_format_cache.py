@@ -17,9 +17,9 @@ from component.test_create_folder import skopeo_raw
 from support.modelformats import ollama_tensors
 from support.mount import run_modelfs
 
+from modelfs.blobs import orphans
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.eviction import CacheBounds, Evictor
-from modelfs.commands.pushfolder import drop_laid_out
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import parse_manifest
 from modelfs.formats.names import parse_name
@@ -83,7 +83,7 @@ def test_a_folder_pushed_as_ollama_under_its_own_name_leaves_no_blob_unnamed(
 
 
 def test_laid_out_blobs_are_only_what_the_layout_wrote(tmp_path: Path) -> None:
-    """``drop_laid_out`` removes only blobs no manifest names (fail closed)."""
+    """``orphans.free_unnamed`` removes only blobs no manifest names (fail closed)."""
     cache = BlobCache(tmp_path / "cache")
     cache.prepare()
     unnamed, named = b"tensor no manifest names", b"config a manifest names"
@@ -92,6 +92,6 @@ def test_laid_out_blobs_are_only_what_the_layout_wrote(tmp_path: Path) -> None:
     cache.write_manifest(
         parse_name("localhost:1/x/y:z"), f'{{"broken": "{Digest.of_bytes(named)}"'.encode()
     )
-    drop_laid_out(cache, frozenset({Digest.of_bytes(unnamed), Digest.of_bytes(named)}))
+    orphans.free_unnamed(cache, frozenset({Digest.of_bytes(unnamed), Digest.of_bytes(named)}))
     assert not cache.has_blob(Digest.of_bytes(unnamed))
     assert cache.has_blob(Digest.of_bytes(named)), "removed a blob a manifest may name"
