@@ -58,9 +58,15 @@ def test_status_and_metrics_count_what_the_mount_fetched_and_served(
     model = m.mountpoint / proxy.host / TAG_DIR / "model.gguf"
     assert sha256_path(model) == model_hex
 
+    complete = m.cache / "manifests" / proxy.host / "library/smollm2/135m"
+
     def counted_all() -> dict[str, Any] | None:
-        # The daemon counts each chunk as it lands; the proxy records a request once it has
-        # sent the body: wait until both have seen everything.
+        # Once the model blob lands, its small blobs (template, params, config, chunk index)
+        # are fetched in the background and its manifest written: wait for that, then until
+        # the daemon (counting each chunk as it lands) and the proxy (recording a request
+        # once it has sent the body) have both seen everything.
+        if not complete.exists():
+            return None
         s = status_json(m, str(m.mountpoint))
         return s if s["fetched_bytes"].get(proxy.host) == proxy.blob_bytes() else None
 
