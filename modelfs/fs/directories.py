@@ -169,13 +169,16 @@ class Directories:
         self._listings[fh] = (inode, names)
         return fh
 
-    def readdir(self, fh: int, start: int) -> tuple[int, list[tuple[str, int]]]:
-        """The directory's inode and its entries from ``start`` on, each with the id after it."""
+    def readdir(self, fh: int, start: int) -> tuple[int, Iterator[tuple[str, int]]]:
+        """The directory's inode and its entries from ``start`` on, each with the id after it.
+
+        Lazily: the kernel pages through a large directory a buffer at a time, and each call
+        costs only the entries that buffer takes, not the whole listing again."""
         listing = self._listings.get(fh)
         if listing is None:
             raise TreeError(errno.EBADF)
         inode, names = listing
-        return inode, [(n, i + 1) for i, n in enumerate(names)][start:]
+        return inode, ((names[i], i + 1) for i in range(max(start, 0), len(names)))
 
     def releasedir(self, fh: int) -> None:
         self._listings.pop(fh, None)

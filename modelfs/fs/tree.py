@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.completion import Completion
@@ -158,7 +158,7 @@ class Tree:
     async def opendir(self, inode: int, caller: Caller = OWNER) -> int:
         return await self.directories.opendir(inode, caller)
 
-    def readdir(self, fh: int, start: int) -> tuple[int, list[tuple[str, int]]]:
+    def readdir(self, fh: int, start: int) -> tuple[int, Iterator[tuple[str, int]]]:
         """The directory's inode and its entries from ``start`` on, each with the id after it."""
         return self.directories.readdir(fh, start)
 

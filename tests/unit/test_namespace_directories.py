@@ -4,6 +4,7 @@ with which errno the others fail, what a tag directory shows, listings and their
 from __future__ import annotations
 
 import errno
+import itertools
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ async def errno_of_lookup(ns: Namespace, parent: int, name: str, **kw: object) -
 
 
 def listing(ns: Namespace, fh: int, start: int = 0) -> list[tuple[str, int]]:
-    return ns.tree.readdir(fh, start)[1]
+    return list(ns.tree.readdir(fh, start)[1])
 
 
 async def test_a_tag_that_does_not_resolve_is_enoent(ns: Namespace) -> None:
@@ -135,6 +136,25 @@ async def test_readdir_offsets_stay_the_same_across_calls(ns: Namespace) -> None
     again = await ns.tree.opendir(model)
     assert [n for n, _ in listing(ns, again)] == ["0", "a", "aa", "b", "c", "d", "latest"]
     assert again != fh
+
+
+async def test_a_large_listing_paged_a_buffer_at_a_time_gives_each_entry_once(
+    ns: Namespace,
+) -> None:
+    tags = [f"t{i:05d}" for i in range(3000)]
+    for tag in tags:
+        ns.resolver.set(f"{REPO}:{tag}", ollama_manifest())
+    fh = await ns.tree.opendir(await ns.path(REPO))
+    # As the kernel does: take what fits in a buffer, ask again from the last id taken.
+    got: list[str] = []
+    start = 0
+    while True:
+        page = list(itertools.islice(ns.tree.readdir(fh, start)[1], 100))
+        if not page:
+            break
+        got += [name for name, _ in page]
+        start = page[-1][1]
+    assert got == sorted([*tags, "latest"])
 
 
 async def test_a_listing_merges_the_cache_and_the_registry_ignoring_case(ns: Namespace) -> None:
