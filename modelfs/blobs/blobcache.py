@@ -200,9 +200,9 @@ class BlobCache:
         self.tmp_dir = self.state_dir / "tmp"
         # Chunk indexes of blobs verified whole here: a blob read again is lazy and verified.
         self.index_dir = self.state_dir / "indexes"
-        # One empty file per manifest digest of a folder model created with --no-chunk-index
-        # (commands/folderstore.py); it goes with the last manifest of that digest (``unlink``),
-        # or, left behind, by ``orphans.collect``.
+        # One file (holding its writer's pid) per manifest digest of a folder model created with
+        # --no-chunk-index (commands/folderstore.py); it goes with the last manifest of that
+        # digest (``unlink``), or, left behind, by ``orphans.collect``.
         self.unindexed_dir = self.state_dir / "unindexed"
 
     def prepare(self) -> None:
