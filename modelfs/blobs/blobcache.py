@@ -200,8 +200,9 @@ class BlobCache:
         self.tmp_dir = self.state_dir / "tmp"
         # Chunk indexes of blobs verified whole here: a blob read again is lazy and verified.
         self.index_dir = self.state_dir / "indexes"
-        # One empty file per manifest digest of a folder model created with --no-chunk-index
-        # (commands/folderstore.py); it goes with the last manifest of that digest (``unlink``).
+        # One file (holding its writer's pid) per manifest digest of a folder model created with
+        # --no-chunk-index (commands/folderstore.py); it goes with the last manifest of that
+        # digest (``unlink``), or, left behind, by ``orphans.collect``.
         self.unindexed_dir = self.state_dir / "unindexed"
 
     def prepare(self) -> None:
@@ -423,11 +424,22 @@ class BlobCache:
     def unindexed_path(self, digest: Digest) -> Path:
         return self.unindexed_dir / digest.filename
 
+    def write_unindexed_mark(self, digest: Digest) -> None:
+        """Mark manifest ``digest`` as made without a chunk index, before the manifest is
+        written: the mark holds this process's id, so that while it runs a mark no manifest
+        has yet is known to be work in progress (``orphans.collect`` keeps it)."""
+        self.atomic_write(self.unindexed_path(digest), f"{os.getpid()}\n".encode())
+
     def drop_unindexed_mark(self, digest: Digest) -> None:
         """Remove the ``--no-chunk-index`` mark of manifest ``digest`` unless a manifest of the
-        cache (complete or pending) still has that digest; one that cannot be read may."""
+        cache (complete or pending) still has that digest; one that cannot be read may.
+        Marks left behind (by a modelfs before this drop, or a crash between the two) go by
+        ``orphans.collect``."""
         path = self.unindexed_path(digest)
-        if not path.exists() or self._may_hold_manifest(digest):
+        if not path.exists():
+            return
+        held = self.manifest_digests()
+        if held is None or digest in held:
             return
         try:
             path.unlink()
@@ -436,19 +448,21 @@ class BlobCache:
         except OSError as e:
             log.info("cannot remove the mark of manifest %s: %s", digest.short, e)
 
-    def _may_hold_manifest(self, digest: Digest) -> bool:
-        """Whether a manifest file of the cache has ``digest`` (or cannot be read to know)."""
+    def manifest_digests(self) -> frozenset[Digest] | None:
+        """The digests of every manifest file of the cache (complete and pending); None when
+        one cannot be read, or a directory listed: it may have any digest."""
+        held: set[Digest] = set()
         for base in (self.manifests_dir, self.pending_dir):
             for path, listing_error in _manifest_paths(base):
                 if listing_error is not None:
-                    return True
+                    return None
                 try:
                     raw = _read_manifest_file(path)
                 except OSError:
-                    return True
-                if raw is not None and Digest.of_bytes(raw) == digest:
-                    return True
-        return False
+                    return None
+                if raw is not None:
+                    held.add(Digest.of_bytes(raw))
+        return frozenset(held)
 
     def state_path(self, digest: Digest) -> Path:
         return self.partial_dir / f"{digest.filename}.state"

@@ -395,8 +395,11 @@ def create_from_folder(
 # -- models created with --no-chunk-index ----------------------------------------------------
 
 # A folder model's manifest is exactly what the tools write, so "no chunk index" cannot be
-# said in it: one empty file per such manifest (by digest) says it, for push. It goes when
-# the last manifest of that digest leaves the cache (``BlobCache.unlink``: rm, eviction).
+# said in it: one file per such manifest (by digest) says it, for push. It goes when the last
+# manifest of that digest leaves the cache (``BlobCache.unlink``: rm, eviction); one left
+# behind goes by ``orphans.collect``. It holds the id of the process that wrote it, written
+# before the manifest (or, for a layout a push sends, kept only while it runs): while that
+# process runs, a mark no manifest has yet is work in progress.
 
 
 def _unindexed_path(cache: BlobCache, digest: Digest) -> Path:
@@ -409,7 +412,7 @@ def mark_unindexed(cache: BlobCache, digest: Digest, unindexed: bool = True) -> 
     folder created again within the second has the same manifest, hence the ``False``."""
     path = _unindexed_path(cache, digest)
     if unindexed:
-        cache.atomic_write(path, b"")
+        cache.write_unindexed_mark(digest)
     elif path.exists():
         try:
             path.unlink()

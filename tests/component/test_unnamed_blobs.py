@@ -9,6 +9,8 @@ left there; modelfs's own state (``.modelfs/``) stays private and out of this co
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,42 @@ def test_no_chunk_index_marks_go_with_their_manifests(registry, minilm, tmp_path
     assert marks() == [created.digest.filename], "the mark of a layout no manifest keeps stayed"
     run_modelfs("rm", name, "--cache", str(cache_dir))
     assert marks() == [], "rm left the mark of the model it removed"
+
+
+def test_marks_left_behind_are_swept_by_the_next_command_that_prepares_the_cache(
+    minilm, small_gguf, tmp_path
+) -> None:
+    """A mark whose manifest left without it (``ollama rm``, a modelfs before the drop, a crash
+    between the two) goes at the next command that prepares the cache; a mark whose writer
+    may still be at work stays."""
+    cache_dir = tmp_path / "cache"
+    name = "localhost:1/unnamed/minilm-removed:latest"
+    run_modelfs("create", name, "--dir", str(minilm), "--no-chunk-index", "--cache", str(cache_dir))
+    cache = BlobCache(cache_dir)
+    created = cache.find_manifest(parse_name(name))
+    assert created is not None
+    removed = Digest.of_bytes(created.read_bytes())
+    created.unlink()  # as ollama rm (or an older modelfs rm) leaves it
+    older = Digest.of_bytes(b"an older modelfs's mark")
+    cache.atomic_write(cache.unindexed_path(older), b"")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(cache.unindexed_path(older), (two_days_ago, two_days_ago))
+    recent = Digest.of_bytes(b"an older modelfs's create, now")
+    cache.atomic_write(cache.unindexed_path(recent), b"")
+    marks = lambda: sorted(p.name for p in cache.unindexed_dir.iterdir())  # noqa: E731
+    assert marks() == sorted([removed.filename, older.filename, recent.filename])
+
+    result = run_modelfs(
+        "create",
+        "localhost:1/unnamed/other:latest",
+        "--gguf",
+        str(small_gguf),
+        "--cache",
+        str(cache_dir),
+    )
+
+    assert marks() == [recent.filename], (
+        "marks of manifests no longer in the cache stayed in .modelfs/unindexed/ after the "
+        "next create"
+    )
+    assert "WARNING" not in result.stderr and "Traceback" not in result.stderr, result.stderr
