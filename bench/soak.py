@@ -202,6 +202,11 @@ def write(
         lines += ["**FAILED**:", "", "```", failure, "```", ""]
     if report is not None:
         final = report.final_status
+        cache = final.get("cache", {})
+        over_bound = ""
+        if not failure and (cache.get("bytes") or 0) > (cache.get("max_bytes") or 0):
+            # The workload's end check passed: every model left is one `modelfs pull` pinned.
+            over_bound = "; above it only by models `modelfs pull` pinned, none left to evict"
         lines += [
             "- reads checked against the source, all right: "
             + ", ".join(f"{k} {v}" for k, v in sorted(report.reads.items()))
@@ -211,7 +216,8 @@ def write(
             "- blob responses at the proxy by status (all of the run): "
             + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
             f"- after quiescence: cache {final.get('cache', {}).get('bytes')} bytes (bound "
-            f"{final.get('cache', {}).get('max_bytes')}), evictions since the last (re)mount "
+            f"{final.get('cache', {}).get('max_bytes')}{over_bound}), evictions since the last "
+            "(re)mount "
             f"{final.get('evictions')}, errors answered {final.get('errors')}, loops failed "
             f"{final.get('failures') or 'none'}; `ls`, `du` and `status` agree",
             "",
