@@ -105,17 +105,21 @@ def test_pull_in_a_60_column_terminal_draws_one_line_that_moves_between_chunks(
     out, rc = tmp_path / "stdout", tmp_path / "rc"
     argv = modelfs_cmd("pull", name, "--insecure-registry", proxy.host, "--cache", str(tmp_path))
     # stdout to a file, stderr (the progress) on the terminal: which is which is checked too.
-    tmux.run(f"{shlex.join(argv)} > {out}; echo $? > {rc}")
+    # The line after the pull's last output, through the same terminal: once tmux shows it,
+    # it has drawn everything the pull wrote (the rc file alone can appear before that).
+    end = "[the shell is back]"
+    tmux.run(f"{shlex.join(argv)} > {out}; echo $? > {rc}; echo {shlex.quote(end)}")
     seen: list[int] = []
     bars: set[str] = set()
 
     def finished() -> bool:
-        for row in tmux.screen():
+        rows = tmux.screen()
+        for row in rows:
             done = shown_bytes(row)
             if done is not None:
                 seen.append(done)
                 bars.add(row)
-        return rc.exists() and rc.read_text().strip() != ""
+        return end in rows
 
     wait_for(finished, "the pull to finish")
     screen = tmux.screen()

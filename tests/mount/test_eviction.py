@@ -142,10 +142,15 @@ def test_two_models_read_at_the_same_moment_then_a_third_stay_within_the_bound(
     assert sha256_path(tag_dir / "m2" / "model.gguf") == same_moment_models["m2"][1]
 
     def settled():
+        # m2 complete too: a small blob of it fetched once its model blob landed (as the
+        # status test's template and params) leaves nothing in flight for a moment before
+        # its manifest is written.
+        if not manifest_of(m, proxy, "moment", "m2").exists():
+            return None
         s = status_json(m)
         return s if s["evictions"]["count"] >= 1 and not s["in_flight"] else None
 
-    s = wait_for(settled, "an eviction once m2 was read")
+    s = wait_for(settled, "an eviction once m2 was read, and m2 complete in the cache")
     max_bytes = s["cache"]["max_bytes"]
     assert max_bytes == 50 << 20
     wait_for(

@@ -18,7 +18,9 @@ import pytest
 from support.mount import run_modelfs
 from support.proxy import Record
 
-from modelfs.formats.chunks import CHUNK_BYTES
+from modelfs.blobs.partial import decode_state
+from modelfs.formats.chunks import CHUNK_BYTES, ChunkLayout
+from modelfs.formats.digest import Digest
 
 TAG_DIR = "library/smollm2/135m"
 WAIT_SECONDS = 30.0
@@ -36,6 +38,19 @@ def wait_for(predicate, what: str, seconds: float = WAIT_SECONDS):
 
 def model_records(proxy, digest_hex: str) -> list[Record]:
     return [r for r in proxy.blob_records() if digest_hex in r.path]
+
+
+def saved_chunks(state: Path, digest_hex: str, size: int) -> set[int]:
+    """The chunks a partial blob's state file says are present (none while it has none)."""
+    try:
+        raw = state.read_bytes()  # renamed into place whole: never half written
+    except FileNotFoundError:
+        return set()
+    doc = json.loads(raw)
+    layout = ChunkLayout(size, int(doc["chunkBytes"]))
+    bitmap = decode_state(raw, Digest(digest_hex), layout, bool(doc["indexed"]))
+    assert bitmap is not None, f"unreadable state: {raw[:200]!r}"
+    return {i for i in range(layout.count) if bitmap[i >> 3] & (1 << (i & 7))}
 
 
 @pytest.fixture
@@ -280,7 +295,12 @@ def test_kill_9_keeps_saved_chunks(
     with open(tag / "model.gguf", "rb") as f:
         os.pread(f.fileno(), 2 * CHUNK_BYTES, 5 * CHUNK_BYTES)
     state = m.cache / ".modelfs" / "partial" / f"sha256-{model_hex}.state"
-    wait_for(state.exists, "the chunk state to be saved")
+    # Not merely saved: saved with both chunks. A save is due a second after the first chunk
+    # lands; one landing later than that is in the next save.
+    wait_for(
+        lambda: {5, 6} <= saved_chunks(state, model_hex, len(source)),
+        "chunks 5 and 6 to be saved",
+    )
     m.kill()
     with pytest.raises(OSError) as info:
         os.listdir(m.mountpoint)

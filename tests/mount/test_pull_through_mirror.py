@@ -12,7 +12,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from mount.test_mount import TAG_DIR, model_records
+from mount.test_mount import TAG_DIR, model_records, wait_for
 from support.mount import sha256_path
 from support.proxy import Proxy
 from support.registry import PullThrough
@@ -77,6 +77,10 @@ def test_a_mirror_that_has_the_blob_is_read_by_ranges(
         url = f"http://{mirror.host}/v2/library/smollm2/blobs/sha256:{model_hex}"
         with urllib.request.urlopen(url, timeout=60) as r:
             assert hashlib.sha256(r.read()).hexdigest() == model_hex
+        # distribution stores it from a second fetch of its own, which may end after the
+        # copy it streamed: the mirror has the blob once its repository links it.
+        layers = mirror.storage / "docker/registry/v2/repositories/library/smollm2/_layers"
+        wait_for((layers / "sha256" / model_hex / "link").exists, "the mirror to store it", 120)
         origin.reset()
         config = mirror_config(tmp_path, registry.host, mirror.host)
         m = mount_factory(env={**os.environ, "MODELFS_CONFIG": str(config)})

@@ -18,14 +18,18 @@ from support.mount import modelfs_cmd, sha256_path
 PIECE = 1 << 20
 
 
-def read_forward(path: Path) -> bytes:
+def read_forward(path: Path, opened: threading.Barrier | None = None) -> bytes:
     with open(path, "rb") as f:
+        if opened is not None:
+            opened.wait(60)
         return f.read()
 
 
-def read_backward(path: Path, size: int) -> bytes:
+def read_backward(path: Path, size: int, opened: threading.Barrier | None = None) -> bytes:
     parts = []
     with open(path, "rb") as f:
+        if opened is not None:
+            opened.wait(60)
         end = size
         while end > 0:
             start = max(0, end - 4 * PIECE)
@@ -60,16 +64,16 @@ def test_two_mounts_of_one_cache_fetch_each_byte_once(
     a = mount_factory(root=tmp_path / "a", cache=cache)
     b = mount_factory(root=tmp_path / "b", cache=cache)
     got: dict[str, bytes] = {}
+    # Both files open before either is read: a mount that opened it only once the other had
+    # read and published the whole blob (its lookup slow on a loaded machine) would read
+    # the published blob and share nothing.
+    opened = threading.Barrier(2)
+    model_a = a.mountpoint / proxy.host / TAG_DIR / "model.gguf"
+    model_b = b.mountpoint / proxy.host / TAG_DIR / "model.gguf"
     readers = [
+        threading.Thread(target=lambda: got.__setitem__("a", read_forward(model_a, opened))),
         threading.Thread(
-            target=lambda: got.__setitem__(
-                "a", read_forward(a.mountpoint / proxy.host / TAG_DIR / "model.gguf")
-            )
-        ),
-        threading.Thread(
-            target=lambda: got.__setitem__(
-                "b", read_backward(b.mountpoint / proxy.host / TAG_DIR / "model.gguf", len(source))
-            )
+            target=lambda: got.__setitem__("b", read_backward(model_b, len(source), opened))
         ),
     ]
     for t in readers:

@@ -75,10 +75,13 @@ async def test_the_thread_exits_when_idle_and_comes_back(monkeypatch: pytest.Mon
     monkeypatch.setattr(background, "IDLE_SECONDS", 0.05)
     bg = BackgroundThread()
     first = await bg.run(threading.get_ident)
-    for _ in range(200):
-        if bg._thread is None:
-            break
-        await trio.sleep(0.01)
-    assert bg._thread is None
-    assert not any(t.ident == first and t.is_alive() for t in threading.enumerate())
+
+    def gone() -> bool:
+        # Forgotten (``_thread`` None) just before it returns: gone once it has ended too.
+        alive = any(t.ident == first and t.is_alive() for t in threading.enumerate())
+        return bg._thread is None and not alive
+
+    with trio.fail_after(20):
+        while not gone():
+            await trio.sleep(0.01)
     assert await bg.run(lambda: 42) == 42

@@ -147,6 +147,16 @@ async def published(cache: BlobCache, layer: Layer) -> None:
             await trio.sleep(0.01)
 
 
+def damage(path: Path, offset: int) -> None:
+    """Change the byte at ``offset`` of ``path`` (a crash, a bad disk). Flipped, never
+    overwritten with a constant: one byte in 256 of random data already is that constant."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
 def no_byte_twice(source: FakeSource, digest: Digest) -> bool:
     seen: set[int] = set()
     for r in source.requests:
@@ -459,9 +469,7 @@ async def test_progress_survives_a_restart_and_is_checked_again(
     assert cache.state_path(layer.digest).exists()
     first = source.requested_bytes(layer.digest)
     # A chunk left on disk that no longer matches (a crash, a bad disk) is fetched again.
-    with open(cache.partial_path(layer.digest), "r+b") as f:
-        f.seek(CB + 5)
-        f.write(b"\0")
+    damage(cache.partial_path(layer.digest), CB + 5)
     async with blob_layer(cache, source) as (_fetcher, blobs):
         assert await read(blobs, NAME, layer, index_of(data)) == data
         await published(cache, layer)
@@ -628,9 +636,7 @@ async def test_ranges_left_on_disk_are_checked_again_after_a_restart(
             bf.release()
     assert cache.state_path(layer.digest).exists()
     first = len(source.requests_for(layer.digest))
-    with open(cache.partial_path(layer.digest), "r+b") as f:
-        f.seek(2 * CB)  # inside the third range, which was saved as present
-        f.write(b"\0")
+    damage(cache.partial_path(layer.digest), 2 * CB)  # in the third range, saved as present
     async with blob_layer(cache, source) as (fetcher, _blobs):
         assert await read_through(fetcher, layer, chunks, 70_000) == data
         await published(cache, layer)

@@ -74,7 +74,9 @@ async def test_the_owner_and_other_users_do_not_share_answers(cache: BlobCache) 
     assert len(registry.calls) == 2
 
 
-async def test_not_found_is_remembered_briefly(cache: BlobCache) -> None:
+async def test_not_found_is_remembered_briefly(cache: BlobCache, autojump_clock: object) -> None:
+    # On a virtual clock: a process descheduled for 0.2 s of real time between two lookups
+    # (a loaded machine) must not make the remembered answer stale before the second.
     registry = FakeRegistry()
     r = resolver(registry, cache, negative_ttl_seconds=0.2)
     for _ in range(3):
