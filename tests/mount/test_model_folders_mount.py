@@ -308,7 +308,8 @@ def test_a_tar_header_lie_that_still_parses_gives_eio_then_the_right_member(
     assert info.value.errno == errno.EIO, "a member laid out from a lie was served"
     assert_same_tensors(tag / "model.safetensors", source)
     wait_for(
-        lambda: int(os.stat(tag / "model.safetensors").st_mtime) == int(source.stat().st_mtime), 30
+        lambda: int(os.stat(tag / "model.safetensors").st_mtime) == int(source.stat().st_mtime),
+        "the listing to show the checked blob's time",
     )
 
 
