@@ -103,6 +103,10 @@ def translate(exc: BaseException, what: str, host: str = "") -> ModelfsError:
     if isinstance(exc, httpx.UnsupportedProtocol):
         # A redirect to file:, gopher: …: not a network blob, and no retry will make it one.
         return RegistryError(f"{what}: redirected to an unsupported URL scheme ({_reason(exc)})")
+    if isinstance(exc, httpx.TooManyRedirects):
+        # A loop, or a chain no registry needs: no retry will end it.
+        where = f" by {host}" if host else ""
+        return RegistryError(f"{what}: redirected too many times{where} (a redirect loop?)")
     if isinstance(exc, httpx.TransportError):
         return Transient(f"{what}: connection failed ({_reason(exc)})")
     if isinstance(exc, TimeoutError):
