@@ -24,7 +24,7 @@ from modelfs.errors import RegistryError, Transient, Unauthorized
 from modelfs.flight import KeyedLock
 from modelfs.formats.names import Name
 from modelfs.registry.auth import AuthConfig, Authenticator, in_clear_on_its_host
-from modelfs.registry.origins import base_of, netloc
+from modelfs.registry.origins import base_of, kept_on_redirect, netloc
 from modelfs.registry.settings import RegistryConfig
 from modelfs.registry.translate import HTTP_ERRORS, status_error, translate
 
@@ -239,6 +239,15 @@ class Sender:
                     401,
                 )
             if attempt:
+                answered_by = base_of(str(r.url))
+                if sent and not kept_on_redirect(url, answered_by):
+                    # What was sent stayed behind at the redirect: no answer can reach there.
+                    await r.aclose()
+                    raise Unauthorized(
+                        f"{what}: {netloc(url)} redirected the request to {answered_by}, which "
+                        f"asks for credentials; those for {given_for} are not sent there",
+                        401,
+                    )
                 refused = self.auth.refused(host, sent)
                 if refused is None:
                     return r

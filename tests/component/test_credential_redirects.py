@@ -503,3 +503,36 @@ async def test_an_upload_session_at_a_non_http_url_fails_in_one_line(
     message = str(failed.value)
     assert "unsupported URL scheme" in message and "\n" not in message, message
     assert {r.method for r in registry.requests} == {"POST"}
+
+
+async def test_a_redirect_that_upgrades_to_https_on_the_same_port_carries_no_credentials(
+    tmp_path: Path, tls_material: TLSMaterial
+) -> None:
+    """A plain-http registry with Basic auth that redirects a manifest to https on its own
+    (non-default) port: the Authorization stays behind (only http:80 to https:443 keeps it),
+    and when the https side asks for credentials the read fails saying where it was sent,
+    not that the registry refused alice's password."""
+
+    def answer(req: Recorded) -> Reply:
+        if req.headers.get("Authorization") != PASSWORD:
+            return UNAUTHORIZED
+        return Reply(307, {"Location": f"https://{registry.host}{req.path}"})
+
+    with Recorder(answer, tls=tls_material) as registry:
+        where = registry.host
+        client = Registry(
+            RegistryConfig(
+                ca_file=str(tls_material.ca_cert),
+                docker_config=docker_config(tmp_path, {registry.host: ("alice", "secret")}),
+            )
+        )
+        try:
+            with pytest.raises(ModelfsError) as failed:
+                await client.get_manifest(parse_name(f"{registry.host}/{REPO}:latest"))
+        finally:
+            await client.aclose()
+    assert PASSWORD in registry.authorizations("http")
+    assert set(registry.authorizations("https")) == {None}
+    message = str(failed.value)
+    assert f"redirected the request to https://{where}" in message, message
+    assert "refused" not in message, message

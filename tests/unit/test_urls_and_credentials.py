@@ -1,0 +1,75 @@
+"""Whose credentials a URL a registry hands out (an upload session's ``Location``) carries:
+the registry's own on its host and port, whatever way the URL spells them; none of them
+elsewhere (``Endpoints.handed_out_given_for``, then the sender's plain-http rule). And where
+a redirect of a control request keeps its Authorization (``origins.kept_on_redirect``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelfs.formats.names import parse_name
+from modelfs.registry.auth import in_clear_on_its_host
+from modelfs.registry.mirrors import Endpoints
+from modelfs.registry.origins import kept_on_redirect
+from modelfs.registry.settings import RegistryConfig
+
+HTTPS = Endpoints(RegistryConfig(tls_hosts=("registry.example",)))
+NAME = parse_name("registry.example/library/weights:latest")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://registry.example/v2/library/weights/blobs/uploads/1",
+        "https://REGISTRY.example/v2/library/weights/blobs/uploads/1",
+        # The default port spelled out is the same port (some proxies write it).
+        "https://registry.example:443/v2/library/weights/blobs/uploads/1",
+    ],
+)
+def test_a_session_on_the_registrys_own_origin_carries_its_credentials(url: str) -> None:
+    given_for = HTTPS.handed_out_given_for(NAME, url)
+    assert given_for == "https://registry.example"
+    assert not in_clear_on_its_host(given_for, url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://registry.example/v2/library/weights/blobs/uploads/1",
+        "http://registry.example:443/v2/library/weights/blobs/uploads/1",
+    ],
+)
+def test_a_session_over_plain_http_on_its_host_carries_nothing(url: str) -> None:
+    """The registry's host and port (or its host and http's port) over plain http: its
+    credentials are for https, so nothing of them goes there, not even a token."""
+    given_for = HTTPS.handed_out_given_for(NAME, url)
+    assert given_for is not None and in_clear_on_its_host(given_for, url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://registry.example:5000/v2/library/weights/blobs/uploads/1",
+        "https://storage.example/v2/library/weights/blobs/uploads/1",
+        "https://alice@registry.example.evil/upload",
+    ],
+)
+def test_a_session_on_another_port_or_host_carries_none_of_the_registrys(url: str) -> None:
+    assert HTTPS.handed_out_given_for(NAME, url) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "to", "kept"),
+    [
+        ("https://r.example/v2/x", "https://r.example:443/v2/y", True),
+        ("http://r.example/v2/x", "https://r.example/v2/x", True),  # :80 to :443
+        ("http://r.example:5000/v2/x", "https://r.example:5000/v2/x", False),
+        ("https://r.example/v2/x", "http://r.example/v2/x", False),
+        ("https://r.example/v2/x", "https://r.example:5000/v2/x", False),
+        ("https://r.example/v2/x", "https://cdn.example/v2/x", False),
+    ],
+)
+def test_a_redirect_keeps_the_authorization_on_its_origin_or_an_upgrade_to_443(
+    url: str, to: str, kept: bool
+) -> None:
+    assert kept_on_redirect(url, to) is kept
