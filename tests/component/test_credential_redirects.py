@@ -536,3 +536,35 @@ async def test_a_redirect_that_upgrades_to_https_on_the_same_port_carries_no_cre
     message = str(failed.value)
     assert f"redirected the request to https://{where}" in message, message
     assert "refused" not in message, message
+
+
+@pytest.mark.parametrize("to", ["its-own-origin", "another-host"])
+async def test_a_redirected_upload_body_fails_in_one_line_without_credentials_elsewhere(
+    tmp_path: Path, tls_material: TLSMaterial, to: str
+) -> None:
+    """A registry that answers the upload's streamed PATCH with a 307 (to its own origin, or
+    to another host): a streamed body cannot be sent twice, so the upload fails with one line
+    of the modelfs error tree saying so (not httpx's StreamConsumed), and the other host gets
+    nothing of alice's."""
+    with Recorder(upload_served, address="127.0.0.2") as other_host:
+
+        def answer(req: Recorded) -> Reply:
+            if req.headers.get("Authorization") != PASSWORD:
+                return UNAUTHORIZED
+            if req.method == "POST":
+                return Reply(202, {"Location": f"/v2/{REPO}/blobs/uploads/1"})
+            if req.method == "PATCH":
+                base = other_host.url if to == "another-host" else ""
+                return Reply(307, {"Location": f"{base}/v2/{REPO}/blobs/uploads/2"})
+            return upload_served(req)
+
+        with Recorder(answer, tls=tls_material) as registry:
+            client = tls_client(tmp_path, registry, tls_material)
+            try:
+                with pytest.raises(ModelfsError) as failed:
+                    await upload(client, registry.host, tmp_path)
+            finally:
+                await client.aclose()
+        assert PASSWORD not in other_host.authorizations()
+    message = str(failed.value)
+    assert "redirected" in message and "\n" not in message, message
