@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from component.test_credential_scope import REPO, docker_config, tls_client
+from component.test_credential_scope import REPO, docker_config, mirror_config, tls_client
 from support.recorder import Recorded, Recorder, Reply, basic
 from support.tls import TLSMaterial
 
@@ -106,6 +106,7 @@ KINDS = {
         lambda _r: Reply(201),
     ),
     "delete": Kind(lambda c, n: c.delete_manifest(n, MANIFEST_DIGEST), lambda _r: Reply(202)),
+    "delete-tag": Kind(lambda c, n: c.delete_tag(n), lambda _r: Reply(202)),
     "login": Kind(lambda c, n: c.check_login(n.host, "alice", "secret"), lambda _r: Reply(200)),
 }
 
@@ -190,6 +191,48 @@ async def test_a_control_request_redirected_in_a_loop_or_off_http_fails_in_one_l
     assert registry.authorizations("http") == []
     # One attempt (21 requests at most for a loop: httpx's limit is 20 redirects), not retries.
     assert len(registry.requests) <= 2 + 21, len(registry.requests)
+
+
+@pytest.mark.parametrize("lends", [False, True], ids=["its-own-password", "the-origins"])
+async def test_a_mirror_that_redirects_a_manifest_sends_no_password_off_its_origin(
+    tmp_path: Path, tls_material: TLSMaterial, lends: bool
+) -> None:
+    """An https mirror with Basic auth (its own password, or the origin's lent to it with
+    ``credentials = "origin"``) redirects a manifest to another host: the manifest is read
+    there, without the password."""
+    mirror_password = PASSWORD if lends else basic("mia", "m-secret")
+    with (
+        Recorder(manifest_served, address="127.0.0.2") as other_host,
+        Recorder(lambda _r: Reply(404), address="127.0.0.3") as origin,
+    ):
+
+        def answer(req: Recorded) -> Reply:
+            if req.headers.get("Authorization") != mirror_password:
+                return UNAUTHORIZED
+            return Reply(307, {"Location": f"{other_host.url}{req.path}"})
+
+        with Recorder(answer, tls=tls_material) as mirror:
+            config = mirror_config(
+                tmp_path,
+                f'[[mirror]]\nhost = "{origin.host}"\nendpoints = ["{mirror.url}"]\n'
+                + ('credentials = "origin"\n' if lends else ""),
+            )
+            logins = {origin.host: ("alice", "secret"), mirror.host: ("mia", "m-secret")}
+            client = Registry(
+                replace(
+                    config,
+                    ca_file=str(tls_material.ca_cert),
+                    docker_config=docker_config(tmp_path, logins),
+                )
+            )
+            try:
+                got = await client.get_manifest(parse_name(f"{origin.host}/{REPO}:latest"))
+            finally:
+                await client.aclose()
+        assert got == MANIFEST
+        assert mirror_password in mirror.authorizations(), "the mirror did not take its password"
+        assert origin.requests == [], "the mirror did not serve the read"
+        assert other_host.authorizations() == [None], "the mirror's password went off its origin"
 
 
 # -- token requests ----------------------------------------------------------------------------
