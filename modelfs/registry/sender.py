@@ -11,6 +11,7 @@ answer's body: documents, tokens and error bodies are all read through it.
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import os
 import ssl
 import sys
@@ -74,6 +75,14 @@ def ssl_context(config: RegistryConfig) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=config.ca_file)
     except (OSError, ssl.SSLError) as e:
         raise RegistryError(f"cannot use the CA file {config.ca_file}: {e}") from None
+
+
+def no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps none. A registry's API needs no cookies (docker's and
+    containerd's clients keep none), and a session cookie is a credential that the cookie
+    rules send to its host on any port and, without ``Secure``, over plain http: where a
+    redirect already leaves the Authorization behind."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 class SystemTrustContext(ssl.SSLContext):
@@ -145,6 +154,7 @@ class Sender:
             follow_redirects=True,
             verify=self.ssl,
             trust_env=True,
+            cookies=no_cookies(),
         )
 
     def _new_auth(self) -> Authenticator:

@@ -611,3 +611,41 @@ async def test_a_redirected_upload_body_fails_in_one_line_without_credentials_el
         assert PASSWORD not in other_host.authorizations()
     message = str(failed.value)
     assert "redirected" in message and "\n" not in message, message
+
+
+# -- cookies ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("to", ["http-same-port", "another-port"])
+async def test_a_session_cookie_of_the_registry_goes_nowhere(
+    tmp_path: Path, tls_material: TLSMaterial, to: str
+) -> None:
+    """An https registry that sets a session cookie (as some registries' front ends do, valid
+    for its host on any port and, without ``Secure``, any scheme) with the redirect of an
+    authenticated manifest read, to plain http on its port or to another port: modelfs keeps
+    no cookies (docker's and containerd's clients keep none either), so the cookie is sent
+    neither there nor back."""
+    cookie = "session=alice-s3cret"
+
+    def answer(req: Recorded) -> Reply:
+        if req.scheme == "http":
+            return manifest_served(req)
+        if req.headers.get("Authorization") != PASSWORD:
+            return UNAUTHORIZED
+        target = f"http://{registry.host}" if to == "http-same-port" else other_port.url
+        return Reply(307, {"Location": f"{target}{req.path}", "Set-Cookie": f"{cookie}; Path=/"})
+
+    with (
+        Recorder(manifest_served, tls=tls_material) as other_port,
+        Recorder(answer, tls=tls_material) as registry,
+    ):
+        client = tls_client(tmp_path, registry, tls_material)
+        name = parse_name(f"{registry.host}/{REPO}:latest")
+        try:
+            await client.get_manifest(name)
+            await client.get_manifest(name)
+        finally:
+            await client.aclose()
+        sent = [r.headers.get("Cookie") for r in (*registry.requests, *other_port.requests)]
+    assert len(sent) >= 4, sent
+    assert set(sent) == {None}, f"the registry's session cookie went on: {sent}"
