@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from modelfs.errors import UsageError
 from modelfs.formats.names import parse_name
 from modelfs.registry.auth import in_clear_on_its_host
+from modelfs.registry.config import load_config
 from modelfs.registry.mirrors import Endpoints
 from modelfs.registry.origins import kept_on_redirect
 from modelfs.registry.settings import RegistryConfig
@@ -73,3 +75,18 @@ def test_a_redirect_keeps_the_authorization_on_its_origin_or_an_upgrade_to_443(
     url: str, to: str, kept: bool
 ) -> None:
     assert kept_on_redirect(url, to) is kept
+
+
+def test_a_mirror_url_with_a_password_in_it_is_refused_without_repeating_it(tmp_path) -> None:
+    """A mirror endpoint written ``https://user:password@mirror``: modelfs would print and log
+    that URL (a mirror that fails is named in the log), password and all, and send it by rules
+    of its own; the configuration is refused, saying where credentials go instead."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[[mirror]]\nhost = "registry.example"\n'
+        'endpoints = ["https://mia:m-s3cret@mirror.example"]\n'
+    )
+    with pytest.raises(UsageError) as refused:
+        load_config(path)
+    assert "m-s3cret" not in str(refused.value)
+    assert "modelfs login mirror.example" in str(refused.value), refused.value
