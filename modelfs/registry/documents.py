@@ -38,7 +38,7 @@ from modelfs.formats.referrers import (
     referrers_tag,
 )
 from modelfs.registry.mirrors import Endpoints
-from modelfs.registry.origins import base_of, netloc, same_origin
+from modelfs.registry.origins import base_of, netloc, origin_of, same_origin
 from modelfs.registry.retry import retrying
 from modelfs.registry.sender import ERROR_BODY_BYTES, Sender, pull_scopes, read_body
 from modelfs.registry.settings import RegistryConfig
@@ -102,16 +102,14 @@ def _next_page(url: str, link: str | None) -> str | None:
 
 def _page_elsewhere(url: str, next_url: str, name: Name) -> str | None:
     """Why the next page ``next_url`` of a list at ``url`` is not fetched (None: it is): a
-    page is the registry's own, on its scheme, host and port. Elsewhere its credentials
-    would not follow (another host) or would follow in clear (http on its own host)."""
-    if netloc(next_url) != netloc(url):
-        return f"{name.host} sent the next page to another host"
-    if not same_origin(next_url, url):
-        return (
-            f"{name.host} sent the next page over {urllib.parse.urlsplit(next_url).scheme}, "
-            f"not {urllib.parse.urlsplit(url).scheme}"
-        )
-    return None
+    page is the registry's own, on its scheme, host and port (the default port spelled out
+    or not). Elsewhere its credentials would not follow (another host or port) or would
+    follow in clear (http on its own host)."""
+    if same_origin(next_url, url):
+        return None
+    if origin_of(next_url)[1:] != origin_of(url)[1:]:
+        return f"{name.host} sent the next page to another host or port"
+    return f"{name.host} sent the next page over {origin_of(next_url)[0]}, not {origin_of(url)[0]}"
 
 
 class Documents:

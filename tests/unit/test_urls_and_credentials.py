@@ -5,12 +5,15 @@ a redirect of a control request keeps its Authorization (``origins.kept_on_redir
 
 from __future__ import annotations
 
+import urllib.parse
+
 import pytest
 
 from modelfs.errors import UsageError
 from modelfs.formats.names import parse_name
 from modelfs.registry.auth import in_clear_on_its_host
 from modelfs.registry.config import load_config
+from modelfs.registry.documents import _page_elsewhere
 from modelfs.registry.mirrors import Endpoints
 from modelfs.registry.origins import kept_on_redirect
 from modelfs.registry.settings import RegistryConfig
@@ -90,3 +93,22 @@ def test_a_mirror_url_with_a_password_in_it_is_refused_without_repeating_it(tmp_
         load_config(path)
     assert "m-s3cret" not in str(refused.value)
     assert "modelfs login mirror.example" in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize(
+    ("next_url", "why"),
+    [
+        ("/v2/r/tags/list?last=a", None),
+        ("https://registry.example:443/v2/r/tags/list?last=a", None),
+        ("http://registry.example:443/v2/r/tags/list?last=a", "over http, not https"),
+        ("http://registry.example/v2/r/tags/list?last=a", "another host or port"),
+        ("https://registry.example:5000/v2/r/tags/list?last=a", "another host or port"),
+        ("https://elsewhere.example/v2/r/tags/list?last=a", "another host or port"),
+    ],
+)
+def test_a_tag_lists_next_page_is_followed_only_on_the_registrys_origin(
+    next_url: str, why: str | None
+) -> None:
+    url = "https://registry.example/v2/r/tags/list"
+    said = _page_elsewhere(url, urllib.parse.urljoin(url, next_url), NAME)
+    assert said is None if why is None else why in (said or ""), said
