@@ -131,9 +131,10 @@ async def test_a_redirected_control_request_carries_no_credentials_off_its_origi
     tmp_path: Path, tls_material: TLSMaterial, kind: str, to: str
 ) -> None:
     """An https registry with Basic auth redirects a manifest GET/HEAD, a tag list, a manifest
-    PUT, a blob HEAD, a cross-repository mount or a delete (``modelfs rm --remote``) to plain
-    http on its own port, to another port of its host, or to another host: the request is
-    followed there (its answer served), without alice's password."""
+    PUT, a blob HEAD, a cross-repository mount, a delete of a manifest or a tag (``modelfs rm
+    --remote``) or a login's check to plain http on its own port, to another port of its host,
+    or to another host: the request is followed there (its answer served), without alice's
+    password."""
     served = KINDS[kind]
     with (
         Recorder(served.served, tls=tls_material) as other_port,
