@@ -142,6 +142,13 @@ def load_config(path: Path | None = None) -> FileConfig:
             raise bad(f"mirror of {entry['host']}: endpoints must be a list of URLs")
         for e in endpoints:
             parts = urllib.parse.urlsplit(e)
+            if "@" in parts.netloc:
+                # Not repeated: the URL would carry its password into messages and logs.
+                where = parts.netloc.rpartition("@")[2]
+                raise bad(
+                    f"mirror of {entry['host']}: an endpoint of {where} holds credentials in "
+                    f"its URL; store them with `modelfs login {where}` instead"
+                )
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise bad(f"mirror of {entry['host']}: {e!r} is not an http(s) URL")
         host = entry["host"].lower()

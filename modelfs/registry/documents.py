@@ -38,7 +38,7 @@ from modelfs.formats.referrers import (
     referrers_tag,
 )
 from modelfs.registry.mirrors import Endpoints
-from modelfs.registry.origins import netloc, same_origin
+from modelfs.registry.origins import base_of, netloc, origin_of, same_origin
 from modelfs.registry.retry import retrying
 from modelfs.registry.sender import ERROR_BODY_BYTES, Sender, pull_scopes, read_body
 from modelfs.registry.settings import RegistryConfig
@@ -98,6 +98,18 @@ def _next_page(url: str, link: str | None) -> str | None:
         if target.startswith("<") and target.endswith(">") and _NEXT_REL.search(params):
             return urllib.parse.urljoin(url, target[1:-1])
     return None
+
+
+def _page_elsewhere(url: str, next_url: str, name: Name) -> str | None:
+    """Why the next page ``next_url`` of a list at ``url`` is not fetched (None: it is): a
+    page is the registry's own, on its scheme, host and port (the default port spelled out
+    or not). Elsewhere its credentials would not follow (another host or port) or would
+    follow in clear (http on its own host)."""
+    if same_origin(next_url, url):
+        return None
+    if origin_of(next_url)[1:] != origin_of(url)[1:]:
+        return f"{name.host} sent the next page to another host or port"
+    return f"{name.host} sent the next page over {origin_of(next_url)[0]}, not {origin_of(url)[0]}"
 
 
 class Documents:
@@ -260,7 +272,12 @@ class Documents:
 
         async def fetch() -> tuple[bytes, httpx.Headers] | None:
             r = await self.sender.send(
-                "GET", url, pull_scopes(name), what, headers={"Accept": accept}
+                "GET",
+                url,
+                pull_scopes(name),
+                what,
+                headers={"Accept": accept},
+                given_for=base_of(self.endpoints.base_url(name)),
             )
             try:
                 if r.status_code in absent:
@@ -318,7 +335,6 @@ class Documents:
         the pages a registry may split it into (``Link: <...>; rel="next"``, on the same
         scheme, host and port only); [] for a repository the registry does not know."""
         url = f"{self.endpoints.base_url(name)}/v2/{name.repository}/tags/list"
-        origin = netloc(url)
         what = f"tags of {name.repository}"
         found: list[str] = []
         for _ in range(MAX_TAG_PAGES):
@@ -330,14 +346,9 @@ class Documents:
             next_url = _next_page(url, headers.get("Link"))
             if next_url is None:
                 return found
-            if netloc(next_url) != origin:
-                raise RegistryError(f"{what}: {name.host} sent the next page to another host")
-            if not same_origin(next_url, url):
-                # Its credentials would follow in clear: the page is the registry's own host.
-                raise RegistryError(
-                    f"{what}: {name.host} sent the next page over "
-                    f"{urllib.parse.urlsplit(next_url).scheme}, not {urllib.parse.urlsplit(url).scheme}"
-                )
+            elsewhere = _page_elsewhere(url, next_url, name)
+            if elsewhere:
+                raise RegistryError(f"{what}: {elsewhere}")
             url = next_url
         raise RegistryError(f"{what}: {name.host} sent more than {MAX_TAG_PAGES} pages")
 
@@ -347,7 +358,6 @@ class Documents:
         none (no ``tags/list``). ``ModelNotFound`` when the registry says the repository does
         not exist (404 ``NAME_UNKNOWN``)."""
         url = f"{self.endpoints.base_url(name)}/v2/{name.repository}/tags/list"
-        origin = netloc(url)
         what = f"tags of {name.repository}"
         found: list[str] = []
         for page in range(max_pages):
@@ -365,7 +375,11 @@ class Documents:
             body, headers = answer
             found += _parse_tags(body, f"{what} on {name.host}")
             next_url = _next_page(url, headers.get("Link"))
-            if next_url is None or netloc(next_url) != origin:
+            if next_url is None:
+                break
+            elsewhere = _page_elsewhere(url, next_url, name)
+            if elsewhere:
+                log.warning("%s: listing the first %d page(s) only: %s", what, page + 1, elsewhere)
                 break
             url = next_url
         return found

@@ -17,7 +17,7 @@ from typing import TypeVar
 from modelfs.errors import ModelfsError, ModelNotFound
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name, scheme_for
-from modelfs.registry.origins import base_of, netloc
+from modelfs.registry.origins import base_of, netloc, origin_of
 from modelfs.registry.settings import RegistryConfig
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,13 @@ class Endpoints:
     def handed_out_given_for(self, name: Name, url: str) -> str | None:
         """Whose credentials a URL the registry of ``name`` handed out (an upload ``Location``)
         carries: on the registry's own host and port, the registry's, as given (so an https
-        registry's never go to an http location); elsewhere (None), those of the URL's host."""
+        registry's never go to an http location); elsewhere (None), those of the URL's host.
+        Its host and port is that of the registry also when the URL spells the default port
+        out (``https://host:443``), or names https's port over http (which then gets nothing)."""
         base = self.base_url(name)
-        return base_of(base) if netloc(url) == netloc(base) else None
+        if netloc(url) == netloc(base) or origin_of(url)[1:] == origin_of(base)[1:]:
+            return base_of(base)
+        return None
 
     # -- mirrors ------------------------------------------------------------------------------
 

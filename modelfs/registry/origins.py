@@ -40,3 +40,13 @@ def base_of(url: str) -> str:
     """``scheme://host[:port]`` of ``url``: what a credential is given for, or a 401 came from."""
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def kept_on_redirect(url: str, to: str) -> bool:
+    """Whether the control client (httpx) keeps a request's Authorization when ``url``
+    redirects it to ``to``: on the same origin, and on the upgrade of a host from http's
+    default port to https's; anywhere else it is dropped."""
+    if same_origin(url, to):
+        return True
+    (scheme, host, port), (to_scheme, to_host, to_port) = origin_of(url), origin_of(to)
+    return host == to_host and (scheme, port, to_scheme, to_port) == ("http", 80, "https", 443)

@@ -11,6 +11,7 @@ answer's body: documents, tokens and error bodies are all read through it.
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import os
 import ssl
 import sys
@@ -24,7 +25,7 @@ from modelfs.errors import RegistryError, Transient, Unauthorized
 from modelfs.flight import KeyedLock
 from modelfs.formats.names import Name
 from modelfs.registry.auth import AuthConfig, Authenticator, in_clear_on_its_host
-from modelfs.registry.origins import base_of, netloc
+from modelfs.registry.origins import base_of, kept_on_redirect, netloc
 from modelfs.registry.settings import RegistryConfig
 from modelfs.registry.translate import HTTP_ERRORS, status_error, translate
 
@@ -74,6 +75,14 @@ def ssl_context(config: RegistryConfig) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=config.ca_file)
     except (OSError, ssl.SSLError) as e:
         raise RegistryError(f"cannot use the CA file {config.ca_file}: {e}") from None
+
+
+def no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps none. A registry's API needs no cookies (docker's and
+    containerd's clients keep none), and a session cookie is a credential that the cookie
+    rules send to its host on any port and, without ``Secure``, over plain http: where a
+    redirect already leaves the Authorization behind."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 class SystemTrustContext(ssl.SSLContext):
@@ -145,6 +154,7 @@ class Sender:
             follow_redirects=True,
             verify=self.ssl,
             trust_env=True,
+            cookies=no_cookies(),
         )
 
     def _new_auth(self) -> Authenticator:
@@ -239,6 +249,15 @@ class Sender:
                     401,
                 )
             if attempt:
+                answered_by = base_of(str(r.url))
+                if sent and not kept_on_redirect(url, answered_by):
+                    # What was sent stayed behind at the redirect: no answer can reach there.
+                    await r.aclose()
+                    raise Unauthorized(
+                        f"{what}: {netloc(url)} redirected the request to {answered_by}, which "
+                        f"asks for credentials; those for {given_for} are not sent there",
+                        401,
+                    )
                 refused = self.auth.refused(host, sent)
                 if refused is None:
                     return r

@@ -32,7 +32,8 @@ from modelfs.registry.bulk import Aborted, BodyError, RedirectError, StatusError
 from modelfs.registry.origins import netloc
 
 # What a control request through httpx can raise that is the network's doing.
-HTTP_ERRORS = (httpx.HTTPError, OSError, ssl.SSLError)
+# StreamConsumed: a redirect (or a second request) of a request whose body was streamed.
+HTTP_ERRORS = (httpx.HTTPError, httpx.StreamConsumed, OSError, ssl.SSLError)
 
 
 def retry_after(value: str | None) -> float | None:
@@ -103,6 +104,17 @@ def translate(exc: BaseException, what: str, host: str = "") -> ModelfsError:
     if isinstance(exc, httpx.UnsupportedProtocol):
         # A redirect to file:, gopher: …: not a network blob, and no retry will make it one.
         return RegistryError(f"{what}: redirected to an unsupported URL scheme ({_reason(exc)})")
+    if isinstance(exc, httpx.StreamConsumed):
+        # The body went to the first URL already; no retry will send it to the second.
+        where = f"{host} " if host else ""
+        return RegistryError(
+            f"{what}: {where}redirected a request whose body was already sent; "
+            "modelfs does not send an upload twice"
+        )
+    if isinstance(exc, httpx.TooManyRedirects):
+        # A loop, or a chain no registry needs: no retry will end it.
+        where = f" by {host}" if host else ""
+        return RegistryError(f"{what}: redirected too many times{where} (a redirect loop?)")
     if isinstance(exc, httpx.TransportError):
         return Transient(f"{what}: connection failed ({_reason(exc)})")
     if isinstance(exc, TimeoutError):
