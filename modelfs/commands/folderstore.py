@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from modelfs.blobs.blobcache import BlobCache, os_error
+from modelfs.commands import ollamafolder
 from modelfs.errors import CacheError, GGUFInvalid, InputInvalid, ManifestInvalid, UsageError
 from modelfs.formats import artifacts as a
 from modelfs.formats import folderpack as fp
@@ -39,9 +40,18 @@ from modelfs.formats.chunks import (
 )
 from modelfs.formats.digest import Digest
 from modelfs.formats.dockermodel import architecture_text, context_size, quantization_text
-from modelfs.formats.files import SIDE_DIR, ModelTree, files_of
+from modelfs.formats.files import SIDE_DIR, Generated, ModelTree, files_of
 from modelfs.formats.gguf import read_gguf_file
-from modelfs.formats.manifest import Layer, Manifest, parse_manifest
+from modelfs.formats.manifest import (
+    MEDIA_TYPE_LICENSE,
+    MEDIA_TYPE_MESSAGES,
+    MEDIA_TYPE_PARAMS,
+    MEDIA_TYPE_SYSTEM,
+    MEDIA_TYPE_TEMPLATE,
+    Layer,
+    Manifest,
+    parse_manifest,
+)
 from modelfs.formats.modelfile import Modelfile, ollama_layer_blobs
 from modelfs.formats.names import Name
 from modelfs.formats.safetensors import (
@@ -234,21 +244,31 @@ class _Store:
 
     def pieces(self, prefix: bytes, source: Path, offset: int, length: int) -> Layer:
         """A blob of ``prefix`` and then ``length`` bytes of ``source`` from ``offset``."""
+        return self.joined([prefix, (source, offset, length)])
+
+    def joined(self, parts: list[bytes | tuple[Path, int, int]]) -> Layer:
+        """A blob of ``parts`` in order: bytes as they are, ``(file, offset, length)``
+        that many bytes of the file from ``offset``."""
         tmp = self.cache.temp_path()
         chunker = _Chunker(self.chunk_bytes)
+        source: Path | None = None
         try:
-            with open(source, "rb") as fin, open(tmp, "xb") as fout:
-                fout.write(prefix)
-                chunker.add(prefix)
-                fin.seek(offset)
-                left = length
-                while left:
-                    data = fin.read(min(COPY_BYTES, left))
-                    if not data:
-                        raise CacheError(f"{source} ended early")
-                    fout.write(data)
-                    chunker.add(data)
-                    left -= len(data)
+            with open(tmp, "xb") as fout:
+                for part in parts:
+                    if isinstance(part, bytes):
+                        fout.write(part)
+                        chunker.add(part)
+                        continue
+                    source, offset, left = part
+                    with open(source, "rb") as fin:
+                        fin.seek(offset)
+                        while left:
+                            data = fin.read(min(COPY_BYTES, left))
+                            if not data:
+                                raise CacheError(f"{source} ended early")
+                            fout.write(data)
+                            chunker.add(data)
+                            left -= len(data)
                 fout.flush()
                 os.fsync(fout.fileno())
             digest, hashes = chunker.finish()
@@ -259,7 +279,7 @@ class _Store:
                 self.written.add(digest)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise os_error(e, f"writing a tensor blob from {source}") from None
+            raise os_error(e, f"writing a blob from {source or 'the model'}") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -306,6 +326,28 @@ def lay_out(
     return fp.oci_manifest(config, layers, a.CNCF_ARTIFACT if fmt == fp.CNCF else None)
 
 
+_OLLAMA_LAYER_ORDER = {
+    t: i
+    for i, t in enumerate(
+        (
+            MEDIA_TYPE_TEMPLATE,
+            MEDIA_TYPE_SYSTEM,
+            MEDIA_TYPE_LICENSE,
+            MEDIA_TYPE_PARAMS,
+            MEDIA_TYPE_MESSAGES,
+        )
+    )
+}
+
+
+def _read_source(source: Source) -> bytes:
+    """A small file of the model (a license), whole."""
+    data = _read_prefix(source.where, source.file.size + 1)
+    if len(data) != source.file.size:
+        raise CacheError(f"{source.where} changed while it was read")
+    return data
+
+
 def _ollama(
     store: _Store,
     sources: list[Source],
@@ -338,18 +380,30 @@ def _ollama(
     for source in sources:
         if source.file.path in kept:
             layers.append(fp.json_layer(store.file(source), source.file.path))
+    licenses = [
+        s
+        for s in sources
+        if fp.is_license_file(s.file.path)
+        and s.file.size <= MAX_LICENSE_BYTES
+        and s.file.path not in kept
+    ]
     left_out = [
         s.file.path
         for s in sources
-        if s.file.path not in kept and not fp.ollama_tensor_file(s.file.path)
+        if s.file.path not in kept and not fp.ollama_tensor_file(s.file.path) and s not in licenses
     ]
     if left_out:
         log.warning(
-            "Ollama's tensor format keeps the tensors and the top-level JSON files only: "
-            "left out %s",
+            "Ollama's tensor format keeps the tensors, the top-level JSON files and the "
+            "licenses only: left out %s",
             ", ".join(left_out),
         )
-    for media_type, data in extras.ollama_layers:  # after the tensors and JSON, as Ollama's
+    # After the tensors and JSON, as Ollama's: the Modelfile's layers in Ollama's order
+    # (template, system, licenses, params, messages), the folder's licenses before the
+    # Modelfile's.
+    extra = [(MEDIA_TYPE_LICENSE, _read_source(s)) for s in licenses]
+    extra += extras.ollama_layers
+    for media_type, data in sorted(extra, key=lambda x: _OLLAMA_LAYER_ORDER[x[0]]):
         blob = store.bytes(data)
         layers.append(Layer(blob.digest, media_type, blob.size))
     body = store.bytes(fp.ollama_config(facts, extras.config_names))
@@ -463,6 +517,36 @@ def cached_sources(cache: BlobCache, manifest: Manifest, what: str) -> list[Sour
     return sorted(sources, key=lambda s: s.file.path.split("/"))
 
 
+def _assembled_sources(
+    cache: BlobCache, store: _Store, tree: ModelTree, created: datetime
+) -> list[Source]:
+    """The files of an Ollama tensor model (``ollamafolder.ollama_tree``): its JSON files as
+    their blobs, each assembled file (``model.safetensors``, shards and their index) written
+    as a blob of its own; its Modelfile layers are not files of the folder."""
+    created_ns = int(created.timestamp()) * 1_000_000_000
+    sources = []
+    for f in tree.files:
+        if f.path.split("/", 1)[0] == SIDE_DIR:
+            continue
+        if f.layer is not None:
+            if f.layer.media_type != a.OLLAMA_JSON:
+                continue  # a Modelfile layer: ollamafolder.ollama_extras carries it
+            layer = f.layer
+            if not cache.has_blob(layer.digest, layer.size):
+                raise CacheError(f"{f.path} ({layer.digest.short}) is not in the cache")
+        else:
+            parts: list[bytes | tuple[Path, int, int]] = [
+                piece.data
+                if isinstance(piece, Generated)
+                else (cache.blob_path(piece.digest), piece.offset, piece.length)
+                for piece in f.extents
+            ]
+            layer = store.joined(parts)
+        file = fp.FolderFile(f.path, layer.size, 0o644, created_ns)
+        sources.append(Source(file, cache.blob_path(layer.digest), layer))
+    return sorted(sources, key=lambda s: s.file.path.split("/"))
+
+
 def layout_cached(
     cache: BlobCache,
     name: Name,
@@ -476,16 +560,19 @@ def layout_cached(
     have = format_of(manifest)
     if have == fmt:
         return manifest
-    if have == fp.OLLAMA:
-        raise UsageError(
-            f"{name} is in Ollama's tensor format, which keeps only the tensors and the "
-            f"top-level JSON files: create it again from its folder with --format {fmt}"
-        )
     if have is None:
         raise UsageError(f"{name} is not a model folder: --format {fmt} needs one")
-    sources = cached_sources(cache, manifest, str(name))
-    sources, extras = _carried(cache, name, manifest, sources, have, fmt)
     indexed = not is_unindexed(cache, manifest.digest)
+    written = set() if written is None else written
+    if have == fp.OLLAMA:
+        extras = ollamafolder.ollama_extras(cache, name, manifest, fmt)
+        tree = ollamafolder.ollama_tree(cache, name, manifest)
+        cache.prepare()
+        store = _Store(cache, CHUNK_BYTES, indexed, written)
+        sources = _assembled_sources(cache, store, tree, created)
+    else:
+        sources = cached_sources(cache, manifest, str(name))
+        extras = _carried(cache, name, manifest, sources, have, fmt)
     raw = lay_out(
         cache,
         sources,
@@ -535,11 +622,11 @@ def _carried(
     sources: list[Source],
     have: str,
     fmt: str,
-) -> tuple[list[Source], fp.ModelfileExtras]:
-    """What a Modelfile added to a cached Docker or ModelPack model (a license file, a
-    ``context_size`` of its own) as the lines of ``fmt``, where ``fmt`` has a place for it:
-    Ollama's license and params layers; a warning naming what ``fmt`` has no place for. The
-    sources left to lay out as files, and the extras."""
+) -> fp.ModelfileExtras:
+    """What a Modelfile added to a cached Docker or ModelPack model that is not a file of it
+    (a Docker ``context_size`` of its own) as a line of ``fmt``, where ``fmt`` has a place
+    for it (Ollama's params layer); a warning naming it where ``fmt`` has none. License
+    files need nothing here: they stay files, or become Ollama's license layers (``_ollama``)."""
     context = _modelfile_context(cache, manifest, sources, name) if have == fp.DOCKER else None
     if fmt != fp.OLLAMA:
         if context is not None and fmt == fp.CNCF:
@@ -549,21 +636,12 @@ def _carried(
                 name,
                 context,
             )
-        return sources, fp.ModelfileExtras(where=str(name))
-    licenses = [
-        s
-        for s in sources
-        if s.layer is not None
-        and s.layer.media_type in fp.LICENSE_MEDIA_TYPES
-        and s.file.size <= MAX_LICENSE_BYTES
-    ]
-    texts = [_blob_bytes(cache, s.layer, f"{name}: {s.file.path}") for s in licenses if s.layer]
+        return fp.ModelfileExtras(where=str(name))
     params = None
     if context is not None:
         params = Modelfile(from_="", parameters={"num_ctx": context}).params_json()
-    layers = ollama_layer_blobs(licenses=texts, params=params)
-    kept = [s for s in sources if s not in licenses]
-    return kept, fp.ModelfileExtras(ollama_layers=tuple(layers), where=str(name))
+    layers = ollama_layer_blobs(params=params)
+    return fp.ModelfileExtras(ollama_layers=tuple(layers), where=str(name))
 
 
 # -- a Modelfile whose FROM is a folder ------------------------------------------------------

@@ -309,9 +309,14 @@ def ollama_manifest(config: Layer, layers: list[Layer]) -> bytes:
 
 # -- a Modelfile whose FROM is a folder --------------------------------------------------------
 
-# A license file of a Docker or ModelPack artifact: what ``push --format ollama`` makes an
-# Ollama license layer of (``…image.license``), as a Modelfile's LICENSE line would be.
-LICENSE_MEDIA_TYPES = frozenset({a.DMR_LICENSE, cncf_media_type(a.DMR_LICENSE)})
+
+def is_license_file(path: str) -> bool:
+    """A license file of the folder (``files.Classify``'s rule, as Docker Model Runner names
+    one): what ``--format ollama`` makes an Ollama license layer of (``…image.license``,
+    what ``ollama show --license`` reads), as a Modelfile's LICENSE line would be."""
+    return dmr_media_type(path) == a.DMR_LICENSE
+
+
 # A LICENSE of the Modelfile as a file of a Docker or ModelPack artifact: where
 # ``docker model package --license`` puts one (a layer of its own, its path the file's name).
 LICENSE_FILE = "LICENSE"
@@ -351,17 +356,15 @@ class ModelfileExtras:
     where: str = "Modelfile"  # for messages
 
     def license_files(self, taken: set[str]) -> list[tuple[str, bytes]]:
-        """The license files at ``LICENSE``, ``LICENSE-2`` …; refused where the folder has
-        a file of that name (``taken``)."""
+        """The license files at ``LICENSE``, ``LICENSE-2`` …, skipping the names the folder
+        has a file at (``taken``): its own license stays beside them."""
         out = []
-        for i, text in enumerate(self.licenses, 1):
-            path = LICENSE_FILE if i == 1 else f"{LICENSE_FILE}-{i}"
-            if path in taken:
-                raise ModelfileInvalid(
-                    f"{self.where}: LICENSE: the folder has a file {path} already (leave the "
-                    "LICENSE line out, or the file)"
-                )
+        n = 1
+        for text in self.licenses:
+            while (path := LICENSE_FILE if n == 1 else f"{LICENSE_FILE}-{n}") in taken:
+                n += 1
             out.append((path, text))
+            n += 1
         return out
 
 

@@ -5,6 +5,7 @@ docker-registry and read back by skopeo and oras-py, with the chunk index beside
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import urllib.error
@@ -520,31 +521,97 @@ def test_push_format_ollama_carries_a_cncf_models_licenses(registry, minilm, tmp
     assert config["config"]["context_size"] == 512  # the folder's own, as create writes it
 
 
-def test_push_format_of_an_ollama_folder_model_is_refused_in_one_line(minilm, tmp_path):
-    """Ollama's tensor format lost the folder's other files: an ollama model (its Modelfile
-    layers too) is not laid out as docker or cncf, and nothing is written."""
+def test_push_format_lays_an_ollama_folder_model_out_as_docker_and_cncf(minilm, tmp_path):
+    """An ollama model (as Ollama's registry ships safetensors models) laid out as docker or
+    cncf: model.safetensors assembled from its tensor blobs, its JSON files, each license a
+    LICENSE file, num_ctx Docker's context_size; what the target has no place for (a
+    system prompt, num_ctx in ModelPack) is refused in one line and nothing is written."""
+    from modelfs.formats.safetensors import parse_header
+
     cache = tmp_path / "cache"
-    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\nSYSTEM be brief\nLICENSE MIT\n")
-    name = "localhost:1/created/ollama-only:latest"
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\nLICENSE MIT\nPARAMETER num_ctx 4096\n")
+    name = "localhost:1/created/ollama-src:latest"
     run_modelfs(
         "create", name, "-f", str(tmp_path / "Modelfile"), "--format", "ollama",
         "--cache", str(cache),
     )  # fmt: skip
-    for fmt in ("docker", "cncf"):
-        bad = run_modelfs(
-            "push", f"localhost:1/created/ollama-only-{fmt}:latest", "--from", name,
-            "--format", fmt, "--cache", str(cache), check=False,
-        )  # fmt: skip
-        assert bad.returncode == 2, bad.stderr  # a usage error
+    docker_name = "localhost:1/created/ollama-src-docker:latest"
+    bc = BlobCache(cache)
+    from modelfs.commands.folderstore import layout_cached
+    from modelfs.formats.names import parse_name
+
+    manifest = parse_manifest(cached_manifest(cache, name))
+    docker = layout_cached(bc, parse_name(docker_name), manifest, "docker", CREATED)
+    files = {a.filepath_of(x): x for x in docker.layers}
+    tops = sorted(p for p in walk(minilm) if "/" not in p and p.endswith(".json"))
+    assert sorted(files) == sorted([*tops, "model.safetensors", "LICENSE"])
+    assert files["LICENSE"].media_type == a.DMR_LICENSE
+    assert bc.blob_path(files["LICENSE"].digest).read_bytes() == b"MIT"
+    for p in tops:
+        assert bc.blob_path(files[p].digest).read_bytes() == (minilm / p).read_bytes(), p
+    weights = bc.blob_path(files["model.safetensors"].digest).read_bytes()
+    original = (minilm / "model.safetensors").read_bytes()
+    got, want = (parse_header(w, len(w), "t") for w in (weights, original))
+    assert {t.name for t in got.tensors} == {t.name for t in want.tensors}
+    for t in got.tensors:
+        w = next(x for x in want.tensors if x.name == t.name)
+        assert (t.dtype, t.shape) == (w.dtype, w.shape)
         assert (
-            bad.stderr.strip()
-            .splitlines()[-1]
-            .endswith(
-                "is in Ollama's tensor format, which keeps only the tensors and the top-level "
-                f"JSON files: create it again from its folder with --format {fmt}"
-            )
-        )
-        assert not (cache / f"manifests/localhost:1/created/ollama-only-{fmt}").exists()
+            weights[got.data_start + t.begin : got.data_start + t.begin + t.nbytes]
+            == original[want.data_start + w.begin : want.data_start + w.begin + w.nbytes]
+        ), t.name
+    config = json.loads(bc.blob_path(docker.config.digest).read_bytes())
+    assert config["config"]["context_size"] == 4096
+
+    bad = run_modelfs(
+        "push", "localhost:1/created/ollama-src-cncf:latest", "--from", name,
+        "--format", "cncf", "--cache", str(cache), check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1, bad.stderr
+    assert one_line_error(bad).endswith(
+        "PARAMETER num_ctx cannot go into a cncf (ModelPack) model: ModelPack's config has "
+        "no runtime parameters; --format ollama keeps it"
+    )
+    assert not (cache / "manifests/localhost:1/created/ollama-src-cncf").exists()
+
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\nSYSTEM be brief\n")
+    name = "localhost:1/created/ollama-system:latest"
+    run_modelfs(
+        "create", name, "-f", str(tmp_path / "Modelfile"), "--format", "ollama",
+        "--cache", str(cache),
+    )  # fmt: skip
+    bad = run_modelfs(
+        "push", "localhost:1/created/ollama-system-docker:latest", "--from", name,
+        "--format", "docker", "--cache", str(cache), check=False,
+    )  # fmt: skip
+    assert one_line_error(bad).endswith(
+        "SYSTEM cannot go into a docker model: Docker Model Runner's artifact has no system "
+        "prompt; --format ollama keeps it"
+    )
+
+
+def test_a_folders_license_file_is_kept_in_every_format(minilm, tmp_path):
+    """A folder with a LICENSE file: a license file in docker and cncf, an Ollama license
+    layer (what ``ollama show --license`` reads) in ollama, and once only."""
+    folder = tmp_path / "folder"
+    shutil.copytree(minilm, folder, copy_function=os.symlink)
+    for p in walk(minilm):  # walk skips symlinks: real files, hard-linked where possible
+        (folder / p).unlink()
+        try:
+            os.link(minilm / p, folder / p)
+        except OSError:
+            shutil.copy2(minilm / p, folder / p)
+    (folder / "LICENSE").write_text("MIT\n")
+    cache = BlobCache(tmp_path / "cache")
+    for fmt, want in (
+        ("docker", a.DMR_LICENSE),
+        ("cncf", cncf_media_type(a.DMR_LICENSE)),
+        ("ollama", "application/vnd.ollama.image.license"),
+    ):
+        manifest = parse_manifest(lay_out(cache, walk_folder(folder), fmt, created=CREATED))
+        licenses = [x for x in manifest.layers if x.media_type == want]
+        assert len(licenses) == 1, fmt
+        assert cache.blob_path(licenses[0].digest).read_bytes() == b"MIT\n", fmt
 
 
 def test_push_format_adds_nothing_a_modelfile_did_not_say(minilm, tmp_path, caplog):

@@ -229,11 +229,12 @@ def test_renderer_and_parser_go_into_the_ollama_config_where_ollama_writes_them(
     assert b"parser" not in fp.ollama_config(facts)
 
 
-def test_a_license_line_is_refused_where_the_folder_has_a_license_file():
-    from modelfs.formats.modelfile import ModelfileInvalid, parse_modelfile
+def test_a_license_line_goes_beside_the_folders_license_file():
+    from modelfs.formats.modelfile import parse_modelfile
 
-    extras = fp.modelfile_extras(parse_modelfile("FROM ./m\nLICENSE MIT\n"), fp.CNCF, "M")
-    with pytest.raises(
-        ModelfileInvalid, match=r"^M: LICENSE: the folder has a file LICENSE already"
-    ):
-        extras.license_files({"LICENSE", "model.safetensors"})
+    mf = parse_modelfile("FROM ./m\nLICENSE MIT\nLICENSE BSD\n")
+    extras = fp.modelfile_extras(mf, fp.CNCF, "M")
+    assert extras.license_files({"LICENSE", "LICENSE-3", "model.safetensors"}) == [
+        ("LICENSE-2", b"MIT"),
+        ("LICENSE-4", b"BSD"),
+    ]

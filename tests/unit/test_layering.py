@@ -108,6 +108,7 @@ RANK = {
     "commands.progress": 1,
     "commands.terminal": 1,
     "commands.inventory": 6,
+    "commands.ollamafolder": 4,
     "commands.folderstore": 5,
     "commands.create": 6,
     "commands.pushfolder": 13,
