@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs the checks and the three test tiers (unit, component, mount).
+# Sets everything up, then runs the checks and every test under tests/ (unit, component, mount, systemd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

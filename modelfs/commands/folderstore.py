@@ -9,7 +9,7 @@ blob is written; Ollama's tensor format needs each tensor as a blob of its own, 
 from the cached files. What a Modelfile added (license files, a Docker ``context_size``)
 goes where the other format has a place for it, else one warning names it (``_carried``).
 Every blob over one chunk gets its chunk digests kept as a local chunk index
-(``.modelfs/indexes``), which a push publishes beside the manifest (commands/folderindex.py):
+(``.modelfs/indexes``), which a push publishes beside the manifest (commands/pushfolder.py):
 the manifest itself stays exactly what the tool writes.
 """
 

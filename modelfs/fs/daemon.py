@@ -78,7 +78,7 @@ class MountOptions:
     fuse_debug: bool = False
     links: bool = True  # complete blobs appear as symlinks into the cache
     # -o blobs_view=no: links point at the cache's blobs/ rather than a read-only bind mount of
-    # it at <mnt>/.blobs, so that a plain umount(8) works (an fstab mount's default).
+    # it at /run/modelfs-blobs/<key>, so that a plain umount(8) works (an fstab mount's default).
     blobs_view: bool = True
     # -o push=yes: checked chunks are pushed into the kernel's page cache as they land. Off by
     # default: no gain measured yet on a 2-core machine (bench/cold.py; bench/RESULTS.md).

@@ -258,7 +258,7 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
     ),
     MountOption(
         "blobs_view=yes|no",
-        "links point into <mnt>/.blobs, a read-only bind mount of blobs/ (default yes as root)",
+        "links point into /run/modelfs-blobs/<key>, a read-only bind mount of blobs/ (default yes as root)",
         lambda v, _: {"blobs_view": _choice("blobs_view", v, ("yes", "no")) == "yes"},
     ),
     MountOption(
