@@ -178,6 +178,42 @@ def test_ollama_tensor_blobs_mount_as_one_safetensors_file(proxy, registry, moun
     assert_tokenizer_and_engines_load(tag, minilm)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "config_type"),
+    [
+        ("docker", "application/vnd.docker.ai.model.config.v0.2+json"),
+        ("cncf", "application/vnd.cncf.model.config.v1+json"),
+    ],
+)
+def test_an_ollama_tensor_model_pushed_again_as_a_folder_model_mounts_as_its_folder(
+    proxy, registry, mount_factory, minilm, tmp_path, fmt, config_type
+):
+    """A safetensors model as Ollama's registry ships it (a blob per tensor), pulled and pushed
+    again with ``--format docker|cncf``: the artifact mounts as the folder an engine loads,
+    its weights one file whose tensors are the source's."""
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
+    push(registry.host, "folders/minilm-ollama", "latest", ollama_tensors(minilm))
+    cache = tmp_path / "cache"
+    source = f"{registry.host}/folders/minilm-ollama:latest"
+    run_modelfs("pull", source, "--cache", str(cache))
+    pushed = run_modelfs(
+        "push", f"{registry.host}/folders/minilm-relaid-{fmt}:latest", "--from", source,
+        "--format", fmt, "--cache", str(cache),
+    )  # fmt: skip
+    assert "Traceback" not in pushed.stderr
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / f"folders/minilm-relaid-{fmt}/latest"
+    manifest = json.loads((tag / ".modelfs/manifest.json").read_bytes())
+    assert manifest["config"]["mediaType"] == config_type
+    tops = sorted(p for p in walk(minilm) if "/" not in p and p.endswith(".json"))
+    assert mounted_paths(tag) == sorted([*tops, "model.safetensors", *SIDE_FILES])
+    for p in tops:
+        assert (tag / p).read_bytes() == (minilm / p).read_bytes(), p
+    assert_same_tensors(tag / "model.safetensors", minilm / "model.safetensors")
+    assert_tokenizer_and_engines_load(tag, minilm)
+
+
 def test_a_corrupted_tensor_blob_is_eio_never_a_file_laid_out_from_its_bytes(
     proxy, registry, mount_factory, minilm
 ):
