@@ -81,9 +81,12 @@ def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) ->
     for layer in manifest.layers:
         t = layer.media_type
         if t in (a.OLLAMA_TENSOR, a.OLLAMA_JSON, MEDIA_TYPE_CHUNK_INDEX) or t in _MODELFILE_LAYERS:
-            if t == a.OLLAMA_JSON and "/" in (layer.name or ""):
+            # A draft model's files are named draft/<file>, its tensors draft.<tensor>.
+            if (t == a.OLLAMA_JSON and "/" in (layer.name or "")) or (
+                t == a.OLLAMA_TENSOR and (layer.name or "").startswith("draft.")
+            ):
                 raise UsageError(
-                    f"{where}: {layer.name} is a draft model's file: a {fmt} model has no "
+                    f"{where}: {layer.name} is a draft model's: a {fmt} model has no "
                     "place for a draft model"
                 )
             continue
