@@ -635,3 +635,37 @@ def test_push_format_adds_nothing_a_modelfile_did_not_say(minilm, tmp_path, capl
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     ollama = layout_cached(cache, name, parse_manifest(raw), "ollama", CREATED)
     assert json.loads(ollama.raw) == json.loads(ollama_tensors(minilm).manifest)
+
+
+def test_a_license_survives_a_round_trip_through_every_format_in_the_registry(
+    registry, minilm, tmp_path
+):
+    """A ModelPack model with a LICENSE line, pushed as ollama, pulled by another cache and
+    pushed again as docker, then as cncf: one license each time, the same bytes."""
+    (tmp_path / "Modelfile").write_text(f"FROM {minilm}\nLICENSE MIT\n")
+    name = "localhost:1/created/round-trip:latest"
+    first = tmp_path / "first"
+    run_modelfs("create", name, "-f", str(tmp_path / "Modelfile"), "--cache", str(first))
+    hops = [("round-trip-ollama", "ollama"), ("round-trip-docker", "docker")]
+    hops.append(("round-trip-cncf", "cncf"))
+    source, cache = name, first
+    for repo, fmt in hops:
+        target = f"{registry.host}/created/{repo}:latest"
+        run_modelfs(
+            "push", target, "--from", source, "--format", fmt, "--cache", str(cache)
+        )  # fmt: skip
+        manifest, _config = pushed_config(registry, f"created/{repo}")
+        licenses = [x for x in manifest.layers if x.media_type.split(".")[-1] == "license"] or [
+            x for x in manifest.layers if a.filepath_of(x) == "LICENSE"
+        ]
+        assert [registry_blob(registry, f"created/{repo}", x.digest) for x in licenses] == [
+            b"MIT"
+        ], (fmt, [x.media_type for x in manifest.layers])
+        if fmt == "ollama":
+            assert not any(a.filepath_of(x) == "LICENSE" for x in manifest.layers)
+        else:
+            assert not [x for x in manifest.layers if x.media_type.endswith("image.license")]
+        # The next hop starts from a cache that pulled this one from the registry.
+        cache = tmp_path / repo
+        run_modelfs("pull", target, "--cache", str(cache))
+        source = target
