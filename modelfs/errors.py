@@ -98,6 +98,11 @@ class MountError(ModelfsError):
     """Mounting or unmounting failed."""
 
 
+class ShuttingDown(ModelfsError):
+    """Work was ended because modelfs is shutting down: not a failure of what it was asking
+    (a mirror, a registry), so nothing is retried, rested or logged for it."""
+
+
 ERRNO: dict[type[ModelfsError], int] = {
     ModelfsError: errno.EIO,
     NameInvalid: errno.ENOENT,
@@ -115,6 +120,7 @@ ERRNO: dict[type[ModelfsError], int] = {
     UsageError: errno.EINVAL,
     InputInvalid: errno.EINVAL,
     MountError: errno.EIO,
+    ShuttingDown: errno.EIO,
 }
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from modelfs.errors import ModelfsError, ModelNotFound
+from modelfs.errors import ModelfsError, ModelNotFound, ShuttingDown
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name, scheme_for
 from modelfs.registry.origins import base_of, netloc, origin_of
@@ -106,6 +106,8 @@ class Endpoints:
         for base in bases[:-1]:
             try:
                 return await read(base, False)
+            except ShuttingDown:
+                raise  # not the mirror's failure, and no endpoint is worth asking now
             except ModelfsError as e:
                 self._mirror_failed(base, name, e)
         return await read(bases[-1], True)

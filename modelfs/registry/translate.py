@@ -24,6 +24,7 @@ from modelfs.errors import (
     ModelfsError,
     ModelNotFound,
     RegistryError,
+    ShuttingDown,
     Transient,
     Unauthorized,
     registry_words,
@@ -155,7 +156,7 @@ def bulk_error(exc: BaseException, what: str, host: str) -> ModelfsError:
         where = "" if netloc(exc.url) == host else f" (at {netloc(exc.url)})"
         return status_error(exc.status, what + where, exc.body, exc.retry_after)
     if isinstance(exc, Aborted):
-        return ModelfsError(f"{what}: {exc}")
+        return ShuttingDown(f"{what}: {exc}")
     if isinstance(exc, BodyError):
         return Transient(f"{what}: {exc}")
     if isinstance(exc, RedirectError):
