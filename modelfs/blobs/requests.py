@@ -22,7 +22,7 @@ import trio
 from modelfs.blobs.fetchcontext import RangeRequest
 from modelfs.blobs.receive import RangeReceiver
 from modelfs.blobs.wholestream import WholeStream
-from modelfs.errors import CacheError, CacheFull, ModelfsError, Transient
+from modelfs.errors import CacheError, CacheFull, ModelfsError, ShuttingDown, Transient
 from modelfs.flight import Flight
 from modelfs.registry.retry import retrying
 
@@ -116,9 +116,10 @@ class RangeRequests:
                     raise Transient(f"{self.what}: chunk {i} missing from a complete body")
         except ModelfsError as e:
             waited = any(f.has_waiters for f in mine.values())
-            # A failed readahead nobody waits for is not a problem yet; a reader's is.
+            # A failed readahead nobody waits for is not a problem yet; a reader's is,
+            # unless modelfs is shutting down under it.
             log.log(
-                logging.WARNING if waited else logging.INFO,
+                logging.WARNING if waited and not isinstance(e, ShuttingDown) else logging.INFO,
                 "%s: chunks %d-%d failed: %s",
                 self.what,
                 lo,
