@@ -41,7 +41,6 @@ CONFIRM_READS_IN_FLIGHT = 8
 
 if TYPE_CHECKING:
     from modelfs.blobs.blobfetch import BlobFetch
-    from modelfs.blobs.reader import Blobs
 
 
 class OpenFile(Protocol):
@@ -52,11 +51,26 @@ class OpenFile(Protocol):
     def close(self) -> Awaitable[None]: ...
 
 
+class Door(Protocol):
+    """What a handle asks of the door that opened it (``reader.Blobs``): a blob handle's
+    reads and close; a file handle's opening of the blobs its extents are over."""
+
+    async def read_handle(
+        self, handle: BlobHandle, offset: int, size: int
+    ) -> bytes | bytearray: ...
+
+    async def close_handle(self, handle: BlobHandle) -> None: ...
+
+    async def open_layer(
+        self, name: Name, manifest: Manifest, layer: Layer, *, anonymous: bool, readahead: bool
+    ) -> BlobHandle: ...
+
+
 @dataclass(eq=False)
 class BlobHandle:
     """One open blob: ``read`` it, ``close`` it. Its sequential-read state is its own."""
 
-    blobs: Blobs
+    blobs: Door
     name: Name
     layer: Layer
     chunks: BlobChunks | None
@@ -72,10 +86,10 @@ class BlobHandle:
 
     async def read(self, offset: int, size: int) -> bytes | bytearray:
         """Bytes ``[offset, offset+size)`` (fewer at the end of the blob), checked per the policy."""
-        return await self.blobs._read(self, offset, size)
+        return await self.blobs.read_handle(self, offset, size)
 
     async def close(self) -> None:
-        await self.blobs._close(self)
+        await self.blobs.close_handle(self)
 
     async def read_all(self, piece_bytes: int = 1 << 20) -> bytes:
         """The whole blob (small files and tests)."""
@@ -114,7 +128,7 @@ class FileHandle:
 
     def __init__(
         self,
-        blobs: Blobs,
+        blobs: Door,
         name: Name,
         manifest: Manifest,
         file: ModelFile,
@@ -187,7 +201,7 @@ class FileHandle:
                 layer = self._layers.get(digest)
                 if layer is None:
                     raise ManifestInvalid(f"{self.file.path}: reads a blob not in its manifest")
-                handle = await self._blobs.open(
+                handle = await self._blobs.open_layer(
                     self._name,
                     self._manifest,
                     layer,

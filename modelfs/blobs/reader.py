@@ -378,7 +378,15 @@ class Blobs:
             return
         handle.fd = fd
 
-    async def _close(self, handle: BlobHandle) -> None:
+    async def open_layer(
+        self, name: Name, manifest: Manifest, layer: Layer, *, anonymous: bool, readahead: bool
+    ) -> BlobHandle:
+        """Open the blob of ``layer`` whole, as ``manifest`` vouches for it (a file
+        handle's extents read through these)."""
+        return await self.open(name, manifest, layer, anonymous=anonymous, readahead=readahead)
+
+    async def close_handle(self, handle: BlobHandle) -> None:
+        """Close ``handle`` (``BlobHandle.close``); a second close does nothing."""
         if handle.closed:
             return
         handle.closed = True
@@ -395,7 +403,8 @@ class Blobs:
             blob.release()
             handle.blob = None
 
-    async def _read(self, handle: BlobHandle, offset: int, size: int) -> bytes | bytearray:
+    async def read_handle(self, handle: BlobHandle, offset: int, size: int) -> bytes | bytearray:
+        """``BlobHandle.read``: from the published blob, a small blob's bytes, or the fetch."""
         if handle.closed:
             raise ModelfsError(f"blob {handle.layer.digest.short}: read after close")
         layer = handle.layer

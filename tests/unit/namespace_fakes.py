@@ -128,6 +128,8 @@ class MemoryBlobs:
         self.handles.append(handle)
         return handle
 
+    open_layer = open  # what a ``FileHandle`` opens its extents' blobs with
+
     def files_reading(self, blob: object) -> set[object]:
         """The open files the door says read the fetch state ``blob`` (``reading``)."""
         return self.reading.get(blob, set())

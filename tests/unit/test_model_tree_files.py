@@ -68,6 +68,8 @@ class FakeBlobs:
         self.log.append(("open", self.by_digest[layer.digest][:1]))
         return FakeHandle(self.log, self.by_digest[layer.digest])
 
+    open_layer = open  # what a file handle opens its extents' blobs with
+
 
 def test_directories_nest_the_files_paths():
     f = [ModelFile(p, (), "") for p in ("config.json", "1_Pooling/config.json", "x/y/z.bin")]
