@@ -23,14 +23,15 @@ What is in use (kept; looked at again soon if no model names it: ``Collected.wai
   ``BlobCache.lock_blob`` is refused;
 - a digest with a scratch file of a process still running.
 
-And one more kind of leftover, no blob: a ``--no-chunk-index`` mark
-(``.modelfs/unindexed/<digest>``) no manifest has the digest of. ``BlobCache.unlink`` drops
-the mark with the last manifest of its digest, but a modelfs before that drop, or a crash
-between the two, left marks nothing else removes. A mark is written before its manifest (and
-a layout's lives while its push runs), so one no manifest has yet may be work in progress:
-it holds its writer's process id, and is kept while that process runs. A mark with no id
-(written by an older modelfs, whose writer cannot be known) is kept for
-``UNKNOWN_WRITER_MARK_SECONDS`` after it was written.
+And one more kind of leftover, no blob:
+- a ``--no-chunk-index`` mark (``.modelfs/unindexed/``) no manifest has the digest of.
+  ``BlobCache.unlink`` drops the marks with the last manifest of their digest, but a modelfs
+  before that drop, a crash between the two, or ``ollama rm`` left marks nothing else
+  removes. A mark is written before its manifest (and a layout's lives while its push runs),
+  so one no manifest has yet may be work in progress: it names its writer's process, and is
+  kept while that process runs (``unindexed``). A mark with no id (written by an older
+  modelfs, whose writer cannot be known) is kept for ``UNKNOWN_WRITER_MARK_SECONDS`` after it
+  was written.
 
 Fail closed: a manifest that does not parse keeps every digest in its bytes, one that cannot
 be read keeps everything (``References``); a lock that cannot be tried at all (a filesystem
@@ -48,13 +49,11 @@ import contextlib
 import logging
 import os
 import re
-import stat
-import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelfs.blobs import unindexed
 from modelfs.blobs.sharing import unlink_locked
 from modelfs.errors import CacheError
 from modelfs.formats.digest import Digest
@@ -66,11 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SCRATCH_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})\.(\d+)-\d+\.scratch$")
-_MARK_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})")
-_MARK_PID_RE = re.compile(rb"([1-9]\d{0,9})\n?")
-# A mark an older modelfs wrote says nothing of its writer: kept this long after it was written,
-# longer than any create (the mark is written just before the manifest) or push of a layout.
-UNKNOWN_WRITER_MARK_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -183,81 +177,12 @@ def _sweep_scratch(cache: BlobCache) -> tuple[int, set[Digest]]:
 def _sweep_unindexed_marks(cache: BlobCache) -> None:
     """Remove the ``--no-chunk-index`` marks no manifest has the digest of, whose writer is
     gone (the module docstring's rules)."""
-    try:
-        names = os.listdir(cache.unindexed_dir)
-    except OSError:
-        return  # none (or none to know of: kept)
-    stale: list[tuple[Digest, Path, tuple[int, int]]] = []
-    now = time.time()
-    for n in names:
-        m = _MARK_NAME_RE.fullmatch(n)
-        if m is None:
-            continue
-        path = cache.unindexed_dir / n
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            body = os.read(fd, 32) if stat.S_ISREG(st.st_mode) else None
-        except OSError:
-            body = None
-        finally:
-            os.close(fd)
-        if body is None:
-            continue
-        pid = _MARK_PID_RE.fullmatch(body)
-        if pid is not None and int(pid.group(1)) < 1 << 31:
-            if pid_alive(int(pid.group(1))):
-                continue  # its create or push runs: its manifest may be still to come
-        elif now - st.st_mtime < UNKNOWN_WRITER_MARK_SECONDS:
-            continue
-        stale.append((Digest(m.group(1)), path, (st.st_dev, st.st_ino)))
-    if not stale:
-        return
-    # Read after the marks: a manifest written since was written after its mark, whose new
-    # file the check below tells from the one read here.
-    held = cache.manifest_digests()
-    if held is None:
-        return  # a manifest that cannot be read may have any digest
-    for digest, path, seen in stale:
-        if digest in held:
-            continue
-        # Taken aside before it is removed: a create or push that wrote the mark again since
-        # it was read above replaced the file, and gets its own back.
-        claim = cache.temp_path()
-        try:
-            os.rename(path, claim)
-        except OSError:
-            continue
-        same = _file_id(claim) == seen
-        if not same:
-            try:
-                os.link(claim, path)
-            except FileExistsError:
-                pass  # written again once more: that one stays
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.rename(claim, path)
-                continue
-        with contextlib.suppress(OSError):
-            claim.unlink()
-        if not same:
-            continue
+    for digest in unindexed.remove_unheld(cache):
         log.info(
             "removed the --no-chunk-index mark of manifest %s: no manifest in the cache has "
             "that digest",
             digest.short,
         )
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _remove(cache: BlobCache, digest: Digest, published: bool) -> int:
