@@ -23,7 +23,7 @@ What is in use (kept; looked at again soon if no model names it: ``Collected.wai
   ``BlobCache.lock_blob`` is refused;
 - a digest with a scratch file of a process still running.
 
-And one more kind of leftover, no blob:
+And two more kinds of leftover, no blob:
 - a ``--no-chunk-index`` mark (``.modelfs/unindexed/``) no manifest has the digest of.
   ``BlobCache.unlink`` drops the marks with the last manifest of their digest, but a modelfs
   before that drop, a crash between the two, or ``ollama rm`` left marks nothing else
@@ -32,12 +32,19 @@ And one more kind of leftover, no blob:
   kept while that process runs (``unindexed``). A mark with no id (written by an older
   modelfs, whose writer cannot be known) is kept for ``UNKNOWN_WRITER_MARK_SECONDS`` after it
   was written.
+- a mark of a model the mount fetched (``.modelfs/lazy/<host>/<namespace>/<model>/<tag>``)
+  whose model has no manifest, complete or pending, any more: removed outside modelfs
+  (``ollama rm``, a manifest file deleted). A mount touches the mark just before it writes
+  the manifest (``completion``), so one touched less than ``LAZY_MARK_GRACE_SECONDS`` ago
+  stays, and one touched while it is being removed is put back: left, it would make the
+  model of that name pulled again by another program evictable.
 
 Fail closed: a manifest that does not parse keeps every digest in its bytes, one that cannot
 be read keeps everything (``References``); a lock that cannot be tried at all (a filesystem
 without record locks) keeps the partial. There is no age limit: whether a writer is still
 there is known exactly (its lock, its pid), and a partial its model still names is progress
-to resume, however old (only a mark without a pid has one: nothing else tells).
+to resume, however old (only a mark without a pid has one, and a lazy mark its grace:
+nothing else tells).
 
 Blocks on disk I/O: the daemon runs it in a worker thread, under the lock eviction and
 completion share.
@@ -49,14 +56,18 @@ import contextlib
 import logging
 import os
 import re
+import stat
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfs.blobs import unindexed
 from modelfs.blobs.sharing import unlink_locked
-from modelfs.errors import CacheError
+from modelfs.errors import CacheError, NameInvalid
 from modelfs.formats.digest import Digest
+from modelfs.formats.names import Name, from_parts
 from modelfs.pids import pid_alive
 
 if TYPE_CHECKING:
@@ -65,6 +76,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SCRATCH_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})\.(\d+)-\d+\.scratch$")
+# A mark of a model the mount fetched, touched this recently, stays though no manifest of the
+# model is there: the mount touches it just before writing the manifest (a write and fsync
+# away), and while it uses a model it touches the mark at most every 30 s.
+LAZY_MARK_GRACE_SECONDS = 600.0
+_LAZY_MARK_DEPTH = 4  # <host>/<namespace>/<model>/<tag>
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ def collect(
     ``published_here`` loses the digests that are gone or named again."""
     published_here = set() if published_here is None else published_here
     _sweep_unindexed_marks(cache)
+    _sweep_lazy_marks(cache)
     freed, live_scratch = _sweep_scratch(cache)
     partials = set(cache.partial_digests())
     candidates = partials | {d for d in published_here if cache.has_blob(d)}
@@ -183,6 +200,88 @@ def _sweep_unindexed_marks(cache: BlobCache) -> None:
             "that digest",
             digest.short,
         )
+
+
+def _sweep_lazy_marks(cache: BlobCache) -> None:
+    """Remove the marks of models the mount fetched whose model has no manifest any more,
+    untouched for ``LAZY_MARK_GRACE_SECONDS`` (the module docstring's rules)."""
+    now = time.time()
+    for path in _lazy_mark_paths(cache):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < LAZY_MARK_GRACE_SECONDS:
+            continue
+        try:
+            name = from_parts(*path.relative_to(cache.lazy_dir).parts)
+        except NameInvalid:
+            continue  # not a mark modelfs wrote: not its to remove
+        if _has_manifest(cache, name) is not False:
+            continue  # there, or a manifest directory that cannot be listed may hold it
+        # Taken aside before it is removed: a mount that touched it since it was judged above
+        # (just before writing the manifest) gets it back.
+        claim = cache.temp_path()
+        try:
+            os.rename(path, claim)
+        except OSError:
+            continue
+        try:
+            after = os.lstat(claim)
+        except OSError:
+            continue
+        if (after.st_ino, after.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
+            try:
+                os.link(claim, path)
+            except FileExistsError:
+                pass  # a new one there (touched after it was taken aside) is as recent
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.rename(claim, path)
+            with contextlib.suppress(OSError):
+                claim.unlink()
+            continue
+        with contextlib.suppress(OSError):
+            claim.unlink()
+        log.info(
+            "%s has no manifest in the cache any more (removed outside modelfs): removed its "
+            "mark of a model the mount fetched",
+            name,
+        )
+
+
+def _lazy_mark_paths(cache: BlobCache) -> list[Path]:
+    level = [cache.lazy_dir]
+    for _depth in range(_LAZY_MARK_DEPTH):
+        below: list[Path] = []
+        for d in level:
+            try:
+                below.extend(d / n for n in sorted(os.listdir(d)))
+            except OSError:
+                continue
+        level = below
+    return level
+
+
+def _has_manifest(cache: BlobCache, name: Name) -> bool | None:
+    """Whether ``name`` has a manifest, complete or pending (each part matched without
+    case); None when a directory on the way cannot be listed."""
+    for base in (cache.manifests_dir, cache.pending_dir):
+        level = [base]
+        for part in name.parts:
+            below: list[Path] = []
+            for d in level:
+                try:
+                    names = os.listdir(d)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError:
+                    return None
+                below.extend(d / n for n in names if n.lower() == part.lower())
+            level = below
+        if any(p.is_file() for p in level):
+            return True
+    return False
 
 
 def _remove(cache: BlobCache, digest: Digest, published: bool) -> int:
