@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfs.blobs import orphans
+from modelfs.blobs import orphans, unindexed
 from modelfs.blobs.sharing import lock_exclusive, unlink_locked
 from modelfs.errors import CacheError, CacheFull, DigestMismatch, ManifestInvalid, NameInvalid
 from modelfs.formats.chunks import DEFAULT_CHUNK_ALGORITHM, chunk_hash
@@ -200,10 +200,12 @@ class BlobCache:
         self.tmp_dir = self.state_dir / "tmp"
         # Chunk indexes of blobs verified whole here: a blob read again is lazy and verified.
         self.index_dir = self.state_dir / "indexes"
-        # One file (holding its writer's pid) per manifest digest of a folder model created with
-        # --no-chunk-index (commands/folderstore.py); it goes with the last manifest of that
+        # Marks of the manifests of folder models created with --no-chunk-index
+        # (commands/folderstore.py; ``unindexed``): they go with the last manifest of their
         # digest (``unlink``), or, left behind, by ``orphans.collect``.
         self.unindexed_dir = self.state_dir / "unindexed"
+        # The marks this BlobCache wrote whose manifest it has not written yet.
+        self._unindexed_owned: set[str] = set()
 
     def prepare(self) -> None:
         """Create the layout, make ``.modelfs/`` private (an existing cache too); clear temp
@@ -419,34 +421,35 @@ class BlobCache:
             return None
         return raw if len(raw) <= limit else None
 
-    # -- marks kept per manifest digest ----------------------------------------------------
+    # -- marks kept per manifest digest (``unindexed``) ---------------------------------------
 
     def unindexed_path(self, digest: Digest) -> Path:
+        """Where an older modelfs kept the mark of manifest ``digest`` (one file per digest)."""
         return self.unindexed_dir / digest.filename
 
     def write_unindexed_mark(self, digest: Digest) -> None:
         """Mark manifest ``digest`` as made without a chunk index, before the manifest is
-        written: the mark holds this process's id, so that while it runs a mark no manifest
-        has yet is known to be work in progress (``orphans.collect`` keeps it)."""
-        self.atomic_write(self.unindexed_path(digest), f"{os.getpid()}\n".encode())
+        written: a mark of its own, naming this process, this ``BlobCache``'s until it writes
+        the manifest (``write_manifest``); while this process runs nobody else removes it."""
+        unindexed.write(self, digest, self._unindexed_owned)
+
+    def has_unindexed_mark(self, digest: Digest) -> bool:
+        return unindexed.present(self, digest)
+
+    def clear_unindexed_marks(self, digest: Digest) -> None:
+        """Manifest ``digest`` was made again with a chunk index: remove its marks (but the
+        one of another writer still making it)."""
+        try:
+            unindexed.clear(self, digest, self._unindexed_owned)
+        except OSError as e:
+            raise os_error(e, f"creating {digest.short}") from None
 
     def drop_unindexed_mark(self, digest: Digest) -> None:
-        """Remove the ``--no-chunk-index`` mark of manifest ``digest`` unless a manifest of the
-        cache (complete or pending) still has that digest; one that cannot be read may.
-        Marks left behind (by a modelfs before this drop, or a crash between the two) go by
-        ``orphans.collect``."""
-        path = self.unindexed_path(digest)
-        if not path.exists():
-            return
-        held = self.manifest_digests()
-        if held is None or digest in held:
-            return
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.info("cannot remove the mark of manifest %s: %s", digest.short, e)
+        """Remove the ``--no-chunk-index`` marks of manifest ``digest`` unless a manifest of the
+        cache (complete or pending) still has that digest (one that cannot be read may) or
+        another writer is still at work on it; this ``BlobCache``'s own marks (a layout pushed
+        and kept under no name) go too. Marks left behind go by ``orphans.collect``."""
+        unindexed.remove_unheld(self, digest, self._unindexed_owned)
 
     def manifest_digests(self) -> frozenset[Digest] | None:
         """The digests of every manifest file of the cache (complete and pending); None when
@@ -581,6 +584,9 @@ class BlobCache:
 
     def write_manifest(self, name: Name, raw: bytes, *, pending: bool = False) -> None:
         self.atomic_write(self._target(name, pending), raw)
+        if self._unindexed_owned:
+            # The manifest landed: the marks written for it are its own now.
+            unindexed.settle(self, Digest.of_bytes(raw), self._unindexed_owned)
         if not pending:
             self.remove_manifest(name, pending=True)
 
@@ -713,7 +719,8 @@ class BlobCache:
         self.unmark_lazy(name)
         for raw in raws:
             if raw is not None:
-                self.drop_unindexed_mark(Digest.of_bytes(raw))
+                # Never a mark still being written with its manifest, this process's either.
+                unindexed.remove_unheld(self, Digest.of_bytes(raw))
         if loaded is None:
             return UnlinkResult((), 0)
         manifest, _complete = loaded

@@ -223,7 +223,8 @@ class Evictor:
         for _last_used, name in self.cache.lazy_models():
             loaded = self.cache.load_manifest(name)
             if loaded is None:
-                self.cache.unmark_lazy(name)
+                # Removed outside modelfs, or its manifest about to be written by a mount that
+                # just marked it: ``orphans.collect`` removes the mark once that is known.
                 continue
             if any(layer.digest in busy for layer in loaded[0].blobs):
                 continue

@@ -23,20 +23,28 @@ What is in use (kept; looked at again soon if no model names it: ``Collected.wai
   ``BlobCache.lock_blob`` is refused;
 - a digest with a scratch file of a process still running.
 
-And one more kind of leftover, no blob: a ``--no-chunk-index`` mark
-(``.modelfs/unindexed/<digest>``) no manifest has the digest of. ``BlobCache.unlink`` drops
-the mark with the last manifest of its digest, but a modelfs before that drop, or a crash
-between the two, left marks nothing else removes. A mark is written before its manifest (and
-a layout's lives while its push runs), so one no manifest has yet may be work in progress:
-it holds its writer's process id, and is kept while that process runs. A mark with no id
-(written by an older modelfs, whose writer cannot be known) is kept for
-``UNKNOWN_WRITER_MARK_SECONDS`` after it was written.
+And two more kinds of leftover, no blob:
+- a ``--no-chunk-index`` mark (``.modelfs/unindexed/``) no manifest has the digest of.
+  ``BlobCache.unlink`` drops the marks with the last manifest of their digest, but a modelfs
+  before that drop, a crash between the two, or ``ollama rm`` left marks nothing else
+  removes. A mark is written before its manifest (and a layout's lives while its push runs),
+  so one no manifest has yet may be work in progress: it names its writer's process, and is
+  kept while that process runs (``unindexed``). A mark with no id (written by an older
+  modelfs, whose writer cannot be known) is kept for ``UNKNOWN_WRITER_MARK_SECONDS`` after it
+  was written.
+- a mark of a model the mount fetched (``.modelfs/lazy/<host>/<namespace>/<model>/<tag>``)
+  whose model has no manifest, complete or pending, any more: removed outside modelfs
+  (``ollama rm``, a manifest file deleted). A mount touches the mark just before it writes
+  the manifest (``completion``), so one touched less than ``LAZY_MARK_GRACE_SECONDS`` ago
+  stays, and one touched while it is being removed is put back: left, it would make the
+  model of that name pulled again by another program evictable.
 
 Fail closed: a manifest that does not parse keeps every digest in its bytes, one that cannot
 be read keeps everything (``References``); a lock that cannot be tried at all (a filesystem
 without record locks) keeps the partial. There is no age limit: whether a writer is still
 there is known exactly (its lock, its pid), and a partial its model still names is progress
-to resume, however old (only a mark without a pid has one: nothing else tells).
+to resume, however old (only a mark without a pid has one, and a lazy mark its grace:
+nothing else tells).
 
 Blocks on disk I/O: the daemon runs it in a worker thread, under the lock eviction and
 completion share.
@@ -55,9 +63,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelfs.blobs import unindexed
 from modelfs.blobs.sharing import unlink_locked
-from modelfs.errors import CacheError
+from modelfs.errors import CacheError, NameInvalid
 from modelfs.formats.digest import Digest
+from modelfs.formats.names import Name, from_parts
 from modelfs.pids import pid_alive
 
 if TYPE_CHECKING:
@@ -66,11 +76,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SCRATCH_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})\.(\d+)-\d+\.scratch$")
-_MARK_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})")
-_MARK_PID_RE = re.compile(rb"([1-9]\d{0,9})\n?")
-# A mark an older modelfs wrote says nothing of its writer: kept this long after it was written,
-# longer than any create (the mark is written just before the manifest) or push of a layout.
-UNKNOWN_WRITER_MARK_SECONDS = 24 * 3600
+# A mark of a model the mount fetched, touched this recently, stays though no manifest of the
+# model is there: the mount touches it just before writing the manifest (a write and fsync
+# away), and while it uses a model it touches the mark at most every 30 s.
+LAZY_MARK_GRACE_SECONDS = 600.0
+_LAZY_MARK_DEPTH = 4  # <host>/<namespace>/<model>/<tag>
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ def collect(
     ``published_here`` loses the digests that are gone or named again."""
     published_here = set() if published_here is None else published_here
     _sweep_unindexed_marks(cache)
+    _sweep_lazy_marks(cache)
     freed, live_scratch = _sweep_scratch(cache)
     partials = set(cache.partial_digests())
     candidates = partials | {d for d in published_here if cache.has_blob(d)}
@@ -183,68 +194,7 @@ def _sweep_scratch(cache: BlobCache) -> tuple[int, set[Digest]]:
 def _sweep_unindexed_marks(cache: BlobCache) -> None:
     """Remove the ``--no-chunk-index`` marks no manifest has the digest of, whose writer is
     gone (the module docstring's rules)."""
-    try:
-        names = os.listdir(cache.unindexed_dir)
-    except OSError:
-        return  # none (or none to know of: kept)
-    stale: list[tuple[Digest, Path, tuple[int, int]]] = []
-    now = time.time()
-    for n in names:
-        m = _MARK_NAME_RE.fullmatch(n)
-        if m is None:
-            continue
-        path = cache.unindexed_dir / n
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            body = os.read(fd, 32) if stat.S_ISREG(st.st_mode) else None
-        except OSError:
-            body = None
-        finally:
-            os.close(fd)
-        if body is None:
-            continue
-        pid = _MARK_PID_RE.fullmatch(body)
-        if pid is not None and int(pid.group(1)) < 1 << 31:
-            if pid_alive(int(pid.group(1))):
-                continue  # its create or push runs: its manifest may be still to come
-        elif now - st.st_mtime < UNKNOWN_WRITER_MARK_SECONDS:
-            continue
-        stale.append((Digest(m.group(1)), path, (st.st_dev, st.st_ino)))
-    if not stale:
-        return
-    # Read after the marks: a manifest written since was written after its mark, whose new
-    # file the check below tells from the one read here.
-    held = cache.manifest_digests()
-    if held is None:
-        return  # a manifest that cannot be read may have any digest
-    for digest, path, seen in stale:
-        if digest in held:
-            continue
-        # Taken aside before it is removed: a create or push that wrote the mark again since
-        # it was read above replaced the file, and gets its own back.
-        claim = cache.temp_path()
-        try:
-            os.rename(path, claim)
-        except OSError:
-            continue
-        same = _file_id(claim) == seen
-        if not same:
-            try:
-                os.link(claim, path)
-            except FileExistsError:
-                pass  # written again once more: that one stays
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.rename(claim, path)
-                continue
-        with contextlib.suppress(OSError):
-            claim.unlink()
-        if not same:
-            continue
+    for digest in unindexed.remove_unheld(cache):
         log.info(
             "removed the --no-chunk-index mark of manifest %s: no manifest in the cache has "
             "that digest",
@@ -252,12 +202,86 @@ def _sweep_unindexed_marks(cache: BlobCache) -> None:
         )
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+def _sweep_lazy_marks(cache: BlobCache) -> None:
+    """Remove the marks of models the mount fetched whose model has no manifest any more,
+    untouched for ``LAZY_MARK_GRACE_SECONDS`` (the module docstring's rules)."""
+    now = time.time()
+    for path in _lazy_mark_paths(cache):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < LAZY_MARK_GRACE_SECONDS:
+            continue
+        try:
+            name = from_parts(*path.relative_to(cache.lazy_dir).parts)
+        except NameInvalid:
+            continue  # not a mark modelfs wrote: not its to remove
+        if _has_manifest(cache, name) is not False:
+            continue  # there, or a manifest directory that cannot be listed may hold it
+        # Taken aside before it is removed: a mount that touched it since it was judged above
+        # (just before writing the manifest) gets it back.
+        claim = cache.temp_path()
+        try:
+            os.rename(path, claim)
+        except OSError:
+            continue
+        try:
+            after = os.lstat(claim)
+        except OSError:
+            continue
+        if (after.st_ino, after.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
+            try:
+                os.link(claim, path)
+            except FileExistsError:
+                pass  # a new one there (touched after it was taken aside) is as recent
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.rename(claim, path)
+            with contextlib.suppress(OSError):
+                claim.unlink()
+            continue
+        with contextlib.suppress(OSError):
+            claim.unlink()
+        log.info(
+            "%s has no manifest in the cache any more (removed outside modelfs): removed its "
+            "mark of a model the mount fetched",
+            name,
+        )
+
+
+def _lazy_mark_paths(cache: BlobCache) -> list[Path]:
+    level = [cache.lazy_dir]
+    for _depth in range(_LAZY_MARK_DEPTH):
+        below: list[Path] = []
+        for d in level:
+            try:
+                below.extend(d / n for n in sorted(os.listdir(d)))
+            except OSError:
+                continue
+        level = below
+    return level
+
+
+def _has_manifest(cache: BlobCache, name: Name) -> bool | None:
+    """Whether ``name`` has a manifest, complete or pending (each part matched without
+    case); None when a directory on the way cannot be listed."""
+    for base in (cache.manifests_dir, cache.pending_dir):
+        level = [base]
+        for part in name.parts:
+            below: list[Path] = []
+            for d in level:
+                try:
+                    names = os.listdir(d)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError:
+                    return None
+                below.extend(d / n for n in names if n.lower() == part.lower())
+            level = below
+        if any(p.is_file() for p in level):
+            return True
+    return False
 
 
 def _remove(cache: BlobCache, digest: Digest, published: bool) -> int:

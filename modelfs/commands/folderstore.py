@@ -456,26 +456,18 @@ def create_from_folder(
 # process runs, a mark no manifest has yet is work in progress.
 
 
-def _unindexed_path(cache: BlobCache, digest: Digest) -> Path:
-    return cache.unindexed_path(digest)
-
-
 def mark_unindexed(cache: BlobCache, digest: Digest, unindexed: bool = True) -> None:
     """Whether the folder model of manifest ``digest`` was created with ``--no-chunk-index``:
     push then publishes no chunk index beside it (nor beside its other layouts). The same
     folder created again within the second has the same manifest, hence the ``False``."""
-    path = _unindexed_path(cache, digest)
     if unindexed:
         cache.write_unindexed_mark(digest)
-    elif path.exists():
-        try:
-            path.unlink()
-        except OSError as e:
-            raise os_error(e, f"creating {digest.short}") from None
+    else:
+        cache.clear_unindexed_marks(digest)
 
 
 def is_unindexed(cache: BlobCache, digest: Digest) -> bool:
-    return _unindexed_path(cache, digest).exists()
+    return cache.has_unindexed_mark(digest)
 
 
 # -- push --format of a cached folder model --------------------------------------------------

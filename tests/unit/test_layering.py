@@ -87,6 +87,7 @@ RANK = {
     "blobs.completion": 11,
     "blobs.eviction": 9,
     "blobs.orphans": 4,
+    "blobs.unindexed": 4,
     "fs.resolver": 6,
     "fs.modeltree": 5,
     "fs.access": 5,

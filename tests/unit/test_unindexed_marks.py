@@ -17,7 +17,8 @@ import trio
 from modelfs.blobs import blobcache
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.blobs.eviction import CacheBounds, Evictor
-from modelfs.blobs.orphans import UNKNOWN_WRITER_MARK_SECONDS, collect
+from modelfs.blobs.orphans import collect
+from modelfs.blobs.unindexed import UNKNOWN_WRITER_MARK_SECONDS
 from modelfs.commands.folderstore import is_unindexed, mark_unindexed
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import parse_name
@@ -56,6 +57,11 @@ def folder_model(cache: BlobCache, *names, seed: bytes = b"weights") -> Digest:
     return digest
 
 
+def marked(cache: BlobCache) -> list[str]:
+    """The file names of what ``unindexed/`` holds, a mark's as its digest's (``sha256-<hex>``)."""
+    return sorted(p.name.split(".")[0] for p in cache.unindexed_dir.iterdir())
+
+
 def test_rm_drops_the_mark_with_the_last_manifest_of_its_digest(tmp_path: Path) -> None:
     cache = BlobCache(tmp_path / "cache")
     cache.prepare()
@@ -71,7 +77,7 @@ def test_rm_drops_the_mark_with_the_last_manifest_of_its_digest(tmp_path: Path) 
     cache.unlink(THIRD)
     assert not is_unindexed(cache, digest), "the mark outlived every manifest of its digest"
     assert is_unindexed(cache, other), "the mark of another model was removed"
-    assert [p.name for p in cache.unindexed_dir.iterdir()] == [other.filename]
+    assert marked(cache) == [other.filename]
 
 
 def test_eviction_drops_the_mark_of_the_model_it_removes(tmp_path: Path) -> None:
@@ -128,9 +134,7 @@ def test_collect_removes_marks_no_manifest_has_whose_writer_is_gone(tmp_path: Pa
     assert not is_unindexed(cache, older), "a day-old mark of an older modelfs was never removed"
     assert is_unindexed(cache, kept), "collect removed the mark of a model still in the cache"
     assert other_file.exists(), "collect removed a file that is not a mark"
-    assert sorted(p.name for p in cache.unindexed_dir.iterdir()) == sorted(
-        [kept.filename, "not-a-mark"]
-    )
+    assert marked(cache) == sorted([kept.filename, kept.filename, "not-a-mark"])
     assert list(cache.tmp_dir.iterdir()) == [], "a mark taken aside was left in tmp/"
 
 
@@ -180,11 +184,12 @@ def test_a_manifest_that_cannot_be_read_keeps_every_mark(
     assert not is_unindexed(cache, stale), "the mark stayed once every manifest could be read"
 
 
-def test_a_mark_written_again_while_collect_reads_the_manifests_stays(
+def test_an_older_modelfs_mark_written_again_while_collect_reads_the_manifests_stays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A create of the same digest writes its mark (then its manifest) after collect read the
-    old one: the new mark is not the one collect found stale."""
+    """An older modelfs's create of the same digest writes its mark again, in place (then its
+    manifest), after collect read the old one: the new mark is not the one collect found
+    stale."""
     cache = BlobCache(tmp_path / "cache")
     cache.prepare()
     digest = left_mark(cache, b"created again", f"{gone_pid()}\n".encode())
@@ -192,7 +197,8 @@ def test_a_mark_written_again_while_collect_reads_the_manifests_stays(
 
     def create_lands_meanwhile() -> frozenset[Digest] | None:
         held = read_manifests()
-        cache.write_unindexed_mark(digest)  # the create's mark, its manifest still to come
+        # The older create's mark, its manifest still to come.
+        cache.atomic_write(cache.unindexed_path(digest), f"{os.getpid()}\n".encode())
         return held
 
     monkeypatch.setattr(cache, "manifest_digests", create_lands_meanwhile)
@@ -200,3 +206,85 @@ def test_a_mark_written_again_while_collect_reads_the_manifests_stays(
     assert is_unindexed(cache, digest), "removed the mark a create had just written"
     assert cache.unindexed_path(digest).read_bytes() == f"{os.getpid()}\n".encode()
     assert list(cache.tmp_dir.iterdir()) == []
+
+
+# -- a create of the same manifest while rm removes it -----------------------------------------
+
+
+@pytest.mark.parametrize("when", ["before the drop looks", "while the drop reads the manifests"])
+def test_rm_keeps_the_mark_a_concurrent_create_of_the_same_manifest_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """rm of a folder model and a create (another process, or another task) of the same
+    manifest under another name: the create writes its mark, then its manifest. rm, which
+    found no manifest of that digest left, removed the mark the create had just written: the
+    new model then lost its --no-chunk-index mark (push would publish a chunk index beside
+    it). A mark goes only by its owner, or once its writer is gone or its manifest landed."""
+    remover = BlobCache(tmp_path / "cache")
+    remover.prepare()
+    creator = BlobCache(tmp_path / "cache")
+    digest = folder_model(remover, FIRST)
+    raw = remover.read_manifest(FIRST)
+    assert raw is not None
+
+    def create_writes_its_mark() -> None:
+        mark_unindexed(creator, digest)  # the create's mark; its manifest comes after rm
+
+    if when == "before the drop looks":
+        # The manifest of FIRST is gone, its mark not dropped yet.
+        unmark = remover.unmark_lazy
+
+        def unmark_then_create(name):
+            unmark(name)
+            create_writes_its_mark()
+
+        monkeypatch.setattr(remover, "unmark_lazy", unmark_then_create)
+    else:
+        read_manifests = remover.manifest_digests
+
+        def create_meanwhile() -> frozenset[Digest] | None:
+            held = read_manifests()
+            create_writes_its_mark()
+            return held
+
+        monkeypatch.setattr(remover, "manifest_digests", create_meanwhile)
+    remover.unlink(FIRST)
+    monkeypatch.undo()
+
+    assert is_unindexed(creator, digest), "rm removed the mark of a create of the same manifest"
+    creator.write_manifest(SECOND, raw)  # the create's manifest lands
+    collect(remover)
+    assert is_unindexed(remover, digest), "collect removed the mark of a model in the cache"
+    assert marked(remover) == [digest.filename], "the removed model's own mark stayed"
+    remover.unlink(SECOND)
+    assert not is_unindexed(remover, digest), "the mark outlived the create's model"
+    assert marked(remover) == []
+
+
+def test_a_mark_being_written_goes_only_by_its_owner_while_its_writer_runs(
+    tmp_path: Path,
+) -> None:
+    """A mark whose manifest is still to come (a push's layout, kept under no name, while the
+    push runs) stays through rm, collect and the drop of another BlobCache of the same process;
+    its own BlobCache's drop removes it."""
+    cache = BlobCache(tmp_path / "cache")
+    cache.prepare()
+    pushing = BlobCache(tmp_path / "cache")
+    layout = Digest.of_bytes(b"a layout being pushed")
+    mark_unindexed(pushing, layout)
+    collect(cache)
+    cache.drop_unindexed_mark(layout)
+    assert is_unindexed(cache, layout), "removed a mark its writer, still running, owns"
+    pushing.drop_unindexed_mark(layout)  # the push ends, the layout kept under no name
+    assert not is_unindexed(cache, layout), "the push left the mark of its layout behind"
+
+
+def test_a_mark_whose_writer_died_before_its_manifest_goes(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache")
+    cache.prepare()
+    digest = Digest.of_bytes(b"a create killed before its manifest")
+    dead = cache.unindexed_dir / f"{digest.filename}.{'ab' * 8}.{gone_pid()}"
+    cache.atomic_write(dead, b"")
+    assert is_unindexed(cache, digest)
+    collect(cache)
+    assert not is_unindexed(cache, digest), "the mark of a create killed before its manifest"
