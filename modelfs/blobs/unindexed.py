@@ -34,15 +34,25 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from modelfs.formats.digest import Digest
 from modelfs.pids import pid_alive
 
-if TYPE_CHECKING:
-    from modelfs.blobs.blobcache import BlobCache
-
 log = logging.getLogger(__name__)
+
+
+class MarkCache(Protocol):
+    """What the marks need of the cache they are kept in (``BlobCache``)."""
+
+    unindexed_dir: Path
+
+    def temp_path(self) -> Path: ...
+
+    def atomic_write(self, target: Path, data: bytes, mode: int = 0o644) -> None: ...
+
+    def manifest_digests(self) -> frozenset[Digest] | None: ...
+
 
 _MARK_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})(?:\.([0-9a-f]{16})(?:\.([1-9]\d{0,9}))?)?")
 _LEGACY_PID_RE = re.compile(rb"([1-9]\d{0,9})\n?")
@@ -75,7 +85,7 @@ def parse(name: str, directory: Path) -> Mark | None:
     return Mark(digest, directory / name, int(pid) if pid else None, token is not None and not pid)
 
 
-def listed(cache: BlobCache, only: Digest | None = None) -> list[Mark]:
+def listed(cache: MarkCache, only: Digest | None = None) -> list[Mark]:
     """The marks in ``unindexed/`` (of ``only``, if given)."""
     try:
         names = os.listdir(cache.unindexed_dir)
@@ -87,14 +97,14 @@ def listed(cache: BlobCache, only: Digest | None = None) -> list[Mark]:
     return [m for m in marks if m is not None and (only is None or m.digest == only)]
 
 
-def write(cache: BlobCache, digest: Digest, owned: set[str]) -> None:
+def write(cache: MarkCache, digest: Digest, owned: set[str]) -> None:
     """A mark of manifest ``digest`` written by this process, before the manifest."""
     name = f"{digest.filename}.{secrets.token_hex(8)}.{os.getpid()}"
     cache.atomic_write(cache.unindexed_dir / name, f"{os.getpid()}\n".encode())
     owned.add(name)
 
 
-def settle(cache: BlobCache, digest: Digest, owned: set[str]) -> None:
+def settle(cache: MarkCache, digest: Digest, owned: set[str]) -> None:
     """The manifest of ``digest`` was written: the marks this ``BlobCache`` wrote for it are
     the manifest's now."""
     mine = [n for n in tuple(owned) if n.startswith(digest.filename + ".")]
@@ -114,7 +124,7 @@ def settle(cache: BlobCache, digest: Digest, owned: set[str]) -> None:
                 os.close(fd)
 
 
-def present(cache: BlobCache, digest: Digest) -> bool:
+def present(cache: MarkCache, digest: Digest) -> bool:
     return bool(listed(cache, digest))
 
 
@@ -149,7 +159,7 @@ def _removable(mark: Mark, owned: Collection[str], now: float | None) -> tuple[i
 
 
 def remove_unheld(
-    cache: BlobCache, only: Digest | None = None, owned: set[str] | None = None
+    cache: MarkCache, only: Digest | None = None, owned: set[str] | None = None
 ) -> list[Digest]:
     """Remove the marks no manifest of the cache has the digest of (of ``only``, if given),
     except those whose writer may still be at work; the digests whose marks went.
@@ -186,7 +196,7 @@ def remove_unheld(
     return sorted(gone, key=str)
 
 
-def _remove_legacy(cache: BlobCache, mark: Mark, seen: tuple[int, int]) -> bool:
+def _remove_legacy(cache: MarkCache, mark: Mark, seen: tuple[int, int]) -> bool:
     """Remove an older modelfs's mark if it is still the file judged stale. Taken aside first:
     an older modelfs that wrote the mark again since it was read replaced the file, and gets
     its own back."""
@@ -210,7 +220,7 @@ def _remove_legacy(cache: BlobCache, mark: Mark, seen: tuple[int, int]) -> bool:
     return same
 
 
-def clear(cache: BlobCache, digest: Digest, owned: set[str]) -> None:
+def clear(cache: MarkCache, digest: Digest, owned: set[str]) -> None:
     """Manifest ``digest`` was created again with a chunk index: no mark says otherwise. The
     mark of another writer still creating it stays (its manifest, the same, comes after)."""
     for mark in listed(cache, digest):
