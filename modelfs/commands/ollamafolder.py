@@ -20,7 +20,7 @@ from modelfs.blobs.blobcache import BlobCache, os_error
 from modelfs.errors import CacheError, InputInvalid, ManifestInvalid, UsageError
 from modelfs.formats import artifacts as a
 from modelfs.formats import folderpack as fp
-from modelfs.formats.files import BlobBytes, ModelTree, Needs, files_of
+from modelfs.formats.files import DRAFT_DIR, BlobBytes, ModelTree, Needs, files_of
 from modelfs.formats.manifest import (
     MEDIA_TYPE_CHUNK_INDEX,
     MEDIA_TYPE_LICENSE,
@@ -74,6 +74,16 @@ def _json(data: bytes, what: str) -> object:
         raise ManifestInvalid(f"{what} is not JSON") from None
 
 
+def _no_draft(where: str, fmt: str, what: str) -> str:
+    """The one line refusing a draft model (the mount's ``draft/`` folder: formats/files.py
+    ``has_draft``): Docker Model Runner names a draft as a model of its own (``docker model
+    configure --speculative-draft-model``), ModelPack has none."""
+    return (
+        f"{where}: {what} is a draft model's: a {fmt} model has no place for a draft model "
+        f"(push the {DRAFT_DIR}/ folder as a model of its own)"
+    )
+
+
 def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) -> fp.ModelfileExtras:
     """What the Ollama model's Modelfile layers and config mean for ``fmt`` (``docker`` or
     ``cncf``), or a one-line refusal naming what ``fmt`` has no place for."""
@@ -81,19 +91,16 @@ def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) ->
     for layer in manifest.layers:
         t = layer.media_type
         if t in (a.OLLAMA_TENSOR, a.OLLAMA_JSON, MEDIA_TYPE_CHUNK_INDEX) or t in _MODELFILE_LAYERS:
-            # A draft model's files are named draft/<file>, its tensors draft.<tensor>.
-            if (t == a.OLLAMA_JSON and "/" in (layer.name or "")) or (
-                t == a.OLLAMA_TENSOR and (layer.name or "").startswith("draft.")
-            ):
-                raise UsageError(
-                    f"{where}: {layer.name} is a draft model's: a {fmt} model has no "
-                    "place for a draft model"
-                )
+            # Ollama keeps only a draft model's files in a folder (draft/<file>).
+            if t == a.OLLAMA_JSON and "/" in (layer.name or ""):
+                raise UsageError(_no_draft(where, fmt, layer.name or ""))
             continue
         raise UsageError(f"{where}: its {t} layer has no place in a {fmt} model")
     config = _json(_whole(cache, manifest.config, f"{where}: the config"), f"{where}: the config")
     if not isinstance(config, dict):
         raise ManifestInvalid(f"{where}: its config is not an Ollama config")
+    if config.get("draft") is not None:  # ConfigV2.Draft, as ollama create writes it
+        raise UsageError(_no_draft(where, fmt, "its config's draft"))
     if config.get("file_type"):
         raise UsageError(
             f"{where}: its tensors are quantized ({config['file_type']}) for Ollama's MLX "
