@@ -610,7 +610,7 @@ def _modelfile_context(
         said = json.loads(raw)["config"].get("context_size")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ManifestInvalid(f"{name}: its config is not a Docker model config") from None
-    if not isinstance(said, int) or isinstance(said, bool) or said <= 0:
+    if not fp.is_context_size(said):
         return None
     return None if said == folder_facts(sources).context_size else said
 
@@ -625,17 +625,17 @@ def _carried(
 ) -> fp.ModelfileExtras:
     """What a Modelfile added to a cached Docker or ModelPack model that is not a file of it
     (a Docker ``context_size`` of its own) as a line of ``fmt``, where ``fmt`` has a place
-    for it (Ollama's params layer); a warning naming it where ``fmt`` has none. License
-    files need nothing here: they stay files, or become Ollama's license layers (``_ollama``)."""
+    for it (Ollama's params layer); a warning naming it where ``fmt`` has none
+    (``folderpack.carried_context``, the rule an Ollama model's ``num_ctx`` follows too).
+    License files need nothing here: they stay files, or become Ollama's license layers
+    (``_ollama``)."""
     context = _modelfile_context(cache, manifest, sources, name) if have == fp.DOCKER else None
+    if context is not None:
+        said = "the Docker config's context_size"
+        context, warning = fp.carried_context(fmt, context, str(name), said)
+        if warning is not None:
+            log.warning("%s", warning)
     if fmt != fp.OLLAMA:
-        if context is not None and fmt == fp.CNCF:
-            log.warning(
-                "%s: ModelPack has no context size: num_ctx %d (the Docker config's "
-                "context_size) left out",
-                name,
-                context,
-            )
         return fp.ModelfileExtras(where=str(name))
     params = None
     if context is not None:

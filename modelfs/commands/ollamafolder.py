@@ -6,15 +6,18 @@ and the Modelfile layers (docs/formats.md). The folder they come back as is the 
 shows (formats/files.py ``files_of``): ``model.safetensors`` (or shards and their index)
 assembled from the tensor blobs, and the JSON files. What the Modelfile layers and the config
 said goes where the target format has a place for it (``folderpack.modelfile_extras``): each
-license a license file, ``num_ctx`` Docker's ``context_size``; anything else (a template, a
-system prompt, other parameters, messages, a renderer or parser, quantized tensors, a draft
-model, a projector or adapter) is refused in one line naming it, so nothing is dropped.
+license a license file, ``num_ctx`` Docker's ``context_size`` (in ModelPack, which has no
+field for it, left out with one warning: ``folderpack.carried_context``, the rule a Docker
+model's ``context_size`` follows too); anything else (a template, a system prompt, other
+parameters, messages, a renderer or parser, quantized tensors, a draft model, a projector or
+adapter) is refused in one line naming it, so nothing is dropped unsaid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 from modelfs.blobs.blobcache import BlobCache, os_error
 from modelfs.errors import CacheError, InputInvalid, ManifestInvalid, UsageError
@@ -33,6 +36,8 @@ from modelfs.formats.manifest import (
 )
 from modelfs.formats.modelfile import Modelfile
 from modelfs.formats.names import Name
+
+log = logging.getLogger(__name__)
 
 # A Modelfile layer is read whole to carry it; a bigger one is not a Modelfile's.
 MAX_MODELFILE_LAYER_BYTES = 1 << 20
@@ -119,6 +124,9 @@ def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) ->
     params = _json(texts.get(MEDIA_TYPE_PARAMS, b"{}"), f"{where}: its params")
     if not isinstance(params, dict):
         raise ManifestInvalid(f"{where}: its params are not a JSON object")
+    context = params.pop("num_ctx", None)
+    if context is not None and not fp.is_context_size(context):
+        raise ManifestInvalid(f"{where}: its params' num_ctx {context!r} is not a context size")
     messages = _json(texts.get(MEDIA_TYPE_MESSAGES, b"[]"), f"{where}: its messages")
 
     def text(media_type: str) -> str | None:
@@ -143,7 +151,12 @@ def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) ->
         parser=name_of("parser"),
     )
     extras = fp.modelfile_extras(mf, fmt, where)
-    return dataclasses.replace(extras, licenses=tuple(licenses))
+    kept = None
+    if context is not None:
+        kept, warning = fp.carried_context(fmt, context, where, "the Ollama params' num_ctx")
+        if warning is not None:
+            log.warning("%s", warning)
+    return dataclasses.replace(extras, licenses=tuple(licenses), context_size=kept)
 
 
 def ollama_tree(cache: BlobCache, name: Name, manifest: Manifest) -> ModelTree:

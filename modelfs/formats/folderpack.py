@@ -423,10 +423,36 @@ def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
                 f"{where}: {what} cannot go into {_FORMAT_NAMES[fmt]}: "
                 f"{_NO_PLACE[fmt, word]}; --format ollama keeps it"
             )
-    if context is not None and not 0 < int(context) < 1 << 31:  # type: ignore[call-overload]
+    if context is not None and not is_context_size(context):
         raise ModelfileInvalid(f"{where}: PARAMETER num_ctx {context} is not a context size")
     return ModelfileExtras(
         licenses=tuple(text.encode() for text in mf.licenses),
-        context_size=int(context) if context is not None else None,  # type: ignore[call-overload]
+        context_size=context,  # type: ignore[arg-type]
         where=where,
     )
+
+
+# -- a context size a model carries, laid out as another format --------------------------------
+
+
+def is_context_size(value: object) -> bool:
+    """A whole number of tokens Docker's ``context_size`` (an int32) can hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31
+
+
+def carried_context(fmt: str, context: int, where: str, said: str) -> tuple[int | None, str | None]:
+    """One rule for a context size a model already carries (a Docker config's
+    ``context_size``, ``said`` so; an Ollama model's ``num_ctx``) when ``push --format``
+    lays it out as ``fmt``: (what ``fmt`` keeps, the warning to log).
+
+    ``docker`` keeps it as ``context_size``, ``ollama`` as ``num_ctx``; ModelPack has no
+    field for it, so it is left out with one warning, as Docker Model Runner's own
+    conversion of a model to ``--format cncf`` leaves ``context_size`` out (builder.go
+    ``convertToCNCF`` → modelpack/convert.go ``DockerConfigToModelPack``): it is a runtime
+    default, not the weights, and both runtimes take it at run time (``docker model
+    configure --context-size``, Ollama's ``num_ctx`` option). A context size asked for in the
+    same command (a Modelfile's ``PARAMETER num_ctx`` with ``--format cncf``) is refused
+    instead (``modelfile_extras``), as DMR refuses ``--context-size`` with ``--format cncf``."""
+    if fmt == CNCF:
+        return None, f"{where}: ModelPack has no context size: num_ctx {context} ({said}) left out"
+    return context, None

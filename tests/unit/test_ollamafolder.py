@@ -91,3 +91,15 @@ def test_draft_named_tensors_of_a_model_without_a_draft_are_its_own(tmp_path, fm
     cache = new_cache(tmp_path)
     manifest = cached_model(cache, [TENSOR, CONFIG, (a.OLLAMA_TENSOR, "draft.a.weight", b"t")])
     assert ollama_extras(cache, NAME, manifest, fmt).licenses == ()
+
+
+@pytest.mark.parametrize("value", ['"big"', "0", "true", "4294967296"])
+def test_a_num_ctx_that_is_no_context_size_is_refused(tmp_path, value) -> None:
+    from modelfs.errors import ManifestInvalid
+    from modelfs.formats.manifest import MEDIA_TYPE_PARAMS
+
+    cache = new_cache(tmp_path)
+    params = (MEDIA_TYPE_PARAMS, "", f'{{"num_ctx":{value}}}'.encode())
+    manifest = cached_model(cache, [TENSOR, CONFIG, params])
+    with pytest.raises(ManifestInvalid, match=r"num_ctx .* is not a context size"):
+        ollama_extras(cache, NAME, manifest, "docker")
