@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 
 from modelfs.formats import artifacts as a
 from modelfs.formats.dockermodel import parameters_text
+from modelfs.formats.files import DRAFT_CONFIG, DRAFT_DIR, DRAFT_TENSOR_PREFIX
 from modelfs.formats.gofmt import go_json, go_time
 from modelfs.formats.manifest import MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Layer
 from modelfs.formats.modelfile import Modelfile, ModelfileInvalid
@@ -240,9 +241,35 @@ def ollama_tensor_file(path: str) -> bool:
     return path.endswith(".safetensors") and path.count("/") <= 1
 
 
-def ollama_json_file(path: str) -> bool:
-    """A file ``ollama create --experimental`` keeps as an ``image.json`` layer."""
+def ollama_json_file(path: str, draft: bool = False) -> bool:
+    """A file ``ollama create --experimental`` keeps as an ``image.json`` layer: a top-level
+    ``*.json`` but the shard index; with ``draft``, the draft folder's too (``draft/<file>``)."""
+    if draft and path.startswith(DRAFT_DIR + "/"):
+        path = path.removeprefix(DRAFT_DIR + "/")
     return "/" not in path and path.endswith(".json") and path != INDEX_FILENAME
+
+
+def draft_config(config_json: bytes) -> dict[str, str]:
+    """The config's ``draft`` for a draft folder whose config.json is ``config_json``, as
+    ``ollama create`` writes it (x/create/client/create.go ``draftMetadata``); ``ValueError``
+    if it names no architecture (Ollama refuses such a draft too)."""
+    try:
+        doc = json.loads(config_json)
+    except ValueError:
+        doc = None
+    doc = doc if isinstance(doc, dict) else {}
+    archs = doc.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
+    if not arch and isinstance(doc.get("model_type"), str):
+        arch = doc["model_type"]
+    if not arch:
+        raise ValueError(f"draft architecture not found in {DRAFT_CONFIG}")
+    return {
+        "model_format": "safetensors",
+        "architecture": arch,
+        "tensor_prefix": DRAFT_TENSOR_PREFIX,
+        "config": DRAFT_CONFIG,
+    }
 
 
 def one_tensor_prefix(tensor: TensorInfo) -> bytes:
@@ -270,10 +297,15 @@ def json_layer(layer: Layer, path: str) -> Layer:
     return Layer(layer.digest, a.OLLAMA_JSON, layer.size, name=path)
 
 
-def ollama_config(facts: FolderFacts, names: tuple[tuple[str, str], ...] = ()) -> bytes:
+def ollama_config(
+    facts: FolderFacts,
+    names: tuple[tuple[str, str], ...] = (),
+    draft: dict[str, str] | None = None,
+) -> bytes:
     """ConfigV2 as ``x/create`` writes it for an unquantized safetensors model; ``names``:
     the Modelfile's ``parser`` and ``renderer`` (``resolveParserName``,
-    ``resolveRendererName``), after ``requires``."""
+    ``resolveRendererName``), after ``requires``; ``draft`` (``draft_config``) before
+    ``architecture``, as ConfigV2 orders them."""
     doc: dict[str, object] = {
         "model_format": "safetensors",
         "file_type": "",
@@ -281,6 +313,8 @@ def ollama_config(facts: FolderFacts, names: tuple[tuple[str, str], ...] = ()) -
         "requires": OLLAMA_TENSOR_REQUIRES,
     }
     doc.update(names)
+    if draft is not None:
+        doc["draft"] = draft
     doc.update({"architecture": "", "os": ""})
     return json.dumps(doc, separators=(",", ":")).encode()
 
