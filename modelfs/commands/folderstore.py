@@ -40,7 +40,15 @@ from modelfs.formats.chunks import (
 )
 from modelfs.formats.digest import Digest
 from modelfs.formats.dockermodel import architecture_text, context_size, quantization_text
-from modelfs.formats.files import SIDE_DIR, Generated, ModelTree, files_of
+from modelfs.formats.files import (
+    DRAFT_CONFIG,
+    DRAFT_DIR,
+    DRAFT_TENSOR_PREFIX,
+    SIDE_DIR,
+    Generated,
+    ModelTree,
+    files_of,
+)
 from modelfs.formats.gguf import read_gguf_file
 from modelfs.formats.manifest import (
     MEDIA_TYPE_LICENSE,
@@ -358,28 +366,49 @@ def _ollama(
         raise UsageError(
             "Ollama's tensor format holds safetensors weights; create a GGUF model with --gguf"
         )
-    tensors: dict[str, tuple[Source, int, TensorInfo]] = {}
+    # A draft/ folder with its config.json (what the mount shows of an Ollama draft model:
+    # formats/files.py ``has_draft``) is the model's draft, laid out as ``ollama create``
+    # lays out a DRAFT: its tensors ``draft.<tensor>``, its JSON files ``draft/<file>``,
+    # after the model's own layers (x/create/draft.go ``CreateDraftLayers``), and the
+    # config's ``draft``.
+    draft_config = next((s for s in sources if s.file.path == DRAFT_CONFIG), None)
+
+    def is_drafts(path: str) -> bool:
+        return draft_config is not None and path.startswith(DRAFT_DIR + "/")
+
+    tensors: dict[bool, dict[str, tuple[Source, int, TensorInfo]]] = {False: {}, True: {}}
     for source in sources:
         if not fp.ollama_tensor_file(source.file.path):
             continue
+        drafts = is_drafts(source.file.path)
         header = _safetensors_header(source)
         for t in header.tensors:
-            if t.name in tensors:
+            name = DRAFT_TENSOR_PREFIX + t.name if drafts else t.name
+            if name in tensors[drafts]:
                 raise InputInvalid(
-                    f"tensor {t.name!r} is in both {tensors[t.name][0].file.path} and "
+                    f"tensor {t.name!r} is in both {tensors[drafts][name][0].file.path} and "
                     f"{source.file.path}: Ollama's format names each tensor once"
                 )
-            tensors[t.name] = (source, header.data_start, t)
+            tensors[drafts][name] = (source, header.data_start, dataclasses.replace(t, name=name))
+    kept = {
+        s.file.path for s in sources if fp.ollama_json_file(s.file.path, draft_config is not None)
+    }
     layers: list[Layer] = []
-    for name in sorted(tensors):
-        source, data_start, t = tensors[name]
-        prefix = fp.one_tensor_prefix(t)
-        blob = store.pieces(prefix, source.where, data_start + t.begin, t.nbytes)
-        layers.append(fp.tensor_layer(blob, name))
-    kept = {s.file.path for s in sources if fp.ollama_json_file(s.file.path)}
-    for source in sources:
-        if source.file.path in kept:
-            layers.append(fp.json_layer(store.file(source), source.file.path))
+    for drafts in (False, True):
+        for name in sorted(tensors[drafts]):
+            source, data_start, t = tensors[drafts][name]
+            prefix = fp.one_tensor_prefix(t)
+            blob = store.pieces(prefix, source.where, data_start + t.begin, t.nbytes)
+            layers.append(fp.tensor_layer(blob, name))
+        for source in sources:
+            if source.file.path in kept and is_drafts(source.file.path) == drafts:
+                layers.append(fp.json_layer(store.file(source), source.file.path))
+    draft = None
+    if draft_config is not None:
+        try:
+            draft = fp.draft_config(_read_prefix(draft_config.where, MAX_CONFIG_JSON_BYTES))
+        except ValueError as e:
+            raise InputInvalid(str(e)) from None
     licenses = [
         s
         for s in sources
@@ -406,7 +435,7 @@ def _ollama(
     for media_type, data in sorted(extra, key=lambda x: _OLLAMA_LAYER_ORDER[x[0]]):
         blob = store.bytes(data)
         layers.append(Layer(blob.digest, media_type, blob.size))
-    body = store.bytes(fp.ollama_config(facts, extras.config_names))
+    body = store.bytes(fp.ollama_config(facts, extras.config_names, draft))
     config = Layer(body.digest, fp.config_media_type(fp.OLLAMA), body.size)
     return fp.ollama_manifest(config, layers)
 
@@ -602,7 +631,7 @@ def _modelfile_context(
         said = json.loads(raw)["config"].get("context_size")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ManifestInvalid(f"{name}: its config is not a Docker model config") from None
-    if not isinstance(said, int) or isinstance(said, bool) or said <= 0:
+    if not fp.is_context_size(said):
         return None
     return None if said == folder_facts(sources).context_size else said
 
@@ -617,17 +646,17 @@ def _carried(
 ) -> fp.ModelfileExtras:
     """What a Modelfile added to a cached Docker or ModelPack model that is not a file of it
     (a Docker ``context_size`` of its own) as a line of ``fmt``, where ``fmt`` has a place
-    for it (Ollama's params layer); a warning naming it where ``fmt`` has none. License
-    files need nothing here: they stay files, or become Ollama's license layers (``_ollama``)."""
+    for it (Ollama's params layer); a warning naming it where ``fmt`` has none
+    (``folderpack.carried_context``, the rule an Ollama model's ``num_ctx`` follows too).
+    License files need nothing here: they stay files, or become Ollama's license layers
+    (``_ollama``)."""
     context = _modelfile_context(cache, manifest, sources, name) if have == fp.DOCKER else None
+    if context is not None:
+        said = "the Docker config's context_size"
+        context, warning = fp.carried_context(fmt, context, str(name), said)
+        if warning is not None:
+            log.warning("%s", warning)
     if fmt != fp.OLLAMA:
-        if context is not None and fmt == fp.CNCF:
-            log.warning(
-                "%s: ModelPack has no context size: num_ctx %d (the Docker config's "
-                "context_size) left out",
-                name,
-                context,
-            )
         return fp.ModelfileExtras(where=str(name))
     params = None
     if context is not None:

@@ -6,21 +6,24 @@ and the Modelfile layers (docs/formats.md). The folder they come back as is the 
 shows (formats/files.py ``files_of``): ``model.safetensors`` (or shards and their index)
 assembled from the tensor blobs, and the JSON files. What the Modelfile layers and the config
 said goes where the target format has a place for it (``folderpack.modelfile_extras``): each
-license a license file, ``num_ctx`` Docker's ``context_size``; anything else (a template, a
-system prompt, other parameters, messages, a renderer or parser, quantized tensors, a draft
-model, a projector or adapter) is refused in one line naming it, so nothing is dropped.
+license a license file, ``num_ctx`` Docker's ``context_size`` (in ModelPack, which has no
+field for it, left out with one warning: ``folderpack.carried_context``, the rule a Docker
+model's ``context_size`` follows too); anything else (a template, a system prompt, other
+parameters, messages, a renderer or parser, quantized tensors, a draft model, a projector or
+adapter) is refused in one line naming it, so nothing is dropped unsaid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 from modelfs.blobs.blobcache import BlobCache, os_error
 from modelfs.errors import CacheError, InputInvalid, ManifestInvalid, UsageError
 from modelfs.formats import artifacts as a
 from modelfs.formats import folderpack as fp
-from modelfs.formats.files import BlobBytes, ModelTree, Needs, files_of
+from modelfs.formats.files import DRAFT_DIR, BlobBytes, ModelTree, Needs, files_of
 from modelfs.formats.manifest import (
     MEDIA_TYPE_CHUNK_INDEX,
     MEDIA_TYPE_LICENSE,
@@ -33,6 +36,8 @@ from modelfs.formats.manifest import (
 )
 from modelfs.formats.modelfile import Modelfile
 from modelfs.formats.names import Name
+
+log = logging.getLogger(__name__)
 
 # A Modelfile layer is read whole to carry it; a bigger one is not a Modelfile's.
 MAX_MODELFILE_LAYER_BYTES = 1 << 20
@@ -74,6 +79,16 @@ def _json(data: bytes, what: str) -> object:
         raise ManifestInvalid(f"{what} is not JSON") from None
 
 
+def _no_draft(where: str, fmt: str, what: str) -> str:
+    """The one line refusing a draft model (the mount's ``draft/`` folder: formats/files.py
+    ``has_draft``): Docker Model Runner names a draft as a model of its own (``docker model
+    configure --speculative-draft-model``), ModelPack has none."""
+    return (
+        f"{where}: {what} is a draft model's: a {fmt} model has no place for a draft model "
+        f"(push the {DRAFT_DIR}/ folder as a model of its own)"
+    )
+
+
 def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) -> fp.ModelfileExtras:
     """What the Ollama model's Modelfile layers and config mean for ``fmt`` (``docker`` or
     ``cncf``), or a one-line refusal naming what ``fmt`` has no place for."""
@@ -81,19 +96,16 @@ def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) ->
     for layer in manifest.layers:
         t = layer.media_type
         if t in (a.OLLAMA_TENSOR, a.OLLAMA_JSON, MEDIA_TYPE_CHUNK_INDEX) or t in _MODELFILE_LAYERS:
-            # A draft model's files are named draft/<file>, its tensors draft.<tensor>.
-            if (t == a.OLLAMA_JSON and "/" in (layer.name or "")) or (
-                t == a.OLLAMA_TENSOR and (layer.name or "").startswith("draft.")
-            ):
-                raise UsageError(
-                    f"{where}: {layer.name} is a draft model's: a {fmt} model has no "
-                    "place for a draft model"
-                )
+            # Ollama keeps only a draft model's files in a folder (draft/<file>).
+            if t == a.OLLAMA_JSON and "/" in (layer.name or ""):
+                raise UsageError(_no_draft(where, fmt, layer.name or ""))
             continue
         raise UsageError(f"{where}: its {t} layer has no place in a {fmt} model")
     config = _json(_whole(cache, manifest.config, f"{where}: the config"), f"{where}: the config")
     if not isinstance(config, dict):
         raise ManifestInvalid(f"{where}: its config is not an Ollama config")
+    if config.get("draft") is not None:  # ConfigV2.Draft, as ollama create writes it
+        raise UsageError(_no_draft(where, fmt, "its config's draft"))
     if config.get("file_type"):
         raise UsageError(
             f"{where}: its tensors are quantized ({config['file_type']}) for Ollama's MLX "
@@ -112,6 +124,9 @@ def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) ->
     params = _json(texts.get(MEDIA_TYPE_PARAMS, b"{}"), f"{where}: its params")
     if not isinstance(params, dict):
         raise ManifestInvalid(f"{where}: its params are not a JSON object")
+    context = params.pop("num_ctx", None)
+    if context is not None and not fp.is_context_size(context):
+        raise ManifestInvalid(f"{where}: its params' num_ctx {context!r} is not a context size")
     messages = _json(texts.get(MEDIA_TYPE_MESSAGES, b"[]"), f"{where}: its messages")
 
     def text(media_type: str) -> str | None:
@@ -136,7 +151,12 @@ def ollama_extras(cache: BlobCache, name: Name, manifest: Manifest, fmt: str) ->
         parser=name_of("parser"),
     )
     extras = fp.modelfile_extras(mf, fmt, where)
-    return dataclasses.replace(extras, licenses=tuple(licenses))
+    kept = None
+    if context is not None:
+        kept, warning = fp.carried_context(fmt, context, where, "the Ollama params' num_ctx")
+        if warning is not None:
+            log.warning("%s", warning)
+    return dataclasses.replace(extras, licenses=tuple(licenses), context_size=kept)
 
 
 def ollama_tree(cache: BlobCache, name: Name, manifest: Manifest) -> ModelTree:

@@ -68,6 +68,12 @@ MEDIA_TYPE_SAFETENSORS_INDEX = "application/json"
 # A config blob is a few hundred bytes; one read at most this big says when the model was made.
 MAX_CONFIG_READ_BYTES = 64 << 10
 CREATED_KEY = "org.opencontainers.image.created"
+# Where an Ollama tensor model keeps a draft model: ``ollama create`` names its tensors
+# ``draft.<tensor>`` and its JSON files ``draft/<file>`` (x/create/draft.go
+# ``CreateDraftLayers``, called with "draft." and "draft/").
+DRAFT_TENSOR_PREFIX = "draft."
+DRAFT_DIR = "draft"
+DRAFT_CONFIG = f"{DRAFT_DIR}/config.json"
 
 
 @dataclass(frozen=True)
@@ -413,6 +419,42 @@ def _tensor_sources(
     return sources
 
 
+def has_draft(manifest: Manifest) -> bool:
+    """Whether an Ollama tensor model carries a draft model (speculative decoding): a
+    ``draft/config.json`` JSON layer, as Ollama's runner finds one when the config does not
+    say (x/mlxrunner/model/root.go ``readDraftConfig``) and as ``ollama create`` always
+    writes one with a DRAFT (x/create/client/create.go ``CreateModel``)."""
+    return any(
+        layer.media_type == a.OLLAMA_JSON and layer.name == DRAFT_CONFIG
+        for layer in manifest.layers
+    )
+
+
+def _draft_tensor(source: SourceTensor) -> SourceTensor:
+    """A draft's tensor under the name it has in the draft's own folder (prefix taken off)."""
+    name = source.info.name.removeprefix(DRAFT_TENSOR_PREFIX)
+    if not name:
+        raise ManifestInvalid(f"invalid model: a draft tensor is named {DRAFT_TENSOR_PREFIX!r}")
+    return dataclasses.replace(source, info=dataclasses.replace(source.info, name=name))
+
+
+def _place_tensors(
+    placer: _Placer, sources: list[SourceTensor], folder: str, shard_bytes: int
+) -> None:
+    """``sources`` as ``model.safetensors`` (or shards and their index) in ``folder``."""
+    where = f"the {folder}/ tensor layers" if folder else "the tensor layers"
+    prefix = f"{folder}/" if folder else ""
+    files, index = combine(sources, shard_bytes)
+    for f in files:
+        extents = (Generated(f.prefix), *(Extent(s.digest, s.offset, s.length) for s in f.spans))
+        placer.add(ModelFile(prefix + f.filename, extents, a.OLLAMA_TENSOR), where)
+    if index is not None:
+        placer.add(
+            ModelFile(prefix + INDEX_FILENAME, (Generated(index),), MEDIA_TYPE_SAFETENSORS_INDEX),
+            where,
+        )
+
+
 def _ollama_tensors(
     manifest: Manifest, placer: _Placer, known: BlobBytes, needs: list, shard_bytes: int
 ) -> set[int]:
@@ -420,15 +462,16 @@ def _ollama_tensors(
     sources = _tensor_sources(manifest, known, needs)
     if needs:
         return placed
-    files, index = combine(sources, shard_bytes)
-    for f in files:
-        extents = (Generated(f.prefix), *(Extent(s.digest, s.offset, s.length) for s in f.spans))
-        placer.add(ModelFile(f.filename, extents, a.OLLAMA_TENSOR), "the tensor layers")
-    if index is not None:
-        placer.add(
-            ModelFile(INDEX_FILENAME, (Generated(index),), MEDIA_TYPE_SAFETENSORS_INDEX),
-            "the tensor layers",
-        )
+    # A draft model's tensors (in-blob names ``draft.<tensor>``) are a model of their own:
+    # its folder, beside its JSON files (``draft/<file>``), not the main model's file.
+    draft: list[SourceTensor] = []
+    if has_draft(manifest):
+        draft = [_draft_tensor(s) for s in sources if s.info.name.startswith(DRAFT_TENSOR_PREFIX)]
+        sources = [s for s in sources if not s.info.name.startswith(DRAFT_TENSOR_PREFIX)]
+    if sources or not draft:
+        _place_tensors(placer, sources, "", shard_bytes)
+    if draft:
+        _place_tensors(placer, draft, DRAFT_DIR, shard_bytes)
     for i, layer in enumerate(manifest.layers):
         if layer.media_type == a.OLLAMA_TENSOR:
             placed.add(i)

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 
 from modelfs.formats import artifacts as a
 from modelfs.formats.dockermodel import parameters_text
+from modelfs.formats.files import DRAFT_CONFIG, DRAFT_DIR, DRAFT_TENSOR_PREFIX
 from modelfs.formats.gofmt import go_json, go_time
 from modelfs.formats.manifest import MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Layer
 from modelfs.formats.modelfile import Modelfile, ModelfileInvalid
@@ -240,9 +241,35 @@ def ollama_tensor_file(path: str) -> bool:
     return path.endswith(".safetensors") and path.count("/") <= 1
 
 
-def ollama_json_file(path: str) -> bool:
-    """A file ``ollama create --experimental`` keeps as an ``image.json`` layer."""
+def ollama_json_file(path: str, draft: bool = False) -> bool:
+    """A file ``ollama create --experimental`` keeps as an ``image.json`` layer: a top-level
+    ``*.json`` but the shard index; with ``draft``, the draft folder's too (``draft/<file>``)."""
+    if draft and path.startswith(DRAFT_DIR + "/"):
+        path = path.removeprefix(DRAFT_DIR + "/")
     return "/" not in path and path.endswith(".json") and path != INDEX_FILENAME
+
+
+def draft_config(config_json: bytes) -> dict[str, str]:
+    """The config's ``draft`` for a draft folder whose config.json is ``config_json``, as
+    ``ollama create`` writes it (x/create/client/create.go ``draftMetadata``); ``ValueError``
+    if it names no architecture (Ollama refuses such a draft too)."""
+    try:
+        doc = json.loads(config_json)
+    except ValueError:
+        doc = None
+    doc = doc if isinstance(doc, dict) else {}
+    archs = doc.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
+    if not arch and isinstance(doc.get("model_type"), str):
+        arch = doc["model_type"]
+    if not arch:
+        raise ValueError(f"draft architecture not found in {DRAFT_CONFIG}")
+    return {
+        "model_format": "safetensors",
+        "architecture": arch,
+        "tensor_prefix": DRAFT_TENSOR_PREFIX,
+        "config": DRAFT_CONFIG,
+    }
 
 
 def one_tensor_prefix(tensor: TensorInfo) -> bytes:
@@ -270,10 +297,15 @@ def json_layer(layer: Layer, path: str) -> Layer:
     return Layer(layer.digest, a.OLLAMA_JSON, layer.size, name=path)
 
 
-def ollama_config(facts: FolderFacts, names: tuple[tuple[str, str], ...] = ()) -> bytes:
+def ollama_config(
+    facts: FolderFacts,
+    names: tuple[tuple[str, str], ...] = (),
+    draft: dict[str, str] | None = None,
+) -> bytes:
     """ConfigV2 as ``x/create`` writes it for an unquantized safetensors model; ``names``:
     the Modelfile's ``parser`` and ``renderer`` (``resolveParserName``,
-    ``resolveRendererName``), after ``requires``."""
+    ``resolveRendererName``), after ``requires``; ``draft`` (``draft_config``) before
+    ``architecture``, as ConfigV2 orders them."""
     doc: dict[str, object] = {
         "model_format": "safetensors",
         "file_type": "",
@@ -281,6 +313,8 @@ def ollama_config(facts: FolderFacts, names: tuple[tuple[str, str], ...] = ()) -
         "requires": OLLAMA_TENSOR_REQUIRES,
     }
     doc.update(names)
+    if draft is not None:
+        doc["draft"] = draft
     doc.update({"architecture": "", "os": ""})
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -423,10 +457,36 @@ def modelfile_extras(mf: Modelfile, fmt: str, where: str) -> ModelfileExtras:
                 f"{where}: {what} cannot go into {_FORMAT_NAMES[fmt]}: "
                 f"{_NO_PLACE[fmt, word]}; --format ollama keeps it"
             )
-    if context is not None and not 0 < int(context) < 1 << 31:  # type: ignore[call-overload]
+    if context is not None and not is_context_size(context):
         raise ModelfileInvalid(f"{where}: PARAMETER num_ctx {context} is not a context size")
     return ModelfileExtras(
         licenses=tuple(text.encode() for text in mf.licenses),
-        context_size=int(context) if context is not None else None,  # type: ignore[call-overload]
+        context_size=context,  # type: ignore[arg-type]
         where=where,
     )
+
+
+# -- a context size a model carries, laid out as another format --------------------------------
+
+
+def is_context_size(value: object) -> bool:
+    """A whole number of tokens Docker's ``context_size`` (an int32) can hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31
+
+
+def carried_context(fmt: str, context: int, where: str, said: str) -> tuple[int | None, str | None]:
+    """One rule for a context size a model already carries (a Docker config's
+    ``context_size``, ``said`` so; an Ollama model's ``num_ctx``) when ``push --format``
+    lays it out as ``fmt``: (what ``fmt`` keeps, the warning to log).
+
+    ``docker`` keeps it as ``context_size``, ``ollama`` as ``num_ctx``; ModelPack has no
+    field for it, so it is left out with one warning, as Docker Model Runner's own
+    conversion of a model to ``--format cncf`` leaves ``context_size`` out (builder.go
+    ``convertToCNCF`` → modelpack/convert.go ``DockerConfigToModelPack``): it is a runtime
+    default, not the weights, and both runtimes take it at run time (``docker model
+    configure --context-size``, Ollama's ``num_ctx`` option). A context size asked for in the
+    same command (a Modelfile's ``PARAMETER num_ctx`` with ``--format cncf``) is refused
+    instead (``modelfile_extras``), as DMR refuses ``--context-size`` with ``--format cncf``."""
+    if fmt == CNCF:
+        return None, f"{where}: ModelPack has no context size: num_ctx {context} ({said}) left out"
+    return context, None

@@ -178,6 +178,23 @@ def test_ollama_tensor_blobs_mount_as_one_safetensors_file(proxy, registry, moun
     assert_tokenizer_and_engines_load(tag, minilm)
 
 
+def test_an_ollama_draft_model_mounts_as_two_folders(proxy, registry, mount_factory, minilm):
+    """A model created with a DRAFT (MiniLM as its own draft): the tag directory is the
+    model's folder with the draft's folder ``draft/`` in it, each with its JSON files and its
+    own ``model.safetensors`` that safetensors reads as the source's tensors."""
+    art = ollama_tensors(minilm, draft=minilm)
+    push(registry.host, "folders/minilm-draft", "latest", art)
+    m = mount_factory()
+    tag = m.mountpoint / proxy.host / "folders/minilm-draft/latest"
+    tops = sorted(p for p in walk(minilm) if "/" not in p and p.endswith(".json"))
+    folder = [*tops, "model.safetensors"]
+    assert mounted_paths(tag) == sorted([*folder, *(f"draft/{p}" for p in folder), *SIDE_FILES])
+    for model in (tag, tag / "draft"):
+        assert_same_tensors(model / "model.safetensors", minilm / "model.safetensors")
+        for p in tops:
+            assert (model / p).read_bytes() == (minilm / p).read_bytes(), (model, p)
+
+
 @pytest.mark.parametrize(
     ("fmt", "config_type"),
     [

@@ -266,45 +266,66 @@ def one_tensor_blob(name: str, info: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(header)) + header + data
 
 
-def split_safetensors(raw: bytes) -> dict[str, bytes]:
-    """Each tensor of a safetensors file as a one-tensor blob, by tensor name."""
+def split_safetensors(raw: bytes, prefix: str = "") -> dict[str, bytes]:
+    """Each tensor of a safetensors file as a one-tensor blob, by tensor name (``prefix``
+    before each name, in the blob too, as Ollama names a draft model's tensors)."""
     (n,) = struct.unpack_from("<Q", raw)
     header = json.loads(raw[8 : 8 + n])
     header.pop("__metadata__", None)
     base = 8 + n
     return {
-        name: one_tensor_blob(
-            name, info, raw[base + info["data_offsets"][0] : base + info["data_offsets"][1]]
+        prefix + name: one_tensor_blob(
+            prefix + name,
+            info,
+            raw[base + info["data_offsets"][0] : base + info["data_offsets"][1]],
         )
         for name, info in header.items()
     }
 
 
-def ollama_tensors(folder: Path) -> Artifact:
+def ollama_tensors(folder: Path, draft: Path | None = None) -> Artifact:
+    """``folder`` as ``ollama create --experimental`` pushes it; with ``draft`` (a Modelfile
+    ``DRAFT``), that folder's tensors as ``draft.<tensor>`` blobs and its JSON files as
+    ``draft/<file>`` after the model's own layers, and the config's ``draft``, as
+    x/create/draft.go ``CreateDraftLayers`` and x/create/client/create.go write them."""
     art = Artifact(b"", DOCKER_MANIFEST)
-    blobs: dict[str, bytes] = {}
-    for p in walk(folder):
-        if p.endswith(".safetensors") and p.count("/") <= 1:
-            blobs.update(split_safetensors((folder / p).read_bytes()))
-    layers = [
-        _descriptor(art, blobs[name], "application/vnd.ollama.image.tensor", name=name)
-        for name in sorted(blobs)
-    ]
-    for p in walk(folder):
-        if "/" not in p and p.endswith(".json") and p != "model.safetensors.index.json":
-            data = (folder / p).read_bytes()
-            layers.append(_descriptor(art, data, "application/vnd.ollama.image.json", name=p))
-    config = json.dumps(
-        {
+
+    def layers_of(folder: Path, tensor_prefix: str, json_prefix: str) -> list[dict]:
+        blobs: dict[str, bytes] = {}
+        for p in walk(folder):
+            if p.endswith(".safetensors") and p.count("/") <= 1:
+                blobs.update(split_safetensors((folder / p).read_bytes(), tensor_prefix))
+        layers = [
+            _descriptor(art, blobs[name], "application/vnd.ollama.image.tensor", name=name)
+            for name in sorted(blobs)
+        ]
+        for p in walk(folder):
+            if "/" not in p and p.endswith(".json") and p != "model.safetensors.index.json":
+                data = (folder / p).read_bytes()
+                layers.append(
+                    _descriptor(
+                        art, data, "application/vnd.ollama.image.json", name=json_prefix + p
+                    )
+                )
+        return layers
+
+    layers = layers_of(folder, "", "")
+    said: dict[str, object] = {
+        "model_format": "safetensors",
+        "file_type": "",
+        "capabilities": ["completion"],
+        "requires": "0.19.0",
+    }
+    if draft is not None:
+        layers += layers_of(draft, "draft.", "draft/")
+        architecture = json.loads((draft / "config.json").read_bytes())["architectures"][0]
+        said["draft"] = {
             "model_format": "safetensors",
-            "file_type": "",
-            "capabilities": ["completion"],
-            "requires": "0.19.0",
-            "architecture": "",
-            "os": "",
-        },
-        separators=(",", ":"),
-    ).encode()
+            "architecture": architecture,
+            "tensor_prefix": "draft.",
+            "config": "draft/config.json",
+        }
+    config = json.dumps({**said, "architecture": "", "os": ""}, separators=(",", ":")).encode()
     doc = {
         "schemaVersion": 2,
         "mediaType": DOCKER_MANIFEST,

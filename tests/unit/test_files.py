@@ -534,3 +534,106 @@ def test_a_lie_in_the_bytes_a_layout_was_built_from_is_a_contradiction():
     assert not contradicted(r, bytearray(b"\x10\x00header"))
     assert contradicted(r, b"\x10\x00heade\xff")
     assert contradicted(r, b"\x10\x00heade")  # shorter: never equal
+
+
+# -- an Ollama draft model ---------------------------------------------------------------------
+
+
+def _draft_model(blobs: dict[str, bytes], with_config: bool = True):
+    """A tensor model whose ``draft.*`` tensors and ``draft/`` JSON files are a draft
+    model's, as ``ollama create`` with a DRAFT writes them (x/create/draft.go)."""
+    json_layers = [
+        {"mediaType": "application/vnd.ollama.image.json", "digest": dg(5), "size": 2, "name": n}
+        for n in ["config.json", *(["draft/config.json"] if with_config else [])]
+    ]
+    json_layers[-1]["digest"] = dg(6)
+    m, by_digest = tensor_manifest(blobs, json_layers)
+    by_digest[Digest(f"{5:064x}")] = b"{}"
+    by_digest[Digest(f"{6:064x}")] = b"[]"
+    tree, _known = _laid_out_from(m, by_digest)
+    return tree, by_digest
+
+
+def _tensors(tree: ModelTree, path: str, by_digest) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    return load(read_file(tree.file(path), lambda d, o, n: by_digest[d][o : o + n]))
+
+
+def test_a_draft_models_tensors_are_a_folder_of_their_own():
+    """Ollama's draft tensors (``draft.<t>`` in the blob) are ``draft/model.safetensors``
+    under their own names, beside the draft's JSON files; the model's file has its own only."""
+    blobs = {
+        "w": tensor_blob("w", 4),
+        "norm": tensor_blob("norm", 2),
+        "draft.w": tensor_blob("draft.w", 3),
+        "draft.head": tensor_blob("draft.head", 5),
+    }
+    tree, by_digest = _draft_model(blobs)
+    assert paths(tree) == [
+        SIDE_CONFIG,
+        SIDE_MANIFEST,
+        "config.json",
+        "draft/config.json",
+        "draft/model.safetensors",
+        "model.safetensors",
+    ]
+    main = _tensors(tree, "model.safetensors", by_digest)
+    draft = _tensors(tree, "draft/model.safetensors", by_digest)
+    assert sorted(main) == ["norm", "w"] and main["w"].shape == (4,)
+    assert sorted(draft) == ["head", "w"] and draft["w"].shape == (3,)
+    assert tree.children("draft") == {
+        "config.json": tree.file("draft/config.json"),
+        "model.safetensors": tree.file("draft/model.safetensors"),
+    }
+
+
+def test_a_large_draft_is_sharded_in_its_own_folder():
+    blobs = {f"draft.t{i}": tensor_blob(f"draft.t{i}", 64) for i in range(3)}
+    blobs["w"] = tensor_blob("w", 64)
+    m, by_digest = tensor_manifest(
+        blobs,
+        [
+            {
+                "mediaType": "application/vnd.ollama.image.json",
+                "digest": dg(6),
+                "size": 2,
+                "name": "draft/config.json",
+            }
+        ],
+    )
+    by_digest[Digest(f"{6:064x}")] = b"{}"
+    known = BlobBytes()
+    for d, b in by_digest.items():
+        known.add(d, 0, b)
+    tree = files_of(m, known, shard_bytes=100)
+    draft = sorted(p for p in paths(tree) if p.startswith("draft/"))
+    assert draft == [
+        "draft/config.json",
+        "draft/model-00001-of-00003.safetensors",
+        "draft/model-00002-of-00003.safetensors",
+        "draft/model-00003-of-00003.safetensors",
+        "draft/model.safetensors.index.json",
+    ]
+    index = json.loads(read_file(tree.file("draft/model.safetensors.index.json"), None))
+    assert index["weight_map"] == {
+        "t0": "model-00001-of-00003.safetensors",
+        "t1": "model-00002-of-00003.safetensors",
+        "t2": "model-00003-of-00003.safetensors",
+    }
+    assert "model.safetensors" in paths(tree)
+
+
+def test_draft_named_tensors_without_a_draft_config_stay_the_models():
+    """No ``draft/config.json``: Ollama's runner loads no draft (x/mlxrunner/model/root.go
+    ``readDraftConfig``), so ``draft.*`` tensors are the model's, as they are named."""
+    blobs = {"w": tensor_blob("w", 4), "draft.w": tensor_blob("draft.w", 3)}
+    tree, by_digest = _draft_model(blobs, with_config=False)
+    assert "draft/model.safetensors" not in paths(tree)
+    assert sorted(_tensors(tree, "model.safetensors", by_digest)) == ["draft.w", "w"]
+
+
+def test_a_draft_tensor_with_no_name_of_its_own_refuses_the_model():
+    blobs = {"w": tensor_blob("w", 4), "draft.": tensor_blob("draft.", 3)}
+    with pytest.raises(ManifestInvalid, match=r"a draft tensor is named 'draft\.'"):
+        _draft_model(blobs)

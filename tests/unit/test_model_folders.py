@@ -140,6 +140,36 @@ def test_ollama_tensors_become_a_safetensors_file_engines_load(minilm, tmp_path)
     assert auto("hello world")["input_ids"] == [101, 7592, 2088, 102]
 
 
+def test_an_ollama_draft_model_is_a_folder_engines_load(minilm, tmp_path):
+    """A model created with a DRAFT (here MiniLM as its own draft): the draft's tensors
+    (``draft.<t>``) are ``draft/model.safetensors`` under their own names beside its JSON
+    files, a folder transformers loads as it loads the model's; the model's file has none."""
+    transformers = pytest.importorskip("transformers")
+    art = ollama_tensors(minilm, draft=minilm)
+    tree, rounds, _asked = lay_out(art)
+    assert rounds == 1
+    top_json = [p for p in walk(minilm) if "/" not in p and p.endswith(".json")]
+    assert model_files(tree) == sorted(
+        [
+            *top_json,
+            "model.safetensors",
+            *(f"draft/{p}" for p in top_json),
+            "draft/model.safetensors",
+        ]
+    )
+    out = materialize(tree, art, tmp_path / "model")
+    source = load_file(minilm / "model.safetensors")
+    for path in ("model.safetensors", "draft/model.safetensors"):
+        loaded = load_file(out / path)
+        assert sorted(loaded) == sorted(source), path
+        for name, array in source.items():
+            assert np.array_equal(loaded[name], array), (path, name)
+    draft = transformers.AutoConfig.from_pretrained(out / "draft")
+    assert (draft.model_type, draft.num_hidden_layers) == ("bert", 6)
+    auto = transformers.AutoTokenizer.from_pretrained(out / "draft")
+    assert auto("hello world")["input_ids"] == [101, 7592, 2088, 102]
+
+
 def test_ollama_tensors_shard_past_the_size_with_an_index_transformers_reads(minilm, tmp_path):
     art = ollama_tensors(minilm)
     tree, _, _ = lay_out(art, shard_bytes=32 << 20)
