@@ -352,6 +352,16 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
                 failures,
                 failures=failures,
             )
+            spawn(
+                nursery,
+                "watching the FUSE session",
+                _end_with_session,
+                signalled,
+                mountpoint,
+                registries,
+                blobs.stop_waiting,
+                level=logging.WARNING,
+            )
             if options.links:
                 spawn(
                     nursery,
@@ -561,10 +571,31 @@ async def _watch_signals(
             log.info("signal %s: unmounting", signal.Signals(signum).name)
             mountctl.notify_systemd(f"STOPPING=1\nSTATUS=unmounting {mountpoint}")
             signalled.set()
-            # Handlers waiting on stuck transfers, or on other processes of the cache, must
-            # answer before the session can end.
-            stop_waiting()
-            for r in registries:
-                r.abort_transfers()
-            fuse_ops.terminate()
+            _end_session(registries, stop_waiting)
             return
+
+
+async def _end_with_session(
+    signalled: trio.Event,
+    mountpoint: Path,
+    registries: list[Registry],
+    stop_waiting: Callable[[], None],
+) -> None:
+    """Once the kernel ends the session (umount, fusermount3 -u, a lazy unmount's last close),
+    end what the requests still being handled wait for, as a signal does: pyfuse3 returns only
+    once each has its answer, which a read of a slow blob could wait a minute for."""
+    await fuse_ops.session_ended()
+    if signalled.is_set():
+        return
+    log.info("%s was unmounted: ending the fetches in flight", mountpoint)
+    mountctl.notify_systemd(f"STOPPING=1\nSTATUS=unmounted {mountpoint}")
+    _end_session(registries, stop_waiting)
+
+
+def _end_session(registries: list[Registry], stop_waiting: Callable[[], None]) -> None:
+    # Handlers waiting on stuck transfers, or on other processes of the cache, must answer
+    # before the session can end.
+    stop_waiting()
+    for r in registries:
+        r.abort_transfers()
+    fuse_ops.terminate()
