@@ -127,7 +127,7 @@ class Documents:
 
     async def _within_deadline(self, what: str, fetch: Callable[[], Awaitable[T]]) -> T:
         # httpx's timeouts are per socket operation: a trickle never trips them.
-        with trio.move_on_after(self.config.control_seconds):
+        with self.sender.abortable(what), trio.move_on_after(self.config.control_seconds):
             return await fetch()
         raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
 

@@ -31,7 +31,8 @@ TRICKLE_BPS = 2 << 20
 HANG_SECONDS = 60
 # From the signal or the unmount to the daemon gone, and every reader with it.
 EXIT_SECONDS = 20.0
-HUNG_TAGS = ("a", "b", "c")
+# Tags of a repository the registry lists, whose manifests it holds on to.
+HUNG_TAGS = ("hung-a", "hung-b", "hung-c")
 SYNTHETIC_TAG_DIR = "library/synthetic/200m"
 
 
@@ -91,14 +92,14 @@ def test_sigterm_while_every_kind_of_read_is_in_flight_logs_nothing(
             {"path": big_hex, "trickle_bps": TRICKLE_BPS},
             {"path": model_hex, "trickle_bps": TRICKLE_BPS},
             {"path": template_hex, "hang_seconds": HANG_SECONDS},
-            {"path": "/library/hung/", "hang_seconds": HANG_SECONDS},
+            {"path": "/manifests/hung-", "hang_seconds": HANG_SECONDS},
         ]
     )
     readers = {
         "big": _reader("dd", f"if={big}", "of=/dev/null", "bs=1M"),
         "mirrored": _reader("dd", f"if={through_mirror}", "of=/dev/null", "bs=1M"),
         "small": _reader("cat", direct / TAG_DIR / "template"),
-        **{f"tag {t}": _reader("ls", direct / "library/hung" / t) for t in HUNG_TAGS},
+        **{f"tag {t}": _reader("ls", direct / "library/smollm2" / t) for t in HUNG_TAGS},
     }
     try:
         wait_for(
@@ -106,7 +107,7 @@ def test_sigterm_while_every_kind_of_read_is_in_flight_logs_nothing(
                 _in_flight(proxy, big_hex, True)
                 and _in_flight(proxy, model_hex, True)
                 and _in_flight(proxy, template_hex, False)
-                and _in_flight(proxy, "/library/hung/", False)
+                and _in_flight(proxy, "/manifests/hung-", False)
             ),
             "reads of every kind to be in flight at the registry",
         )
