@@ -1,17 +1,33 @@
-"""Fetches ended by shutdown (the daemon's nursery cancelled at unmount or on a signal) tell
-their readers so: ``ShuttingDown``, an INFO line and EIO, never an internal error."""
+"""Fetches ended by shutdown (the daemon's nursery cancelled at unmount or on a signal, its
+waits on other processes stopped) tell their readers so: ``ShuttingDown``, an INFO line and
+EIO, never an internal error or a failed wait."""
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 import trio
 from unit import test_blob_layer as blob_layer_tests
-from unit.test_blob_layer import CB, NAME, SIZE, blob_layer, faulty, index_of, open_blob
+from unit import test_bounded_waits as bounded_waits_tests
+from unit.test_blob_layer import (
+    CB,
+    NAME,
+    SIZE,
+    blob_layer,
+    faulty,
+    index_of,
+    open_blob,
+    read,
+    serving,
+)
+from unit.test_bounded_waits import chunk_claims, hold
 
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import ModelfsError, ShuttingDown
 
 cache = blob_layer_tests.cache
+holders = bounded_waits_tests.holders
 
 
 @pytest.mark.parametrize("size", [SIZE, CB // 2], ids=["chunked", "small"])
@@ -43,3 +59,37 @@ async def test_readers_of_a_fetch_ended_by_shutdown_are_told_so(
             while not told:
                 await trio.sleep(0.01)
     assert isinstance(told[0], ShuttingDown), repr(told[0])
+
+
+async def test_a_reader_waiting_on_another_process_is_told_of_the_shutdown(
+    cache: BlobCache, holders: list[subprocess.Popen[str]]
+) -> None:
+    """A read waiting for chunks another modelfs process of the cache claims ends when the
+    mount stops (``stop_waiting``) with ``ShuttingDown``, not as a failed wait."""
+    data = bytes(range(256)) * (SIZE // 256) + b"x" * (SIZE % 256)
+    source, layer = serving(data)
+    path, span = chunk_claims(cache, data)
+    hold(holders, path, span)
+    told: list[BaseException] = []
+    # Long waits: only the shutdown ends this one within the test.
+    settings = {"claim_wait_seconds": 60.0, "read_wait_seconds": 60.0}
+    async with blob_layer(cache, source, **settings) as (fetcher, blobs):
+
+        async def reader() -> None:
+            try:
+                await read(blobs, NAME, layer, index_of(data), CB)
+            except ModelfsError as e:
+                told.append(e)
+
+        def waiting() -> bool:
+            return any(
+                (f := bf.flights.get(0)) is not None and f.has_waiters for bf, _ in fetcher.table
+            )
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                while not waiting():
+                    await trio.sleep(0.01)
+                fetcher.stop_waiting()
+    assert len(told) == 1 and isinstance(told[0], ShuttingDown), told
