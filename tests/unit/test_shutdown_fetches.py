@@ -23,6 +23,7 @@ from unit.test_blob_layer import (
 )
 from unit.test_bounded_waits import chunk_claims, hold
 
+from modelfs.blobs import sharing
 from modelfs.blobs.blobcache import BlobCache
 from modelfs.errors import ModelfsError, ShuttingDown
 
@@ -93,3 +94,36 @@ async def test_a_reader_waiting_on_another_process_is_told_of_the_shutdown(
                     await trio.sleep(0.01)
                 fetcher.stop_waiting()
     assert len(told) == 1 and isinstance(told[0], ShuttingDown), told
+
+
+async def test_readers_of_a_blob_still_opening_at_shutdown_are_told_so(
+    cache: BlobCache, holders: list[subprocess.Popen[str]]
+) -> None:
+    """Readers of a blob whose opening waits on another process's lock file (joining its
+    partial) when the mount stops get ``ShuttingDown`` at once, the first one too: an opening
+    runs in its first reader's task until it is open, so the daemon's ``stop_waiting``, not
+    the cancelled nursery, is what ends it."""
+    data = bytes(range(256)) * (SIZE // 256) + b"x" * (SIZE % 256)
+    source, layer = serving(data)
+    hold(holders, cache.lock_path(layer.digest), sharing.JOIN)
+    told: list[BaseException] = []
+    async with trio.open_nursery() as readers:
+        async with blob_layer(cache, source, claim_wait_seconds=60.0) as (fetcher, blobs):
+
+            async def reader() -> None:
+                try:
+                    await read(blobs, NAME, layer, index_of(data), CB)
+                except Exception as e:
+                    told.append(e)
+
+            readers.start_soon(reader)
+            readers.start_soon(reader)
+            with trio.fail_after(10):
+                while not any(life.users == 2 for _bf, life in fetcher.table):
+                    await trio.sleep(0.01)
+            fetcher.stop_waiting()
+            # Far below the holder's HOLD_SECONDS and the claim wait.
+            with trio.fail_after(5):
+                while len(told) < 2:
+                    await trio.sleep(0.01)
+    assert all(isinstance(e, ShuttingDown) for e in told), told
