@@ -77,8 +77,9 @@ def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
-def test_sigterm_while_every_kind_of_read_is_in_flight_logs_nothing(
-    proxy, nginx_mirror, mount_factory, smollm2_pushed, synthetic_pushed, tmp_path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_every_kind_of_read_is_in_flight_logs_nothing(
+    signum, proxy, nginx_mirror, mount_factory, smollm2_pushed, synthetic_pushed, tmp_path
 ) -> None:
     m, direct, mirrored = _mount(proxy, nginx_mirror, mount_factory, tmp_path)
     big = direct / SYNTHETIC_TAG_DIR / "model.gguf"
@@ -113,9 +114,9 @@ def test_sigterm_while_every_kind_of_read_is_in_flight_logs_nothing(
         )
         pid = m.pid()
         assert pid is not None
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signum)  # systemctl stop; Ctrl-C of modelfs mount --foreground
         deadline = time.monotonic() + EXIT_SECONDS
-        wait_for(lambda: _gone(pid), "the daemon to exit after SIGTERM", EXIT_SECONDS)
+        wait_for(lambda: _gone(pid), "the daemon to exit after the signal", EXIT_SECONDS)
         for what, proc in readers.items():
             try:
                 proc.wait(max(1.0, deadline - time.monotonic()))
