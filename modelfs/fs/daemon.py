@@ -4,8 +4,10 @@ Lifetime: the daemon owns its resources through an ``AsyncExitStack`` and one
 nursery; every long-lived task (fetches, state flushes, the signal watcher, the
 FUSE session) lives in that nursery. ``ready`` is called exactly once: with
 None when the mount is live, or with a one-line reason when it could not be.
-On SIGTERM/SIGINT/SIGHUP, or when the kernel ends the session (``umount``),
-fetch progress is saved and the filesystem unmounted.
+On SIGTERM/SIGINT, or when the kernel ends the session (``umount``), the
+transfers and control requests in flight are ended (``ShuttingDown``: an INFO
+line, not a failure), fetch progress is saved and the filesystem unmounted;
+SIGHUP reads the configuration again.
 """
 
 from __future__ import annotations

@@ -499,7 +499,11 @@ async def session_ended() -> None:
     if device is None:
         await trio.sleep_forever()
         return
-    stop_read, stop_write = os.pipe()
+    try:
+        stop_read, stop_write = os.pipe()
+    except OSError:
+        os.close(device)
+        raise
 
     def wait() -> None:
         try:
