@@ -186,3 +186,25 @@ def test_umount_while_fetches_readers_left_are_in_flight_logs_nothing(
     assert time.monotonic() - began < EXIT_SECONDS, "modelfs umount waited for the fetches"
     wait_for(lambda: _gone(pid), "the daemon to exit after modelfs umount", EXIT_SECONDS)
     assert not os.path.ismount(m.mountpoint)
+
+
+def test_a_lazy_umount_serves_open_files_until_they_close_then_the_daemon_exits(
+    proxy, mount_factory, smollm2_pushed, source, tmp_path
+) -> None:
+    """The daemon ends what is in flight when the kernel ends the session, not when the mount
+    is detached: after ``modelfs umount --lazy`` an open file still reads, from the network
+    too, and the daemon exits once it is closed."""
+    m = mount_factory()
+    pid = m.pid()
+    assert pid is not None
+    fd = os.open(m.mountpoint / proxy.host / TAG_DIR / "model.gguf", os.O_RDONLY)
+    try:
+        run_modelfs("umount", "--lazy", str(m.mountpoint), env=m.env, timeout=EXIT_SECONDS)
+        assert not os.path.ismount(m.mountpoint)
+        # Cold bytes, past what a first read would have fetched ahead.
+        at = len(source) // 2
+        assert os.pread(fd, 1 << 20, at) == source[at : at + (1 << 20)]
+        assert not _gone(pid), "the daemon exited while a file was open"
+    finally:
+        os.close(fd)
+    wait_for(lambda: _gone(pid), "the daemon to exit once the last file closed", EXIT_SECONDS)
