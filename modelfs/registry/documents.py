@@ -198,11 +198,12 @@ class Documents:
         what = f"manifest of {name}"
 
         async def once() -> httpx.Headers | None:
-            r = await self.sender.closed(
-                await self.sender.send(
-                    "HEAD", url, pull_scopes(name), what, headers={"Accept": MANIFEST_ACCEPT}
+            with self.sender.abortable(what):
+                r = await self.sender.closed(
+                    await self.sender.send(
+                        "HEAD", url, pull_scopes(name), what, headers={"Accept": MANIFEST_ACCEPT}
+                    )
                 )
-            )
             if r.status_code == 404:
                 return None
             if r.status_code >= 400:

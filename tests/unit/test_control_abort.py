@@ -32,7 +32,7 @@ async def hanging_registry() -> tuple[Registry, trio.Event, list[str]]:
     return registry, asked, paths
 
 
-@pytest.mark.parametrize("read", ["get_manifest", "tags"])
+@pytest.mark.parametrize("read", ["get_manifest", "tags", "manifest_digest"])
 async def test_a_control_request_in_flight_ends_with_shutting_down_at_abort(read: str) -> None:
     registry, asked, paths = await hanging_registry()
     outcome: list[BaseException] = []

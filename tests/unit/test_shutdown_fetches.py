@@ -107,23 +107,25 @@ async def test_readers_of_a_blob_still_opening_at_shutdown_are_told_so(
     source, layer = serving(data)
     hold(holders, cache.lock_path(layer.digest), sharing.JOIN)
     told: list[BaseException] = []
-    async with trio.open_nursery() as readers:
-        async with blob_layer(cache, source, claim_wait_seconds=60.0) as (fetcher, blobs):
+    async with (
+        trio.open_nursery() as readers,
+        blob_layer(cache, source, claim_wait_seconds=60.0) as (fetcher, blobs),
+    ):
 
-            async def reader() -> None:
-                try:
-                    await read(blobs, NAME, layer, index_of(data), CB)
-                except Exception as e:
-                    told.append(e)
+        async def reader() -> None:
+            try:
+                await read(blobs, NAME, layer, index_of(data), CB)
+            except Exception as e:
+                told.append(e)
 
-            readers.start_soon(reader)
-            readers.start_soon(reader)
-            with trio.fail_after(10):
-                while not any(life.users == 2 for _bf, life in fetcher.table):
-                    await trio.sleep(0.01)
-            fetcher.stop_waiting()
-            # Far below the holder's HOLD_SECONDS and the claim wait.
-            with trio.fail_after(5):
-                while len(told) < 2:
-                    await trio.sleep(0.01)
+        readers.start_soon(reader)
+        readers.start_soon(reader)
+        with trio.fail_after(10):
+            while not any(life.users == 2 for _bf, life in fetcher.table):
+                await trio.sleep(0.01)
+        fetcher.stop_waiting()
+        # Far below the holder's HOLD_SECONDS and the claim wait.
+        with trio.fail_after(5):
+            while len(told) < 2:
+                await trio.sleep(0.01)
     assert all(isinstance(e, ShuttingDown) for e in told), told
