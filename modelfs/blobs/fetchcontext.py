@@ -19,7 +19,7 @@ import trio
 
 from modelfs.background import BACKGROUND_NICE, BackgroundThread
 from modelfs.blobs.blobcache import BlobCache
-from modelfs.errors import ModelfsError, Transient
+from modelfs.errors import ModelfsError, ShuttingDown
 from modelfs.formats.chunks import CHUNK_BYTES, BlobChunks
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import Name
@@ -226,7 +226,7 @@ class FetchContext:
 
     def check_stopping(self, what: str) -> None:
         if self.stopping:
-            raise Transient(f"{what}: the mount is stopping")
+            raise ShuttingDown(f"{what}: the mount is stopping")
 
     def registry_for(self, anonymous: bool) -> BlobSource:
         return client_for(self.registry, self.anonymous_registry, anonymous)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from modelfs.errors import Transient
+from modelfs.errors import ModelfsError, ShuttingDown, Transient
 from modelfs.flight import Flight, poll
 
 if TYPE_CHECKING:
@@ -165,13 +165,13 @@ class Peers(NoPeers):
                 self.blob.flights.finish(
                     i,
                     flight,
-                    None
-                    if self.blob.published
-                    else error
-                    or Transient(
-                        f"{self.what}: stopped waiting for chunk {i} from another process"
-                    ),
+                    None if self.blob.published else error or self._stopped_waiting(i),
                 )
+
+    def _stopped_waiting(self, i: int) -> ModelfsError:
+        if self.ctx.stopping:
+            return ShuttingDown(f"{self.what}: chunk {i}: modelfs is shutting down")
+        return Transient(f"{self.what}: stopped waiting for chunk {i} from another process")
 
     def _stalled(self) -> bool:
         """Whether no chunk was taken from another process for ``claim_wait_seconds`` of

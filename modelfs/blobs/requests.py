@@ -127,13 +127,18 @@ class RangeRequests:
                 e,
             )
             self._fail(mine, e)
+        except trio.Cancelled:
+            # The fetch context's nursery ends only when modelfs does (unmount, a signal, a
+            # pull's Ctrl-C): its readers are told so, not of an internal error.
+            self._fail(mine, ShuttingDown(f"{self.what}: fetch ended: modelfs is shutting down"))
+            raise
         except BaseException as e:
-            if not isinstance(e, trio.Cancelled):
+            if not isinstance(e, KeyboardInterrupt):
                 log.exception(
                     "%s: fetch of chunks %d-%d failed unexpectedly", self.what, lo, hi - 1
                 )
             self._fail(mine, ModelfsError(f"{self.what}: internal error while fetching"))
-            if isinstance(e, trio.Cancelled | KeyboardInterrupt):
+            if isinstance(e, KeyboardInterrupt):
                 raise
 
     def _fail(self, mine: dict[int, Flight], error: ModelfsError) -> None:

@@ -18,7 +18,7 @@ import trio
 
 from modelfs.blobs.fetchcontext import FetchContext, RangeRequest
 from modelfs.blobs.sharing import claim_small, release_small
-from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError
+from modelfs.errors import CacheError, CacheFull, DigestMismatch, ModelfsError, ShuttingDown
 from modelfs.flight import Flight, poll
 from modelfs.formats.digest import Digest
 from modelfs.formats.manifest import Layer
@@ -133,11 +133,17 @@ class SmallBlobs:
             flight.finish(value=data)
         except ModelfsError as e:
             flight.finish(e)
+        except trio.Cancelled:
+            # The fetch context's nursery ends only when modelfs does.
+            flight.finish(
+                ShuttingDown(f"fetch of blob {layer.digest.short} ended: modelfs is shutting down")
+            )
+            raise
         except BaseException as e:
-            if not isinstance(e, trio.Cancelled):
+            if not isinstance(e, KeyboardInterrupt):
                 log.exception("fetch of blob %s failed unexpectedly", layer.digest.short)
             flight.finish(ModelfsError(f"fetch of blob {layer.digest.short} was interrupted"))
-            if isinstance(e, trio.Cancelled | KeyboardInterrupt):
+            if isinstance(e, KeyboardInterrupt):
                 raise
         finally:
             if self._flights.get(key) is flight:

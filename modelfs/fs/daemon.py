@@ -4,8 +4,10 @@ Lifetime: the daemon owns its resources through an ``AsyncExitStack`` and one
 nursery; every long-lived task (fetches, state flushes, the signal watcher, the
 FUSE session) lives in that nursery. ``ready`` is called exactly once: with
 None when the mount is live, or with a one-line reason when it could not be.
-On SIGTERM/SIGINT/SIGHUP, or when the kernel ends the session (``umount``),
-fetch progress is saved and the filesystem unmounted.
+On SIGTERM/SIGINT, or when the kernel ends the session (``umount``), the
+transfers and control requests in flight are ended (``ShuttingDown``: an INFO
+line, not a failure), fetch progress is saved and the filesystem unmounted;
+SIGHUP reads the configuration again.
 """
 
 from __future__ import annotations
@@ -352,6 +354,16 @@ async def _run(options: MountOptions, ready: Callable[[str | None], None]) -> No
                 failures,
                 failures=failures,
             )
+            spawn(
+                nursery,
+                "watching the FUSE session",
+                _end_with_session,
+                signalled,
+                mountpoint,
+                registries,
+                blobs.stop_waiting,
+                level=logging.WARNING,
+            )
             if options.links:
                 spawn(
                     nursery,
@@ -561,10 +573,31 @@ async def _watch_signals(
             log.info("signal %s: unmounting", signal.Signals(signum).name)
             mountctl.notify_systemd(f"STOPPING=1\nSTATUS=unmounting {mountpoint}")
             signalled.set()
-            # Handlers waiting on stuck transfers, or on other processes of the cache, must
-            # answer before the session can end.
-            stop_waiting()
-            for r in registries:
-                r.abort_transfers()
-            fuse_ops.terminate()
+            _end_session(registries, stop_waiting)
             return
+
+
+async def _end_with_session(
+    signalled: trio.Event,
+    mountpoint: Path,
+    registries: list[Registry],
+    stop_waiting: Callable[[], None],
+) -> None:
+    """Once the kernel ends the session (umount, fusermount3 -u, a lazy unmount's last close),
+    end what the requests still being handled wait for, as a signal does: pyfuse3 returns only
+    once each has its answer, which a read of a slow blob could wait a minute for."""
+    await fuse_ops.session_ended()
+    if signalled.is_set():
+        return
+    log.info("%s was unmounted: ending the fetches in flight", mountpoint)
+    mountctl.notify_systemd(f"STOPPING=1\nSTATUS=unmounted {mountpoint}")
+    _end_session(registries, stop_waiting)
+
+
+def _end_session(registries: list[Registry], stop_waiting: Callable[[], None]) -> None:
+    # Handlers waiting on stuck transfers, or on other processes of the cache, must answer
+    # before the session can end.
+    stop_waiting()
+    for r in registries:
+        r.abort_transfers()
+    fuse_ops.terminate()

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import queue
+import select
 import sys
 import tempfile
 import threading
@@ -482,6 +483,57 @@ async def serve(max_tasks: int) -> None:
 
 def terminate() -> None:
     pyfuse3.terminate()
+
+
+async def session_ended() -> None:
+    """Return once the kernel has ended this process's FUSE connection: the filesystem was
+    unmounted (after a lazy unmount, once its last open file closed) or the connection aborted.
+
+    pyfuse3's ``main`` returns only once every request it is handling has been answered, and
+    the kernel says nothing to those after an unmount: without this, a read waiting on a slow
+    fetch keeps the daemon up for as long as it waits. The session's descriptor (a duplicate)
+    is polled for POLLERR alone, which ``/dev/fuse`` reports once the connection is gone (it is
+    readable with every request), in a thread that a pipe wakes when this is cancelled.
+    """
+    device = _session_device()
+    if device is None:
+        await trio.sleep_forever()
+        return
+    try:
+        stop_read, stop_write = os.pipe()
+    except OSError:
+        os.close(device)
+        raise
+
+    def wait() -> None:
+        try:
+            poller = select.poll()
+            poller.register(device, 0)  # POLLERR and POLLHUP are reported whatever is asked
+            poller.register(stop_read, select.POLLIN)
+            while not poller.poll():
+                pass
+        finally:
+            os.close(device)
+            os.close(stop_read)
+
+    try:
+        await trio.to_thread.run_sync(wait, abandon_on_cancel=True)
+    finally:
+        # Cancelled: the thread returns at once (a thread that returned already closed the
+        # pipe's other end).
+        with contextlib.suppress(OSError):
+            os.write(stop_write, b"x")
+        os.close(stop_write)
+
+
+def _session_device() -> int | None:
+    """A duplicate of this process's ``/dev/fuse`` descriptor (its one FUSE session's)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError, ValueError):
+                if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                    return os.dup(int(name))
+    return None
 
 
 def close(unmount: bool) -> None:

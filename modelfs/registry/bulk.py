@@ -462,6 +462,13 @@ class BulkClient:
                 # A socket the watchdog shut down fails in whatever way it fails: say why.
                 t.check()
                 raise
+            except (StatusError, BodyError, RedirectError, NeedsAuth):
+                # Met as the transfer was ended for shutdown (an error status whose body was
+                # cut short, say): the shutdown is why, not the server, so no mirror is
+                # blamed for it and nothing is tried again.
+                if t.aborted:
+                    raise Aborted("transfer aborted: modelfs is shutting down") from None
+                raise
 
     def _get_range(self, t: _Transfer, url: str, authorization: str | None, rng: BlobRange) -> None:
         headers = {

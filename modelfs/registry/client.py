@@ -91,8 +91,10 @@ class Registry:
         return self.sender.auth
 
     def abort_transfers(self) -> None:
-        """End every blob transfer in progress (shutdown): their threads return at once."""
+        """End every blob transfer and control request in progress, and refuse new ones
+        (shutdown): their threads return at once, their callers get ``ShuttingDown``."""
         self.blobs.abort_transfers()
+        self.sender.abort()
 
     def auth_host(self, base: str, name: Name) -> str:
         return self.endpoints.auth_host(base, name)

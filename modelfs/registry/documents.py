@@ -127,7 +127,7 @@ class Documents:
 
     async def _within_deadline(self, what: str, fetch: Callable[[], Awaitable[T]]) -> T:
         # httpx's timeouts are per socket operation: a trickle never trips them.
-        with trio.move_on_after(self.config.control_seconds):
+        with self.sender.abortable(what), trio.move_on_after(self.config.control_seconds):
             return await fetch()
         raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
 
@@ -198,11 +198,12 @@ class Documents:
         what = f"manifest of {name}"
 
         async def once() -> httpx.Headers | None:
-            r = await self.sender.closed(
-                await self.sender.send(
-                    "HEAD", url, pull_scopes(name), what, headers={"Accept": MANIFEST_ACCEPT}
+            with self.sender.abortable(what):
+                r = await self.sender.closed(
+                    await self.sender.send(
+                        "HEAD", url, pull_scopes(name), what, headers={"Accept": MANIFEST_ACCEPT}
+                    )
                 )
-            )
             if r.status_code == 404:
                 return None
             if r.status_code >= 400:

@@ -16,12 +16,12 @@ import os
 import ssl
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import trio
 
-from modelfs.errors import RegistryError, Transient, Unauthorized
+from modelfs.errors import RegistryError, ShuttingDown, Transient, Unauthorized
 from modelfs.flight import KeyedLock
 from modelfs.formats.names import Name
 from modelfs.registry.auth import AuthConfig, Authenticator, in_clear_on_its_host
@@ -132,6 +132,32 @@ class Sender:
         self._retired: list[httpx.AsyncClient] = []
         self.auth = self._new_auth()
         self._auth_locks: KeyedLock[tuple[str, tuple[str, ...]]] = KeyedLock()
+        # Control requests in flight (``abortable``), and whether ``abort`` ended them all.
+        self._in_flight: set[trio.CancelScope] = set()
+        self._aborted = False
+
+    @contextlib.contextmanager
+    def abortable(self, what: str) -> Iterator[None]:
+        """A control request (and its body) that ``abort`` ends: it raises ``ShuttingDown``,
+        never a failure of the registry, and the cancellation goes no further."""
+        if self._aborted:
+            raise ShuttingDown(f"{what}: not asked: modelfs is shutting down")
+        scope = trio.CancelScope()
+        self._in_flight.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._in_flight.discard(scope)
+        if scope.cancelled_caught:
+            raise ShuttingDown(f"{what}: ended: modelfs is shutting down")
+
+    def abort(self) -> None:
+        """End every control request in flight, and refuse new ones (shutdown): a lookup
+        waiting on a registry that does not answer answers now, not at its deadline."""
+        self._aborted = True
+        for scope in self._in_flight:
+            scope.cancel()
 
     async def aclose(self) -> None:
         for client in (*self._retired, self.client):
@@ -171,7 +197,7 @@ class Sender:
 
     async def _fetch_token(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
         what = f"token from {netloc(url)}"
-        with trio.move_on_after(self.config.control_seconds):
+        with self.abortable(what), trio.move_on_after(self.config.control_seconds):
             return await self._fetch_token_once(url, headers, what)
         raise Transient(f"{what}: no whole answer in {self.config.control_seconds:.0f}s")
 

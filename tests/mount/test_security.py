@@ -349,8 +349,9 @@ def test_trickling_registries_cannot_starve_a_healthy_one_and_every_read_ends(
 def test_the_daemon_exits_at_once_while_transfers_are_stuck(hostile, mount_factory):
     digest = hostile_model(hostile, "slow/m", b"\3" * VICTIM_BYTES)
     hostile.trickle(2048, digest)  # below the rate, but never silent: a worker thread stays in recv
-    m = mount_factory()  # the default stall window (30 s): stuck for the whole test
-    m.expect_log(r"chunks .* failed")
+    # The default stall window (30 s): stuck for the whole test. Ended by the shutdown, not
+    # failed: nothing to log above INFO.
+    m = mount_factory()
     reader = subprocess.Popen(
         ["cat", str(m.mountpoint / hostile.host / "slow/m/latest/model.gguf")],
         stdout=subprocess.DEVNULL,

@@ -3,7 +3,8 @@
 The proxy runs in its own process (``python proxy.py --upstream HOST:PORT``):
 a test that page-faults on an mmap of the mount holds its GIL while the kernel
 waits for the daemon, so a proxy sharing the test's process could never answer.
-Tests drive it through ``Proxy``: ``records()`` of what was asked and served, and
+Tests drive it through ``Proxy``: ``records()`` of what was asked and served (``done`` is False while a
+request is being answered: what is in flight), and
 ``set_faults([...])`` with declarative rules:
 
     {"path": "/blobs/",        # substring of the request path (default: any)
@@ -50,6 +51,7 @@ class Record:
     status: int
     body_bytes: int
     request_bytes: int = 0  # of the request's body (a push's PATCH carries the blob)
+    done: bool = True  # False while the proxy is still answering it (a body still moving)
 
     @property
     def span(self) -> tuple[int, int] | None:
@@ -244,16 +246,25 @@ def _serve(upstream: str) -> None:
             self._forward("HEAD")
 
         def _forward(self, method: str) -> None:
-            rng = self.headers.get("Range")
             record: dict[str, object] = {
                 "method": method,
                 "path": self.path,
-                "range": rng,
+                "range": self.headers.get("Range"),
                 "status": 0,
                 "body_bytes": 0,
+                # Every key from the start: a record is read (json) while its request goes on.
+                "request_bytes": 0,
+                "done": False,
             }
             with state.lock:
                 state.records.append(record)
+            try:
+                self._answer(method, record)
+            finally:
+                record["done"] = True
+
+        def _answer(self, method: str, record: dict[str, object]) -> None:
+            rng = self.headers.get("Range")
             span = Record(method, self.path, rng, 0, 0).span
             rule = state.match(method, self.path, span)
             if rule is not None and rule.get("hang_seconds") is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import ssl
 import threading
@@ -13,7 +14,7 @@ import pytest
 
 from modelfs.formats.digest import Digest
 from modelfs.formats.names import parse_name
-from modelfs.registry.bulk import BodyError, BulkClient, BulkSettings, RedirectError
+from modelfs.registry.bulk import Aborted, BodyError, BulkClient, BulkSettings, RedirectError
 from modelfs.registry.ranges import BlobRange, PieceSink, WholeSink
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
@@ -154,6 +155,46 @@ def test_abort_ends_a_transfer_blocked_in_another_thread():
             assert not t.is_alive(), "abort did not end a transfer blocked on a silent server"
         assert len(errors) == 1 and isinstance(errors[0], BodyError), errors
         assert "shutting down" in str(errors[0])
+    finally:
+        c.close()
+
+
+def test_an_error_status_cut_short_by_abort_is_the_abort_not_the_status(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A server answering 503 whose body stops coming is being asked as modelfs shuts down: the
+    transfer ends as aborted (nothing to retry, no mirror to blame), not as the 503."""
+
+    def unavailable(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000\r\n\r\n{")
+        stop.wait(30)
+
+    reading_body = threading.Event()
+    original_read = http.client.HTTPResponse.read
+
+    def read_body(self: http.client.HTTPResponse, amt: int | None = None) -> bytes:
+        reading_body.set()
+        return original_read(self, amt)
+
+    monkeypatch.setattr(http.client.HTTPResponse, "read", read_body)
+    c = client(stall_seconds=3600)
+    errors: list[BaseException] = []
+
+    def reader(url: str) -> None:
+        try:
+            read(c, url)
+        except BaseException as e:
+            errors.append(e)
+
+    try:
+        with server(unavailable) as s:
+            t = threading.Thread(target=reader, args=(s.url,))
+            t.start()
+            assert reading_body.wait(10), "the error body was never read"
+            c.abort()
+            t.join(10)
+            assert not t.is_alive(), "abort did not end the read of an error body"
+        assert len(errors) == 1 and isinstance(errors[0], Aborted), errors
     finally:
         c.close()
 
