@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,52 @@ def _mount(proxy, nginx_mirror, mount_factory, tmp_path: Path):
     return m, direct, m.mountpoint / mirrored
 
 
+@dataclass(frozen=True)
+class Slowed:
+    """A mount's two ways into one registry (``_mount``) and its blobs ``_slowed`` slowed."""
+
+    direct: Path
+    mirrored: Path
+    big_hex: str  # trickles: the synthetic model, read directly
+    model_hex: str  # trickles: SmolLM2's model, read through the mirror
+    template_hex: str  # held on to by the registry: a small blob
+
+    def readers(self) -> dict[str, subprocess.Popen[bytes]]:
+        """Readers of the three slowed blobs, started."""
+        big, through_mirror = (
+            self.direct / SYNTHETIC_TAG_DIR / "model.gguf",
+            self.mirrored / TAG_DIR / "model.gguf",
+        )
+        return {
+            "big": _reader("dd", f"if={big}", "of=/dev/null", "bs=1M"),
+            "mirrored": _reader("dd", f"if={through_mirror}", "of=/dev/null", "bs=1M"),
+            "small": _reader("cat", self.direct / TAG_DIR / "template"),
+        }
+
+
+def _slowed(proxy, nginx_mirror, mount_factory, tmp_path: Path, *more_faults: dict):
+    """A mount whose big blob (read directly) and model blob (read through the mirror)
+    trickle from the registry, whose template the registry holds on to, and ``more_faults``.
+    Manifests are read first: lookups of these names are not what the readers wait on."""
+    m, direct, mirrored = _mount(proxy, nginx_mirror, mount_factory, tmp_path)
+    slow = Slowed(
+        direct,
+        mirrored,
+        _digest_hex(direct / SYNTHETIC_TAG_DIR, "model"),
+        _digest_hex(mirrored / TAG_DIR, "model"),
+        _digest_hex(direct / TAG_DIR, "template"),
+    )
+    proxy.set_faults(
+        [
+            {"path": slow.big_hex, "trickle_bps": TRICKLE_BPS},
+            {"path": slow.model_hex, "trickle_bps": TRICKLE_BPS},
+            {"path": slow.template_hex, "hang_seconds": HANG_SECONDS},
+            *more_faults,
+        ]
+    )
+    return m, slow
+
+
 def _digest_hex(tag: Path, media_type_word: str) -> str:
     manifest = json.loads((tag / "manifest.json").read_text())
     (layer,) = [x for x in manifest["layers"] if x["mediaType"].endswith("." + media_type_word)]
@@ -87,26 +134,17 @@ def _gone(pid: int) -> bool:
 def test_a_signal_while_every_kind_of_read_is_in_flight_logs_nothing(
     signum, proxy, nginx_mirror, mount_factory, smollm2_pushed, synthetic_pushed, tmp_path
 ) -> None:
-    m, direct, mirrored = _mount(proxy, nginx_mirror, mount_factory, tmp_path)
-    big = direct / SYNTHETIC_TAG_DIR / "model.gguf"
-    through_mirror = mirrored / TAG_DIR / "model.gguf"
-    # Manifests first (lookups of these names are what the readers below do not wait on).
-    big_hex = _digest_hex(direct / SYNTHETIC_TAG_DIR, "model")
-    model_hex = _digest_hex(mirrored / TAG_DIR, "model")
-    template_hex = _digest_hex(direct / TAG_DIR, "template")
-    proxy.set_faults(
-        [
-            {"path": big_hex, "trickle_bps": TRICKLE_BPS},
-            {"path": model_hex, "trickle_bps": TRICKLE_BPS},
-            {"path": template_hex, "hang_seconds": HANG_SECONDS},
-            {"path": "/manifests/hung-", "hang_seconds": HANG_SECONDS},
-        ]
+    m, slow = _slowed(
+        proxy,
+        nginx_mirror,
+        mount_factory,
+        tmp_path,
+        {"path": "/manifests/hung-", "hang_seconds": HANG_SECONDS},
     )
+    big_hex, model_hex, template_hex = slow.big_hex, slow.model_hex, slow.template_hex
     readers = {
-        "big": _reader("dd", f"if={big}", "of=/dev/null", "bs=1M"),
-        "mirrored": _reader("dd", f"if={through_mirror}", "of=/dev/null", "bs=1M"),
-        "small": _reader("cat", direct / TAG_DIR / "template"),
-        **{f"tag {t}": _reader("ls", direct / "library/smollm2" / t) for t in HUNG_TAGS},
+        **slow.readers(),
+        **{f"tag {t}": _reader("ls", slow.direct / "library/smollm2" / t) for t in HUNG_TAGS},
     }
     try:
         wait_for(
@@ -145,24 +183,9 @@ def test_a_signal_while_every_kind_of_read_is_in_flight_logs_nothing(
 def test_umount_while_fetches_readers_left_are_in_flight_logs_nothing(
     proxy, nginx_mirror, mount_factory, smollm2_pushed, synthetic_pushed, tmp_path
 ) -> None:
-    m, direct, mirrored = _mount(proxy, nginx_mirror, mount_factory, tmp_path)
-    big = direct / SYNTHETIC_TAG_DIR / "model.gguf"
-    through_mirror = mirrored / TAG_DIR / "model.gguf"
-    big_hex = _digest_hex(direct / SYNTHETIC_TAG_DIR, "model")
-    model_hex = _digest_hex(mirrored / TAG_DIR, "model")
-    template_hex = _digest_hex(direct / TAG_DIR, "template")
-    proxy.set_faults(
-        [
-            {"path": big_hex, "trickle_bps": TRICKLE_BPS},
-            {"path": model_hex, "trickle_bps": TRICKLE_BPS},
-            {"path": template_hex, "hang_seconds": HANG_SECONDS},
-        ]
-    )
-    readers = [
-        _reader("dd", f"if={big}", "of=/dev/null", "bs=1M"),
-        _reader("dd", f"if={through_mirror}", "of=/dev/null", "bs=1M"),
-        _reader("cat", direct / TAG_DIR / "template"),
-    ]
+    m, slow = _slowed(proxy, nginx_mirror, mount_factory, tmp_path)
+    big_hex, model_hex, template_hex = slow.big_hex, slow.model_hex, slow.template_hex
+    readers = list(slow.readers().values())
     try:
         wait_for(
             lambda: (
