@@ -72,6 +72,14 @@ class Slowed:
     model_hex: str  # trickles: SmolLM2's model, read through the mirror
     template_hex: str  # held on to by the registry: a small blob
 
+    def in_flight(self, proxy) -> bool:
+        """Whether the registry is sending both big blobs and holding on to the template."""
+        return (
+            _in_flight(proxy, self.big_hex, True)
+            and _in_flight(proxy, self.model_hex, True)
+            and _in_flight(proxy, self.template_hex, False)
+        )
+
     def readers(self) -> dict[str, subprocess.Popen[bytes]]:
         """Readers of the three slowed blobs, started."""
         big, through_mirror = (
@@ -141,19 +149,13 @@ def test_a_signal_while_every_kind_of_read_is_in_flight_logs_nothing(
         tmp_path,
         {"path": "/manifests/hung-", "hang_seconds": HANG_SECONDS},
     )
-    big_hex, model_hex, template_hex = slow.big_hex, slow.model_hex, slow.template_hex
     readers = {
         **slow.readers(),
         **{f"tag {t}": _reader("ls", slow.direct / "library/smollm2" / t) for t in HUNG_TAGS},
     }
     try:
         wait_for(
-            lambda: (
-                _in_flight(proxy, big_hex, True)
-                and _in_flight(proxy, model_hex, True)
-                and _in_flight(proxy, template_hex, False)
-                and _in_flight(proxy, "/manifests/hung-", False)
-            ),
+            lambda: slow.in_flight(proxy) and _in_flight(proxy, "/manifests/hung-", False),
             "reads of every kind to be in flight at the registry",
         )
         pid = m.pid()
@@ -184,15 +186,10 @@ def test_umount_while_fetches_readers_left_are_in_flight_logs_nothing(
     proxy, nginx_mirror, mount_factory, smollm2_pushed, synthetic_pushed, tmp_path
 ) -> None:
     m, slow = _slowed(proxy, nginx_mirror, mount_factory, tmp_path)
-    big_hex, model_hex, template_hex = slow.big_hex, slow.model_hex, slow.template_hex
     readers = list(slow.readers().values())
     try:
         wait_for(
-            lambda: (
-                _in_flight(proxy, big_hex, True)
-                and _in_flight(proxy, model_hex, True)
-                and _in_flight(proxy, template_hex, False)
-            ),
+            lambda: slow.in_flight(proxy),
             "reads of every kind to be in flight at the registry",
         )
         # The readers go (^C): what their reads started goes on with nobody waiting for it,
@@ -207,7 +204,7 @@ def test_umount_while_fetches_readers_left_are_in_flight_logs_nothing(
             proc.wait(30)
             if proc.stderr is not None:
                 proc.stderr.close()
-    assert _in_flight(proxy, big_hex, True) or _in_flight(proxy, model_hex, True), (
+    assert _in_flight(proxy, slow.big_hex, True) or _in_flight(proxy, slow.model_hex, True), (
         "no fetch was left in flight to unmount under"
     )
     pid = m.pid()

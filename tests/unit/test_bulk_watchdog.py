@@ -133,20 +133,26 @@ def test_headers_that_never_come_are_a_stall():
         c.close()
 
 
-def test_abort_ends_a_transfer_blocked_in_another_thread():
-    c = client(stall_seconds=3600)
+def _reading(c, url: str) -> tuple[threading.Thread, list[BaseException]]:
+    """A read of ``url`` in a thread of its own, started; what it raised lands in the list."""
     errors: list[BaseException] = []
 
-    def reader(url: str) -> None:
+    def reader() -> None:
         try:
             read(c, url)
         except BaseException as e:
             errors.append(e)
 
+    t = threading.Thread(target=reader)
+    t.start()
+    return t, errors
+
+
+def test_abort_ends_a_transfer_blocked_in_another_thread():
+    c = client(stall_seconds=3600)
     try:
         with server(hang) as s:
-            t = threading.Thread(target=reader, args=(s.url,))
-            t.start()
+            t, errors = _reading(c, s.url)
             deadline = time.monotonic() + 10
             while s.accepted == 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -178,18 +184,9 @@ def test_an_error_status_cut_short_by_abort_is_the_abort_not_the_status(
 
     monkeypatch.setattr(http.client.HTTPResponse, "read", read_body)
     c = client(stall_seconds=3600)
-    errors: list[BaseException] = []
-
-    def reader(url: str) -> None:
-        try:
-            read(c, url)
-        except BaseException as e:
-            errors.append(e)
-
     try:
         with server(unavailable) as s:
-            t = threading.Thread(target=reader, args=(s.url,))
-            t.start()
+            t, errors = _reading(c, s.url)
             assert reading_body.wait(10), "the error body was never read"
             c.abort()
             t.join(10)
