@@ -587,8 +587,8 @@ async def _end_with_session(
     end what the requests still being handled wait for, as a signal does: pyfuse3 returns only
     once each has its answer, which a read of a slow blob could wait a minute for."""
     await fuse_ops.session_ended()
-    if signalled.is_set():
-        return
+    if signalled.is_set() or not fuse_ops.serving():
+        return  # a signal ended it, or the loop saw the end first and the daemon is closing
     log.info("%s was unmounted: ending the fetches in flight", mountpoint)
     mountctl.notify_systemd(f"STOPPING=1\nSTATUS=unmounted {mountpoint}")
     _end_session(registries, stop_waiting)

@@ -477,12 +477,29 @@ def _stderr_said() -> Iterator[list[str]]:
             said += [ln.strip() for ln in text.decode(errors="replace").splitlines() if ln.strip()]
 
 
+class _Session:
+    serving = False  # pyfuse3.main runs: terminate has a loop to end (trio thread only)
+
+
 async def serve(max_tasks: int) -> None:
-    await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
+    _Session.serving = True
+    try:
+        await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
+    finally:
+        _Session.serving = False
+
+
+def serving() -> bool:
+    """Whether the FUSE loop (``serve``) still runs."""
+    return _Session.serving
 
 
 def terminate() -> None:
-    pyfuse3.terminate()
+    """End the FUSE loop (``serve`` returns); nothing once it has returned. pyfuse3's own
+    ``terminate`` reaches into the session, which ``close`` frees: a signal or the end of
+    the session seen after that must not touch it (it crashed the daemon)."""
+    if _Session.serving:
+        pyfuse3.terminate()
 
 
 async def session_ended() -> None:
