@@ -165,6 +165,7 @@ def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         if first is not m:
             first.expected_log += m.expected_log
     problems = [line for m in by_log.values() for line in m.unexpected_log_lines()]
+    problems += [m.unclean for m in mounts if m.unclean is not None]
     assert not problems, "the daemon logged problems:\n" + "\n".join(problems)
 
 

@@ -76,6 +76,10 @@ class Mount:
         self.env.setdefault("XDG_RUNTIME_DIR", str(root / "run"))
         self.expected_log: list[re.Pattern[str]] = []
         self._log_offset = 0
+        self._killed: set[int] = set()  # daemons this test killed on purpose (``kill``)
+        # Set by ``stop`` when the daemon went without its own clean-up: it crashed (a
+        # segfault says nothing in its log), or did not exit in time and was killed.
+        self.unclean: str | None = None
 
     def start(self) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -116,11 +120,18 @@ class Mount:
                 )
         if pid is not None:
             _wait_gone(pid, 15.0)
+            # A daemon that exits removes its pid file and control socket last.
+            if pid not in self._killed and self.pid() == pid:
+                self.unclean = (
+                    f"daemon {pid} of {self.mountpoint} went without removing its pid file and"
+                    " control socket: it crashed (see dmesg) or did not exit within 15 s"
+                )
 
     def kill(self) -> None:
         """kill -9 the daemon: the mount is left dead, as after a crash."""
         pid = self.pid()
         assert pid is not None, "no daemon pid"
+        self._killed.add(pid)
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 15.0)
 
