@@ -584,9 +584,12 @@ class BlobCache:
 
     def write_manifest(self, name: Name, raw: bytes, *, pending: bool = False) -> None:
         self.atomic_write(self._target(name, pending), raw)
-        if self._unindexed_owned:
-            # The manifest landed: the marks written for it are its own now.
-            unindexed.settle(self, Digest.of_bytes(raw), self._unindexed_owned)
+        # The manifest landed: the marks written for it are its own now.
+        if self._unindexed_owned and unindexed.settle(
+            self, Digest.of_bytes(raw), self._unindexed_owned
+        ):
+            with contextlib.suppress(OSError):
+                fsync_dir(self.unindexed_dir)
         if not pending:
             self.remove_manifest(name, pending=True)
 

@@ -104,9 +104,9 @@ def write(cache: MarkCache, digest: Digest, owned: set[str]) -> None:
     owned.add(name)
 
 
-def settle(cache: MarkCache, digest: Digest, owned: set[str]) -> None:
+def settle(cache: MarkCache, digest: Digest, owned: set[str]) -> bool:
     """The manifest of ``digest`` was written: the marks this ``BlobCache`` wrote for it are
-    the manifest's now."""
+    the manifest's now. Whether there were any (the caller makes their renames durable)."""
     mine = [n for n in tuple(owned) if n.startswith(digest.filename + ".")]
     for name in mine:
         owned.discard(name)
@@ -115,13 +115,7 @@ def settle(cache: MarkCache, digest: Digest, owned: set[str]) -> None:
             os.rename(path, path.with_suffix(""))
         except OSError as e:
             log.info("cannot settle the --no-chunk-index mark of manifest %s: %s", digest.short, e)
-    if mine:
-        with contextlib.suppress(OSError):
-            fd = os.open(cache.unindexed_dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    return bool(mine)
 
 
 def present(cache: MarkCache, digest: Digest) -> bool:
